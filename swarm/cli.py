@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import sys
+from pathlib import Path
+from typing import List, Optional
 
 import typer
 
@@ -14,11 +17,110 @@ app = typer.Typer(
     add_completion=False,
 )
 
+VERBOSE = typer.Option(False, "--verbose", "-v", envvar="SWARM_VERBOSE", help="Debug logs, hivemind's included.")
+
+
+@app.command()
+def launch(
+    recipe: Path = typer.Argument(..., help="The run's recipe (YAML)."),
+    host: str = typer.Option("0.0.0.0", envvar="SWARM_HOST", help="Interface to listen on."),
+    port: int = typer.Option(31337, envvar="SWARM_PORT", help="TCP port volunteers connect to (0: any free port)."),
+    announce_host: Optional[str] = typer.Option(None, envvar="SWARM_ANNOUNCE_HOST",
+                                                help="Public IP to advertise when behind NAT/port forwarding."),
+    initial_peers: List[str] = typer.Option([], "--initial-peers", envvar="SWARM_INITIAL_PEERS",
+                                            help="Join an existing run's DHT as an extra coordinator/bootstrap node."),
+    state_dir: Optional[Path] = typer.Option(None, envvar="SWARM_STATE_DIR",
+                                             help="Coordinator state (identity, status.json). Default runs/<run id>/coordinator."),
+    checkpoint_dir: Optional[Path] = typer.Option(None, help="Override the recipe's checkpoint.dir."),
+    summary_file: Optional[Path] = typer.Option(None, help="Write the run summary (JSON) here at the end."),
+    final_model_dir: Optional[Path] = typer.Option(None, help="Also write the final model here."),
+    verbose: bool = VERBOSE,
+):
+    """Start the coordinator of a run: the first DHT node, recipe publisher, monitor and checkpointer."""
+    from swarm.logs import setup_logging
+    from swarm.recipe import load_recipe
+
+    setup_logging(verbose)
+    loaded = load_recipe(recipe)
+    from coordinator.coordinator import Coordinator, CoordinatorSettings
+    from swarm.network import parse_initial_peers
+
+    settings = CoordinatorSettings(host=host, port=port, announce_host=announce_host,
+                                   initial_peers=parse_initial_peers(initial_peers),
+                                   state_dir=str(state_dir) if state_dir else None,
+                                   checkpoint_dir=str(checkpoint_dir) if checkpoint_dir else None,
+                                   summary_file=str(summary_file) if summary_file else None,
+                                   final_model_dir=str(final_model_dir) if final_model_dir else None)
+    Coordinator(loaded, settings).run()
+
+
+@app.command()
+def join(
+    initial_peers: List[str] = typer.Option(..., "--initial-peers", envvar="SWARM_INITIAL_PEERS",
+                                            help="Coordinator address printed by `swarm launch` (repeatable)."),
+    run_id: Optional[str] = typer.Option(None, envvar="SWARM_RUN_ID", help="Which run, if the swarm serves several."),
+    name: Optional[str] = typer.Option(None, envvar="SWARM_NAME", help="Display name on the leaderboard (saved)."),
+    team: Optional[str] = typer.Option(None, envvar="SWARM_TEAM", help="Team on the leaderboard (saved)."),
+    identity: Optional[Path] = typer.Option(None, envvar="SWARM_IDENTITY",
+                                            help="Identity folder (keys, name). Default ~/.swarm/identity."),
+    device: str = typer.Option("auto", envvar="SWARM_DEVICE", help="auto, cpu, cuda, cuda:N or mps."),
+    threads: Optional[int] = typer.Option(None, envvar="SWARM_THREADS", help="Use at most this many CPU threads."),
+    micro_batch_size: Optional[int] = typer.Option(None, envvar="SWARM_MICRO_BATCH_SIZE",
+                                                   help="Samples per forward/backward (default: picked for the hardware)."),
+    max_runtime: Optional[float] = typer.Option(None, envvar="SWARM_MAX_RUNTIME",
+                                                help="Leave after this many seconds (finishing the epoch in progress)."),
+    host: str = typer.Option("0.0.0.0", envvar="SWARM_HOST", help="Interface to listen on."),
+    port: int = typer.Option(0, envvar="SWARM_PORT", help="TCP port for other peers (0: any free port)."),
+    announce_host: Optional[str] = typer.Option(None, envvar="SWARM_ANNOUNCE_HOST", help="Public IP to advertise."),
+    client_mode: bool = typer.Option(False, envvar="SWARM_CLIENT_MODE",
+                                     help="Behind NAT/firewall: only connect out (others cannot reach this peer)."),
+    cache_dir: Optional[Path] = typer.Option(None, envvar="SWARM_CACHE_DIR", help="Tokenised data cache."),
+    stats_file: Optional[Path] = typer.Option(None, envvar="SWARM_STATS_FILE", help="Write this peer's stats (JSON) here."),
+    display: str = typer.Option("auto", envvar="SWARM_DISPLAY", help="auto, rich, log or none."),
+    verbose: bool = VERBOSE,
+):
+    """Volunteer this machine: fetch the run's recipe from the swarm, load the latest state, train with peers."""
+    from swarm.logs import setup_logging
+
+    setup_logging(verbose)
+    from peer.volunteer import Volunteer, VolunteerSettings
+
+    settings = VolunteerSettings(
+        initial_peers=initial_peers, run_id=run_id, identity_dir=str(identity) if identity else None, name=name,
+        team=team, host=host, port=port, announce_host=announce_host, client_mode=client_mode, device=device,
+        threads=threads, micro_batch_size=micro_batch_size, max_runtime_s=max_runtime,
+        cache_dir=str(cache_dir) if cache_dir else None, stats_file=str(stats_file) if stats_file else None,
+        display=display)
+    Volunteer(settings).run()
+
+
+@app.command()
+def demo(
+    peers: int = typer.Option(2, min=1, max=16, help="Local volunteer processes."),
+    duration: float = typer.Option(240.0, min=10, help="Training time in seconds (the run's wall-time limit)."),
+    recipe: Path = typer.Option(Path(__file__).resolve().parent.parent / "recipes" / "tiny-stdlib.yaml",
+                                help="Recipe to run (default: the embedded tiny-stdlib)."),
+    output: Optional[Path] = typer.Option(None, help="Output folder (default: demo-output/<time>)."),
+    verbose: bool = VERBOSE,
+):
+    """Run a whole swarm on this machine: a coordinator and N volunteers on loopback, then print the output folder."""
+    from swarm.demo import run_demo
+    from swarm.logs import setup_logging
+
+    setup_logging(verbose)
+    folder = run_demo(recipe_path=recipe, num_peers=peers, duration_s=duration, output=output, verbose=verbose)
+    print(folder)
+
 
 def _register_groups() -> None:
     from swarm.recipe_cli import recipe_app
 
     app.add_typer(recipe_app, name="recipe")
+    try:
+        from swarm.ledger_cli import ledger_app
+    except ImportError:  # pragma: no cover - the ledger module is optional during development
+        return
+    app.add_typer(ledger_app, name="ledger")
 
 
 def main() -> None:
@@ -27,14 +129,20 @@ def main() -> None:
     from swarm.recipe import RecipeError
 
     _register_groups()
+    verbose = "--verbose" in sys.argv or "-v" in sys.argv or os.environ.get("SWARM_VERBOSE")
     try:
         app()
     except RecipeError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
     except SwarmError as error:
+        if verbose:
+            raise
         print(f"error: {error}", file=sys.stderr)
         sys.exit(error.exit_code)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

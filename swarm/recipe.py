@@ -13,9 +13,11 @@ Each concern has its own small model and is handed only to the component that ow
 
 from __future__ import annotations
 
+import difflib
 import glob
 import hashlib
 import json
+import math
 import os
 import re
 from pathlib import Path
@@ -29,7 +31,16 @@ RECIPE_FORMAT_VERSION = 1
 
 class _Section(BaseModel):
     # Unknown keys are errors: a typo such as `learning_rate` for `lr` must not silently fall back to a default.
-    model_config = ConfigDict(extra="forbid", validate_default=True, protected_namespaces=())
+    # Infinity/NaN are refused: the canonical JSON (`Recipe.to_json`) has no portable spelling for them.
+    model_config = ConfigDict(extra="forbid", validate_default=True, protected_namespaces=(), allow_inf_nan=False)
+
+
+class _ProblemAt(ValueError):
+    """A cross-field check's error, reported at the key the user should change rather than at its section."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(message)
+        self.key = key
 
 
 class RunConfig(_Section):
@@ -41,6 +52,7 @@ class RunConfig(_Section):
     @field_validator("id")
     @classmethod
     def _id_is_a_key(cls, value: str) -> str:
+        """`id` is 1-64 lowercase letters, digits, '-' or '_', starting with a letter or digit."""
         if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,63}", value):
             raise ValueError("use 1-64 lowercase letters, digits, '-' or '_', starting with a letter or digit")
         return value
@@ -63,9 +75,32 @@ class ModelConfig(_Section):
 
     @model_validator(mode="after")
     def _one_source(self) -> "ModelConfig":
+        """Either `architecture` or `pretrained` is set."""
         if self.pretrained is None and not self.architecture:
-            raise ValueError("set model.architecture (with model.config) or model.pretrained")
+            raise _ProblemAt("architecture", "empty: set model.architecture (with model.config) or model.pretrained")
         return self
+
+    @field_validator("config")
+    @classmethod
+    def _config_is_plain_data(cls, value: dict[str, Any]) -> dict[str, Any]:
+        """`config` holds only numbers, text, true/false, null, lists and mappings."""
+        # YAML can also produce dates, sets and binary; those change when the recipe goes through JSON to the
+        # swarm, so the fingerprint would differ between the coordinator and the peers.
+        def plain(item: Any) -> bool:
+            if isinstance(item, dict):
+                return all(isinstance(key, str) and plain(val) for key, val in item.items())
+            if isinstance(item, list):
+                return all(plain(val) for val in item)
+            if isinstance(item, float):
+                return math.isfinite(item)
+            return item is None or isinstance(item, (bool, int, str))
+
+        for key, item in value.items():
+            if not plain(item):
+                raise _ProblemAt(
+                    key, "use only numbers, text, true/false, null, lists and mappings (quote dates; no .inf/.nan)"
+                )
+        return value
 
 
 class TokenizerConfig(_Section):
@@ -78,8 +113,11 @@ class TokenizerConfig(_Section):
 
     @model_validator(mode="after")
     def _name_for_pretrained(self) -> "TokenizerConfig":
+        """`name` is set when `kind` is `pretrained`."""
         if self.kind == "pretrained" and not self.name:
-            raise ValueError("tokenizer.kind is 'pretrained' but tokenizer.name is empty: set a name or path")
+            raise _ProblemAt(
+                "name", "required when tokenizer.kind is 'pretrained': set a name such as 'gpt2' or a path"
+            )
         return self
 
 
@@ -116,10 +154,13 @@ class DataConfig(_Section):
 
     @model_validator(mode="after")
     def _source_fields(self) -> "DataConfig":
+        """`files` is not empty for source=files, and each entry matches a file; `dataset` is set for source=hub."""
         if self.source == "files" and not self.files:
-            raise ValueError("data.source is 'files' but data.files is empty: list paths or glob patterns")
+            raise _ProblemAt(
+                "files", "empty but data.source is 'files': list paths or glob patterns, e.g. [corpus/*.txt]"
+            )
         if self.source == "hub" and not self.dataset:
-            raise ValueError("data.source is 'hub' but data.dataset is empty: set a dataset name or path")
+            raise _ProblemAt("dataset", "required when data.source is 'hub': set a `datasets` name or a local path")
         return self
 
 
@@ -133,9 +174,12 @@ class ScheduleConfig(_Section):
 
     @model_validator(mode="after")
     def _warmup_fits(self) -> "ScheduleConfig":
+        """`warmup_steps` is below `total_steps`."""
         if self.warmup_steps >= self.total_steps:
-            raise ValueError(
-                f"schedule.warmup_steps ({self.warmup_steps}) must be below schedule.total_steps ({self.total_steps})"
+            raise _ProblemAt(
+                "warmup_steps",
+                f"{self.warmup_steps} must be below total_steps ({self.total_steps}): "
+                "lower warmup_steps or raise total_steps",
             )
         return self
 
@@ -154,6 +198,7 @@ class OptimConfig(_Section):
     @field_validator("betas")
     @classmethod
     def _betas_in_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        """Each of `betas` is in [0, 1)."""
         if not all(0.0 <= beta < 1.0 for beta in value):
             raise ValueError("each beta must be in [0, 1), for example [0.9, 0.95]")
         return value
@@ -190,18 +235,24 @@ class CollaborationConfig(_Section):
 
     @model_validator(mode="after")
     def _micro_fits_target(self) -> "CollaborationConfig":
+        """A numeric `micro_batch_size` is between 1 and `target_batch_size`;
+        `averaging_timeout_s` is at least `matchmaking_time_s`."""
         if isinstance(self.micro_batch_size, int):
             if self.micro_batch_size < 1:
-                raise ValueError("collaboration.micro_batch_size must be >= 1 or 'auto'")
+                raise _ProblemAt(
+                    "micro_batch_size", f"{self.micro_batch_size} is not allowed: use a number >= 1 or 'auto'"
+                )
             if self.micro_batch_size > self.target_batch_size:
-                raise ValueError(
-                    f"collaboration.micro_batch_size ({self.micro_batch_size}) exceeds target_batch_size "
-                    f"({self.target_batch_size}): lower it or raise target_batch_size"
+                raise _ProblemAt(
+                    "micro_batch_size",
+                    f"{self.micro_batch_size} exceeds target_batch_size ({self.target_batch_size}): "
+                    "lower it or raise target_batch_size",
                 )
         if self.averaging_timeout_s < self.matchmaking_time_s:
-            raise ValueError(
-                f"collaboration.averaging_timeout_s ({self.averaging_timeout_s}) is shorter than matchmaking_time_s "
-                f"({self.matchmaking_time_s}): a round could never finish; raise averaging_timeout_s"
+            raise _ProblemAt(
+                "averaging_timeout_s",
+                f"{self.averaging_timeout_s} is shorter than matchmaking_time_s ({self.matchmaking_time_s}): "
+                "a round could never finish; raise averaging_timeout_s",
             )
         return self
 
@@ -216,6 +267,7 @@ class CheckpointConfig(_Section):
     @field_validator("hub_repo_id")
     @classmethod
     def _repo_id_shape(cls, value: str | None) -> str | None:
+        """`hub_repo_id` has the form 'namespace/name'."""
         if value is not None and not re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", value):
             raise ValueError("use the form 'namespace/name', for example 'my-org/tiny-stdlib'")
         return value
@@ -254,6 +306,7 @@ class Recipe(_Section):
     @field_validator("format_version")
     @classmethod
     def _known_format(cls, value: int) -> int:
+        """`format_version` is the one this swarm reads."""
         if value != RECIPE_FORMAT_VERSION:
             raise ValueError(f"this swarm reads format_version {RECIPE_FORMAT_VERSION}; upgrade swarm or the recipe")
         return value
@@ -289,50 +342,152 @@ class RecipeError(Exception):
         super().__init__(f"{source}: {len(problems)} problem(s)\n{lines}")
 
 
-_FIX_HINTS = {
-    "extra_forbidden": "unknown key: remove it or check its spelling (`swarm recipe show` lists every key)",
-    "missing": "required: add this key",
+# What a value of the wrong type should have been, by pydantic error type. A key that accepts several types
+# (`micro_batch_size: int | 'auto'`) gets one error per type; they are joined into "expected A or B".
+_EXPECTED = {
+    "int_type": "a whole number",
+    "int_parsing": "a whole number",
+    "int_from_float": "a whole number",
+    "float_type": "a number",
+    "float_parsing": "a number",
+    "bool_type": "true or false",
+    "bool_parsing": "true or false",
+    "string_type": "text",
+    "dict_type": "a mapping of 'key: value' lines",
+    "model_type": "a mapping of 'key: value' lines",
+    "model_attributes_type": "a mapping of 'key: value' lines",
+    "list_type": "a list, e.g. [a, b]",
+    "tuple_type": "a list, e.g. [0.9, 0.95]",
 }
+# pydantic puts the union member it tried ("int", "literal['auto']") into the error location; those are not keys.
+_UNION_MEMBER = re.compile(r"(int|float|str|bool|none|literal\[.*\]|tuple\[.*\]|function-.*)")
 
 
 def _problems_from_validation(error: ValidationError) -> list[RecipeProblem]:
-    problems = []
+    found: dict[str, list[str]] = {}  # key path -> messages, in pydantic's order
     for item in error.errors(include_url=False):
-        loc = [str(part) for part in item["loc"] if not str(part).startswith("function-after")]
-        # pydantic adds the union member tried ("int", "literal['auto']") to the path; those are not keys
-        loc = [part for part in loc if not re.fullmatch(r"(int|float|str|bool|none|literal\[.*\]|tuple\[.*\])", part)]
-        message = _FIX_HINTS.get(item["type"], item["msg"].removeprefix("Value error, "))
-        if item["type"] not in _FIX_HINTS and "input" in item and not isinstance(item["input"], (dict, list)):
-            message = f"{message} (got {item['input']!r})"
-        problem = RecipeProblem(path=".".join(loc), message=message)
-        if problem not in problems:
-            problems.append(problem)
-    return problems
+        loc = _key_path(item["loc"], item["type"])
+        names_a_key = "[key]" in loc  # a mapping key of the wrong type (`1: x`), not its value
+        loc = [str(part) for part in loc if part != "[key]"]
+        cause = item.get("ctx", {}).get("error")
+        if isinstance(cause, _ProblemAt):
+            loc.append(cause.key)
+        if item["type"] == "missing" and loc and loc[-1].isdigit():
+            loc, message = loc[:-1], "too few values in this list"
+        elif names_a_key or item["type"] == "invalid_key":
+            message = "keys must be text: quote this key or remove it"
+        else:
+            message = _message(item, loc)
+        if item["type"] not in ("missing", "extra_forbidden") and not isinstance(item.get("input"), (dict, list)):
+            message = f"{message} (got {_shown(item.get('input'))})"
+        messages = found.setdefault(".".join(loc), [])
+        if message not in messages:
+            messages.append(message)
+    return [RecipeProblem(path=path, message=_join_alternatives(messages)) for path, messages in found.items()]
 
 
-def _check_files(recipe: Recipe, base_dir: Path) -> list[RecipeProblem]:
-    """Problems only visible on disk: data files that match nothing, a pretrained path that is not there."""
+def _key_path(loc: tuple[int | str, ...], kind: str) -> list[int | str]:
+    """pydantic's error location as recipe keys, without the union members it tried."""
+    # The first part, and for an unknown key the last, are the user's own keys even when spelt like a type.
+    own = {0, len(loc) - 1} if kind == "extra_forbidden" else {0}
+    return [part for index, part in enumerate(loc) if index in own or not _UNION_MEMBER.fullmatch(str(part))]
+
+
+def _message(item: dict[str, Any], loc: list[str]) -> str:
+    kind = item["type"]
+    if kind == "missing":
+        return "required: add this key"
+    if kind == "extra_forbidden":
+        known = _keys_at(loc[:-1])
+        close = difflib.get_close_matches(loc[-1], known, n=1) if loc else []
+        if close:
+            return f"unknown key: did you mean '{close[0]}'?"
+        return f"unknown key: remove it or use one of {', '.join(known)}" if known else "unknown key: remove it"
+    if kind in _EXPECTED:
+        return f"expected {_EXPECTED[kind]}"
+    if kind == "literal_error":
+        return f"expected {item['ctx']['expected']}"
+    if kind == "too_long":
+        return f"too many values: at most {item['ctx'].get('max_length')} (got {item['ctx'].get('actual_length')})"
+    if kind == "too_short":
+        return f"too few values: at least {item['ctx'].get('min_length')} (got {item['ctx'].get('actual_length')})"
+    message = item["msg"].removeprefix("Value error, ")
+    return re.sub(r"^Input should be ", "must be ", message)
+
+
+_EXPECTED_MESSAGE = re.compile(r"expected (.*?)( \(got .*\))?")
+
+
+def _join_alternatives(messages: list[str]) -> str:
+    # "expected a whole number (got 'x')" + "expected 'auto' (got 'x')" -> "expected a whole number or 'auto' (got 'x')"
+    matches = [_EXPECTED_MESSAGE.fullmatch(message) for message in messages]
+    if len(messages) > 1 and all(matches) and len({match.group(2) for match in matches}) == 1:
+        return "expected " + " or ".join(match.group(1) for match in matches) + (matches[0].group(2) or "")
+    return "; ".join(messages)
+
+
+def _keys_at(loc: list[str]) -> list[str]:
+    """The keys allowed in the section at `loc`, for suggesting a spelling; [] where that is not a section."""
+    model: type[BaseModel] = Recipe
+    for part in loc:
+        field = model.model_fields.get(part)
+        annotation = field.annotation if field else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _resolve(base_dir: Path, value: str) -> Path:
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else base_dir / path
+
+
+def _check_paths(data: dict[str, Any], base_dir: Path) -> list[RecipeProblem]:
+    """Problems only visible on disk: data files that match nothing, a local path that is not there.
+
+    Reads the raw mapping, so that these are reported in the same run as the schema problems.
+    """
+
+    def section(name: str) -> dict[str, Any]:
+        value = data.get(name)
+        return value if isinstance(value, dict) else {}
+
     problems = []
-    if recipe.data.source == "files":
-        for index, pattern in enumerate(recipe.data.files):
-            full = pattern if os.path.isabs(pattern) else str(base_dir / pattern)
-            if not glob.glob(full, recursive=True):
+    data_section = section("data")
+    files = data_section.get("files")
+    if data_section.get("source") == "files" and isinstance(files, list):
+        for index, pattern in enumerate(files):
+            if not isinstance(pattern, str):
+                continue  # the schema reports it
+            full = str(_resolve(base_dir, pattern)) if pattern else ""
+            if not any(os.path.isfile(match) for match in glob.glob(full, recursive=True)):
                 problems.append(
                     RecipeProblem(
                         path=f"data.files.{index}",
-                        message=f"no file matches {full!r}: fix the path (relative paths start at the recipe's folder)",
+                        message=f"no file matches {full or pattern!r}: fix the path "
+                        "(relative paths start at the recipe's folder)",
                     )
                 )
-    for key, value in (("model.pretrained", recipe.model.pretrained), ("tokenizer.name", recipe.tokenizer.name)):
-        if value and _looks_like_local_path(value) and not (base_dir / value).expanduser().exists():
-            problems.append(
-                RecipeProblem(path=key, message=f"{value!r} does not exist: fix the path or use a Hub id 'org/name'")
-            )
-    if recipe.data.source == "hub" and recipe.data.dataset and _looks_like_local_path(recipe.data.dataset):
-        if not (base_dir / recipe.data.dataset).expanduser().exists():
-            problems.append(
-                RecipeProblem(path="data.dataset", message=f"{recipe.data.dataset!r} does not exist: fix the path")
-            )
+    local_paths = [
+        ("model.pretrained", section("model").get("pretrained")),
+        ("tokenizer.name", section("tokenizer").get("name")),
+    ]
+    if data_section.get("source") == "hub":
+        local_paths.append(("data.dataset", data_section.get("dataset")))
+    for key, value in local_paths:
+        if isinstance(value, str) and value and _looks_like_local_path(value):
+            if not os.path.exists(_resolve(base_dir, value)):
+                problems.append(
+                    RecipeProblem(
+                        path=key, message=f"{value!r} does not exist: fix the path or use a Hub id 'org/name'"
+                    )
+                )
     return problems
 
 
@@ -341,42 +496,96 @@ def _looks_like_local_path(value: str) -> bool:
     return value.startswith((".", "/", "~")) or value.count("/") > 1
 
 
+_WHAT_IT_IS = {"list": "a list", "str": "plain text", "int": "a number", "float": "a number", "bool": "true/false"}
+
+
 def parse_recipe(data: Any, source: str = "<recipe>", base_dir: Path | None = None) -> Recipe:
     """Validate an already-parsed mapping; `base_dir` enables the on-disk checks (files, paths)."""
     if not isinstance(data, dict):
-        kind = "empty" if data is None else type(data).__name__
-        raise RecipeError(source, [RecipeProblem(path="", message=f"the recipe is {kind}, expected a mapping of sections such as 'run:' and 'model:'")])
+        kind = "empty" if data is None else _WHAT_IT_IS.get(type(data).__name__, type(data).__name__)
+        message = f"the recipe is {kind}; expected a mapping of sections such as 'run:' and 'model:'"
+        raise RecipeError(source, [RecipeProblem(path="", message=message)])
+    problems: list[RecipeProblem] = []
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as error:
-        raise RecipeError(source, _problems_from_validation(error)) from None
+        problems = _problems_from_validation(error)
     if base_dir is not None:
-        problems = _check_files(recipe, base_dir)
-        if problems:
-            raise RecipeError(source, problems)
+        reported = {problem.path for problem in problems}
+        problems += [problem for problem in _check_paths(data, base_dir) if problem.path not in reported]
+    if problems:
+        raise RecipeError(source, sorted(problems, key=_path_order))
     return recipe
+
+
+def _path_order(problem: RecipeProblem) -> list[tuple[int, int | str]]:
+    # Section by section, and list items in their order: data.files.2 before data.files.10.
+    return [(0, int(part)) if part.isdigit() else (1, part) for part in problem.path.split(".")]
+
+
+class _DuplicateKey(yaml.constructor.ConstructorError):
+    pass
+
+
+class _RecipeLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice is an error.
+
+    Plain YAML keeps the last one without a word: a recipe with two `optimizer:` blocks would lose the first.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise _DuplicateKey(None, None, f"key {key!r} appears twice", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _read_yaml(path: Path) -> Any:
+    def problem(message: str) -> RecipeError:
+        return RecipeError(str(path), [RecipeProblem(path="", message=message)])
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise problem("file not found: check the path") from None
+    except IsADirectoryError:
+        raise problem("this is a folder: pass recipe files, e.g. recipes/*.yaml") from None
+    except UnicodeDecodeError:
+        raise problem("not a text file (it is not UTF-8): pass a YAML recipe") from None
+    except OSError as error:
+        reason = error.strerror or error.__class__.__name__
+        raise problem(f"cannot read the file ({reason}): check the path and permissions") from None
+    try:
+        return yaml.load(text, Loader=_RecipeLoader)
+    except RecursionError:
+        raise problem("the YAML nests too deeply to read: flatten it") from None
+    except yaml.reader.ReaderError as error:
+        raise problem(
+            f"character U+{error.character:04X} at position {error.position} is not allowed in YAML: remove it "
+            "(or pass the recipe, not a binary file)"
+        ) from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        reason = getattr(error, "problem", None) or str(error)
+        if isinstance(error, _DuplicateKey):
+            raise problem(f"{reason}{where}: YAML would silently keep only the last one; merge them") from None
+        raise problem(f"invalid YAML{where}: {reason}: fix the syntax") from None
 
 
 def load_recipe(path: str | os.PathLike) -> Recipe:
     """Read and validate a recipe file; relative data paths are resolved against the file's folder."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise RecipeError(str(path), [RecipeProblem(path="", message="file not found: check the path")]) from None
-    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as error:
-        raise RecipeError(str(path), [RecipeProblem(path="", message=f"cannot read the file ({error.__class__.__name__}): pass a readable UTF-8 YAML file")]) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        reason = getattr(error, "problem", None) or str(error)
-        raise RecipeError(str(path), [RecipeProblem(path="", message=f"invalid YAML at {where}{reason}: fix the syntax")]) from None
-    recipe = parse_recipe(data, source=str(path), base_dir=path.resolve().parent)
+    data = _read_yaml(path)
+    base = path.resolve().parent
+    recipe = parse_recipe(data, source=str(path), base_dir=base)
     if recipe.data.source == "files":
-        base = path.resolve().parent
-        resolved = [p if os.path.isabs(p) else str(base / p) for p in recipe.data.files]
+        resolved = [str(_resolve(base, pattern)) for pattern in recipe.data.files]
         recipe = recipe.model_copy(update={"data": recipe.data.model_copy(update={"files": resolved})})
     return recipe
 

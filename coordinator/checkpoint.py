@@ -1,0 +1,97 @@
+"""Publishing model versions: every version is kept, each loadable with `from_pretrained`.
+
+Layout of the checkpoint folder:
+
+    checkpoints/
+      epoch-000050/   config.json, model.safetensors, tokenizer files, README.md (model card), swarm.json
+      epoch-000100/   ...
+      latest          the name of the newest version (one line)
+
+A version is written to a hidden temporary folder and renamed into place, so a crash never leaves a
+half-written version under its final name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+import swarm
+from swarm.recipe import Recipe
+
+
+@dataclass
+class VersionInfo:
+    epoch: int
+    samples_seen: int
+    val_loss: float | None
+    recipe_fingerprint: str
+    data_digest: str
+    data_description: str
+    created_at: float = field(default_factory=time.time)
+    swarm_version: str = swarm.__version__
+    extra: dict = field(default_factory=dict)
+
+
+def _model_card(recipe: Recipe, info: VersionInfo) -> str:
+    loss = "n/a" if info.val_loss is None else f"{info.val_loss:.4f}"
+    return f"""---
+library_name: transformers
+tags: [swarm, volunteer-training, {recipe.run.id}]
+---
+# {recipe.run.id} — epoch {info.epoch}
+
+{recipe.run.description or "Trained by volunteers with swarm."}
+
+| | |
+|---|---|
+| swarm epoch (global steps) | {info.epoch} |
+| samples seen | {info.samples_seen} |
+| validation loss (nats/token) | {loss} |
+| recipe fingerprint | `{info.recipe_fingerprint}` |
+| data | {info.data_description} (identity `{info.data_digest[:16]}`) |
+| swarm version | {info.swarm_version} |
+
+Load it with `transformers.AutoModelForCausalLM.from_pretrained("<this folder>")`. The full recipe is in
+`swarm.json`; earlier versions stay published next to this one.
+"""
+
+
+def save_version(folder: Path, model: torch.nn.Module, tokenizer, recipe: Recipe, info: VersionInfo) -> Path:
+    """Write one version atomically as `epoch-NNNNNN/` and point `latest` at it; returns its folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"epoch-{info.epoch:06d}"
+    final, tmp = folder / name, folder / f".tmp-{name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    write_model_files(tmp, model, tokenizer, recipe, info)
+    if final.exists():  # the same epoch saved twice (a restart): the newer write wins
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    latest_tmp = folder / ".latest.tmp"
+    latest_tmp.write_text(name + "\n")
+    os.replace(latest_tmp, folder / "latest")
+    return final
+
+
+def write_model_files(target: Path, model: torch.nn.Module, tokenizer, recipe: Recipe, info: VersionInfo) -> None:
+    """safetensors + config + tokenizer + model card + swarm.json into `target` (created if needed)."""
+    target.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(target, safe_serialization=True)
+    tokenizer.save_pretrained(target)
+    (target / "README.md").write_text(_model_card(recipe, info))
+    metadata = dict(asdict(info), recipe=json.loads(recipe.to_json()))
+    (target / "swarm.json").write_text(json.dumps(metadata, indent=2, sort_keys=True))
+
+
+def latest_version(folder: Path) -> Path | None:
+    pointer = folder / "latest"
+    if not pointer.exists():
+        return None
+    candidate = folder / pointer.read_text().strip()
+    return candidate if candidate.is_dir() else None

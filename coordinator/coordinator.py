@@ -1,0 +1,309 @@
+"""The coordinator behind `swarm launch`: first DHT node of a run, recipe publisher, monitor and checkpointer.
+
+Training never depends on it: peers average among themselves. It announces the run (recipe + data identity)
+so volunteers can join with nothing but its address, follows the swarm's progress, publishes model versions
+every `checkpoint.every_epochs` epochs and writes `status.json` (and, at the end, `summary.json`).
+
+>>> coordinator = Coordinator(load_recipe("recipes/tiny-stdlib.yaml"), CoordinatorSettings(port=31337))
+>>> coordinator.run()   # doctest: +SKIP  (prints the `swarm join` command, returns when the run is over)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import hivemind
+from hivemind.optim.progress_tracker import LocalTrainingProgress
+from hivemind.utils import get_dht_time
+
+import swarm
+from swarm import records
+from swarm.data import build_data
+from swarm.evaluation import validation_loss
+from swarm.identity import Identity
+from swarm.model import build_model, count_parameters
+from swarm.network import create_dht, join_addresses
+from swarm.recipe import Recipe
+from swarm.tokenizer import build_tokenizer
+from coordinator.checkpoint import VersionInfo, save_version, write_model_files
+from coordinator.state import StateFetcher
+
+logger = logging.getLogger("swarm.coordinator")
+
+ANNOUNCE_PERIOD_S = 20.0
+MONITOR_PERIOD_S = 2.0
+FINAL_STATE_TIMEOUT_S = 90.0
+
+
+@dataclass
+class CoordinatorSettings:
+    host: str = "0.0.0.0"
+    port: int = 31337
+    announce_host: str | None = None
+    initial_peers: list[str] = field(default_factory=list)  # other coordinators/bootstrap nodes of the same run
+    state_dir: str | None = None  # default: runs/<run_id>/coordinator
+    checkpoint_dir: str | None = None  # overrides recipe.checkpoint.dir
+    final_model_dir: str | None = None  # also write the final version here (the demo's output folder)
+    summary_file: str | None = None
+    cache_dir: str | None = None
+
+
+@dataclass
+class SwarmView:
+    """What the monitor knows of the run, rebuilt from the DHT every few seconds."""
+
+    epoch: int = 0
+    samples_accumulated: int = 0
+    alive_peers: int = 0
+    samples_per_second: float = 0.0
+    peers: dict = field(default_factory=dict)  # peer_id -> latest PeerMetrics (kept after the peer leaves)
+
+    @property
+    def mean_loss(self) -> float | None:
+        now = get_dht_time()
+        losses = [m.loss for m in self.peers.values() if m.loss is not None and now - m.time < 30]
+        return sum(losses) / len(losses) if losses else None
+
+
+class Coordinator:
+    def __init__(self, recipe: Recipe, settings: CoordinatorSettings):
+        self.recipe, self.settings = recipe, settings
+        self.view = SwarmView()
+        self.stop_event = threading.Event()
+        self.dht: hivemind.DHT | None = None
+        self.fetcher: StateFetcher | None = None
+        self.started_at = time.time()
+        self.state_dir = Path(settings.state_dir or Path("runs") / recipe.run.id / "coordinator")
+        self.checkpoint_dir = Path(settings.checkpoint_dir) if settings.checkpoint_dir else recipe.checkpoint_dir()
+        self.last_checkpoint_epoch = -1
+        self.initial_val_loss: float | None = None
+        self.final_val_loss: float | None = None
+        self.finished = False
+
+    # ---------------------------------------------------------------- lifecycle
+    def run(self) -> dict:
+        self._install_signal_handlers()
+        try:
+            self._setup()
+            self._monitor_until_done()
+            return self._finish()
+        finally:
+            self._close()
+
+    def _setup(self) -> None:
+        recipe, s = self.recipe, self.settings
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.tokenizer = build_tokenizer(recipe.tokenizer)
+        self.data = build_data(recipe.data, self.tokenizer, peer_id=b"coordinator", cache_dir=s.cache_dir)
+        self.val_batches = self.data.validation_batches(batch_size=16)
+        self.model = build_model(recipe.model, self.tokenizer.vocab_size, self.tokenizer.eos_id, self.tokenizer.pad_id)
+        self.initial_val_loss = validation_loss(self.model, self.val_batches)
+        logger.info(f"Run {recipe.run.id!r}: {count_parameters(self.model) / 1e6:.2f}M-parameter "
+                    f"{recipe.model.architecture or recipe.model.pretrained}, data {self.data.identity.description}, "
+                    f"initial validation loss {self.initial_val_loss:.4f}")
+        self.identity = Identity.load_or_create(self.state_dir / "identity", name="coordinator", team="")
+        self.dht = create_dht(s.initial_peers, host=s.host, port=s.port, identity=self.identity,
+                              record_validators=records.schema_validators(recipe.run.id), announce_host=s.announce_host)
+        self._announce()
+        self.fetcher = StateFetcher(self.dht, recipe.run.id)
+        self._print_join_command()
+
+    def _print_join_command(self) -> None:
+        addresses = join_addresses(self.dht)
+        lines = [f"Swarm for run {self.recipe.run.id!r} is up. Volunteers join with:", ""]
+        lines += [f"    swarm join --initial-peers {addresses[0]}", ""]
+        if len(addresses) > 1:
+            lines += ["Other addresses of this coordinator (use one another machine can reach):"]
+            lines += [f"    {address}" for address in addresses[1:]]
+        if all("/127.0.0.1/" in a or "/ip6/::1/" in a for a in addresses):
+            lines += ["(Only a loopback address is visible: other machines need --host 0.0.0.0 and "
+                      "--announce-host <this machine's public IP>.)"]
+        print("\n".join(lines), flush=True)
+
+    def _announce(self, status: str = "running", final_epoch: int | None = None) -> None:
+        announcement = records.RunAnnouncement(
+            run_id=self.recipe.run.id, recipe_json=self.recipe.to_json(), recipe_fingerprint=self.recipe.fingerprint,
+            data_digest=self.data.identity.digest, data_description=self.data.identity.description,
+            swarm_version=swarm.__version__, coordinator_peer_id=self.dht.peer_id.to_base58(),
+            started_at=self.started_at, status=status, final_epoch=final_epoch)
+        self.dht.store(records.RUNS_KEY, subkey=self.recipe.run.id, value=announcement.to_bytes(),
+                       expiration_time=get_dht_time() + records.ANNOUNCEMENT_TTL_S)
+        self._last_announce = time.monotonic()
+
+    # ---------------------------------------------------------------- monitoring
+    def _monitor_until_done(self) -> None:
+        last_logged_epoch = -1
+        while not self.stop_event.is_set():
+            if time.monotonic() - self._last_announce > ANNOUNCE_PERIOD_S:
+                self._announce()
+            self._refresh_view()
+            if self.view.epoch != last_logged_epoch:
+                last_logged_epoch = self.view.epoch
+                self._log_progress()
+            if self._checkpoint_due():
+                self._publish_checkpoint()
+            if self._limit_reached():
+                logger.info(f"Run limit reached: {self._limit_reached()}")
+                return
+            self._write_status()
+            self.stop_event.wait(MONITOR_PERIOD_S)
+
+    def _refresh_view(self) -> None:
+        progress = self.dht.get(f"{self.recipe.run.id}_progress", latest=True)
+        now = get_dht_time()
+        alive, epochs, samples, rate = 0, [0], 0, 0.0
+        if progress is not None and isinstance(progress.value, dict):
+            for item in progress.value.values():
+                try:
+                    peer = LocalTrainingProgress.parse_obj(item.value)
+                except Exception:
+                    continue
+                if item.expiration_time < now:
+                    continue
+                alive += 1
+                epochs.append(peer.epoch)
+                rate += peer.samples_per_second
+            current = max(epochs)
+            for item in progress.value.values():
+                try:
+                    peer = LocalTrainingProgress.parse_obj(item.value)
+                except Exception:
+                    continue
+                if peer.epoch == current:
+                    samples += peer.samples_accumulated
+        self.view.epoch = max(self.view.epoch, max(epochs))
+        self.view.alive_peers, self.view.samples_accumulated, self.view.samples_per_second = alive, samples, rate
+        metrics = records.parse_metrics(self.dht.get(records.metrics_key(self.recipe.run.id), latest=True))
+        for peer_id, row in metrics.items():
+            known = self.view.peers.get(peer_id)
+            if known is None or row.time >= known.time:
+                self.view.peers[peer_id] = row
+
+    def _log_progress(self) -> None:
+        loss = self.view.mean_loss
+        logger.info(f"swarm epoch {self.view.epoch} | {self.view.alive_peers} peer(s) alive | "
+                    f"{self.view.samples_per_second:.1f} samples/s | "
+                    f"training loss {'n/a' if loss is None else f'{loss:.3f}'}")
+
+    def _checkpoint_due(self) -> bool:
+        every = self.recipe.checkpoint.every_epochs
+        return self.view.epoch > 0 and self.view.epoch // every > max(self.last_checkpoint_epoch, 0) // every
+
+    def _limit_reached(self) -> str | None:
+        limits = self.recipe.limits
+        if limits.max_epochs is not None and self.view.epoch >= limits.max_epochs:
+            return f"limits.max_epochs = {limits.max_epochs}"
+        if limits.max_samples is not None and self.view.epoch * self.recipe.collaboration.target_batch_size >= limits.max_samples:
+            return f"limits.max_samples = {limits.max_samples}"
+        if limits.max_wall_time_s is not None and time.time() - self.started_at >= limits.max_wall_time_s:
+            return f"limits.max_wall_time_s = {limits.max_wall_time_s:.0f}"
+        return None
+
+    # ---------------------------------------------------------------- checkpoints
+    def _publish_checkpoint(self, timeout_s: float = 60.0) -> Path | None:
+        epoch = self.fetcher.fetch_into(self.model, timeout_s=timeout_s)
+        if epoch is None:
+            logger.warning("No peer sent its state for the checkpoint; trying again shortly")
+            return None
+        val_loss = validation_loss(self.model, self.val_batches)
+        info = self._version_info(epoch, val_loss)
+        path = save_version(self.checkpoint_dir, self.model, self.tokenizer, self.recipe, info)
+        self.last_checkpoint_epoch = epoch
+        self.final_val_loss = val_loss
+        logger.info(f"Published version epoch {epoch} (validation loss {val_loss:.4f}) to {path}")
+        return path
+
+    def _version_info(self, epoch: int, val_loss: float | None) -> VersionInfo:
+        return VersionInfo(epoch=epoch, samples_seen=self.samples_total(), val_loss=val_loss,
+                           recipe_fingerprint=self.recipe.fingerprint, data_digest=self.data.identity.digest,
+                           data_description=self.data.identity.description)
+
+    def samples_total(self) -> int:
+        return sum(row.samples_total for row in self.view.peers.values())
+
+    # ---------------------------------------------------------------- the end
+    def _finish(self) -> dict:
+        """Final version from the peers (they wait for it), the summary, then tell peers the run is over."""
+        deadline = time.monotonic() + FINAL_STATE_TIMEOUT_S
+        path = None
+        while path is None and time.monotonic() < deadline and not self._forced:
+            path = self._publish_checkpoint(timeout_s=max(5.0, deadline - time.monotonic()))
+            if path is None:
+                time.sleep(3.0)  # peers may still be finishing their last epoch
+                self._refresh_view()
+        if path is None:
+            logger.warning("Could not fetch the final state from any peer; the last published version stands")
+        elif self.settings.final_model_dir:
+            write_model_files(Path(self.settings.final_model_dir), self.model, self.tokenizer, self.recipe,
+                              self._version_info(self.last_checkpoint_epoch, self.final_val_loss))
+        self._announce(status="finished", final_epoch=self.last_checkpoint_epoch)
+        self.finished = True
+        summary = self.summary()
+        if self.settings.summary_file:
+            _write_json(Path(self.settings.summary_file), summary)
+        self._write_status()
+        logger.info(f"Run over: {summary['epochs']} epochs, {summary['samples_total']} samples, validation loss "
+                    f"{summary['initial_val_loss']:.4f} -> {summary['final_val_loss'] or float('nan'):.4f}")
+        return summary
+
+    def summary(self) -> dict:
+        peers = self.view.peers.values()
+        return dict(
+            run_id=self.recipe.run.id,
+            peers=len(self.view.peers),
+            epochs=max(self.view.epoch, self.last_checkpoint_epoch, 0),
+            samples_total=self.samples_total(),
+            wall_s=round(time.time() - self.started_at, 2),
+            initial_val_loss=self.initial_val_loss,
+            final_val_loss=self.final_val_loss,
+            # every such round had >= 2 peers; counted by the peer that took part in most of them
+            averaged_rounds=max((row.averaged_rounds for row in peers), default=0),
+            solo_rounds=max((row.solo_rounds for row in peers), default=0),
+            final_checkpoint_epoch=self.last_checkpoint_epoch if self.last_checkpoint_epoch >= 0 else None,
+            checkpoint_dir=str(self.checkpoint_dir),
+            volunteers=[dict(peer_id=row.peer_id, name=row.name, team=row.team, samples=row.samples_total,
+                             averaged_rounds=row.averaged_rounds, device=row.device) for row in peers],
+        )
+
+    def _write_status(self) -> None:
+        status = dict(run_id=self.recipe.run.id, status="finished" if self.finished else "running",
+                      epoch=self.view.epoch, alive_peers=self.view.alive_peers,
+                      samples_per_second=self.view.samples_per_second, samples_total=self.samples_total(),
+                      mean_training_loss=self.view.mean_loss, last_checkpoint_epoch=self.last_checkpoint_epoch,
+                      updated_at=time.time())
+        _write_json(self.state_dir / "status.json", status)
+
+    def _install_signal_handlers(self) -> None:
+        self._forced = False
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def handle(signum, _frame):
+            if self.stop_event.is_set():
+                self._forced = True
+                raise KeyboardInterrupt
+            logger.info("Stopping: saving a final version first (press Ctrl-C again to skip it)")
+            self.stop_event.set()
+
+        signal.signal(signal.SIGINT, handle)
+        signal.signal(signal.SIGTERM, handle)
+
+    def _close(self) -> None:
+        if self.fetcher is not None:
+            self.fetcher.shutdown()
+        if self.dht is not None:
+            self.dht.shutdown()
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+    os.replace(tmp, path)

@@ -1,0 +1,405 @@
+"""The volunteer daemon behind `swarm join`.
+
+It fetches the run's recipe from the swarm, builds the same model and data as every other peer, loads the
+current state from peers, then trains DeDLOC-style with hivemind.Optimizer: accumulate micro-batches toward the
+swarm-wide target batch, average gradients with whoever is there, step. It publishes signed metrics, notices
+when it is training alone while others are not, and on Ctrl-C/SIGTERM finishes the epoch in progress so the
+samples it already computed reach the swarm, then leaves.
+
+>>> settings = VolunteerSettings(initial_peers=["/ip4/127.0.0.1/tcp/31337/p2p/12D3KooW..."], name="ada")
+>>> Volunteer(settings).run()   # doctest: +SKIP
+
+Tuning from the logs:
+- "training alone for N rounds while the swarm has M other peers": the DHT view split; the peer reconnects by
+  itself. If it keeps happening, check that this machine is reachable (or use --client-mode behind NAT).
+- "averaged with 1 peer(s)" most epochs while others are up: raise collaboration.matchmaking_time_s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import hivemind
+import torch
+from hivemind.dht.crypto import RSASignatureValidator
+from hivemind.p2p import PeerID
+from hivemind.utils import get_dht_time
+from hivemind.utils.multiaddr import Multiaddr
+
+import swarm
+from swarm import records
+from swarm.data import build_data, check_identity
+from swarm.errors import SwarmError, UsageError
+from swarm.hardware import pick_hardware, pick_micro_batch_size
+from swarm.identity import Identity
+from swarm.model import build_model, count_parameters
+from swarm.network import create_dht, parse_initial_peers
+from swarm.recipe import Recipe, recipe_from_json
+from swarm.tokenizer import build_tokenizer
+from peer.collaboration import SwarmOptimizer, build_swarm_optimizer
+from peer.progress import ProgressView
+
+logger = logging.getLogger("swarm.peer")
+
+METRICS_PERIOD_S = 5.0
+SOLO_ROUNDS_BEFORE_RECONNECT = 3
+
+
+@dataclass
+class VolunteerSettings:
+    """What differs per machine (the recipe comes from the swarm)."""
+
+    initial_peers: list[str]
+    run_id: str | None = None
+    identity_dir: str | None = None
+    name: str | None = None
+    team: str | None = None
+    host: str = "0.0.0.0"
+    port: int = 0
+    announce_host: str | None = None
+    client_mode: bool = False
+    device: str = "auto"
+    threads: int | None = None
+    micro_batch_size: int | None = None
+    max_runtime_s: float | None = None
+    cache_dir: str | None = None
+    stats_file: str | None = None
+    display: str = "auto"  # auto | rich | log | none
+    connect_timeout_s: float = 60.0
+
+
+@dataclass
+class LocalStats:
+    """This process's own counters, written to `stats_file` at exit and published as metrics."""
+
+    samples: int = 0
+    micro_steps: int = 0
+    compute_s: float = 0.0
+    loss_ema: float | None = None
+    started_at: float = field(default_factory=time.time)
+    reconnects: int = 0
+    loaded_state_epoch: int | None = None
+
+
+async def _rebootstrap(_dht, node, initial_peers: list[str]) -> None:
+    """Re-ping the initial peers and re-walk the DHT around our own id: heals a routing table that split."""
+    peers = {PeerID.from_base58(Multiaddr(address)["p2p"]) for address in initial_peers}
+    await asyncio.gather(*(node.protocol.call_ping(peer) for peer in peers), return_exceptions=True)
+    await node.find_nearest_nodes([node.node_id])
+
+
+class Volunteer:
+    """One volunteer process: `run()` returns when the run is over, the owner's limit is reached, or on a signal."""
+
+    def __init__(self, settings: VolunteerSettings):
+        self.settings = settings
+        self.stats = LocalStats()
+        self._stop_requested = threading.Event()
+        self._force_stop = threading.Event()
+        self.dht: hivemind.DHT | None = None
+        self.optimizer: SwarmOptimizer | None = None
+        self.view: ProgressView | None = None
+
+    # ---------------------------------------------------------------- the whole life of a volunteer
+    def run(self) -> LocalStats:
+        self._install_signal_handlers()
+        try:
+            self._setup()
+            self._sync_with_swarm()
+            self._train()
+        finally:
+            self._close()
+        return self.stats
+
+    def _setup(self) -> None:
+        s = self.settings
+        initial_peers = parse_initial_peers(s.initial_peers)
+        if not initial_peers:
+            raise UsageError("--initial-peers is required: pass the address printed by `swarm launch`")
+        self.identity = Identity.load_or_create(s.identity_dir, name=s.name, team=s.team)
+        self.initial_peers = initial_peers
+        logger.info(f"Joining the swarm through {initial_peers[0]} as {self.identity.name!r}"
+                    + (f" (team {self.identity.team})" if self.identity.team else ""))
+        self.dht = create_dht(initial_peers, host=s.host, port=s.port, identity=self.identity,
+                              client_mode=s.client_mode, announce_host=s.announce_host,
+                              startup_timeout_s=s.connect_timeout_s)
+        self.announcement = self._fetch_announcement()
+        self.recipe: Recipe = recipe_from_json(self.announcement.recipe_json, source="the recipe published by the coordinator")
+        self.dht.add_validators(records.schema_validators(self.recipe.run.id))
+        self._public_key = RSASignatureValidator(self.identity.signing_key).local_public_key
+        logger.info(f"Run {self.recipe.run.id!r}: {self.recipe.run.description or 'no description'}")
+
+        self.hardware = pick_hardware(s.device, s.threads)
+        self.tokenizer = build_tokenizer(self.recipe.tokenizer)
+        self.peer_id = self.dht.peer_id
+        self.data = build_data(self.recipe.data, self.tokenizer, peer_id=self.peer_id.to_bytes(), cache_dir=s.cache_dir)
+        check_identity(self.announcement.data_digest, self.announcement.data_description, self.data.identity)
+        logger.info(f"Data: {self.data.identity.description} (identity {self.data.identity.digest[:12]}, matches the swarm)")
+
+        self.model = build_model(self.recipe.model, self.tokenizer.vocab_size, self.tokenizer.eos_id,
+                                 self.tokenizer.pad_id).to(self.hardware.device)
+        self.model.train()
+        self.micro_batch_size = s.micro_batch_size or (
+            self.recipe.collaboration.micro_batch_size if isinstance(self.recipe.collaboration.micro_batch_size, int)
+            else pick_micro_batch_size(self.model, self.hardware, self.recipe.data.seq_len,
+                                       self.recipe.collaboration.max_micro_batch_size, self.tokenizer.vocab_size))
+        self.micro_batch_size = min(self.micro_batch_size, self.recipe.collaboration.target_batch_size)
+        logger.info(f"Model: {count_parameters(self.model) / 1e6:.2f}M parameters on {self.hardware.description}, "
+                    f"{self.hardware.precision}, micro-batch {self.micro_batch_size} x {self.recipe.data.seq_len} tokens")
+        self.optimizer = build_swarm_optimizer(self.dht, self.model, self.recipe, self.identity,
+                                               self.micro_batch_size, client_mode=s.client_mode)
+        self.view = ProgressView.create(s.display, self.recipe, self.identity.name)
+
+    def _fetch_announcement(self) -> records.RunAnnouncement:
+        deadline = time.monotonic() + self.settings.connect_timeout_s
+        while True:
+            found = self.dht.get(records.RUNS_KEY, latest=True)
+            runs = {}
+            if found is not None and isinstance(found.value, dict):
+                for run_id, item in found.value.items():
+                    try:
+                        runs[run_id] = records.RunAnnouncement.from_bytes(item.value)
+                    except Exception:
+                        logger.debug(f"Ignoring an unreadable run announcement under {run_id!r}")
+            if self.settings.run_id is not None and self.settings.run_id in runs:
+                return runs[self.settings.run_id]
+            if self.settings.run_id is None and len(runs) == 1:
+                return next(iter(runs.values()))
+            if self.settings.run_id is None and len(runs) > 1:
+                raise UsageError(f"this swarm serves several runs ({', '.join(sorted(runs))}): pick one with --run-id")
+            if time.monotonic() > deadline:
+                wanted = f"run {self.settings.run_id!r}" if self.settings.run_id else "any run"
+                seen = f" (it serves: {', '.join(sorted(runs))})" if runs else ""
+                raise SwarmError(f"connected, but found no announcement of {wanted} in the swarm{seen}. "
+                                 "Check that `swarm launch` is running and that the address is the one it printed.")
+            time.sleep(1.0)
+
+    def _sync_with_swarm(self) -> None:
+        """Start from the swarm's current state rather than from scratch (if anyone has trained yet)."""
+        tracker = self.optimizer.tracker
+        deadline = time.monotonic() + 10.0
+        while not tracker.fetched_global_progress_this_epoch.is_set() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        progress = tracker.global_progress
+        if progress.num_peers == 0 or progress.epoch == 0 and progress.samples_accumulated == 0:
+            logger.info("No other peer has trained yet: starting from the recipe's initial weights")
+            return
+        logger.info(f"Loading the current state from peers (swarm epoch {progress.epoch}, {progress.num_peers} peer(s))")
+        if self._load_state_with_watchdog():
+            self.stats.loaded_state_epoch = self.optimizer.local_epoch
+            logger.info(f"Loaded the swarm's state at epoch {self.optimizer.local_epoch}")
+
+    def _load_state_with_watchdog(self) -> bool:
+        """hivemind's loader retries forever and returns None either way: bound it and check the epoch moved."""
+        timeout_s = self.recipe.collaboration.load_state_timeout_s
+        before = self.optimizer.local_epoch
+        done = threading.Event()
+
+        def load():
+            try:
+                self.optimizer.load_state_from_peers()
+            except Exception as error:  # keep training from our own state; the next sync check retries
+                logger.warning(f"Loading state from peers failed: {error!r}")
+            finally:
+                done.set()
+
+        threading.Thread(target=load, name="load-state", daemon=True).start()
+        if not done.wait(timeout_s):
+            logger.warning(f"No peer sent its state within {timeout_s:.0f} s (collaboration.load_state_timeout_s); "
+                           "training on from the current weights")
+            return False
+        return self.optimizer.local_epoch >= max(before, self.optimizer.tracker.global_epoch - 1)
+
+    # ---------------------------------------------------------------- the training loop
+    def _train(self) -> None:
+        next_report = time.monotonic()
+        finishing_epoch = None
+        while not self._force_stop.is_set():
+            if self._stop_requested.is_set() and finishing_epoch is None:
+                finishing_epoch = self.optimizer.local_epoch
+                self._finish_deadline = time.monotonic() + self._finish_budget_s()
+                logger.info("Stopping: finishing the current epoch so this peer's samples reach the swarm "
+                            "(press Ctrl-C again to leave at once)")
+            if finishing_epoch is not None and (self.optimizer.local_epoch > finishing_epoch
+                                                or time.monotonic() > self._finish_deadline
+                                                or self.optimizer.tracker.local_progress.samples_accumulated == 0):
+                break
+            reason = self._stop_reason()
+            if reason:
+                logger.info(f"Stopping: {reason}")
+                if reason.startswith("the run"):
+                    self._serve_final_state()
+                break
+            self._train_micro_step()
+            if time.monotonic() >= next_report:
+                next_report = time.monotonic() + METRICS_PERIOD_S
+                self._report()
+                self._check_not_alone()
+
+    def _train_micro_step(self) -> None:
+        started = time.perf_counter()
+        batch = self.data.next_batch(self.optimizer.local_epoch, self.micro_batch_size).to(self.hardware.device,
+                                                                                              non_blocking=True)
+        with torch.autocast(self.hardware.device.type, dtype=self.hardware.autocast_dtype,
+                            enabled=self.hardware.autocast_dtype is not None):
+            loss = self.model(input_ids=batch, labels=batch).loss
+        loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.stats.compute_s += time.perf_counter() - started
+        self.stats.samples += batch.shape[0]
+        self.stats.micro_steps += 1
+        value = loss.item()  # one host sync per micro-step; negligible on CPU, cheap next to the step on GPU
+        if math.isfinite(value):
+            self.stats.loss_ema = value if self.stats.loss_ema is None else 0.9 * self.stats.loss_ema + 0.1 * value
+        if self.view is not None:
+            self.view.on_step(self._snapshot())
+
+    def _serve_final_state(self, timeout_s: float = 120.0) -> None:
+        """Stay reachable until the coordinator has fetched the final version (it downloads it from peers)."""
+        logger.info("Waiting for the coordinator to save the final version (serving this peer's state)")
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and not self._stop_requested.is_set():
+            found = self.dht.get(records.RUNS_KEY, latest=True)
+            item = found.value.get(self.recipe.run.id) if found is not None and isinstance(found.value, dict) else None
+            try:
+                if item is not None and records.RunAnnouncement.from_bytes(item.value).status == "finished":
+                    logger.info("The coordinator saved the final version")
+                    return
+            except Exception:
+                pass
+            time.sleep(2.0)
+
+    def _finish_budget_s(self) -> float:
+        collab = self.recipe.collaboration
+        return collab.matchmaking_time_s + collab.averaging_timeout_s + 30.0
+
+    def _stop_reason(self) -> str | None:
+        limits, epoch = self.recipe.limits, self.optimizer.tracker.global_epoch
+        if limits.max_epochs is not None and max(epoch, self.optimizer.local_epoch) >= limits.max_epochs:
+            return f"the run reached limits.max_epochs ({limits.max_epochs})"
+        if limits.max_samples is not None and epoch * self.recipe.collaboration.target_batch_size >= limits.max_samples:
+            return f"the run reached limits.max_samples ({limits.max_samples})"
+        if limits.max_wall_time_s is not None and time.time() - self.announcement.started_at >= limits.max_wall_time_s:
+            return f"the run reached limits.max_wall_time_s ({limits.max_wall_time_s:.0f} s)"
+        if self.settings.max_runtime_s is not None and time.time() - self.stats.started_at >= self.settings.max_runtime_s:
+            return f"this volunteer's --max-runtime ({self.settings.max_runtime_s:.0f} s) is used up"
+        return None
+
+    # ---------------------------------------------------------------- reporting and health
+    def _snapshot(self) -> dict:
+        opt, progress = self.optimizer, self.optimizer.tracker.global_progress
+        elapsed = max(1e-9, time.time() - self.stats.started_at)
+        return dict(
+            epoch=opt.local_epoch,
+            swarm_samples=progress.samples_accumulated,
+            target_batch_size=progress.target_batch_size,
+            peers=progress.num_peers,
+            local_samples_per_s=opt.tracker.performance_ema.samples_per_second,
+            samples=self.stats.samples,
+            loss=self.stats.loss_ema,
+            averaged_rounds=opt.rounds.averaged,
+            solo_rounds=opt.rounds.solo,
+            last_group_size=opt.rounds.last_group_size,
+            compute_utilisation=self.stats.compute_s / elapsed,
+        )
+
+    def _report(self) -> None:
+        snapshot = self._snapshot()
+        metrics = records.PeerMetrics(
+            peer_id=self.peer_id.to_base58(), name=self.identity.name, team=self.identity.team,
+            epoch=snapshot["epoch"], samples_total=self.stats.samples,
+            samples_per_second=float(snapshot["local_samples_per_s"]),
+            loss=None if self.stats.loss_ema is None else float(self.stats.loss_ema),
+            averaged_rounds=snapshot["averaged_rounds"], solo_rounds=snapshot["solo_rounds"],
+            last_group_size=snapshot["last_group_size"], device=self.hardware.description[:64],
+            version=swarm.__version__, time=float(get_dht_time()), client_mode=self.settings.client_mode)
+        self.dht.store(records.metrics_key(self.recipe.run.id), subkey=self._public_key, value=metrics.dict(),
+                       expiration_time=get_dht_time() + records.METRICS_TTL_S, return_future=True)
+        if self.view is not None:
+            self.view.on_report(snapshot)
+        self._write_stats()
+
+    def _other_live_peers(self) -> int:
+        """Peers of this run that published metrics recently, as seen through the DHT (and the coordinator)."""
+        found = self.dht.get(records.metrics_key(self.recipe.run.id), latest=True)
+        now = get_dht_time()
+        others = [m for peer, m in records.parse_metrics(found).items()
+                  if peer != self.peer_id.to_base58() and now - m.time < 3 * METRICS_PERIOD_S]
+        return len(others)
+
+    def _check_not_alone(self) -> None:
+        """hivemind swarms started at the same moment have been seen to split and train apart silently."""
+        rounds = self.optimizer.rounds
+        if rounds.consecutive_solo < SOLO_ROUNDS_BEFORE_RECONNECT:
+            return
+        others = self._other_live_peers()
+        if others == 0:
+            return
+        logger.warning(f"Training alone for {rounds.consecutive_solo} rounds while the swarm has {others} other "
+                       "peer(s): reconnecting to the initial peers and re-syncing the state")
+        self.stats.reconnects += 1
+        rounds.consecutive_solo = 0
+        try:
+            self.dht.run_coroutine(partial(_rebootstrap, initial_peers=self.initial_peers))
+        except Exception as error:
+            logger.warning(f"Reconnecting failed ({error!r}); will retry after the next rounds")
+            return
+        if self.optimizer.tracker.global_epoch > self.optimizer.local_epoch:
+            self._load_state_with_watchdog()
+
+    def _write_stats(self) -> None:
+        if not self.settings.stats_file:
+            return
+        snapshot = self._snapshot() if self.optimizer is not None else {}
+        data = dict(snapshot, peer_id=self.peer_id.to_base58(), name=self.identity.name, team=self.identity.team,
+                    micro_steps=self.stats.micro_steps, compute_s=self.stats.compute_s,
+                    wall_s=time.time() - self.stats.started_at, reconnects=self.stats.reconnects,
+                    loaded_state_epoch=self.stats.loaded_state_epoch, micro_batch_size=self.micro_batch_size,
+                    device=self.hardware.description)
+        path = Path(self.settings.stats_file)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=2))
+        os.replace(tmp, path)
+
+    # ---------------------------------------------------------------- leaving
+    def _install_signal_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def handle(signum, _frame):
+            if self._stop_requested.is_set():
+                self._force_stop.set()
+                raise KeyboardInterrupt
+            self._stop_requested.set()
+
+        signal.signal(signal.SIGINT, handle)
+        signal.signal(signal.SIGTERM, handle)
+
+    def _close(self) -> None:
+        if self.optimizer is not None:
+            try:
+                self._write_stats()
+                self._report()
+            except Exception as error:
+                logger.debug(f"Final report failed: {error!r}")
+        if self.view is not None:
+            self.view.close()
+        if self.optimizer is not None:
+            self.optimizer.shutdown()
+        if self.dht is not None:
+            self.dht.shutdown()
+        if self.optimizer is not None:
+            logger.info(f"Left the swarm after {self.stats.samples} samples in {self.stats.micro_steps} micro-steps; "
+                        f"averaged {self.optimizer.rounds.averaged} rounds with other peers")

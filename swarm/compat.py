@@ -1,0 +1,84 @@
+"""Small, tested fixes for hivemind 1.1.12 behaviour that swarm depends on. Imported for its side effects.
+
+- With numpy 2, hivemind 1.1.12's 8-bit codecs fail on decode: `int(np.frombuffer(buf, count=1))` raises
+  "only 0-dimensional arrays can be converted to Python scalars" (fixed upstream after 1.1.12, PR #670).
+  numpy<2 cannot be pinned cleanly (pandas, pulled in by datasets, needs numpy>=2), so we register
+  subclasses that read the header as a scalar in hivemind's codec table, which is what deserialisation uses.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from hivemind.compression import serialization
+from hivemind.compression.quantization import (
+    _BLOCKWISE_QUANTIZATION_BLOCKSIZE,
+    BlockwiseQuantization,
+    Quantile8BitQuantization,
+    Uniform8BitQuantization,
+)
+from hivemind.proto import runtime_pb2
+
+
+def _header(buffer: bytes, offset: int = 0) -> int:
+    return int(np.frombuffer(buffer, count=1, offset=offset, dtype=np.int64)[0])
+
+
+class _CodebookExtractMixin:
+    def extract(self, serialized_tensor: runtime_pb2.Tensor) -> torch.Tensor:
+        buffer = serialized_tensor.buffer
+        codebook = np.frombuffer(buffer, offset=8, count=_header(buffer), dtype=self.codebook_dtype)
+        quantized = np.frombuffer(buffer, offset=8 + codebook.nbytes, dtype=self.indices_dtype)
+        quantized = torch.as_tensor(quantized, dtype=torch.int64).reshape(tuple(serialized_tensor.size))
+        codebook = torch.as_tensor(codebook).to(dtype=getattr(torch, serialized_tensor.dtype))
+        return codebook[quantized].requires_grad_(serialized_tensor.requires_grad)
+
+
+class FixedUniform8BitQuantization(_CodebookExtractMixin, Uniform8BitQuantization):
+    pass
+
+
+class FixedQuantile8BitQuantization(_CodebookExtractMixin, Quantile8BitQuantization):
+    pass
+
+
+class FixedBlockwiseQuantization(BlockwiseQuantization):
+    def extract(self, serialized_tensor: runtime_pb2.Tensor) -> torch.Tensor:
+        from bitsandbytes.functional import dequantize_blockwise
+
+        buffer = serialized_tensor.buffer
+        absmax_size, codebook_size = _header(buffer), _header(buffer, 8)
+        absmax = np.frombuffer(buffer, offset=16, count=absmax_size, dtype=self.codebook_dtype)
+        codebook = np.frombuffer(buffer, offset=16 + absmax.nbytes, count=codebook_size, dtype=self.codebook_dtype)
+        quantized = np.frombuffer(buffer, offset=16 + absmax.nbytes + codebook.nbytes, dtype=self.indices_dtype)
+        result = dequantize_blockwise(
+            torch.as_tensor(quantized).reshape(tuple(serialized_tensor.size)),
+            absmax=torch.as_tensor(absmax),
+            code=torch.as_tensor(codebook),
+            blocksize=_BLOCKWISE_QUANTIZATION_BLOCKSIZE,
+            nested=False,
+        )
+        return result.to(getattr(torch, serialized_tensor.dtype)).requires_grad_(serialized_tensor.requires_grad)
+
+
+def _install() -> None:
+    table = serialization._BASE_COMPRESSION_TYPES
+    table["UNIFORM_8BIT"] = FixedUniform8BitQuantization()
+    table["QUANTILE_8BIT"] = FixedQuantile8BitQuantization()
+    table["BLOCKWISE_8BIT"] = FixedBlockwiseQuantization()
+
+
+_install()
+
+
+def make_compression(name: str):
+    """The hivemind codec for a recipe's `collaboration.compression` value."""
+    from hivemind.compression import Float16Compression, NoCompression, SizeAdaptiveCompression
+
+    if name == "none":
+        return NoCompression()
+    if name == "fp16":
+        return Float16Compression()
+    eight_bit = FixedUniform8BitQuantization() if name == "uint8" else FixedBlockwiseQuantization()
+    # tiny tensors (biases, norms) are not worth quantising: the codebook would outweigh the savings
+    return SizeAdaptiveCompression(threshold=2**16, less=Float16Compression(), greater_equal=eight_bit)

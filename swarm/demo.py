@@ -1,0 +1,157 @@
+"""`swarm demo`: a whole swarm on one machine, as real processes talking over loopback.
+
+It writes the recipe (with the demo's time limit) into a fresh output folder, starts `swarm launch` and then N
+`swarm join` processes exactly as a person would, waits for the run to end, and leaves in the folder:
+
+- the final model (config.json + model.safetensors + tokenizer): `from_pretrained(<folder>)` loads it;
+- `summary.json`: peers, epochs, samples_total, wall_s, initial/final validation loss, averaged_rounds;
+- `checkpoints/` (every published version), `logs/` (one log per process), `peers/` (identities, stats).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import yaml
+
+from swarm.errors import SwarmError
+from swarm.recipe import load_recipe
+
+logger = logging.getLogger("swarm.demo")
+
+PEER_START_STAGGER_S = 3.0  # peers started at the same instant have been seen to split the DHT (hivemind #624)
+SHUTDOWN_GRACE_S = 150.0
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _swarm_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "swarm.cli", *args]
+
+
+def _environment() -> dict:
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def _follow(stream, log_file: Path, echo_prefix: str | None, found: dict, pattern: re.Pattern | None) -> None:
+    """Copy a child's output to its log; echo it (prefixed) and capture the join address when it appears."""
+    with open(log_file, "a", encoding="utf-8") as log:
+        for line in stream:
+            log.write(line)
+            log.flush()
+            if pattern is not None and "address" not in found:
+                match = pattern.search(line)
+                if match:
+                    found["address"] = match.group(1)
+            if echo_prefix is not None and line.strip():
+                print(f"{echo_prefix} {line.rstrip()}", file=sys.stderr, flush=True)
+
+
+def run_demo(recipe_path: Path, num_peers: int = 2, duration_s: float = 240.0, output: Path | None = None,
+             verbose: bool = False) -> Path:
+    """Run the demo swarm; returns the output folder (summary.json and the final model are inside)."""
+    recipe = load_recipe(recipe_path)
+    folder = Path(output or Path("demo-output") / time.strftime("%Y%m%d-%H%M%S")).resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "logs").mkdir(exist_ok=True)
+    data = json.loads(recipe.to_json())
+    data["limits"]["max_wall_time_s"] = float(duration_s)
+    run_recipe = folder / "recipe.yaml"
+    run_recipe.write_text(f"# {recipe.run.id}, as run by `swarm demo` ({num_peers} peers, {duration_s:.0f} s)\n"
+                          + yaml.safe_dump(data, sort_keys=False))
+
+    env = _environment()
+    threads = max(1, (os.cpu_count() or 2) // num_peers)
+    port = _free_port()
+    processes: list[subprocess.Popen] = []
+    logger.info(f"Demo: coordinator + {num_peers} volunteer(s) on loopback for {duration_s:.0f} s; output in {folder}")
+    try:
+        coordinator = subprocess.Popen(
+            _swarm_command("launch", str(run_recipe), "--host", "127.0.0.1", "--port", str(port),
+                           "--state-dir", str(folder / "coordinator"), "--checkpoint-dir", str(folder / "checkpoints"),
+                           "--summary-file", str(folder / "summary.json"), "--final-model-dir", str(folder),
+                           *(["--verbose"] if verbose else [])),
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        processes.append(coordinator)
+        found: dict = {}
+        follower = threading.Thread(
+            target=_follow, daemon=True,
+            args=(coordinator.stdout, folder / "logs" / "coordinator.log", "[coordinator]", found,
+                  re.compile(r"swarm join --initial-peers (\S+)")))
+        follower.start()
+        deadline = time.monotonic() + 300
+        while "address" not in found:
+            if coordinator.poll() is not None or time.monotonic() > deadline:
+                raise SwarmError(f"the coordinator did not start; see {folder / 'logs' / 'coordinator.log'}")
+            time.sleep(0.2)
+
+        for index in range(num_peers):
+            peer_dir = folder / "peers" / f"peer-{index}"
+            peer_dir.mkdir(parents=True, exist_ok=True)
+            peer = subprocess.Popen(
+                _swarm_command("join", "--initial-peers", found["address"], "--identity", str(peer_dir / "identity"),
+                               "--name", f"demo-peer-{index}", "--team", "demo", "--threads", str(threads),
+                               "--host", "127.0.0.1", "--stats-file", str(peer_dir / "stats.json"),
+                               "--display", "log", *(["--verbose"] if verbose else [])),
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+            processes.append(peer)
+            threading.Thread(target=_follow, daemon=True,
+                             args=(peer.stdout, folder / "logs" / f"peer-{index}.log", None, {}, None)).start()
+            logger.info(f"Started volunteer {index} (log: {folder / 'logs' / f'peer-{index}.log'})")
+            time.sleep(PEER_START_STAGGER_S)
+
+        coordinator.wait(timeout=duration_s + SHUTDOWN_GRACE_S + 300)
+        follower.join(timeout=5)
+        for peer in processes[1:]:
+            try:
+                peer.wait(timeout=SHUTDOWN_GRACE_S)
+            except subprocess.TimeoutExpired:
+                peer.terminate()
+        if coordinator.returncode != 0:
+            raise SwarmError(f"the coordinator exited with code {coordinator.returncode}; "
+                             f"see {folder / 'logs' / 'coordinator.log'}")
+    except subprocess.TimeoutExpired:
+        raise SwarmError(f"the demo did not finish in time; logs are in {folder / 'logs'}") from None
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+    summary_path = folder / "summary.json"
+    if not summary_path.exists():
+        raise SwarmError(f"the run ended without a summary; see {folder / 'logs'}")
+    summary = json.loads(summary_path.read_text())
+    _print_summary(summary)
+    return folder
+
+
+def _print_summary(summary: dict) -> None:
+    final = summary.get("final_val_loss")
+    initial = summary.get("initial_val_loss")
+    drop = f" ({100 * (1 - final / initial):.0f}% lower)" if final and initial else ""
+    print(f"\n{summary['peers']} peer(s) trained {summary['epochs']} epochs on {summary['samples_total']} samples in "
+          f"{summary['wall_s']:.0f} s; validation loss {initial:.3f} -> "
+          f"{'n/a' if final is None else f'{final:.3f}'}{drop}; {summary['averaged_rounds']} averaging rounds "
+          f"with 2+ peers.", file=sys.stderr)

@@ -1,0 +1,77 @@
+"""Pick the device, precision and micro-batch for the volunteer's machine, within the owner's limits."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from swarm.errors import UsageError
+
+
+@dataclass(frozen=True)
+class Hardware:
+    device: torch.device
+    autocast_dtype: torch.dtype | None  # None: plain fp32
+    threads: int
+    description: str
+
+    @property
+    def precision(self) -> str:
+        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.autocast_dtype]
+
+
+def pick_hardware(device: str = "auto", threads: int | None = None) -> Hardware:
+    """CUDA with bf16 where the GPU supports it, else MPS, else CPU; `threads` caps CPU use (owner's limit)."""
+    cpu_count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if threads is not None and threads < 1:
+        raise UsageError("--threads must be at least 1")
+    threads = min(threads or cpu_count, cpu_count)
+    torch.set_num_threads(threads)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UsageError("--device cuda: no CUDA GPU is visible to torch (check the driver, or use --device cpu)")
+        index = torch.device(device).index or 0
+        name = torch.cuda.get_device_name(index)
+        # bf16 keeps fp32's range, so no loss scaling is needed; older GPUs train in fp32 rather than risk fp16 overflow
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        return Hardware(torch.device("cuda", index), dtype, threads, f"{name} (cuda:{index})")
+    if device == "mps":
+        if not torch.backends.mps.is_available():
+            raise UsageError("--device mps: Apple GPU not available (use --device cpu)")
+        return Hardware(torch.device("mps"), None, threads, "Apple GPU (mps)")
+    if device != "cpu":
+        raise UsageError(f"--device {device!r}: use auto, cpu, cuda, cuda:N or mps")
+    return Hardware(torch.device("cpu"), None, threads, f"CPU ({threads} thread{'s' * (threads > 1)})")
+
+
+def pick_micro_batch_size(model: torch.nn.Module, hardware: Hardware, seq_len: int, upper_bound: int,
+                          vocab_size: int) -> int:
+    """The largest power of two (up to `upper_bound`) whose forward/backward fits; about 2k tokens on CPU.
+
+    On CPU a bigger micro-batch buys little speed and costs latency (progress reports, graceful exits),
+    so it aims for ~2048 tokens per micro-step. On a GPU it probes: doubling until out of memory, then
+    keeping half of the last fit as head-room for fragmentation and the optimiser step.
+    """
+    if hardware.device.type != "cuda":
+        return max(1, min(upper_bound, 2048 // seq_len))
+    best, size = 1, 1
+    while size <= upper_bound:
+        try:
+            batch = torch.randint(0, vocab_size, (size, seq_len), device=hardware.device)
+            with torch.autocast("cuda", dtype=hardware.autocast_dtype, enabled=hardware.autocast_dtype is not None):
+                loss = model(input_ids=batch, labels=batch).loss
+            loss.backward()
+            best = size
+            size *= 2
+        except torch.OutOfMemoryError:
+            break
+        finally:
+            model.zero_grad(set_to_none=True)
+            torch.cuda.empty_cache()
+    return best if best == upper_bound else max(1, best // 2)

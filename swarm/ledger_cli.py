@@ -1,0 +1,194 @@
+"""`swarm ledger ...`: verify a credit ledger, show its leaderboard, prove an entry, save a checkpoint.
+
+Every command takes the ledger folder or its http(s) URL. Exit codes: 0 all good, 1 the ledger (or proof)
+does not verify, 2 unusable input (a missing folder, file or URL). The logic lives in `swarm.ledger`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from swarm.errors import SwarmError
+from swarm.ledger import (
+    LedgerTotals,
+    audit_ledger,
+    build_inclusion_proof,
+    latest_checkpoint,
+    verify_inclusion_proof,
+    verify_ledger,
+)
+
+ledger_app = typer.Typer(
+    help="Check and read a swarm credit ledger (a folder, or the URL it is published at).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+SourceArgument = Annotated[
+    str, typer.Argument(metavar="PATH_OR_URL", help="Ledger folder, or its http(s) URL.", show_default=False)
+]
+PublicKeyOption = Annotated[
+    str | None,
+    typer.Option(
+        "--public-key",
+        envvar="SWARM_LEDGER_PUBLIC_KEY",
+        help="Pin the coordinator's key: a PEM file or its sha256 fingerprint (64 hex digits).",
+        show_default=False,
+    ),
+]
+
+
+class GroupBy(StrEnum):
+    peer = "peer"
+    team = "team"
+
+
+def _fail(message: str, exit_code: int) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(exit_code)
+
+
+def _print_json(value: object) -> None:
+    typer.echo(json.dumps(value, indent=2, ensure_ascii=False))
+
+
+@ledger_app.command()
+def verify(
+    source: Annotated[
+        str | None,
+        typer.Argument(metavar="[PATH_OR_URL]", help="Ledger folder, or its http(s) URL.", show_default=False),
+    ] = None,
+    trusted: Annotated[
+        Path | None,
+        typer.Option(help="A checkpoint saved earlier (`swarm ledger checkpoint`): prove the log extends it."),
+    ] = None,
+    public_key: PublicKeyOption = None,
+    proof: Annotated[
+        Path | None, typer.Option(help="Check only this inclusion proof (from `swarm ledger prove`).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Recompute every hash and check every signature; exit 0 only if the whole ledger holds.
+
+    On failure, prints the first problem (the line, entry and checkpoint concerned) and exits 1.
+    """
+    try:
+        if proof is not None:
+            report = verify_inclusion_proof(proof, source, pinned_key=public_key)
+        elif source is None:
+            _fail("give the ledger folder or URL to verify (or --proof FILE with --public-key PEM)", 2)
+        else:
+            report = verify_ledger(source, trusted, pinned_key=public_key)
+    except SwarmError as error:
+        _fail(str(error), error.exit_code)
+    if as_json:
+        _print_json(report.model_dump(mode="json"))
+    if not report.ok:
+        _fail(f"does not verify: {report.problem}", 1)
+    if not as_json:
+        typer.echo(f"ok: {report.summary()}")
+
+
+@ledger_app.command()
+def show(
+    source: SourceArgument,
+    by: Annotated[GroupBy, typer.Option(help="One row per volunteer or per team.")] = GroupBy.peer,
+    as_json: Annotated[bool, typer.Option("--json", help="Print rows as JSON.")] = False,
+    as_csv: Annotated[bool, typer.Option("--csv", help="Print rows as CSV (as totals.csv, teams.csv).")] = False,
+    top: Annotated[int | None, typer.Option(min=1, help="Only the first N rows.", show_default=False)] = None,
+    public_key: PublicKeyOption = None,
+) -> None:
+    """Leaderboard: claimed and granted samples, compute time and epochs, per volunteer or per team.
+
+    The ledger is verified first; if it does not verify, the rows are still printed, with the problem on
+    stderr, and the exit code is 1.
+    """
+    if as_json and as_csv:
+        _fail("choose one of --json and --csv", 2)
+    try:
+        audit = audit_ledger(source, pinned_key=public_key)
+    except SwarmError as error:
+        _fail(str(error), error.exit_code)
+    _print_totals(audit.totals, by, as_json, as_csv, top)
+    if not audit.report.ok:
+        _fail(f"does not verify, so these totals are not proven: {audit.report.problem}", 1)
+
+
+def _print_totals(totals: LedgerTotals, by: GroupBy, as_json: bool, as_csv: bool, top: int | None) -> None:
+    rows = [asdict(row) for row in (totals.peer_leaderboard() if by is GroupBy.peer else totals.team_leaderboard())]
+    rows = rows[:top] if top else rows
+    if as_json:
+        _print_json(rows)
+        return
+    if as_csv:
+        text = totals.peers_csv() if by is GroupBy.peer else totals.teams_csv()
+        typer.echo("".join(text.splitlines(keepends=True)[: (top + 1) if top else None]), nl=False)
+        return
+    table = Table(title=f"Credit per {'volunteer' if by is GroupBy.peer else 'team'}")
+    table.add_column("#", justify="right")
+    if by is GroupBy.peer:
+        table.add_column("volunteer")
+        table.add_column("peer id")
+        table.add_column("team")
+    else:
+        table.add_column("team")
+        table.add_column("volunteers", justify="right")
+    for column in ("granted samples", "claimed samples", "compute (h)", "epochs"):
+        table.add_column(column, justify="right")
+    for rank, row in enumerate(rows, 1):
+        names = (
+            [row["name"], row["peer_id"][:16], row["team"] or "-"]
+            if by is GroupBy.peer
+            else [row["team"] or "(no team)", str(row["volunteers"])]
+        )
+        numbers = [
+            f"{row['granted_samples']:,}",
+            f"{row['claimed_samples']:,}",
+            f"{row['compute_s'] / 3600:,.2f}",
+            str(row["epochs"]),
+        ]
+        table.add_row(str(rank), *names, *numbers)
+    Console(file=sys.stdout).print(table)
+
+
+@ledger_app.command()
+def prove(
+    source: SourceArgument,
+    entry_index: Annotated[int, typer.Argument(help="0-based: line N of entries.jsonl is entry N-1.")],
+    out: Annotated[Path | None, typer.Option(help="Write the proof to this file instead of stdout.")] = None,
+    public_key: PublicKeyOption = None,
+) -> None:
+    """Print a proof that one entry is in the log signed by the newest checkpoint (check it with verify --proof)."""
+    try:
+        proof = build_inclusion_proof(source, entry_index, pinned_key=public_key)
+    except SwarmError as error:
+        _fail(str(error), error.exit_code)
+    text = json.dumps(proof.model_dump(mode="json"), indent=2, ensure_ascii=False)
+    if out is None:
+        typer.echo(text)
+        return
+    try:
+        out.write_text(text + "\n", encoding="utf-8")
+    except OSError as error:
+        _fail(f"cannot write {out}: {error.strerror}", 2)
+    typer.echo(f"wrote the proof of entry {entry_index} (of {proof.tree_size}) to {out}", err=True)
+
+
+@ledger_app.command()
+def checkpoint(source: SourceArgument, public_key: PublicKeyOption = None) -> None:
+    """Print the newest signed checkpoint of a ledger that verifies; save it to pass later as --trusted."""
+    try:
+        signed = latest_checkpoint(source, pinned_key=public_key)
+    except SwarmError as error:
+        _fail(str(error), error.exit_code)
+    typer.echo(signed.canonical_bytes().decode("utf-8"))

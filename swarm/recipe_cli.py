@@ -1,0 +1,98 @@
+"""`swarm recipe ...`: check recipes before a run, see every default they resolve to, export the schema.
+
+Problems are printed one per line as `FILE: KEY.PATH: what to fix`, all of them in one go, and the command
+exits 2; nothing here prints a traceback, whatever the file holds.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import typer
+import yaml
+
+from swarm.recipe import Recipe, RecipeError, RecipeProblem, load_recipe
+
+recipe_app = typer.Typer(help="Check and inspect recipes.", no_args_is_help=True)
+
+_INVALID = 2  # exit code for invalid input, as everywhere in swarm
+
+
+def check_recipe_file(path: str) -> dict[str, Any]:
+    """One file's validation report: the form `swarm recipe validate --json` prints for each file."""
+    try:
+        recipe = load_recipe(path)
+    except RecipeError as error:
+        return {"file": path, "valid": False, "problems": [problem.model_dump() for problem in error.problems]}
+    return {"file": path, "valid": True, "run_id": recipe.run.id, "fingerprint": recipe.fingerprint, "problems": []}
+
+
+def _print_problems(source: str, problems: list[RecipeProblem]) -> None:
+    for problem in problems:
+        typer.echo(f"{source}: {problem}", err=True)
+
+
+@recipe_app.command()
+def validate(
+    files: Annotated[list[str], typer.Argument(help="Recipe files (YAML).", show_default=False)],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON report for all files on stdout.")] = False,
+) -> None:
+    """Check recipes the way a launch would, reporting every problem of every file at once.
+
+    Valid files print `ok: FILE (run RUN_ID)`; each problem prints `FILE: KEY.PATH: message` on stderr.
+    Exits 0 when every file is valid, 2 otherwise.
+    """
+    reports = [check_recipe_file(path) for path in files]
+    invalid = [report for report in reports if not report["valid"]]
+    if as_json:
+        typer.echo(json.dumps({"valid": not invalid, "files": reports}, indent=2))
+    else:
+        for report in reports:
+            if report["valid"]:
+                typer.echo(f"ok: {report['file']} (run {report['run_id']})")
+            else:
+                _print_problems(report["file"], [RecipeProblem(**problem) for problem in report["problems"]])
+        if invalid and len(reports) > 1:
+            typer.echo(f"{len(invalid)} of {len(reports)} recipes have problems", err=True)
+    if invalid:
+        raise typer.Exit(_INVALID)
+
+
+@recipe_app.command()
+def show(
+    file: Annotated[str, typer.Argument(help="Recipe file (YAML).", show_default=False)],
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the recipe alone as JSON, the form peers receive from the swarm.")
+    ] = False,
+) -> None:
+    """Print the recipe as the swarm will run it: every default filled in, data paths resolved.
+
+    The YAML form starts with a comment naming the file and the recipe fingerprint; peers of one run share it.
+    """
+    try:
+        recipe = load_recipe(file)
+    except RecipeError as error:
+        _print_problems(file, error.problems)
+        raise typer.Exit(_INVALID) from None
+    typer.echo(render_recipe(recipe, source=file, as_json=as_json), nl=False)
+
+
+def render_recipe(recipe: Recipe, source: str, as_json: bool = False) -> str:
+    """The text `swarm recipe show` prints; parsing it back gives an equal `Recipe`."""
+    resolved = recipe.model_dump(mode="json")
+    if as_json:
+        return json.dumps(resolved, indent=2) + "\n"
+    header = f"# {source}: resolved recipe, fingerprint {recipe.fingerprint}\n"
+    return header + yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True, width=120)
+
+
+@recipe_app.command()
+def schema() -> None:
+    """Print the recipe's JSON schema, for editor completion and checks.
+
+    For example, save it as recipe.schema.json and start a recipe with
+    `# yaml-language-server: $schema=recipe.schema.json`.
+    """
+    document = {"$schema": "https://json-schema.org/draft/2020-12/schema", **Recipe.model_json_schema()}
+    typer.echo(json.dumps(document, indent=2))

@@ -1,0 +1,463 @@
+"""The data pipeline: same documents, identity, split and samples on every peer; disjoint shards per epoch."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sysconfig
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+# Nothing here may reach the Hub: every dataset below is a local folder.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+from swarm import data as data_module  # noqa: E402
+from swarm.data import (  # noqa: E402
+    PeerSampler,
+    StreamingBlocks,
+    TokenBlocks,
+    build_data,
+    check_identity,
+    data_identity,
+    data_files,
+    epoch_permutation,
+    is_validation,
+    iter_documents,
+    shard_bounds,
+    shard_for_peer,
+    stdlib_files,
+    validation_batches,
+)
+from swarm.errors import SwarmError, UsageError  # noqa: E402
+from swarm.recipe import DataConfig  # noqa: E402
+from swarm.tokenizer import ByteTokenizer  # noqa: E402
+
+TOKENIZER = ByteTokenizer()
+
+
+def _write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _files_cfg(folder: Path, **overrides) -> DataConfig:
+    settings = dict(source="files", files=[str(folder / "**" / "*.txt")], seq_len=8, val_fraction=0.0, num_shards=4)
+    settings.update(overrides)
+    return DataConfig(**settings)
+
+
+# --- the standard library -----------------------------------------------------------------------------------------
+
+
+def test_stdlib_listing_skips_tests_installed_packages_and_non_packages(tmp_path, monkeypatch):
+    for name in [
+        "os.py", "json/__init__.py", "json/decoder.py", "email/__init__.py", "email/mime/__init__.py",
+        "email/mime/text.py", "test/__init__.py", "test/test_os.py", "json/tests/__init__.py",
+        "site-packages/pkg/__init__.py", "idlelib/__init__.py", "lib2to3/__init__.py", "turtledemo/__init__.py",
+        "__pycache__/os.cpython-311.py", "config-3.11-x86_64-linux-gnu/python-config.py", "notes.txt",
+    ]:
+        _write(tmp_path / name, f"# {name}\n")
+    monkeypatch.setattr(sysconfig, "get_paths", lambda: {"stdlib": str(tmp_path)})
+    names = [name for name, _ in stdlib_files()]
+    assert names == ["email/__init__.py", "email/mime/__init__.py", "email/mime/text.py", "json/__init__.py",
+                     "json/decoder.py", "os.py"]
+    assert [name for name, _ in stdlib_files(max_files=2)] == names[:2]
+
+
+def test_real_stdlib_listing_is_sorted_and_has_the_library():
+    names = [name for name, _ in stdlib_files()]
+    assert names == sorted(names)
+    assert {"os.py", "json/__init__.py", "email/mime/text.py", "asyncio/events.py"} <= set(names)
+    excluded = {"site-packages", "dist-packages", "test", "tests", "idlelib", "lib2to3", "turtledemo", "__pycache__"}
+    assert not any(excluded & set(name.split("/")) for name in names)
+
+
+def test_real_stdlib_blocks_are_deterministic_and_cached(tmp_path, caplog):
+    cfg = DataConfig(source="stdlib", stdlib_max_files=25, seq_len=64, val_fraction=0.2, num_shards=8)
+    with caplog.at_level(logging.INFO, logger="swarm.data"):
+        first = TokenBlocks(cfg, TOKENIZER, cache_dir=tmp_path)
+        second = TokenBlocks(cfg, TOKENIZER, cache_dir=tmp_path)
+    assert "Tokenised Python" in caplog.text and "from cache" in caplog.text
+    assert first.identity == second.identity == data_identity(cfg, TOKENIZER)
+    assert np.array_equal(first.train_tokens, second.train_tokens)
+    assert np.array_equal(first.val_tokens, second.val_tokens)
+    cache = tmp_path / first.identity.digest
+    assert sorted(path.name for path in cache.iterdir()) == ["meta.json", "train.npy", "val.npy"]  # no temp files
+    # The cached tokens are those of the documents, in order, each followed by eos.
+    documents = [(doc_id, text) for doc_id, text in iter_documents(cfg) if text]
+    expected_train = np.concatenate(
+        [np.append(TOKENIZER.encode(text), TOKENIZER.eos_id) for doc_id, text in documents
+         if not is_validation(doc_id, cfg.seed, cfg.val_fraction)]
+    )
+    assert np.array_equal(second.train_tokens, expected_train)
+    assert second.num_train_blocks == len(expected_train) // 64
+    assert TOKENIZER.decode(second.train_blocks[0]).startswith(documents[0][1][:20])
+    # A second peer on the same machine reads the cache without touching the source files.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(data_module, "iter_documents", lambda *args, **kwargs: pytest.fail("cache was not used"))
+        third = TokenBlocks(cfg, TOKENIZER, cache_dir=tmp_path)
+    assert np.array_equal(third.train_blocks, first.train_blocks)
+
+
+def test_stdlib_digest_differs_between_pythons_with_different_sources(tmp_path, monkeypatch):
+    cfg = DataConfig(source="stdlib")
+    for version, body in (("a", "x = 1\n"), ("b", "x = 2\n")):
+        _write(tmp_path / version / "os.py", body)
+        _write(tmp_path / version / "json" / "__init__.py", "")
+    digests = []
+    for version in ("a", "b", "a"):
+        monkeypatch.setattr(sysconfig, "get_paths", lambda version=version: {"stdlib": str(tmp_path / version)})
+        digests.append(data_identity(cfg, TOKENIZER).digest)
+    assert digests[0] != digests[1]
+    assert digests[0] == digests[2]
+
+
+def test_corrupt_cache_is_rebuilt(tmp_path):
+    cfg = DataConfig(source="stdlib", stdlib_max_files=5, seq_len=16)
+    first = TokenBlocks(cfg, TOKENIZER, cache_dir=tmp_path)
+    meta_path = tmp_path / first.identity.digest / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["train_tokens"] += 1
+    meta_path.write_text(json.dumps(meta))
+    rebuilt = TokenBlocks(cfg, TOKENIZER, cache_dir=tmp_path)
+    assert np.array_equal(rebuilt.train_tokens, first.train_tokens)
+    assert json.loads(meta_path.read_text())["train_tokens"] == len(first.train_tokens)
+
+
+# --- local files ------------------------------------------------------------------------------------------------------
+
+
+def test_text_files_give_one_document_per_file_with_relative_ids(tmp_path):
+    _write(tmp_path / "corpus" / "b.txt", "second")
+    _write(tmp_path / "corpus" / "sub" / "a.txt", "first")
+    _write(tmp_path / "corpus" / "skip.md", "not matched")
+    cfg = _files_cfg(tmp_path / "corpus")
+    assert list(iter_documents(cfg)) == [("b.txt", "second"), ("sub/a.txt", "first")]
+
+
+def test_jsonl_files_give_one_document_per_line(tmp_path):
+    path = _write(tmp_path / "docs.jsonl", '{"body": "one"}\n\n{"body": "two", "n": 2}\n')
+    cfg = DataConfig(source="files", files=[str(path)], format="jsonl", text_field="body")
+    assert list(iter_documents(cfg)) == [("docs.jsonl:1", "one"), ("docs.jsonl:3", "two")]
+    assert data_identity(cfg, TOKENIZER).num_documents == 2
+
+
+def test_bad_jsonl_line_names_file_and_line(tmp_path):
+    path = _write(tmp_path / "docs.jsonl", '{"text": "ok"}\n{"text": broken\n')
+    with pytest.raises(UsageError, match=r"docs.jsonl, line 2: not valid JSON"):
+        list(iter_documents(DataConfig(source="files", files=[str(path)], format="jsonl")))
+
+
+def test_missing_jsonl_field_names_file_line_and_field(tmp_path):
+    path = _write(tmp_path / "docs.jsonl", '{"text": "ok"}\n{"content": "x"}\n')
+    with pytest.raises(UsageError, match=r"docs.jsonl, line 2: no field 'text' \(found 'content'\).*data.text_field"):
+        list(iter_documents(DataConfig(source="files", files=[str(path)], format="jsonl")))
+
+
+def test_pattern_that_matches_nothing_is_a_usage_error(tmp_path):
+    with pytest.raises(UsageError, match="nothing matches"):
+        data_files([str(tmp_path / "*.txt")])
+
+
+def test_identity_ignores_location_and_creation_order_but_not_content(tmp_path):
+    contents = {"a.txt": "alpha", "b.txt": "beta", "c/d.txt": "delta"}
+    for name in contents:
+        _write(tmp_path / "one" / name, contents[name])
+    for name in reversed(list(contents)):
+        _write(tmp_path / "two" / "deeper" / name, contents[name])
+    one = data_identity(_files_cfg(tmp_path / "one"), TOKENIZER)
+    two = data_identity(_files_cfg(tmp_path / "two"), TOKENIZER)
+    assert one.digest == two.digest
+    assert (one.num_documents, one.num_bytes) == (3, len("alphabetadelta"))
+    _write(tmp_path / "two" / "deeper" / "b.txt", "beta!")
+    assert data_identity(_files_cfg(tmp_path / "two"), TOKENIZER).digest != one.digest
+
+
+@pytest.mark.parametrize(
+    "change", [{"seq_len": 16}, {"val_fraction": 0.1}, {"seed": 1}, {"num_shards": 5}, {"format": "jsonl"}]
+)
+def test_identity_covers_every_setting_that_changes_samples(tmp_path, change):
+    _write(tmp_path / "a.txt", '{"text": "alpha"}')
+    base = data_identity(_files_cfg(tmp_path), TOKENIZER)
+    assert data_identity(_files_cfg(tmp_path, **change), TOKENIZER).digest != base.digest
+
+
+def test_identity_covers_the_tokenizer(tmp_path):
+    class OtherTokenizer(ByteTokenizer):
+        def identity(self) -> str:
+            return "other"
+
+    _write(tmp_path / "a.txt", "alpha")
+    cfg = _files_cfg(tmp_path)
+    assert data_identity(cfg, OtherTokenizer()).digest != data_identity(cfg, TOKENIZER).digest
+
+
+def test_check_identity_accepts_equal_and_explains_a_difference(tmp_path):
+    local = data_identity(DataConfig(source="stdlib", stdlib_max_files=3), TOKENIZER)
+    check_identity(local.digest, local.description, local)
+    theirs = "Python 3.12.1 standard library: 600 files, 12.0 MB; byte-259 tokens, seq_len 128"
+    with pytest.raises(SwarmError) as raised:
+        check_identity("0123456789abcdef", theirs, local)
+    message = str(raised.value)
+    for part in (theirs, "0123456789abcdef", local.description, local.digest, "same Python version"):
+        assert part in message
+
+
+# --- split, shards and sampling -----------------------------------------------------------------------------------
+
+
+def test_validation_split_is_a_stable_fraction_of_documents():
+    ids = [f"doc-{index}" for index in range(20_000)]
+    held_out = [doc_id for doc_id in ids if is_validation(doc_id, seed=0, val_fraction=0.1)]
+    assert 1_800 < len(held_out) < 2_200
+    assert held_out == [doc_id for doc_id in ids if is_validation(doc_id, seed=0, val_fraction=0.1)]
+    assert held_out != [doc_id for doc_id in ids if is_validation(doc_id, seed=1, val_fraction=0.1)]
+    assert not any(is_validation(doc_id, seed=0, val_fraction=0.0) for doc_id in ids)
+
+
+def test_epoch_permutation_is_pinned():
+    # Changing this order changes which samples every peer reads: bump DATA_PIPELINE_VERSION with it.
+    assert epoch_permutation(10, seed=0, epoch=0).tolist() == PINNED_PERMUTATION
+    assert epoch_permutation(10, seed=0, epoch=1).tolist() != PINNED_PERMUTATION
+    assert epoch_permutation(10, seed=1, epoch=0).tolist() != PINNED_PERMUTATION
+
+
+PINNED_PERMUTATION = [5, 9, 7, 0, 2, 1, 4, 3, 8, 6]
+
+
+@pytest.mark.parametrize("num_blocks", [1, 7, 100, 1001])
+@pytest.mark.parametrize("num_shards", [1, 3, 16, 1024])
+def test_shards_of_an_epoch_are_disjoint_and_cover_every_block(num_blocks, num_shards):
+    order = epoch_permutation(num_blocks, seed=3, epoch=5)
+    shards = [order[slice(*shard_bounds(num_blocks, num_shards, shard))] for shard in range(num_shards)]
+    sizes = [len(shard) for shard in shards]
+    assert max(sizes) - min(sizes) <= 1
+    assert sorted(np.concatenate(shards).tolist()) == list(range(num_blocks))
+
+
+def test_peers_land_on_different_shards_for_most_peer_epoch_pairs():
+    rng = np.random.default_rng(0)
+    num_shards, trials = 16, 4_000
+    collisions = 0
+    counts = np.zeros(num_shards, dtype=int)
+    for trial in range(trials):
+        peer_a, peer_b = rng.bytes(32), rng.bytes(32)
+        shard_a = shard_for_peer(peer_a, trial, num_shards)
+        collisions += shard_a == shard_for_peer(peer_b, trial, num_shards)
+        counts[shard_a] += 1
+    assert abs(collisions / trials - 1 / num_shards) < 0.02
+    assert counts.min() > trials / num_shards * 0.7  # roughly uniform over shards
+    assert len({shard_for_peer(b"one peer", epoch, 1024) for epoch in range(50)}) > 40  # it moves every epoch
+
+
+@pytest.fixture
+def small_blocks(tmp_path):
+    for index in range(40):
+        _write(tmp_path / "corpus" / f"{index:02d}.txt", f"document {index:02d} " * (3 + index % 5))
+    cfg = _files_cfg(tmp_path / "corpus", seq_len=8, val_fraction=0.2, num_shards=6)
+    return cfg, TokenBlocks(cfg, TOKENIZER, cache_dir=tmp_path / "cache")
+
+
+def test_same_peer_and_epoch_always_give_the_same_batches(small_blocks):
+    cfg, blocks = small_blocks
+    one, two = PeerSampler(blocks, b"peer-a", cfg), PeerSampler(blocks, b"peer-a", cfg)
+    for epoch in (0, 0, 1, 7):
+        assert torch.equal(one.next_batch(epoch, 3), two.next_batch(epoch, 3))
+    batch = PeerSampler(blocks, b"peer-a", cfg).next_batch(4, 5)
+    assert batch.dtype == torch.long and batch.shape == (5, 8)
+
+
+def test_sampler_reads_its_shard_then_the_next_ones_and_restarts_each_epoch(small_blocks):
+    cfg, blocks = small_blocks
+    num_blocks = blocks.num_train_blocks
+    sampler = PeerSampler(blocks, b"peer-b", cfg)
+    epoch = 2
+    order = epoch_permutation(num_blocks, cfg.seed, epoch)
+    start = shard_bounds(num_blocks, cfg.num_shards, shard_for_peer(b"peer-b", epoch, cfg.num_shards))[0]
+    expected = order[(start + np.arange(num_blocks + 3)) % num_blocks]  # past the end: wraps around
+    read = np.concatenate([sampler.next_indices(epoch, 4) for _ in range((num_blocks + 3 + 3) // 4)])
+    assert np.array_equal(read[: num_blocks + 3], expected)
+    assert torch.equal(blocks.train_batch(expected[:2]), PeerSampler(blocks, b"peer-b", cfg).next_batch(epoch, 2))
+    # A new epoch (and a return to an old one) restarts at that epoch's shard.
+    fresh = PeerSampler(blocks, b"peer-b", cfg)
+    assert np.array_equal(sampler.next_indices(epoch + 1, 4), fresh.next_indices(epoch + 1, 4))
+    assert np.array_equal(sampler.next_indices(epoch, 4), expected[:4])
+
+
+def test_peers_on_different_shards_read_disjoint_samples_within_their_shards(small_blocks):
+    cfg, blocks = small_blocks
+    epoch, readers = 0, {}
+    for index in range(200):
+        peer_id = f"peer-{index}".encode()
+        readers.setdefault(shard_for_peer(peer_id, epoch, cfg.num_shards), peer_id)
+    shard_size = blocks.num_train_blocks // cfg.num_shards
+    seen: set[int] = set()
+    for peer_id in readers.values():
+        indices = set(PeerSampler(blocks, peer_id, cfg).next_indices(epoch, shard_size).tolist())
+        assert not indices & seen
+        seen |= indices
+
+
+def test_validation_batches_are_fixed_and_only_from_held_out_documents(small_blocks, tmp_path):
+    cfg, blocks = small_blocks
+    batches = validation_batches(blocks, num_samples=5, batch_size=2)
+    assert [batch.shape[0] for batch in batches] == [2, 2, 1]
+    again = validation_batches(TokenBlocks(cfg, TOKENIZER, cache_dir=tmp_path / "elsewhere"), 5, 2)
+    assert all(torch.equal(a, b) for a, b in zip(batches, again))
+    held_out = {doc_id for doc_id, _ in iter_documents(cfg) if is_validation(doc_id, cfg.seed, cfg.val_fraction)}
+    assert held_out
+    text = TOKENIZER.decode(torch.cat(batches).flatten())
+    numbers = {int(word) for word in text.split() if word.isdigit()}
+    assert numbers and numbers <= {int(doc_id[:2]) for doc_id in held_out}
+
+
+def test_empty_validation_split_says_what_to_change(tmp_path):
+    _write(tmp_path / "a.txt", "some training text " * 10)
+    blocks = TokenBlocks(_files_cfg(tmp_path), TOKENIZER, cache_dir=tmp_path / "cache")
+    with pytest.raises(SwarmError, match="raise data.val_fraction or add files"):
+        validation_batches(blocks, 4, 2)
+
+
+def test_too_little_training_text_says_what_to_change(tmp_path):
+    _write(tmp_path / "a.txt", "tiny")
+    with pytest.raises(SwarmError, match="lower data.seq_len"):
+        TokenBlocks(_files_cfg(tmp_path, seq_len=64), TOKENIZER, cache_dir=tmp_path / "cache")
+
+
+def test_large_vocabularies_are_stored_as_uint32(tmp_path):
+    class WideTokenizer(ByteTokenizer):
+        vocab_size = 70_000
+        eos_id = 69_999
+
+    _write(tmp_path / "a.txt", "some text to tokenise")
+    blocks = TokenBlocks(_files_cfg(tmp_path, seq_len=4), WideTokenizer(), cache_dir=tmp_path / "cache")
+    assert blocks.train_tokens.dtype == np.uint32
+    assert blocks.train_tokens[-1] == 69_999
+
+
+# --- datasets: local folders, downloaded and streamed -------------------------------------------------------------
+
+
+@pytest.fixture
+def jsonl_dataset(tmp_path):
+    folder = tmp_path / "dataset"
+    for file_index in range(4):
+        rows = [json.dumps({"content": f"<{file_index}/{row}> " * 6}) for row in range(25)]
+        _write(folder / f"train-{file_index:02d}.jsonl", "\n".join(rows) + "\n")
+    return folder
+
+
+def _hub_cfg(folder: Path, **overrides) -> DataConfig:
+    settings = dict(source="hub", dataset=str(folder), text_field="content", seq_len=16, val_fraction=0.15)
+    settings.update(overrides)
+    return DataConfig(**settings)
+
+
+def _doc_ids(batch: torch.Tensor) -> set[str]:
+    text = TOKENIZER.decode(batch.flatten())
+    return {word[1:-1] for word in text.split() if word.startswith("<") and word.endswith(">")}
+
+
+def test_downloaded_local_dataset_gives_row_numbered_documents(jsonl_dataset, tmp_path):
+    cfg = _hub_cfg(jsonl_dataset, streaming=False)
+    documents = list(iter_documents(cfg, hf_cache_dir=tmp_path / "hf"))
+    assert len(documents) == 100
+    assert documents[0] == ("0", "<0/0> " * 6) and documents[25][0] == "25"
+    data = build_data(cfg, TOKENIZER, b"peer-a", cache_dir=tmp_path / "cache", hf_cache_dir=tmp_path / "hf")
+    assert isinstance(data.train, PeerSampler)
+    assert data.next_batch(0, 4).shape == (4, 16)
+
+
+def test_local_dataset_identity_follows_content_not_location(jsonl_dataset, tmp_path):
+    import shutil
+
+    moved = tmp_path / "moved"
+    shutil.copytree(jsonl_dataset, moved)
+    assert data_identity(_hub_cfg(moved), TOKENIZER).digest == data_identity(_hub_cfg(jsonl_dataset), TOKENIZER).digest
+    _write(moved / "train-00.jsonl", json.dumps({"content": "changed"}) + "\n")
+    assert data_identity(_hub_cfg(moved), TOKENIZER).digest != data_identity(_hub_cfg(jsonl_dataset), TOKENIZER).digest
+
+
+def test_hub_identity_names_the_revision_without_reading_the_dataset():
+    cfg = DataConfig(source="hub", dataset="org/corpus", dataset_config="en", revision="abc123")
+    identity = data_identity(cfg, TOKENIZER)
+    assert "dataset 'org/corpus', config en, split train, revision abc123, streamed" in identity.description
+    other = data_identity(cfg.model_copy(update={"revision": "def456"}), TOKENIZER)
+    assert other.digest != identity.digest and identity.num_documents is None
+
+
+def test_folder_of_text_files_gives_one_document_per_file(tmp_path):
+    _write(tmp_path / "texts" / "a.txt", "line one\nline two\n")
+    _write(tmp_path / "texts" / "b.txt", "other\n")
+    cfg = DataConfig(source="hub", dataset=str(tmp_path / "texts"), streaming=False, text_field="ignored")
+    texts = sorted(text for _, text in iter_documents(cfg, hf_cache_dir=tmp_path / "hf"))
+    assert texts == ["line one\nline two\n", "other\n"]
+
+
+def test_streamed_dataset_missing_field_is_a_usage_error(jsonl_dataset, tmp_path):
+    cfg = _hub_cfg(jsonl_dataset, text_field="body")
+    with pytest.raises(UsageError, match="no field 'body'.*data.text_field"):
+        next(iter_documents(cfg, hf_cache_dir=tmp_path / "hf"))
+
+
+def test_streamed_batches_are_deterministic_per_peer_and_skip_held_out_documents(jsonl_dataset, tmp_path):
+    cfg = _hub_cfg(jsonl_dataset)
+    held_out = {
+        doc_id
+        for doc_id, _ in iter_documents(cfg, hf_cache_dir=tmp_path / "hf")
+        if is_validation(doc_id, cfg.seed, cfg.val_fraction)
+    }
+    assert held_out
+
+    def stream(peer_id: bytes) -> StreamingBlocks:
+        return StreamingBlocks(cfg, TOKENIZER, peer_id, shuffle_buffer_documents=8, hf_cache_dir=tmp_path / "hf")
+
+    one, two = stream(b"peer-a"), stream(b"peer-a")
+    batches = [one.next_batch(epoch, 4) for epoch in (3, 3, 4)]
+    assert all(torch.equal(a, two.next_batch(epoch, 4)) for a, epoch in zip(batches, (3, 3, 4)))
+    read = set().union(*(_doc_ids(batch) for batch in batches))
+    assert read and not read & held_out
+    # Peers start in the file their id picks: find two that start apart and check they read different documents.
+    starts = {}
+    for index in range(40):
+        peer_id = f"peer-{index}".encode()
+        starts.setdefault(shard_for_peer(peer_id, 3, 4), peer_id)
+    assert len(starts) > 1
+    first_a, first_b = (stream(peer_id).next_batch(3, 2) for peer_id in list(starts.values())[:2])
+    assert _doc_ids(first_a) != _doc_ids(first_b)
+
+
+def test_streamed_validation_is_the_same_for_every_peer(jsonl_dataset, tmp_path):
+    cfg = _hub_cfg(jsonl_dataset, val_samples=6)
+    data_a = build_data(cfg, TOKENIZER, b"peer-a", hf_cache_dir=tmp_path / "hf")
+    data_b = build_data(cfg, TOKENIZER, b"peer-b", hf_cache_dir=tmp_path / "hf")
+    assert isinstance(data_a.train, StreamingBlocks)
+    batches_a, batches_b = data_a.validation_batches(4), data_b.validation_batches(4)
+    assert [batch.shape for batch in batches_a] == [(4, 16), (2, 16)]
+    assert all(torch.equal(a, b) for a, b in zip(batches_a, batches_b))
+    held_out = {
+        doc_id
+        for doc_id, _ in iter_documents(cfg, hf_cache_dir=tmp_path / "hf")
+        if is_validation(doc_id, cfg.seed, cfg.val_fraction)
+    }
+    assert _doc_ids(torch.cat(batches_a)) <= held_out
+    assert data_a.identity == data_b.identity
+
+
+# --- the facade -----------------------------------------------------------------------------------------------------
+
+
+def test_build_data_over_the_stdlib_gives_a_peer_stream_and_shared_validation(tmp_path):
+    cfg = DataConfig(source="stdlib", stdlib_max_files=15, seq_len=32, val_fraction=0.3, val_samples=10)
+    peer_a = build_data(cfg, TOKENIZER, b"peer-a", cache_dir=tmp_path)
+    peer_b = build_data(cfg, TOKENIZER, b"peer-b", cache_dir=tmp_path)
+    assert peer_a.identity == peer_b.identity
+    assert peer_a.next_batch(0, 8).shape == (8, 32)
+    assert all(torch.equal(a, b) for a, b in zip(peer_a.validation_batches(4), peer_b.validation_batches(4)))
+    assert sum(batch.shape[0] for batch in peer_a.validation_batches(4)) == 10

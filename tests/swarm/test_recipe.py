@@ -1,0 +1,324 @@
+"""The recipe: shipped recipes validate, broken ones report every problem at its key path, the CLI never crashes."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from swarm.recipe import Recipe, RecipeError, load_recipe, parse_recipe, recipe_from_json
+from swarm.recipe_cli import recipe_app
+
+ROOT = Path(__file__).resolve().parents[2]
+SHIPPED = sorted((ROOT / "recipes").glob("*.yaml"))
+BROKEN_DIR = Path(__file__).resolve().parent / "broken_recipes"
+BROKEN = sorted(BROKEN_DIR.glob("*.yaml"))
+ROOT_PATH = "<root>"  # how a fixture's `# expect:` line names a problem with the file as a whole
+
+runner = CliRunner()
+
+
+def _header(path: Path) -> str:
+    """The comment block a recipe opens with."""
+    lines = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def _expectations(path: Path) -> tuple[set[str], list[str]]:
+    """A broken fixture's `# expect: KEY.PATH` and `# expect-message: TEXT` lines."""
+    header = _header(path)
+    paths = {"" if p == ROOT_PATH else p for p in re.findall(r"^# expect: (\S+)$", header, re.M)}
+    return paths, re.findall(r"^# expect-message: (.+)$", header, re.M)
+
+
+def _problems(path: Path) -> list:
+    with pytest.raises(RecipeError) as caught:
+        load_recipe(path)
+    return caught.value.problems
+
+
+# --- shipped recipes -------------------------------------------------------------------------------------------
+
+
+def test_gpt2_small_fineweb_is_shipped():
+    # Guards the parametrised tests below against an empty glob (a renamed folder would skip them all).
+    assert ROOT / "recipes" / "gpt2-small-fineweb.yaml" in SHIPPED
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda path: path.name)
+def test_shipped_recipe_validates(path):
+    recipe = load_recipe(path)
+    assert recipe.run.id
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda path: path.name)
+def test_shipped_recipe_header_says_how_to_launch_and_join(path):
+    header = _header(path)
+    assert header, f"{path.name} must open with a comment: what it trains, what it needs, how to launch and join"
+    assert f"swarm launch recipes/{path.name}" in header
+    assert "swarm join" in header
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda path: path.name)
+def test_recipe_json_round_trips_with_a_stable_fingerprint(path):
+    recipe = load_recipe(path)
+    rebuilt = recipe_from_json(recipe.to_json())
+    assert rebuilt == recipe
+    assert rebuilt.to_json() == recipe.to_json()
+    assert rebuilt.fingerprint == recipe.fingerprint == load_recipe(path).fingerprint
+
+
+def test_gpt2_small_fineweb_is_gpt2_124m_on_half_a_million_tokens_per_step():
+    recipe = load_recipe(ROOT / "recipes" / "gpt2-small-fineweb.yaml")
+    assert recipe.model.architecture == "gpt2"
+    config = recipe.model.config
+    assert (config["n_layer"], config["n_head"], config["n_embd"], config["n_positions"]) == (12, 12, 768, 1024)
+    assert (recipe.tokenizer.kind, recipe.tokenizer.name) == ("pretrained", "gpt2")
+    assert (recipe.data.source, recipe.data.dataset, recipe.data.dataset_config) == (
+        "hub",
+        "HuggingFaceFW/fineweb-edu",
+        "sample-10BT",
+    )
+    assert recipe.data.seq_len == 1024
+    tokens_per_step = recipe.collaboration.target_batch_size * recipe.data.seq_len
+    assert tokens_per_step == 512 * 1024
+    assert recipe.optimizer.lr == pytest.approx(6e-4)
+    assert recipe.optimizer.betas == (0.9, 0.95)
+    assert recipe.optimizer.schedule.warmup_steps == 700
+    # The cosine decay ends where the data does (~10B tokens), so the run does not stop mid-decay.
+    assert recipe.optimizer.schedule.total_steps * tokens_per_step == pytest.approx(10e9, rel=0.01)
+    assert recipe.limits.max_samples * recipe.data.seq_len == pytest.approx(10e9, rel=0.01)
+
+
+def test_relative_data_files_are_read_from_the_recipes_folder(tmp_path):
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "a.txt").write_text("hello\n")
+    recipe_path = tmp_path / "local.yaml"
+    recipe_path.write_text("run: {id: local}\ndata: {source: files, files: ['corpus/*.txt']}\n")
+    recipe = load_recipe(recipe_path)
+    assert recipe.data.files == [str(tmp_path / "corpus" / "*.txt")]
+
+
+# --- broken recipes --------------------------------------------------------------------------------------------
+
+
+def test_broken_fixtures_cover_the_common_mistakes():
+    names = {path.stem for path in BROKEN}
+    assert names >= {
+        "bad-yaml-syntax",
+        "wrong-type-lr",
+        "unknown-top-level-key",
+        "unknown-nested-key",
+        "warmup-not-below-total",
+        "micro-batch-above-target",
+        "negative-lr",
+        "betas-out-of-range",
+        "bad-run-id",
+        "missing-run-id",
+        "missing-data-files",
+        "empty-data-files",
+        "pretrained-tokenizer-without-name",
+        "recipe-is-a-list",
+        "empty-recipe",
+        "run-is-a-number",
+        "many-problems",
+    }
+
+
+@pytest.mark.parametrize("path", BROKEN, ids=lambda path: path.name)
+def test_broken_recipe_reports_each_problem_at_its_key_path(path):
+    expected_paths, expected_messages = _expectations(path)
+    assert expected_paths, f"{path.name} must declare its problems with '# expect: KEY.PATH' lines"
+    problems = _problems(path)
+    assert {problem.path for problem in problems} == expected_paths
+    text = "\n".join(problem.message for problem in problems)
+    for message in expected_messages:
+        assert message in text
+    assert all(problem.message for problem in problems)
+
+
+def test_every_problem_of_a_recipe_is_reported_in_one_run():
+    problems = _problems(BROKEN_DIR / "many-problems.yaml")
+    paths = [problem.path for problem in problems]
+    # Schema problems and on-disk problems together: fixing one must not reveal the next.
+    assert len(paths) == len(set(paths)) == 9
+    assert "data.files.0" in paths and "optimizer.lr" in paths
+
+
+def test_parse_recipe_rejects_what_is_not_a_mapping():
+    for data in (None, [], "run: x", 5):
+        with pytest.raises(RecipeError) as caught:
+            parse_recipe(data)
+        assert [problem.path for problem in caught.value.problems] == [""]
+
+
+def test_infinity_is_refused_because_the_swarm_json_cannot_carry_it():
+    with pytest.raises(RecipeError) as caught:
+        parse_recipe({"run": {"id": "a"}, "limits": {"max_wall_time_s": float("inf")}})
+    assert [problem.path for problem in caught.value.problems] == ["limits.max_wall_time_s"]
+
+
+def test_model_config_refuses_values_that_change_through_json():
+    with pytest.raises(RecipeError) as caught:
+        parse_recipe(yaml.safe_load("run: {id: a}\nmodel: {config: {n_layer: 2, created: 2024-01-01}}"))
+    assert [problem.path for problem in caught.value.problems] == ["model.config.created"]
+
+
+# --- the CLI ---------------------------------------------------------------------------------------------------
+
+
+def _no_traceback(result) -> None:
+    assert "Traceback" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_validate_exits_0_and_names_the_run_for_good_files():
+    result = runner.invoke(recipe_app, ["validate", *map(str, SHIPPED)])
+    assert result.exit_code == 0, result.output
+    for path in SHIPPED:
+        assert f"ok: {path} (run {load_recipe(path).run.id})" in result.stdout
+    assert result.stderr == ""
+
+
+def test_validate_exits_2_with_every_key_path_on_stderr():
+    path = BROKEN_DIR / "many-problems.yaml"
+    result = runner.invoke(recipe_app, ["validate", str(path)])
+    assert result.exit_code == 2
+    _no_traceback(result)
+    expected_paths, _ = _expectations(path)
+    for key_path in expected_paths:
+        assert f"{path}: {key_path}: " in result.stderr
+    assert result.stdout == ""
+
+
+def test_validate_reports_good_and_bad_files_together():
+    good, bad = SHIPPED[0], BROKEN_DIR / "negative-lr.yaml"
+    result = runner.invoke(recipe_app, ["validate", str(good), str(bad)])
+    assert result.exit_code == 2
+    assert f"ok: {good}" in result.stdout
+    assert f"{bad}: optimizer.lr: must be greater than 0" in result.stderr
+    assert "1 of 2 recipes have problems" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        pytest.param(b"", id="empty-file"),
+        pytest.param(bytes(range(256)) * 8, id="binary"),
+        pytest.param(b"\x00\x01\x02 run: x", id="control-characters"),
+        pytest.param(b"- a\n- b\n", id="yaml-list"),
+        pytest.param(b"run: 5\n", id="run-is-a-number"),
+        pytest.param(b"just some text\n", id="plain-text"),
+        pytest.param(b"run: " + b"[" * 5000 + b"]" * 5000, id="deeply-nested"),
+        pytest.param(b"run: {id: a}\nmodel: {config: [1, {2: 3}]}\noptimizer: {betas: [[1], {a: 1}, 3]}", id="shapes"),
+        pytest.param(b"!!python/object/apply:os.system [echo hi]\n", id="python-tag"),
+        pytest.param(b"? [a, b]\n: c\n", id="complex-key"),
+        pytest.param(b"run: {id: a}\n5: 6\n", id="number-key"),
+    ],
+)
+def test_validate_never_shows_a_traceback(tmp_path, content):
+    path = tmp_path / "recipe.yaml"
+    path.write_bytes(content)
+    result = runner.invoke(recipe_app, ["validate", str(path)])
+    assert result.exit_code == 2, result.output
+    _no_traceback(result)
+    assert result.stderr.startswith(f"{path}: ")
+
+
+def test_validate_refuses_a_folder_and_a_missing_file_without_a_traceback(tmp_path):
+    result = runner.invoke(recipe_app, ["validate", str(tmp_path), str(tmp_path / "absent.yaml")])
+    assert result.exit_code == 2
+    _no_traceback(result)
+    assert f"{tmp_path}: this is a folder" in result.stderr
+    assert f"{tmp_path / 'absent.yaml'}: file not found" in result.stderr
+
+
+def test_validate_json_report_lists_problems_per_file():
+    good, bad = SHIPPED[0], BROKEN_DIR / "warmup-not-below-total.yaml"
+    result = runner.invoke(recipe_app, ["validate", "--json", str(good), str(bad)])
+    assert result.exit_code == 2
+    report = json.loads(result.stdout)
+    assert report["valid"] is False
+    first, second = report["files"]
+    assert first["valid"] and first["fingerprint"] == load_recipe(good).fingerprint
+    assert [problem["path"] for problem in second["problems"]] == ["optimizer.schedule.warmup_steps"]
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda path: path.name)
+def test_show_prints_yaml_that_parses_back_to_the_same_recipe(path):
+    recipe = load_recipe(path)
+    result = runner.invoke(recipe_app, ["show", str(path)])
+    assert result.exit_code == 0, result.output
+    first_line = result.stdout.splitlines()[0]
+    assert first_line.startswith("#") and str(path) in first_line and recipe.fingerprint in first_line
+    shown = parse_recipe(yaml.safe_load(result.stdout))
+    assert shown == recipe
+    assert shown.fingerprint == recipe.fingerprint
+
+
+def test_show_fills_in_every_default(tmp_path):
+    path = tmp_path / "minimal.yaml"
+    path.write_text("run: {id: minimal}\n")
+    shown = yaml.safe_load(runner.invoke(recipe_app, ["show", str(path)]).stdout)
+    assert set(shown) == set(Recipe.model_fields)
+    assert shown["optimizer"]["schedule"]["decay"] == "cosine"
+
+
+def test_show_json_is_the_form_peers_receive():
+    path = ROOT / "recipes" / "gpt2-small-fineweb.yaml"
+    result = runner.invoke(recipe_app, ["show", "--json", str(path)])
+    assert result.exit_code == 0
+    assert recipe_from_json(result.stdout) == load_recipe(path)
+
+
+def test_show_of_a_broken_recipe_exits_2_with_its_problems():
+    path = BROKEN_DIR / "wrong-type-lr.yaml"
+    result = runner.invoke(recipe_app, ["show", str(path)])
+    assert result.exit_code == 2
+    _no_traceback(result)
+    assert f"{path}: optimizer.lr: expected a number" in result.stderr
+
+
+def test_schema_is_json_schema_of_every_section():
+    result = runner.invoke(recipe_app, ["schema"])
+    assert result.exit_code == 0
+    schema = json.loads(result.stdout)
+    assert schema["required"] == ["run"]
+    assert set(schema["properties"]) == set(Recipe.model_fields)
+    assert schema["$defs"]["OptimConfig"]["additionalProperties"] is False
+
+
+def test_the_installed_command_line_validates_as_a_subprocess():
+    good, bad = ROOT / "recipes" / "gpt2-small-fineweb.yaml", BROKEN_DIR / "many-problems.yaml"
+    command = [sys.executable, "-m", "swarm.cli", "recipe", "validate", str(good), str(bad)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    completed = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 2, completed.stderr
+    assert "Traceback" not in completed.stdout + completed.stderr
+    assert f"ok: {good} (run gpt2-small-fineweb)" in completed.stdout
+    assert f"{bad}: optimizer.schedule.warmup_steps: " in completed.stderr
+
+
+# --- generated reference ---------------------------------------------------------------------------------------
+
+
+def test_recipe_reference_doc_is_up_to_date():
+    spec = importlib.util.spec_from_file_location("gen_recipe_reference", ROOT / "scripts" / "gen_recipe_reference.py")
+    generator = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generator)
+    committed = (ROOT / "docs" / "recipe-reference.md").read_text(encoding="utf-8")
+    assert committed == generator.render(), "docs/recipe-reference.md is stale: run scripts/gen_recipe_reference.py"
+    for section in ("run", "model", "optimizer.schedule", "collaboration", "credit"):
+        assert f"## `{section}`" in committed
