@@ -34,6 +34,9 @@ class VersionInfo:
     recipe_fingerprint: str
     data_digest: str
     data_description: str
+    ledger_root: str | None = None
+    ledger_tree_size: int = 0
+    top_contributors: list = field(default_factory=list)
     created_at: float = field(default_factory=time.time)
     swarm_version: str = swarm.__version__
     extra: dict = field(default_factory=dict)
@@ -57,10 +60,25 @@ tags: [swarm, volunteer-training, {recipe.run.id}]
 | recipe fingerprint | `{info.recipe_fingerprint}` |
 | data | {info.data_description} (identity `{info.data_digest[:16]}`) |
 | swarm version | {info.swarm_version} |
+| ledger root at this version | `{info.ledger_root or "empty"}` ({info.ledger_tree_size} entries) |
+
+## Top contributors
+
+{_contributors(info)}
+
+Credit is recorded in the run's public ledger; check it offline with `swarm ledger verify <ledger folder or URL>`.
 
 Load it with `transformers.AutoModelForCausalLM.from_pretrained("<this folder>")`. The full recipe is in
 `swarm.json`; earlier versions stay published next to this one.
 """
+
+
+def _contributors(info: VersionInfo) -> str:
+    if not info.top_contributors:
+        return "No credit committed yet."
+    rows = ["| volunteer | team | granted samples |", "|---|---|---|"]
+    rows += [f"| {c['name']} | {c['team'] or '-'} | {c['granted_samples']} |" for c in info.top_contributors]
+    return "\n".join(rows)
 
 
 def save_version(folder: Path, model: torch.nn.Module, tokenizer, recipe: Recipe, info: VersionInfo) -> Path:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import hivemind
 from hivemind.optim.progress_tracker import LocalTrainingProgress
+from hivemind.p2p import PeerID
 from hivemind.utils import get_dht_time
 
 import swarm
@@ -28,10 +29,12 @@ from swarm import records
 from swarm.data import build_data
 from swarm.evaluation import validation_loss
 from swarm.identity import Identity
+from swarm.ledger import Ledger, key_fingerprint, load_or_create_signing_key
 from swarm.model import build_model, count_parameters
 from swarm.network import create_dht, join_addresses
 from swarm.recipe import Recipe
 from swarm.tokenizer import build_tokenizer
+from coordinator.accounting import Accounting
 from coordinator.checkpoint import VersionInfo, save_version, write_model_files
 from coordinator.state import StateFetcher
 
@@ -40,6 +43,10 @@ logger = logging.getLogger("swarm.coordinator")
 ANNOUNCE_PERIOD_S = 20.0
 MONITOR_PERIOD_S = 2.0
 FINAL_STATE_TIMEOUT_S = 90.0
+# an epoch is granted once peers had time to publish it: 3 epochs later, or 12 s after it ended
+FINALIZE_LAG_EPOCHS = 3
+FINALIZE_LAG_S = 12.0
+MAX_REMEMBERED_PEERS = 16
 
 
 @dataclass
@@ -51,6 +58,7 @@ class CoordinatorSettings:
     state_dir: str | None = None  # default: runs/<run_id>/coordinator
     checkpoint_dir: str | None = None  # overrides recipe.checkpoint.dir
     final_model_dir: str | None = None  # also write the final version here (the demo's output folder)
+    ledger_dir: str | None = None  # default: <checkpoint dir>/../ledger, next to the checkpoints
     summary_file: str | None = None
     cache_dir: str | None = None
 
@@ -82,6 +90,11 @@ class Coordinator:
         self.started_at = time.time()
         self.state_dir = Path(settings.state_dir or Path("runs") / recipe.run.id / "coordinator")
         self.checkpoint_dir = Path(settings.checkpoint_dir) if settings.checkpoint_dir else recipe.checkpoint_dir()
+        self.ledger_dir = Path(settings.ledger_dir) if settings.ledger_dir else self.checkpoint_dir.parent / "ledger"
+        self.ledger: Ledger | None = None
+        self.accounting = Accounting(run_id=recipe.run.id, credit=recipe.credit,
+                                     target_batch_size=recipe.collaboration.target_batch_size)
+        self.epoch_history: list[dict] = []
         self.last_checkpoint_epoch = -1
         self.initial_val_loss: float | None = None
         self.final_val_loss: float | None = None
@@ -109,11 +122,49 @@ class Coordinator:
                     f"{recipe.model.architecture or recipe.model.pretrained}, data {self.data.identity.description}, "
                     f"initial validation loss {self.initial_val_loss:.4f}")
         self.identity = Identity.load_or_create(self.state_dir / "identity", name="coordinator", team="")
-        self.dht = create_dht(s.initial_peers, host=s.host, port=s.port, identity=self.identity,
-                              record_validators=records.schema_validators(recipe.run.id), announce_host=s.announce_host)
+        self._open_ledger()
+        remembered = self._load_run_state()
+        self.dht = create_dht(list(s.initial_peers) + remembered, host=s.host, port=s.port, identity=self.identity,
+                              record_validators=records.schema_validators(recipe.run.id), announce_host=s.announce_host,
+                              require_bootstrap=bool(s.initial_peers) and not remembered)
         self._announce()
         self.fetcher = StateFetcher(self.dht, recipe.run.id)
+        self._save_run_state()
         self._print_join_command()
+
+    def _open_ledger(self) -> None:
+        key = load_or_create_signing_key(self.state_dir / "ledger_signing_key.pem")
+        self.ledger = Ledger.open(self.ledger_dir, key, run_id=self.recipe.run.id)
+        last = self.ledger.last_epoch
+        self.accounting.committed_epoch = -1 if last is None else last
+        logger.info(f"Ledger at {self.ledger_dir}: {self.ledger.tree_size} entries"
+                    + (f", credited up to epoch {last}" if last is not None else "")
+                    + f" (key {key_fingerprint(key.public_key())[:16]})")
+
+    def _load_run_state(self) -> list[str]:
+        """After a restart: keep the run's start time, and re-join through the peers seen last time."""
+        path = self.state_dir / "run.json"
+        if not path.exists():
+            return []
+        try:
+            state = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return []
+        if state.get("fingerprint") != self.recipe.fingerprint:
+            logger.warning(f"{path} belongs to another version of the recipe; starting the run clock anew")
+            return []
+        self.started_at = float(state.get("started_at", self.started_at))
+        addresses = [a for a in state.get("peer_addresses", []) if "/p2p/" in a][:MAX_REMEMBERED_PEERS]
+        logger.info(f"Resuming run {self.recipe.run.id!r} started {time.time() - self.started_at:.0f} s ago; "
+                    f"re-joining through {len(addresses)} remembered peer address(es)")
+        return addresses
+
+    def _save_run_state(self) -> None:
+        addresses = []
+        for row in sorted(self.view.peers.values(), key=lambda m: -m.time):
+            addresses += [a for a in row.addresses if "/p2p/" in a][:2]
+        _write_json(self.state_dir / "run.json", dict(started_at=self.started_at, fingerprint=self.recipe.fingerprint,
+                                                      peer_addresses=addresses[:MAX_REMEMBERED_PEERS]))
 
     def _print_join_command(self) -> None:
         addresses = join_addresses(self.dht)
@@ -128,11 +179,13 @@ class Coordinator:
         print("\n".join(lines), flush=True)
 
     def _announce(self, status: str = "running", final_epoch: int | None = None) -> None:
+        self._announced_ledger_epoch = self.accounting.committed_epoch
         announcement = records.RunAnnouncement(
             run_id=self.recipe.run.id, recipe_json=self.recipe.to_json(), recipe_fingerprint=self.recipe.fingerprint,
             data_digest=self.data.identity.digest, data_description=self.data.identity.description,
             swarm_version=swarm.__version__, coordinator_peer_id=self.dht.peer_id.to_base58(),
-            started_at=self.started_at, status=status, final_epoch=final_epoch)
+            started_at=self.started_at, status=status, final_epoch=final_epoch,
+            ledger_epoch=self.accounting.committed_epoch)
         self.dht.store(records.RUNS_KEY, subkey=self.recipe.run.id, value=announcement.to_bytes(),
                        expiration_time=get_dht_time() + records.ANNOUNCEMENT_TTL_S)
         self._last_announce = time.monotonic()
@@ -147,6 +200,8 @@ class Coordinator:
             if self.view.epoch != last_logged_epoch:
                 last_logged_epoch = self.view.epoch
                 self._log_progress()
+                self._save_run_state()
+            self._credit(self._finalizable_epoch())
             if self._checkpoint_due():
                 self._publish_checkpoint()
             if self._limit_reached():
@@ -167,6 +222,7 @@ class Coordinator:
                     continue
                 if item.expiration_time < now:
                     continue
+                self.accounting.observe_peer(PeerID(peer.peer_id).to_base58())
                 alive += 1
                 epochs.append(peer.epoch)
                 rate += peer.samples_per_second
@@ -178,13 +234,46 @@ class Coordinator:
                     continue
                 if peer.epoch == current:
                     samples += peer.samples_accumulated
+        previous_epoch = self.view.epoch
         self.view.epoch = max(self.view.epoch, max(epochs))
         self.view.alive_peers, self.view.samples_accumulated, self.view.samples_per_second = alive, samples, rate
+        if alive:
+            self.accounting.observe_epoch(self.view.epoch, samples)
         metrics = records.parse_metrics(self.dht.get(records.metrics_key(self.recipe.run.id), latest=True))
         for peer_id, row in metrics.items():
             known = self.view.peers.get(peer_id)
             if known is None or row.time >= known.time:
                 self.view.peers[peer_id] = row
+            if now - row.time < 3 * 5.0:
+                self.accounting.observe_peer(peer_id)
+        for record in records.parse_contributions(self.dht.get(records.contributions_key(self.recipe.run.id),
+                                                               latest=True)):
+            self.accounting.add_claims(record)
+        if self.view.epoch != previous_epoch or not self.epoch_history:
+            self.epoch_history.append(dict(epoch=self.view.epoch, time=time.time(), samples_per_second=rate,
+                                           alive_peers=alive, mean_loss=self.view.mean_loss, val_loss=None))
+            del self.epoch_history[:-2000]
+
+    def _finalizable_epoch(self) -> int:
+        """The newest epoch whose claims have had time to arrive (see FINALIZE_LAG_*)."""
+        current, now = self.view.epoch, time.time()
+        up_to = current - FINALIZE_LAG_EPOCHS
+        for epoch in range(max(up_to + 1, 0), current):
+            following = self.accounting.windows.get(epoch + 1)
+            if following is None or now - following.first_seen < FINALIZE_LAG_S:
+                break
+            up_to = epoch
+        return up_to
+
+    def _credit(self, up_to_epoch: int) -> None:
+        """Grant and commit every epoch up to `up_to_epoch` into the ledger, then tell peers how far it goes."""
+        for epoch, entries in self.accounting.finalize(up_to_epoch):
+            checkpoint = self.ledger.commit_epoch(entries)
+            granted = sum(entry.granted_samples for entry in entries)
+            logger.debug(f"Credited epoch {epoch}: {granted} samples to {len(entries)} peer(s); "
+                         f"ledger root {checkpoint.root_hash[:12]} over {checkpoint.tree_size} entries")
+        if self.accounting.committed_epoch != self._announced_ledger_epoch:
+            self._announce()
 
     def _log_progress(self) -> None:
         loss = self.view.mean_loss
@@ -217,13 +306,22 @@ class Coordinator:
         path = save_version(self.checkpoint_dir, self.model, self.tokenizer, self.recipe, info)
         self.last_checkpoint_epoch = epoch
         self.final_val_loss = val_loss
+        for row in reversed(self.epoch_history):
+            if row["epoch"] <= epoch:
+                row["val_loss"] = val_loss
+                break
         logger.info(f"Published version epoch {epoch} (validation loss {val_loss:.4f}) to {path}")
         return path
 
     def _version_info(self, epoch: int, val_loss: float | None) -> VersionInfo:
+        checkpoint = self.ledger.latest_checkpoint
+        top = [dict(name=p.name, team=p.team, peer_id=p.peer_id, granted_samples=p.granted_samples)
+               for p in self.ledger.totals.peer_leaderboard()[:10]]
         return VersionInfo(epoch=epoch, samples_seen=self.samples_total(), val_loss=val_loss,
                            recipe_fingerprint=self.recipe.fingerprint, data_digest=self.data.identity.digest,
-                           data_description=self.data.identity.description)
+                           data_description=self.data.identity.description,
+                           ledger_root=checkpoint.root_hash if checkpoint else None,
+                           ledger_tree_size=checkpoint.tree_size if checkpoint else 0, top_contributors=top)
 
     def samples_total(self) -> int:
         return sum(row.samples_total for row in self.view.peers.values())
@@ -243,6 +341,9 @@ class Coordinator:
         elif self.settings.final_model_dir:
             write_model_files(Path(self.settings.final_model_dir), self.model, self.tokenizer, self.recipe,
                               self._version_info(self.last_checkpoint_epoch, self.final_val_loss))
+        time.sleep(6.0)  # peers publish every 5 s: let their last closed epochs arrive
+        self._refresh_view()
+        self._credit(self.view.epoch + 1)
         self._announce(status="finished", final_epoch=self.last_checkpoint_epoch)
         self.finished = True
         summary = self.summary()
@@ -267,6 +368,10 @@ class Coordinator:
             averaged_rounds=max((row.averaged_rounds for row in peers), default=0),
             solo_rounds=max((row.solo_rounds for row in peers), default=0),
             final_checkpoint_epoch=self.last_checkpoint_epoch if self.last_checkpoint_epoch >= 0 else None,
+            granted_samples=sum(p.granted_samples for p in self.ledger.totals.peers.values()),
+            claimed_samples=sum(p.claimed_samples for p in self.ledger.totals.peers.values()),
+            ledger_dir=str(self.ledger_dir),
+            ledger_root=self.ledger.root_hash if self.ledger.tree_size else None,
             checkpoint_dir=str(self.checkpoint_dir),
             volunteers=[dict(peer_id=row.peer_id, name=row.name, team=row.team, samples=row.samples_total,
                              averaged_rounds=row.averaged_rounds, device=row.device) for row in peers],
@@ -296,6 +401,8 @@ class Coordinator:
         signal.signal(signal.SIGTERM, handle)
 
     def _close(self) -> None:
+        if self.ledger is not None:
+            self.ledger.close()
         if self.fetcher is not None:
             self.fetcher.shutdown()
         if self.dht is not None:

@@ -47,6 +47,7 @@ from swarm.network import create_dht, parse_initial_peers
 from swarm.recipe import Recipe, recipe_from_json
 from swarm.tokenizer import build_tokenizer
 from peer.collaboration import SwarmOptimizer, build_swarm_optimizer
+from peer.contributions import ContributionLog
 from peer.progress import ProgressView
 
 logger = logging.getLogger("swarm.peer")
@@ -106,6 +107,9 @@ class Volunteer:
         self.stats = LocalStats()
         self._stop_requested = threading.Event()
         self._force_stop = threading.Event()
+        self._reporter_stop = threading.Event()
+        self._resync_requested = threading.Event()
+        self._addresses: list[str] = []
         self.dht: hivemind.DHT | None = None
         self.optimizer: SwarmOptimizer | None = None
         self.view: ProgressView | None = None
@@ -139,6 +143,7 @@ class Volunteer:
         self._public_key = RSASignatureValidator(self.identity.signing_key).local_public_key
         logger.info(f"Run {self.recipe.run.id!r}: {self.recipe.run.description or 'no description'}")
 
+        self._addresses = [str(a) for a in self.dht.get_visible_maddrs()][:8] if not s.client_mode else []
         self.hardware = pick_hardware(s.device, s.threads)
         self.tokenizer = build_tokenizer(self.recipe.tokenizer)
         self.peer_id = self.dht.peer_id
@@ -158,7 +163,9 @@ class Volunteer:
                     f"{self.hardware.precision}, micro-batch {self.micro_batch_size} x {self.recipe.data.seq_len} tokens")
         self.optimizer = build_swarm_optimizer(self.dht, self.model, self.recipe, self.identity,
                                                self.micro_batch_size, client_mode=s.client_mode)
+        self.contributions = ContributionLog(self.identity.folder / "runs" / self.recipe.run.id, self.identity)
         self.view = ProgressView.create(s.display, self.recipe, self.identity.name)
+        self._reporter = threading.Thread(target=self._report_periodically, name="swarm-reporter", daemon=True)
 
     def _fetch_announcement(self) -> records.RunAnnouncement:
         deadline = time.monotonic() + self.settings.connect_timeout_s
@@ -222,8 +229,8 @@ class Volunteer:
 
     # ---------------------------------------------------------------- the training loop
     def _train(self) -> None:
-        next_report = time.monotonic()
         finishing_epoch = None
+        self._reporter.start()
         while not self._force_stop.is_set():
             if self._stop_requested.is_set() and finishing_epoch is None:
                 finishing_epoch = self.optimizer.local_epoch
@@ -240,25 +247,28 @@ class Volunteer:
                 if reason.startswith("the run"):
                     self._serve_final_state()
                 break
+            if self._resync_requested.is_set():
+                self._resync_requested.clear()
+                self._load_state_with_watchdog()
             self._train_micro_step()
-            if time.monotonic() >= next_report:
-                next_report = time.monotonic() + METRICS_PERIOD_S
-                self._report()
-                self._check_not_alone()
 
     def _train_micro_step(self) -> None:
         started = time.perf_counter()
-        batch = self.data.next_batch(self.optimizer.local_epoch, self.micro_batch_size).to(self.hardware.device,
-                                                                                              non_blocking=True)
+        epoch = self.optimizer.local_epoch
+        batch = self.data.next_batch(epoch, self.micro_batch_size).to(self.hardware.device, non_blocking=True)
         with torch.autocast(self.hardware.device.type, dtype=self.hardware.autocast_dtype,
                             enabled=self.hardware.autocast_dtype is not None):
             loss = self.model(input_ids=batch, labels=batch).loss
         loss.backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self.stats.compute_s += time.perf_counter() - started
+        elapsed = time.perf_counter() - started
+        self.stats.compute_s += elapsed
         self.stats.samples += batch.shape[0]
         self.stats.micro_steps += 1
+        self.contributions.add(epoch, batch.shape[0], elapsed)
+        if self.optimizer.local_epoch != epoch:
+            self.contributions.close_epochs_before(self.optimizer.local_epoch)
         value = loss.item()  # one host sync per micro-step; negligible on CPU, cheap next to the step on GPU
         if math.isfinite(value):
             self.stats.loss_ema = value if self.stats.loss_ema is None else 0.9 * self.stats.loss_ema + 0.1 * value
@@ -269,15 +279,12 @@ class Volunteer:
         """Stay reachable until the coordinator has fetched the final version (it downloads it from peers)."""
         logger.info("Waiting for the coordinator to save the final version (serving this peer's state)")
         deadline = time.monotonic() + timeout_s
+        self.contributions.close_all()
         while time.monotonic() < deadline and not self._stop_requested.is_set():
-            found = self.dht.get(records.RUNS_KEY, latest=True)
-            item = found.value.get(self.recipe.run.id) if found is not None and isinstance(found.value, dict) else None
-            try:
-                if item is not None and records.RunAnnouncement.from_bytes(item.value).status == "finished":
-                    logger.info("The coordinator saved the final version")
-                    return
-            except Exception:
-                pass
+            announcement = self._current_announcement()
+            if announcement is not None and announcement.status == "finished":
+                logger.info("The coordinator saved the final version")
+                return
             time.sleep(2.0)
 
     def _finish_budget_s(self) -> float:
@@ -314,6 +321,15 @@ class Volunteer:
             compute_utilisation=self.stats.compute_s / elapsed,
         )
 
+    def _report_periodically(self) -> None:
+        """Background thread: DHT reads and writes can take seconds on real links; the training loop never waits."""
+        while not self._reporter_stop.wait(METRICS_PERIOD_S):
+            try:
+                self._report()
+                self._check_not_alone()
+            except Exception as error:
+                logger.debug(f"Reporting failed: {error!r}")
+
     def _report(self) -> None:
         snapshot = self._snapshot()
         metrics = records.PeerMetrics(
@@ -323,12 +339,34 @@ class Volunteer:
             loss=None if self.stats.loss_ema is None else float(self.stats.loss_ema),
             averaged_rounds=snapshot["averaged_rounds"], solo_rounds=snapshot["solo_rounds"],
             last_group_size=snapshot["last_group_size"], device=self.hardware.description[:64],
-            version=swarm.__version__, time=float(get_dht_time()), client_mode=self.settings.client_mode)
+            version=swarm.__version__, time=float(get_dht_time()), client_mode=self.settings.client_mode,
+            addresses=self._addresses)
         self.dht.store(records.metrics_key(self.recipe.run.id), subkey=self._public_key, value=metrics.dict(),
                        expiration_time=get_dht_time() + records.METRICS_TTL_S, return_future=True)
+        self._publish_contributions()
         if self.view is not None:
             self.view.on_report(snapshot)
         self._write_stats()
+
+    def _publish_contributions(self) -> None:
+        """Re-publish every closed epoch the coordinator's ledger has not committed yet."""
+        announcement = self._current_announcement()
+        if announcement is not None:
+            self.announcement = announcement
+        pending = self.contributions.unpublished(self.announcement.ledger_epoch)
+        record = records.ContributionRecord(peer_id=self.peer_id.to_base58(), name=self.identity.name,
+                                            team=self.identity.team, version=swarm.__version__,
+                                            epochs=pending, time=float(get_dht_time()))
+        self.dht.store(records.contributions_key(self.recipe.run.id), subkey=self._public_key, value=record.dict(),
+                       expiration_time=get_dht_time() + records.CONTRIBUTIONS_TTL_S, return_future=True)
+
+    def _current_announcement(self) -> records.RunAnnouncement | None:
+        found = self.dht.get(records.RUNS_KEY, latest=True)
+        item = found.value.get(self.recipe.run.id) if found is not None and isinstance(found.value, dict) else None
+        try:
+            return records.RunAnnouncement.from_bytes(item.value) if item is not None else None
+        except Exception:
+            return None
 
     def _other_live_peers(self) -> int:
         """Peers of this run that published metrics recently, as seen through the DHT (and the coordinator)."""
@@ -356,7 +394,7 @@ class Volunteer:
             logger.warning(f"Reconnecting failed ({error!r}); will retry after the next rounds")
             return
         if self.optimizer.tracker.global_epoch > self.optimizer.local_epoch:
-            self._load_state_with_watchdog()
+            self._resync_requested.set()  # the training thread loads the state between micro-steps
 
     def _write_stats(self) -> None:
         if not self.settings.stats_file:
@@ -388,8 +426,10 @@ class Volunteer:
         signal.signal(signal.SIGTERM, handle)
 
     def _close(self) -> None:
+        self._reporter_stop.set()
         if self.optimizer is not None:
             try:
+                self.contributions.close_all()
                 self._write_stats()
                 self._report()
             except Exception as error:

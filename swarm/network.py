@@ -54,6 +54,7 @@ def create_dht(
     record_validators: Sequence = (),
     announce_host: str | None = None,
     startup_timeout_s: float = 60.0,
+    require_bootstrap: bool = True,
 ) -> hivemind.DHT:
     """Start this process's DHT node. With `identity`, the peer id and record signatures survive restarts."""
     raise_fd_limit()
@@ -72,6 +73,8 @@ def create_dht(
         record_validators=validators,
         await_ready=True,
         startup_timeout=startup_timeout_s,
+        # remembered peers (a restarting coordinator) may all be gone: then start alone instead of failing
+        ensure_bootstrap_success=require_bootstrap,
     )
     if not client_mode:
         kwargs["host_maddrs"] = [f"/ip4/{host}/tcp/{port}"]

@@ -6,7 +6,13 @@ Keys (every key of a run starts with its run id, so runs sharing a DHT never mix
 - `<run_id>_metrics` / subkey `[owner:<public key>]`: each peer's `PeerMetrics`, signed: only the owner
   of the key can write its subkey (hivemind's `RSASignatureValidator`), and the schema rejects malformed
   values on every node (`SchemaValidator`).
+- `<run_id>_contributions` / subkey `[owner:<public key>]`: each peer's `ContributionRecord`: the work it did
+  in each closed swarm epoch the ledger has not committed yet (signed and schema-checked the same way). Peers
+  keep these on disk and re-publish them until the coordinator's ledger covers them, so a coordinator outage
+  delays credit but loses none.
 - `<run_id>_progress`: hivemind.Optimizer's own progress records (same signing key).
+
+Every field has a size bound: an oversized value fails the schema and is rejected by every node.
 """
 
 from __future__ import annotations
@@ -16,11 +22,13 @@ from typing import Dict, Optional
 
 from hivemind.dht.schema import BytesWithPublicKey, SchemaValidator
 from pydantic import BaseModel as BaseModelV2
-from pydantic.v1 import BaseModel, StrictBool, StrictFloat, StrictInt, StrictStr, confloat, conint, constr
+from pydantic.v1 import BaseModel, StrictBool, StrictFloat, confloat, conint, conlist, constr
 
 RUNS_KEY = "swarm_runs"
 ANNOUNCEMENT_TTL_S = 60.0  # re-published every 20 s by the coordinator
 METRICS_TTL_S = 120.0
+CONTRIBUTIONS_TTL_S = 600.0
+MAX_EPOCHS_PER_RECORD = 128  # ~10 KB per record; older unpublished epochs follow once the ledger catches up
 
 
 class RunAnnouncement(BaseModelV2):
@@ -38,6 +46,8 @@ class RunAnnouncement(BaseModelV2):
     # run's limits keep serving their state until then, so the final version can be fetched from them
     status: str = "running"
     final_epoch: int | None = None
+    # the last epoch the coordinator's ledger has committed; peers re-publish their work for later epochs
+    ledger_epoch: int = -1
 
     def to_bytes(self) -> bytes:
         return self.model_dump_json().encode()
@@ -64,27 +74,65 @@ class PeerMetrics(BaseModel):
     version: constr(max_length=32, strict=True)
     time: StrictFloat
     client_mode: StrictBool
+    # where other nodes can reach this peer: a restarted coordinator re-joins the swarm through these
+    addresses: conlist(constr(max_length=256, strict=True), max_items=8)
 
 
-class _MetricsSchema(BaseModel):
+class EpochWork(BaseModel):
+    """What one peer did in one swarm epoch (its claim; the coordinator decides what is granted)."""
+
+    epoch: conint(ge=0, strict=True)
+    samples: conint(ge=0, le=10**9, strict=True)
+    micro_steps: conint(ge=0, le=10**8, strict=True)
+    compute_s: confloat(ge=0.0, le=10**7, strict=True)
+
+
+class ContributionRecord(BaseModel):
+    peer_id: constr(max_length=128, strict=True)
+    name: constr(max_length=64, strict=True)
+    team: constr(max_length=64, strict=True)
+    version: constr(max_length=32, strict=True)
+    epochs: conlist(EpochWork, max_items=MAX_EPOCHS_PER_RECORD)
+    time: StrictFloat
+
+
+class _RunSchema(BaseModel):
     metrics: Dict[BytesWithPublicKey, Optional[PeerMetrics]]
+    contributions: Dict[BytesWithPublicKey, Optional[ContributionRecord]]
 
 
 def metrics_key(run_id: str) -> str:
     return f"{run_id}_metrics"
 
 
+def contributions_key(run_id: str) -> str:
+    return f"{run_id}_contributions"
+
+
 def schema_validators(run_id: str) -> list:
     """Validators for a run's records; pass them to the DHT together with the identity's signature validator."""
-    return [SchemaValidator(_MetricsSchema, prefix=run_id)]
+    return [SchemaValidator(_RunSchema, prefix=run_id)]
+
+
+def parse_contributions(entries) -> list[ContributionRecord]:
+    """Decode a `dht.get(contributions_key(...), latest=True)` value, skipping rows that do not parse."""
+    result = []
+    if entries is None or not isinstance(getattr(entries, "value", None), dict):
+        return result
+    for item in entries.value.values():
+        try:
+            result.append(ContributionRecord.parse_obj(item.value))
+        except Exception:
+            continue
+    return result
 
 
 def parse_metrics(entries) -> dict[str, PeerMetrics]:
     """Decode a `dht.get(metrics_key(...), latest=True)` value into {peer_id: metrics}, skipping bad rows."""
     result = {}
-    if entries is None:
+    if entries is None or not isinstance(getattr(entries, "value", None), dict):
         return result
-    for _subkey, item in getattr(entries, "value", entries).items():
+    for _subkey, item in entries.value.items():
         value = getattr(item, "value", item)
         try:
             metrics = PeerMetrics.parse_obj(value)

@@ -1,0 +1,145 @@
+"""Turning peers' claims into granted credit, epoch by epoch, and committing them to the ledger.
+
+Claims arrive as signed `ContributionRecord`s from the DHT (each peer re-publishes every epoch the ledger
+has not committed). Claimed and granted are kept apart from the start. A claim is granted when it is
+plausible (the rules get stricter later; each rejection is written into the entry's `reason`):
+
+1. **Seen**: if the coordinator watched epoch e, the peer must have been seen alive (progress or metrics
+   record) during it. Epochs the coordinator did not watch (it was down) are credited on the signed claims
+   alone, within the bounds below: an outage delays credit but loses none.
+2. **Rate**: claimed samples / claimed compute seconds must not exceed `credit.max_samples_per_second`.
+3. **Swarm total**: one claim cannot exceed what the whole swarm accumulated in that epoch, and if all claims
+   together exceed it, every claim is scaled down in proportion. The swarm total is the largest sum of
+   hivemind progress reports seen for the epoch, and never less than the target batch size (the epoch
+   only ends once that much has been accumulated), with a tolerance for the reports' lag.
+
+>>> accounting = Accounting(run_id="r", credit=CreditConfig(), target_batch_size=256)   # doctest: +SKIP
+>>> accounting.observe_epoch(3, samples_accumulated=200, now=t); accounting.observe_peer("Qm..", now=t)
+>>> accounting.add_claims(record); entries = accounting.finalize(up_to_epoch=3)
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from swarm.ledger import LedgerEntry
+from swarm.recipe import CreditConfig
+from swarm.records import ContributionRecord, EpochWork
+
+# hivemind peers report progress asynchronously and overshoot the target by up to a micro-batch each
+SWARM_TOTAL_TOLERANCE = 1.25
+# a peer is "seen" in an epoch if seen within this many seconds of the epoch's observed window
+SEEN_SLACK_S = 10.0
+
+
+@dataclass
+class EpochWindow:
+    first_seen: float
+    last_seen: float
+    max_samples_accumulated: int = 0
+
+
+@dataclass
+class Claim:
+    work: EpochWork
+    name: str
+    team: str
+
+
+@dataclass
+class Accounting:
+    run_id: str
+    credit: CreditConfig
+    target_batch_size: int
+    committed_epoch: int = -1  # the ledger's last epoch: claims for it and before are final
+    windows: dict[int, EpochWindow] = field(default_factory=dict)
+    sightings: dict[str, list[list[float]]] = field(default_factory=dict)  # peer -> [[from, to], ...]
+    claims: dict[int, dict[str, Claim]] = field(default_factory=dict)  # epoch -> peer -> claim
+
+    # ---------------------------------------------------------------- observations
+    def observe_epoch(self, epoch: int, samples_accumulated: int, now: float | None = None) -> None:
+        """The swarm is at `epoch` with this many samples accumulated so far (from hivemind's progress records)."""
+        now = time.time() if now is None else now
+        window = self.windows.get(epoch)
+        if window is None:
+            window = self.windows[epoch] = EpochWindow(first_seen=now, last_seen=now)
+        window.last_seen = now
+        window.max_samples_accumulated = max(window.max_samples_accumulated, samples_accumulated)
+
+    def observe_peer(self, peer_id: str, now: float | None = None) -> None:
+        """The peer was alive (a fresh progress or metrics record) at `now`."""
+        now = time.time() if now is None else now
+        intervals = self.sightings.setdefault(peer_id, [])
+        if intervals and now - intervals[-1][1] <= 3 * SEEN_SLACK_S:
+            intervals[-1][1] = now
+        else:
+            intervals.append([now, now])
+
+    def add_claims(self, record: ContributionRecord) -> None:
+        """Take the newest claim per (peer, epoch); epochs the ledger already committed are final."""
+        for work in record.epochs:
+            if work.epoch <= self.committed_epoch:
+                continue
+            self.claims.setdefault(work.epoch, {})[record.peer_id] = Claim(work, record.name, record.team)
+
+    # ---------------------------------------------------------------- granting
+    def _seen(self, peer_id: str, window: EpochWindow) -> bool:
+        start, end = window.first_seen - SEEN_SLACK_S, window.last_seen + SEEN_SLACK_S
+        return any(a <= end and b >= start for a, b in self.sightings.get(peer_id, []))
+
+    def swarm_total(self, epoch: int) -> int:
+        window = self.windows.get(epoch)
+        observed = window.max_samples_accumulated if window is not None else 0
+        return int(max(observed, self.target_batch_size) * SWARM_TOTAL_TOLERANCE)
+
+    def grant(self, epoch: int, now: float | None = None) -> list[LedgerEntry]:
+        """Ledger entries for one epoch's claims (sorted by peer id, as the ledger requires)."""
+        now = time.time() if now is None else now
+        claims = self.claims.get(epoch, {})
+        window = self.windows.get(epoch)
+        total = self.swarm_total(epoch)
+        granted: dict[str, int] = {}
+        reasons: dict[str, str] = {}
+        for peer_id, claim in claims.items():
+            work = claim.work
+            rate = work.samples / work.compute_s if work.compute_s > 0 else float("inf")
+            if window is not None and not self._seen(peer_id, window):
+                granted[peer_id], reasons[peer_id] = 0, f"not seen by the coordinator during epoch {epoch}"
+            elif work.samples > 0 and rate > self.credit.max_samples_per_second:
+                granted[peer_id], reasons[peer_id] = 0, (
+                    f"claimed {rate:.0f} samples/s, above credit.max_samples_per_second "
+                    f"({self.credit.max_samples_per_second:g})")
+            elif work.samples > total:
+                granted[peer_id], reasons[peer_id] = 0, (
+                    f"claimed {work.samples} samples, more than the whole swarm accumulated in epoch {epoch} "
+                    f"(at most {total})")
+            else:
+                granted[peer_id], reasons[peer_id] = work.samples, ""
+        plausible = sum(granted.values())
+        if plausible > total:
+            scale = total / plausible
+            for peer_id in granted:
+                if granted[peer_id]:
+                    granted[peer_id] = int(granted[peer_id] * scale)
+                    reasons[peer_id] = (f"scaled by {scale:.2f}: epoch {epoch}'s claims ({plausible}) exceed the "
+                                        f"swarm's total ({total})")
+        return [
+            LedgerEntry(run_id=self.run_id, epoch=epoch, peer_id=peer_id, name=claim.name, team=claim.team,
+                        claimed_samples=claim.work.samples, granted_samples=granted[peer_id],
+                        reason=reasons[peer_id], compute_s=round(claim.work.compute_s, 3), timestamp=round(now, 3))
+            for peer_id, claim in sorted(claims.items())
+        ]
+
+    def finalize(self, up_to_epoch: int, now: float | None = None) -> list[tuple[int, list[LedgerEntry]]]:
+        """Grant every epoch in (committed_epoch, up_to_epoch] that has claims; mark them committed."""
+        result = []
+        for epoch in sorted(e for e in self.claims if self.committed_epoch < e <= up_to_epoch):
+            entries = self.grant(epoch, now)
+            if entries:
+                result.append((epoch, entries))
+        if up_to_epoch > self.committed_epoch:
+            for epoch in [e for e in self.claims if e <= up_to_epoch]:
+                del self.claims[epoch]
+            self.committed_epoch = up_to_epoch
+        return result

@@ -1,0 +1,258 @@
+"""Publishing versions to a Hugging Face Hub repo: one commit per version on `main`, tagged `epoch-NNNNNN`.
+
+The repo root always holds the newest version, so `from_pretrained("<org>/<name>")` loads it, and every
+published version stays loadable by its tag: `from_pretrained("<org>/<name>", revision="epoch-000050")`.
+The local checkpoint folder is only read; a failed upload leaves it as it was.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import swarm
+from swarm.errors import SwarmError
+
+logger = logging.getLogger("swarm.coordinator")
+
+# Files of the repo that a version does not carry but that must survive each publish: the Hub creates
+# .gitattributes with the repo, and it routes large files through LFS/Xet storage.
+_KEEP_IN_REPO = frozenset({".gitattributes"})
+
+
+def hub_token_from_env() -> str | None:
+    """The Hub token from `HF_TOKEN` (or the older `HUGGING_FACE_HUB_TOKEN`); None when neither is set."""
+    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
+        value = os.environ.get(name, "").strip()
+        if value:
+            return value
+    return None
+
+
+def version_tag(epoch: int) -> str:
+    """The tag (and local folder name) of the version published at swarm epoch `epoch`."""
+    return f"epoch-{epoch:06d}"
+
+
+class HubPublisher:
+    """Uploads each published version to a Hub model repo, as one commit on `main` plus a tag `epoch-NNNNNN`.
+
+    The repo is created on the first publish if it does not exist (private if `private=True`). Each commit
+    makes the repo root equal to the version folder: files the version lacks are deleted in the same commit
+    (`.gitattributes` stays), so `main` never mixes two versions. Publishing an epoch again moves its tag to
+    the new commit, as `save_version` overwrites the local folder.
+
+        publisher = HubPublisher("my-org/tiny-stdlib")          # token from HF_TOKEN, endpoint from HF_ENDPOINT
+        future = publisher.publish_async(Path("runs/tiny/checkpoints/epoch-000050"), epoch=50)
+        ...                                                      # the monitor loop goes on meanwhile
+        commit_id = future.result()                              # or let the log line report it
+        publisher.close()
+
+    `publish` blocks and raises `SwarmError` with the fix in words; `publish_async` runs uploads one at a
+    time in a background thread, retries a failed one once after `retry_delay_s`, and logs the outcome. If
+    the log says "set HF_TOKEN", create a token with write access at <endpoint>/settings/tokens; if it says
+    "could not reach", check the network (or HF_ENDPOINT) - the version is safe in the local folder either way.
+    """
+
+    def __init__(
+        self,
+        repo_id: str,
+        token: str | None = None,
+        endpoint: str | None = None,
+        private: bool = False,
+        retry_delay_s: float = 60.0,
+    ):
+        from huggingface_hub import HfApi, constants
+
+        self.repo_id = repo_id
+        self.private = private
+        self.retry_delay_s = retry_delay_s
+        # huggingface_hub reads HF_ENDPOINT once, at import; read it again in case it was set since.
+        self.endpoint = (endpoint or os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
+        self._token = token if token is not None else hub_token_from_env()
+        self._api = HfApi(
+            endpoint=self.endpoint,
+            # False, not None, without a token: None makes HfApi fall back to one saved by `hf auth login`
+            token=self._token or False,
+            library_name="swarm",
+            library_version=swarm.__version__,
+        )
+        self._repo_ready = False
+        self._publish_lock = threading.Lock()  # one commit at a time: each is built on the current head of main
+        self._executor: ThreadPoolExecutor | None = None
+        self._closing = threading.Event()
+
+    @property
+    def repo_url(self) -> str:
+        return f"{self.endpoint}/{self.repo_id}"
+
+    # ---- blocking API -----------------------------------------------------------------------------------------
+
+    def ensure_repo(self) -> None:
+        """Create the repo if it does not exist yet (a no-op after the first success); raises SwarmError."""
+        self._require_token("create")
+        try:
+            self._ensure_repo()
+        except Exception as error:
+            raise self._explain(error, "create") from error
+
+    def publish(self, version_dir: Path, epoch: int, message: str | None = None) -> str:
+        """Upload `version_dir` as one commit on `main`, tag it `epoch-NNNNNN`, and return the commit id."""
+        version_dir = Path(version_dir)
+        tag = version_tag(epoch)
+        files = _version_files(version_dir)
+        self._require_token(f"publish {tag} to")
+        with self._publish_lock:
+            try:
+                commit_id = self._publish(version_dir, files, tag, message)
+            except Exception as error:
+                raise self._explain(error, f"publish {tag} to", version_dir) from error
+        logger.info("published %s to %s (commit %s, tag %s)", version_dir.name, self.repo_url, commit_id[:12], tag)
+        return commit_id
+
+    # ---- background API ---------------------------------------------------------------------------------------
+
+    def publish_async(self, version_dir: Path, epoch: int, message: str | None = None) -> Future[str]:
+        """Queue `publish` in a background thread and return at once; the future's result is the commit id.
+
+        Uploads run one at a time in the order they were queued. A failure is logged and retried once after
+        `retry_delay_s`; if the retry fails too, it is logged as an error and the future raises the SwarmError.
+        """
+        if self._closing.is_set():
+            raise SwarmError(f"the Hub publisher for {self.repo_id} is closed; create a new one to publish")
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hub-publish")
+        return self._executor.submit(self._publish_with_retry, Path(version_dir), epoch, message)
+
+    def close(self, wait: bool = True) -> None:
+        """Stop taking uploads; with `wait`, finish the queued ones first (a pending retry starts right away)."""
+        self._closing.set()
+        if self._executor is not None:
+            self._executor.shutdown(wait=wait)
+
+    def __enter__(self) -> HubPublisher:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _publish_with_retry(self, version_dir: Path, epoch: int, message: str | None) -> str:
+        tag = version_tag(epoch)
+        try:
+            return self.publish(version_dir, epoch, message)
+        except SwarmError as error:
+            logger.warning("Hub upload of %s failed, retrying once in %.0f s: %s", tag, self.retry_delay_s, error)
+        self._closing.wait(self.retry_delay_s)
+        try:
+            return self.publish(version_dir, epoch, message)
+        except SwarmError as error:
+            logger.error("Hub upload of %s failed again, giving up on it: %s", tag, error)
+            raise
+
+    # ---- internals --------------------------------------------------------------------------------------------
+
+    def _require_token(self, action: str) -> None:
+        if not self._token:
+            raise SwarmError(
+                f"cannot {action} the Hub repo {self.repo_id}: no token. Set HF_TOKEN to a write token for "
+                f"{self.repo_id} (create one at {self.endpoint}/settings/tokens)"
+            )
+
+    def _ensure_repo(self) -> None:
+        if not self._repo_ready:
+            self._api.create_repo(self.repo_id, private=self.private, exist_ok=True)
+            self._repo_ready = True
+
+    def _publish(self, version_dir: Path, files: list[str], tag: str, message: str | None) -> str:
+        from huggingface_hub import CommitOperationAdd, CommitOperationDelete
+        from huggingface_hub.errors import HfHubHTTPError
+
+        self._ensure_repo()
+        head = self._api.model_info(self.repo_id, revision="main")
+        in_repo = {sibling.rfilename for sibling in head.siblings or []}
+        operations: list = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(version_dir / name)) for name in files]
+        operations += [CommitOperationDelete(path_in_repo=name) for name in sorted(in_repo - set(files) - _KEEP_IN_REPO)]
+        commit = self._api.create_commit(
+            self.repo_id,
+            operations=operations,
+            commit_message=message or f"Publish {tag}",
+            commit_description=f"Published by swarm {swarm.__version__} from {version_dir.name}.",
+            revision="main",
+            parent_commit=head.sha,  # fail rather than overwrite a commit that landed since we read main
+        )
+        try:
+            self._api.create_tag(self.repo_id, tag=tag, revision=commit.oid, tag_message=message or tag)
+        except HfHubHTTPError as error:
+            if error.response is None or error.response.status_code != 409:
+                raise
+            # The same epoch published again (a restarted coordinator): the newer version takes the tag.
+            self._api.delete_tag(self.repo_id, tag=tag)
+            self._api.create_tag(self.repo_id, tag=tag, revision=commit.oid, tag_message=message or tag)
+        return commit.oid
+
+    def _explain(self, error: Exception, action: str, version_dir: Path | None = None) -> SwarmError:
+        """The SwarmError a user can act on, for an exception raised by huggingface_hub."""
+        from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+        what = f"cannot {action} the Hub repo {self.repo_id} at {self.endpoint}"
+        kept = f"; the version stays in {version_dir}" if version_dir is not None else ""
+        if isinstance(error, SwarmError):
+            return error
+        if isinstance(error, OfflineModeIsEnabled):
+            return SwarmError(f"{what}: HF_HUB_OFFLINE is set; unset it to publish{kept}")
+        if isinstance(error, HfHubHTTPError):
+            status = error.response.status_code if error.response is not None else None
+            said = f" (the Hub said: {error.server_message})" if error.server_message else ""
+            if status == 401:
+                return SwarmError(
+                    f"{what}: the token was refused (401){said}. Set HF_TOKEN to a valid write token for "
+                    f"{self.repo_id} (create one at {self.endpoint}/settings/tokens){kept}"
+                )
+            if status == 403:
+                return SwarmError(
+                    f"{what}: the token may not write there (403){said}. Set HF_TOKEN to a token with write "
+                    f"access to {self.repo_id}, or pick a namespace you own in checkpoint.hub_repo_id{kept}"
+                )
+            if status == 404:
+                return SwarmError(
+                    f"{what}: not found (404){said}. Check checkpoint.hub_repo_id and that the HF_TOKEN "
+                    f"account can see and create repos in that namespace{kept}"
+                )
+            if status in (409, 412):
+                return SwarmError(f"{what}: main changed during the upload ({status}){said}; publish again{kept}")
+            return SwarmError(f"{what}: the Hub answered {status}{said}; try again later{kept}")
+        if isinstance(error, _network_errors()):
+            return SwarmError(
+                f"{what}: could not reach it ({type(error).__name__}: {error}). Check the network, or "
+                f"HF_ENDPOINT if you use a mirror{kept}"
+            )
+        return SwarmError(f"{what}: {type(error).__name__}: {error}{kept}")
+
+
+def _version_files(version_dir: Path) -> list[str]:
+    """Paths (relative, '/'-separated) of the files of a version folder; hidden files are not part of it."""
+    if not version_dir.is_dir():
+        raise SwarmError(f"cannot publish {version_dir}: it is not a folder; pass a version folder epoch-NNNNNN/")
+    files = sorted(
+        path.relative_to(version_dir).as_posix()
+        for path in version_dir.rglob("*")
+        if path.is_file() and not any(part.startswith(".") for part in path.relative_to(version_dir).parts)
+    )
+    if not files:
+        raise SwarmError(f"cannot publish {version_dir}: the folder is empty")
+    return files
+
+
+def _network_errors() -> tuple[type[BaseException], ...]:
+    """Exception types meaning 'the Hub was not reached', whichever HTTP library huggingface_hub uses."""
+    types: list[type[BaseException]] = [ConnectionError, TimeoutError]  # hf_xet raises the builtin ones
+    for module_name, class_name in (("httpx2", "RequestError"), ("httpx", "RequestError"), ("requests", "RequestException")):
+        try:
+            types.append(getattr(importlib.import_module(module_name), class_name))
+        except (ImportError, AttributeError):
+            pass
+    return tuple(types)

@@ -1,0 +1,267 @@
+"""Publishing versions to a Hub repo, against a real HTTP server on 127.0.0.1 that speaks the Hub's API.
+
+Nothing here may leave the machine: every test runs with name resolution limited to loopback, and
+huggingface_hub's defaults (endpoint, Xet, telemetry, offline mode) are pointed at the fake Hub.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+from fake_hub import READ_TOKEN, FakeHub
+
+from coordinator.checkpoint import VersionInfo, save_version
+from coordinator.hub import HubPublisher, hub_token_from_env, version_tag
+from swarm.errors import SwarmError
+from swarm.recipe import Recipe
+from swarm.tokenizer import ByteTokenizer
+
+REPO_ID = "swarm-test/tiny-gpt2"
+
+
+@pytest.fixture(autouse=True)
+def loopback_only(monkeypatch):
+    """Refuse to resolve any host but loopback, so a stray request to huggingface.co fails loudly."""
+    resolve = socket.getaddrinfo
+
+    def resolve_loopback_only(host, *args, **kwargs):
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            raise OSError(f"the test blocked a connection to {host!r}: nothing may leave 127.0.0.1")
+        return resolve(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolve_loopback_only)
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    with FakeHub(tmp_path / "fake-hub") as fake:
+        fake.patch_client(monkeypatch)
+        monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+        yield fake
+
+
+@pytest.fixture
+def publisher(hub):
+    with HubPublisher(REPO_ID, token=hub.write_token, endpoint=hub.url, retry_delay_s=0.2) as publisher:
+        yield publisher
+
+
+@pytest.fixture(scope="module")
+def versions(tmp_path_factory):
+    """Two real versions of a tiny GPT-2 (epochs 1 and 2, different weights) and their expected state dicts."""
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(
+        n_layer=1, n_embd=16, n_head=2, vocab_size=259, n_positions=32, bos_token_id=1, eos_token_id=1
+    )
+    model = transformers.GPT2LMHeadModel(config)
+    recipe = Recipe(run={"id": "t"})
+    tokenizer = ByteTokenizer().to_transformers()
+    folder = tmp_path_factory.mktemp("checkpoints")
+    saved = []
+    for epoch in (1, 2):
+        if epoch == 2:
+            with torch.no_grad():
+                for parameter in model.parameters():
+                    parameter.add_(0.25)
+        info = VersionInfo(
+            epoch=epoch,
+            samples_seen=64 * epoch,
+            val_loss=5.0 / epoch,
+            recipe_fingerprint=recipe.fingerprint,
+            data_digest="0" * 64,
+            data_description="test bytes",
+        )
+        version_dir = save_version(folder, model, tokenizer, recipe, info)
+        saved.append((version_dir, {name: tensor.clone() for name, tensor in model.state_dict().items()}))
+    return saved
+
+
+@pytest.fixture
+def log_records():
+    """Records of the swarm.coordinator logger, whether or not `setup_logging` cut it off from the root logger."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(level=logging.DEBUG)
+    handler.emit = records.append
+    logger = logging.getLogger("swarm.coordinator")
+    previous_level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    yield records
+    logger.removeHandler(handler)
+    logger.setLevel(previous_level)
+
+
+def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
+    return {
+        path.relative_to(folder).as_posix(): (path.read_bytes(), path.stat().st_mtime_ns)
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
+def assert_same_weights(model: torch.nn.Module, expected: dict[str, torch.Tensor]) -> None:
+    loaded = model.state_dict()
+    assert set(loaded) == set(expected)
+    for name, tensor in expected.items():
+        torch.testing.assert_close(loaded[name], tensor, rtol=0, atol=0, msg=name)
+
+
+def test_every_published_version_loads_by_tag_and_the_newest_by_default(hub, publisher, versions, tmp_path):
+    (first_dir, first_weights), (second_dir, second_weights) = versions
+
+    first_commit = publisher.publish(first_dir, epoch=1)
+    second_commit = publisher.publish(second_dir, epoch=2)
+
+    assert first_commit == hub.resolve(REPO_ID, "epoch-000001").oid
+    assert second_commit == hub.resolve(REPO_ID, "epoch-000002").oid == hub.resolve(REPO_ID, "main").oid
+    assert hub.history(REPO_ID)[:2] == [second_commit, first_commit]  # one commit per version, on main
+
+    cache_dir = tmp_path / "hf-home" / "hub"
+    for revision, expected in (("epoch-000001", first_weights), ("epoch-000002", second_weights), (None, second_weights)):
+        model = transformers.AutoModelForCausalLM.from_pretrained(REPO_ID, revision=revision, cache_dir=cache_dir)
+        assert_same_weights(model, expected)
+    assert list(cache_dir.glob("models--swarm-test--tiny-gpt2/snapshots/*/model.safetensors"))
+
+    for revision, version_dir in (("main", second_dir), ("epoch-000001", first_dir)):
+        files = hub.files(REPO_ID, revision)
+        assert files["README.md"] == (version_dir / "README.md").read_bytes()  # the model card
+        assert files["swarm.json"] == (version_dir / "swarm.json").read_bytes()
+
+
+@pytest.mark.parametrize("lfs", [True, False], ids=["safetensors-through-lfs", "all-files-inline"])
+def test_the_repo_holds_the_version_files_byte_for_byte(tmp_path, monkeypatch, versions, lfs):
+    version_dir, _ = versions[0]
+    patterns = ("*.safetensors",) if lfs else ()
+    with FakeHub(tmp_path / "fake-hub", lfs_patterns=patterns, lfs_threshold_bytes=None) as hub:
+        hub.patch_client(monkeypatch)
+        commit = HubPublisher(REPO_ID, token=hub.write_token, endpoint=hub.url).publish(version_dir, epoch=1)
+
+        expected = {path.name: path.read_bytes() for path in version_dir.iterdir()}
+        files = hub.files(REPO_ID, commit)
+        assert files.pop(".gitattributes")
+        assert files == expected
+        lfs_uploads = [path for method, path in hub.requests if method == "PUT"]
+        assert len(lfs_uploads) == (1 if lfs else 0)
+        assert hub.resolve(REPO_ID, commit).tree["model.safetensors"].lfs is lfs
+
+
+def test_main_mirrors_the_newest_version_while_tags_keep_older_files(hub, publisher, versions, tmp_path):
+    (first_dir, _), (second_dir, _) = versions
+    first_with_extra = tmp_path / "epoch-000001"
+    first_with_extra.mkdir()
+    for path in first_dir.iterdir():
+        (first_with_extra / path.name).write_bytes(path.read_bytes())
+    (first_with_extra / "model-extra.safetensors").write_bytes(b"from an older layout")
+
+    publisher.publish(first_with_extra, epoch=1)
+    publisher.publish(second_dir, epoch=2)
+
+    assert "model-extra.safetensors" not in hub.files(REPO_ID, "main")
+    assert "model-extra.safetensors" in hub.files(REPO_ID, "epoch-000001")
+    assert ".gitattributes" in hub.files(REPO_ID, "main")
+
+
+def test_publishing_an_epoch_again_moves_its_tag_to_the_new_commit(hub, publisher, versions):
+    (first_dir, _), (second_dir, _) = versions
+    old_commit = publisher.publish(first_dir, epoch=1)
+    new_commit = publisher.publish(second_dir, epoch=1)  # a restarted coordinator saving epoch 1 again
+
+    assert new_commit != old_commit
+    assert hub.resolve(REPO_ID, "epoch-000001").oid == new_commit
+    assert publisher.publish(second_dir, epoch=1) == new_commit  # nothing changed: no new commit
+
+
+def test_missing_token_says_to_set_hf_token_for_the_repo(hub, versions, monkeypatch):
+    version_dir, _ = versions[0]
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    assert hub_token_from_env() is None
+    before = snapshot(version_dir)
+
+    with pytest.raises(SwarmError, match=rf"HF_TOKEN.*{REPO_ID}") as raised:
+        HubPublisher(REPO_ID, endpoint=hub.url).publish(version_dir, epoch=1)
+
+    assert "no token" in str(raised.value)
+    assert hub.requests == []  # refused before any request
+    assert snapshot(version_dir) == before
+
+
+def test_token_comes_from_hf_token(hub, versions, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", hub.write_token)
+    assert hub_token_from_env() == hub.write_token
+    assert HubPublisher(REPO_ID, endpoint=hub.url).publish(versions[0][0], epoch=1)
+
+
+def test_wrong_token_gives_a_swarm_error_and_leaves_the_local_version_untouched(hub, versions):
+    version_dir, _ = versions[0]
+    before = snapshot(version_dir)
+
+    with pytest.raises(SwarmError) as raised:
+        HubPublisher(REPO_ID, token="hf_not_a_real_token", endpoint=hub.url).publish(version_dir, epoch=1)
+
+    message = str(raised.value)
+    assert "HF_TOKEN" in message and REPO_ID in message and "401" in message
+    assert str(version_dir) in message  # where the version is kept
+    assert "hf_not_a_real_token" not in message  # secrets never reach the logs
+    assert REPO_ID not in hub.repos
+    assert snapshot(version_dir) == before
+
+
+def test_read_only_token_is_told_to_use_a_write_token(hub, versions):
+    with pytest.raises(SwarmError, match=rf"403.*HF_TOKEN.*write access to {REPO_ID}"):
+        HubPublisher(REPO_ID, token=READ_TOKEN, endpoint=hub.url).publish(versions[0][0], epoch=1)
+
+
+def test_unreachable_hub_gives_a_swarm_error_naming_the_endpoint(versions):
+    with socket.socket() as probe:  # a port that nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        endpoint = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    version_dir, _ = versions[0]
+    before = snapshot(version_dir)
+
+    with pytest.raises(SwarmError, match=rf"{REPO_ID} at {endpoint}: could not reach"):
+        HubPublisher(REPO_ID, token="hf_any", endpoint=endpoint).publish(version_dir, epoch=1)
+    assert snapshot(version_dir) == before
+
+
+def test_a_missing_version_folder_is_a_swarm_error(publisher, tmp_path):
+    with pytest.raises(SwarmError, match="not a folder"):
+        publisher.publish(tmp_path / "epoch-000009", epoch=9)
+
+
+def test_publish_async_returns_at_once_and_resolves_to_the_commit_id(hub, publisher, versions):
+    version_dir, _ = versions[0]
+    with hub._lock:  # the fake Hub cannot answer while this is held: an upload that blocked would hang here
+        started = time.monotonic()
+        future = publisher.publish_async(version_dir, epoch=1)
+        assert time.monotonic() - started < 1.0
+        assert not future.done()
+
+    commit = future.result(timeout=20)
+    assert commit == hub.resolve(REPO_ID, version_tag(1)).oid
+
+
+def test_publish_async_retries_a_failed_upload_once(hub, publisher, versions, log_records):
+    hub.fail_next.append(503)  # the first request of the first try (create_repo, which the client does not retry)
+
+    future = publisher.publish_async(versions[0][0], epoch=1)
+
+    assert future.result(timeout=20) == hub.resolve(REPO_ID, "epoch-000001").oid
+    warnings = [record.getMessage() for record in log_records if record.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "retrying once" in warnings[0] and "503" in warnings[0]
+
+
+def test_publish_async_gives_up_after_one_retry_with_the_swarm_error(hub, versions, log_records):
+    publisher = HubPublisher(REPO_ID, token="hf_not_a_real_token", endpoint=hub.url, retry_delay_s=0.1)
+    future = publisher.publish_async(versions[0][0], epoch=1)
+
+    with pytest.raises(SwarmError, match="HF_TOKEN"):
+        future.result(timeout=20)
+    publisher.close()
+    levels = [record.levelno for record in log_records]
+    assert levels.count(logging.WARNING) == 1 and levels.count(logging.ERROR) == 1

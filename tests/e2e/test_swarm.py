@@ -1,0 +1,64 @@
+"""A coordinator and real volunteers on loopback, driven through the CLI exactly as people would."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers
+
+
+@pytest.mark.timeout(420)
+def test_two_volunteers_average_with_each_other_and_the_loss_goes_down(swarm_factory, recipe_writer, tmp_path):
+    swarm = swarm_factory()
+    recipe = recipe_writer(tmp_path / "recipe.yaml", "e2e-pair", max_epochs=12)
+    coordinator = swarm.launch(recipe)
+    first = swarm.join("alice")
+    first.wait_for(r"Model: ", timeout_s=120)
+    second = swarm.join("bob")
+
+    assert coordinator.wait(timeout_s=360) == 0, coordinator.output[-3000:]
+    assert first.wait(timeout_s=120) == 0, first.output[-3000:]
+    assert second.wait(timeout_s=120) == 0, second.output[-3000:]
+
+    alice, bob = swarm.stats("alice"), swarm.stats("bob")
+    # each peer counts only rounds whose group held two or more peers: both must have averaged with the other
+    assert alice["averaged_rounds"] >= 3, alice
+    assert bob["averaged_rounds"] >= 3, bob
+    summary = swarm.summary()
+    assert summary["peers"] == 2 and summary["averaged_rounds"] >= 3, summary
+    assert summary["epochs"] >= 12
+    assert summary["final_val_loss"] < summary["initial_val_loss"] - 0.5, summary
+    assert summary["samples_total"] >= 12 * 96
+
+    # the published model is a plain transformers checkpoint with the swarm's averaged weights
+    model = transformers.AutoModelForCausalLM.from_pretrained(swarm.folder / "final")
+    assert model.config.n_layer == 2
+    assert any((swarm.folder / "checkpoints").glob("epoch-*/model.safetensors"))
+    assert torch.isfinite(next(model.parameters())).all()
+
+
+@pytest.mark.timeout(480)
+def test_ctrl_c_leaves_others_training_and_a_late_volunteer_starts_from_the_swarm_state(swarm_factory, recipe_writer, tmp_path):
+    swarm = swarm_factory()
+    recipe = recipe_writer(tmp_path / "recipe.yaml", "e2e-churn", max_epochs=16)
+    coordinator = swarm.launch(recipe)
+    stayer = swarm.join("stayer")
+    stayer.wait_for(r"Model: ", timeout_s=120)
+    leaver = swarm.join("leaver")
+    leaver.wait_for(r"averaged rounds [1-9]", timeout_s=180)
+
+    leaver.interrupt()  # Ctrl-C: finish the epoch in progress, then leave cleanly
+    assert leaver.wait(timeout_s=90) == 0, leaver.output[-3000:]
+    assert "Stopping: finishing the current epoch" in leaver.output
+    assert stayer.popen.poll() is None, "the other volunteer must keep training"
+
+    epoch_before = int(stayer.wait_for(r"epoch (\d+) \(", timeout_s=30).group(1))
+    late = swarm.join("late")
+    loaded = late.wait_for(r"Loaded the swarm's state at epoch (\d+)", timeout_s=180)
+    assert int(loaded.group(1)) >= max(1, epoch_before - 1), late.output[-3000:]
+
+    assert coordinator.wait(timeout_s=400) == 0, coordinator.output[-3000:]
+    assert stayer.wait(timeout_s=120) == 0
+    assert late.wait(timeout_s=120) == 0
+    assert swarm.stats("late")["loaded_state_epoch"] >= 1
+    assert swarm.summary()["final_val_loss"] < swarm.summary()["initial_val_loss"]
