@@ -10,8 +10,10 @@ plausible (the rules get stricter later; each rejection is written into the entr
 2. **Rate**: claimed samples / claimed compute seconds must not exceed `credit.max_samples_per_second`.
 3. **Swarm total**: one claim cannot exceed what the whole swarm accumulated in that epoch, and if all claims
    together exceed it, every claim is scaled down in proportion. The swarm total is the largest sum of
-   hivemind progress reports seen for the epoch, and never less than the target batch size (the epoch
-   only ends once that much has been accumulated), with a tolerance for the reports' lag.
+   hivemind progress reports seen for the epoch (never less than the target batch size: the epoch only
+   ends once that much is accumulated), plus what the swarm can compute while peers notice the epoch
+   ended: hivemind peers keep accumulating for up to a refresh period and a matchmaking window after the
+   target is reached, and those samples are averaged too (measured: epochs of 256 closed at 384-400).
 
 >>> accounting = Accounting(run_id="r", credit=CreditConfig(), target_batch_size=256)   # doctest: +SKIP
 >>> accounting.observe_epoch(3, samples_accumulated=200, now=t); accounting.observe_peer("Qm..", now=t)
@@ -27,8 +29,10 @@ from swarm.ledger import LedgerEntry
 from swarm.recipe import CreditConfig
 from swarm.records import ContributionRecord, EpochWork
 
-# hivemind peers report progress asynchronously and overshoot the target by up to a micro-batch each
-SWARM_TOTAL_TOLERANCE = 1.25
+# progress reports are sampled, not exact: a margin on top of the overshoot allowance
+SWARM_TOTAL_TOLERANCE = 1.1
+# hivemind.Optimizer's tracker refreshes global progress at most this often (swarm sets max_refresh_period=5)
+PROGRESS_REFRESH_S = 5.0
 # a peer is "seen" in an epoch if seen within this many seconds of the epoch's observed window
 SEEN_SLACK_S = 10.0
 
@@ -38,6 +42,7 @@ class EpochWindow:
     first_seen: float
     last_seen: float
     max_samples_accumulated: int = 0
+    max_samples_per_second: float = 0.0
 
 
 @dataclass
@@ -52,20 +57,23 @@ class Accounting:
     run_id: str
     credit: CreditConfig
     target_batch_size: int
+    matchmaking_time_s: float = 5.0
     committed_epoch: int = -1  # the ledger's last epoch: claims for it and before are final
     windows: dict[int, EpochWindow] = field(default_factory=dict)
     sightings: dict[str, list[list[float]]] = field(default_factory=dict)  # peer -> [[from, to], ...]
     claims: dict[int, dict[str, Claim]] = field(default_factory=dict)  # epoch -> peer -> claim
 
     # ---------------------------------------------------------------- observations
-    def observe_epoch(self, epoch: int, samples_accumulated: int, now: float | None = None) -> None:
-        """The swarm is at `epoch` with this many samples accumulated so far (from hivemind's progress records)."""
+    def observe_epoch(self, epoch: int, samples_accumulated: int, samples_per_second: float = 0.0,
+                      now: float | None = None) -> None:
+        """The swarm is at `epoch` with this many samples accumulated, at this total rate (hivemind's progress)."""
         now = time.time() if now is None else now
         window = self.windows.get(epoch)
         if window is None:
             window = self.windows[epoch] = EpochWindow(first_seen=now, last_seen=now)
         window.last_seen = now
         window.max_samples_accumulated = max(window.max_samples_accumulated, samples_accumulated)
+        window.max_samples_per_second = max(window.max_samples_per_second, samples_per_second)
 
     def observe_peer(self, peer_id: str, now: float | None = None) -> None:
         """The peer was alive (a fresh progress or metrics record) at `now`."""
@@ -89,9 +97,15 @@ class Accounting:
         return any(a <= end and b >= start for a, b in self.sightings.get(peer_id, []))
 
     def swarm_total(self, epoch: int) -> int:
+        """The most samples the swarm can plausibly have accumulated in `epoch` (see rule 3 above)."""
         window = self.windows.get(epoch)
-        observed = window.max_samples_accumulated if window is not None else 0
-        return int(max(observed, self.target_batch_size) * SWARM_TOTAL_TOLERANCE)
+        if window is None:  # not watched (coordinator down): the target plus one refresh window of the neighbours'
+            rates = [w.max_samples_per_second for e, w in self.windows.items() if abs(e - epoch) <= 3]
+            observed, rate = 0, max(rates, default=0.0)
+        else:
+            observed, rate = window.max_samples_accumulated, window.max_samples_per_second
+        overshoot = rate * (PROGRESS_REFRESH_S + self.matchmaking_time_s)
+        return int((max(observed, self.target_batch_size) + overshoot) * SWARM_TOTAL_TOLERANCE)
 
     def grant(self, epoch: int, now: float | None = None) -> list[LedgerEntry]:
         """Ledger entries for one epoch's claims (sorted by peer id, as the ledger requires)."""

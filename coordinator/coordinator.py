@@ -93,18 +93,21 @@ class Coordinator:
         self.ledger_dir = Path(settings.ledger_dir) if settings.ledger_dir else self.checkpoint_dir.parent / "ledger"
         self.ledger: Ledger | None = None
         self.accounting = Accounting(run_id=recipe.run.id, credit=recipe.credit,
-                                     target_batch_size=recipe.collaboration.target_batch_size)
+                                     target_batch_size=recipe.collaboration.target_batch_size,
+                                     matchmaking_time_s=recipe.collaboration.matchmaking_time_s)
         self.epoch_history: list[dict] = []
         self.last_checkpoint_epoch = -1
         self.initial_val_loss: float | None = None
         self.final_val_loss: float | None = None
         self.finished = False
+        self._forced = False
 
     # ---------------------------------------------------------------- lifecycle
     def run(self) -> dict:
-        self._install_signal_handlers()
         try:
             self._setup()
+            # after _setup: hivemind's averagers set SIGINT to SIG_IGN in this process when they start
+            self._install_signal_handlers()
             self._monitor_until_done()
             return self._finish()
         finally:
@@ -238,7 +241,7 @@ class Coordinator:
         self.view.epoch = max(self.view.epoch, max(epochs))
         self.view.alive_peers, self.view.samples_accumulated, self.view.samples_per_second = alive, samples, rate
         if alive:
-            self.accounting.observe_epoch(self.view.epoch, samples)
+            self.accounting.observe_epoch(self.view.epoch, samples, rate)
         metrics = records.parse_metrics(self.dht.get(records.metrics_key(self.recipe.run.id), latest=True))
         for peer_id, row in metrics.items():
             known = self.view.peers.get(peer_id)
@@ -386,7 +389,6 @@ class Coordinator:
         _write_json(self.state_dir / "status.json", status)
 
     def _install_signal_handlers(self) -> None:
-        self._forced = False
         if threading.current_thread() is not threading.main_thread():
             return
 

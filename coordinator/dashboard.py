@@ -25,9 +25,7 @@ from importlib import resources
 from typing import Callable
 from urllib.parse import urlsplit
 
-from prometheus_client import CONTENT_TYPE_LATEST
-
-from coordinator.metrics import CoordinatorMetrics
+from coordinator.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, CoordinatorMetrics
 
 logger = logging.getLogger("swarm.coordinator.dashboard")
 
@@ -54,7 +52,8 @@ class DashboardServer:
     `snapshot` is called once per request, from the server's threads: it must be cheap and thread-safe.
     `port=0` picks a free port (read it back from `url`). The server binds to `host` only: the default,
     127.0.0.1, keeps it private to this machine; use 0.0.0.0 (or a reverse proxy) to show it to volunteers.
-    If the log says "Dashboard snapshot failed", the page shows "coordinator unavailable" until it recovers.
+    If the log says "Dashboard snapshot failed", the API answers 503 and the page shows a red "state is
+    unavailable" banner until the snapshot works again; the page keeps polling by itself.
     """
 
     def __init__(self, snapshot: Callable[[], dict], host: str = "127.0.0.1", port: int = 0):
@@ -75,7 +74,11 @@ class DashboardServer:
     def start(self) -> "DashboardServer":
         if self._httpd is not None:
             raise RuntimeError("DashboardServer is already started")
-        self._httpd = _Server((self.host, self.port), _Handler, dashboard=self)
+        try:
+            self._httpd = _Server((self.host, self.port), _Handler, dashboard=self)
+        except OSError as error:
+            raise OSError(error.errno, f"The dashboard cannot listen on {self.host}:{self.port} ({error.strerror}): "
+                                       f"choose another port, or 0 for any free one") from error
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs=dict(poll_interval=0.2),
                                         name="swarm-dashboard", daemon=True)
         self._thread.start()
@@ -109,6 +112,10 @@ class _Server(ThreadingHTTPServer):
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.dashboard = dashboard
         super().__init__(address, handler)
+
+    def handle_error(self, request, client_address) -> None:
+        """A browser closing its tab mid-reply is routine: no traceback on the coordinator's console."""
+        logger.debug(f"Dashboard connection from {client_address[0]} ended early", exc_info=True)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -147,7 +154,7 @@ class _Handler(BaseHTTPRequestHandler):
             except (KeyError, TypeError, ValueError) as error:
                 logger.warning(f"Dashboard snapshot does not fit the metrics: {error!r}")
                 return _json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": "the coordinator's state is incomplete"})
-            return HTTPStatus.OK, CONTENT_TYPE_LATEST, body, {}
+            return HTTPStatus.OK, METRICS_CONTENT_TYPE, body, {}
         if path == "/api/snapshot":
             return _json(HTTPStatus.OK, snapshot)
         return _json(HTTPStatus.OK, snapshot[SNAPSHOT_SECTIONS[path]])

@@ -11,11 +11,16 @@ import importlib
 import logging
 import os
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import swarm
 from swarm.errors import SwarmError
+
+if TYPE_CHECKING:
+    from swarm.recipe import CheckpointConfig
 
 logger = logging.getLogger("swarm.coordinator")
 
@@ -86,6 +91,11 @@ class HubPublisher:
         self._executor: ThreadPoolExecutor | None = None
         self._closing = threading.Event()
 
+    @classmethod
+    def from_config(cls, config: CheckpointConfig) -> HubPublisher | None:
+        """The publisher for `checkpoint.hub_repo_id`, or None when the recipe publishes locally only."""
+        return cls(config.hub_repo_id) if config.hub_repo_id else None
+
     @property
     def repo_url(self) -> str:
         return f"{self.endpoint}/{self.repo_id}"
@@ -106,12 +116,22 @@ class HubPublisher:
         tag = version_tag(epoch)
         files = _version_files(version_dir)
         self._require_token(f"publish {tag} to")
+        size_mb = sum((version_dir / name).stat().st_size for name in files) / 1e6
         with self._publish_lock:
+            started = time.monotonic()
             try:
                 commit_id = self._publish(version_dir, files, tag, message)
             except Exception as error:
                 raise self._explain(error, f"publish {tag} to", version_dir) from error
-        logger.info("published %s to %s (commit %s, tag %s)", version_dir.name, self.repo_url, commit_id[:12], tag)
+        logger.info(
+            "published %s (%.1f MB) to %s in %.1f s: commit %s, tag %s",
+            version_dir,
+            size_mb,
+            self.repo_url,
+            time.monotonic() - started,
+            commit_id[:12],
+            tag,
+        )
         return commit_id
 
     # ---- background API ---------------------------------------------------------------------------------------
@@ -174,8 +194,9 @@ class HubPublisher:
         self._ensure_repo()
         head = self._api.model_info(self.repo_id, revision="main")
         in_repo = {sibling.rfilename for sibling in head.siblings or []}
-        operations: list = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(version_dir / name)) for name in files]
-        operations += [CommitOperationDelete(path_in_repo=name) for name in sorted(in_repo - set(files) - _KEEP_IN_REPO)]
+        stale = sorted(in_repo - set(files) - _KEEP_IN_REPO)
+        operations: list = [CommitOperationAdd(name, path_or_fileobj=str(version_dir / name)) for name in files]
+        operations += [CommitOperationDelete(path_in_repo=name) for name in stale]
         commit = self._api.create_commit(
             self.repo_id,
             operations=operations,
@@ -200,8 +221,6 @@ class HubPublisher:
 
         what = f"cannot {action} the Hub repo {self.repo_id} at {self.endpoint}"
         kept = f"; the version stays in {version_dir}" if version_dir is not None else ""
-        if isinstance(error, SwarmError):
-            return error
         if isinstance(error, OfflineModeIsEnabled):
             return SwarmError(f"{what}: HF_HUB_OFFLINE is set; unset it to publish{kept}")
         if isinstance(error, HfHubHTTPError):
@@ -224,7 +243,9 @@ class HubPublisher:
                 )
             if status in (409, 412):
                 return SwarmError(f"{what}: main changed during the upload ({status}){said}; publish again{kept}")
-            return SwarmError(f"{what}: the Hub answered {status}{said}; try again later{kept}")
+            if status is not None and (status == 429 or status >= 500):
+                return SwarmError(f"{what}: the Hub answered {status}{said}; try again later{kept}")
+            return SwarmError(f"{what}: the Hub refused the request ({status}){said}{kept}")
         if isinstance(error, _network_errors()):
             return SwarmError(
                 f"{what}: could not reach it ({type(error).__name__}: {error}). Check the network, or "
@@ -250,7 +271,8 @@ def _version_files(version_dir: Path) -> list[str]:
 def _network_errors() -> tuple[type[BaseException], ...]:
     """Exception types meaning 'the Hub was not reached', whichever HTTP library huggingface_hub uses."""
     types: list[type[BaseException]] = [ConnectionError, TimeoutError]  # hf_xet raises the builtin ones
-    for module_name, class_name in (("httpx2", "RequestError"), ("httpx", "RequestError"), ("requests", "RequestException")):
+    candidates = (("httpx2", "RequestError"), ("httpx", "RequestError"), ("requests", "RequestException"))
+    for module_name, class_name in candidates:
         try:
             types.append(getattr(importlib.import_module(module_name), class_name))
         except (ImportError, AttributeError):

@@ -20,11 +20,15 @@ from __future__ import annotations
 import math
 
 from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 import swarm
 
 PEER_LABELS = ("peer_id", "name", "team")
+# What `render` writes: the classic text format, which every Prometheus (2.x and 3.x) reads. prometheus_client's
+# CONTENT_TYPE_LATEST now names format 1.0.0, which older scrapers don't know.
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 
 
 class CoordinatorMetrics:
@@ -49,7 +53,7 @@ class CoordinatorMetrics:
         self._collector.families = _families(snapshot)
 
     def render(self) -> bytes:
-        """The registry in the Prometheus text exposition format."""
+        """The registry in the Prometheus text exposition format 0.0.4 (serve it with `CONTENT_TYPE`)."""
         return generate_latest(self.registry)
 
 

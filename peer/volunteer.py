@@ -116,9 +116,10 @@ class Volunteer:
 
     # ---------------------------------------------------------------- the whole life of a volunteer
     def run(self) -> LocalStats:
-        self._install_signal_handlers()
         try:
             self._setup()
+            # after _setup: hivemind's averagers set SIGINT to SIG_IGN in this process when they start
+            self._install_signal_handlers()
             self._sync_with_swarm()
             self._train()
         finally:

@@ -917,6 +917,8 @@ def _local_folder(source: str | Path) -> Path:
         raise LedgerSourceError(f"no ledger at {path}: the folder does not exist")
     if not path.is_dir():
         raise LedgerSourceError(f"{path} is a file; pass the ledger folder (or its URL)")
+    if not (path / ENTRIES_FILE).exists() and (path / "ledger" / ENTRIES_FILE).exists():
+        return path / "ledger"  # a run's or demo's output folder: the ledger sits next to the checkpoints
     return path
 
 

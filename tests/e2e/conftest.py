@@ -87,7 +87,7 @@ def write_test_recipe(path: Path, run_id: str, **limits) -> Path:
     recipe["model"]["config"].update(n_layer=2, n_embd=64, n_head=2, n_positions=64)
     recipe["data"].update(seq_len=64, stdlib_max_files=80, val_fraction=0.1, val_samples=32)
     recipe["optimizer"]["schedule"].update(warmup_steps=2, total_steps=100)
-    recipe["collaboration"].update(target_batch_size=96, micro_batch_size=16, matchmaking_time_s=1.5,
+    recipe["collaboration"].update(target_batch_size=256, micro_batch_size=16, matchmaking_time_s=1.5,
                                    averaging_timeout_s=15.0, average_state_every=2, load_state_timeout_s=60.0)
     recipe["checkpoint"]["every_epochs"] = 5
     recipe["limits"] = limits

@@ -10,10 +10,9 @@ import transformers
 @pytest.mark.timeout(420)
 def test_two_volunteers_average_with_each_other_and_the_loss_goes_down(swarm_factory, recipe_writer, tmp_path):
     swarm = swarm_factory()
-    recipe = recipe_writer(tmp_path / "recipe.yaml", "e2e-pair", max_epochs=12)
+    recipe = recipe_writer(tmp_path / "recipe.yaml", "e2e-pair", max_epochs=16)
     coordinator = swarm.launch(recipe)
     first = swarm.join("alice")
-    first.wait_for(r"Model: ", timeout_s=120)
     second = swarm.join("bob")
 
     assert coordinator.wait(timeout_s=360) == 0, coordinator.output[-3000:]
@@ -26,9 +25,12 @@ def test_two_volunteers_average_with_each_other_and_the_loss_goes_down(swarm_fac
     assert bob["averaged_rounds"] >= 3, bob
     summary = swarm.summary()
     assert summary["peers"] == 2 and summary["averaged_rounds"] >= 3, summary
-    assert summary["epochs"] >= 12
+    assert summary["epochs"] >= 16
     assert summary["final_val_loss"] < summary["initial_val_loss"] - 0.5, summary
-    assert summary["samples_total"] >= 12 * 96
+    assert summary["samples_total"] >= 16 * 256
+    # the peers' claims are what they trained on; honest claims are granted (within one epoch's worth)
+    assert summary["claimed_samples"] == summary["samples_total"], summary
+    assert summary["samples_total"] - summary["granted_samples"] <= 256, summary
 
     # the published model is a plain transformers checkpoint with the swarm's averaged weights
     model = transformers.AutoModelForCausalLM.from_pretrained(swarm.folder / "final")
@@ -40,10 +42,9 @@ def test_two_volunteers_average_with_each_other_and_the_loss_goes_down(swarm_fac
 @pytest.mark.timeout(480)
 def test_ctrl_c_leaves_others_training_and_a_late_volunteer_starts_from_the_swarm_state(swarm_factory, recipe_writer, tmp_path):
     swarm = swarm_factory()
-    recipe = recipe_writer(tmp_path / "recipe.yaml", "e2e-churn", max_epochs=16)
+    recipe = recipe_writer(tmp_path / "recipe.yaml", "e2e-churn", max_epochs=30)
     coordinator = swarm.launch(recipe)
     stayer = swarm.join("stayer")
-    stayer.wait_for(r"Model: ", timeout_s=120)
     leaver = swarm.join("leaver")
     leaver.wait_for(r"averaged rounds [1-9]", timeout_s=180)
 

@@ -1,0 +1,161 @@
+"""A volunteer's identity: the same keys, peer id and profile after every restart, and clear errors when broken."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import stat
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from swarm.errors import UsageError
+from swarm.identity import Identity
+from swarm.network import create_dht
+
+
+def public_key_bytes(identity: Identity) -> bytes:
+    return identity.signing_key.get_public_key().to_bytes()
+
+
+@pytest.fixture(scope="module")
+def made_folder(tmp_path_factory):
+    """One freshly created identity (RSA key generation takes about a second on two cores)."""
+    folder = tmp_path_factory.mktemp("made") / "id"
+    Identity.load_or_create(folder)
+    return folder
+
+
+@pytest.fixture
+def existing(made_folder, tmp_path):
+    """A copy of an existing identity folder, as a returning volunteer has it."""
+    return shutil.copytree(made_folder, tmp_path / "id")
+
+
+def test_signing_key_is_the_same_after_reloading(tmp_path):
+    first = Identity.load_or_create(tmp_path / "id")
+    second = Identity.load_or_create(tmp_path / "id")
+    assert (tmp_path / "id" / "signing_key.der").read_bytes() == first.signing_key.to_bytes()
+    assert public_key_bytes(first) == public_key_bytes(second)
+    # a record signed before a restart verifies with the key loaded after it
+    signature = first.signing_key.sign(b"epoch 7")
+    assert second.signing_key.get_public_key().verify(b"epoch 7", signature)
+
+
+def test_two_folders_are_two_identities(tmp_path):
+    one = Identity.load_or_create(tmp_path / "one")
+    other = Identity.load_or_create(tmp_path / "other")
+    assert public_key_bytes(one) != public_key_bytes(other)
+    assert one.name != other.name  # default names derive from the key
+
+
+def test_peer_id_survives_a_restart_of_the_dht(tmp_path):
+    folder = tmp_path / "id"
+    dht = create_dht([], host="127.0.0.1", identity=Identity.load_or_create(folder))
+    try:
+        first_peer_id = dht.peer_id
+    finally:
+        dht.shutdown()
+    assert Identity.load_or_create(folder).p2p_key_path.exists()
+
+    dht = create_dht([], host="127.0.0.1", identity=Identity.load_or_create(folder))
+    try:
+        assert dht.peer_id == first_peer_id
+    finally:
+        dht.shutdown()
+
+    other = create_dht([], host="127.0.0.1", identity=Identity.load_or_create(tmp_path / "other"))
+    try:
+        assert other.peer_id != first_peer_id
+    finally:
+        other.shutdown()
+
+
+def test_secret_files_are_readable_by_the_owner_only(tmp_path):
+    folder = tmp_path / "id"
+    identity = Identity.load_or_create(folder)
+    key_mode = stat.S_IMODE((folder / "signing_key.der").stat().st_mode)
+    assert key_mode == 0o600
+    assert stat.S_IMODE(folder.stat().st_mode) & 0o077 == 0
+    dht = create_dht([], host="127.0.0.1", identity=identity)
+    dht.shutdown()
+    assert stat.S_IMODE(identity.p2p_key_path.stat().st_mode) & 0o077 == 0
+    assert not list(folder.glob("*.tmp")), "no half-written secrets are left behind"
+
+
+def test_name_and_team_given_once_are_remembered(existing):
+    folder = existing
+    Identity.load_or_create(folder, name="Ada Lovelace", team="analytical-engines")
+    again = Identity.load_or_create(folder)
+    assert (again.name, again.team) == ("Ada Lovelace", "analytical-engines")
+    assert json.loads((folder / "profile.json").read_text()) == {"name": "Ada Lovelace", "team": "analytical-engines"}
+
+
+def test_a_new_name_replaces_the_old_one_and_keeps_the_team(existing):
+    folder = existing
+    Identity.load_or_create(folder, name="ada", team="lovelace")
+    renamed = Identity.load_or_create(folder, name="countess")
+    assert (renamed.name, renamed.team) == ("countess", "lovelace")
+    assert Identity.load_or_create(folder).name == "countess"
+
+
+def test_default_name_is_stable_and_team_is_empty(tmp_path):
+    first = Identity.load_or_create(tmp_path / "id")
+    assert first.name.startswith("volunteer-") and first.team == ""
+    assert Identity.load_or_create(tmp_path / "id").name == first.name
+
+
+def test_names_are_stripped_and_may_use_letters_of_any_language(existing):
+    identity = Identity.load_or_create(existing, name="  Zoë ada.l@x+1_y-z  ")
+    assert identity.name == "Zoë ada.l@x+1_y-z"
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["x" * 41, "ada/../../etc", "two\nlines", "<script>alert(1)</script>", "tab\there", "emoji 🚀"],
+    ids=["too-long", "slash", "newline", "html", "tab", "emoji"],
+)
+def test_invalid_names_are_refused_with_the_allowed_characters(existing, name):
+    with pytest.raises(UsageError, match=r"--name .*1-40 letters, digits"):
+        Identity.load_or_create(existing, name=name)
+
+
+def test_invalid_team_is_refused_and_nothing_is_saved(existing):
+    folder = existing
+    Identity.load_or_create(folder, name="ada", team="good")
+    with pytest.raises(UsageError, match="--team"):
+        Identity.load_or_create(folder, team="bad;team")
+    assert Identity.load_or_create(folder).team == "good"
+
+
+@pytest.mark.parametrize("damage", ["empty", "garbage", "truncated"])
+def test_a_corrupt_key_file_gives_a_usage_error_naming_the_file(existing, damage):
+    folder = existing
+    key_path = folder / "signing_key.der"
+    good = key_path.read_bytes()
+    key_path.write_bytes({"empty": b"", "garbage": b"not a key at all", "truncated": good[: len(good) // 2]}[damage])
+    with pytest.raises(UsageError) as error:
+        Identity.load_or_create(folder)
+    assert str(key_path) in str(error.value)
+    assert "move it away" in str(error.value)
+    assert key_path.read_bytes() != good, "the broken key is left for the user to inspect, not overwritten"
+
+
+@pytest.mark.xfail(strict=True, reason="swarm/identity.py accepts any DER private key; signing then fails with TypeError")
+def test_a_key_file_that_is_not_rsa_gives_a_usage_error_naming_the_file(tmp_path):
+    folder = tmp_path / "id"
+    folder.mkdir()
+    key = ec.generate_private_key(ec.SECP256R1())
+    (folder / "signing_key.der").write_bytes(
+        key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    with pytest.raises(UsageError, match="signing_key.der"):
+        Identity.load_or_create(folder)
+
+
+def test_an_unusable_identity_folder_is_a_usage_error(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(UsageError, match="--identity DIR"):
+        Identity.load_or_create(blocker / "id")

@@ -1,0 +1,260 @@
+"""Run records in the DHT: signed per-peer metrics that only their owner can write, schema checks on every node.
+
+Real hivemind nodes on loopback: two honest peers with their own identities and the run's validators and, for the
+last tests, a rogue node that applies no validators at all (so whatever it stores must be refused by the honest
+ones). `store` reports success if any replica took the value, so with a rogue present only reads can tell.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from hivemind.dht.crypto import RSASignatureValidator
+from hivemind.utils import ValueWithExpiration, get_dht_time
+
+from swarm import records
+from swarm.identity import Identity
+from swarm.network import create_dht, join_addresses
+
+RUN_ID = "records-test"
+
+
+@pytest.fixture(scope="module")
+def swarm(tmp_path_factory):
+    """(alice, bob) DHT nodes and their owner subkeys."""
+    identities = [Identity.load_or_create(tmp_path_factory.mktemp(name) / "id", name=name) for name in ("alice", "bob")]
+    nodes = []
+    try:
+        alice = create_dht([], host="127.0.0.1", identity=identities[0],
+                           record_validators=records.schema_validators(RUN_ID))
+        nodes.append(alice)
+        bob = create_dht(join_addresses(alice), host="127.0.0.1", identity=identities[1],
+                         record_validators=records.schema_validators(RUN_ID))
+        nodes.append(bob)
+        subkeys = [RSASignatureValidator(identity.signing_key).local_public_key for identity in identities]
+        yield alice, bob, subkeys
+    finally:
+        for node in nodes:
+            node.shutdown()
+
+
+def metrics_row(peer_id: str, **changes) -> dict:
+    row = dict(
+        peer_id=peer_id, name="alice", team="lovelace", epoch=3, samples_total=1200, samples_per_second=41.5,
+        loss=2.25, averaged_rounds=2, solo_rounds=1, last_group_size=2, device="cpu (2 threads)", version="0.1.0",
+        time=float(get_dht_time()), client_mode=False, addresses=["/ip4/127.0.0.1/tcp/31337/p2p/" + peer_id],
+    )
+    row.update(changes)
+    return row
+
+
+def contribution_row(peer_id: str, **changes) -> dict:
+    row = dict(
+        peer_id=peer_id, name="alice", team="lovelace", version="0.1.0", time=float(get_dht_time()),
+        epochs=[dict(epoch=4, samples=64, micro_steps=4, compute_s=1.5), dict(epoch=5, samples=32, micro_steps=2,
+                                                                              compute_s=0.75)],
+    )
+    row.update(changes)
+    return row
+
+
+def read_metrics(node) -> dict[str, records.PeerMetrics]:
+    return records.parse_metrics(node.get(records.metrics_key(RUN_ID), latest=True))
+
+
+def store(node, subkey, value, key: str | None = None) -> bool:
+    return node.store(key or records.metrics_key(RUN_ID), subkey=subkey, value=value,
+                      expiration_time=get_dht_time() + records.METRICS_TTL_S)
+
+
+def read_contributions(node) -> list[records.ContributionRecord]:
+    return records.parse_contributions(node.get(records.contributions_key(RUN_ID), latest=True))
+
+
+def test_metrics_key_is_scoped_by_run():
+    assert records.metrics_key("run-a") != records.metrics_key("run-b")
+    assert records.metrics_key("run-a").startswith("run-a")
+
+
+def test_a_peers_signed_metrics_are_readable_by_another_peer(swarm):
+    alice, bob, (alice_key, _) = swarm
+    row = metrics_row(alice.peer_id.to_base58(), epoch=5)
+    assert store(alice, alice_key, row)
+    seen = read_metrics(bob)
+    assert seen[alice.peer_id.to_base58()] == records.PeerMetrics(**row)
+
+
+def test_a_peer_cannot_overwrite_another_peers_metrics(swarm):
+    alice, bob, (alice_key, _) = swarm
+    honest = metrics_row(alice.peer_id.to_base58(), epoch=6, samples_total=10)
+    assert store(alice, alice_key, honest)
+    forged = metrics_row(alice.peer_id.to_base58(), epoch=6, samples_total=10**9, time=honest["time"] + 1)
+    assert not store(bob, alice_key, forged), "bob cannot sign for alice's key, and unsigned values are refused"
+    for reader in (alice, bob):
+        assert read_metrics(reader)[alice.peer_id.to_base58()].samples_total == 10
+
+
+def test_metrics_under_a_subkey_that_is_not_a_public_key_are_refused(swarm):
+    alice, bob, _ = swarm
+    assert not store(bob, b"just-a-name", metrics_row("QmNameOnly"))
+    assert "QmNameOnly" not in read_metrics(alice)
+
+
+def _without(field: str) -> dict:
+    row = metrics_row("QmBob")
+    del row[field]
+    return row
+
+
+@pytest.mark.parametrize(
+    "bad_row",
+    [
+        metrics_row("QmBob", samples_total=-1),
+        metrics_row("QmBob", samples_per_second=-3.0),
+        metrics_row("QmBob", epoch="3"),
+        metrics_row("QmBob", epoch=3.0),
+        metrics_row("QmBob", samples_per_second=40),  # strict float: an int would be converted
+        metrics_row("QmBob", client_mode=1),
+        metrics_row("QmBob", name="x" * 65),
+        metrics_row("QmBob", extra_field=1),
+        metrics_row("QmBob", addresses=["/ip4/127.0.0.1/tcp/1"] * 9),
+        metrics_row("QmBob", addresses="/ip4/127.0.0.1/tcp/1"),
+        _without("epoch"),
+        _without("peer_id"),
+        "not a mapping",
+    ],
+    ids=["negative-samples", "negative-speed", "string-epoch", "float-epoch", "int-speed", "int-bool", "long-name",
+         "unknown-field", "nine-addresses", "address-not-a-list", "missing-epoch", "missing-peer-id", "not-a-mapping"],
+)
+def test_metrics_that_do_not_match_the_schema_are_refused(swarm, bad_row):
+    alice, bob, (_, bob_key) = swarm
+    assert not store(bob, bob_key, bad_row)
+    assert "QmBob" not in read_metrics(alice)
+
+
+def test_metrics_of_both_peers_are_listed_side_by_side(swarm):
+    alice, bob, (alice_key, bob_key) = swarm
+    assert store(alice, alice_key, metrics_row(alice.peer_id.to_base58(), name="alice"))
+    assert store(bob, bob_key, metrics_row(bob.peer_id.to_base58(), name="bob", loss=None))
+    for reader in (alice, bob):
+        seen = read_metrics(reader)
+        assert {seen[alice.peer_id.to_base58()].name, seen[bob.peer_id.to_base58()].name} == {"alice", "bob"}
+        assert seen[bob.peer_id.to_base58()].loss is None
+
+
+def test_metrics_of_another_run_are_not_mixed_in(swarm):
+    alice, bob, (alice_key, _) = swarm
+    assert store(alice, alice_key, metrics_row(alice.peer_id.to_base58()))
+    assert records.parse_metrics(bob.get(records.metrics_key("some-other-run"), latest=True)) == {}
+
+
+def test_parse_metrics_skips_malformed_rows_and_accepts_none():
+    good = metrics_row("QmGood")
+    expiration = get_dht_time() + 60
+    entries = ValueWithExpiration(
+        {b"a": ValueWithExpiration(good, expiration), b"b": ValueWithExpiration({"peer_id": "QmBad"}, expiration),
+         b"c": ValueWithExpiration("junk", expiration)},
+        expiration,
+    )
+    parsed = records.parse_metrics(entries)
+    assert list(parsed) == ["QmGood"] and parsed["QmGood"].samples_total == 1200
+    assert records.parse_metrics(None) == {}
+    assert records.parse_metrics(ValueWithExpiration(b"not a dictionary", expiration)) == {}
+
+
+def test_metrics_to_json_is_sorted_and_complete():
+    row = records.PeerMetrics(**metrics_row("QmGood"))
+    text = records.metrics_to_json({"QmGood": row})
+    assert text.startswith('{"QmGood": {')
+    assert '"samples_total": 1200' in text
+
+
+def test_a_peers_signed_contributions_are_readable_by_another_peer(swarm):
+    alice, bob, (alice_key, _) = swarm
+    row = contribution_row(alice.peer_id.to_base58())
+    assert store(alice, alice_key, row, key=records.contributions_key(RUN_ID))
+    seen = [record for record in read_contributions(bob) if record.peer_id == alice.peer_id.to_base58()]
+    assert [[work.epoch for work in record.epochs] for record in seen] == [[4, 5]]
+    assert seen[0].epochs[1] == records.EpochWork(epoch=5, samples=32, micro_steps=2, compute_s=0.75)
+
+
+def test_a_peer_cannot_claim_work_under_another_peers_key(swarm):
+    alice, bob, (alice_key, _) = swarm
+    assert store(alice, alice_key, contribution_row(alice.peer_id.to_base58()), key=records.contributions_key(RUN_ID))
+    inflated = contribution_row(alice.peer_id.to_base58(), epochs=[dict(epoch=4, samples=10**9, micro_steps=1,
+                                                                        compute_s=1.0)])
+    assert not store(bob, alice_key, inflated, key=records.contributions_key(RUN_ID))
+    claimed = {work.samples for record in read_contributions(alice) for work in record.epochs}
+    assert 10**9 not in claimed
+
+
+@pytest.mark.parametrize(
+    "bad_epochs",
+    [
+        [dict(epoch=4, samples=10**9 + 1, micro_steps=1, compute_s=1.0)],
+        [dict(epoch=-1, samples=1, micro_steps=1, compute_s=1.0)],
+        [dict(epoch=4, samples=1, micro_steps=1, compute_s=1)],
+        [dict(epoch=4, samples=1, micro_steps=1)],
+        [dict(epoch=epoch, samples=1, micro_steps=1, compute_s=0.1) for epoch in range(records.MAX_EPOCHS_PER_RECORD + 1)],
+    ],
+    ids=["too-many-samples", "negative-epoch", "int-compute", "missing-compute", "too-many-epochs"],
+)
+def test_contributions_that_do_not_match_the_schema_are_refused(swarm, bad_epochs):
+    _, bob, (_, bob_key) = swarm
+    row = contribution_row(bob.peer_id.to_base58(), epochs=bad_epochs)
+    assert not store(bob, bob_key, row, key=records.contributions_key(RUN_ID))
+
+
+def test_run_announcement_round_trips_through_bytes():
+    announcement = records.RunAnnouncement(
+        run_id="tiny", recipe_json='{"run": {"id": "tiny"}}', recipe_fingerprint="0123456789abcdef",
+        data_digest="sha256:ab", data_description="stdlib, 3 files", swarm_version="0.1.0",
+        coordinator_peer_id="QmCoordinator", started_at=1700000000.5, status="finished", final_epoch=12,
+        ledger_epoch=11,
+    )
+    data = announcement.to_bytes()
+    assert isinstance(data, bytes)
+    assert records.RunAnnouncement.from_bytes(data) == announcement
+    minimal = {key: value for key, value in announcement.model_dump().items()
+               if key not in ("status", "final_epoch", "ledger_epoch")}
+    defaults = records.RunAnnouncement.from_bytes(json.dumps(minimal).encode())
+    assert (defaults.status, defaults.final_epoch, defaults.ledger_epoch) == ("running", None, -1)
+
+
+def test_run_announcement_from_bytes_rejects_a_truncated_record():
+    data = records.RunAnnouncement(
+        run_id="tiny", recipe_json="{}", recipe_fingerprint="f", data_digest="d", data_description="",
+        swarm_version="0.1.0", coordinator_peer_id="Qm", started_at=1.0,
+    ).to_bytes()
+    with pytest.raises(ValueError):
+        records.RunAnnouncement.from_bytes(data[: len(data) // 2])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# a node that validates nothing: the honest nodes must still refuse what it stores and what it serves
+
+
+@pytest.fixture
+def rogue(swarm):
+    node = create_dht(join_addresses(swarm[0]), host="127.0.0.1")
+    try:
+        yield node
+    finally:
+        node.shutdown()
+
+
+def test_honest_nodes_refuse_forged_and_malformed_records_from_a_node_without_validators(swarm, rogue):
+    alice, bob, (alice_key, _) = swarm
+    assert store(alice, alice_key, metrics_row(alice.peer_id.to_base58(), samples_total=77))
+    forged = metrics_row(alice.peer_id.to_base58(), samples_total=10**9, time=float(get_dht_time()) + 5)
+    store(rogue, alice_key, forged)  # honest replicas answer False, but the rogue keeps it: it validates nothing
+    store(rogue, b"[owner:not-a-real-key]", metrics_row("QmRogue"))
+    store(rogue, b"rogue-subkey", metrics_row("QmRogue", samples_total=-5))
+    assert records.parse_metrics(rogue.get(records.metrics_key(RUN_ID), latest=True))[alice.peer_id.to_base58()].samples_total == 10**9
+    time.sleep(0.5)
+    for reader in (alice, bob):
+        seen = read_metrics(reader)
+        assert seen[alice.peer_id.to_base58()].samples_total == 77
+        assert "QmRogue" not in seen
