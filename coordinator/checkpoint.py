@@ -81,13 +81,20 @@ def _contributors(info: VersionInfo) -> str:
     return "\n".join(rows)
 
 
-def save_version(folder: Path, model: torch.nn.Module, tokenizer, recipe: Recipe, info: VersionInfo) -> Path:
-    """Write one version atomically as `epoch-NNNNNN/` and point `latest` at it; returns its folder."""
+def save_version(folder: Path, model: torch.nn.Module, tokenizer, recipe: Recipe, info: VersionInfo,
+                 ledger_dir: Path | None = None) -> Path:
+    """Write one version atomically as `epoch-NNNNNN/` and point `latest` at it; returns its folder.
+
+    With `ledger_dir`, the version carries a copy of the ledger as it was (in `ledger/`), so wherever the
+    version is hosted (the Hub included) the credit it was published with can be verified.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     name = f"epoch-{info.epoch:06d}"
     final, tmp = folder / name, folder / f".tmp-{name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     write_model_files(tmp, model, tokenizer, recipe, info)
+    if ledger_dir is not None and Path(ledger_dir).is_dir():
+        shutil.copytree(ledger_dir, tmp / "ledger", ignore=shutil.ignore_patterns("*.lock", ".*"))
     if final.exists():  # the same epoch saved twice (a restart): the newer write wins
         shutil.rmtree(final)
     os.replace(tmp, final)

@@ -36,6 +36,8 @@ from swarm.recipe import Recipe
 from swarm.tokenizer import build_tokenizer
 from coordinator.accounting import Accounting
 from coordinator.checkpoint import VersionInfo, save_version, write_model_files
+from coordinator.dashboard import DashboardServer
+from coordinator.hub import HubPublisher
 from coordinator.state import StateFetcher
 
 logger = logging.getLogger("swarm.coordinator")
@@ -59,6 +61,8 @@ class CoordinatorSettings:
     checkpoint_dir: str | None = None  # overrides recipe.checkpoint.dir
     final_model_dir: str | None = None  # also write the final version here (the demo's output folder)
     ledger_dir: str | None = None  # default: <checkpoint dir>/../ledger, next to the checkpoints
+    dashboard_host: str = "127.0.0.1"
+    dashboard_port: int | None = 8080  # None: no dashboard; 0: any free port
     summary_file: str | None = None
     cache_dir: str | None = None
 
@@ -96,6 +100,10 @@ class Coordinator:
                                      target_batch_size=recipe.collaboration.target_batch_size,
                                      matchmaking_time_s=recipe.collaboration.matchmaking_time_s)
         self.epoch_history: list[dict] = []
+        self.dashboard: DashboardServer | None = None
+        self.hub: HubPublisher | None = None
+        self._snapshot: dict = {}
+        self._snapshot_lock = threading.Lock()
         self.last_checkpoint_epoch = -1
         self.initial_val_loss: float | None = None
         self.final_val_loss: float | None = None
@@ -125,14 +133,22 @@ class Coordinator:
                     f"{recipe.model.architecture or recipe.model.pretrained}, data {self.data.identity.description}, "
                     f"initial validation loss {self.initial_val_loss:.4f}")
         self.identity = Identity.load_or_create(self.state_dir / "identity", name="coordinator", team="")
-        self._open_ledger()
         remembered = self._load_run_state()
         self.dht = create_dht(list(s.initial_peers) + remembered, host=s.host, port=s.port, identity=self.identity,
                               record_validators=records.schema_validators(recipe.run.id), announce_host=s.announce_host,
                               require_bootstrap=bool(s.initial_peers) and not remembered)
-        self._announce()
         self.fetcher = StateFetcher(self.dht, recipe.run.id)
+        # only now: hivemind forks its DHT and averager processes, which would inherit the ledger's locked file
+        # and keep it locked after a SIGKILL of this process, blocking the restarted coordinator
+        self._open_ledger()
+        self.hub = HubPublisher.from_config(recipe.checkpoint)
+        if self.hub is not None:
+            self.hub.ensure_repo()  # a missing token or repo fails now, not at the first checkpoint
+        self._announce()
         self._save_run_state()
+        self._update_snapshot()
+        if s.dashboard_port is not None:
+            self.dashboard = DashboardServer(self.snapshot, host=s.dashboard_host, port=s.dashboard_port).start()
         self._print_join_command()
 
     def _open_ledger(self) -> None:
@@ -171,8 +187,11 @@ class Coordinator:
 
     def _print_join_command(self) -> None:
         addresses = join_addresses(self.dht)
+        self.join_command = f"swarm join --initial-peers {addresses[0]}"
         lines = [f"Swarm for run {self.recipe.run.id!r} is up. Volunteers join with:", ""]
-        lines += [f"    swarm join --initial-peers {addresses[0]}", ""]
+        lines += [f"    {self.join_command}", ""]
+        if self.dashboard is not None:
+            lines += [f"Dashboard: {self.dashboard.url} (Prometheus metrics at {self.dashboard.url}metrics)", ""]
         if len(addresses) > 1:
             lines += ["Other addresses of this coordinator (use one another machine can reach):"]
             lines += [f"    {address}" for address in addresses[1:]]
@@ -205,6 +224,7 @@ class Coordinator:
                 self._log_progress()
                 self._save_run_state()
             self._credit(self._finalizable_epoch())
+            self._update_snapshot()
             if self._checkpoint_due():
                 self._publish_checkpoint()
             if self._limit_reached():
@@ -306,7 +326,9 @@ class Coordinator:
             return None
         val_loss = validation_loss(self.model, self.val_batches)
         info = self._version_info(epoch, val_loss)
-        path = save_version(self.checkpoint_dir, self.model, self.tokenizer, self.recipe, info)
+        path = save_version(self.checkpoint_dir, self.model, self.tokenizer, self.recipe, info, ledger_dir=self.ledger_dir)
+        if self.hub is not None:
+            self.hub.publish_async(path, epoch)  # uploads in the background; failures are logged and retried
         self.last_checkpoint_epoch = epoch
         self.final_val_loss = val_loss
         for row in reversed(self.epoch_history):
@@ -349,6 +371,7 @@ class Coordinator:
         self._credit(self.view.epoch + 1)
         self._announce(status="finished", final_epoch=self.last_checkpoint_epoch)
         self.finished = True
+        self._update_snapshot()
         summary = self.summary()
         if self.settings.summary_file:
             _write_json(Path(self.settings.summary_file), summary)
@@ -380,6 +403,43 @@ class Coordinator:
                              averaged_rounds=row.averaged_rounds, device=row.device) for row in peers],
         )
 
+    # ---------------------------------------------------------------- dashboard
+    def snapshot(self) -> dict:
+        """The dashboard's view of the run (built by the monitor loop; cheap and thread-safe to call)."""
+        with self._snapshot_lock:
+            return self._snapshot
+
+    def _update_snapshot(self) -> None:
+        now = get_dht_time()
+        totals = self.ledger.totals
+        checkpoint = self.ledger.latest_checkpoint
+        snapshot = dict(
+            status=dict(run_id=self.recipe.run.id, description=self.recipe.run.description,
+                        status="finished" if self.finished else "running", epoch=self.view.epoch,
+                        alive_peers=self.view.alive_peers, samples_per_second=self.view.samples_per_second,
+                        samples_total=self.samples_total(), mean_training_loss=self.view.mean_loss,
+                        last_val_loss=self.final_val_loss if self.final_val_loss is not None else self.initial_val_loss,
+                        last_checkpoint_epoch=self.last_checkpoint_epoch, started_at=self.started_at,
+                        updated_at=time.time(), join_command=getattr(self, "join_command", "")),
+            peers=[dict(peer_id=m.peer_id, name=m.name, team=m.team, epoch=m.epoch, samples_total=m.samples_total,
+                        samples_per_second=m.samples_per_second, loss=m.loss, averaged_rounds=m.averaged_rounds,
+                        last_group_size=m.last_group_size, device=m.device, last_seen=m.time,
+                        alive=now - m.time < 3 * 5.0)
+                   for m in sorted(self.view.peers.values(), key=lambda m: m.name)],
+            epochs=list(self.epoch_history),
+            leaderboard=dict(
+                volunteers=[dict(peer_id=p.peer_id, name=p.name, team=p.team, claimed_samples=p.claimed_samples,
+                                 granted_samples=p.granted_samples, compute_s=p.compute_s, epochs=p.epochs)
+                            for p in totals.peer_leaderboard()],
+                teams=[dict(team=t.team, claimed_samples=t.claimed_samples, granted_samples=t.granted_samples,
+                            volunteers=t.volunteers) for t in totals.team_leaderboard()]),
+            ledger=dict(tree_size=self.ledger.tree_size, root_hash=checkpoint.root_hash if checkpoint else None,
+                        latest_checkpoint=checkpoint.model_dump() if checkpoint else None,
+                        public_key_fingerprint=self.ledger.key_id),
+        )
+        with self._snapshot_lock:
+            self._snapshot = snapshot
+
     def _write_status(self) -> None:
         status = dict(run_id=self.recipe.run.id, status="finished" if self.finished else "running",
                       epoch=self.view.epoch, alive_peers=self.view.alive_peers,
@@ -403,6 +463,10 @@ class Coordinator:
         signal.signal(signal.SIGTERM, handle)
 
     def _close(self) -> None:
+        if self.hub is not None:
+            self.hub.close(wait=True)
+        if self.dashboard is not None:
+            self.dashboard.stop()
         if self.ledger is not None:
             self.ledger.close()
         if self.fetcher is not None:

@@ -34,6 +34,11 @@ def launch(
     checkpoint_dir: Optional[Path] = typer.Option(None, help="Override the recipe's checkpoint.dir."),
     summary_file: Optional[Path] = typer.Option(None, help="Write the run summary (JSON) here at the end."),
     final_model_dir: Optional[Path] = typer.Option(None, help="Also write the final model here."),
+    ledger_dir: Optional[Path] = typer.Option(None, help="Ledger folder (default: next to the checkpoint folder)."),
+    dashboard_host: str = typer.Option("127.0.0.1", envvar="SWARM_DASHBOARD_HOST",
+                                       help="Interface of the dashboard and /metrics (0.0.0.0 to publish it)."),
+    dashboard_port: int = typer.Option(8080, envvar="SWARM_DASHBOARD_PORT",
+                                       help="Dashboard port (0: any free port, -1: no dashboard)."),
     verbose: bool = VERBOSE,
 ):
     """Start the coordinator of a run: the first DHT node, recipe publisher, monitor and checkpointer."""
@@ -50,7 +55,10 @@ def launch(
                                    state_dir=str(state_dir) if state_dir else None,
                                    checkpoint_dir=str(checkpoint_dir) if checkpoint_dir else None,
                                    summary_file=str(summary_file) if summary_file else None,
-                                   final_model_dir=str(final_model_dir) if final_model_dir else None)
+                                   final_model_dir=str(final_model_dir) if final_model_dir else None,
+                                   ledger_dir=str(ledger_dir) if ledger_dir else None,
+                                   dashboard_host=dashboard_host,
+                                   dashboard_port=None if dashboard_port < 0 else dashboard_port)
     Coordinator(loaded, settings).run()
 
 

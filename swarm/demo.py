@@ -87,6 +87,7 @@ def run_demo(recipe_path: Path, num_peers: int = 2, duration_s: float = 240.0, o
             _swarm_command("launch", str(run_recipe), "--host", "127.0.0.1", "--port", str(port),
                            "--state-dir", str(folder / "coordinator"), "--checkpoint-dir", str(folder / "checkpoints"),
                            "--summary-file", str(folder / "summary.json"), "--final-model-dir", str(folder),
+                           "--ledger-dir", str(folder / "ledger"), "--dashboard-port", "0",
                            *(["--verbose"] if verbose else [])),
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         processes.append(coordinator)

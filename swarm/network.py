@@ -15,6 +15,7 @@ import hivemind
 from hivemind.dht.crypto import RSASignatureValidator
 from hivemind.utils.multiaddr import Multiaddr
 
+import swarm.processes  # noqa: F401  (hivemind's child processes must not outlive a killed parent)
 from swarm.errors import SwarmError, UsageError
 from swarm.identity import Identity
 

@@ -104,14 +104,16 @@ class Swarm:
         (folder / "logs").mkdir(parents=True, exist_ok=True)
         self.address: str | None = None
 
-    def launch(self, recipe: Path) -> Process:
-        port = free_port()
-        coordinator = Process(["launch", str(recipe), "--host", "127.0.0.1", "--port", str(port),
+    def launch(self, recipe: Path, port: int | None = None) -> Process:
+        """Start (or, with the same folder and port, restart) the coordinator."""
+        self.port = port or free_port()
+        coordinator = Process(["launch", str(recipe), "--host", "127.0.0.1", "--port", str(self.port),
                                "--state-dir", str(self.folder / "coordinator"),
                                "--checkpoint-dir", str(self.folder / "checkpoints"),
                                "--summary-file", str(self.folder / "summary.json"),
-                               "--final-model-dir", str(self.folder / "final")],
-                              self.folder / "logs" / "coordinator.log")
+                               "--final-model-dir", str(self.folder / "final"),
+                               "--ledger-dir", str(self.folder / "ledger"), "--dashboard-port", "0"],
+                              self.folder / "logs" / f"coordinator-{len(self.processes)}.log")
         self.processes.append(coordinator)
         self.address = coordinator.wait_for(r"swarm join --initial-peers (\S+)", timeout_s=120).group(1)
         return coordinator

@@ -63,3 +63,60 @@ def test_ctrl_c_leaves_others_training_and_a_late_volunteer_starts_from_the_swar
     assert late.wait(timeout_s=120) == 0
     assert swarm.stats("late")["loaded_state_epoch"] >= 1
     assert swarm.summary()["final_val_loss"] < swarm.summary()["initial_val_loss"]
+
+
+def _ledger_epochs(folder) -> dict[int, set[str]]:
+    import json
+
+    epochs: dict[int, set[str]] = {}
+    path = folder / "ledger" / "entries.jsonl"
+    for line in path.read_text().splitlines() if path.exists() else []:
+        entry = json.loads(line)
+        epochs.setdefault(entry["epoch"], set()).add(entry["name"])
+    return epochs
+
+
+def _wait_until(condition, timeout_s: float, what: str):
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(1.0)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.mark.timeout(600)
+def test_a_coordinator_killed_mid_run_restarts_its_ledger_and_credits_the_epochs_it_missed(
+        swarm_factory, recipe_writer, tmp_path):
+    import signal
+
+    from swarm.ledger import verify_ledger
+
+    swarm = swarm_factory()
+    recipe = recipe_writer(tmp_path / "recipe.yaml", "e2e-outage", max_epochs=36)
+    coordinator = swarm.launch(recipe)
+    swarm.join("ann")
+    swarm.join("ben")
+    _wait_until(lambda: len(_ledger_epochs(swarm.folder)) >= 3, 240, "three credited epochs")
+
+    coordinator.popen.send_signal(signal.SIGKILL)
+    coordinator.wait(timeout_s=30)
+    credited_before = max(_ledger_epochs(swarm.folder))
+    # training goes on without the coordinator: the peers' epochs keep advancing
+    _wait_until(lambda: swarm.stats("ann")["epoch"] >= credited_before + 8, 240, "training during the outage")
+    outage_end_epoch = swarm.stats("ann")["epoch"]
+
+    restarted = swarm.launch(recipe, port=swarm.port)
+    restarted.wait_for(r"Resuming run 'e2e-outage'", timeout_s=60)
+    assert restarted.wait(timeout_s=400) == 0, restarted.output[-3000:]
+
+    report = verify_ledger(swarm.folder / "ledger")
+    assert report.ok, report.problem
+    credited = _ledger_epochs(swarm.folder)
+    missed = range(credited_before + 1, outage_end_epoch)
+    # every epoch trained while the coordinator was down is credited to the peers after it returns
+    assert all(credited.get(epoch) for epoch in missed), (sorted(credited), list(missed))
+    assert set().union(*(credited[epoch] for epoch in missed)) == {"ann", "ben"}
