@@ -200,6 +200,13 @@ class Coordinator:
                       "--announce-host <this machine's public IP>.)"]
         print("\n".join(lines), flush=True)
 
+    def _latest_version_ref(self) -> str | None:
+        if self.last_checkpoint_epoch < 0:
+            return None
+        if self.hub is not None:
+            return f"{self.recipe.checkpoint.hub_repo_id}@epoch-{self.last_checkpoint_epoch:06d}"
+        return str((self.checkpoint_dir / f"epoch-{self.last_checkpoint_epoch:06d}").resolve())
+
     def _announce(self, status: str = "running", final_epoch: int | None = None) -> None:
         self._announced_ledger_epoch = self.accounting.committed_epoch
         announcement = records.RunAnnouncement(
@@ -207,7 +214,8 @@ class Coordinator:
             data_digest=self.data.identity.digest, data_description=self.data.identity.description,
             swarm_version=swarm.__version__, coordinator_peer_id=self.dht.peer_id.to_base58(),
             started_at=self.started_at, status=status, final_epoch=final_epoch,
-            ledger_epoch=self.accounting.committed_epoch)
+            ledger_epoch=self.accounting.committed_epoch, latest_version=self._latest_version_ref(),
+            latest_version_epoch=self.last_checkpoint_epoch if self.last_checkpoint_epoch >= 0 else None)
         self.dht.store(records.RUNS_KEY, subkey=self.recipe.run.id, value=announcement.to_bytes(),
                        expiration_time=get_dht_time() + records.ANNOUNCEMENT_TTL_S)
         self._last_announce = time.monotonic()
@@ -336,6 +344,7 @@ class Coordinator:
                 row["val_loss"] = val_loss
                 break
         logger.info(f"Published version epoch {epoch} (validation loss {val_loss:.4f}) to {path}")
+        self._announce()
         return path
 
     def _version_info(self, epoch: int, val_loss: float | None) -> VersionInfo:

@@ -77,6 +77,7 @@ class VolunteerSettings:
     stats_file: str | None = None
     display: str = "auto"  # auto | rich | log | none
     connect_timeout_s: float = 60.0
+    from_checkpoint: str | None = None  # a folder or "<hub repo>[@revision]"; default: the run's latest version
 
 
 @dataclass
@@ -155,6 +156,7 @@ class Volunteer:
         self.model = build_model(self.recipe.model, self.tokenizer.vocab_size, self.tokenizer.eos_id,
                                  self.tokenizer.pad_id).to(self.hardware.device)
         self.model.train()
+        self._checkpoint_epoch = self._maybe_start_from_checkpoint()
         self.micro_batch_size = s.micro_batch_size or (
             self.recipe.collaboration.micro_batch_size if isinstance(self.recipe.collaboration.micro_batch_size, int)
             else pick_micro_batch_size(self.model, self.hardware, self.recipe.data.seq_len,
@@ -164,9 +166,49 @@ class Volunteer:
                     f"{self.hardware.precision}, micro-batch {self.micro_batch_size} x {self.recipe.data.seq_len} tokens")
         self.optimizer = build_swarm_optimizer(self.dht, self.model, self.recipe, self.identity,
                                                self.micro_batch_size, client_mode=s.client_mode)
+        if self._checkpoint_epoch:
+            self.optimizer.state_averager.local_epoch = self._checkpoint_epoch
+            self.optimizer.state_averager._update_scheduler()  # the LR schedule resumes at the checkpoint's epoch
+            self.optimizer.tracker.report_local_progress(self._checkpoint_epoch, 0)
         self.contributions = ContributionLog(self.identity.folder / "runs" / self.recipe.run.id, self.identity)
         self.view = ProgressView.create(s.display, self.recipe, self.identity.name)
         self._reporter = threading.Thread(target=self._report_periodically, name="swarm-reporter", daemon=True)
+
+    def _swarm_is_training(self) -> bool:
+        """Whether any peer reported training progress recently (a departed peer's record is None or stale)."""
+        found = self.dht.get(f"{self.recipe.run.id}_progress", latest=True)
+        if found is None or not isinstance(found.value, dict):
+            return False
+        now = get_dht_time()
+        recent = [item.value for item in found.value.values()
+                  if item.expiration_time > now and isinstance(item.value, dict)]
+        return any(now - float(value.get("time", 0.0)) < 3 * METRICS_PERIOD_S for value in recent)
+
+    def _maybe_start_from_checkpoint(self) -> int:
+        """Nobody is training: start from a published version (loaded before hivemind copies the weights)."""
+        source = self.settings.from_checkpoint or self.announcement.latest_version
+        if not source or self._swarm_is_training():
+            return 0
+        path, _, revision = source.partition("@") if not Path(source).exists() else (source, "", "")
+        if not Path(path).exists() and path.count("/") != 1:
+            logger.info(f"The published version {source} is not reachable from here; starting from the recipe's weights")
+            return 0
+        try:
+            import transformers
+
+            loaded = transformers.AutoModelForCausalLM.from_pretrained(path, revision=revision or None)
+            self.model.load_state_dict(loaded.state_dict())
+        except Exception as error:
+            if self.settings.from_checkpoint:
+                raise UsageError(f"--from-checkpoint {source}: cannot load it ({error})") from None
+            logger.warning(f"Could not load the published version {source} ({error}); starting from the recipe's weights")
+            return 0
+        epoch = self.announcement.latest_version_epoch or 0
+        metadata = Path(path) / "swarm.json"
+        if metadata.exists():
+            epoch = int(json.loads(metadata.read_text()).get("epoch", epoch))
+        logger.info(f"Nobody is training: starting from the published version of epoch {epoch} ({source})")
+        return epoch
 
     def _fetch_announcement(self) -> records.RunAnnouncement:
         deadline = time.monotonic() + self.settings.connect_timeout_s
@@ -199,8 +241,10 @@ class Volunteer:
         while not tracker.fetched_global_progress_this_epoch.is_set() and time.monotonic() < deadline:
             time.sleep(0.2)
         progress = tracker.global_progress
-        if progress.num_peers == 0 or progress.epoch == 0 and progress.samples_accumulated == 0:
-            logger.info("No other peer has trained yet: starting from the recipe's initial weights")
+        if progress.epoch <= self.optimizer.local_epoch:
+            start = (f"the published version of epoch {self._checkpoint_epoch}" if self._checkpoint_epoch
+                     else "the recipe's initial weights (as every peer at epoch 0)")
+            logger.info(f"No peer is ahead of this one: starting from {start}")
             return
         logger.info(f"Loading the current state from peers (swarm epoch {progress.epoch}, {progress.num_peers} peer(s))")
         if self._load_state_with_watchdog():

@@ -48,6 +48,10 @@ class RunAnnouncement(BaseModelV2):
     final_epoch: int | None = None
     # the last epoch the coordinator's ledger has committed; peers re-publish their work for later epochs
     ledger_epoch: int = -1
+    # the newest published version: a local folder or "<hub repo>@<revision>"; a volunteer who finds nobody
+    # training starts from it instead of from random weights
+    latest_version: str | None = None
+    latest_version_epoch: int | None = None
 
     def to_bytes(self) -> bytes:
         return self.model_dump_json().encode()

@@ -39,6 +39,7 @@ def test_two_volunteers_average_with_each_other_and_the_loss_goes_down(swarm_fac
     assert torch.isfinite(next(model.parameters())).all()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(480)
 def test_ctrl_c_leaves_others_training_and_a_late_volunteer_starts_from_the_swarm_state(swarm_factory, recipe_writer, tmp_path):
     swarm = swarm_factory()
@@ -88,6 +89,7 @@ def _wait_until(condition, timeout_s: float, what: str):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_a_coordinator_killed_mid_run_restarts_its_ledger_and_credits_the_epochs_it_missed(
         swarm_factory, recipe_writer, tmp_path):
@@ -120,3 +122,24 @@ def test_a_coordinator_killed_mid_run_restarts_its_ledger_and_credits_the_epochs
     # every epoch trained while the coordinator was down is credited to the peers after it returns
     assert all(credited.get(epoch) for epoch in missed), (sorted(credited), list(missed))
     assert set().union(*(credited[epoch] for epoch in missed)) == {"ann", "ben"}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(480)
+def test_a_volunteer_joining_an_empty_swarm_starts_from_the_latest_published_version(
+        swarm_factory, recipe_writer, tmp_path):
+    swarm = swarm_factory()
+    recipe = recipe_writer(tmp_path / "recipe.yaml", "e2e-resume", max_epochs=200)
+    coordinator = swarm.launch(recipe)
+    first = swarm.join("first")
+    published = int(coordinator.wait_for(r"Published version epoch (\d+)", timeout_s=240).group(1))
+    first.interrupt()
+    assert first.wait(timeout_s=90) == 0, first.output[-3000:]
+    _wait_until(lambda: not (swarm.folder / "first").exists() or swarm.stats("first"), 5, "stats")
+
+    newcomer = swarm.join("newcomer")
+    started = newcomer.wait_for(r"starting from the published version of epoch (\d+)", timeout_s=180)
+    assert int(started.group(1)) >= published
+    # it trains on from there: its epochs continue the published one instead of restarting at 0
+    later = newcomer.wait_for(r"epoch (\d+) \(\d+/256 samples\)", timeout_s=120)
+    assert int(later.group(1)) >= published
