@@ -1,0 +1,106 @@
+"""Granting rules: claims stay apart from grants, and each refusal says why in the ledger entry."""
+
+from __future__ import annotations
+
+from coordinator.accounting import SEEN_SLACK_S, Accounting
+from swarm.recipe import CreditConfig
+from swarm.records import ContributionRecord, EpochWork
+
+
+def record(peer: str, *epochs: tuple[int, int, float], name: str | None = None, team: str = "t") -> ContributionRecord:
+    return ContributionRecord(peer_id=peer, name=name or peer, team=team, version="test", time=0.0,
+                              epochs=[EpochWork(epoch=e, samples=s, micro_steps=max(1, s // 16), compute_s=c)
+                                      for e, s, c in epochs])
+
+
+def watched(accounting: Accounting, epoch: int, start: float, samples: int = 256, rate: float = 0.0, *peers: str):
+    accounting.observe_epoch(epoch, samples, rate, now=start)
+    accounting.observe_epoch(epoch, samples, rate, now=start + 4)
+    for peer in peers:
+        accounting.observe_peer(peer, now=start + 2)
+
+
+def test_honest_claims_of_peers_seen_in_the_epoch_are_granted_in_full():
+    accounting = Accounting(run_id="r", credit=CreditConfig(), target_batch_size=256)
+    watched(accounting, 3, 1000.0, 256, 0.0, "a", "b")
+    accounting.add_claims(record("a", (3, 128, 2.0)))
+    accounting.add_claims(record("b", (3, 144, 2.5)))
+    [(epoch, entries)] = accounting.finalize(up_to_epoch=3, now=1010.0)
+    assert epoch == 3
+    assert [(e.peer_id, e.claimed_samples, e.granted_samples, e.reason) for e in entries] == [
+        ("a", 128, 128, ""), ("b", 144, 144, "")]
+
+
+def test_a_peer_never_seen_during_a_watched_epoch_is_not_granted():
+    accounting = Accounting(run_id="r", credit=CreditConfig(), target_batch_size=256)
+    watched(accounting, 3, 1000.0, 256, 0.0, "a")
+    accounting.observe_peer("ghost", now=1000.0 + 4 + SEEN_SLACK_S + 60)  # seen, but long after the epoch
+    accounting.add_claims(record("ghost", (3, 64, 1.0)))
+    [(_, [entry])] = accounting.finalize(3, now=2000.0)
+    assert entry.claimed_samples == 64 and entry.granted_samples == 0
+    assert "not seen" in entry.reason
+
+
+def test_a_claim_faster_than_the_credit_bound_is_refused_and_says_why():
+    accounting = Accounting(run_id="r", credit=CreditConfig(max_samples_per_second=100), target_batch_size=256)
+    watched(accounting, 1, 1000.0, 256, 0.0, "fast")
+    accounting.add_claims(record("fast", (1, 200, 0.5)))  # 400 samples/s
+    [(_, [entry])] = accounting.finalize(1, now=1010.0)
+    assert entry.granted_samples == 0 and "max_samples_per_second" in entry.reason
+
+
+def test_claims_beyond_the_swarm_total_are_refused_or_scaled_in_proportion():
+    accounting = Accounting(run_id="r", credit=CreditConfig(), target_batch_size=100, matchmaking_time_s=1.0)
+    watched(accounting, 2, 1000.0, 100, 0.0, "a", "b", "greedy")
+    accounting.add_claims(record("greedy", (2, 10_000, 100.0)))
+    [(_, [entry])] = accounting.finalize(2, now=1010.0)
+    assert entry.granted_samples == 0 and "more than the whole swarm" in entry.reason
+
+    watched(accounting, 3, 1010.0, 100, 0.0, "a", "b")
+    accounting.add_claims(record("a", (3, 90, 1.0)))
+    accounting.add_claims(record("b", (3, 90, 1.0)))
+    [(_, entries)] = accounting.finalize(3, now=1020.0)
+    total = accounting.swarm_total(3)
+    assert total == 110  # target 100, no measured rate, 10% sampling margin
+    assert sum(e.granted_samples for e in entries) <= total
+    assert all(e.granted_samples == 55 and e.reason.startswith("scaled by 0.61") for e in entries)
+
+
+def test_the_bound_allows_what_the_swarm_computes_while_peers_notice_the_epoch_ended():
+    accounting = Accounting(run_id="r", credit=CreditConfig(), target_batch_size=256, matchmaking_time_s=1.5)
+    watched(accounting, 0, 1000.0, 250, 40.0, "a", "b")  # measured in e2e runs: epochs of 256 closed at 384-400
+    accounting.add_claims(record("a", (0, 256, 3.0)))
+    accounting.add_claims(record("b", (0, 144, 3.0)))
+    [(_, entries)] = accounting.finalize(0, now=1010.0)
+    assert [e.granted_samples for e in entries] == [256, 144]
+
+
+def test_epochs_the_coordinator_missed_are_credited_from_the_signed_claims_alone():
+    accounting = Accounting(run_id="r", credit=CreditConfig(), target_batch_size=256)
+    watched(accounting, 1, 1000.0, 256, 50.0, "a")
+    # epochs 2-4 happened while the coordinator was down: no window, no sightings
+    accounting.add_claims(record("a", (2, 200, 2.0), (3, 210, 2.0), (4, 190, 2.0)))
+    committed = accounting.finalize(4, now=3000.0)
+    assert [epoch for epoch, _ in committed] == [2, 3, 4]
+    assert all(entries[0].granted_samples == entries[0].claimed_samples for _, entries in committed)
+
+
+def test_committed_epochs_are_final_and_the_newest_claim_per_epoch_wins():
+    accounting = Accounting(run_id="r", credit=CreditConfig(), target_batch_size=256)
+    watched(accounting, 5, 1000.0, 256, 0.0, "a")
+    accounting.add_claims(record("a", (5, 10, 1.0)))
+    accounting.add_claims(record("a", (5, 64, 1.0)))  # re-published with more work done in the epoch
+    [(_, [entry])] = accounting.finalize(5, now=1010.0)
+    assert entry.claimed_samples == 64
+    accounting.add_claims(record("a", (5, 999, 1.0)))  # a claim for a committed epoch is ignored
+    assert accounting.finalize(6, now=1020.0) == []
+    assert accounting.committed_epoch == 6
+
+
+def test_entries_are_sorted_by_peer_as_the_ledger_requires():
+    accounting = Accounting(run_id="r", credit=CreditConfig(), target_batch_size=256)
+    watched(accounting, 0, 1000.0, 256, 0.0, "zed", "amy", "kim")
+    for peer in ("zed", "amy", "kim"):
+        accounting.add_claims(record(peer, (0, 50, 1.0)))
+    [(_, entries)] = accounting.finalize(0, now=1010.0)
+    assert [e.peer_id for e in entries] == ["amy", "kim", "zed"]
