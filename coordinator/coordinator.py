@@ -27,6 +27,7 @@ from hivemind.utils import get_dht_time
 import swarm
 from swarm import records
 from swarm.data import build_data
+from swarm.errors import SwarmError
 from swarm.evaluation import validation_loss
 from swarm.identity import Identity
 from swarm.ledger import Ledger, key_fingerprint, load_or_create_signing_key
@@ -137,6 +138,7 @@ class Coordinator:
         self.dht = create_dht(list(s.initial_peers) + remembered, host=s.host, port=s.port, identity=self.identity,
                               record_validators=records.schema_validators(recipe.run.id), announce_host=s.announce_host,
                               require_bootstrap=bool(s.initial_peers) and not remembered)
+        self._join_existing_run()
         self.fetcher = StateFetcher(self.dht, recipe.run.id)
         # only now: hivemind forks its DHT and averager processes, which would inherit the ledger's locked file
         # and keep it locked after a SIGKILL of this process, blocking the restarted coordinator
@@ -150,6 +152,18 @@ class Coordinator:
         if s.dashboard_port is not None:
             self.dashboard = DashboardServer(self.snapshot, host=s.dashboard_host, port=s.dashboard_port).start()
         self._print_join_command()
+
+    def _join_existing_run(self) -> None:
+        """A second coordinator of a running run: same recipe required, and the run's clock is the first one's."""
+        existing = records.read_announcements(self.dht.get(records.RUNS_KEY, latest=True)).get(self.recipe.run.id)
+        if existing is None:
+            return
+        if existing.recipe_fingerprint != self.recipe.fingerprint:
+            raise SwarmError(f"run {self.recipe.run.id!r} is already served with another recipe (fingerprint "
+                             f"{existing.recipe_fingerprint}, yours {self.recipe.fingerprint}): use the same recipe "
+                             "file to add a coordinator, or another run.id for a new run")
+        self.started_at = min(self.started_at, existing.started_at)
+        logger.info(f"Serving run {self.recipe.run.id!r} alongside coordinator {existing.coordinator_peer_id}")
 
     def _open_ledger(self) -> None:
         key = load_or_create_signing_key(self.state_dir / "ledger_signing_key.pem")
@@ -216,7 +230,8 @@ class Coordinator:
             started_at=self.started_at, status=status, final_epoch=final_epoch,
             ledger_epoch=self.accounting.committed_epoch, latest_version=self._latest_version_ref(),
             latest_version_epoch=self.last_checkpoint_epoch if self.last_checkpoint_epoch >= 0 else None)
-        self.dht.store(records.RUNS_KEY, subkey=self.recipe.run.id, value=announcement.to_bytes(),
+        self.dht.store(records.RUNS_KEY, subkey=records.announcement_subkey(self.recipe.run.id, self.dht.peer_id.to_base58()),
+                       value=announcement.to_bytes(),
                        expiration_time=get_dht_time() + records.ANNOUNCEMENT_TTL_S)
         self._last_announce = time.monotonic()
 

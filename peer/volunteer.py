@@ -213,14 +213,7 @@ class Volunteer:
     def _fetch_announcement(self) -> records.RunAnnouncement:
         deadline = time.monotonic() + self.settings.connect_timeout_s
         while True:
-            found = self.dht.get(records.RUNS_KEY, latest=True)
-            runs = {}
-            if found is not None and isinstance(found.value, dict):
-                for run_id, item in found.value.items():
-                    try:
-                        runs[run_id] = records.RunAnnouncement.from_bytes(item.value)
-                    except Exception:
-                        logger.debug(f"Ignoring an unreadable run announcement under {run_id!r}")
+            runs = records.read_announcements(self.dht.get(records.RUNS_KEY, latest=True))
             if self.settings.run_id is not None and self.settings.run_id in runs:
                 return runs[self.settings.run_id]
             if self.settings.run_id is None and len(runs) == 1:
@@ -406,12 +399,7 @@ class Volunteer:
                        expiration_time=get_dht_time() + records.CONTRIBUTIONS_TTL_S, return_future=True)
 
     def _current_announcement(self) -> records.RunAnnouncement | None:
-        found = self.dht.get(records.RUNS_KEY, latest=True)
-        item = found.value.get(self.recipe.run.id) if found is not None and isinstance(found.value, dict) else None
-        try:
-            return records.RunAnnouncement.from_bytes(item.value) if item is not None else None
-        except Exception:
-            return None
+        return records.read_announcements(self.dht.get(records.RUNS_KEY, latest=True)).get(self.recipe.run.id)
 
     def _other_live_peers(self) -> int:
         """Peers of this run that published metrics recently, as seen through the DHT (and the coordinator)."""

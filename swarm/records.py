@@ -2,7 +2,8 @@
 
 Keys (every key of a run starts with its run id, so runs sharing a DHT never mix):
 
-- `swarm_runs` / subkey `<run_id>`: the coordinator's `RunAnnouncement` (recipe, data identity).
+- `swarm_runs` / subkey `<run_id>/<coordinator peer id>`: each coordinator's `RunAnnouncement` (recipe, data
+  identity, how far its ledger goes). Several coordinators may serve one run; `read_announcements` merges them.
 - `<run_id>_metrics` / subkey `[owner:<public key>]`: each peer's `PeerMetrics`, signed: only the owner
   of the key can write its subkey (hivemind's `RSASignatureValidator`), and the schema rejects malformed
   values on every node (`SchemaValidator`).
@@ -59,6 +60,37 @@ class RunAnnouncement(BaseModelV2):
     @classmethod
     def from_bytes(cls, data: bytes) -> "RunAnnouncement":
         return cls.model_validate_json(data)
+
+
+def announcement_subkey(run_id: str, coordinator_peer_id: str) -> str:
+    return f"{run_id}/{coordinator_peer_id}"
+
+
+def read_announcements(found) -> dict[str, "RunAnnouncement"]:
+    """{run_id: announcement} from a `dht.get(RUNS_KEY, latest=True)` value, merging a run's coordinators.
+
+    The merged view keeps the earliest start (the run's wall-time limit counts from it), the lowest ledger
+    epoch (peers re-publish their work until every coordinator's ledger has it), and "finished" once any
+    coordinator has saved the final version. Unreadable rows are skipped.
+    """
+    by_run: dict[str, list[RunAnnouncement]] = {}
+    if found is None or not isinstance(getattr(found, "value", None), dict):
+        return {}
+    for item in found.value.values():
+        try:
+            announcement = RunAnnouncement.from_bytes(item.value)
+        except Exception:
+            continue
+        by_run.setdefault(announcement.run_id, []).append(announcement)
+    merged = {}
+    for run_id, announcements in by_run.items():
+        newest = max(announcements, key=lambda a: (a.latest_version_epoch or -1, a.started_at))
+        merged[run_id] = newest.model_copy(update=dict(
+            started_at=min(a.started_at for a in announcements),
+            ledger_epoch=min(a.ledger_epoch for a in announcements),
+            status="finished" if any(a.status == "finished" for a in announcements) else "running",
+            final_epoch=max((a.final_epoch for a in announcements if a.final_epoch is not None), default=None)))
+    return merged
 
 
 class PeerMetrics(BaseModel):
