@@ -109,7 +109,9 @@ def join(
 @app.command()
 def demo(
     peers: int = typer.Option(2, min=1, max=16, help="Local volunteer processes."),
-    duration: float = typer.Option(240.0, min=10, help="Training time in seconds (the run's wall-time limit)."),
+    epochs: int = typer.Option(40, min=1, help="Swarm epochs (global steps) to train."),
+    max_duration: float = typer.Option(540.0, min=10, help="Stop training after this many seconds even if the "
+                                                           "epochs are not done (slow or busy machines)."),
     recipe: Path = typer.Option(Path(__file__).resolve().parent.parent / "recipes" / "tiny-stdlib.yaml",
                                 help="Recipe to run (default: the embedded tiny-stdlib)."),
     output: Optional[Path] = typer.Option(None, help="Output folder (default: demo-output/<time>)."),
@@ -120,7 +122,8 @@ def demo(
     from swarm.logs import setup_logging
 
     setup_logging(verbose)
-    folder = run_demo(recipe_path=recipe, num_peers=peers, duration_s=duration, output=output, verbose=verbose)
+    folder = run_demo(recipe_path=recipe, num_peers=peers, epochs=epochs, max_duration_s=max_duration, output=output,
+                      verbose=verbose)
     print(folder)
 
 

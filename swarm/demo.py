@@ -64,24 +64,27 @@ def _follow(stream, log_file: Path, echo_prefix: str | None, found: dict, patter
                 print(f"{echo_prefix} {line.rstrip()}", file=sys.stderr, flush=True)
 
 
-def run_demo(recipe_path: Path, num_peers: int = 2, duration_s: float = 240.0, output: Path | None = None,
-             verbose: bool = False) -> Path:
+def run_demo(recipe_path: Path, num_peers: int = 2, epochs: int = 40, max_duration_s: float = 540.0,
+             output: Path | None = None, verbose: bool = False) -> Path:
     """Run the demo swarm; returns the output folder (summary.json and the final model are inside)."""
     recipe = load_recipe(recipe_path)
     folder = Path(output or Path("demo-output") / time.strftime("%Y%m%d-%H%M%S")).resolve()
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "logs").mkdir(exist_ok=True)
     data = json.loads(recipe.to_json())
-    data["limits"]["max_wall_time_s"] = float(duration_s)
+    # the run ends after `epochs` global steps; the wall-time cap only bites on a slow or busy machine
+    data["limits"].update(max_epochs=epochs, max_wall_time_s=float(max_duration_s))
+    duration_s = max_duration_s
     run_recipe = folder / "recipe.yaml"
-    run_recipe.write_text(f"# {recipe.run.id}, as run by `swarm demo` ({num_peers} peers, {duration_s:.0f} s)\n"
+    run_recipe.write_text(f"# {recipe.run.id}, as run by `swarm demo` ({num_peers} peers, {epochs} epochs)\n"
                           + yaml.safe_dump(data, sort_keys=False))
 
     env = _environment()
     threads = max(1, (os.cpu_count() or 2) // num_peers)
     port = _free_port()
     processes: list[subprocess.Popen] = []
-    logger.info(f"Demo: coordinator + {num_peers} volunteer(s) on loopback for {duration_s:.0f} s; output in {folder}")
+    logger.info(f"Demo: coordinator + {num_peers} volunteer(s) on loopback, {epochs} epochs (at most "
+                f"{max_duration_s:.0f} s); output in {folder}")
     try:
         coordinator = subprocess.Popen(
             _swarm_command("launch", str(run_recipe), "--host", "127.0.0.1", "--port", str(port),
