@@ -21,7 +21,7 @@ from hivemind.proto import runtime_pb2
 
 
 def _header(buffer: bytes, offset: int = 0) -> int:
-    return int(np.frombuffer(buffer, count=1, offset=offset, dtype=np.int64)[0])
+    return int.from_bytes(buffer[offset:offset + 8], "little", signed=True)
 
 
 class _CodebookExtractMixin:
@@ -79,6 +79,16 @@ def make_compression(name: str):
         return NoCompression()
     if name == "fp16":
         return Float16Compression()
+    if name not in ("uint8", "blockwise8"):
+        raise ValueError(f"unknown compression {name!r}: use none, fp16, uint8 or blockwise8")
+    if name == "blockwise8":
+        try:
+            import bitsandbytes  # noqa: F401  (fail now, not in the middle of the first averaging round)
+        except ImportError:
+            from swarm.errors import UsageError
+
+            raise UsageError("collaboration.compression 'blockwise8' needs bitsandbytes: pip install bitsandbytes "
+                             "(GPU machines), or use 'uint8'") from None
     eight_bit = FixedUniform8BitQuantization() if name == "uint8" else FixedBlockwiseQuantization()
     # tiny tensors (biases, norms) are not worth quantising: the codebook would outweigh the savings
     return SizeAdaptiveCompression(threshold=2**16, less=Float16Compression(), greater_equal=eight_bit)

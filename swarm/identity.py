@@ -46,6 +46,8 @@ def _check_label(kind: str, value: str | None) -> str | None:
     if value is None:
         return None
     value = value.strip()
+    if not value and kind == "name":
+        return None  # a blank name is no name: keep the saved one (an empty team leaves the team)
     if value and not _NAME_PATTERN.fullmatch(value):
         raise UsageError(f"--{kind} {value!r}: use 1-40 letters, digits, spaces or . @ + - _")
     return value
@@ -77,8 +79,9 @@ class Identity:
         if key_path.exists():
             try:
                 der = key_path.read_bytes()
-                serialization.load_der_private_key(der, password=None)
-            except (OSError, ValueError) as error:
+                if not isinstance(serialization.load_der_private_key(der, password=None), rsa.RSAPrivateKey):
+                    raise ValueError("not an RSA key")
+            except (OSError, ValueError, TypeError) as error:
                 raise UsageError(f"{key_path} is not a readable key ({error}); move it away to make a new identity") from None
         else:
             private = rsa.generate_private_key(public_exponent=65537, key_size=2048)

@@ -26,8 +26,11 @@ def build_model_config(cfg: ModelConfig, vocab_size: int, eos_id: int | None, pa
     try:
         config = transformers.AutoConfig.for_model(cfg.architecture, **cfg.config)
     except ValueError as error:
-        raise UsageError(f"model.architecture {cfg.architecture!r} is not a transformers model type: {error}") from None
-    except TypeError as error:
+        if "Unrecognized model identifier" in str(error) or cfg.architecture not in transformers.CONFIG_MAPPING:
+            raise UsageError(f"model.architecture {cfg.architecture!r} is not a transformers model type "
+                             "(for example gpt2, llama, gpt_neox)") from None
+        raise UsageError(f"model.config does not fit {cfg.architecture!r}: {error}") from None
+    except Exception as error:  # wrong value types surface as TypeError or huggingface_hub's strict validation
         raise UsageError(f"model.config does not fit {cfg.architecture!r}: {error}") from None
     config.vocab_size = vocab_size
     config.bos_token_id = eos_id
@@ -47,7 +50,10 @@ def build_model(cfg: ModelConfig, vocab_size: int, eos_id: int | None = None, pa
         try:
             model = transformers.AutoModelForCausalLM.from_config(config)
         except ValueError as error:
-            raise UsageError(f"model.architecture {cfg.architecture!r} has no causal-LM head: {error}") from None
+            if "Unrecognized configuration class" in str(error):
+                raise UsageError(f"model.architecture {cfg.architecture!r} has no causal-LM head: use a decoder "
+                                 "model type such as gpt2 or llama") from None
+            raise UsageError(f"model.config does not fit {cfg.architecture!r}: {error}") from None
         finally:
             torch.random.set_rng_state(state)
     if model.get_input_embeddings().weight.shape[0] < vocab_size:

@@ -8,6 +8,7 @@ True
 from __future__ import annotations
 
 import ipaddress
+import logging
 import resource
 from typing import Sequence
 
@@ -18,6 +19,8 @@ from hivemind.utils.multiaddr import Multiaddr
 import swarm.processes  # noqa: F401  (hivemind's child processes must not outlive a killed parent)
 from swarm.errors import SwarmError, UsageError
 from swarm.identity import Identity
+
+logger = logging.getLogger("swarm.network")
 
 
 def raise_fd_limit(wanted: int = 4096) -> None:
@@ -64,9 +67,10 @@ def create_dht(
             ipaddress.ip_address(host)
         except ValueError:
             raise UsageError(f"--host {host!r} is not an IP address (use 0.0.0.0 to listen on every interface)") from None
-    validators = list(record_validators)
-    if identity is not None:
-        validators.insert(0, RSASignatureValidator(identity.signing_key))
+    # always a signature validator: without one a node cannot even decode other peers' signed records
+    # (its dht.get of a signed key never returns); without an identity the key is per-process
+    validators = [RSASignatureValidator(identity.signing_key if identity is not None else None),
+                  *record_validators]
     kwargs = dict(
         initial_peers=list(initial_peers),
         start=True,
@@ -88,6 +92,12 @@ def create_dht(
         return hivemind.DHT(**kwargs)
     except Exception as error:
         text = str(error)
+        if initial_peers and not require_bootstrap:
+            # hivemind's p2p daemon refuses to start when no bootstrap peer answers, whatever
+            # ensure_bootstrap_success says: remembered peers being gone means starting alone
+            logger.warning(f"None of {len(initial_peers)} remembered peer(s) answered; starting as the first node")
+            return create_dht([], host, port, identity, client_mode, record_validators, announce_host,
+                              startup_timeout_s)
         if initial_peers and ("failed to connect" in text.lower() or "bootstrap" in text.lower() or "timeout" in text.lower()):
             raise SwarmError(
                 f"could not reach any initial peer ({', '.join(initial_peers)}): {text.splitlines()[0] if text else error!r}.\n"

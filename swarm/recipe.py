@@ -204,6 +204,47 @@ class OptimConfig(_Section):
         return value
 
 
+class DiLoCoConfig(_Section):
+    """DiLoCo (Douillard et al. 2023), used when `collaboration.mode` is `diloco`: each peer takes `inner_steps`
+    local steps of `optimizer` (whose schedule still counts swarm epochs, i.e. outer rounds), then the peers
+    average the pseudo-gradient (start-of-round minus current parameters) and all apply one outer Nesterov SGD
+    step to the start-of-round parameters. `collaboration.target_batch_size` does not end a round in this mode:
+    set it to the samples the swarm processes per round (about peers x inner_steps x micro_batch_size); it drives
+    the progress display, the credit bound and `limits.max_samples`.
+
+    Traffic per round and peer is about 2x the parameter count in the wire format of `compression` (1 byte per
+    value for 8-bit), once every `inner_steps` micro-batches instead of once per global batch.
+    """
+
+    inner_steps: int = Field(
+        100, ge=1,
+        description="Local optimizer steps (one per micro-batch) before a peer is ready to average. A round closes "
+        "one matchmaking window after the first peer is ready; every peer then joins with the steps it has done.",
+    )
+    outer_lr: float = Field(0.7, gt=0.0, le=10.0, description="Learning rate of the outer SGD step on the averaged "
+                            "pseudo-gradient (0.7 in the DiLoCo paper; 1.0 without momentum is plain averaging).")
+    outer_momentum: float = Field(0.9, ge=0.0, lt=1.0, description="Momentum of the outer SGD step, in [0, 1).")
+    nesterov: bool = Field(True, description="Nesterov momentum for the outer step (needs outer_momentum > 0).")
+    overlap_communication: bool = Field(
+        False,
+        description="Keep training while a round's all-reduce runs and apply its outer step when it arrives, on top "
+        "of the steps taken meanwhile: hides the all-reduce time, but the update is stale by those steps (at most a "
+        "round) and a peer joining mid-round misses it until the next parameter averaging. Off: wait for it.",
+    )
+    average_parameters_every: int = Field(
+        10, ge=0,
+        description="Every N rounds also average the outer parameters themselves (fp16, ~2 bytes/parameter), which "
+        "cancels the drift lossy pseudo-gradient compression and late joiners leave between peers; 0 never.",
+    )
+
+    @model_validator(mode="after")
+    def _nesterov_needs_momentum(self) -> "DiLoCoConfig":
+        """`nesterov` needs `outer_momentum` above 0."""
+        if self.nesterov and self.outer_momentum == 0.0:
+            raise _ProblemAt("nesterov", "needs outer_momentum > 0: set nesterov: false or outer_momentum: 0.9")
+        return self
+
+
 class CollaborationConfig(_Section):
     """How peers cooperate: DeDLOC-style accumulation to a swarm-wide batch, then gradient averaging."""
 
@@ -231,6 +272,14 @@ class CollaborationConfig(_Section):
     )
     load_state_timeout_s: float = Field(
         300.0, gt=0.0, description="How long a joining peer waits for the current state before giving up."
+    )
+    mode: Literal["dedloc", "diloco"] = Field(
+        "dedloc",
+        description="`dedloc`: accumulate target_batch_size samples swarm-wide, average gradients, step together. "
+        "`diloco`: local steps, then average pseudo-gradients every `diloco.inner_steps` (far less traffic).",
+    )
+    diloco: DiLoCoConfig = Field(
+        default_factory=DiLoCoConfig, description="Settings of mode `diloco` (ignored in mode `dedloc`)."
     )
 
     @model_validator(mode="after")

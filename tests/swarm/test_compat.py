@@ -92,12 +92,18 @@ def test_make_compression_uint8_quantises_large_tensors_and_keeps_small_ones_in_
 
 
 @pytest.mark.skipif(HAVE_BITSANDBYTES, reason="bitsandbytes is installed: the round trip is tested instead")
-def test_blockwise8_without_bitsandbytes_fails_with_an_install_hint():
-    codec = make_compression("blockwise8")
-    small, large = gaussian(1000), gaussian(2**16)
-    codec.compress(small, CompressionInfo.from_tensor(small))  # small tensors go as fp16 and need nothing
-    with pytest.raises(ImportError, match="bitsandbytes"):
-        codec.compress(large, CompressionInfo.from_tensor(large))
+@pytest.mark.skipif(HAVE_BITSANDBYTES, reason="bitsandbytes is installed here")
+def test_blockwise8_without_bitsandbytes_fails_at_setup_naming_the_field_and_the_install():
+    # not in the middle of the first averaging round, minutes into training
+    from swarm.errors import UsageError
+
+    with pytest.raises(UsageError, match=r"collaboration.compression.*pip install bitsandbytes"):
+        make_compression("blockwise8")
+
+
+def test_an_unknown_compression_name_is_refused():
+    with pytest.raises(ValueError, match="unknown compression"):
+        make_compression("zip")
 
 
 @pytest.mark.skipif(not HAVE_BITSANDBYTES, reason="blockwise8 needs bitsandbytes, which is not installed")

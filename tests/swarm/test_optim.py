@@ -89,7 +89,8 @@ def test_matrices_are_decayed_and_biases_and_norms_are_not():
 
 
 def test_parameter_order_lists_matrices_then_vectors_and_skips_frozen_ones():
-    assert parameter_order(Tiny()) == ["embed.weight", "proj.weight", "head.weight", "norm.weight", "norm.bias", "proj.bias"]
+    assert parameter_order(Tiny()) == [
+        "embed.weight", "proj.weight", "head.weight", "norm.weight", "norm.bias", "proj.bias"]
 
 
 def test_parameter_order_is_the_same_for_every_build_and_matches_the_groups():

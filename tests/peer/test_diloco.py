@@ -1,0 +1,329 @@
+"""DiLoCo mode: the outer step's math, and real hivemind peers on 127.0.0.1 averaging pseudo-gradients."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import threading
+import time
+from dataclasses import dataclass, field
+
+import hivemind
+import pytest
+import torch
+from hivemind.compression import CompressionBase, CompressionInfo
+
+from coordinator.state import StateFetcher
+from peer.diloco import DiLoCoOptimizer, apply_outer_step, build_diloco_optimizer, make_outer_optimizer
+from swarm.compat import make_compression
+from swarm.identity import Identity
+from swarm.model import build_model
+from swarm.network import create_dht, join_addresses
+from swarm.optim import build_optimizer_factories, lr_multiplier, parameter_groups, parameter_order
+from swarm.recipe import DiLoCoConfig, Recipe, RecipeError, parse_recipe
+
+VOCAB = 259
+SEQ_LEN = 32
+MICRO_BATCH = 4
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the outer step, by hand
+
+
+def test_outer_nesterov_step_matches_a_hand_computation():
+    cfg = DiLoCoConfig(outer_lr=0.7, outer_momentum=0.9, nesterov=True)
+    theta0 = torch.tensor([1.0, -2.0, 0.5])
+    param = torch.nn.Parameter(theta0.clone())
+    outer = make_outer_optimizer([param], cfg)
+    g1, g2 = torch.tensor([0.1, 0.2, -0.3]), torch.tensor([-0.05, 0.4, 0.0])
+
+    apply_outer_step(outer, [g1.clone()])
+    # m1 = g1; theta1 = theta0 - lr * (g1 + mu * m1)
+    m1 = g1
+    theta1 = theta0 - 0.7 * (g1 + 0.9 * m1)
+    assert torch.allclose(param.detach(), theta1, atol=1e-6)
+
+    apply_outer_step(outer, [g2.clone()])
+    m2 = 0.9 * m1 + g2
+    theta2 = theta1 - 0.7 * (g2 + 0.9 * m2)
+    assert torch.allclose(param.detach(), theta2, atol=1e-6)
+
+
+def test_outer_step_without_momentum_at_lr_one_is_plain_parameter_averaging():
+    # pseudo-gradient = start - mean(ends): one outer step with lr 1 lands exactly on the peers' mean
+    cfg = DiLoCoConfig(outer_lr=1.0, outer_momentum=0.0, nesterov=False)
+    start = torch.tensor([0.0, 1.0])
+    ends = [torch.tensor([0.2, 0.6]), torch.tensor([-0.4, 1.2])]
+    param = torch.nn.Parameter(start.clone())
+    apply_outer_step(make_outer_optimizer([param], cfg), [start - torch.stack(ends).mean(0)])
+    assert torch.allclose(param.detach(), torch.stack(ends).mean(0))
+
+
+def test_diloco_section_validates_and_reports_at_its_key():
+    recipe = parse_recipe({"run": {"id": "r"}, "collaboration": {"mode": "diloco", "diloco": {"inner_steps": 5}}})
+    assert recipe.collaboration.mode == "diloco" and recipe.collaboration.diloco.inner_steps == 5
+    assert parse_recipe({"run": {"id": "r"}}).collaboration.mode == "dedloc"
+    with pytest.raises(RecipeError) as error:
+        parse_recipe({"run": {"id": "r"}, "collaboration": {"diloco": {
+            "inner_steps": 0, "outer_momentum": 1.0, "overlap": True}}})
+    paths = {problem.path for problem in error.value.problems}
+    assert {"collaboration.diloco.inner_steps", "collaboration.diloco.outer_momentum",
+            "collaboration.diloco.overlap"} <= paths
+    with pytest.raises(RecipeError) as error:
+        parse_recipe({"run": {"id": "r"}, "collaboration": {"diloco": {"outer_momentum": 0.0}}})
+    assert [problem.path for problem in error.value.problems] == ["collaboration.diloco.nesterov"]
+
+
+def test_eight_bit_codec_sends_about_one_byte_per_value():
+    codec = make_compression("uint8")
+    tensor = torch.randn(2**18)
+    serialized = codec.compress(tensor, CompressionInfo.from_tensor(tensor))
+    assert 1.0 <= len(serialized.buffer) / tensor.numel() < 1.01  # 1 byte per value plus a 256-entry codebook
+    small = torch.randn(1000)  # below the size threshold: fp16, a codebook would cost more than it saves
+    assert len(codec.compress(small, CompressionInfo.from_tensor(small)).buffer) == 2 * small.numel()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# real peers
+
+
+def make_recipe(run_id: str, n_embd: int = 16, **diloco) -> Recipe:
+    return parse_recipe({
+        "run": {"id": run_id},
+        "model": {"architecture": "gpt2", "config": {"n_layer": 1, "n_embd": n_embd, "n_head": 2,
+                                                     "n_positions": SEQ_LEN}},
+        "data": {"seq_len": SEQ_LEN},
+        "optimizer": {"lr": 0.01, "schedule": {"warmup_steps": 0, "decay": "constant"}},
+        "collaboration": {
+            "mode": "diloco", "target_batch_size": 64, "micro_batch_size": MICRO_BATCH,
+            "matchmaking_time_s": 1.0, "averaging_timeout_s": 15.0, "compression": "fp16",
+            "diloco": dict(dict(inner_steps=5, average_parameters_every=0), **diloco),
+        },
+    })
+
+
+def synthetic_batch(generator: torch.Generator) -> torch.Tensor:
+    """A learnable task: count upwards through 16 tokens from a random start (unigram, then bigram, structure)."""
+    starts = torch.randint(0, 16, (MICRO_BATCH, 1), generator=generator)
+    return (starts + torch.arange(SEQ_LEN)) % 16 + 3
+
+
+@dataclass
+class Peer:
+    name: str
+    identity: Identity
+    dht: hivemind.DHT
+    model: torch.nn.Module
+    opt: DiLoCoOptimizer
+    losses: list[float] = field(default_factory=list)
+    step_delay_s: float = 0.0  # a slower machine
+
+    def train(self, until, deadline: float, seed: int) -> None:
+        generator = torch.Generator().manual_seed(seed)
+        while time.monotonic() < deadline and not until(self):
+            batch = synthetic_batch(generator)
+            loss = self.model(input_ids=batch, labels=batch).loss
+            loss.backward()
+            time.sleep(self.step_delay_s)
+            self.opt.step()
+            self.opt.zero_grad(set_to_none=True)
+            self.losses.append(loss.item())
+
+    def close(self) -> None:
+        self.opt.shutdown()
+        self.dht.shutdown()
+
+
+def start_peer(folder, name: str, recipe, initial_peers=(), make_optimizer=build_diloco_optimizer) -> Peer:
+    """A peer built like the volunteer builds one (in the main thread: hivemind averagers need it)."""
+    identity = Identity.load_or_create(folder / name, name=name)
+    dht = create_dht(initial_peers=list(initial_peers), host="127.0.0.1", identity=identity)
+    model = build_model(recipe.model, vocab_size=VOCAB)
+    opt = make_optimizer(dht, model, recipe, identity, MICRO_BATCH, False)
+    return Peer(name, identity, dht, model, opt)
+
+
+def train_together(peers: list[Peer], until, budget_s: float) -> None:
+    """Train every peer in its own thread; a first step each, then wait until they see each other."""
+    deadline = time.monotonic() + budget_s
+    for index, peer in enumerate(peers):
+        peer.train(lambda p: len(p.losses) >= 1, deadline, seed=index)
+    while time.monotonic() < deadline and min(p.opt.tracker.global_progress.num_peers for p in peers) < len(peers):
+        time.sleep(0.2)
+    threads = [threading.Thread(target=peer.train, args=(until, deadline, index), daemon=True)
+               for index, peer in enumerate(peers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(budget_s + 30)
+
+
+def max_difference(first: list[torch.Tensor], second: list[torch.Tensor]) -> float:
+    return max(float((a - b).abs().max()) for a, b in zip(first, second))
+
+
+def distance(first: list[torch.Tensor], second: list[torch.Tensor]) -> float:
+    """L2 distance between two parameter lists, taken as one vector."""
+    return float(sum(((a - b).double() ** 2).sum() for a, b in zip(first, second)) ** 0.5)
+
+
+@pytest.fixture(scope="module")
+def fp16_swarm(tmp_path_factory):
+    """Two peers, fp16 pseudo-gradients, blocking outer step, trained until both averaged three rounds.
+
+    The second peer is slow: it needs longer than a matchmaking window for its 5 inner steps, so it joins each
+    round when it sees the first one waiting, with the steps it has done.
+    """
+    folder = tmp_path_factory.mktemp("diloco")
+    recipe = make_recipe("diloco-fp16")
+    first = start_peer(folder, "first", recipe)
+    second = start_peer(folder, "second", recipe, initial_peers=join_addresses(first.dht))
+    second.step_delay_s = 0.4
+    initial = [param.detach().clone() for param in first.opt.model_parameters]
+    train_together([first, second], until=lambda peer: peer.opt.rounds.averaged >= 3, budget_s=60)
+    yield recipe, folder, first, second, initial
+    for peer in (second, first):
+        peer.close()
+
+
+@pytest.mark.timeout(180)
+def test_two_peers_average_rounds_and_end_each_round_with_identical_parameters(fp16_swarm):
+    _, _, first, second, initial = fp16_swarm
+    assert first.opt.rounds.averaged >= 3 and second.opt.rounds.averaged >= 3, (first.opt.rounds, second.opt.rounds)
+    assert first.opt.local_epoch == second.opt.local_epoch >= 3
+    assert first.opt.rounds.last_group_size == second.opt.rounds.last_group_size == 2
+    first_outer, second_outer = first.opt.outer_parameters(), second.opt.outer_parameters()
+    moved = distance(first_outer, initial)
+    assert moved > 0.1, "the outer steps moved the parameters"
+    # hivemind hands each peer the average plus its own fp16 rounding of the pseudo-gradient: tiny differences
+    assert distance(first_outer, second_outer) < 1e-3 * moved
+    # the blocking outer step leaves the model exactly on the outer parameters at the end of a round
+    assert max_difference([p.detach() for p in first.opt.model_parameters], first_outer) == 0.0
+
+
+@pytest.mark.timeout(180)
+def test_the_loss_of_a_learnable_task_goes_down(fp16_swarm):
+    recipe, _, first, second, initial = fp16_swarm
+    batch = torch.cat([synthetic_batch(torch.Generator().manual_seed(seed)) for seed in range(100, 104)])
+
+    def loss_with(parameters: list[torch.Tensor]) -> float:
+        model = build_model(recipe.model, vocab_size=VOCAB).eval()
+        named = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, tensor in zip(parameter_order(model), parameters):
+                named[name].copy_(tensor)
+            return model(input_ids=batch, labels=batch).loss.item()
+
+    before = loss_with(initial)
+    for peer in (first, second):
+        after = loss_with(peer.opt.outer_parameters())
+        assert after < before - 1.0, (peer.name, before, after)
+
+
+@pytest.mark.timeout(180)
+def test_a_peer_joining_later_catches_up_loads_the_outer_state_and_serves_it_to_the_coordinator(fp16_swarm):
+    recipe, folder, first, second, initial = fp16_swarm
+    third = start_peer(folder, "third", recipe, initial_peers=join_addresses(first.dht))
+    try:
+        deadline = time.monotonic() + 20
+        while third.opt.tracker.global_epoch < first.opt.local_epoch and time.monotonic() < deadline:
+            time.sleep(0.2)
+        donors = [peer.opt.outer_parameters() for peer in (first, second)]
+
+        # a newcomer that trains before loading anything sees it is behind and catches up by itself,
+        # keeping its own step on top of the swarm's state
+        third.train(lambda peer: len(peer.losses) >= 1, time.monotonic() + 30, seed=7)
+        assert third.opt.local_epoch == first.opt.local_epoch
+        caught_up = third.opt.outer_parameters()
+        assert min(max_difference(caught_up, donor) for donor in donors) == 0.0  # a donor's state, uncompressed
+        assert max_difference([p.detach() for p in third.opt.model_parameters], caught_up) > 0.0
+
+        # loading explicitly (what the volunteer does on joining) drops local progress
+        third.opt.load_state_from_peers()
+        assert third.opt.local_epoch == first.opt.local_epoch
+        loaded = third.opt.outer_parameters()
+        assert min(max_difference(loaded, donor) for donor in donors) == 0.0
+        assert distance(loaded, donors[0]) < 1e-3 * distance(donors[0], initial)
+        assert max_difference([p.detach() for p in third.opt.model_parameters], loaded) == 0.0
+
+        # the coordinator downloads the model the same way it does in mode dedloc
+        fetcher = StateFetcher(third.dht, recipe.run.id)
+        try:
+            fresh = build_model(recipe.model, vocab_size=VOCAB)
+            assert fetcher.fetch_into(fresh, timeout_s=30) == first.opt.local_epoch
+        finally:
+            fetcher.shutdown()
+        named = dict(fresh.named_parameters())
+        fetched = [named[name].detach() for name in parameter_order(fresh)]
+        assert min(max_difference(fetched, donor) for donor in donors + [loaded]) == 0.0
+    finally:
+        third.close()
+
+
+class CountingCompression(CompressionBase):
+    """Wraps a codec to count what the averager process actually puts on the wire (shared-memory counters)."""
+
+    def __init__(self, inner: CompressionBase):
+        self.inner = inner
+        self.compression_type = getattr(inner, "compression_type", None)
+        self.bytes_sent, self.values_sent = mp.Value("d", 0.0), mp.Value("d", 0.0)
+
+    def compress(self, tensor, info, allow_inplace=False):
+        serialized = self.inner.compress(tensor, info, allow_inplace)
+        with self.bytes_sent.get_lock():
+            self.bytes_sent.value += len(serialized.buffer)
+            self.values_sent.value += tensor.numel()
+        return serialized
+
+    def extract(self, serialized_tensor):
+        return self.inner.extract(serialized_tensor)
+
+    def estimate_compression_ratio(self, info):
+        return self.inner.estimate_compression_ratio(info)
+
+
+def counting_uint8_optimizer(counters: list):
+    def build(dht, model, recipe, identity, micro_batch_size, client_mode):
+        collab = recipe.collaboration
+        make_inner, _ = build_optimizer_factories(recipe.optimizer)
+        compression = CountingCompression(make_compression("uint8"))
+        counters.append(compression)
+        return DiLoCoOptimizer(
+            dht=dht, run_id=recipe.run.id, param_groups=parameter_groups(model, recipe.optimizer.weight_decay),
+            parameter_names=parameter_order(model), make_inner_optimizer=make_inner,
+            inner_lr_multiplier=lr_multiplier(recipe.optimizer.schedule), diloco=collab.diloco,
+            micro_batch_size=micro_batch_size, target_batch_size=collab.target_batch_size,
+            matchmaking_time_s=collab.matchmaking_time_s, averaging_timeout_s=collab.averaging_timeout_s,
+            load_state_timeout_s=collab.load_state_timeout_s, compression=compression,
+            private_key=identity.signing_key, client_mode=client_mode,
+        )
+
+    return build
+
+
+@pytest.mark.timeout(180)
+def test_eight_bit_pseudo_gradients_cost_about_one_byte_per_value_with_overlapped_rounds(tmp_path):
+    # n_embd 256: the big matrices pass the 2**16-value threshold above which make_compression quantises
+    recipe = make_recipe("diloco-uint8", n_embd=256, overlap_communication=True, average_parameters_every=2)
+    counters = []
+    first = start_peer(tmp_path, "first", recipe, make_optimizer=counting_uint8_optimizer(counters))
+    second = start_peer(tmp_path, "second", recipe, initial_peers=join_addresses(first.dht),
+                        make_optimizer=counting_uint8_optimizer(counters))
+    try:
+        initial = first.opt.outer_parameters()
+        train_together([first, second], until=lambda peer: peer.opt.rounds.averaged >= 2, budget_s=60)
+        assert first.opt.rounds.averaged >= 2 and second.opt.rounds.averaged >= 2, (first.opt.rounds,
+                                                                                    second.opt.rounds)
+        for counter in counters:
+            assert counter.values_sent.value > 0
+            assert 0.95 < counter.bytes_sent.value / counter.values_sent.value < 1.1  # fp16 would be 2, fp32 4
+        # each peer gets the average plus its own 8-bit rounding (hivemind returns deltas): ~1% per round, which
+        # a random walk would grow; averaging the outer parameters every other round keeps it down
+        assert first.opt.state_averager.local_epoch == second.opt.state_averager.local_epoch
+        first_outer, second_outer = first.opt.outer_parameters(), second.opt.outer_parameters()
+        moved = distance(first_outer, initial)
+        assert moved > 0.1
+        assert distance(first_outer, second_outer) < 0.03 * moved
+    finally:
+        for peer in (second, first):
+            peer.close()

@@ -1,0 +1,167 @@
+"""Joining the DHT: address checks with messages that say what to copy, start-up failures that say what to do."""
+
+from __future__ import annotations
+
+import resource
+import socket
+
+import pytest
+from hivemind.utils import get_dht_time
+
+from swarm.errors import SwarmError, UsageError
+from swarm.identity import Identity
+from swarm.network import create_dht, join_addresses, parse_initial_peers, raise_fd_limit
+
+PEER_ID = "QmYgMpCT1p8dQ5dCJxfaQZutoNA9Dp2wZYhTQa3RFr6JMu"
+PEER_ID_ED25519 = "12D3KooWGzh2yCMkP9vBj3R3n1GNLy9aT7rW6bQxZ5pA8cdEfUvX"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def first_node(tmp_path_factory):
+    identity = Identity.load_or_create(tmp_path_factory.mktemp("first") / "id")
+    dht = create_dht([], host="127.0.0.1", identity=identity)
+    try:
+        yield dht, identity
+    finally:
+        dht.shutdown()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# parse_initial_peers
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        f"/ip4/203.0.113.5/tcp/31337/p2p/{PEER_ID}",
+        f"/ip4/203.0.113.5/tcp/31337/p2p/{PEER_ID_ED25519}",
+        f"/ip6/2001:db8::1/tcp/31337/p2p/{PEER_ID}",
+        f"/dns4/swarm.example.org/tcp/31337/p2p/{PEER_ID}",
+        f"/ip4/203.0.113.5/udp/31337/quic/p2p/{PEER_ID}",
+    ],
+    ids=["ip4", "ed25519-peer-id", "ip6", "dns4", "quic"],
+)
+def test_real_multiaddrs_are_accepted_unchanged(address):
+    assert parse_initial_peers([address]) == [address]
+
+
+def test_addresses_may_be_separated_by_commas_spaces_or_given_as_several_flags():
+    a, b, c = (f"/ip4/10.0.0.{n}/tcp/3133{n}/p2p/{PEER_ID}" for n in (1, 2, 3))
+    assert parse_initial_peers([f"{a},{b} {c}"]) == [a, b, c]
+    assert parse_initial_peers([f" {a} ,  {b}", c]) == [a, b, c]
+    assert parse_initial_peers([]) == [] and parse_initial_peers(["", " , "]) == []
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    ["garbage", "203.0.113.5:31337", "http://203.0.113.5:31337", f"/ip4/999.0.0.1/tcp/1/p2p/{PEER_ID}",
+     "/ip4/203.0.113.5/tcp/31337/p2p/not-a-peer-id", "/ip4/203.0.113.5/tcp/port/p2p/" + PEER_ID],
+    ids=["word", "host-port", "url", "bad-ip", "bad-peer-id", "bad-port"],
+)
+def test_garbage_is_refused_with_an_example_of_what_to_copy(garbage):
+    with pytest.raises(UsageError) as error:
+        parse_initial_peers([f"/ip4/10.0.0.1/tcp/1/p2p/{PEER_ID}", garbage])
+    message = str(error.value)
+    assert repr(garbage) in message
+    assert "swarm launch" in message and "/ip4/203.0.113.5/tcp/31337/p2p/" in message
+
+
+def test_an_address_without_a_peer_id_is_refused_with_what_is_missing():
+    with pytest.raises(UsageError, match=r"lacks the /p2p/<peer id> part: copy the whole address"):
+        parse_initial_peers(["/ip4/203.0.113.5/tcp/31337"])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# create_dht
+
+
+def test_unreachable_initial_peer_fails_with_next_steps():
+    address = f"/ip4/127.0.0.1/tcp/{free_port()}/p2p/{PEER_ID}"
+    with pytest.raises(SwarmError) as error:
+        create_dht([address], host="127.0.0.1", startup_timeout_s=10)
+    message = str(error.value)
+    assert address in message
+    assert "Next steps" in message and "swarm launch" in message and "firewall" in message
+    assert type(error.value) is SwarmError  # a runtime problem (exit 1), not a usage error
+
+
+def test_without_require_bootstrap_an_unreachable_peer_means_starting_alone():
+    address = f"/ip4/127.0.0.1/tcp/{free_port()}/p2p/{PEER_ID}"
+    dht = create_dht([address], host="127.0.0.1", startup_timeout_s=10, require_bootstrap=False)
+    try:
+        assert join_addresses(dht)
+    finally:
+        dht.shutdown()
+
+
+def test_host_that_is_not_an_ip_is_a_usage_error():
+    with pytest.raises(UsageError, match=r"--host 'localhost' is not an IP address"):
+        create_dht([], host="localhost")
+
+
+def test_join_addresses_name_the_peer_and_work_for_joining(first_node, tmp_path):
+    dht, _ = first_node
+    addresses = join_addresses(dht)
+    assert addresses
+    assert all(f"/p2p/{dht.peer_id.to_base58()}" in address for address in addresses)
+    assert addresses[0].startswith("/ip4/127.0.0.1/tcp/")
+    assert parse_initial_peers(addresses) == addresses  # what we print is what the next volunteer can paste
+    second = create_dht(parse_initial_peers(addresses[:1]), host="127.0.0.1",
+                        identity=Identity.load_or_create(tmp_path / "second"))
+    try:
+        assert second.peer_id != dht.peer_id
+        second.store("network-test", "hello", expiration_time=get_dht_time() + 30)
+        assert dht.get("network-test", latest=True).value == "hello"
+    finally:
+        second.shutdown()
+
+
+def test_joining_with_an_identity_already_in_the_swarm_says_to_use_another(first_node):
+    dht, identity = first_node
+    with pytest.raises(SwarmError) as error:
+        create_dht(join_addresses(dht), host="127.0.0.1", identity=identity, startup_timeout_s=15)
+    message = str(error.value)
+    assert "another process is using this identity" in message and "--identity DIR" in message
+
+
+def test_join_addresses_list_loopback_last_when_listening_everywhere():
+    dht = create_dht([], host="0.0.0.0")
+    try:
+        addresses = join_addresses(dht)
+    finally:
+        dht.shutdown()
+    hosts = [address.split("/")[2] for address in addresses]
+    assert "127.0.0.1" in hosts
+    if set(hosts) == {"127.0.0.1"}:
+        pytest.skip("this machine has no interface besides loopback")
+    assert hosts[0] != "127.0.0.1"
+    assert hosts.index("127.0.0.1") > max(i for i, host in enumerate(hosts) if not host.startswith("127."))
+
+
+def test_join_addresses_rank_public_before_private_before_loopback():
+    class StandIn:  # a real node here can only show private and loopback addresses, so hand it a public one
+        def get_visible_maddrs(self, latest):
+            return [f"/ip4/127.0.0.1/tcp/1/p2p/{PEER_ID}", f"/ip4/192.168.1.5/tcp/1/p2p/{PEER_ID}",
+                    f"/ip4/8.8.8.8/tcp/1/p2p/{PEER_ID}", f"/ip4/127.0.0.1/tcp/1/p2p/{PEER_ID}"]
+
+    ranked = join_addresses(StandIn())
+    assert [address.split("/")[2] for address in ranked] == ["8.8.8.8", "192.168.1.5", "127.0.0.1"]
+
+
+def test_raise_fd_limit_lifts_the_soft_limit_within_the_hard_one():
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        target = 512 if hard == resource.RLIM_INFINITY else min(512, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+        raise_fd_limit(target)
+        assert resource.getrlimit(resource.RLIMIT_NOFILE) == (target, hard)
+        raise_fd_limit(300)  # never lowers it
+        assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] == target
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
