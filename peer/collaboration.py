@@ -56,6 +56,15 @@ class SwarmOptimizer(hivemind.Optimizer):
         super()._average_gradients_and_load_into_optimizer(maybe_step_control)
         self._record_round(group_size)
 
+    def _maybe_schedule_gradient_averaging(self) -> None:
+        # hivemind pre-schedules a round (matchmaking through the DHT) before every epoch, even when its tracker
+        # sees no other peer, and then cancels it at the epoch's end. Alone on 2 CPU cores that matchmaking kept
+        # the averager and DHT processes at ~0.5-0.65 cores and cut the peer's throughput by a third
+        # (benchmarks/overhead.py). With no one to average with, hivemind skips the round anyway: skip the search.
+        if self.tracker.global_progress.num_peers <= 1:
+            return
+        super()._maybe_schedule_gradient_averaging()
+
     def _begin_averaging_gradients(self, grad_scaler) -> bool:
         began = super()._begin_averaging_gradients(grad_scaler)
         if not began and not self.delay_grad_averaging:
@@ -79,8 +88,18 @@ def build_swarm_optimizer(
     identity: Identity,
     micro_batch_size: int,
     client_mode: bool = False,
+    reuse_grad_buffers: bool = False,
 ) -> SwarmOptimizer:
-    """The collaborative optimiser of one volunteer, configured from the recipe's optimizer and collaboration."""
+    """The collaborative optimiser of one volunteer, configured from the recipe's optimizer and collaboration.
+
+    `reuse_grad_buffers=True` lets hivemind accumulate micro-batches in the parameters' own .grad instead of copying
+    them into separate accumulators after every micro-step; the training loop must then never call zero_grad
+    (hivemind raises) because hivemind zeroes the buffers after each epoch. benchmarks/overhead.py, arm swarm-reuse.
+    """
+    if recipe.collaboration.mode == "diloco":
+        from peer.diloco import build_diloco_optimizer  # here, not at the top: peer.diloco imports this module
+
+        return build_diloco_optimizer(dht, model, recipe, identity, micro_batch_size, client_mode)
     collab = recipe.collaboration
     make_optimizer, make_scheduler = build_optimizer_factories(recipe.optimizer)
     compression = make_compression(collab.compression)
@@ -106,6 +125,7 @@ def build_swarm_optimizer(
         average_opt_statistics=average_statistics,
         # hivemind 1.1.12 inverts its client_mode default (optimizer.py ~l.205): always pass it explicitly
         client_mode=client_mode,
+        reuse_grad_buffers=reuse_grad_buffers,
         tracker_opts=dict(private_key=identity.signing_key, min_refresh_period=0.5, max_refresh_period=5.0),
         verbose=False,
     )
