@@ -327,7 +327,11 @@ class Volunteer:
 
     def _finish_budget_s(self) -> float:
         collab = self.recipe.collaboration
-        return collab.matchmaking_time_s + collab.averaging_timeout_s + 30.0
+        budget = collab.matchmaking_time_s + collab.averaging_timeout_s + 30.0
+        if collab.mode == "diloco":  # the round in progress needs its remaining inner steps too
+            per_step_s = self.stats.compute_s / max(1, self.stats.micro_steps)
+            budget += collab.diloco.inner_steps * per_step_s
+        return budget
 
     def _stop_reason(self) -> str | None:
         limits, epoch = self.recipe.limits, self.optimizer.tracker.global_epoch
