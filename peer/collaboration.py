@@ -34,6 +34,16 @@ class RoundStats:
     consecutive_solo: int = 0
     last_group_size: int = 0
 
+    def record(self, group_size: int) -> None:
+        """Count one round by the size of the group it reached (1: this peer alone, or the round failed)."""
+        self.last_group_size = group_size
+        if group_size >= 2:
+            self.averaged += 1
+            self.consecutive_solo = 0
+        else:
+            self.solo += 1
+            self.consecutive_solo += 1
+
 
 class SwarmOptimizer(hivemind.Optimizer):
     """hivemind.Optimizer that records the group size of every gradient-averaging round.
@@ -54,7 +64,7 @@ class SwarmOptimizer(hivemind.Optimizer):
             except BaseException:  # the parent handles and logs the failure; we only count it
                 group_size = 1
         super()._average_gradients_and_load_into_optimizer(maybe_step_control)
-        self._record_round(group_size)
+        self.rounds.record(group_size)
 
     def _maybe_schedule_gradient_averaging(self) -> None:
         # hivemind pre-schedules a round (matchmaking through the DHT) before every epoch, even when its tracker
@@ -68,17 +78,9 @@ class SwarmOptimizer(hivemind.Optimizer):
     def _begin_averaging_gradients(self, grad_scaler) -> bool:
         began = super()._begin_averaging_gradients(grad_scaler)
         if not began and not self.delay_grad_averaging:
-            self._record_round(1)  # hivemind skipped the round: it saw no other peer
+            self.rounds.record(1)  # hivemind skipped the round: it saw no other peer
         return began
 
-    def _record_round(self, group_size: int) -> None:
-        self.rounds.last_group_size = group_size
-        if group_size >= 2:
-            self.rounds.averaged += 1
-            self.rounds.consecutive_solo = 0
-        else:
-            self.rounds.solo += 1
-            self.rounds.consecutive_solo += 1
 
 
 def build_swarm_optimizer(

@@ -463,7 +463,7 @@ class DiLoCoOptimizer:
         if not self.client_mode:
             self.state_averager.state_sharing_priority = self.state_averager.local_epoch
         self._reset_model_to_outer(keep_local_progress=usable)
-        self._record_round(group_size)
+        self.rounds.record(group_size)
         logger.debug(f"Round {closed.epoch}: group of {group_size}, applied after "
                      f"{time.perf_counter() - closed.started:.2f} s")
 
@@ -478,15 +478,6 @@ class DiLoCoOptimizer:
                 else:
                     param.copy_(outer.to(param.device, param.dtype))
                 start.copy_(outer)
-
-    def _record_round(self, group_size: int) -> None:
-        self.rounds.last_group_size = group_size
-        if group_size >= 2:
-            self.rounds.averaged += 1
-            self.rounds.consecutive_solo = 0
-        else:
-            self.rounds.solo += 1
-            self.rounds.consecutive_solo += 1
 
     def _settle(self, control: StepControl | None, call_off_if_looking: bool = True) -> None:
         """Wait for a background averaging round (or call it off while it is still only looking for a group)."""
@@ -523,7 +514,7 @@ class DiLoCoOptimizer:
             self._reset_model_to_outer(keep_local_progress=True)
         else:
             self._next_catch_up_s = time.monotonic() + self.averaging_timeout_s
-            self._record_round(1)
+            self.rounds.record(1)
 
     def _download_outer_state(self) -> bool:
         """Load the newest outer state a peer serves; True on success. The epoch follows the swarm's."""
