@@ -28,15 +28,32 @@ def test_two_volunteers_average_with_each_other_and_the_loss_goes_down(swarm_fac
     assert summary["epochs"] >= 16
     assert summary["final_val_loss"] < summary["initial_val_loss"] - 0.5, summary
     assert summary["samples_total"] >= 16 * 256
-    # the peers' claims are what they trained on; honest claims are granted (within one epoch's worth)
-    assert summary["claimed_samples"] == summary["samples_total"], summary
-    assert summary["samples_total"] - summary["granted_samples"] <= 256, summary
+    # honest claims are granted: credit equals what the peers trained on, within one epoch's worth (the work of
+    # the last, unfinished epoch may arrive after the final credit pass; no global step used it)
+    assert summary["granted_samples"] == summary["claimed_samples"], summary
+    assert 0 <= summary["samples_total"] - summary["granted_samples"] <= 256, summary
 
     # the published model is a plain transformers checkpoint with the swarm's averaged weights
     model = transformers.AutoModelForCausalLM.from_pretrained(swarm.folder / "final")
     assert model.config.n_layer == 2
-    assert any((swarm.folder / "checkpoints").glob("epoch-*/model.safetensors"))
     assert torch.isfinite(next(model.parameters())).all()
+
+    # every published version is kept, loads, and its model card names the ledger root it was published with,
+    # which is the root of the ledger copy it carries, and that copy verifies
+    import json
+
+    from swarm.ledger import verify_ledger
+
+    versions = sorted((swarm.folder / "checkpoints").glob("epoch-*"))
+    assert len(versions) >= 3, versions  # every 5 epochs and the final one
+    for version in versions:
+        transformers.AutoModelForCausalLM.from_pretrained(version)
+        card = (version / "README.md").read_text()
+        root = json.loads((version / "swarm.json").read_text())["ledger_root"]
+        report = verify_ledger(version / "ledger")
+        assert report.ok, (version, report.problem)
+        last_checkpoint = json.loads((version / "ledger" / "checkpoints.jsonl").read_text().splitlines()[-1])
+        assert root == last_checkpoint["root_hash"] and root in card, version
 
 
 @pytest.mark.slow
