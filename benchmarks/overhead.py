@@ -1,0 +1,615 @@
+"""Overhead of being a swarm peer: one peer alone vs the plain PyTorch loop doing the same optimisation.
+
+    python benchmarks/overhead.py            # 5 rounds x 2 arms x 20 s, about 4 minutes on 2 cores
+    python benchmarks/overhead.py --quick    # 1 round x 2 arms x 4 s, for the smoke test
+    python benchmarks/overhead.py --device cuda --model gpt2-small   # on a GPU machine (bf16, random tokens)
+    python benchmarks/overhead.py --profile  # adds one cProfile'd swarm run: where the peer's time goes
+
+Both arms train the same model on the same data with the same optimiser (the recipe's AdamW, its LR schedule and
+its gradient clipping), accumulating `target_batch_size / micro_batch_size` micro-batches per optimiser step:
+
+- `plain`: forward, backward of loss / accumulation_steps, and every accumulation_steps micro-steps
+  clip + AdamW step + scheduler step + zero_grad; `loss.item()` every micro-step.
+- `swarm`: one peer alone with a real DHT on loopback and `build_swarm_optimizer`, doing exactly the volunteer's
+  per-micro-step work (`Volunteer._train_micro_step`): next_batch, forward, backward, opt.step(),
+  opt.zero_grad(set_to_none=True), loss.item(). hivemind decides when the epoch (the optimiser step) comes.
+
+Each arm runs in a fresh process with the same torch thread count; the arms alternate order round by round so
+that a change in the machine's load hits both. Each run warms up (at least one optimiser step) and its
+measured window runs from one optimiser step to another, at least `--seconds` long. Result: samples/s per arm (mean, stdev over rounds) and throughput_ratio = swarm / plain.
+Per-phase times (data, forward, backward, step, zero_grad, item) and the CPU used by hivemind's background
+processes show where the difference goes. Writes benchmarks/results/overhead.{json,md,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import json
+import math
+import os
+import pstats
+import sys
+import tempfile
+import time
+from functools import partial
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import (  # noqa: E402
+    RECIPES_DIR,
+    RESULTS_DIR,
+    describe_machine,
+    load_average,
+    machine,
+    mean_stdev,
+    ratio_stdev,
+    run_worker,
+    timestamp,
+    write_results,
+)
+
+ARMS = ("plain", "swarm", "swarm-reuse", "swarm-unfixed")
+DEFAULT_ARMS = ("plain", "swarm")
+PHASES = ("data", "forward", "backward", "step", "zero_grad", "item")
+MODELS = {
+    # model: (recipe whose model/optimizer/collaboration sections are used, vocabulary, micro-batch on CPU)
+    "tiny": ("tiny-stdlib.yaml", None, 16),
+    "gpt2-small": ("gpt2-small-fineweb.yaml", 50257, 16),
+}
+
+
+# ------------------------------------------------------------------------------------------------- one arm
+class Workload:
+    """Model, data and hardware of one arm, built as the volunteer builds them."""
+
+    def __init__(self, model_name: str, device: str, threads: int, micro_batch_size: int | None,
+                 target_batch_size: int | None = None):
+        import torch
+
+        from swarm.data import build_data
+        from swarm.hardware import pick_hardware
+        from swarm.model import build_model
+        from swarm.recipe import load_recipe
+        from swarm.tokenizer import build_tokenizer
+
+        recipe_file, vocab_size, default_micro_batch = MODELS[model_name]
+        self.recipe = load_recipe(RECIPES_DIR / recipe_file)
+        if target_batch_size is not None:
+            collaboration = self.recipe.collaboration.model_copy(update={"target_batch_size": target_batch_size})
+            self.recipe = self.recipe.model_copy(update={"collaboration": collaboration})
+        self.hardware = pick_hardware(device, threads)
+        self.micro_batch_size = micro_batch_size or default_micro_batch
+        self.seq_len = self.recipe.data.seq_len
+        if vocab_size is None:  # the tiny recipe's own byte tokenizer and standard-library data
+            tokenizer = build_tokenizer(self.recipe.tokenizer)
+            self.data = build_data(self.recipe.data, tokenizer, peer_id=b"overhead-benchmark")
+            vocab_size, eos_id, pad_id = tokenizer.vocab_size, tokenizer.eos_id, tokenizer.pad_id
+            self.random_tokens = None
+        else:  # gpt2-small: the recipe streams FineWeb from the Hub; random tokens cost the same compute
+            self.data, eos_id, pad_id = None, vocab_size - 1, None
+            generator = torch.Generator().manual_seed(0)
+            self.random_tokens = torch.randint(0, vocab_size, (64, self.micro_batch_size, self.seq_len),
+                                               generator=generator)
+        self.model = build_model(self.recipe.model, vocab_size, eos_id, pad_id).to(self.hardware.device)
+        self.model.train()
+        self.parameters = sum(p.numel() for p in self.model.parameters())
+        self.accumulation_steps = max(1, self.recipe.collaboration.target_batch_size // self.micro_batch_size)
+        self._batches_drawn = 0
+
+    def next_batch(self, epoch: int):
+        if self.data is not None:
+            batch = self.data.next_batch(epoch, self.micro_batch_size)
+        else:
+            batch = self.random_tokens[self._batches_drawn % len(self.random_tokens)]
+        self._batches_drawn += 1
+        return batch.to(self.hardware.device, non_blocking=True)
+
+    def autocast(self):
+        import torch
+
+        return torch.autocast(self.hardware.device.type, dtype=self.hardware.autocast_dtype,
+                              enabled=self.hardware.autocast_dtype is not None)
+
+    def synchronize(self) -> None:
+        import torch
+
+        if self.hardware.device.type == "cuda":
+            torch.cuda.synchronize()
+
+
+class PlainLoop:
+    """The reference: gradient accumulation and the recipe's optimiser in one process, nothing else."""
+
+    def __init__(self, work: Workload):
+        from swarm.optim import build_optimizer_factories, parameter_groups
+
+        make_optimizer, make_scheduler = build_optimizer_factories(work.recipe.optimizer)
+        self.work = work
+        self.optimizer = make_optimizer(parameter_groups(work.model, work.recipe.optimizer.weight_decay))
+        self.scheduler = make_scheduler(self.optimizer)
+        self.micro_step = 0
+        self.epoch = 0
+
+    def train_micro_step(self, phases: dict[str, float] | None) -> int:
+        clock = _PhaseClock(phases)
+        batch = self.work.next_batch(self.epoch)
+        clock.lap("data")
+        with self.work.autocast():
+            loss = self.work.model(input_ids=batch, labels=batch).loss
+        clock.lap("forward")
+        (loss / self.work.accumulation_steps).backward()
+        clock.lap("backward")
+        self.micro_step += 1
+        if self.micro_step % self.work.accumulation_steps == 0:
+            self.optimizer.step()  # the recipe's clip_grad_norm runs in the optimiser's pre-step hook
+            self.scheduler.step()
+            clock.lap("step")
+            self.optimizer.zero_grad(set_to_none=True)
+            self.epoch += 1
+            clock.lap("zero_grad")
+        loss.item()
+        clock.lap("item")
+        return batch.shape[0]
+
+    def close(self) -> None:
+        pass
+
+
+class SwarmPeer:
+    """One volunteer alone: a real DHT on loopback and the optimiser `swarm join` builds.
+
+    With `reuse_grad_buffers`, hivemind accumulates in the parameters' .grad and the loop must not call zero_grad:
+    the arm `swarm-reuse` measures what that change to the volunteer would buy. The arm `swarm-unfixed` puts back
+    hivemind's own pre-scheduling of matchmaking while alone, which SwarmOptimizer skips: the cost of that.
+    """
+
+    def __init__(self, work: Workload, folder: Path, reuse_grad_buffers: bool = False, unfixed: bool = False):
+        from peer.collaboration import build_swarm_optimizer
+        from swarm.identity import Identity
+        from swarm.network import create_dht
+
+        self.work = work
+        identity = Identity.load_or_create(folder / "identity", name="overhead-benchmark")
+        self.dht = create_dht([], host="127.0.0.1", port=0, identity=identity)
+        self.reuse_grad_buffers = reuse_grad_buffers
+        self.optimizer = build_swarm_optimizer(self.dht, work.model, work.recipe, identity, work.micro_batch_size,
+                                               reuse_grad_buffers=reuse_grad_buffers)
+        if unfixed:
+            import hivemind
+
+            self.optimizer._maybe_schedule_gradient_averaging = partial(
+                hivemind.Optimizer._maybe_schedule_gradient_averaging, self.optimizer)
+
+    @property
+    def epoch(self) -> int:
+        return self.optimizer.local_epoch
+
+    def train_micro_step(self, phases: dict[str, float] | None) -> int:
+        # the body of Volunteer._train_micro_step without its bookkeeping (contribution log, progress view)
+        clock = _PhaseClock(phases)
+        batch = self.work.next_batch(self.optimizer.local_epoch)
+        clock.lap("data")
+        with self.work.autocast():
+            loss = self.work.model(input_ids=batch, labels=batch).loss
+        clock.lap("forward")
+        loss.backward()
+        clock.lap("backward")
+        self.optimizer.step()
+        clock.lap("step")
+        if not self.reuse_grad_buffers:
+            self.optimizer.zero_grad(set_to_none=True)
+        clock.lap("zero_grad")
+        loss.item()
+        clock.lap("item")
+        return batch.shape[0]
+
+    def close(self) -> None:
+        self.optimizer.shutdown()
+        self.dht.shutdown()
+
+
+class _PhaseClock:
+    def __init__(self, phases: dict[str, float] | None):
+        self.phases = phases
+        self.last = time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        if self.phases is not None:
+            now = time.perf_counter()
+            self.phases[phase] += now - self.last
+            self.last = now
+
+
+def _run_to_epoch_boundary(trainer) -> None:
+    epoch = trainer.epoch
+    while trainer.epoch == epoch:
+        trainer.train_micro_step(None)
+
+
+def _cpu_seconds() -> tuple[float, float]:
+    """CPU seconds (user + system) of this process and of all its descendants (hivemind's DHT and averagers)."""
+    import psutil
+
+    me = psutil.Process()
+    own = me.cpu_times()
+    children = 0.0
+    for child in me.children(recursive=True):
+        try:
+            times = child.cpu_times()
+            children += times.user + times.system
+        except psutil.Error:
+            pass
+    return own.user + own.system, children
+
+
+def run_arm(args: argparse.Namespace) -> dict:
+    """Worker: build one arm, warm it up, measure it for args.seconds, return what it measured."""
+    import torch
+
+    work = Workload(args.model, args.device, args.threads, args.micro_batch_size, args.target_batch_size)
+    folder = Path(tempfile.mkdtemp(prefix="swarm-overhead-"))
+    if args.worker == "plain":
+        trainer = PlainLoop(work)
+    else:
+        trainer = SwarmPeer(work, folder, reuse_grad_buffers=args.worker == "swarm-reuse",
+                            unfixed=args.worker == "swarm-unfixed")
+    try:
+        # warm-up: allocator, first optimiser step (hivemind builds its offloaded copies lazily), DHT records
+        warmup_deadline = time.perf_counter() + args.warmup_seconds
+        while trainer.epoch < 1 or time.perf_counter() < warmup_deadline:
+            trainer.train_micro_step(None)
+        _run_to_epoch_boundary(trainer)  # windows hold whole optimiser steps, whose cost is part of the comparison
+        work.synchronize()
+        use_phases = work.hardware.device.type == "cpu"  # on a GPU the host-side laps would not mean much
+        phases = dict.fromkeys(PHASES, 0.0) if use_phases else None
+        profiler = cProfile.Profile() if args.profile else None
+        epoch_before, samples, micro_steps = trainer.epoch, 0, 0
+        load_at_start = os.getloadavg()[0]
+        cpu_own_before, cpu_children_before = _cpu_seconds()
+        started = time.perf_counter()
+        if profiler is not None:
+            profiler.enable()
+        while True:  # from one optimiser step to the first one that ends after args.seconds
+            epoch = trainer.epoch
+            samples += trainer.train_micro_step(phases)
+            micro_steps += 1
+            if time.perf_counter() - started >= args.seconds and trainer.epoch != epoch:
+                break
+        work.synchronize()
+        wall_s = time.perf_counter() - started
+        if profiler is not None:
+            profiler.disable()
+        cpu_own_after, cpu_children_after = _cpu_seconds()
+        result = {
+            "arm": args.worker,
+            "load_average_1m_at_start": round(load_at_start, 2),
+            "samples": samples,
+            "micro_steps": micro_steps,
+            "optimizer_steps": trainer.epoch - epoch_before,
+            "wall_s": wall_s,
+            "samples_per_s": samples / wall_s,
+            "torch_threads": torch.get_num_threads(),
+            "parameters": work.parameters,
+            "device": work.hardware.device.type,
+            "device_description": work.hardware.description,
+            "precision": work.hardware.precision,
+            "micro_batch_size": work.micro_batch_size,
+            "seq_len": work.seq_len,
+            "accumulation_steps": work.accumulation_steps,
+            "phase_ms_per_micro_step": (
+                {name: 1000 * seconds / micro_steps for name, seconds in phases.items()} if phases else None
+            ),
+            # CPU the arm used per wall second: the training process itself and its helper processes
+            "cpu_cores_busy_main_process": (cpu_own_after - cpu_own_before) / wall_s,
+            "cpu_cores_busy_background_processes": (cpu_children_after - cpu_children_before) / wall_s,
+        }
+        if profiler is not None:
+            result["profile"] = _profile_summary(profiler, micro_steps)
+        return result
+    finally:
+        trainer.close()
+
+
+def _profile_summary(profiler: cProfile.Profile, micro_steps: int, top: int = 40) -> dict:
+    """The functions under the peer's opt.step() that take the most time, in ms per micro-step."""
+    stats = pstats.Stats(profiler, stream=io.StringIO())
+    rows = []
+    for (filename, line, function), (_calls, ncalls, tottime, cumtime, _callers) in stats.stats.items():
+        where = filename.split("site-packages/")[-1].split("/main/")[-1]
+        rows.append({
+            "function": f"{where}:{line}({function})",
+            "calls_per_micro_step": ncalls / micro_steps,
+            "own_ms_per_micro_step": 1000 * tottime / micro_steps,
+            "cumulative_ms_per_micro_step": 1000 * cumtime / micro_steps,
+        })
+    by_cumulative = sorted(rows, key=lambda row: -row["cumulative_ms_per_micro_step"])
+    by_own = sorted(rows, key=lambda row: -row["own_ms_per_micro_step"])
+    round_all = lambda items: [{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()} for r in items]
+    peer_path = [row for row in by_cumulative if _on_peer_path(row["function"])]
+    return {"by_cumulative": round_all(by_cumulative[:top]), "by_own": round_all(by_own[:top]),
+            "peer_path": round_all(peer_path[:top])}
+
+
+def _on_peer_path(function: str) -> bool:
+    return function.startswith(("hivemind/", "swarm/", "peer/")) or "zero_grad" in function
+
+
+# ------------------------------------------------------------------------------------------------- the A/B
+def run_benchmark(args: argparse.Namespace) -> dict:
+    info = machine()
+    runs: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="swarm-overhead-") as folder:
+        result_file = Path(folder) / "arm.json"
+        for round_index in range(args.rounds):
+            order = args.arms if round_index % 2 == 0 else args.arms[::-1]
+            for arm in order:
+                started = time.perf_counter()
+                result = run_worker(_worker_argv(args, arm), result_file, timeout_s=args.seconds * 6 + 180)
+                result.update(round=round_index, process_s=round(time.perf_counter() - started, 1))
+                runs.append(result)
+                print(f"round {round_index + 1}/{args.rounds} {arm:11s}: {result['samples_per_s']:8.2f} samples/s "
+                      f"({result['optimizer_steps']} optimiser steps in {result['wall_s']:.1f} s)", flush=True)
+        profile = None
+        if args.profile:
+            profile = run_worker(_worker_argv(args, "swarm", profile=True), result_file,
+                                 timeout_s=args.seconds * 10 + 180)
+    info["load_average_at_end"] = load_average()
+    summary = summarise(runs)
+    summary["profile"] = profile
+    settings = {
+        "model": args.model,
+        "parameters": runs[0]["parameters"],
+        "recipe": MODELS[args.model][0],
+        "device": args.device,
+        "precision": runs[0]["precision"],
+        "micro_batch_size": runs[0]["micro_batch_size"],
+        "seq_len": runs[0]["seq_len"],
+        "accumulation_steps": runs[0]["accumulation_steps"],
+        "torch_threads": runs[0]["torch_threads"],
+        "rounds": args.rounds,
+        "seconds_per_arm": args.seconds,
+        "warmup_seconds": args.warmup_seconds,
+        "target_batch_size": runs[0]["accumulation_steps"] * runs[0]["micro_batch_size"],
+        "arms": list(args.arms),
+        "quick": args.quick,
+        "load_average_at_start": info["load_average_at_start"][0],
+        "date": timestamp(),
+        "command": "python benchmarks/overhead.py " + " ".join(sys.argv[1:]),
+    }
+    return write_results(args.name, settings, summary, markdown(settings, summary, info),
+                         plot=lambda path: plot(summary, settings, path), machine_info=info,
+                         results_dir=args.results_dir)
+
+
+def rerender(args: argparse.Namespace) -> dict:
+    """The tables and plot of an earlier run, from the raw runs in its JSON."""
+    earlier = json.loads(args.from_json.read_text())
+    summary = summarise(earlier["results"]["runs"])
+    summary["profile"] = earlier["results"].get("profile")
+    settings, info = earlier["settings"], earlier["machine"]
+    return write_results(args.name, settings, summary, markdown(settings, summary, info),
+                         plot=lambda path: plot(summary, settings, path), machine_info=info,
+                         results_dir=args.results_dir)
+
+
+def _worker_argv(args: argparse.Namespace, arm: str, profile: bool = False) -> list[str]:
+    argv = [str(Path(__file__).resolve()), "--worker", arm, "--model", args.model, "--device", args.device,
+            "--threads", str(args.threads), "--seconds", str(args.seconds),
+            "--warmup-seconds", str(args.warmup_seconds)]
+    if args.micro_batch_size:
+        argv += ["--micro-batch-size", str(args.micro_batch_size)]
+    if args.target_batch_size:
+        argv += ["--target-batch-size", str(args.target_batch_size)]
+    if profile:
+        argv.append("--profile")
+    return argv
+
+
+ARM_TITLES = {"plain": "plain PyTorch loop", "swarm": "swarm peer alone",
+              "swarm-reuse": "swarm peer, reuse_grad_buffers, no zero_grad",
+              "swarm-unfixed": "swarm peer, hivemind's matchmaking while alone (before the fix)"}
+
+
+def summarise(runs: list[dict]) -> dict:
+    arms = {}
+    for arm in dict.fromkeys(run["arm"] for run in runs):
+        mine = [run for run in runs if run["arm"] == arm]
+        mean, stdev = mean_stdev([run["samples_per_s"] for run in mine])
+        phases = None
+        if mine[0]["phase_ms_per_micro_step"] is not None:
+            phases = {name: round(mean_stdev([r["phase_ms_per_micro_step"][name] for r in mine])[0], 3)
+                      for name in PHASES}
+        arms[arm] = {
+            "samples_per_s_mean": round(mean, 3),
+            "samples_per_s_stdev": round(stdev, 3),
+            "samples_per_s_runs": [round(run["samples_per_s"], 3) for run in mine],
+            "phase_ms_per_micro_step": phases,
+            "cpu_cores_busy_main_process": round(mean_stdev([r["cpu_cores_busy_main_process"] for r in mine])[0], 3),
+            "cpu_cores_busy_background_processes": round(
+                mean_stdev([r["cpu_cores_busy_background_processes"] for r in mine])[0], 3),
+            "optimizer_steps_per_run": [run["optimizer_steps"] for run in mine],
+            # CPU-seconds (training process and its helper processes) per sample: what the arm costs the machine,
+            # much less sensitive than samples/s to other people's load on a shared machine
+            "cpu_seconds_per_sample_runs": [round(_cpu_per_sample(run), 5) for run in mine],
+            "load_average_1m_runs": [run.get("load_average_1m_at_start") for run in mine],
+        }
+    summary = {"device": runs[0]["device"], "device_description": runs[0]["device_description"], "arms": arms}
+    for arm in arms:
+        if arm == "plain":
+            continue
+        suffix = "" if arm == "swarm" else "_" + arm.replace("-", "_")
+        ratio, ratio_sd = ratio_stdev(arms[arm]["samples_per_s_runs"], arms["plain"]["samples_per_s_runs"])
+        # the same ratio round by round (a round's arms ran back to back, under similar load)
+        paired = [pair[arm]["samples_per_s"] / pair["plain"]["samples_per_s"] for pair in _rounds(runs)
+                  if arm in pair and "plain" in pair]
+        paired_mean, paired_sd = mean_stdev(paired)
+        cpu_ratio, cpu_ratio_sd = ratio_stdev(arms["plain"]["cpu_seconds_per_sample_runs"],
+                                              arms[arm]["cpu_seconds_per_sample_runs"])
+        summary.update({
+            f"cpu_cost_ratio{suffix}": round(cpu_ratio, 4),
+            f"cpu_cost_ratio{suffix}_stdev": round(cpu_ratio_sd, 4),
+            f"throughput_ratio{suffix}": round(ratio, 4),
+            f"throughput_ratio{suffix}_stdev": round(ratio_sd, 4),
+            f"throughput_ratio{suffix}_per_round": [round(value, 4) for value in paired],
+            f"throughput_ratio{suffix}_paired_mean": round(paired_mean, 4),
+            f"throughput_ratio{suffix}_paired_stdev": round(paired_sd if not math.isnan(paired_sd) else 0.0, 4),
+        })
+    summary["goal"] = 0.95
+    summary["meets_goal"] = summary["throughput_ratio"] >= 0.95
+    summary["runs"] = [{k: v for k, v in run.items() if k != "profile"} for run in runs]
+    return summary
+
+
+def _cpu_per_sample(run: dict) -> float:
+    busy = run["cpu_cores_busy_main_process"] + run["cpu_cores_busy_background_processes"]
+    return busy / run["samples_per_s"]
+
+
+def _rounds(runs: list[dict]) -> list[dict[str, dict]]:
+    by_round: dict[int, dict[str, dict]] = {}
+    for run in runs:
+        by_round.setdefault(run["round"], {})[run["arm"]] = run
+    return [arms for _, arms in sorted(by_round.items())]
+
+
+def markdown(settings: dict, summary: dict, info: dict) -> str:
+    arms = summary["arms"]
+    lines = [
+        "# Overhead of a swarm peer vs a plain PyTorch loop",
+        "",
+        f"{settings['model']} ({settings['parameters'] / 1e6:.2f}M parameters), {summary['device_description']}, "
+        f"{settings['precision']}, micro-batch {settings['micro_batch_size']} x {settings['seq_len']} tokens, "
+        f"{settings['accumulation_steps']} micro-steps per optimiser step; {settings['rounds']} rounds x "
+        f"{len(arms)} arms x {settings['seconds_per_arm']} s, alternating order, each arm in a fresh process with "
+        f"{settings['torch_threads']} torch threads. {describe_machine(info)} (end: "
+        f"{info['load_average_at_end'][0]}). `{settings['command'].strip()}`, {settings['date']}.",
+        "",
+        "| arm | samples/s (mean ± stdev) | per round | throughput ratio to plain | CPU cores busy: main / "
+        "background | CPU ms per sample | CPU cost ratio (plain / arm) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for arm, values in arms.items():
+        suffix = "" if arm == "swarm" else "_" + arm.replace("-", "_")
+        ratio = (f"{summary[f'throughput_ratio{suffix}']:.3f} ± {summary[f'throughput_ratio{suffix}_stdev']:.3f}"
+                 if arm != "plain" else "1")
+        cpu_ratio = (f"{summary[f'cpu_cost_ratio{suffix}']:.3f} ± {summary[f'cpu_cost_ratio{suffix}_stdev']:.3f}"
+                     if arm != "plain" else "1")
+        cpu_ms = mean_stdev(values["cpu_seconds_per_sample_runs"])
+        lines.append(
+            f"| {ARM_TITLES[arm]} | {values['samples_per_s_mean']:.2f} ± {values['samples_per_s_stdev']:.2f} | "
+            f"{', '.join(f'{v:.1f}' for v in values['samples_per_s_runs'])} | {ratio} | "
+            f"{values['cpu_cores_busy_main_process']:.2f} / {values['cpu_cores_busy_background_processes']:.2f} | "
+            f"{1000 * cpu_ms[0]:.1f} ± {1000 * cpu_ms[1]:.1f} | {cpu_ratio} |"
+        )
+    lines += [
+        "",
+        f"**throughput_ratio (swarm / plain) = {summary['throughput_ratio']:.3f} ± "
+        f"{summary['throughput_ratio_stdev']:.3f}** (paired by round: {summary['throughput_ratio_paired_mean']:.3f} ± "
+        f"{summary['throughput_ratio_paired_stdev']:.3f}); goal >= 0.95: "
+        f"{'met' if summary['meets_goal'] else 'not met'}.",
+    ]
+    if arms["plain"]["phase_ms_per_micro_step"]:
+        lines += ["", "Where a micro-step's time goes (ms, mean over rounds):", "",
+                  "| arm | " + " | ".join(PHASES) + " | total |", "|---|" + "---|" * (len(PHASES) + 1)]
+        for arm, values in arms.items():
+            phases = values["phase_ms_per_micro_step"]
+            lines.append(f"| {arm} | " + " | ".join(f"{phases[p]:.2f}" for p in PHASES)
+                         + f" | {sum(phases.values()):.2f} |")
+    if summary.get("profile"):
+        profile = summary["profile"]["profile"]
+        rows = (profile.get("peer_path") or [r for r in profile["by_cumulative"] if _on_peer_path(r["function"])])[:20]
+        lines += ["", "Swarm peer under cProfile (one extra run; cProfile itself slows Python-heavy code): the "
+                  "functions of the peer's own path (hivemind, swarm, `zero_grad`), by cumulative ms per micro-step "
+                  "(the model's forward/backward is in the JSON):", "",
+                  "| function | calls/micro-step | cumulative ms | own ms |", "|---|---|---|---|"]
+        for row in rows:
+            lines.append(f"| `{row['function']}` | {row['calls_per_micro_step']:.2f} | "
+                         f"{row['cumulative_ms_per_micro_step']:.3f} | {row['own_ms_per_micro_step']:.3f} |")
+    if settings["device"] == "cpu":
+        lines += ["", "No GPU arm: this machine has no GPU. On a GPU machine run "
+                  "`python benchmarks/overhead.py --device cuda --model gpt2-small` (GPT-2 124M from its config, bf16, "
+                  "random tokens)."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(summary: dict, settings: dict, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    names = list(summary["arms"])
+    arms = list(summary["arms"].values())
+    colours = ["#888888", "#2a7ab9", "#59a14f", "#e15759"][: len(arms)]
+    left.bar(names, [a["samples_per_s_mean"] for a in arms], yerr=[a["samples_per_s_stdev"] for a in arms],
+             color=colours, capsize=6)
+    for index, arm in enumerate(arms):
+        left.scatter([index] * len(arm["samples_per_s_runs"]), arm["samples_per_s_runs"], color="black", s=12, zorder=3)
+    left.set_ylabel("samples/s")
+    left.set_title(f"swarm / plain = {summary['throughput_ratio']:.3f} ± {summary['throughput_ratio_stdev']:.3f} "
+                   "(goal 0.95)", fontsize=10)
+    if arms[0]["phase_ms_per_micro_step"]:
+        bottom = [0.0] * len(arms)
+        for phase in PHASES:
+            values = [a["phase_ms_per_micro_step"][phase] for a in arms]
+            right.bar(names, values, bottom=bottom, label=phase)
+            bottom = [b + v for b, v in zip(bottom, values)]
+        right.set_ylabel("ms per micro-step")
+        right.legend(fontsize=8)
+        right.set_title("where a micro-step goes", fontsize=10)
+    else:
+        right.axis("off")
+    figure.suptitle(f"{settings['model']} on {summary['device_description']}, micro-batch "
+                    f"{settings['micro_batch_size']}x{settings['seq_len']}, load average at start "
+                    f"{settings.get('load_average_at_start', '?')}", fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="1 round x 4 s per arm (smoke test).")
+    parser.add_argument("--rounds", type=int, default=None, help="A/B rounds (default 5; 1 with --quick).")
+    parser.add_argument("--seconds", type=float, default=None, help="Measured seconds per arm (default 20).")
+    parser.add_argument("--warmup-seconds", type=float, default=None, help="Warm-up per arm (default 3).")
+    parser.add_argument("--model", choices=sorted(MODELS), default="tiny")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N.")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads in both arms (default: all cores).")
+    parser.add_argument("--micro-batch-size", type=int, default=None)
+    parser.add_argument("--target-batch-size", type=int, default=None,
+                        help="Override the recipe's global batch (default: the recipe's; 32 with --quick).")
+    parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(DEFAULT_ARMS),
+                        help="swarm-reuse: the peer with reuse_grad_buffers=True and no zero_grad (a proposed change); "
+                        "swarm-unfixed: the peer before the matchmaking fix in peer/collaboration.py.")
+    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--from-json", type=Path, default=None,
+                        help="Re-summarise the runs recorded in an earlier overhead.json (no new measurement).")
+    parser.add_argument("--profile", action="store_true", help="Add one cProfile'd swarm run to the results.")
+    parser.add_argument("--name", default="overhead", help="Results file stem in benchmarks/results.")
+    parser.add_argument("--worker", choices=ARMS, help=argparse.SUPPRESS)
+    parser.add_argument("--result-file", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    args.threads = args.threads or len(os.sched_getaffinity(0))
+    args.rounds = args.rounds or (1 if args.quick else 5)
+    args.seconds = args.seconds or (3.0 if args.quick else 20.0)
+    args.warmup_seconds = args.warmup_seconds if args.warmup_seconds is not None else (0.0 if args.quick else 3.0)
+    if args.quick:  # 2 micro-steps per optimiser step: the warm-up's optimiser step takes half a second
+        args.target_batch_size = args.target_batch_size or 32
+    if args.worker:
+        import logging
+
+        logging.basicConfig(level=logging.WARNING)
+        result = run_arm(args)
+        args.result_file.write_text(json.dumps(result))
+        return
+    document = rerender(args) if args.from_json else run_benchmark(args)
+    summary = document["results"]
+    print(f"throughput_ratio = {summary['throughput_ratio']:.3f} ± {summary['throughput_ratio_stdev']:.3f} "
+          f"(plain {summary['arms']['plain']['samples_per_s_mean']:.1f}, swarm "
+          f"{summary['arms']['swarm']['samples_per_s_mean']:.1f} samples/s); wrote {args.results_dir / args.name}.json")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,678 @@
+"""Scaling of a DeDLOC-style swarm with 1, 2, 4 and 8 peers, compute simulated, averaging real.
+
+    python benchmarks/scaling.py                 # tiny model, fp16 and uint8, 1-8 peers: about 8 minutes
+    python benchmarks/scaling.py --quick         # 2 peers, fp16, short windows: under a minute
+    python benchmarks/scaling.py --model gpt2-small --peers 1 2 --compression fp16 --step-time-s 1.0
+
+On 2 cores, eight real peers would fight over the cores and measure the machine, not the swarm. So each peer
+(its own process, with its own DHT node, joined through one bootstrap node) replaces its forward/backward by a
+sleep of the measured time of one real micro-step (calibrated once on this machine, or `--step-time-s`), then
+hands hivemind gradients of the model's true shapes (random values) and runs exactly the volunteer's
+`opt.step()` and `opt.zero_grad()` on the real `SwarmOptimizer` from `build_swarm_optimizer`. Matchmaking,
+compression, the butterfly all-reduce, the optimiser step and state averaging all really happen, over loopback.
+
+Row fields: peers, link, mode ("dedloc"), compression, samples_per_s (whole swarm, in a common window after a
+warm-up), utilisation (time computing / wall time per peer, averaged), mean_group_size (who really averaged
+together; 1 means peers trained alone), sync_s (median wall time of the opt.step() that ends an epoch),
+bytes_sent_per_peer_per_sync (computed: serialized size of the gradients under the codec x 2(n-1)/n for
+hivemind's butterfly all-reduce) and measured_bytes_sent_per_peer_per_sync (every byte the peer's libp2p daemon
+sent on its TCP sockets during the window, from the kernel's tcp_info via `ss`, divided by the epochs in the
+window: includes DHT traffic, state averaging and protocol overhead), time_to_target_s (null: simulated),
+simulated (true). Writes benchmarks/results/scaling.{json,md,png}.
+
+The numbers on paper (a model of throughput for 100 and 1,000 volunteers on consumer links) come from
+`predict()` below and are written to the same JSON; benchmarks/README.md explains them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import (  # noqa: E402
+    RECIPES_DIR,
+    RESULTS_DIR,
+    describe_machine,
+    load_average,
+    machine,
+    timestamp,
+    write_results,
+)
+
+MODELS = {
+    # model: recipe whose model and collaboration sections are used, vocabulary (None: the recipe's tokenizer)
+    "tiny": ("tiny-stdlib.yaml", None),
+    "gpt2-small": ("gpt2-small-fineweb.yaml", 50257),
+}
+# Named links: (rate in Mbit/s, one-way delay in ms). Emulating them needs network namespaces, tc and a delaying
+# relay (the kernel here has no netem); see `--link` and benchmarks/README.md.
+LINKS = {"loopback": None, "1gbit-5ms": (1000, 5), "100mbit-25ms": (100, 25), "20mbit-50ms": (20, 50)}
+# A GPU volunteer's micro-step for gpt2-small (16 x 1024 tokens) cannot be measured on this CPU machine: the default
+# assumes ~16k tokens/s, a consumer GPU (the ANCHORS paper numbers use the same 1 s).
+ASSUMED_GPT2_SMALL_STEP_S = 1.0
+# Fixed cost of one sync in the projections (s): matchmaking not hidden behind compute, round trips, optimiser step.
+PROJECTION_OVERHEAD_S = 5.0
+
+
+def load_bench_recipe(model: str, compression: str, target_batch_size: int | None, matchmaking_time_s: float | None):
+    from swarm.recipe import load_recipe
+
+    recipe = load_recipe(RECIPES_DIR / MODELS[model][0])
+    update = {"compression": compression, "micro_batch_size": "auto"}
+    if target_batch_size is not None:
+        update["target_batch_size"] = target_batch_size
+    if matchmaking_time_s is not None:
+        update["matchmaking_time_s"] = matchmaking_time_s
+        update["averaging_timeout_s"] = max(recipe.collaboration.averaging_timeout_s, 4 * matchmaking_time_s)
+    return recipe.model_copy(update={"collaboration": recipe.collaboration.model_copy(update=update)})
+
+
+def build_bench_model(model: str, recipe):
+    from swarm.model import build_model
+    from swarm.tokenizer import build_tokenizer
+
+    vocab_size = MODELS[model][1]
+    if vocab_size is None:
+        tokenizer = build_tokenizer(recipe.tokenizer)
+        return build_model(recipe.model, tokenizer.vocab_size, tokenizer.eos_id, tokenizer.pad_id)
+    return build_model(recipe.model, vocab_size, vocab_size - 1, None)
+
+
+class ShapesOnly:
+    """Stands in for the model in a simulated peer: its parameters by name and shape, without the code.
+
+    Building the transformers model costs a peer ~10-20 s of CPU on a loaded 2-core machine, for nothing: the
+    optimiser only needs the parameters (`parameter_groups` reads their names and dimensions).
+    """
+
+    def __new__(cls, shapes: dict[str, list[int]]):
+        import torch
+
+        module = torch.nn.Module()
+        module.weights = torch.nn.ParameterDict(
+            {name.replace(".", "__"): torch.nn.Parameter(torch.zeros(shape)) for name, shape in shapes.items()})
+        return module
+
+
+def parameter_shapes(model) -> dict[str, list[int]]:
+    return {name: list(parameter.shape) for name, parameter in model.named_parameters()}
+
+
+# ------------------------------------------------------------------------------------------------- calibration
+def calibrate_step_time(micro_batch_size: int, seconds: float = 6.0) -> float:
+    """Fastest wall time of one real forward/backward of the tiny model on this machine (all cores).
+
+    The fastest, not the median: on a shared machine the others' load inflates most steps (an oversubscribed
+    2-thread step took 3.9 s instead of 0.2 s here), and the simulated peer stands for a volunteer's own machine.
+    """
+    import torch
+
+    from swarm.data import build_data
+    from swarm.tokenizer import build_tokenizer
+
+    recipe = load_bench_recipe("tiny", "fp16", None, None)
+    tokenizer = build_tokenizer(recipe.tokenizer)
+    data = build_data(recipe.data, tokenizer, peer_id=b"scaling-calibration")
+    model = build_bench_model("tiny", recipe)
+    model.train()
+    times = []
+    deadline = time.perf_counter() + seconds
+    while len(times) < 8 or time.perf_counter() < deadline:
+        batch = data.next_batch(0, micro_batch_size)
+        started = time.perf_counter()
+        model(input_ids=batch, labels=batch).loss.backward()
+        model.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - started)
+    return min(times[2:])
+
+
+# ------------------------------------------------------------------------------------------------- one peer
+def run_peer(args: argparse.Namespace) -> dict:
+    """Worker: one simulated volunteer. Joins, waits for the common start, trains, reports what it measured."""
+    import torch
+
+    from peer.collaboration import build_swarm_optimizer
+    from swarm.identity import Identity
+    from swarm.network import create_dht
+
+    torch.set_num_threads(1)  # compute is simulated; hivemind's own tensor work shares the 2 cores with 7 others
+    recipe = load_bench_recipe(args.model, args.compression[0], args.target_batch_size, args.matchmaking_time_s)
+    model = ShapesOnly(json.loads(Path(args.shapes_file).read_text()))
+    generator = torch.Generator().manual_seed(1000 + args.peer_index)
+    # random gradients of the true shapes, made once: the values do not change the cost of the path
+    gradients = [torch.randn(p.shape, generator=generator) * 1e-3 for p in model.parameters()]
+    folder = Path(args.work_dir) / f"peer-{args.peer_index}"
+    identity = Identity.load_or_create(folder / "identity", name=f"scaling-peer-{args.peer_index}")
+    dht = create_dht([args.initial_peer], host="127.0.0.1", port=0, identity=identity)
+    optimizer = build_swarm_optimizer(dht, model, recipe, identity, args.micro_batch_size)
+    parameters = list(model.parameters())
+    (folder / "ready").write_text(str(os.getpid()))
+    go_file = Path(args.work_dir) / "go"
+    while not go_file.exists():
+        time.sleep(0.05)
+    start_at = float(go_file.read_text())
+    while time.time() < start_at:
+        time.sleep(0.01)
+
+    micro_steps: list[tuple[float, float, float]] = []  # wall times: compute began, compute ended, step ended
+    epochs: list[dict] = []
+    deadline = start_at + args.warmup_s + args.seconds
+    try:
+        while time.time() < deadline:
+            compute_began = time.time()
+            time.sleep(args.step_time_s)  # the forward/backward this peer's hardware would do
+            compute_ended = time.time()
+            for parameter, gradient in zip(parameters, gradients):
+                parameter.grad = gradient
+            epoch = optimizer.local_epoch
+            step_started = time.perf_counter()
+            optimizer.step()
+            step_s = time.perf_counter() - step_started
+            optimizer.zero_grad(set_to_none=True)
+            micro_steps.append((compute_began, compute_ended, time.time()))
+            if optimizer.local_epoch != epoch:
+                epochs.append({"time": time.time(), "epoch": optimizer.local_epoch, "sync_s": step_s,
+                               "group_size": optimizer.rounds.last_group_size})
+        # written before the shutdown, which can take seconds: the orchestrator reads it as soon as it appears
+        args.result_file.write_text(json.dumps({
+            "peer_index": args.peer_index, "start_at": start_at, "micro_steps": micro_steps, "epochs": epochs,
+            "averaged_rounds": optimizer.rounds.averaged, "solo_rounds": optimizer.rounds.solo}))
+    finally:
+        optimizer.shutdown()
+        dht.shutdown()
+
+
+# ------------------------------------------------------------------------------------------------- one row
+def run_row(args: argparse.Namespace, peers: int, compression: str, step_time_s: float, work_root: Path) -> dict:
+    """Start `peers` simulated volunteers around one bootstrap DHT node, measure a common window."""
+    from swarm.network import create_dht
+
+    work_dir = Path(tempfile.mkdtemp(prefix=f"n{peers}-{compression}-", dir=work_root))
+    bootstrap = create_dht([], host="127.0.0.1", port=0)
+    initial_peer = str(bootstrap.get_visible_maddrs()[0])
+    processes = []
+    launched = time.time()
+    try:
+        for index in range(peers):
+            argv = [sys.executable, str(Path(__file__).resolve()), "--worker", "--peer-index", str(index),
+                    "--initial-peer", initial_peer, "--work-dir", str(work_dir), "--model", args.model,
+                    "--shapes-file", str(args.shapes_file),
+                    "--compression", compression, "--step-time-s", str(step_time_s),
+                    "--micro-batch-size", str(args.micro_batch_size), "--seconds", str(args.seconds),
+                    "--warmup-s", str(args.warmup_s), "--result-file", str(work_dir / f"result-{index}.json")]
+            if args.target_batch_size:
+                argv += ["--target-batch-size", str(args.target_batch_size)]
+            if args.matchmaking_time_s:
+                argv += ["--matchmaking-time-s", str(args.matchmaking_time_s)]
+            log = open(work_dir / f"peer-{index}.log", "w")
+            processes.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=work_dir))
+        deadline = time.time() + args.startup_timeout_s
+        while not all((work_dir / f"peer-{i}" / "ready").exists() for i in range(peers)):
+            if time.time() > deadline or any(p.poll() is not None for p in processes):
+                raise RuntimeError(f"peers did not start: see {work_dir}/peer-*.log\n" + _log_tail(work_dir))
+            time.sleep(0.2)
+        startup_s = time.time() - launched
+        start_at = time.time() + 1.0
+        (work_dir / "go").write_text(repr(start_at))
+        window = (start_at + args.warmup_s, start_at + args.warmup_s + args.seconds)
+        time.sleep(max(0.0, window[0] - time.time()))
+        sent = _watch_bytes_sent(processes, window[1])
+        result_files = [work_dir / f"result-{i}.json" for i in range(peers)]
+        deadline = time.time() + args.seconds + 120
+        while not all(f.exists() for f in result_files):
+            # a peer that wrote its result may still fail in hivemind's shutdown: only a peer without one failed
+            crashed = [i for i, p in enumerate(processes) if p.poll() not in (None, 0) and not result_files[i].exists()]
+            if time.time() > deadline or crashed:
+                raise RuntimeError(f"peers did not finish: see {work_dir}/peer-*.log\n" + _log_tail(work_dir))
+            time.sleep(0.2)
+        time.sleep(0.2)  # let the last writer close its file
+        results = [json.loads(f.read_text()) for f in result_files]
+    finally:
+        _stop(processes)
+        bootstrap.shutdown()
+    incomplete = _incomplete_allreduces(work_dir, peers)
+    recipe = load_bench_recipe(args.model, compression, args.target_batch_size, args.matchmaking_time_s)
+    row = summarise_row(args, peers, compression, step_time_s, recipe, results, window, sent)
+    row.update(incomplete, startup_s=round(startup_s, 1))
+    return row
+
+
+def _stop(processes: list[subprocess.Popen], grace_s: float = 15.0) -> None:
+    """Give the peers `grace_s` to shut hivemind down, then kill what is left of each peer's process tree."""
+    import psutil
+
+    deadline = time.time() + grace_s
+    for process in processes:
+        try:
+            process.wait(timeout=max(0.1, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            pass
+    for process in processes:
+        if process.poll() is None:
+            try:
+                tree = psutil.Process(process.pid).children(recursive=True)
+            except psutil.Error:
+                tree = []
+            for member in [*tree, process]:
+                try:
+                    member.kill()
+                except (psutil.Error, ProcessLookupError):
+                    pass
+            process.wait()
+
+
+_PARTIAL = re.compile(r"(Reducer: received|Averaging: received) ([\d.]+)% of")
+
+
+def _incomplete_allreduces(work_dir: Path, peers: int) -> dict:
+    """What hivemind only logs as a warning: all-reduces that went on without part of the data.
+
+    When a peer's chunks do not arrive within `next_chunk_timeout` (hivemind.Optimizer sets it to matchmaking_time),
+    the reducer averages what it has and says "Reducer: received 51.2% of input tensors"; the round still counts
+    as averaged. Counted over the whole run of every peer (warm-up included).
+    """
+    fractions, failed = [], 0
+    for index in range(peers):
+        log = work_dir / f"peer-{index}.log"
+        text = log.read_text(errors="replace") if log.exists() else ""
+        fractions += [float(match.group(2)) / 100 for match in _PARTIAL.finditer(text)]
+        failed += text.count("Averaging step failed") + text.count("Averaging gradients failed")
+    return {"incomplete_allreduce_warnings": len(fractions),
+            "incomplete_allreduce_mean_fraction_received": round(statistics.fmean(fractions), 3) if fractions else None,
+            "failed_averaging_steps": failed}
+
+
+def _log_tail(work_dir: Path) -> str:
+    return "\n".join(f"--- {log.name}\n" + "\n".join(log.read_text().splitlines()[-8:])
+                     for log in sorted(work_dir.glob("peer-*.log")))
+
+
+_SS_PROCESS = re.compile(r'users:\(\("p2pd",pid=(\d+)')
+_SS_BYTES_SENT = re.compile(r"bytes_sent:(\d+)")
+_SS_ADDRESSES = re.compile(r"^\S+\s+\d+\s+\d+\s+(\S+)\s+(\S+)")
+
+
+def _bytes_sent_by_peer(processes: list[subprocess.Popen]) -> dict[int, dict[str, int]]:
+    """{peer index: {socket: bytes sent so far}} for the TCP sockets of each peer's libp2p daemon (p2pd)."""
+    import psutil
+
+    daemon_of = {}
+    for index, process in enumerate(processes):
+        try:
+            for child in psutil.Process(process.pid).children(recursive=True):
+                if child.name() == "p2pd":
+                    daemon_of[child.pid] = index
+        except psutil.Error:
+            pass
+    try:
+        output = subprocess.run(["ss", "-tinpH"], capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    sent: dict[int, dict[str, int]] = {}
+    lines = output.splitlines()
+    for line, info in zip(lines, lines[1:]):
+        owner, addresses = _SS_PROCESS.search(line), _SS_ADDRESSES.match(line)
+        count = _SS_BYTES_SENT.search(info)
+        if owner and addresses and count and int(owner.group(1)) in daemon_of:
+            sent.setdefault(daemon_of[int(owner.group(1))], {})[" ".join(addresses.groups())] = int(count.group(1))
+    return sent
+
+
+def _watch_bytes_sent(processes: list[subprocess.Popen], until: float, period_s: float = 0.5) -> dict[int, int] | None:
+    """Bytes each peer's daemon sent from now until `until`, from tcp_info snapshots every `period_s`.
+
+    A socket opened during the window counts from zero; one closed during it keeps its last snapshot (so at most
+    `period_s` of its traffic is missed).
+    """
+    first = _bytes_sent_by_peer(processes)
+    latest: dict[int, dict[str, int]] = {peer: dict(sockets) for peer, sockets in first.items()}
+    while time.time() < until:
+        time.sleep(min(period_s, max(0.0, until - time.time())))
+        for peer, sockets in _bytes_sent_by_peer(processes).items():
+            latest.setdefault(peer, {}).update(sockets)
+    if not latest:
+        return None
+    return {peer: sum(value - first.get(peer, {}).get(socket, 0) for socket, value in sockets.items())
+            for peer, sockets in latest.items()}
+
+
+def computed_bytes_per_sync(model, compression: str) -> dict[str, int]:
+    """Serialized bytes of one full set of gradients under the codec (each distinct shape serialized once)."""
+    import torch
+    from hivemind.compression import CompressionInfo
+
+    from swarm.compat import make_compression
+
+    codec = make_compression(compression)
+    by_shape: dict[tuple, int] = {}
+    total = 0
+    for parameter in model.parameters():
+        shape = tuple(parameter.shape)
+        if shape not in by_shape:
+            sample = torch.randn(shape)
+            by_shape[shape] = codec.compress(sample, CompressionInfo.from_tensor(sample)).ByteSize()
+        total += by_shape[shape]
+    return {"payload_bytes": total, "parameters": sum(p.numel() for p in model.parameters())}
+
+
+def summarise_row(args, peers, compression, step_time_s, recipe, results, window, sent) -> dict:
+    collab = recipe.collaboration
+    begin, end = window
+    length = end - begin
+    samples = 0.0
+    utilisations = []
+    for result in results:
+        samples += sum(1 for _, _, ended in result["micro_steps"] if begin < ended <= end) * args.micro_batch_size
+        # the part of each simulated forward/backward that falls inside the window
+        busy = sum(max(0.0, min(b, end) - max(a, begin)) for a, b, _ in result["micro_steps"])
+        utilisations.append(busy / length)
+    epochs = [e for r in results for e in r["epochs"] if begin < e["time"] <= end]
+    swarm_epochs = len({e["epoch"] for e in epochs})
+    group_sizes = [e["group_size"] for e in epochs]
+    sync_times = [e["sync_s"] for e in epochs]
+    payload = args.payload[compression]
+    factor = 2 * (peers - 1) / peers
+    measured = None
+    if sent is not None and swarm_epochs:
+        measured = round(statistics.fmean(sent.get(i, 0) for i in range(peers)) / swarm_epochs)
+    ideal = peers * args.micro_batch_size / step_time_s
+    samples_per_s = samples / length
+    return {
+        "peers": peers,
+        "link": args.link,
+        "mode": "dedloc",
+        "compression": compression,
+        "samples_per_s": round(samples_per_s, 2),
+        "ideal_samples_per_s": round(ideal, 2),
+        "speedup_vs_1_peer_ideal": round(samples_per_s / (args.micro_batch_size / step_time_s), 3),
+        "utilisation": round(statistics.fmean(utilisations), 4),
+        "epochs_in_window": swarm_epochs,
+        "mean_group_size": round(statistics.fmean(group_sizes), 2) if group_sizes else None,
+        "sync_s_median": round(statistics.median(sync_times), 3) if sync_times else None,
+        "bytes_sent_per_peer_per_sync": round(payload * factor),
+        "bytes_sent_per_peer_per_sync_is": "computed: serialized gradient bytes under the codec x 2(n-1)/n",
+        "measured_bytes_sent_per_peer_per_sync": measured,
+        "target_batch_size": collab.target_batch_size,
+        "matchmaking_time_s": collab.matchmaking_time_s,
+        "average_state_every": collab.average_state_every,
+        "time_to_target_s": None,
+        "simulated": True,
+    }
+
+
+# ------------------------------------------------------------------------------------------------- on paper
+def predict(peers: int, step_time_s: float, micro_batch_size: int, samples_per_epoch: int, payload_bytes: float,
+            link_bits_per_s: float, overhead_s: float, inner_steps: int = 1) -> dict:
+    """Swarm throughput of synchronous data-parallel averaging, on paper.
+
+    An epoch is `samples_per_epoch` samples computed by `peers` peers of `micro_batch_size / step_time_s`
+    samples/s each (at least one micro-step each), then one all-reduce: each peer sends 2(n-1)/n of the payload
+    over its uplink at `link_bits_per_s` plus a fixed `overhead_s` (matchmaking that did not overlap compute, round
+    trips, the optimiser step). With DiLoCo, `inner_steps` local optimiser steps happen between two all-reduces:
+    the compute per sync is multiplied by H, the bytes per sync are not.
+    """
+    micro_steps = max(1, math.ceil(samples_per_epoch / (peers * micro_batch_size)))
+    compute_s = micro_steps * step_time_s * inner_steps
+    transfer_s = payload_bytes * 8 * 2 * (peers - 1) / peers / link_bits_per_s if peers > 1 else 0.0
+    sync_s = (overhead_s + transfer_s) if peers > 1 else overhead_s
+    samples = micro_steps * micro_batch_size * peers * inner_steps
+    return {
+        "peers": peers,
+        "compute_s_per_sync": round(compute_s, 3),
+        "sync_s": round(sync_s, 3),
+        "samples_per_s": round(samples / (compute_s + sync_s), 2),
+        "utilisation": round(compute_s / (compute_s + sync_s), 4),
+    }
+
+
+def paper_model(args, rows: list[dict], step_time_s: float) -> dict:
+    """Check the model on the measured rows (fitted overhead from 2 peers), then extrapolate."""
+    recipe = load_bench_recipe(args.model, "fp16", args.target_batch_size, args.matchmaking_time_s)
+    target = recipe.collaboration.target_batch_size
+    check = []
+    for compression in sorted({row["compression"] for row in rows}):
+        mine = {row["peers"]: row for row in rows if row["compression"] == compression and "error" not in row}
+        alone = mine.get(1)
+        pair = mine.get(2)
+        if not pair or not pair["sync_s_median"]:
+            continue
+        # loopback moves the tiny payload in milliseconds: the 2-peer row's sync time is the fixed overhead
+        overhead_alone = alone["sync_s_median"] if alone and alone["sync_s_median"] else 0.0
+        overhead = pair["sync_s_median"]
+        for peers, row in sorted(mine.items()):
+            predicted = predict(peers, step_time_s, args.micro_batch_size, target, args.payload[compression],
+                                link_bits_per_s=3e9, overhead_s=overhead if peers > 1 else overhead_alone)
+            check.append({"compression": compression, "peers": peers, "measured_samples_per_s": row["samples_per_s"],
+                          "predicted_samples_per_s": predicted["samples_per_s"],
+                          "error": round(predicted["samples_per_s"] / row["samples_per_s"] - 1, 3)
+                          if row["samples_per_s"] else None})
+    # extrapolation: GPT-2 small on consumer links, each peer computing 1 s per micro-step of 16 x 1024 tokens
+    parameters = 124_439_808
+    payload = {"fp16": parameters * 2, "uint8": parameters * 1}
+    modes = {
+        # mode: (samples per epoch as a function of the swarm size, inner steps between two all-reduces)
+        "dedloc, recipe batch 512": (lambda n: 512, 1),
+        "dedloc, 32 micro-steps per peer": (lambda n: 32 * 16 * n, 1),
+        "diloco H=100": (lambda n: 16 * n, 100),
+        "diloco H=500": (lambda n: 16 * n, 500),
+    }
+    projections = []
+    for link_mbps in (20, 100):
+        for compression in ("fp16", "uint8"):
+            for mode, (samples_per_epoch, inner_steps) in modes.items():
+                for peers in (8, 100, 1000):
+                    projection = predict(peers, ASSUMED_GPT2_SMALL_STEP_S, 16, samples_per_epoch(peers),
+                                         payload[compression], link_mbps * 1e6, overhead_s=PROJECTION_OVERHEAD_S,
+                                         inner_steps=inner_steps)
+                    projection.update(model="gpt2-small", link_mbps=link_mbps, compression=compression, mode=mode)
+                    projections.append(projection)
+    return {"check_against_measured": check, "projections": projections,
+            "projection_assumptions": {
+                "model": "gpt2-small", "parameters": parameters, "step_time_s": ASSUMED_GPT2_SMALL_STEP_S,
+                "micro_batch_size": 16, "seq_len": 1024, "overhead_s": PROJECTION_OVERHEAD_S,
+                "payload_bytes": payload,
+                "note": "uplink-bound butterfly all-reduce (each peer sends 2(n-1)/n of the payload); one group of "
+                        "all peers; a DiLoCo inner step is one micro-step; no stragglers, churn, or state averaging; "
+                        "the fixed overhead (matchmaking not hidden behind compute, round trips) is a guess"}}
+
+
+# ------------------------------------------------------------------------------------------------- the run
+def run_benchmark(args: argparse.Namespace) -> dict:
+    if args.link != "loopback":
+        raise SystemExit(
+            f"--link {args.link}: not implemented here. It needs each peer in its own network namespace, tc tbf "
+            "shaping on its veth and a user-space TCP relay adding the delay (this kernel has no netem); see "
+            "benchmarks/README.md. Only --link loopback runs on this machine.")
+    info = machine()
+    step_time_s = args.step_time_s
+    calibrated = False
+    if step_time_s is None:
+        if args.model == "tiny":
+            step_time_s = round(calibrate_step_time(args.micro_batch_size, seconds=3.0 if args.quick else 6.0), 4)
+            calibrated = True
+        else:
+            step_time_s = ASSUMED_GPT2_SMALL_STEP_S
+    print(f"step time {step_time_s:.3f} s per micro-step ({'calibrated' if calibrated else 'given'})", flush=True)
+    recipe = load_bench_recipe(args.model, "fp16", args.target_batch_size, args.matchmaking_time_s)
+    model = build_bench_model(args.model, recipe)
+    sizes = {c: computed_bytes_per_sync(model, c) for c in args.compression}
+    args.payload = {c: s["payload_bytes"] for c, s in sizes.items()}
+    parameters = sum(p.numel() for p in model.parameters())
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="swarm-scaling-") as work_root:
+        args.shapes_file = Path(work_root) / "shapes.json"
+        args.shapes_file.write_text(json.dumps(parameter_shapes(model)))
+        del model
+        for compression in args.compression:
+            for peers in args.peers:
+                try:
+                    row = run_row(args, peers, compression, step_time_s, Path(work_root))
+                except RuntimeError as error:  # keep the other rows; the failed one says why
+                    print(f"{peers} peer(s) {compression}: failed: {error}", flush=True)
+                    rows.append({"peers": peers, "link": args.link, "mode": "dedloc", "compression": compression,
+                                 "error": str(error).splitlines()[0], "simulated": True})
+                    continue
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+                print(f"{peers} peer(s) {compression:5s}: {row['samples_per_s']:8.1f} samples/s, utilisation "
+                      f"{row['utilisation']:.2f}, group {row['mean_group_size']}, sync {row['sync_s_median']} s, "
+                      f"{row['epochs_in_window']} epochs", flush=True)
+    settings = {
+        "model": args.model,
+        "parameters": parameters,
+        "recipe": MODELS[args.model][0],
+        "peers": args.peers,
+        "compression": args.compression,
+        "link": args.link,
+        "step_time_s": step_time_s,
+        "step_time_source": "calibrated: fastest real forward/backward on this machine" if calibrated else (
+            "given with --step-time-s" if args.step_time_s else "assumed (a consumer GPU); not measured here"),
+        "micro_batch_size": args.micro_batch_size,
+        "target_batch_size": recipe.collaboration.target_batch_size,
+        "matchmaking_time_s": recipe.collaboration.matchmaking_time_s,
+        "average_state_every": recipe.collaboration.average_state_every,
+        "warmup_s": args.warmup_s,
+        "seconds_per_row": args.seconds,
+        "gradient_payload_bytes": args.payload,
+        "quick": args.quick,
+        "date": timestamp(),
+        "command": "python benchmarks/scaling.py " + " ".join(sys.argv[1:]),
+    }
+    info["load_average_at_end"] = load_average()
+    results = {"rows": rows, "model_on_paper": paper_model(args, rows, step_time_s)}
+    return write_results(args.name, settings, results, markdown(settings, results, info),
+                         plot=lambda path: plot(settings, rows, path), machine_info=info,
+                         results_dir=args.results_dir)
+
+
+def markdown(settings: dict, results: dict, info: dict) -> str:
+    rows = results["rows"]
+    lines = [
+        "# Swarm scaling, 1-8 peers (simulated compute, real hivemind averaging)",
+        "",
+        f"{settings['model']} ({settings['parameters'] / 1e6:.2f}M parameters, recipe {settings['recipe']}); each "
+        f"peer sleeps {settings['step_time_s']:.3f} s per micro-step of {settings['micro_batch_size']} samples "
+        f"({settings['step_time_source']}); target batch {settings['target_batch_size']}, matchmaking "
+        f"{settings['matchmaking_time_s']} s, state averaging every {settings['average_state_every']} epochs; "
+        f"{settings['seconds_per_row']} s measured per row after {settings['warmup_s']} s of warm-up. "
+        f"{describe_machine(info)}. `{settings['command'].strip()}`, {settings['date']}.",
+        "",
+        "| peers | link | mode | compression | samples/s | ideal | utilisation | mean group | sync s | "
+        "bytes/peer/sync (computed) | bytes/peer/sync (measured) | incomplete all-reduces | time to target | "
+        "simulated |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        if "error" in row:
+            lines.append(f"| {row['peers']} | {row['link']} | {row['mode']} | {row['compression']} | failed: "
+                         f"{row['error']} |" + " |" * 10)
+            continue
+        measured = f"{row['measured_bytes_sent_per_peer_per_sync']:,}" if row[
+            "measured_bytes_sent_per_peer_per_sync"] is not None else "n/a"
+        lines.append(
+            f"| {row['peers']} | {row['link']} | {row['mode']} | {row['compression']} | {row['samples_per_s']:.1f} | "
+            f"{row['ideal_samples_per_s']:.1f} | {row['utilisation']:.2f} | {row['mean_group_size']} | "
+            f"{row['sync_s_median']} | {row['bytes_sent_per_peer_per_sync']:,} | {measured} | "
+            f"{_incomplete_cell(row)} | "
+            f"{row['time_to_target_s'] if row['time_to_target_s'] is not None else 'n/a'} | "
+            f"{'yes' if row['simulated'] else 'no'} |")
+    check = results["model_on_paper"]["check_against_measured"]
+    if check:
+        lines += ["", "Model on paper vs measured (overhead fitted on the 2-peer row):", "",
+                  "| compression | peers | measured samples/s | predicted | error |", "|---|---|---|---|---|"]
+        for item in check:
+            error = f"{item['error']:+.0%}" if item["error"] is not None else "n/a"
+            lines.append(f"| {item['compression']} | {item['peers']} | {item['measured_samples_per_s']:.1f} | "
+                         f"{item['predicted_samples_per_s']:.1f} | {error} |")
+    return "\n".join(lines) + "\n"
+
+
+def _incomplete_cell(row: dict) -> str:
+    if not row.get("incomplete_allreduce_warnings"):
+        return "0"
+    return (f"{row['incomplete_allreduce_warnings']} (mean {row['incomplete_allreduce_mean_fraction_received']:.0%} "
+            "received)")
+
+
+def plot(settings: dict, rows: list[dict], path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for compression in settings["compression"]:
+        mine = [row for row in rows if row["compression"] == compression and "error" not in row]
+        left.plot([r["peers"] for r in mine], [r["samples_per_s"] for r in mine], marker="o", label=compression)
+        right.plot([r["peers"] for r in mine], [r["utilisation"] for r in mine], marker="o", label=compression)
+    peers = sorted({row["peers"] for row in rows})
+    per_peer = settings["micro_batch_size"] / settings["step_time_s"]
+    left.plot(peers, [p * per_peer for p in peers], linestyle="--", color="grey", label="ideal")
+    left.set_xlabel("peers")
+    left.set_ylabel("swarm samples/s")
+    left.legend()
+    right.set_xlabel("peers")
+    right.set_ylabel("utilisation (compute / wall)")
+    right.set_ylim(0, 1.05)
+    right.legend()
+    figure.suptitle(f"{settings['model']}, {settings['link']}, simulated compute "
+                    f"{settings['step_time_s']:.3f} s/micro-step, target batch {settings['target_batch_size']}",
+                    fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="2 peers, fp16, short windows (smoke test).")
+    parser.add_argument("--model", choices=sorted(MODELS), default="tiny")
+    parser.add_argument("--peers", type=int, nargs="+", default=None, help="Peer counts (default 1 2 4 8).")
+    parser.add_argument("--compression", nargs="+", choices=["none", "fp16", "uint8"], default=None,
+                        help="Gradient codecs (default fp16 uint8).")
+    parser.add_argument("--link", choices=sorted(LINKS), default="loopback")
+    parser.add_argument("--step-time-s", type=float, default=None,
+                        help="Simulated forward/backward per micro-step (default: measured here for tiny).")
+    parser.add_argument("--micro-batch-size", type=int, default=16)
+    parser.add_argument("--target-batch-size", type=int, default=None, help="Override the recipe's global batch.")
+    parser.add_argument("--matchmaking-time-s", type=float, default=None, help="Override the recipe's matchmaking.")
+    parser.add_argument("--seconds", type=float, default=None, help="Measured window per row (default 25).")
+    parser.add_argument("--warmup-s", type=float, default=None, help="Warm-up before the window (default 10).")
+    parser.add_argument("--startup-timeout-s", type=float, default=180.0)
+    parser.add_argument("--name", default="scaling", help="Results file stem.")
+    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--peer-index", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--initial-peer", help=argparse.SUPPRESS)
+    parser.add_argument("--work-dir", help=argparse.SUPPRESS)
+    parser.add_argument("--result-file", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--shapes-file", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    args.peers = args.peers or ([2] if args.quick else [1, 2, 4, 8])
+    args.compression = args.compression or (["fp16"] if args.quick else ["fp16", "uint8"])
+    args.seconds = args.seconds or (6.0 if args.quick else 25.0)
+    if args.quick:  # fixed, small numbers so that a short window holds several epochs whatever the machine's load
+        args.step_time_s = args.step_time_s or 0.1
+        args.target_batch_size = args.target_batch_size or 64
+        args.matchmaking_time_s = args.matchmaking_time_s or 1.0
+    args.warmup_s = args.warmup_s if args.warmup_s is not None else (3.0 if args.quick else 10.0)
+    if args.worker:
+        import logging
+
+        logging.basicConfig(level=logging.WARNING)
+        run_peer(args)
+        return
+    document = run_benchmark(args)
+    print(f"wrote {args.results_dir / args.name}.json ({len(document['results']['rows'])} rows)")
+
+
+if __name__ == "__main__":
+    main()
