@@ -1,7 +1,7 @@
 """Overhead of being a swarm peer: one peer alone vs the plain PyTorch loop doing the same optimisation.
 
-    python benchmarks/overhead.py            # 5 rounds x 2 arms x 20 s, about 4 minutes on 2 cores
-    python benchmarks/overhead.py --quick    # 1 round x 2 arms x 4 s, for the smoke test
+    python benchmarks/overhead.py            # 5 rounds x 2 arms x 20 s, about 6 minutes on an idle 2-core machine
+    python benchmarks/overhead.py --quick    # 1 round x 2 arms x 3 s, global batch 32, for the smoke test
     python benchmarks/overhead.py --device cuda --model gpt2-small   # on a GPU machine (bf16, random tokens)
     python benchmarks/overhead.py --profile  # adds one cProfile'd swarm run: where the peer's time goes
 

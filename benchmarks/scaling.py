@@ -1,6 +1,6 @@
 """Scaling of a DeDLOC-style swarm with 1, 2, 4 and 8 peers, compute simulated, averaging real.
 
-    python benchmarks/scaling.py                 # tiny model, fp16 and uint8, 1-8 peers: about 8 minutes
+    python benchmarks/scaling.py                 # tiny model, fp16 and uint8, 1-8 peers: about 9 minutes
     python benchmarks/scaling.py --quick         # 2 peers, fp16, short windows: under a minute
     python benchmarks/scaling.py --model gpt2-small --peers 1 2 --compression fp16 --step-time-s 1.0
 
