@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from typing import Callable
 
 from rich.console import Console
 from rich.live import Live
@@ -31,8 +32,8 @@ class ProgressView:
             return RichProgressView(recipe, name)
         return ProgressView(recipe, name)
 
-    def on_step(self, snapshot: dict) -> None:
-        pass
+    def on_step(self, snapshot: Callable[[], dict]) -> None:
+        """Called after every micro-step (the hot path): `snapshot` is only called when something is shown."""
 
     def on_report(self, snapshot: dict) -> None:
         loss = "n/a" if snapshot["loss"] is None else f"{snapshot['loss']:.3f}"
@@ -79,18 +80,21 @@ class RichProgressView(ProgressView):
         outer.add_row(self.bar)
         return outer
 
-    def on_step(self, snapshot: dict) -> None:
+    def on_step(self, snapshot: Callable[[], dict]) -> None:
         now = time.monotonic()
         if now - self._last_refresh < 0.5:
             return
         self._last_refresh = now
+        self._show(snapshot())
+
+    def _show(self, snapshot: dict) -> None:
         self.snapshot = snapshot
         self.bar.update(self.task, completed=min(snapshot["swarm_samples"], snapshot["target_batch_size"]),
                         total=snapshot["target_batch_size"], epoch=snapshot["epoch"])
         self.live.update(self._render())
 
     def on_report(self, snapshot: dict) -> None:
-        self.on_step(snapshot)
+        self._show(snapshot)
 
     def close(self) -> None:
         self.live.stop()
