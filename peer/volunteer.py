@@ -311,13 +311,17 @@ class Volunteer:
         if math.isfinite(value):
             self.stats.loss_ema = value if self.stats.loss_ema is None else 0.9 * self.stats.loss_ema + 0.1 * value
         if self.view is not None:
-            self.view.on_step(self._snapshot())
+            self.view.on_step(self._snapshot)  # a callable: built only when the view actually refreshes
 
     def _serve_final_state(self, timeout_s: float = 120.0) -> None:
         """Stay reachable until the coordinator has fetched the final version (it downloads it from peers)."""
         logger.info("Waiting for the coordinator to save the final version (serving this peer's state)")
         deadline = time.monotonic() + timeout_s
         self.contributions.close_all()
+        try:  # now, not at the next periodic report: the coordinator's final credit pass waits only a few seconds
+            self._publish_contributions()
+        except Exception as error:
+            logger.debug(f"Publishing the last contributions failed: {error!r}")
         while time.monotonic() < deadline and not self._stop_requested.is_set():
             announcement = self._current_announcement()
             if announcement is not None and announcement.status == "finished":
