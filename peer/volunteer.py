@@ -91,6 +91,7 @@ class LocalStats:
     started_at: float = field(default_factory=time.time)
     reconnects: int = 0
     loaded_state_epoch: int | None = None
+    first_sample_s: float | None = None  # seconds from start to the end of the first contributed micro-step
 
 
 async def _rebootstrap(_dht, node, initial_peers: list[str]) -> None:
@@ -304,6 +305,10 @@ class Volunteer:
         self.stats.compute_s += elapsed
         self.stats.samples += batch.shape[0]
         self.stats.micro_steps += 1
+        if self.stats.first_sample_s is None:
+            self.stats.first_sample_s = time.time() - self.stats.started_at
+            logger.info(f"First samples contributed {self.stats.first_sample_s:.1f} s after start")
+            self._write_stats()
         self.contributions.add(epoch, batch.shape[0], elapsed)
         if self.optimizer.local_epoch != epoch:
             self.contributions.close_epochs_before(self.optimizer.local_epoch)
@@ -444,7 +449,8 @@ class Volunteer:
         data = dict(snapshot, peer_id=self.peer_id.to_base58(), name=self.identity.name, team=self.identity.team,
                     micro_steps=self.stats.micro_steps, compute_s=self.stats.compute_s,
                     wall_s=time.time() - self.stats.started_at, reconnects=self.stats.reconnects,
-                    loaded_state_epoch=self.stats.loaded_state_epoch, micro_batch_size=self.micro_batch_size,
+                    loaded_state_epoch=self.stats.loaded_state_epoch, first_sample_s=self.stats.first_sample_s,
+                    micro_batch_size=self.micro_batch_size,
                     device=self.hardware.description)
         path = Path(self.settings.stats_file)
         path.parent.mkdir(parents=True, exist_ok=True)
