@@ -8,21 +8,31 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
+import threading
 from dataclasses import dataclass
-
 from functools import partial
 
 import hivemind
 import torch
+from hivemind.compression import CompressionBase, NoCompression, RoleAdaptiveCompression
 from hivemind.optim.grad_averager import GradientAverager
+from hivemind.optim.progress_tracker import ProgressTracker
+from hivemind.utils import get_dht_time
 
 from swarm.compat import make_compression
 from swarm.identity import Identity
 from swarm.optim import build_optimizer_factories, parameter_groups
-from swarm.recipe import Recipe
+from swarm.recipe import CollaborationConfig, Recipe
 
 logger = logging.getLogger(__name__)
+
+# hivemind's tracker stores this peer's progress in the DHT after every micro-step: 10-20 stores per second from a
+# fast GPU peer. Other peers extrapolate progress from samples_per_second between reports, so twice a second is
+# plenty; epoch changes and resets are still reported at once (SwarmProgressTracker).
+PROGRESS_REPORT_PERIOD_S = 0.5
 
 
 @dataclass
@@ -33,38 +43,158 @@ class RoundStats:
     solo: int = 0  # epochs stepped with local gradients only (no group, or a failed round)
     consecutive_solo: int = 0
     last_group_size: int = 0
+    # averaged rounds that went on without part of the data: a peer's chunks missed next_chunk_timeout, so hivemind
+    # averaged those parts over fewer peers ("Reducer: received 55% of input tensors" in its log)
+    partial: int = 0
+    last_received_fraction: float = 1.0  # of the data this peer should have reduced and received, in the last round
 
-    def record(self, group_size: int) -> None:
+    def record(self, group_size: int, received_fraction: float = 1.0) -> None:
         """Count one round by the size of the group it reached (1: this peer alone, or the round failed)."""
         self.last_group_size = group_size
         if group_size >= 2:
             self.averaged += 1
             self.consecutive_solo = 0
+            self.last_received_fraction = received_fraction
+            if received_fraction < 1.0:
+                self.partial += 1
         else:
             self.solo += 1
             self.consecutive_solo += 1
 
 
-class SwarmOptimizer(hivemind.Optimizer):
-    """hivemind.Optimizer that records the group size of every gradient-averaging round.
+class SwarmProgressTracker(ProgressTracker):
+    """hivemind's ProgressTracker with its DHT stores rate-limited to one per `report_period_s`.
 
-    hivemind logs "Averaged gradients with N peers" only at its verbose level; the count is what a
-    volunteer needs to know whether it is really collaborating, so it is kept here and published.
+    `report_local_progress` still updates the local and global progress at once (hivemind's epoch logic reads them
+    in the training thread); only the background store is coalesced. An epoch change, a reset to zero samples, or
+    reaching the target batch is stored at once, so other peers see the epoch end without delay.
+    """
+
+    def __init__(self, *args, report_period_s: float = PROGRESS_REPORT_PERIOD_S, **kwargs):
+        self.report_period_s = report_period_s
+        self._report_now = threading.Event()
+        self._last_reported_epoch = None
+        super().__init__(*args, **kwargs)  # starts the reporter thread: the fields above must exist first
+
+    def report_local_progress(self, local_epoch: int, samples_accumulated: int, update_global_samples: bool = True):
+        epoch_changed = local_epoch != self.local_progress.epoch
+        super().report_local_progress(local_epoch, samples_accumulated, update_global_samples)
+        if (epoch_changed or samples_accumulated <= 0 or samples_accumulated >= self.target_batch_size
+                or self.global_progress.samples_accumulated >= self.target_batch_size):
+            self._report_now.set()
+
+    async def _progress_reporter(self):
+        """Store this peer's progress: when told to, but at most once per report_period_s unless it is urgent."""
+        loop = asyncio.get_event_loop()
+        last_report_time, last_report_epoch, store_task = -math.inf, -math.inf, None
+        try:
+            while not self.shutdown_triggered.is_set():
+                # records expire after metadata_expiration: refresh them half way even without progress
+                refresh_in = max(0.0, last_report_time - get_dht_time() + self.metadata_expiration / 2)
+                await loop.run_in_executor(None, self.should_report_progress.wait, refresh_in)
+                hold_for = last_report_time + self.report_period_s - get_dht_time()
+                if hold_for > 0 and not self._report_now.is_set() and not self.shutdown_triggered.is_set():
+                    await loop.run_in_executor(None, self._report_now.wait, hold_for)  # coalesce micro-steps
+                self.should_report_progress.clear()
+                self._report_now.clear()
+
+                local_progress = self.local_progress
+                last_report_time = get_dht_time()
+                if local_progress.samples_accumulated > 0:
+                    last_report_epoch = self.global_epoch
+                if last_report_epoch >= self.global_epoch - 1:  # as hivemind: only a peer that is in sync reports
+                    store_task = asyncio.create_task(asyncio.wait_for(
+                        self.dht.store(key=self.training_progress_key, subkey=self._local_public_key,
+                                       value=local_progress.dict(),
+                                       expiration_time=last_report_time + self.metadata_expiration,
+                                       return_future=True),
+                        timeout=self.metadata_expiration))
+        finally:
+            if store_task is not None:
+                store_task.cancel()
+
+    def shutdown(self, timeout: float | None = None):
+        self._report_now.set()
+        super().shutdown(timeout)
+
+
+class SwarmGradientAverager(GradientAverager):
+    """GradientAverager that tells the training process how much of the data each all-reduce really combined.
+
+    hivemind drops a peer's remaining chunks from a round when they miss `next_chunk_timeout` and only logs it
+    ("Reducer: received X% of input tensors", "Averaging: received X% results") in the averager's process. Here the
+    averager's process writes the fraction into shared memory before it completes the round's future.
     """
 
     def __init__(self, *args, **kwargs):
+        # [rounds finished, fraction of input parts this peer reduced, fraction of averaged results it received]
+        self._allreduce_outcome = torch.zeros(3, dtype=torch.float64).share_memory_()
+        super().__init__(*args, **kwargs)  # starts the averager's process, which inherits the shared tensor
+
+    @property
+    def last_received_fraction(self) -> float:
+        """Of the last finished all-reduce: min(fraction of inputs reduced here, fraction of results received)."""
+        return float(min(self._allreduce_outcome[1], self._allreduce_outcome[2]))
+
+    async def _run_allreduce_inplace_(self, tensors, group_info, group_id=None, **kwargs):
+        group_id = group_info.group_id if group_id is None else group_id
+        try:
+            await super()._run_allreduce_inplace_(tensors, group_info, group_id=group_id, **kwargs)
+        finally:
+            registered = self._running_groups.get(group_id)
+            if registered is not None and registered.done() and not registered.cancelled():
+                self._record_outcome(registered.result())
+
+    def _record_outcome(self, runner) -> None:
+        reducer, container = runner.tensor_part_reducer, runner.tensor_part_container
+        expected = reducer.num_parts * reducer.num_senders
+        reduced = sum(reducer.num_parts_received) / expected if expected else 1.0
+        returned = 1.0 - container.failed_size / container.total_size if container.total_size else 1.0
+        self._allreduce_outcome[1] = min(1.0, reduced)
+        self._allreduce_outcome[2] = returned
+        self._allreduce_outcome[0] += 1
+
+
+class SwarmOptimizer(hivemind.Optimizer):
+    """hivemind.Optimizer that records every gradient-averaging round and keeps a lone peer's step cheap.
+
+    hivemind logs "Averaged gradients with N peers" only at its verbose level; the count is what a
+    volunteer needs to know whether it is really collaborating, so it is kept here and published.
+    With the optimiser on the model's own parameters (`offload_optimizer=False`) and `reuse_grad_buffers=True`, a
+    peer alone averages its accumulated gradients in place instead of copying them to the averager's host buffers
+    and back (a round trip over PCIe on a GPU).
+    """
+
+    def __init__(self, *args, progress_report_period_s: float = PROGRESS_REPORT_PERIOD_S, **kwargs):
+        self._progress_report_period_s = progress_report_period_s
+        self._local_gradients_loaded = False
         super().__init__(*args, **kwargs)
         self.rounds = RoundStats()
 
+    def _make_progress_tracker(self, target_batch_size: int, **kwargs) -> ProgressTracker:
+        return SwarmProgressTracker(dht=self.dht, prefix=self.run_id, target_batch_size=target_batch_size,
+                                    client_mode=self.client_mode, status_loglevel=self.status_loglevel, start=True,
+                                    report_period_s=self._progress_report_period_s, **kwargs)
+
+    @property
+    def _steps_on_model_gradients(self) -> bool:
+        """The optimiser steps the model's own parameters, right after the epoch's averaging (if any)."""
+        return not self.offload_optimizer and self.use_gradient_averaging and not self.delay_grad_averaging
+
     def _average_gradients_and_load_into_optimizer(self, maybe_step_control):
-        group_size = 1
+        group_size, received_fraction = 1, 1.0
         if maybe_step_control is not None:
             try:
                 group_size = len(maybe_step_control.result(self.averaging_timeout))
+                if isinstance(self.grad_averager, SwarmGradientAverager):
+                    received_fraction = self.grad_averager.last_received_fraction
             except BaseException:  # the parent handles and logs the failure; we only count it
                 group_size = 1
         super()._average_gradients_and_load_into_optimizer(maybe_step_control)
-        self.rounds.record(group_size)
+        self.rounds.record(group_size, received_fraction)
+        if group_size >= 2 and received_fraction < 1.0:
+            logger.warning(f"Averaged gradients with {group_size} peers, but only {received_fraction:.0%} of the data "
+                           "arrived in time (next_chunk_timeout): a peer's CPU or link is too slow for this round")
 
     def _maybe_schedule_gradient_averaging(self) -> None:
         # hivemind pre-schedules a round (matchmaking through the DHT) before every epoch, even when its tracker
@@ -76,11 +206,73 @@ class SwarmOptimizer(hivemind.Optimizer):
         super()._maybe_schedule_gradient_averaging()
 
     def _begin_averaging_gradients(self, grad_scaler) -> bool:
+        self._local_gradients_loaded = False
         began = super()._begin_averaging_gradients(grad_scaler)
-        if not began and not self.delay_grad_averaging:
+        if began:
+            return True
+        if self._steps_on_model_gradients:
+            # No round. hivemind would now only copy the accumulated gradients into the averager's host buffers,
+            # which an offloaded optimiser reads; this one reads the model's .grad, which then still held the last
+            # micro-batch's gradients. Returning True sends the epoch through
+            # _average_gradients_and_load_into_optimizer(None): local gradients into .grad, and the round counted.
+            return True
+        if not self.delay_grad_averaging:
             self.rounds.record(1)  # hivemind skipped the round: it saw no other peer
         return began
 
+    def _load_local_gradients_into_optimizer(self):
+        if self._local_gradients_loaded:  # hivemind may come here twice in an epoch; the first time did it
+            self.grad_averager.notify_used_averaged_gradients()
+            return
+        accumulated = self.grad_averager.local_times_accumulated
+        if self._steps_on_model_gradients and self.grad_averager.reuse_grad_buffers and accumulated > 0:
+            # .grad holds the sum over this epoch's micro-steps and is what the optimiser reads: make it their mean
+            # in place rather than through the averager's host buffers (a round trip over PCIe on a GPU)
+            with torch.no_grad():
+                grads = [param.grad for param in self.grad_averager.parameters if param.grad is not None]
+                torch._foreach_mul_(grads, 1.0 / accumulated)
+            self.grad_averager.notify_used_averaged_gradients()
+        else:  # hivemind's path (also after a round that began, reset the accumulators, then failed)
+            super()._load_local_gradients_into_optimizer()
+        self._local_gradients_loaded = True
+
+
+def state_averaging_compression(collab: CollaborationConfig) -> CompressionBase:
+    """Wire format of the periodic state averaging: parameters as the recipe says, optimiser statistics exactly.
+
+    hivemind averages by adding a decoded delta (average - own value) to each peer's tensor. Adam's exp_avg_sq holds
+    values down to 1e-12 and below, under fp16's smallest step (6e-8) and far under what 8-bit keeps: a rounded delta
+    left some entries at zero or negative, and sqrt(negative) turned every parameter into NaN within an epoch (4 tiny
+    peers in benchmarks/convergence.py, fp16, averaging every 5 epochs). The statistics therefore travel in fp32:
+    every `average_state_every` epochs, not every step.
+    """
+    return RoleAdaptiveCompression(parameter=make_compression(collab.compression), optimizer=NoCompression(),
+                                   default=NoCompression())
+
+
+def next_chunk_timeout_s(collab: CollaborationConfig) -> float:
+    """How long an all-reduce waits for a peer's next chunk before averaging that part without it.
+
+    hivemind defaults it to matchmaking_time (2 s in tiny-stdlib): on a busy CPU, peers' chunks missed it and rounds
+    went ahead with 51-61% of the data. A quarter of averaging_timeout_s leaves the round room to finish: the
+    reducers' own deadline is twice this, i.e. half of averaging_timeout_s.
+    """
+    return max(collab.matchmaking_time_s, collab.averaging_timeout_s / 4)
+
+
+# Whether a CPU peer offloads its optimiser (hivemind's default) or steps the model's parameters in place. Measured
+# with benchmarks/overhead.py, arms swarm (in place) and swarm-offload, tiny model on 2 CPU cores: see
+# benchmarks/README.md. In place saves a copy of the gradients and of the parameters per epoch.
+CPU_OFFLOAD_OPTIMIZER = False
+
+
+def default_offload_optimizer(model: torch.nn.Module) -> bool:
+    """Offload the optimiser to host memory only for a model on the CPU, and only if that is measured faster there.
+
+    On a GPU, hivemind's default offload runs AdamW on the CPU over a host copy of every parameter at every epoch and
+    copies the gradients down and the parameters back up; on the device the step is one fused kernel.
+    """
+    return next(model.parameters()).device.type == "cpu" and CPU_OFFLOAD_OPTIMIZER
 
 
 def build_swarm_optimizer(
@@ -91,12 +283,15 @@ def build_swarm_optimizer(
     micro_batch_size: int,
     client_mode: bool = False,
     reuse_grad_buffers: bool = False,
+    offload_optimizer: bool | None = None,
+    progress_report_period_s: float = PROGRESS_REPORT_PERIOD_S,
 ) -> SwarmOptimizer:
     """The collaborative optimiser of one volunteer, configured from the recipe's optimizer and collaboration.
 
-    `reuse_grad_buffers=True` lets hivemind accumulate micro-batches in the parameters' own .grad instead of copying
-    them into separate accumulators after every micro-step; the training loop must then never call zero_grad
-    (hivemind raises) because hivemind zeroes the buffers after each epoch. benchmarks/overhead.py, arm swarm-reuse.
+    `reuse_grad_buffers=True` (what the volunteer uses) lets hivemind accumulate micro-batches in the parameters' own
+    .grad instead of copying them into separate accumulators after every micro-step; the training loop must then
+    never call zero_grad (hivemind raises) because hivemind zeroes the buffers after each epoch.
+    `offload_optimizer=None` picks `default_offload_optimizer(model)`: on the model's device for a GPU.
     """
     if recipe.collaboration.mode == "diloco":
         from peer.diloco import build_diloco_optimizer  # here, not at the top: peer.diloco imports this module
@@ -112,22 +307,25 @@ def build_swarm_optimizer(
         dht=dht,
         run_id=recipe.run.id,
         params=parameter_groups(model, recipe.optimizer.weight_decay),
-        optimizer=make_optimizer,
+        optimizer=make_optimizer,  # fused AdamW when the parameters it gets are CUDA tensors (swarm.optim)
         scheduler=make_scheduler,
         target_batch_size=collab.target_batch_size,
         batch_size_per_step=micro_batch_size,
         matchmaking_time=collab.matchmaking_time_s,
         averaging_timeout=collab.averaging_timeout_s,
+        next_chunk_timeout=next_chunk_timeout_s(collab),
         load_state_timeout=collab.load_state_timeout_s,
         grad_compression=compression,
-        grad_averager_factory=partial(GradientAverager, request_timeout=request_timeout_s),
+        grad_averager_factory=partial(SwarmGradientAverager, request_timeout=request_timeout_s),
         averager_opts=dict(request_timeout=request_timeout_s),
-        state_averaging_compression=compression,
+        state_averaging_compression=state_averaging_compression(collab),
         average_state_every=collab.average_state_every,
         average_opt_statistics=average_statistics,
         # hivemind 1.1.12 inverts its client_mode default (optimizer.py ~l.205): always pass it explicitly
         client_mode=client_mode,
         reuse_grad_buffers=reuse_grad_buffers,
+        offload_optimizer=default_offload_optimizer(model) if offload_optimizer is None else offload_optimizer,
         tracker_opts=dict(private_key=identity.signing_key, min_refresh_period=0.5, max_refresh_period=5.0),
+        progress_report_period_s=progress_report_period_s,
         verbose=False,
     )

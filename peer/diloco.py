@@ -64,7 +64,6 @@ import torch
 from hivemind.averaging import DecentralizedAverager
 from hivemind.averaging.control import AveragingStage, StepControl
 from hivemind.compression import CompressionBase, CompressionInfo, Float16Compression, NoCompression, TensorRole
-from hivemind.optim.progress_tracker import ProgressTracker
 from hivemind.optim.state_averager import TrainingStateAverager, load_optimizer_state
 from hivemind.utils import get_dht_time
 from hivemind.utils.crypto import RSAPrivateKey
@@ -175,7 +174,8 @@ class DiLoCoOptimizer:
         self._inner_base_lrs = [group["lr"] for group in self.inner_optimizer.param_groups]
         self._inner_lr_multiplier = inner_lr_multiplier
 
-        self.tracker = ProgressTracker(
+        # DHT stores of this peer's progress rate-limited, as in mode dedloc (one per inner step otherwise)
+        self.tracker = collaboration.SwarmProgressTracker(
             dht=dht, prefix=run_id, target_batch_size=target_batch_size, client_mode=client_mode,
             private_key=private_key, min_refresh_period=0.5, max_refresh_period=5.0, start=True,
         )

@@ -18,6 +18,7 @@ Tuning from the logs:
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
 import math
@@ -40,7 +41,7 @@ import swarm
 from swarm import records
 from swarm.data import build_data, check_identity
 from swarm.errors import SwarmError, UsageError
-from swarm.hardware import pick_hardware, pick_micro_batch_size
+from swarm.hardware import TrainingForward, pick_hardware, pick_micro_batch_size
 from swarm.identity import Identity
 from swarm.model import build_model, count_parameters
 from swarm.network import create_dht, parse_initial_peers
@@ -78,6 +79,7 @@ class VolunteerSettings:
     display: str = "auto"  # auto | rich | log | none
     connect_timeout_s: float = 60.0
     from_checkpoint: str | None = None  # a folder or "<hub repo>[@revision]"; default: the run's latest version
+    compile: str = "auto"  # torch.compile the forward: auto (CUDA only) | on | off
 
 
 @dataclass
@@ -115,6 +117,9 @@ class Volunteer:
         self.dht: hivemind.DHT | None = None
         self.optimizer: SwarmOptimizer | None = None
         self.view: ProgressView | None = None
+        # losses stay on the device until something displays or reports them: .item() per micro-step is a host sync
+        self._pending_losses: collections.deque = collections.deque(maxlen=100_000)
+        self._loss_lock = threading.Lock()
 
     # ---------------------------------------------------------------- the whole life of a volunteer
     def run(self) -> LocalStats:
@@ -165,8 +170,15 @@ class Volunteer:
         self.micro_batch_size = min(self.micro_batch_size, self.recipe.collaboration.target_batch_size)
         logger.info(f"Model: {count_parameters(self.model) / 1e6:.2f}M parameters on {self.hardware.description}, "
                     f"{self.hardware.precision}, micro-batch {self.micro_batch_size} x {self.recipe.data.seq_len} tokens")
+        self.forward = TrainingForward(self.model, self.hardware, s.compile)
+        if self.forward.compiled:
+            logger.info("Compiling the model with torch.compile (the first micro-step takes a minute or so; "
+                        "--compile off skips it)")
+        # reuse_grad_buffers: micro-batches accumulate in .grad itself, which hivemind zeroes after each epoch (no
+        # zero_grad here: hivemind raises); the optimiser stays on the model's device on a GPU (collaboration.py)
         self.optimizer = build_swarm_optimizer(self.dht, self.model, self.recipe, self.identity,
-                                               self.micro_batch_size, client_mode=s.client_mode)
+                                               self.micro_batch_size, client_mode=s.client_mode,
+                                               reuse_grad_buffers=True)
         if self._checkpoint_epoch:
             self.optimizer.state_averager.local_epoch = self._checkpoint_epoch
             self.optimizer.state_averager._update_scheduler()  # the LR schedule resumes at the checkpoint's epoch
@@ -295,12 +307,10 @@ class Volunteer:
         started = time.perf_counter()
         epoch = self.optimizer.local_epoch
         batch = self.data.next_batch(epoch, self.micro_batch_size).to(self.hardware.device, non_blocking=True)
-        with torch.autocast(self.hardware.device.type, dtype=self.hardware.autocast_dtype,
-                            enabled=self.hardware.autocast_dtype is not None):
-            loss = self.model(input_ids=batch, labels=batch).loss
+        loss = self.forward(batch)
         loss.backward()
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.step()  # no zero_grad: with reuse_grad_buffers hivemind clears the gradients each epoch
+        self._pending_losses.append(loss.detach())
         elapsed = time.perf_counter() - started
         self.stats.compute_s += elapsed
         self.stats.samples += batch.shape[0]
@@ -312,9 +322,6 @@ class Volunteer:
         self.contributions.add(epoch, batch.shape[0], elapsed)
         if self.optimizer.local_epoch != epoch:
             self.contributions.close_epochs_before(self.optimizer.local_epoch)
-        value = loss.item()  # one host sync per micro-step; negligible on CPU, cheap next to the step on GPU
-        if math.isfinite(value):
-            self.stats.loss_ema = value if self.stats.loss_ema is None else 0.9 * self.stats.loss_ema + 0.1 * value
         if self.view is not None:
             self.view.on_step(self._snapshot)  # a callable: built only when the view actually refreshes
 
@@ -355,8 +362,22 @@ class Volunteer:
         return None
 
     # ---------------------------------------------------------------- reporting and health
+    def _update_loss_ema(self) -> float | None:
+        """Fold the losses computed since the last call into the EMA: one host sync for all of them."""
+        with self._loss_lock:
+            pending = []
+            while self._pending_losses:
+                pending.append(self._pending_losses.popleft())
+            if pending:
+                for value in torch.stack(pending).float().tolist():
+                    if math.isfinite(value):
+                        ema = self.stats.loss_ema
+                        self.stats.loss_ema = value if ema is None else 0.9 * ema + 0.1 * value
+            return self.stats.loss_ema
+
     def _snapshot(self) -> dict:
         opt, progress = self.optimizer, self.optimizer.tracker.global_progress
+        self._update_loss_ema()
         elapsed = max(1e-9, time.time() - self.stats.started_at)
         return dict(
             epoch=opt.local_epoch,
@@ -368,6 +389,7 @@ class Volunteer:
             loss=self.stats.loss_ema,
             averaged_rounds=opt.rounds.averaged,
             solo_rounds=opt.rounds.solo,
+            partial_rounds=opt.rounds.partial,  # averaged, but without part of the data (next_chunk_timeout)
             last_group_size=opt.rounds.last_group_size,
             compute_utilisation=self.stats.compute_s / elapsed,
         )

@@ -85,6 +85,8 @@ def join(
     cache_dir: Optional[Path] = typer.Option(None, envvar="SWARM_CACHE_DIR", help="Tokenised data cache."),
     stats_file: Optional[Path] = typer.Option(None, envvar="SWARM_STATS_FILE", help="Write this peer's stats (JSON) here."),
     display: str = typer.Option("auto", envvar="SWARM_DISPLAY", help="auto, rich, log or none."),
+    compile: str = typer.Option("auto", "--compile", envvar="SWARM_COMPILE",
+                                help="torch.compile the model: auto (on CUDA only), on or off."),
     from_checkpoint: Optional[str] = typer.Option(
         None, envvar="SWARM_FROM_CHECKPOINT",
         help="If nobody is training, start from this published version (folder or hub-repo@revision); "
@@ -102,7 +104,7 @@ def join(
         team=team, host=host, port=port, announce_host=announce_host, client_mode=client_mode, device=device,
         threads=threads, micro_batch_size=micro_batch_size, max_runtime_s=max_runtime,
         cache_dir=str(cache_dir) if cache_dir else None, stats_file=str(stats_file) if stats_file else None,
-        display=display, from_checkpoint=from_checkpoint)
+        display=display, from_checkpoint=from_checkpoint, compile=compile)
     Volunteer(settings).run()
 
 

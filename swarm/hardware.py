@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 
 import torch
 
 from swarm.errors import UsageError
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -75,3 +78,57 @@ def pick_micro_batch_size(model: torch.nn.Module, hardware: Hardware, seq_len: i
             model.zero_grad(set_to_none=True)
             torch.cuda.empty_cache()
     return best if best == upper_bound else max(1, best // 2)
+
+
+COMPILE_MODES = ("auto", "on", "off")
+
+
+def should_compile(mode: str, hardware: Hardware) -> bool:
+    """`--compile auto` compiles on CUDA only: on the CPU, compiling a small model costs minutes and buys little."""
+    if mode not in COMPILE_MODES:
+        raise UsageError(f"--compile {mode!r}: use auto, on or off")
+    if mode == "off":
+        return False
+    if mode == "on":
+        return True
+    return hardware.device.type == "cuda" and hasattr(torch, "compile")
+
+
+class TrainingForward:
+    """The model's training forward (loss of a batch under the hardware's autocast), compiled where it pays.
+
+    torch.compile returns a wrapper that shares the model's parameters, so hivemind's optimiser, state loading and
+    checkpoints keep working on `model` itself (whose state_dict keys stay un-prefixed); only the forward goes
+    through the wrapper. Compilation happens at the first call (a minute or so for GPT-2 small); if it fails and the
+    mode is `auto`, the forward falls back to eager with a warning instead of stopping the volunteer.
+
+    >>> forward = TrainingForward(model, pick_hardware("cpu"), compile_mode="off")   # doctest: +SKIP
+    >>> loss = forward(batch); loss.backward()                                      # doctest: +SKIP
+    """
+
+    def __init__(self, model: torch.nn.Module, hardware: Hardware, compile_mode: str = "auto"):
+        self.model, self.hardware, self.compile_mode = model, hardware, compile_mode
+        self.compiled = should_compile(compile_mode, hardware)
+        self._module = torch.compile(model, dynamic=False) if self.compiled else model
+        self._verified = not self.compiled
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        if self._verified:
+            return self._loss(self._module, batch)
+        try:
+            loss = self._loss(self._module, batch)
+        except Exception as error:  # torch raises many kinds here (missing compiler, unsupported op, ...)
+            if self.compile_mode == "on":
+                raise
+            logger.warning(
+                f"torch.compile failed ({type(error).__name__}: {str(error)[:200]}); training without it "
+                "(use --compile off to skip the attempt)")
+            self._module, self.compiled = self.model, False
+            loss = self._loss(self.model, batch)
+        self._verified = True
+        return loss
+
+    def _loss(self, module: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(self.hardware.device.type, dtype=self.hardware.autocast_dtype,
+                            enabled=self.hardware.autocast_dtype is not None):
+            return module(input_ids=batch, labels=batch).loss

@@ -13,7 +13,17 @@ import time
 import pytest
 import torch
 
-from peer.collaboration import RoundStats, SwarmOptimizer, build_swarm_optimizer
+from hivemind.optim.state_averager import initialize_optimizer_state_
+
+from peer.collaboration import (
+    RoundStats,
+    SwarmGradientAverager,
+    SwarmOptimizer,
+    SwarmProgressTracker,
+    build_swarm_optimizer,
+    next_chunk_timeout_s,
+)
+from swarm.optim import build_optimizer_factories, parameter_groups
 from swarm.identity import Identity
 from swarm.network import create_dht, join_addresses
 from swarm.recipe import Recipe
@@ -53,11 +63,12 @@ class Trainer(threading.Thread):
     """Runs micro-steps of a regression loss through one peer's optimiser until told to stop."""
 
     def __init__(self, optimizer: SwarmOptimizer, model: torch.nn.Module, seed: int, true_weight: torch.Tensor,
-                 stop: threading.Event, wait_for_peers: int = 1, deadline_s: float = 40.0):
+                 stop: threading.Event, wait_for_peers: int = 1, deadline_s: float = 40.0, zero_grad: bool = True):
         super().__init__(daemon=True)
         self.optimizer, self.model, self.true_weight, self.stop = optimizer, model, true_weight, stop
         self.generator = torch.Generator().manual_seed(seed)
         self.wait_for_peers, self.deadline = wait_for_peers, time.monotonic() + deadline_s
+        self.zero_grad = zero_grad  # False: the volunteer's way, with reuse_grad_buffers=True
         self.error: BaseException | None = None
         self.losses: list[float] = []
 
@@ -69,7 +80,8 @@ class Trainer(threading.Thread):
                 loss = torch.nn.functional.mse_loss(self.model(inputs), targets)
                 loss.backward()
                 self.optimizer.step()
-                self.optimizer.zero_grad()
+                if self.zero_grad:
+                    self.optimizer.zero_grad()
                 self.losses.append(loss.item())
                 if first:
                     # peers publish progress only once they have samples: wait until each sees the other, as
@@ -89,18 +101,21 @@ def shut_down(optimizers) -> None:
 
 
 @pytest.mark.timeout(120)
-def test_two_peers_average_their_rounds_and_end_with_the_same_weights(two_nodes):
-    recipe = small_recipe("collab-two")
+@pytest.mark.parametrize("volunteer_config", [False, True], ids=["zero-grad", "reuse-grad-buffers"])
+def test_two_peers_average_their_rounds_and_end_with_the_same_weights(two_nodes, volunteer_config):
+    # volunteer_config: reuse_grad_buffers, no zero_grad, rate-limited progress reports (what `swarm join` runs)
+    recipe = small_recipe(f"collab-two-{int(volunteer_config)}")
     true_weight = torch.randn(2, 8, generator=torch.Generator().manual_seed(0))
     models = []
     for seed in (100, 101):  # different initial weights: only averaging can bring them together
         torch.manual_seed(seed)
         models.append(torch.nn.Linear(8, 2))
     initial_gap = (models[0].weight - models[1].weight).abs().max().item()
-    optimizers = [build_swarm_optimizer(dht, model, recipe, identity, micro_batch_size=MICRO_BATCH)
+    optimizers = [build_swarm_optimizer(dht, model, recipe, identity, micro_batch_size=MICRO_BATCH,
+                                        reuse_grad_buffers=volunteer_config)
                   for (dht, identity), model in zip(two_nodes, models)]
     stop = threading.Event()
-    trainers = [Trainer(optimizer, model, seed, true_weight, stop, wait_for_peers=2)
+    trainers = [Trainer(optimizer, model, seed, true_weight, stop, wait_for_peers=2, zero_grad=not volunteer_config)
                 for seed, (optimizer, model) in enumerate(zip(optimizers, models))]
     try:
         for trainer in trainers:
@@ -121,6 +136,11 @@ def test_two_peers_average_their_rounds_and_end_with_the_same_weights(two_nodes)
     rounds = [opt.rounds for opt in optimizers]
     assert all(r.averaged >= 1 for r in rounds), rounds
     assert all(r.last_group_size == 2 and r.consecutive_solo == 0 for r in rounds), rounds
+    # the averager's process reported each round's outcome through shared memory: all of the data arrived
+    assert all(opt.grad_averager._allreduce_outcome[0] >= r.averaged for opt, r in zip(optimizers, rounds))
+    assert all(r.partial == 0 and r.last_received_fraction == 1.0 for r in rounds), rounds
+    # with rate-limited progress reports both peers still moved through the same epochs
+    assert abs(optimizers[0].local_epoch - optimizers[1].local_epoch) <= 1
     assert all(opt.local_epoch >= 1 for opt in optimizers)
     weight_gap = (models[0].weight - models[1].weight).abs().max().item()
     bias_gap = (models[0].bias - models[1].bias).abs().max().item()
@@ -157,3 +177,125 @@ def test_a_peer_alone_counts_its_rounds_as_solo(two_nodes):
 
 def test_round_stats_start_at_zero():
     assert RoundStats() == RoundStats(averaged=0, solo=0, consecutive_solo=0, last_group_size=0)
+
+
+def test_round_stats_count_partial_rounds_among_the_averaged_ones():
+    rounds = RoundStats()
+    rounds.record(3, received_fraction=1.0)
+    rounds.record(2, received_fraction=0.55)
+    rounds.record(1)
+    assert (rounds.averaged, rounds.partial, rounds.solo) == (2, 1, 1)
+    assert rounds.last_received_fraction == 0.55 and rounds.last_group_size == 1
+
+
+def test_next_chunk_timeout_is_a_quarter_of_the_averaging_timeout_but_at_least_the_matchmaking_time():
+    assert next_chunk_timeout_s(small_recipe("t").collaboration) == 2.5  # averaging_timeout_s 10
+    slow = Recipe(run={"id": "t"}, collaboration={"matchmaking_time_s": 15.0, "averaging_timeout_s": 30.0})
+    assert next_chunk_timeout_s(slow.collaboration) == 15.0
+
+
+def _lone_peer_epochs(dht, identity, model, recipe, batches, reuse_grad_buffers, offload_optimizer):
+    """Train a peer alone on `batches`; return how many micro-batches went into each epoch it completed."""
+    optimizer = build_swarm_optimizer(dht, model, recipe, identity, micro_batch_size=MICRO_BATCH,
+                                      reuse_grad_buffers=reuse_grad_buffers, offload_optimizer=offload_optimizer)
+    try:
+        assert isinstance(optimizer.tracker, SwarmProgressTracker)
+        assert isinstance(optimizer.grad_averager, SwarmGradientAverager)
+        assert optimizer.offload_optimizer == offload_optimizer
+        per_epoch, in_epoch = [], 0
+        for inputs, targets in batches:
+            epoch = optimizer.local_epoch
+            torch.nn.functional.mse_loss(model(inputs), targets).backward()
+            optimizer.step()
+            if not reuse_grad_buffers:
+                optimizer.zero_grad()
+            in_epoch += 1
+            if optimizer.local_epoch != epoch:
+                per_epoch.append(in_epoch)
+                in_epoch = 0
+        return per_epoch, optimizer.rounds
+    finally:
+        optimizer.shutdown()
+
+
+def _plain_reference(model, recipe, batches, per_epoch):
+    """The same optimisation in a plain loop: mean gradient of each epoch's micro-batches, clip, AdamW, schedule."""
+    make_optimizer, make_scheduler = build_optimizer_factories(recipe.optimizer)
+    optimizer = make_optimizer(parameter_groups(model, recipe.optimizer.weight_decay))
+    initialize_optimizer_state_(optimizer)  # hivemind's state averager does this zero-gradient step at start
+    scheduler = make_scheduler(optimizer)
+    batches = iter(batches)
+    for count in per_epoch:
+        for _ in range(count):
+            inputs, targets = next(batches)
+            (torch.nn.functional.mse_loss(model(inputs), targets) / count).backward()
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("reuse_grad_buffers, offload_optimizer",
+                         [(True, False), (False, False), (True, True), (False, True)],
+                         ids=["volunteer", "no-reuse", "reuse-offloaded", "hivemind-default"])
+def test_a_lone_peers_epochs_equal_the_plain_loops_steps_in_every_configuration(
+        two_nodes, reuse_grad_buffers, offload_optimizer):
+    # Alone, SwarmOptimizer skips matchmaking, so hivemind's "no round" path runs; with the optimiser on the model's
+    # own parameters that path used to step on the last micro-batch's gradient instead of the epoch's mean.
+    (dht, identity), _ = two_nodes
+    recipe = small_recipe(f"collab-equal-{int(reuse_grad_buffers)}{int(offload_optimizer)}", target_batch_size=4 * MICRO_BATCH)
+    generator = torch.Generator().manual_seed(7)
+    true_weight = torch.randn(2, 8, generator=generator)
+    batches = [regression_batch(generator, true_weight) for _ in range(14)]
+    torch.manual_seed(3)
+    peer_model = torch.nn.Linear(8, 2)
+    reference = torch.nn.Linear(8, 2)
+    reference.load_state_dict(peer_model.state_dict())
+
+    per_epoch, rounds = _lone_peer_epochs(dht, identity, peer_model, recipe, batches, reuse_grad_buffers,
+                                          offload_optimizer)
+    assert len(per_epoch) >= 2 and rounds.solo == len(per_epoch) and rounds.averaged == 0, (per_epoch, rounds)
+    if not offload_optimizer:  # offloaded, the model gets the parameters of an epoch's step only at the next epoch
+        _plain_reference(reference, recipe, batches, per_epoch)
+        for mine, expected in zip(peer_model.parameters(), reference.parameters()):
+            torch.testing.assert_close(mine.detach(), expected.detach(), rtol=1e-5, atol=1e-6)
+    else:
+        assert not torch.equal(peer_model.weight, reference.weight)
+
+
+def test_state_averaging_keeps_adam_statistics_exact_while_parameters_use_the_recipes_codec(two_nodes):
+    """Two real averagers average exp_avg_sq-sized values (1e-10..1e-12) through the state-averaging codec.
+
+    With fp16 deltas these values round to zero or below and sqrt() then turns the weights into NaN; the statistics
+    must come out as the exact mean, never negative, while parameters still travel in the recipe's fp16.
+    """
+    from hivemind.averaging import DecentralizedAverager
+    from hivemind.compression import CompressionInfo, TensorRole
+
+    from peer.collaboration import state_averaging_compression
+
+    collab = small_recipe("state-codec").collaboration.model_copy(update={"compression": "fp16"})
+    codec = state_averaging_compression(collab)
+    statistics = [torch.full((1000,), 3e-10), torch.full((1000,), 1e-12)]
+    parameters = [torch.full((1000,), 0.1234567), torch.full((1000,), 0.7654321)]
+    averagers = []
+    try:
+        for index, (dht, _) in enumerate(two_nodes):
+            tensors = [parameters[index].clone(), statistics[index].clone()]
+            infos = [CompressionInfo.from_tensor(tensors[0], key=0, role=TensorRole.PARAMETER),
+                     CompressionInfo.from_tensor(tensors[1], key=1, role=TensorRole.OPTIMIZER)]
+            averagers.append(DecentralizedAverager(tensors, dht, prefix="state-codec", target_group_size=2,
+                                                   min_matchmaking_time=2.0, request_timeout=1.0,
+                                                   compression=codec, tensor_infos=infos, start=True))
+        controls = [averager.step(wait=False, timeout=30) for averager in averagers]
+        groups = [control.result(timeout=60) for control in controls]
+        assert all(len(group) == 2 for group in groups)
+        for averager in averagers:
+            with averager.get_tensors() as (params, stats):
+                assert torch.equal(stats, torch.full((1000,), (3e-10 + 1e-12) / 2))  # exact: fp32 on the wire
+                assert (stats > 0).all()
+                expected = (0.1234567 + 0.7654321) / 2
+                assert abs(params[0].item() - expected) < 1e-3  # fp16's precision, not fp32's
+    finally:
+        for averager in averagers:
+            averager.shutdown()
