@@ -1,0 +1,600 @@
+"""Time to a target validation loss, one peer vs a swarm, with real training (the statistical side).
+
+    python benchmarks/convergence.py            # dedloc and diloco, 1 and 4 peers, fp16: ~15 minutes on 2 cores
+    python benchmarks/convergence.py --quick    # diloco, 1 and 2 peers, a few rounds: under a minute (smoke test)
+    python benchmarks/convergence.py --modes diloco --peers 1 2 4 --compression fp16 uint8 --inner-steps 20
+
+On 2 cores, the wall time of 4 real peers measures the cores, not the swarm. This benchmark therefore counts
+*per-peer micro-steps*: how many micro-batches each peer must compute before the swarm's model reaches the
+validation loss one peer reaches alone. `benchmarks/scaling.py` measures the wall time of a micro-step on shaped
+links; their product is the time to target.
+
+Everything is real: each peer is its own process with its own hivemind DHT node (joined through one bootstrap
+node on loopback) and one torch thread; it builds the tiny-stdlib recipe's model (`build_model`, the same seeded
+weights everywhere) and data (`build_data` with its own peer id, so every peer reads its own shards), and trains
+with the volunteer's per-micro-step work (`next_batch`, forward, backward, `opt.step()`, `opt.zero_grad()`) on the
+real optimiser of `peer.collaboration.build_swarm_optimizer`: hivemind's Optimizer in mode `dedloc`, swarm's
+`DiLoCoOptimizer` in mode `diloco`. After every swarm epoch (DeDLOC: one global batch; DiLoCo: one outer round),
+when the peers of a swarm hold the same model, every peer measures the validation loss on the recipe's fixed
+held-out batches (`swarm.evaluation.validation_loss`) and logs (its micro-steps so far, loss).
+
+- The 1-peer run of a mode trains `--micro-steps` micro-steps; `target_loss` is its validation loss at its
+  last evaluation point.
+- A multi-peer run stops when peer 0's loss reaches that target (or after `--micro-steps` per peer);
+  `micro_steps_to_target` is where its curve first reaches the target, linearly interpolated between the two
+  evaluation points around the crossing (also for the 1-peer run, whose curve may touch its final loss earlier).
+- `step_ratio_vs_1_peer` = micro_steps_to_target(n peers) / micro_steps_to_target(1 peer): 1/n would be
+  perfect statistical scaling (n times the samples per micro-step, no loss in sample efficiency).
+- DeDLOC keeps the recipe's global batch (`target_batch_size`, 256 samples) whatever the number of peers, as
+  a real run does: the organiser fixes it in the recipe and volunteers come and go. With n peers each computes
+  1/n of every global batch, so the optimiser sees the same sequence of batches and the ratio is ~1/n by
+  construction; the row checks that averaging really delivers it. DiLoCo is where the ratio is a question:
+  n peers each take `inner_steps` local steps on their own batches and average the pseudo-gradients.
+
+Writes benchmarks/results/convergence.{json,md,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import (  # noqa: E402
+    RECIPES_DIR,
+    RESULTS_DIR,
+    describe_machine,
+    load_average,
+    machine,
+    timestamp,
+    write_results,
+)
+
+RECIPE = "tiny-stdlib.yaml"
+MICRO_BATCH_SIZE = 16  # the recipe's `auto` on CPU; fixed so that every peer and every run computes the same
+VALIDATION_BATCH_SIZE = 64  # all 64 held-out samples in one forward pass
+STARTUP_TIMEOUT_S = 180.0
+
+
+# ------------------------------------------------------------------------------------------------- the recipe
+def bench_recipe(config: dict):
+    """The tiny-stdlib recipe with this run's mode, codec, batch, matchmaking and DiLoCo settings."""
+    from swarm.recipe import load_recipe
+
+    recipe = load_recipe(RECIPES_DIR / RECIPE)
+    collab = recipe.collaboration
+    update = {"mode": config["mode"], "compression": config["compression"], "micro_batch_size": MICRO_BATCH_SIZE,
+              "matchmaking_time_s": config["matchmaking_time_s"]}
+    if config["mode"] == "dedloc":
+        update["target_batch_size"] = config["target_batch_size"]
+        if config.get("no_average_optimizer_state"):
+            update["average_optimizer_state"] = False
+    else:
+        # in mode diloco the global batch only sizes progress and credit: the samples the swarm does per round
+        update["target_batch_size"] = config["peers"] * config["inner_steps"] * MICRO_BATCH_SIZE
+        update["diloco"] = collab.diloco.model_copy(update={"inner_steps": config["inner_steps"],
+                                                            "outer_lr": config["outer_lr"]})
+    return recipe.model_copy(update={"collaboration": collab.model_copy(update=update),
+                                     "run": recipe.run.model_copy(update={"id": config["run_id"]})})
+
+
+# ------------------------------------------------------------------------------------------------- one peer
+def run_peer(config: dict, peer_index: int, result_file: Path) -> None:
+    """Worker: one real volunteer. Joins, waits for the others, trains and evaluates after every swarm epoch."""
+    import torch
+
+    from peer.collaboration import build_swarm_optimizer
+    from swarm.data import build_data
+    from swarm.evaluation import validation_loss
+    from swarm.identity import Identity
+    from swarm.model import build_model
+    from swarm.network import create_dht
+    from swarm.tokenizer import build_tokenizer
+
+    torch.set_num_threads(1)
+    work_dir = Path(config["work_dir"])
+    recipe = bench_recipe(config)
+    tokenizer = build_tokenizer(recipe.tokenizer)
+    # a fixed data identity per peer index: peer 0 reads the same shards in the 1-peer and the n-peer runs
+    data = build_data(recipe.data, tokenizer, peer_id=f"convergence-peer-{peer_index}".encode())
+    validation = data.validation_batches(VALIDATION_BATCH_SIZE)
+    model = build_model(recipe.model, tokenizer.vocab_size, tokenizer.eos_id, tokenizer.pad_id)
+    model.train()
+    initial_loss = validation_loss(model, validation)
+    folder = work_dir / f"peer-{peer_index}"
+    identity = Identity.load_or_create(folder / "identity", name=f"convergence-peer-{peer_index}")
+    dht = create_dht([config["initial_peer"]], host="127.0.0.1", port=0, identity=identity)
+    optimizer = build_swarm_optimizer(dht, model, recipe, identity, MICRO_BATCH_SIZE)
+    (folder / "ready").write_text(str(os.getpid()))
+    go_file, stop_file = work_dir / "go", work_dir / "stop"
+    while not go_file.exists():
+        time.sleep(0.05)
+    started = time.time()
+    # a progress record appears only once a peer has trained, so there is nothing to wait for here: every peer
+    # starts at the same moment (the go file), and the first global batch or round gives the trackers time to meet
+    curve = [[0, initial_loss, 0, 0.0]]  # micro-steps done, validation loss, swarm epoch, seconds since start
+    micro_steps, stopped_by, peers_seen = 0, "budget", 0
+    deadline = started + config["max_run_s"]
+    try:
+        while micro_steps < config["micro_steps"]:
+            if stop_file.exists():
+                stopped_by = "target reached"
+                break
+            if time.time() > deadline:
+                stopped_by = "time limit"
+                break
+            epoch = optimizer.local_epoch
+            batch = data.next_batch(epoch, MICRO_BATCH_SIZE)
+            model(input_ids=batch, labels=batch).loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            micro_steps += 1
+            if optimizer.local_epoch != epoch and optimizer.local_epoch % config["eval_every_epochs"] == 0:
+                peers_seen = max(peers_seen, optimizer.tracker.global_progress.num_peers)
+                loss = validation_loss(model, validation)
+                curve.append([micro_steps, loss, optimizer.local_epoch, round(time.time() - started, 2)])
+                target = config.get("target_loss")
+                if peer_index == 0 and target is not None and loss <= target:
+                    stop_file.write_text(f"{micro_steps} {loss}")
+        # written before the shutdown, which can take seconds
+        result_file.write_text(json.dumps({
+            "peer_index": peer_index, "curve": curve, "micro_steps": micro_steps, "epochs": optimizer.local_epoch,
+            "averaged_rounds": optimizer.rounds.averaged, "solo_rounds": optimizer.rounds.solo,
+            "wall_s": round(time.time() - started, 2), "most_peers_seen": peers_seen,
+            "stopped_by": stopped_by}))
+    finally:
+        optimizer.shutdown()
+        dht.shutdown()
+
+
+# ------------------------------------------------------------------------------------------------- one run
+class Run:
+    """One swarm (one configuration): a bootstrap DHT node here and `peers` worker processes."""
+
+    def __init__(self, args: argparse.Namespace, mode: str, peers: int, compression: str, work_root: Path,
+                 target_loss: float | None):
+        from swarm.network import create_dht
+
+        self.mode, self.peers, self.compression, self.target_loss = mode, peers, compression, target_loss
+        self.work_dir = Path(tempfile.mkdtemp(prefix=f"{mode}-{peers}-{compression}-", dir=work_root))
+        self.bootstrap = create_dht([], host="127.0.0.1", port=0)
+        self.config = {
+            "mode": mode, "peers": peers, "compression": compression, "run_id": f"convergence-{self.work_dir.name}",
+            "work_dir": str(self.work_dir), "initial_peer": str(self.bootstrap.get_visible_maddrs()[0]),
+            "micro_steps": args.micro_steps, "max_run_s": args.max_run_s, "target_loss": target_loss,
+            "target_batch_size": args.target_batch_size, "matchmaking_time_s": args.matchmaking_time_s,
+            "inner_steps": args.inner_steps, "outer_lr": args.outer_lr,
+            "no_average_optimizer_state": args.no_average_optimizer_state,
+            "eval_every_epochs": args.eval_every_epochs if mode == "dedloc" else 1,
+        }
+        (self.work_dir / "config.json").write_text(json.dumps(self.config))
+        self.processes: list[subprocess.Popen] = []
+        self.launched = time.time()
+        for index in range(peers):
+            argv = [sys.executable, str(Path(__file__).resolve()), "--worker", "--config",
+                    str(self.work_dir / "config.json"), "--peer-index", str(index),
+                    "--result-file", str(self.work_dir / f"result-{index}.json")]
+            log = open(self.work_dir / f"peer-{index}.log", "w")
+            self.processes.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=self.work_dir))
+
+    def ready(self) -> bool:
+        if any(process.poll() is not None for process in self.processes):
+            raise RuntimeError(f"a peer exited during start-up:\n{self.log_tail()}")
+        return all((self.work_dir / f"peer-{i}" / "ready").exists() for i in range(self.peers))
+
+    def go(self) -> None:
+        self.startup_s = time.time() - self.launched
+        (self.work_dir / "go").write_text(repr(time.time()))
+
+    def results(self) -> list[dict] | None:
+        """The peers' results once all have written them (None before); raises if a peer died without one."""
+        files = [self.work_dir / f"result-{i}.json" for i in range(self.peers)]
+        if all(file.exists() for file in files):
+            time.sleep(0.2)  # let the last writer close its file
+            return [json.loads(file.read_text()) for file in files]
+        crashed = [i for i, p in enumerate(self.processes) if p.poll() not in (None, 0) and not files[i].exists()]
+        if crashed:
+            raise RuntimeError(f"peer(s) {crashed} failed:\n{self.log_tail()}")
+        return None
+
+    def close(self, grace_s: float = 20.0) -> None:
+        import psutil
+
+        deadline = time.time() + grace_s
+        for process in self.processes:
+            try:
+                process.wait(timeout=max(0.1, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                pass
+        for process in self.processes:
+            if process.poll() is None:
+                try:
+                    members = [*psutil.Process(process.pid).children(recursive=True), psutil.Process(process.pid)]
+                except psutil.Error:
+                    members = []
+                for member in members:
+                    try:
+                        member.kill()
+                    except psutil.Error:
+                        pass
+                process.wait()
+        self.bootstrap.shutdown()
+
+    def log_tail(self) -> str:
+        return "\n".join(f"--- {log}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-12:])
+                         for log in sorted(self.work_dir.glob("peer-*.log")))
+
+
+def run_together(runs: list[Run], timeout_s: float) -> list[list[dict]]:
+    """Start every run's peers at once when all are ready, wait for all results; always stops the processes."""
+    try:
+        deadline = time.time() + STARTUP_TIMEOUT_S
+        while not all(run.ready() for run in runs):
+            if time.time() > deadline:
+                raise RuntimeError("peers did not start in time:\n" + "\n".join(run.log_tail() for run in runs))
+            time.sleep(0.2)
+        for run in runs:
+            run.go()
+        deadline = time.time() + timeout_s
+        done: dict[int, list[dict]] = {}
+        while len(done) < len(runs):
+            for index, run in enumerate(runs):
+                if index not in done:
+                    results = run.results()
+                    if results is not None:
+                        done[index] = results
+            if time.time() > deadline:
+                raise RuntimeError("runs did not finish in time:\n" + "\n".join(run.log_tail() for run in runs))
+            time.sleep(0.5)
+        return [done[index] for index in range(len(runs))]
+    finally:
+        for run in runs:
+            run.close()
+
+
+# ------------------------------------------------------------------------------------------------- figures
+def steps_to_target(curve: list[list[float]], target: float) -> float | None:
+    """Micro-steps at which the curve first reaches `target`, linearly interpolated; None if it never does."""
+    for index, (steps, loss, *_rest) in enumerate(curve):
+        if loss is None or not math.isfinite(loss):
+            return None  # the model diverged before reaching the target
+        if loss <= target:
+            if index == 0:
+                return float(steps)
+            previous_steps, previous_loss = curve[index - 1][:2]
+            fraction = (previous_loss - target) / (previous_loss - loss)
+            return previous_steps + fraction * (steps - previous_steps)
+    return None
+
+
+def loss_spread(results: list[dict]) -> float | None:
+    """Largest difference between the peers' validation losses at one swarm epoch (0: identical models)."""
+    by_epoch: dict[int, list[float]] = {}
+    for result in results:
+        for _steps, loss, epoch, _t in result["curve"][1:]:
+            if math.isfinite(loss):
+                by_epoch.setdefault(epoch, []).append(loss)
+    spreads = [max(losses) - min(losses) for losses in by_epoch.values() if len(losses) > 1]
+    return round(max(spreads), 4) if spreads else None
+
+
+def _finite(loss: float) -> float | None:
+    """A loss for the JSON: NaN and infinity (a diverged model) become null."""
+    return round(loss, 4) if math.isfinite(loss) else None
+
+
+def make_row(args, run: Run, results: list[dict], target_loss: float) -> dict:
+    lead = results[0]
+    diverged = next((steps for steps, loss, *_ in lead["curve"] if not math.isfinite(loss)), None)
+    reached = steps_to_target(lead["curve"], target_loss)
+    epochs = max(result["epochs"] for result in results)
+    return {
+        "mode": run.mode,
+        "peers": run.peers,
+        "compression": run.compression if run.peers > 1 else "n/a (alone)",
+        "inner_steps": args.inner_steps if run.mode == "diloco" else None,
+        "outer_lr": args.outer_lr if run.mode == "diloco" else None,
+        "target_batch_size": args.target_batch_size if run.mode == "dedloc" else None,
+        "average_optimizer_state": (not args.no_average_optimizer_state) if run.mode == "dedloc" else None,
+        "target_loss": round(target_loss, 4),
+        "micro_steps_to_target": round(reached, 1) if reached is not None else None,
+        "samples_to_target": round(reached * MICRO_BATCH_SIZE * run.peers) if reached is not None else None,
+        "interpolated": True,
+        "initial_loss": round(lead["curve"][0][1], 4),
+        "final_loss": _finite(lead["curve"][-1][1]),
+        "diverged_at_micro_step": diverged,  # first evaluation with a non-finite loss (null: never)
+        "micro_steps_done": lead["micro_steps"],
+        "epochs": epochs,
+        "micro_steps_per_epoch": round(lead["micro_steps"] / epochs, 2) if epochs else None,
+        "curve": [[steps, _finite(loss)] for steps, loss, *_ in lead["curve"]],
+        "curves_all_peers": [[[s, _finite(l), e] for s, l, e, _ in r["curve"]] for r in results],
+        "max_val_loss_spread_across_peers": loss_spread(results),
+        "averaged_rounds": lead["averaged_rounds"],
+        "solo_rounds": lead["solo_rounds"],
+        "averaged_rounds_per_peer": [r["averaged_rounds"] for r in results],
+        "solo_rounds_per_peer": [r["solo_rounds"] for r in results],
+        "most_peers_seen_by_tracker": [r["most_peers_seen"] for r in results],
+        "stopped_by": lead["stopped_by"],
+        "wall_s": max(result["wall_s"] for result in results),
+        "startup_s": round(run.startup_s, 1),
+    }
+
+
+# ------------------------------------------------------------------------------------------------- the benchmark
+def run_benchmark(args: argparse.Namespace) -> dict:
+    info = machine()
+    started = time.time()
+    work_root = Path(tempfile.mkdtemp(prefix="swarm-convergence-"))
+    print(f"work folder {work_root} (peer logs)", flush=True)
+    rows: list[dict] = []
+    multi = [(mode, peers, codec) for mode in args.modes for codec in args.compression for peers in args.peers
+             if peers > 1]
+    if args.quick:
+        # everything at once, no early stop: the target is applied afterwards (the curves are the same)
+        runs = [Run(args, mode, 1, args.compression[0], work_root, None) for mode in args.modes]
+        runs += [Run(args, mode, peers, codec, work_root, None) for mode, peers, codec in multi]
+        all_results = run_together(runs, args.max_run_s + 120)
+        targets = {run.mode: results[0]["curve"][-1][1] for run, results in zip(runs, all_results) if run.peers == 1}
+        rows = [make_row(args, run, results, targets[run.mode]) for run, results in zip(runs, all_results)]
+    elif args.targets_from:
+        earlier = json.loads(args.targets_from.read_text())["results"]["rows"]
+        rows = [row for row in earlier if row["peers"] == 1 and row["mode"] in args.modes and "error" not in row]
+        targets = {row["mode"]: row["target_loss"] for row in rows}
+    else:
+        # the single peers of every mode side by side (one process each), then each swarm alone
+        solo = [Run(args, mode, 1, args.compression[0], work_root, None) for mode in args.modes]
+        solo_results = run_together(solo, args.max_run_s + 120)
+        targets = {run.mode: results[0]["curve"][-1][1] for run, results in zip(solo, solo_results)}
+        rows = [make_row(args, run, results, targets[run.mode]) for run, results in zip(solo, solo_results)]
+    if not args.quick:
+        for row in rows:
+            print(f"{row['mode']} 1 peer: target loss {row['target_loss']} after {row['micro_steps_done']} "
+                  f"micro-steps ({row['wall_s']} s)", flush=True)
+        for mode, peers, codec in multi:
+            run = Run(args, mode, peers, codec, work_root, targets[mode])
+            try:
+                (results,) = run_together([run], args.max_run_s + 120)
+            except RuntimeError as error:
+                rows.append({"mode": mode, "peers": peers, "compression": codec, "error": str(error)[:2000]})
+                print(f"{mode} {peers} peers {codec}: FAILED\n{error}", flush=True)
+                continue
+            rows.append(make_row(args, run, results, targets[mode]))
+            print(f"{mode} {peers} peers {codec}: {rows[-1]['micro_steps_to_target']} micro-steps to target, "
+                  f"{rows[-1]['averaged_rounds']} averaged / {rows[-1]['solo_rounds']} solo rounds "
+                  f"({rows[-1]['wall_s']} s)", flush=True)
+    add_ratios(rows)
+    settings = {
+        "recipe": RECIPE, "modes": args.modes, "peers": args.peers, "compression": args.compression,
+        "micro_steps_budget_per_peer": args.micro_steps, "micro_batch_size": MICRO_BATCH_SIZE,
+        "seq_len": 128, "dedloc_target_batch_size": args.target_batch_size,
+        "dedloc_global_batch": "fixed (the recipe's), whatever the number of peers",
+        "dedloc_eval_every_epochs": args.eval_every_epochs,
+        "dedloc_average_optimizer_state": not args.no_average_optimizer_state,
+        "single_peer_rows_from": str(args.targets_from) if args.targets_from else None, "diloco_inner_steps": args.inner_steps,
+        "diloco_outer_lr": args.outer_lr, "diloco_outer_momentum": 0.9, "diloco_eval": "after every outer round",
+        "matchmaking_time_s": args.matchmaking_time_s, "torch_threads_per_peer": 1,
+        "validation": f"the recipe's {64} fixed held-out samples (data.val_samples), one batch",
+        "target": "the 1-peer run's validation loss at its last evaluation point; multi-peer runs stop when peer 0 "
+                  "reaches it" + (" (quick: no early stop)" if args.quick else ""),
+        "micro_steps_to_target": "first crossing of the target on peer 0's curve, linearly interpolated between the "
+                                 "evaluation points around it",
+        "quick": args.quick, "command": " ".join(sys.argv), "date": timestamp(),
+        "total_wall_s": round(time.time() - started, 1), "load_average_at_end": load_average(),
+        "work_dir": str(work_root),
+    }
+    results = {"rows": rows, "step_ratio_vs_1_peer": {
+        f"{row['mode']}-{row['peers']}-{row['compression']}": row.get("step_ratio_vs_1_peer")
+        for row in rows if row["peers"] > 1}}
+    document = write_results(args.name, settings, results, markdown(settings, rows, info),
+                             plot=lambda path: plot(settings, rows, path), machine_info=info,
+                             results_dir=args.results_dir)
+    return document
+
+
+def add_ratios(rows: list[dict]) -> None:
+    """step_ratio_vs_1_peer on every multi-peer row; for diloco, also against the dedloc single peer's target."""
+    solo = {row["mode"]: row for row in rows if row["peers"] == 1 and "error" not in row}
+    for row in rows:
+        if row["peers"] == 1 or "error" in row:
+            continue
+        base = solo[row["mode"]]
+        mine, theirs = row["micro_steps_to_target"], base["micro_steps_to_target"]
+        row["step_ratio_vs_1_peer"] = round(mine / theirs, 3) if mine is not None and theirs else None
+        row["ideal_step_ratio"] = round(1 / row["peers"], 3)
+        if row["mode"] == "diloco" and "dedloc" in solo:
+            dedloc = solo["dedloc"]
+            reached = steps_to_target(row["curve"], dedloc["target_loss"])
+            row["micro_steps_to_dedloc_1_peer_target"] = round(reached, 1) if reached is not None else None
+            row["step_ratio_vs_dedloc_1_peer"] = (round(reached / dedloc["micro_steps_to_target"], 3)
+                                                  if reached is not None and dedloc["micro_steps_to_target"] else None)
+
+
+def markdown(settings: dict, rows: list[dict], info: dict) -> str:
+    lines = [
+        "# Time to a target validation loss: one peer vs a swarm (real training, per-peer micro-steps)",
+        "",
+        f"tiny-stdlib (0.84M parameters), micro-batch {settings['micro_batch_size']} x {settings['seq_len']} tokens, "
+        f"1 torch thread per peer, every peer a real hivemind peer on loopback. DeDLOC: global batch "
+        f"{settings['dedloc_target_batch_size']} fixed whatever the number of peers, evaluated every "
+        f"{settings['dedloc_eval_every_epochs']} epoch(s). DiLoCo: {settings['diloco_inner_steps']} inner steps, "
+        f"outer Nesterov lr {settings['diloco_outer_lr']} momentum 0.9, evaluated after every round. Budget "
+        f"{settings['micro_steps_budget_per_peer']} micro-steps per peer; target = the 1-peer run's final "
+        f"validation loss; micro-steps to target interpolated between evaluation points. {describe_machine(info)} "
+        f"(end: {settings['load_average_at_end'][0]}). `{settings['command'].strip()}`, {settings['date']}, "
+        f"{settings['total_wall_s']:.0f} s in all.",
+        "",
+        "| mode | peers | compression | inner steps | target loss | micro-steps to target (per peer) | samples to "
+        "target (swarm) | step ratio vs 1 peer (ideal 1/n) | averaged / solo rounds | max loss spread across peers "
+        "| wall s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        if "error" in row:
+            lines.append(f"| {row['mode']} | {row['peers']} | {row['compression']} | failed: "
+                         f"{row['error'].splitlines()[0]} |" + " |" * 7)
+            continue
+        ratio = row.get("step_ratio_vs_1_peer")
+        ratio_cell = "1" if row["peers"] == 1 else (f"{ratio:.3f} ({row['ideal_step_ratio']:.3f})" if ratio is not None
+                                                    else f"not reached in {row['micro_steps_done']}")
+        to_target = row["micro_steps_to_target"]
+        if to_target is None and row.get("diverged_at_micro_step") is not None:
+            to_target = f"diverged (NaN) at {row['diverged_at_micro_step']}"
+        lines.append(
+            f"| {row['mode']} | {row['peers']} | {row['compression']} | {row['inner_steps'] or '-'} | "
+            f"{row['target_loss']:.3f} | {to_target if to_target is not None else 'not reached'} | "
+            f"{row['samples_to_target'] if row['samples_to_target'] is not None else '-'} | {ratio_cell} | "
+            f"{row['averaged_rounds']} / {row['solo_rounds']} | {_cell(row['max_val_loss_spread_across_peers'])} | "
+            f"{row['wall_s']:.0f} |")
+    notes = []
+    for row in rows:
+        name = f"{row['mode']}, {row['peers']} peers"
+        if row.get("diverged_at_micro_step") is not None:
+            notes.append(f"- {name}: the validation loss became NaN at micro-step {row['diverged_at_micro_step']} "
+                         "(epoch-by-epoch losses of every peer are in the JSON, `curves_all_peers`).")
+        spread = row.get("max_val_loss_spread_across_peers")
+        if spread is not None and spread > 0.01:
+            notes.append(f"- {name}: at some epochs the peers' losses differ by up to {spread}: they did not all hold "
+                         "one model, i.e. some rounds averaged in smaller groups or a peer caught up by downloading "
+                         "the state (see `curves_all_peers`).")
+    if notes:
+        lines += ["", "Notes:", "", *notes]
+    cross = [row for row in rows if row.get("step_ratio_vs_dedloc_1_peer") is not None]
+    if cross:
+        lines += ["", "DiLoCo swarms against the DeDLOC single peer's target:", ""]
+        for row in cross:
+            lines.append(f"- diloco, {row['peers']} peers, {row['compression']}: "
+                         f"{row['micro_steps_to_dedloc_1_peer_target']} micro-steps per peer to DeDLOC's 1-peer "
+                         f"target {solo_target(rows, 'dedloc'):.3f}, ratio {row['step_ratio_vs_dedloc_1_peer']:.3f}")
+    return "\n".join(lines) + "\n"
+
+
+def _cell(value) -> str:
+    return "-" if value is None else str(value)
+
+
+def solo_target(rows: list[dict], mode: str) -> float:
+    return next(row["target_loss"] for row in rows if row["mode"] == mode and row["peers"] == 1)
+
+
+def plot(settings: dict, rows: list[dict], path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    modes = [mode for mode in settings["modes"] if any(r["mode"] == mode and "error" not in r for r in rows)]
+    figure, axes = plt.subplots(1, len(modes), figsize=(5.5 * len(modes), 4.2), squeeze=False)
+    for axis, mode in zip(axes[0], modes):
+        for row in rows:
+            if row["mode"] != mode or "error" in row:
+                continue
+            steps, losses = zip(*[(s, l if l is not None else float("nan")) for s, l in row["curve"]])
+            label = f"{row['peers']} peer{'s' if row['peers'] > 1 else ''}"
+            if row["peers"] > 1:
+                label += f", {row['compression']}"
+            axis.plot(steps, losses, marker=".", label=label)
+        axis.axhline(solo_target(rows, mode), color="grey", linestyle="--", linewidth=1, label="target (1 peer)")
+        title = (f"DiLoCo, H={settings['diloco_inner_steps']}, outer lr {settings['diloco_outer_lr']}"
+                 if mode == "diloco" else f"DeDLOC, global batch {settings['dedloc_target_batch_size']}")
+        axis.set_title(title, fontsize=10)
+        axis.set_xlabel("micro-steps per peer (16 x 128 tokens each)")
+        axis.set_ylabel("validation loss (nats/token)")
+        axis.legend()
+    figure.suptitle("tiny-stdlib: validation loss vs per-peer micro-steps", fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+# ------------------------------------------------------------------------------------------------- command line
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="diloco, 1 and 2 peers, a few rounds (smoke test).")
+    parser.add_argument("--modes", nargs="+", choices=["dedloc", "diloco"], default=None,
+                        help="Collaboration modes (default dedloc diloco; quick: diloco).")
+    parser.add_argument("--peers", type=int, nargs="+", default=None,
+                        help="Peer counts; must include 1, which defines the target (default 1 4; quick: 1 2).")
+    parser.add_argument("--compression", nargs="+", choices=["none", "fp16", "uint8"], default=None,
+                        help="Wire formats of the multi-peer runs (default fp16).")
+    parser.add_argument("--micro-steps", type=int, default=None,
+                        help="Micro-steps per peer: the 1-peer budget, and the multi-peer cap (default 480).")
+    parser.add_argument("--inner-steps", type=int, default=None, help="DiLoCo inner steps H (default 20).")
+    parser.add_argument("--outer-lr", type=float, default=None, help="DiLoCo outer learning rate (default 0.7).")
+    parser.add_argument("--target-batch-size", type=int, default=None,
+                        help="DeDLOC global batch in samples (default the recipe's 256; quick: 64).")
+    parser.add_argument("--eval-every-epochs", type=int, default=1, help="DeDLOC: evaluate every N global steps.")
+    parser.add_argument("--matchmaking-time-s", type=float, default=None, help="Default the recipe's 2 s.")
+    parser.add_argument("--max-run-s", type=float, default=None,
+                        help="Wall-clock cap of one run's training (default 900; quick: 45).")
+    parser.add_argument("--no-average-optimizer-state", action="store_true",
+                        help="DeDLOC: do not average Adam's statistics with the parameters every few epochs.")
+    parser.add_argument("--targets-from", type=Path, default=None,
+                        help="Reuse the 1-peer rows (and targets) of an earlier convergence.json: run only the swarms.")
+    parser.add_argument("--name", default="convergence", help="Results file stem.")
+    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--config", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--peer-index", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--result-file", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        import logging
+
+        logging.basicConfig(level=logging.WARNING)
+        run_peer(json.loads(args.config.read_text()), args.peer_index, args.result_file)
+        return
+    quick = args.quick
+    args.modes = args.modes or (["diloco"] if quick else ["dedloc", "diloco"])
+    args.peers = sorted(set(args.peers or ([1, 2] if quick else [1, 4])))
+    args.compression = args.compression or ["fp16"]
+    args.micro_steps = args.micro_steps or (12 if quick else 480)
+    args.inner_steps = args.inner_steps or (3 if quick else 20)
+    args.outer_lr = args.outer_lr if args.outer_lr is not None else 0.7
+    args.target_batch_size = args.target_batch_size or (64 if quick else 256)
+    args.matchmaking_time_s = args.matchmaking_time_s or (1.0 if quick else 2.0)
+    args.max_run_s = args.max_run_s or (45.0 if quick else 900.0)
+    problems = []
+    if args.peers[0] != 1:
+        problems.append("--peers must include 1: the single peer's final loss is the target (e.g. --peers 1 4)")
+    if args.peers[0] < 1:
+        problems.append("--peers takes counts of 1 or more (e.g. --peers 1 4)")
+    if args.micro_steps < 2:
+        problems.append(f"--micro-steps {args.micro_steps} is too small: use 2 or more (default 480)")
+    if args.inner_steps < 1:
+        problems.append(f"--inner-steps {args.inner_steps} must be 1 or more (default 20)")
+    if not 0 < args.outer_lr <= 10:
+        problems.append(f"--outer-lr {args.outer_lr} must be in (0, 10] (DiLoCo's default is 0.7)")
+    if args.target_batch_size < MICRO_BATCH_SIZE:
+        problems.append(f"--target-batch-size {args.target_batch_size} is below one micro-batch "
+                        f"({MICRO_BATCH_SIZE}): use {MICRO_BATCH_SIZE} or more")
+    if args.eval_every_epochs < 1:
+        problems.append(f"--eval-every-epochs {args.eval_every_epochs} must be 1 or more")
+    if args.matchmaking_time_s <= 0 or args.max_run_s <= 0:
+        problems.append("--matchmaking-time-s and --max-run-s must be positive")
+    if args.targets_from is not None:
+        try:
+            earlier = json.loads(args.targets_from.read_text())["results"]["rows"]
+            have = {row["mode"] for row in earlier if row.get("peers") == 1 and "error" not in row}
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            problems.append(f"--targets-from {args.targets_from}: not a readable convergence.json ({error})")
+        else:
+            missing = sorted(set(args.modes) - have)
+            if missing:
+                problems.append(f"--targets-from {args.targets_from} has no 1-peer row for {', '.join(missing)}: "
+                                "run those modes without --targets-from")
+        if args.quick:
+            problems.append("--targets-from does not combine with --quick")
+    if problems:
+        parser.error("; ".join(problems))
+    document = run_benchmark(args)
+    print(f"wrote {args.results_dir / args.name}.json ({len(document['results']['rows'])} rows)")
+
+
+if __name__ == "__main__":
+    main()
