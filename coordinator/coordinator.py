@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import signal
 import threading
@@ -46,8 +47,9 @@ logger = logging.getLogger("swarm.coordinator")
 ANNOUNCE_PERIOD_S = 20.0
 MONITOR_PERIOD_S = 2.0
 FINAL_STATE_TIMEOUT_S = 90.0
-# an epoch is granted once peers had time to publish it: 3 epochs later, or 12 s after it ended
-FINALIZE_LAG_EPOCHS = 3
+# an epoch is granted once peers had time to publish it: 12 s after a later epoch was seen to begin. Not "N epochs
+# later": peers publish every METRICS_PERIOD_S (5 s), and a fast swarm (1 s epochs) finalized epochs before their
+# claims arrived, leaving whole epochs uncredited.
 FINALIZE_LAG_S = 12.0
 MAX_REMEMBERED_PEERS = 16
 
@@ -108,6 +110,7 @@ class Coordinator:
         self.last_checkpoint_epoch = -1
         self.initial_val_loss: float | None = None
         self.final_val_loss: float | None = None
+        self.diverged_at_epoch: int | None = None  # the swarm's state had a non-finite validation loss here
         self.finished = False
         self._forced = False
 
@@ -301,15 +304,14 @@ class Coordinator:
             del self.epoch_history[:-2000]
 
     def _finalizable_epoch(self) -> int:
-        """The newest epoch whose claims have had time to arrive (see FINALIZE_LAG_*)."""
-        current, now = self.view.epoch, time.time()
-        up_to = current - FINALIZE_LAG_EPOCHS
-        for epoch in range(max(up_to + 1, 0), current):
-            following = self.accounting.windows.get(epoch + 1)
-            if following is None or now - following.first_seen < FINALIZE_LAG_S:
-                break
-            up_to = epoch
-        return up_to
+        """The newest epoch whose claims have had time to arrive: every epoch before one that began FINALIZE_LAG_S ago.
+
+        Epochs the coordinator never watched (it was down, or they passed between two looks) count from the first
+        later epoch it did see; -1 while nothing is old enough.
+        """
+        now = time.time()
+        settled = [epoch for epoch, window in self.accounting.windows.items() if now - window.first_seen >= FINALIZE_LAG_S]
+        return min(max(settled, default=0) - 1, self.view.epoch - 1)
 
     def _credit(self, up_to_epoch: int) -> None:
         """Grant and commit every epoch up to `up_to_epoch` into the ledger, then tell peers how far it goes."""
@@ -329,7 +331,8 @@ class Coordinator:
 
     def _checkpoint_due(self) -> bool:
         every = self.recipe.checkpoint.every_epochs
-        return self.view.epoch > 0 and self.view.epoch // every > max(self.last_checkpoint_epoch, 0) // every
+        last_tried = max(self.last_checkpoint_epoch, self.diverged_at_epoch or 0, 0)
+        return self.view.epoch > 0 and self.view.epoch // every > last_tried // every
 
     def _limit_reached(self) -> str | None:
         limits = self.recipe.limits
@@ -348,6 +351,14 @@ class Coordinator:
             logger.warning("No peer sent its state for the checkpoint; trying again shortly")
             return None
         val_loss = validation_loss(self.model, self.val_batches)
+        if val_loss is not None and not math.isfinite(val_loss):
+            # a diverged model is not a version: keep the last good one as the latest, and say so loudly
+            self.diverged_at_epoch = epoch
+            logger.error(f"The swarm's model has diverged: validation loss {val_loss} at epoch {epoch}. Not publishing "
+                         "it; the last good version stays the latest. Lower optimizer.lr or set "
+                         "optimizer.clip_grad_norm, then restart the run from that version (swarm join --from-checkpoint).")
+            return None
+        self.diverged_at_epoch = None
         info = self._version_info(epoch, val_loss)
         path = save_version(self.checkpoint_dir, self.model, self.tokenizer, self.recipe, info, ledger_dir=self.ledger_dir)
         if self.hub is not None:
@@ -382,6 +393,8 @@ class Coordinator:
         path = None
         while path is None and time.monotonic() < deadline and not self._forced:
             path = self._publish_checkpoint(timeout_s=max(5.0, deadline - time.monotonic()))
+            if path is None and self.diverged_at_epoch is not None:
+                break  # the peers' final state is not finite: nothing to wait for
             if path is None:
                 time.sleep(3.0)  # peers may still be finishing their last epoch
                 self._refresh_view()
@@ -414,6 +427,7 @@ class Coordinator:
             wall_s=round(time.time() - self.started_at, 2),
             initial_val_loss=self.initial_val_loss,
             final_val_loss=self.final_val_loss,
+            diverged_at_epoch=self.diverged_at_epoch,
             # every such round had >= 2 peers; counted by the peer that took part in most of them
             averaged_rounds=max((row.averaged_rounds for row in peers), default=0),
             solo_rounds=max((row.solo_rounds for row in peers), default=0),

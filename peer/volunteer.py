@@ -94,6 +94,7 @@ class LocalStats:
     reconnects: int = 0
     loaded_state_epoch: int | None = None
     first_sample_s: float | None = None  # seconds from start to the end of the first contributed micro-step
+    non_finite_losses: int = 0  # micro-steps whose loss was NaN or infinite: the model this peer holds diverged
 
 
 async def _rebootstrap(_dht, node, initial_peers: list[str]) -> None:
@@ -373,6 +374,12 @@ class Volunteer:
                     if math.isfinite(value):
                         ema = self.stats.loss_ema
                         self.stats.loss_ema = value if ema is None else 0.9 * ema + 0.1 * value
+                        continue
+                    self.stats.non_finite_losses += 1
+                    if self.stats.non_finite_losses == 1:
+                        logger.warning(f"The training loss is {value}: the model this peer holds has diverged. If every "
+                                       "peer shows this, tell the run's organiser (the coordinator will not publish "
+                                       "a diverged model); if only this one does, restart it to reload the swarm's state")
             return self.stats.loss_ema
 
     def _snapshot(self) -> dict:
@@ -470,6 +477,7 @@ class Volunteer:
         snapshot = self._snapshot() if self.optimizer is not None else {}
         data = dict(snapshot, peer_id=self.peer_id.to_base58(), name=self.identity.name, team=self.identity.team,
                     micro_steps=self.stats.micro_steps, compute_s=self.stats.compute_s,
+                    non_finite_losses=self.stats.non_finite_losses,
                     wall_s=time.time() - self.stats.started_at, reconnects=self.stats.reconnects,
                     loaded_state_epoch=self.stats.loaded_state_epoch, first_sample_s=self.stats.first_sample_s,
                     micro_batch_size=self.micro_batch_size,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import transformers
@@ -28,10 +30,16 @@ def test_two_volunteers_average_with_each_other_and_the_loss_goes_down(swarm_fac
     assert summary["epochs"] >= 16
     assert summary["final_val_loss"] < summary["initial_val_loss"] - 0.5, summary
     assert summary["samples_total"] >= 16 * 256
-    # honest claims are granted: credit equals what the peers trained on, within one epoch's worth (the work of
-    # the last, unfinished epoch may arrive after the final credit pass; no global step used it)
-    assert summary["granted_samples"] == summary["claimed_samples"], summary
-    assert 0 <= summary["samples_total"] - summary["granted_samples"] <= 256, summary
+    # every sample a peer trained on reaches the ledger as a claim, within one epoch's worth (the work of the last,
+    # unfinished epoch may arrive after the final credit pass; no global step used it)
+    assert 0 <= summary["samples_total"] - summary["claimed_samples"] <= 256, summary
+    # honest claims are granted, except where two peers that had not yet seen each other both trained the same
+    # epoch alone at the start: that epoch is granted once, scaled, and the ledger entry says why
+    assert 16 * 256 <= summary["granted_samples"] <= summary["claimed_samples"], summary
+    entries = [json.loads(line) for line in (swarm.folder / "ledger" / "entries.jsonl").read_text().splitlines()]
+    for entry in entries:
+        if entry["granted_samples"] < entry["claimed_samples"]:
+            assert entry["reason"].startswith("scaled by"), entry
 
     # the published model is a plain transformers checkpoint with the swarm's averaged weights
     model = transformers.AutoModelForCausalLM.from_pretrained(swarm.folder / "final")
@@ -40,7 +48,6 @@ def test_two_volunteers_average_with_each_other_and_the_loss_goes_down(swarm_fac
 
     # every published version is kept, loads, and its model card names the ledger root it was published with,
     # which is the root of the ledger copy it carries, and that copy verifies
-    import json
 
     from swarm.ledger import verify_ledger
 
@@ -52,8 +59,11 @@ def test_two_volunteers_average_with_each_other_and_the_loss_goes_down(swarm_fac
         root = json.loads((version / "swarm.json").read_text())["ledger_root"]
         report = verify_ledger(version / "ledger")
         assert report.ok, (version, report.problem)
-        last_checkpoint = json.loads((version / "ledger" / "checkpoints.jsonl").read_text().splitlines()[-1])
-        assert root == last_checkpoint["root_hash"] and root in card, version
+        checkpoints = (version / "ledger" / "checkpoints.jsonl").read_text().splitlines()
+        if not checkpoints:  # published before the first epoch was credited (claims get 12 s to arrive)
+            assert root is None, version
+            continue
+        assert root == json.loads(checkpoints[-1])["root_hash"] and root in card, version
 
 
 @pytest.mark.slow
@@ -84,7 +94,6 @@ def test_ctrl_c_leaves_others_training_and_a_late_volunteer_starts_from_the_swar
 
 
 def _ledger_epochs(folder) -> dict[int, set[str]]:
-    import json
 
     epochs: dict[int, set[str]] = {}
     path = folder / "ledger" / "entries.jsonl"
