@@ -1,24 +1,41 @@
-"""Scaling of a DeDLOC-style swarm with 1, 2, 4 and 8 peers, compute simulated, averaging real.
+"""Scaling of a swarm (DeDLOC or DiLoCo) with 1-16 peers, compute simulated, averaging real, on loopback or shaped links.
 
-    python benchmarks/scaling.py                 # tiny model, fp16 and uint8, 1-8 peers: about 9 minutes
+    python benchmarks/scaling.py                 # tiny model, fp16 and uint8, 1-8 peers, loopback: about 9 minutes
     python benchmarks/scaling.py --quick         # 2 peers, fp16, short windows: under a minute
     python benchmarks/scaling.py --model gpt2-small --peers 1 2 --compression fp16 --step-time-s 1.0
+    sudo python benchmarks/scaling.py --link 100mbit-25ms --mode diloco --inner-steps 50 --peers 4 \
+        --compression uint8 fp16 --name scaling-diloco-100mbit-25ms    # each peer in a network namespace
 
 On 2 cores, eight real peers would fight over the cores and measure the machine, not the swarm. So each peer
 (its own process, with its own DHT node, joined through one bootstrap node) replaces its forward/backward by a
 sleep of the measured time of one real micro-step (calibrated once on this machine, or `--step-time-s`), then
 hands hivemind gradients of the model's true shapes (random values) and runs exactly the volunteer's
-`opt.step()` and `opt.zero_grad()` on the real `SwarmOptimizer` from `build_swarm_optimizer`. Matchmaking,
-compression, the butterfly all-reduce, the optimiser step and state averaging all really happen, over loopback.
+`opt.step()` and `opt.zero_grad()` on the real optimiser from `build_swarm_optimizer` (`--mode dedloc`: the
+SwarmOptimizer; `--mode diloco`: the DiLoCoOptimizer with `--inner-steps` H, whose inner AdamW step really runs
+and counts as compute, the sleep shortened by its time). Matchmaking, compression, the butterfly all-reduce, the
+optimiser steps and state averaging all really happen.
 
-Row fields: peers, link, mode ("dedloc"), compression, samples_per_s (whole swarm, in a common window after a
-warm-up), utilisation (time computing / wall time per peer, averaged), mean_group_size (who really averaged
-together; 1 means peers trained alone), sync_s (median wall time of the opt.step() that ends an epoch),
-bytes_sent_per_peer_per_sync (computed: serialized size of the gradients under the codec x 2(n-1)/n for
-hivemind's butterfly all-reduce) and measured_bytes_sent_per_peer_per_sync (every byte the peer's libp2p daemon
-sent on its TCP sockets during the window, from the kernel's tcp_info via `ss`, divided by the epochs in the
-window: includes DHT traffic, state averaging and protocol overhead), time_to_target_s (null: simulated),
-simulated (true). Writes benchmarks/results/scaling.{json,md,png}.
+Links: `--link loopback` runs every peer in this network namespace. `--link 1gbit-5ms|100mbit-25ms|20mbit-50ms`
+(rate, one-way delay) puts each peer on its own host of a `benchmarks.netlab.NetLab`: a network namespace whose
+veth is shaped by tc tbf at the rate both ways, every peer-to-peer byte through a relay that delays it by the
+one-way delay in each direction (RTT = 2 x delay; the kernel has no netem), the bootstrap node in the lab's hub.
+Needs root, `ip` and `tc`; see benchmarks/netlab.py for the conventions.
+
+Row fields: peers, link, mode, inner_steps (DiLoCo), compression, samples_per_s (whole swarm, in a common window
+after a warm-up), utilisation (time computing / wall time per peer, averaged: time in opt.step() waiting on
+matchmaking or the network is not computing), mean_group_size (who really averaged together; 1 means peers
+trained alone), sync_s_median (DeDLOC: the opt.step() that ends an epoch; DiLoCo: the longest wait in opt.step()
+within a round, i.e. the all-reduce), bytes_sent_per_peer_per_sync (computed: serialized size of the gradients
+under the codec x 2(n-1)/n for hivemind's butterfly all-reduce), measured_bytes_sent_per_peer_per_sync and
+measured_bytes_received_per_peer_per_sync (shaped links: the peer's veth counters, every byte on the wire;
+loopback: the bytes its libp2p daemon sent on its TCP sockets, from tcp_info via `ss`; divided by the swarm
+epochs in the window, so DHT traffic, state averaging and protocol overhead are included),
+measured_bytes_sent_per_parameter_per_sync (that / parameters) and measured_payload_bytes_per_parameter (also /
+2(n-1)/n: the wire format's bytes per value), wall_s_per_micro_step, time_to_target_s (when
+benchmarks/results/convergence.json from real training has a row of the same mode and peers, and inner steps for
+DiLoCo: its micro-steps per peer to the target loss x this row's wall_s_per_micro_step, with
+time_to_target_source and time_to_target_vs_1_peer; else null), simulated (true).
+Writes benchmarks/results/<--name>.{json,md,png} (default `scaling`).
 
 The numbers on paper (a model of throughput for 100 and 1,000 volunteers on consumer links) come from
 `predict()` below and are written to the same JSON; benchmarks/README.md explains them.
@@ -58,6 +75,11 @@ MODELS = {
 # Named links: (rate in Mbit/s, one-way delay in ms). Emulating them needs network namespaces, tc and a delaying
 # relay (the kernel here has no netem); see `--link` and benchmarks/README.md.
 LINKS = {"loopback": None, "1gbit-5ms": (1000, 5), "100mbit-25ms": (100, 25), "20mbit-50ms": (20, 50)}
+LINK_EMULATION = (
+    "benchmarks/netlab.py: each peer in its own network namespace, its veth shaped by tc tbf at the rate both ways "
+    "(uplink and downlink), no IP forwarding in the hub, every peer-to-peer byte through a user-space relay that "
+    "delays each chunk by the one-way delay in each direction (RTT = 2 x delay; this kernel has no netem); the "
+    "bootstrap DHT node sits in the hub, shaped by each peer's link but not delayed; bytes from the veth counters")
 # A GPU volunteer's micro-step for gpt2-small (16 x 1024 tokens) cannot be measured on this CPU machine: the default
 # assumes ~16k tokens/s, a consumer GPU (the ANCHORS paper numbers use the same 1 s).
 ASSUMED_GPT2_SMALL_STEP_S = 1.0
@@ -65,17 +87,28 @@ ASSUMED_GPT2_SMALL_STEP_S = 1.0
 PROJECTION_OVERHEAD_S = 5.0
 
 
-def load_bench_recipe(model: str, compression: str, target_batch_size: int | None, matchmaking_time_s: float | None):
+def load_bench_recipe(model: str, compression: str, target_batch_size: int | None, matchmaking_time_s: float | None,
+                      mode: str = "dedloc", inner_steps: int | None = None):
     from swarm.recipe import load_recipe
 
     recipe = load_recipe(RECIPES_DIR / MODELS[model][0])
-    update = {"compression": compression, "micro_batch_size": "auto"}
+    update = {"compression": compression, "micro_batch_size": "auto", "mode": mode}
     if target_batch_size is not None:
         update["target_batch_size"] = target_batch_size
     if matchmaking_time_s is not None:
         update["matchmaking_time_s"] = matchmaking_time_s
         update["averaging_timeout_s"] = max(recipe.collaboration.averaging_timeout_s, 4 * matchmaking_time_s)
+    if mode == "diloco" and inner_steps is not None:
+        update["diloco"] = recipe.collaboration.diloco.model_copy(update={"inner_steps": inner_steps})
     return recipe.model_copy(update={"collaboration": recipe.collaboration.model_copy(update=update)})
+
+
+def bench_recipe(args: argparse.Namespace, compression: str, peers: int | None = None):
+    """The recipe a row runs: in DiLoCo mode the target batch is what `peers` peers process per round."""
+    target = args.target_batch_size
+    if args.mode == "diloco" and target is None and peers:
+        target = peers * args.inner_steps * args.micro_batch_size
+    return load_bench_recipe(args.model, compression, target, args.matchmaking_time_s, args.mode, args.inner_steps)
 
 
 def build_bench_model(model: str, recipe):
@@ -147,16 +180,32 @@ def run_peer(args: argparse.Namespace) -> dict:
     from swarm.network import create_dht
 
     torch.set_num_threads(1)  # compute is simulated; hivemind's own tensor work shares the 2 cores with 7 others
-    recipe = load_bench_recipe(args.model, args.compression[0], args.target_batch_size, args.matchmaking_time_s)
+    recipe = load_bench_recipe(args.model, args.compression[0], args.target_batch_size, args.matchmaking_time_s,
+                               args.mode, args.inner_steps)
     model = ShapesOnly(json.loads(Path(args.shapes_file).read_text()))
     generator = torch.Generator().manual_seed(1000 + args.peer_index)
     # random gradients of the true shapes, made once: the values do not change the cost of the path
     gradients = [torch.randn(p.shape, generator=generator) * 1e-3 for p in model.parameters()]
     folder = Path(args.work_dir) / f"peer-{args.peer_index}"
     identity = Identity.load_or_create(folder / "identity", name=f"scaling-peer-{args.peer_index}")
-    dht = create_dht([args.initial_peer], host="127.0.0.1", port=0, identity=identity)
+    # in a network lab: listen on the host's own address at a fixed port, announce the relay that others dial
+    dht = create_dht([args.initial_peer], host=args.host or "127.0.0.1", port=args.port or 0, identity=identity,
+                     announce_host=args.announce_host)
     optimizer = build_swarm_optimizer(dht, model, recipe, identity, args.micro_batch_size)
     parameters = list(model.parameters())
+    inner_s = [0.0]  # DiLoCo: the inner optimiser step is the peer's own training work, i.e. compute
+    inner = getattr(optimizer, "inner_optimizer", None)
+    if inner is not None:
+        inner_step = inner.step
+
+        def timed_inner_step(*step_args, **step_kwargs):
+            began = time.perf_counter()
+            try:
+                return inner_step(*step_args, **step_kwargs)
+            finally:
+                inner_s[0] += time.perf_counter() - began
+
+        inner.step = timed_inner_step
     (folder / "ready").write_text(str(os.getpid()))
     go_file = Path(args.work_dir) / "go"
     while not go_file.exists():
@@ -165,25 +214,35 @@ def run_peer(args: argparse.Namespace) -> dict:
     while time.time() < start_at:
         time.sleep(0.01)
 
-    micro_steps: list[tuple[float, float, float]] = []  # wall times: compute began, compute ended, step ended
+    # wall times: compute began, compute ended, step ended; and the compute done inside step() (DiLoCo's inner step)
+    micro_steps: list[tuple[float, float, float, float]] = []
     epochs: list[dict] = []
     deadline = start_at + args.warmup_s + args.seconds
+    longest_wait_s = 0.0  # the longest non-compute step() since the last epoch: the round's all-reduce wait
+    last_inner_s = 0.0
     try:
         while time.time() < deadline:
             compute_began = time.time()
-            time.sleep(args.step_time_s)  # the forward/backward this peer's hardware would do
+            # the forward/backward this peer's hardware would do (its optimiser step included, which DiLoCo's
+            # inner step really runs below)
+            time.sleep(max(0.0, args.step_time_s - last_inner_s))
             compute_ended = time.time()
             for parameter, gradient in zip(parameters, gradients):
                 parameter.grad = gradient
             epoch = optimizer.local_epoch
+            inner_before = inner_s[0]
             step_started = time.perf_counter()
             optimizer.step()
             step_s = time.perf_counter() - step_started
             optimizer.zero_grad(set_to_none=True)
-            micro_steps.append((compute_began, compute_ended, time.time()))
+            last_inner_s = inner_s[0] - inner_before
+            micro_steps.append((compute_began, compute_ended, time.time(), last_inner_s))
+            longest_wait_s = max(longest_wait_s, step_s - last_inner_s)
             if optimizer.local_epoch != epoch:
-                epochs.append({"time": time.time(), "epoch": optimizer.local_epoch, "sync_s": step_s,
+                sync_s = step_s if args.mode == "dedloc" else longest_wait_s
+                epochs.append({"time": time.time(), "epoch": optimizer.local_epoch, "sync_s": sync_s,
                                "group_size": optimizer.rounds.last_group_size})
+                longest_wait_s = 0.0
         # written before the shutdown, which can take seconds: the orchestrator reads it as soon as it appears
         args.result_file.write_text(json.dumps({
             "peer_index": args.peer_index, "start_at": start_at, "micro_steps": micro_steps, "epochs": epochs,
@@ -195,28 +254,50 @@ def run_peer(args: argparse.Namespace) -> dict:
 
 # ------------------------------------------------------------------------------------------------- one row
 def run_row(args: argparse.Namespace, peers: int, compression: str, step_time_s: float, work_root: Path) -> dict:
-    """Start `peers` simulated volunteers around one bootstrap DHT node, measure a common window."""
-    from swarm.network import create_dht
+    """Start `peers` simulated volunteers around one bootstrap DHT node, measure a common window.
 
-    work_dir = Path(tempfile.mkdtemp(prefix=f"n{peers}-{compression}-", dir=work_root))
-    bootstrap = create_dht([], host="127.0.0.1", port=0)
-    initial_peer = str(bootstrap.get_visible_maddrs()[0])
+    On `--link loopback` everything runs in this network namespace; on a named link each peer runs on its own host
+    of a `benchmarks.netlab.NetLab` (shaped veth, delaying relay) and the bootstrap node in the lab's hub.
+    """
+    from contextlib import ExitStack
+
+    work_dir = Path(tempfile.mkdtemp(prefix=f"n{peers}-{args.mode}-{compression}-", dir=work_root))
     processes = []
-    launched = time.time()
-    try:
+    with ExitStack() as stack:
+        lab = None
+        if args.link != "loopback":
+            from benchmarks.netlab import Link, NetLab
+
+            lab = stack.enter_context(NetLab(hosts=peers, link=Link.parse(args.link)))
+            initial_peer = _start_lab_bootstrap(lab, work_dir, args.startup_timeout_s)
+        else:
+            from swarm.network import create_dht
+
+            bootstrap = create_dht([], host="127.0.0.1", port=0)
+            stack.callback(bootstrap.shutdown)
+            initial_peer = str(bootstrap.get_visible_maddrs()[0])
+        stack.callback(_stop, processes)  # runs before the lab closes or the bootstrap shuts down
+        launched = time.time()
         for index in range(peers):
             argv = [sys.executable, str(Path(__file__).resolve()), "--worker", "--peer-index", str(index),
                     "--initial-peer", initial_peer, "--work-dir", str(work_dir), "--model", args.model,
-                    "--shapes-file", str(args.shapes_file),
+                    "--shapes-file", str(args.shapes_file), "--mode", args.mode,
                     "--compression", compression, "--step-time-s", str(step_time_s),
                     "--micro-batch-size", str(args.micro_batch_size), "--seconds", str(args.seconds),
                     "--warmup-s", str(args.warmup_s), "--result-file", str(work_dir / f"result-{index}.json")]
-            if args.target_batch_size:
-                argv += ["--target-batch-size", str(args.target_batch_size)]
+            if args.mode == "diloco":
+                argv += ["--inner-steps", str(args.inner_steps)]
+            target = bench_recipe(args, compression, peers).collaboration.target_batch_size
+            argv += ["--target-batch-size", str(target)]
             if args.matchmaking_time_s:
                 argv += ["--matchmaking-time-s", str(args.matchmaking_time_s)]
             log = open(work_dir / f"peer-{index}.log", "w")
-            processes.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=work_dir))
+            if lab is None:
+                processes.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=work_dir))
+            else:
+                argv += ["--host", lab.host_ip(index), "--port", str(LAB_PEER_PORT),
+                         "--announce-host", lab.dial_address(index, LAB_PEER_PORT)]
+                processes.append(lab.popen(index, argv, stdout=log, stderr=subprocess.STDOUT, cwd=work_dir))
         deadline = time.time() + args.startup_timeout_s
         while not all((work_dir / f"peer-{i}" / "ready").exists() for i in range(peers)):
             if time.time() > deadline or any(p.poll() is not None for p in processes):
@@ -227,7 +308,14 @@ def run_row(args: argparse.Namespace, peers: int, compression: str, step_time_s:
         (work_dir / "go").write_text(repr(start_at))
         window = (start_at + args.warmup_s, start_at + args.warmup_s + args.seconds)
         time.sleep(max(0.0, window[0] - time.time()))
-        sent = _watch_bytes_sent(processes, window[1])
+        if lab is None:
+            sent, received = _watch_bytes_sent(processes, window[1]), None
+        else:  # every byte on each peer's link, from its veth counters
+            before = [lab.bytes(i) for i in range(peers)]
+            time.sleep(max(0.0, window[1] - time.time()))
+            after = [lab.bytes(i) for i in range(peers)]
+            sent = {i: after[i]["sent"] - before[i]["sent"] for i in range(peers)}
+            received = {i: after[i]["received"] - before[i]["received"] for i in range(peers)}
         result_files = [work_dir / f"result-{i}.json" for i in range(peers)]
         deadline = time.time() + args.seconds + 120
         while not all(f.exists() for f in result_files):
@@ -238,14 +326,47 @@ def run_row(args: argparse.Namespace, peers: int, compression: str, step_time_s:
             time.sleep(0.2)
         time.sleep(0.2)  # let the last writer close its file
         results = [json.loads(f.read_text()) for f in result_files]
-    finally:
-        _stop(processes)
-        bootstrap.shutdown()
     incomplete = _incomplete_allreduces(work_dir, peers)
-    recipe = load_bench_recipe(args.model, compression, args.target_batch_size, args.matchmaking_time_s)
-    row = summarise_row(args, peers, compression, step_time_s, recipe, results, window, sent)
+    recipe = bench_recipe(args, compression, peers)
+    row = summarise_row(args, peers, compression, step_time_s, recipe, results, window, sent, received)
     row.update(incomplete, startup_s=round(startup_s, 1))
     return row
+
+
+LAB_PEER_PORT = 31337  # every peer listens on this port on its own lab host; its relay in the hub uses it too
+LAB_BOOTSTRAP_PORT = 31000
+
+
+def _start_lab_bootstrap(lab, work_dir: Path, timeout_s: float) -> str:
+    """A bootstrap DHT node in the lab's hub (unshaped, undelayed); returns its address."""
+    address_file = work_dir / "bootstrap-address"
+    log = open(work_dir / "bootstrap.log", "w")
+    process = lab.popen_hub([sys.executable, str(Path(__file__).resolve()), "--bootstrap", "--host", lab.service_ip,
+                             "--port", str(LAB_BOOTSTRAP_PORT), "--result-file", str(address_file)],
+                            stdout=log, stderr=subprocess.STDOUT, cwd=work_dir)
+    deadline = time.time() + timeout_s
+    while not address_file.exists() or not address_file.read_text().strip():
+        if time.time() > deadline or process.poll() is not None:
+            raise RuntimeError(f"the lab's bootstrap node did not start: see {work_dir}/bootstrap.log")
+        time.sleep(0.1)
+    return address_file.read_text().strip()
+
+
+def run_bootstrap(args: argparse.Namespace) -> None:
+    """Worker: the lab's bootstrap node; writes its address, then serves until terminated."""
+    import signal
+
+    from swarm.network import create_dht
+
+    dht = create_dht([], host=args.host, port=args.port)
+    address = next(str(a) for a in dht.get_visible_maddrs() if args.host in str(a))
+    args.result_file.write_text(address)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        while True:
+            time.sleep(1)
+    finally:
+        dht.shutdown()
 
 
 def _stop(processes: list[subprocess.Popen], grace_s: float = 15.0) -> None:
@@ -366,49 +487,101 @@ def computed_bytes_per_sync(model, compression: str) -> dict[str, int]:
     return {"payload_bytes": total, "parameters": sum(p.numel() for p in model.parameters())}
 
 
-def summarise_row(args, peers, compression, step_time_s, recipe, results, window, sent) -> dict:
+def summarise_row(args, peers, compression, step_time_s, recipe, results, window, sent, received=None) -> dict:
     collab = recipe.collaboration
     begin, end = window
     length = end - begin
     samples = 0.0
     utilisations = []
+    micro_steps_per_peer = []
     for result in results:
-        samples += sum(1 for _, _, ended in result["micro_steps"] if begin < ended <= end) * args.micro_batch_size
-        # the part of each simulated forward/backward that falls inside the window
-        busy = sum(max(0.0, min(b, end) - max(a, begin)) for a, b, _ in result["micro_steps"])
-        utilisations.append(busy / length)
+        done = sum(1 for step in result["micro_steps"] if begin < step[2] <= end)
+        micro_steps_per_peer.append(done)
+        samples += done * args.micro_batch_size
+        # the part of each simulated forward/backward that falls inside the window, plus the compute done inside
+        # step() (DiLoCo's inner optimiser step); time in step() waiting on the network is not compute
+        busy = sum(max(0.0, min(step[1], end) - max(step[0], begin)) for step in result["micro_steps"])
+        busy += sum(step[3] for step in result["micro_steps"] if len(step) > 3 and begin < step[2] <= end)
+        utilisations.append(min(1.0, busy / length))
     epochs = [e for r in results for e in r["epochs"] if begin < e["time"] <= end]
     swarm_epochs = len({e["epoch"] for e in epochs})
     group_sizes = [e["group_size"] for e in epochs]
     sync_times = [e["sync_s"] for e in epochs]
     payload = args.payload[compression]
     factor = 2 * (peers - 1) / peers
-    measured = None
+    measured = measured_received = None
     if sent is not None and swarm_epochs:
         measured = round(statistics.fmean(sent.get(i, 0) for i in range(peers)) / swarm_epochs)
+    if received is not None and swarm_epochs:
+        measured_received = round(statistics.fmean(received.get(i, 0) for i in range(peers)) / swarm_epochs)
     ideal = peers * args.micro_batch_size / step_time_s
     samples_per_s = samples / length
+    parameters = args.parameters
+    wall_s_per_micro_step = (length / statistics.fmean(micro_steps_per_peer)
+                             if micro_steps_per_peer and statistics.fmean(micro_steps_per_peer) else None)
     return {
         "peers": peers,
         "link": args.link,
-        "mode": "dedloc",
+        "mode": args.mode,
+        "inner_steps": collab.diloco.inner_steps if args.mode == "diloco" else None,
         "compression": compression,
         "samples_per_s": round(samples_per_s, 2),
         "ideal_samples_per_s": round(ideal, 2),
         "speedup_vs_1_peer_ideal": round(samples_per_s / (args.micro_batch_size / step_time_s), 3),
         "utilisation": round(statistics.fmean(utilisations), 4),
         "epochs_in_window": swarm_epochs,
+        # over each peer's whole run (warm-up included): rounds averaged with others, and rounds taken alone
+        "averaged_rounds_per_peer": round(statistics.fmean(r.get("averaged_rounds", 0) for r in results), 2),
+        "solo_rounds_per_peer": round(statistics.fmean(r.get("solo_rounds", 0) for r in results), 2),
         "mean_group_size": round(statistics.fmean(group_sizes), 2) if group_sizes else None,
         "sync_s_median": round(statistics.median(sync_times), 3) if sync_times else None,
         "bytes_sent_per_peer_per_sync": round(payload * factor),
         "bytes_sent_per_peer_per_sync_is": "computed: serialized gradient bytes under the codec x 2(n-1)/n",
         "measured_bytes_sent_per_peer_per_sync": measured,
+        "measured_bytes_received_per_peer_per_sync": measured_received,
+        "measured_bytes_source": ("veth counters of each peer's link (every byte on the wire)" if received is not None
+                                  else "tcp_info of the peer's libp2p daemon sockets, via ss"),
+        "measured_bytes_sent_per_parameter_per_sync": round(measured / parameters, 3) if measured else None,
+        # the butterfly all-reduce sends 2(n-1)/n of the payload: per parameter of the payload itself
+        "measured_payload_bytes_per_parameter": (round(measured / (parameters * factor), 3)
+                                                 if measured and factor else None),
+        "wall_s_per_micro_step": round(wall_s_per_micro_step, 4) if wall_s_per_micro_step else None,
         "target_batch_size": collab.target_batch_size,
         "matchmaking_time_s": collab.matchmaking_time_s,
         "average_state_every": collab.average_state_every,
         "time_to_target_s": None,
         "simulated": True,
     }
+
+
+def add_time_to_target(rows: list[dict], convergence_file: Path) -> None:
+    """Fill `time_to_target_s` from real training (benchmarks/convergence.py) where it has a matching row.
+
+    convergence.json counts per-peer micro-steps until the swarm's validation loss first reached the single peer's
+    target; times this row's wall seconds per micro-step per peer, it is the time this simulated swarm would take.
+    """
+    try:
+        measured = json.loads(convergence_file.read_text())["results"]["rows"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    for row in rows:
+        if "error" in row or not row.get("wall_s_per_micro_step"):
+            continue
+        for entry in measured:
+            if (entry.get("mode") == row["mode"] and entry.get("peers") == row["peers"]
+                    and (row["mode"] != "diloco" or entry.get("inner_steps") == row.get("inner_steps"))
+                    and entry.get("micro_steps_to_target") is not None):
+                row["time_to_target_s"] = round(entry["micro_steps_to_target"] * row["wall_s_per_micro_step"], 1)
+                row["time_to_target_source"] = (
+                    f"{convergence_file.name}: {entry['micro_steps_to_target']} micro-steps per peer to validation "
+                    f"loss {entry.get('target_loss')} (real training, {entry.get('compression')}) x this row's "
+                    f"{row['wall_s_per_micro_step']} wall s per micro-step")
+                break
+    for row in rows:
+        alone = next((r for r in rows if r["peers"] == 1 and r["mode"] == row["mode"] and r["link"] == row["link"]
+                      and r.get("inner_steps") == row.get("inner_steps") and r.get("time_to_target_s")), None)
+        if row.get("time_to_target_s") and alone:
+            row["time_to_target_vs_1_peer"] = round(row["time_to_target_s"] / alone["time_to_target_s"], 3)
 
 
 # ------------------------------------------------------------------------------------------------- on paper
@@ -441,7 +614,9 @@ def paper_model(args, rows: list[dict], step_time_s: float) -> dict:
     recipe = load_bench_recipe(args.model, "fp16", args.target_batch_size, args.matchmaking_time_s)
     target = recipe.collaboration.target_batch_size
     check = []
-    for compression in sorted({row["compression"] for row in rows}):
+    # the check fits DeDLOC rounds on loopback (the lead extends it to links and DiLoCo)
+    for compression in sorted({row["compression"] for row in rows if row["mode"] == "dedloc"
+                               and row["link"] == "loopback"}):
         mine = {row["peers"]: row for row in rows if row["compression"] == compression and "error" not in row}
         alone = mine.get(1)
         pair = mine.get(2)
@@ -490,10 +665,13 @@ def paper_model(args, rows: list[dict], step_time_s: float) -> dict:
 # ------------------------------------------------------------------------------------------------- the run
 def run_benchmark(args: argparse.Namespace) -> dict:
     if args.link != "loopback":
-        raise SystemExit(
-            f"--link {args.link}: not implemented here. It needs each peer in its own network namespace, tc tbf "
-            "shaping on its veth and a user-space TCP relay adding the delay (this kernel has no netem); see "
-            "benchmarks/README.md. Only --link loopback runs on this machine.")
+        from benchmarks.netlab import NetLabUnavailable, check_requirements
+
+        try:
+            check_requirements()
+        except NetLabUnavailable as error:
+            print(f"--link {args.link}: {error}. Use --link loopback on this machine.", file=sys.stderr)
+            raise SystemExit(2) from None
     info = machine()
     step_time_s = args.step_time_s
     calibrated = False
@@ -508,7 +686,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     model = build_bench_model(args.model, recipe)
     sizes = {c: computed_bytes_per_sync(model, c) for c in args.compression}
     args.payload = {c: s["payload_bytes"] for c, s in sizes.items()}
-    parameters = sum(p.numel() for p in model.parameters())
+    parameters = args.parameters = sum(p.numel() for p in model.parameters())
     rows = []
     with tempfile.TemporaryDirectory(prefix="swarm-scaling-") as work_root:
         args.shapes_file = Path(work_root) / "shapes.json"
@@ -520,7 +698,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
                     row = run_row(args, peers, compression, step_time_s, Path(work_root))
                 except RuntimeError as error:  # keep the other rows; the failed one says why
                     print(f"{peers} peer(s) {compression}: failed: {error}", flush=True)
-                    rows.append({"peers": peers, "link": args.link, "mode": "dedloc", "compression": compression,
+                    rows.append({"peers": peers, "link": args.link, "mode": args.mode, "compression": compression,
                                  "error": str(error).splitlines()[0], "simulated": True})
                     continue
                 rows.append(row)
@@ -535,11 +713,15 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         "peers": args.peers,
         "compression": args.compression,
         "link": args.link,
+        "link_emulation": LINK_EMULATION if args.link != "loopback" else None,
+        "mode": args.mode,
+        "inner_steps": args.inner_steps if args.mode == "diloco" else None,
         "step_time_s": step_time_s,
         "step_time_source": "calibrated: fastest real forward/backward on this machine" if calibrated else (
             "given with --step-time-s" if args.step_time_s else "assumed (a consumer GPU); not measured here"),
         "micro_batch_size": args.micro_batch_size,
-        "target_batch_size": recipe.collaboration.target_batch_size,
+        # DiLoCo: per row, what its peers process per round (peers x inner steps x micro-batch)
+        "target_batch_size": recipe.collaboration.target_batch_size if args.mode == "dedloc" else None,
         "matchmaking_time_s": recipe.collaboration.matchmaking_time_s,
         "average_state_every": recipe.collaboration.average_state_every,
         "warmup_s": args.warmup_s,
@@ -550,6 +732,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         "command": "python benchmarks/scaling.py " + " ".join(sys.argv[1:]),
     }
     info["load_average_at_end"] = load_average()
+    add_time_to_target(rows, args.results_dir / "convergence.json")
     results = {"rows": rows, "model_on_paper": paper_model(args, rows, step_time_s)}
     return write_results(args.name, settings, results, markdown(settings, results, info),
                          plot=lambda path: plot(settings, rows, path), machine_info=info,
@@ -558,35 +741,55 @@ def run_benchmark(args: argparse.Namespace) -> dict:
 
 def markdown(settings: dict, results: dict, info: dict) -> str:
     rows = results["rows"]
+    if settings.get("mode") == "diloco":
+        rounds = (f"DiLoCo, {settings['inner_steps']} inner steps per round (target batch = peers x inner steps x "
+                  "micro-batch)")
+    else:
+        rounds = f"DeDLOC, target batch {settings['target_batch_size']}"
+    link = settings["link"]
     lines = [
-        "# Swarm scaling, 1-8 peers (simulated compute, real hivemind averaging)",
+        f"# Swarm scaling, {', '.join(map(str, settings['peers']))} peers on {link} "
+        "(simulated compute, real hivemind averaging)",
         "",
         f"{settings['model']} ({settings['parameters'] / 1e6:.2f}M parameters, recipe {settings['recipe']}); each "
         f"peer sleeps {settings['step_time_s']:.3f} s per micro-step of {settings['micro_batch_size']} samples "
-        f"({settings['step_time_source']}); target batch {settings['target_batch_size']}, matchmaking "
+        f"({settings['step_time_source']}); {rounds}, matchmaking "
         f"{settings['matchmaking_time_s']} s, state averaging every {settings['average_state_every']} epochs; "
         f"{settings['seconds_per_row']} s measured per row after {settings['warmup_s']} s of warm-up. "
         f"{describe_machine(info)}. `{settings['command'].strip()}`, {settings['date']}.",
         "",
+    ]
+    if settings.get("link_emulation"):
+        lines += [f"Link {link}: {settings['link_emulation']}.", ""]
+    lines += [
         "| peers | link | mode | compression | samples/s | ideal | utilisation | mean group | sync s | "
-        "bytes/peer/sync (computed) | bytes/peer/sync (measured) | incomplete all-reduces | time to target | "
-        "simulated |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "bytes/peer/sync (computed) | bytes/peer/sync (measured) | bytes/parameter/sync (measured) | "
+        "incomplete all-reduces | time to target | simulated |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
+        mode = row["mode"] + (f" H={row['inner_steps']}" if row.get("inner_steps") else "")
         if "error" in row:
-            lines.append(f"| {row['peers']} | {row['link']} | {row['mode']} | {row['compression']} | failed: "
-                         f"{row['error']} |" + " |" * 10)
+            lines.append(f"| {row['peers']} | {row['link']} | {mode} | {row['compression']} | failed: "
+                         f"{row['error']} |" + " |" * 11)
             continue
         measured = f"{row['measured_bytes_sent_per_peer_per_sync']:,}" if row[
             "measured_bytes_sent_per_peer_per_sync"] is not None else "n/a"
+        per_parameter = row.get("measured_bytes_sent_per_parameter_per_sync")
+        if per_parameter is not None:
+            per_parameter = f"{per_parameter:.2f} (payload {row['measured_payload_bytes_per_parameter']:.2f})" \
+                if row.get("measured_payload_bytes_per_parameter") is not None else f"{per_parameter:.2f}"
         lines.append(
-            f"| {row['peers']} | {row['link']} | {row['mode']} | {row['compression']} | {row['samples_per_s']:.1f} | "
+            f"| {row['peers']} | {row['link']} | {mode} | {row['compression']} | {row['samples_per_s']:.1f} | "
             f"{row['ideal_samples_per_s']:.1f} | {row['utilisation']:.2f} | {row['mean_group_size']} | "
             f"{row['sync_s_median']} | {row['bytes_sent_per_peer_per_sync']:,} | {measured} | "
-            f"{_incomplete_cell(row)} | "
+            f"{per_parameter if per_parameter is not None else 'n/a'} | {_incomplete_cell(row)} | "
             f"{row['time_to_target_s'] if row['time_to_target_s'] is not None else 'n/a'} | "
             f"{'yes' if row['simulated'] else 'no'} |")
+    lines += ["", "Bytes per parameter: measured bytes a peer sent per sync / parameters; in brackets, divided by "
+              "2(n-1)/n too (the share of the payload a butterfly all-reduce sends), i.e. the wire format's bytes "
+              "per value plus protocol, DHT and state-averaging traffic. Sync s: DeDLOC, the opt.step() that ends an "
+              "epoch; DiLoCo, the longest wait in opt.step() in the round (the all-reduce)."]
     check = results["model_on_paper"]["check_against_measured"]
     if check:
         lines += ["", "Model on paper vs measured (overhead fitted on the 2-peer row):", "",
@@ -609,10 +812,13 @@ def plot(settings: dict, rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for compression in settings["compression"]:
-        mine = [row for row in rows if row["compression"] == compression and "error" not in row]
-        left.plot([r["peers"] for r in mine], [r["samples_per_s"] for r in mine], marker="o", label=compression)
-        right.plot([r["peers"] for r in mine], [r["utilisation"] for r in mine], marker="o", label=compression)
+    lines = sorted({(row["link"], row["mode"], row["compression"]) for row in rows if "error" not in row})
+    for link, mode, compression in lines:  # one line per link, mode and codec
+        mine = [row for row in rows if (row["link"], row["mode"], row["compression"]) == (link, mode, compression)
+                and "error" not in row]
+        label = f"{link}, {mode}, {compression}"
+        left.plot([r["peers"] for r in mine], [r["samples_per_s"] for r in mine], marker="o", label=label)
+        right.plot([r["peers"] for r in mine], [r["utilisation"] for r in mine], marker="o", label=label)
     peers = sorted({row["peers"] for row in rows})
     per_peer = settings["micro_batch_size"] / settings["step_time_s"]
     left.plot(peers, [p * per_peer for p in peers], linestyle="--", color="grey", label="ideal")
@@ -623,9 +829,10 @@ def plot(settings: dict, rows: list[dict], path: Path) -> None:
     right.set_ylabel("utilisation (compute / wall)")
     right.set_ylim(0, 1.05)
     right.legend()
+    rounds = (f"DiLoCo H={settings['inner_steps']}" if settings.get("mode") == "diloco"
+              else f"target batch {settings['target_batch_size']}")
     figure.suptitle(f"{settings['model']}, {settings['link']}, simulated compute "
-                    f"{settings['step_time_s']:.3f} s/micro-step, target batch {settings['target_batch_size']}",
-                    fontsize=10)
+                    f"{settings['step_time_s']:.3f} s/micro-step, {rounds}", fontsize=10)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
@@ -638,7 +845,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--peers", type=int, nargs="+", default=None, help="Peer counts (default 1 2 4 8).")
     parser.add_argument("--compression", nargs="+", choices=["none", "fp16", "uint8"], default=None,
                         help="Gradient codecs (default fp16 uint8).")
-    parser.add_argument("--link", choices=sorted(LINKS), default="loopback")
+    parser.add_argument("--link", choices=sorted(LINKS), default="loopback",
+                        help="loopback, or a shaped link in network namespaces (needs root, ip and tc): RATE-ONE-WAY-DELAY.")
+    parser.add_argument("--mode", choices=["dedloc", "diloco"], default="dedloc",
+                        help="Collaboration mode of the peers (recipe collaboration.mode).")
+    parser.add_argument("--inner-steps", type=int, default=None,
+                        help="DiLoCo: inner steps per round (default 50: several rounds fit a short window).")
     parser.add_argument("--step-time-s", type=float, default=None,
                         help="Simulated forward/backward per micro-step (default: measured here for tiny).")
     parser.add_argument("--micro-batch-size", type=int, default=16)
@@ -655,7 +867,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--work-dir", help=argparse.SUPPRESS)
     parser.add_argument("--result-file", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--shapes-file", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--bootstrap", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--host", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--announce-host", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.bootstrap:
+        run_bootstrap(args)
+        return
+    if args.inner_steps is not None and args.inner_steps < 1:
+        parser.error(f"--inner-steps {args.inner_steps}: must be at least 1 (e.g. --inner-steps 50)")
+    if args.inner_steps is not None and args.mode != "diloco":
+        parser.error("--inner-steps only applies to --mode diloco: add --mode diloco or drop --inner-steps")
+    if any(peers < 1 for peers in (args.peers or [])):
+        parser.error(f"--peers {' '.join(map(str, args.peers))}: each peer count must be at least 1")
+    args.inner_steps = args.inner_steps or 50
     args.peers = args.peers or ([2] if args.quick else [1, 2, 4, 8])
     args.compression = args.compression or (["fp16"] if args.quick else ["fp16", "uint8"])
     args.seconds = args.seconds or (6.0 if args.quick else 25.0)
@@ -667,7 +893,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.worker:
         import logging
 
-        logging.basicConfig(level=logging.WARNING)
+        logging.basicConfig(level=os.environ.get("SCALING_WORKER_LOG_LEVEL", "WARNING"))  # INFO to debug rounds
         run_peer(args)
         return
     document = run_benchmark(args)
