@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import json
 import logging
 import math
@@ -254,13 +255,26 @@ class Volunteer:
             logger.info(f"No peer is ahead of this one: starting from {start}")
             return
         logger.info(f"Loading the current state from peers (swarm epoch {progress.epoch}, {progress.num_peers} peer(s))")
-        if self._load_state_with_watchdog():
-            self.stats.loaded_state_epoch = self.optimizer.local_epoch
-            logger.info(f"Loaded the swarm's state at epoch {self.optimizer.local_epoch}")
+        # a download can fail part-way (a donor busy averaging, a chunk late on a slow link): hivemind then returns
+        # as if it had succeeded, so retry until this peer reaches the swarm's epoch or load_state_timeout_s is spent
+        deadline = time.monotonic() + self.recipe.collaboration.load_state_timeout_s
+        for attempt in itertools.count(1):
+            if self._load_state_with_watchdog(max(1.0, deadline - time.monotonic())):
+                self.stats.loaded_state_epoch = self.optimizer.local_epoch
+                logger.info(f"Loaded the swarm's state at epoch {self.optimizer.local_epoch}")
+                return
+            if time.monotonic() >= deadline - 1.0 or self._stop_requested.is_set():
+                break
+            logger.warning(f"Loading the swarm's state (attempt {attempt}) left this peer at epoch "
+                           f"{self.optimizer.local_epoch}, the swarm is at {tracker.global_epoch}: trying again")
+            time.sleep(2.0)
+        logger.warning(f"Could not load the swarm's state within {self.recipe.collaboration.load_state_timeout_s:.0f} s "
+                       "(collaboration.load_state_timeout_s): training from this peer's own weights; the next epoch "
+                       "check tries again")
 
-    def _load_state_with_watchdog(self) -> bool:
+    def _load_state_with_watchdog(self, timeout_s: float | None = None) -> bool:
         """hivemind's loader retries forever and returns None either way: bound it and check the epoch moved."""
-        timeout_s = self.recipe.collaboration.load_state_timeout_s
+        timeout_s = self.recipe.collaboration.load_state_timeout_s if timeout_s is None else timeout_s
         before = self.optimizer.local_epoch
         done = threading.Event()
 
@@ -277,7 +291,8 @@ class Volunteer:
             logger.warning(f"No peer sent its state within {timeout_s:.0f} s (collaboration.load_state_timeout_s); "
                            "training on from the current weights")
             return False
-        return self.optimizer.local_epoch >= max(before, self.optimizer.tracker.global_epoch - 1)
+        global_epoch = self.optimizer.tracker.global_epoch
+        return self.optimizer.local_epoch >= max(before + (global_epoch > before), global_epoch - 1)
 
     # ---------------------------------------------------------------- the training loop
     def _train(self) -> None:
