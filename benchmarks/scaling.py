@@ -88,7 +88,7 @@ PROJECTION_OVERHEAD_S = 5.0
 
 
 def load_bench_recipe(model: str, compression: str, target_batch_size: int | None, matchmaking_time_s: float | None,
-                      mode: str = "dedloc", inner_steps: int | None = None):
+                      mode: str = "dedloc", inner_steps: int | None = None, overlap: bool = False):
     from swarm.recipe import load_recipe
 
     recipe = load_recipe(RECIPES_DIR / MODELS[model][0])
@@ -98,8 +98,11 @@ def load_bench_recipe(model: str, compression: str, target_batch_size: int | Non
     if matchmaking_time_s is not None:
         update["matchmaking_time_s"] = matchmaking_time_s
         update["averaging_timeout_s"] = max(recipe.collaboration.averaging_timeout_s, 4 * matchmaking_time_s)
-    if mode == "diloco" and inner_steps is not None:
-        update["diloco"] = recipe.collaboration.diloco.model_copy(update={"inner_steps": inner_steps})
+    if mode == "diloco":
+        diloco = {"overlap_communication": overlap}
+        if inner_steps is not None:
+            diloco["inner_steps"] = inner_steps
+        update["diloco"] = recipe.collaboration.diloco.model_copy(update=diloco)
     return recipe.model_copy(update={"collaboration": recipe.collaboration.model_copy(update=update)})
 
 
@@ -108,7 +111,8 @@ def bench_recipe(args: argparse.Namespace, compression: str, peers: int | None =
     target = args.target_batch_size
     if args.mode == "diloco" and target is None and peers:
         target = peers * args.inner_steps * args.micro_batch_size
-    return load_bench_recipe(args.model, compression, target, args.matchmaking_time_s, args.mode, args.inner_steps)
+    return load_bench_recipe(args.model, compression, target, args.matchmaking_time_s, args.mode, args.inner_steps,
+                             args.overlap)
 
 
 def build_bench_model(model: str, recipe):
@@ -181,7 +185,7 @@ def run_peer(args: argparse.Namespace) -> dict:
 
     torch.set_num_threads(1)  # compute is simulated; hivemind's own tensor work shares the 2 cores with 7 others
     recipe = load_bench_recipe(args.model, args.compression[0], args.target_batch_size, args.matchmaking_time_s,
-                               args.mode, args.inner_steps)
+                               args.mode, args.inner_steps, args.overlap)
     model = ShapesOnly(json.loads(Path(args.shapes_file).read_text()))
     generator = torch.Generator().manual_seed(1000 + args.peer_index)
     # random gradients of the true shapes, made once: the values do not change the cost of the path
@@ -286,7 +290,7 @@ def run_row(args: argparse.Namespace, peers: int, compression: str, step_time_s:
                     "--micro-batch-size", str(args.micro_batch_size), "--seconds", str(args.seconds),
                     "--warmup-s", str(args.warmup_s), "--result-file", str(work_dir / f"result-{index}.json")]
             if args.mode == "diloco":
-                argv += ["--inner-steps", str(args.inner_steps)]
+                argv += ["--inner-steps", str(args.inner_steps)] + (["--overlap"] if args.overlap else [])
             target = bench_recipe(args, compression, peers).collaboration.target_batch_size
             argv += ["--target-batch-size", str(target)]
             if args.matchmaking_time_s:
@@ -524,6 +528,7 @@ def summarise_row(args, peers, compression, step_time_s, recipe, results, window
         "link": args.link,
         "mode": args.mode,
         "inner_steps": collab.diloco.inner_steps if args.mode == "diloco" else None,
+        "overlap_communication": collab.diloco.overlap_communication if args.mode == "diloco" else None,
         "compression": compression,
         "samples_per_s": round(samples_per_s, 2),
         "ideal_samples_per_s": round(ideal, 2),
@@ -716,6 +721,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         "link_emulation": LINK_EMULATION if args.link != "loopback" else None,
         "mode": args.mode,
         "inner_steps": args.inner_steps if args.mode == "diloco" else None,
+        "overlap_communication": args.overlap if args.mode == "diloco" else None,
         "step_time_s": step_time_s,
         "step_time_source": "calibrated: fastest real forward/backward on this machine" if calibrated else (
             "given with --step-time-s" if args.step_time_s else "assumed (a consumer GPU); not measured here"),
@@ -768,7 +774,8 @@ def markdown(settings: dict, results: dict, info: dict) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
-        mode = row["mode"] + (f" H={row['inner_steps']}" if row.get("inner_steps") else "")
+        mode = row["mode"] + (f" H={row['inner_steps']}" if row.get("inner_steps") else "") + (
+            " overlap" if row.get("overlap_communication") else "")
         if "error" in row:
             lines.append(f"| {row['peers']} | {row['link']} | {mode} | {row['compression']} | failed: "
                          f"{row['error']} |" + " |" * 11)
@@ -847,6 +854,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="Gradient codecs (default fp16 uint8).")
     parser.add_argument("--link", choices=sorted(LINKS), default="loopback",
                         help="loopback, or a shaped link in network namespaces (needs root, ip and tc): RATE-ONE-WAY-DELAY.")
+    parser.add_argument("--overlap", action="store_true",
+                        help="DiLoCo: keep training while a round's all-reduce runs (collaboration.diloco."
+                             "overlap_communication).")
     parser.add_argument("--mode", choices=["dedloc", "diloco"], default="dedloc",
                         help="Collaboration mode of the peers (recipe collaboration.mode).")
     parser.add_argument("--inner-steps", type=int, default=None,
