@@ -101,8 +101,11 @@ class Link:
         return f"{rate}-{self.delay_ms:g}ms"
 
 
-def _run(argv: list[str], check: bool = True) -> subprocess.CompletedProcess:
-    process = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+def _run(argv: list[str], check: bool = True, timeout_s: float = 30.0) -> subprocess.CompletedProcess:
+    try:
+        process = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:  # seen with a 124M-parameter run saturating both cores
+        raise RuntimeError(f"{' '.join(argv)} did not answer within {timeout_s:.0f} s (machine overloaded?)") from None
     if check and process.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} failed: {(process.stderr or process.stdout).strip()}")
     return process
@@ -320,7 +323,7 @@ class NetLab:
     # ------------------------------------------------------------------------------------------- counters
     def bytes(self, host: int) -> dict[str, int]:
         """Bytes host's eth0 has sent and received so far (on the wire: headers and every protocol included)."""
-        output = _run(["ip", "-n", self.namespace(host), "-s", "-j", "link", "show", "dev", "eth0"]).stdout
+        output = _run(["ip", "-n", self.namespace(host), "-s", "-j", "link", "show", "dev", "eth0"], timeout_s=120).stdout
         stats = json.loads(output)[0]["stats64"]
         return {"sent": int(stats["tx"]["bytes"]), "received": int(stats["rx"]["bytes"])}
 
