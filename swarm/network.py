@@ -62,6 +62,10 @@ def create_dht(
 ) -> hivemind.DHT:
     """Start this process's DHT node. With `identity`, the peer id and record signatures survive restarts."""
     raise_fd_limit()
+    removed, freed = swarm.processes.remove_orphaned_shared_memory()
+    if removed:
+        logger.info(f"Freed {freed / 2**20:.0f} MB of shared memory left in /dev/shm by {removed} killed hivemind "
+                    "process file(s)")
     if host != "0.0.0.0":
         try:
             ipaddress.ip_address(host)

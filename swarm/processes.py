@@ -10,6 +10,12 @@ Every process forked from Python after this import asks the kernel for SIGTERM w
 (prctl PR_SET_PDEATHSIG). A DHT process that dies this way takes its p2pd down with it through hivemind's own
 shutdown path. hivemind forks its processes from the main thread, which lives as long as the process, so the
 signal only fires when the whole parent is gone.
+
+hivemind shares tensors between those processes with torch's `file_system` strategy: files in /dev/shm named
+`torch_<pid>_...`, normally removed by torch_shm_manager. A process tree killed as a whole (OOM killer, `kill -9` of
+the group, a container stop) takes the manager with it and leaves the files: RAM that no process owns, until reboot.
+Seen here: 22,658 such files, 8.8 GB, after a day of killed peers, and a later run killed by the OOM killer.
+`remove_orphaned_shared_memory()` deletes the ones whose process is gone; every swarm process calls it at start.
 """
 
 from __future__ import annotations
@@ -17,8 +23,11 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import re
 import signal
 import sys
+import time
+from pathlib import Path
 
 _PR_SET_PDEATHSIG = 1
 
@@ -33,3 +42,45 @@ def _die_with_parent() -> None:
 
 if sys.platform.startswith("linux"):
     os.register_at_fork(after_in_child=_die_with_parent)
+
+
+SHARED_MEMORY_DIR = Path("/dev/shm")
+_TORCH_SEGMENT = re.compile(r"^torch_(\d+)_")
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def remove_orphaned_shared_memory(folder: Path = SHARED_MEMORY_DIR, min_age_s: float = 60.0) -> tuple[int, int]:
+    """Delete torch shared-memory files of this user whose creating process no longer runs: (files, bytes) freed.
+
+    Files younger than `min_age_s` are kept (a process that just created one may be handing it over), as is
+    anything not named `torch_<pid>_...` or owned by another user.
+    """
+    removed = freed = 0
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:  # no /dev/shm (macOS) or not readable
+        return 0, 0
+    now, uid = time.time(), os.getuid()
+    for entry in entries:
+        match = _TORCH_SEGMENT.match(entry.name)
+        if match is None or _running(int(match.group(1))):
+            continue
+        try:
+            info = entry.stat(follow_symlinks=False)
+            if info.st_uid != uid or now - info.st_mtime < min_age_s:
+                continue
+            os.unlink(entry.path)
+        except OSError:
+            continue
+        removed += 1
+        freed += info.st_size
+    return removed, freed
