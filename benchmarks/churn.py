@@ -194,6 +194,21 @@ def survivors(members: list[tuple[int, float, str]]) -> list[dict]:
     return alive
 
 
+def torch_shared_memory_mb(folder: Path = Path("/dev/shm")) -> float:
+    """MB in torch's shared-memory files (hivemind's file_system sharing strategy), whoever created them."""
+    total = 0
+    try:
+        for entry in os.scandir(folder):
+            if entry.name.startswith("torch_"):
+                try:
+                    total += entry.stat(follow_symlinks=False).st_size
+                except OSError:
+                    pass
+    except OSError:
+        return 0.0
+    return round(total / MB, 1)
+
+
 def fetch_json(url: str, timeout_s: float = 5.0):
     with urllib.request.urlopen(url, timeout=timeout_s) as response:
         return json.loads(response.read())
@@ -259,6 +274,7 @@ class Arm:
         self.address = ""
         self.status_polls: list[dict] = []
         self.memory: list[dict] = []
+        self.shm: list[tuple[float, float]] = []  # (seconds since start, MB in /dev/shm/torch_*)
         self.kills: list[dict] = []
         self.pending_orphan_checks: list[tuple[float, dict, list]] = []
         self.t0 = self.t1 = 0.0
@@ -390,6 +406,7 @@ class Arm:
                                       loss=status["mean_training_loss"]))
 
     def _record_memory(self, now: float) -> None:
+        self.shm.append((round(now - self.t0, 2), torch_shared_memory_mb()))
         for volunteer in self.volunteers:
             if volunteer.process is None or volunteer.process.popen.poll() is not None:
                 continue
@@ -590,6 +607,13 @@ class Arm:
             never_killed=never_killed,
             restarted=restarted,  # every incarnation that was killed or is a restart
 
+            # torch's shared-memory files in /dev/shm (every process on the machine): owned by no process once a killed
+            # tree took its torch_shm_manager along, so no process's PSS shows them
+            shm_mb_first=self.shm[0][1] if self.shm else None,
+            shm_mb_last=self.shm[-1][1] if self.shm else None,
+            shm_mb_peak=max((mb for _, mb in self.shm), default=None),
+            shm_slope_mb_per_hour=(None if len(self.shm) < 3 else
+                                   round(least_squares_slope([(t / 3600, mb) for t, mb in self.shm]) or 0.0, 1)),
             coordinator_peak_pss_mb=max((m["pss_mb"] for m in coordinator_rows), default=None),
             coordinator_pss_slope_mb_per_hour=slope(coordinator_rows, "pss_mb"),
         )
@@ -610,8 +634,8 @@ def markdown(settings: dict, results: dict, info: dict) -> str:
         "",
         "| arm | samples/s (granted) | epochs/min | max stall s (timeout) | final loss | kills | orphans | "
         "peak PSS MB | peak RSS-sum MB | beyond model MB (PSS) | slope MB/h never-killed (PSS) | "
-        "slope MB/h restarted, median (PSS) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "slope MB/h restarted, median (PSS) | /dev/shm torch MB first -> last |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, arm in arms.items():
         memory = arm["memory"]
@@ -621,7 +645,8 @@ def markdown(settings: dict, results: dict, info: dict) -> str:
             f"({arm['averaging_timeout_s']:.0f}) | {_fmt(arm['final_loss'], 3)} | {arm['kills']} | {arm['orphans']} | "
             f"{_fmt(memory['peak_pss_mb'], 0)} | {_fmt(memory['peak_rss_mb'], 0)} | "
             f"{_fmt(memory['beyond_model_mb_peak'], 0)} | {_fmt(slopes['never_killed_pss'], 0)} | "
-            f"{_fmt(slopes['restarted_pss_median'], 0)} |")
+            f"{_fmt(slopes['restarted_pss_median'], 0)} | {_fmt(memory.get('shm_mb_first'), 0)} -> "
+            f"{_fmt(memory.get('shm_mb_last'), 0)} |")
     lines.append("")
     if results.get("throughput_kept") is not None:
         lines.append(f"**throughput kept: {results['throughput_kept']:.2f}** (goal >= 0.80; epoch rate ratio "
