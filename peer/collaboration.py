@@ -17,6 +17,7 @@ from functools import partial
 
 import hivemind
 import torch
+from hivemind.averaging import DecentralizedAverager
 from hivemind.compression import CompressionBase, NoCompression, RoleAdaptiveCompression
 from hivemind.optim.grad_averager import GradientAverager
 from hivemind.optim.progress_tracker import ProgressTracker
@@ -118,8 +119,8 @@ class SwarmProgressTracker(ProgressTracker):
         super().shutdown(timeout)
 
 
-class SwarmGradientAverager(GradientAverager):
-    """GradientAverager that tells the training process how much of the data each all-reduce really combined.
+class AllreduceOutcome:
+    """Mixin for a hivemind averager: tells the training process how much of the data each all-reduce combined.
 
     hivemind drops a peer's remaining chunks from a round when they miss `next_chunk_timeout` and only logs it
     ("Reducer: received X% of input tensors", "Averaging: received X% results") in the averager's process. Here the
@@ -130,6 +131,13 @@ class SwarmGradientAverager(GradientAverager):
         # [rounds finished, fraction of input parts this peer reduced, fraction of averaged results it received]
         self._allreduce_outcome = torch.zeros(3, dtype=torch.float64).share_memory_()
         super().__init__(*args, **kwargs)  # starts the averager's process, which inherits the shared tensor
+
+    @classmethod
+    def _get_handle_name(cls, namespace, method_name):
+        # hivemind names each RPC after the class: keep the hivemind class's names, so these averagers still meet
+        # plain hivemind ones (and the coordinator's state downloader) on the wire
+        wire_class = next(base for base in cls.__mro__ if base.__module__.startswith("hivemind."))
+        return wire_class._get_handle_name(namespace, method_name)
 
     @property
     def last_received_fraction(self) -> float:
@@ -153,6 +161,14 @@ class SwarmGradientAverager(GradientAverager):
         self._allreduce_outcome[1] = min(1.0, reduced)
         self._allreduce_outcome[2] = returned
         self._allreduce_outcome[0] += 1
+
+
+class SwarmGradientAverager(AllreduceOutcome, GradientAverager):
+    """hivemind's GradientAverager, reporting how much of each round's data arrived (see `AllreduceOutcome`)."""
+
+
+class SwarmAverager(AllreduceOutcome, DecentralizedAverager):
+    """hivemind's DecentralizedAverager, reporting how much of each round's data arrived (see `AllreduceOutcome`)."""
 
 
 class SwarmOptimizer(hivemind.Optimizer):

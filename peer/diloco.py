@@ -31,9 +31,14 @@ How a round forms (hivemind 1.1.12 matches groups by key and time only, so the e
 - A peer that finds itself behind the swarm (it missed a round's group, or joined without loading) downloads the
   current outer state and keeps its own progress as a delta on top of it; a peer alone in the swarm (checked
   against a fresh read of the progress records) applies its own pseudo-gradient.
-- Every `average_parameters_every` rounds the outer parameters are averaged too (fp16). hivemind returns each
-  peer the average *plus its own quantisation error*, so with lossy compression the peers' outer parameters
-  drift apart slowly (a random walk); late joiners also miss the round in flight. This pulls them together.
+- Every `average_parameters_every` rounds the outer parameters and momentum are averaged too (fp16). hivemind
+  returns each peer the average *plus its own quantisation error*, so with lossy compression the peers' outer
+  parameters drift apart slowly (a random walk); late joiners also miss the round in flight. This pulls them
+  together.
+- A round that breaks midway (a link drops, chunks miss `next_chunk_timeout`) leaves each member a different mix
+  of averaged and local values, and a peer that found no group while others trained applied its own step: such a
+  peer sets `outer_may_differ` and says so in its next round's gathered data; every member of that group then
+  averages the outer parameters and momentum in the round after (`repair_rounds` counts them).
 
 The state served to newcomers and to the coordinator is the outer state (parameters in
 `swarm.optim.parameter_order`, then the momentum) under `{run_id}_state_averager`, as in mode dedloc.
@@ -100,6 +105,10 @@ def apply_outer_step(outer_optimizer: torch.optim.Optimizer, pseudo_gradients: S
         if param.grad is not pseudo_gradient:
             param.grad = pseudo_gradient
     outer_optimizer.step()
+
+
+class _OuterStateAverager(collaboration.AllreduceOutcome, TrainingStateAverager):
+    """The outer parameters and momentum: served to newcomers, averaged on some rounds (see `AllreduceOutcome`)."""
 
 
 def epoch_group_bits(epoch: int) -> str:
@@ -179,7 +188,7 @@ class DiLoCoOptimizer:
             dht=dht, prefix=run_id, target_batch_size=target_batch_size, client_mode=client_mode,
             private_key=private_key, min_refresh_period=0.5, max_refresh_period=5.0, start=True,
         )
-        self.state_averager = TrainingStateAverager(
+        self.state_averager = _OuterStateAverager(
             dht=dht,
             prefix=f"{run_id}_state_averager",  # where the coordinator and newcomers download the model
             optimizer=lambda outer_groups: make_outer_optimizer(outer_groups, diloco),
@@ -188,6 +197,8 @@ class DiLoCoOptimizer:
             offload_optimizer=True,  # the outer parameters live on the CPU, apart from the model
             custom_gradients=True,  # their "gradients" are the averaged pseudo-gradients, set below
             compression=parameters_compression,
+            # the momentum too: after a broken round the members' momenta differ, and would part them again
+            average_opt_statistics=("momentum_buffer",) if diloco.outer_momentum > 0 else (),
             min_matchmaking_time=matchmaking_time_s,
             request_timeout=request_timeout_s,
             allreduce_timeout=averaging_timeout_s,
@@ -199,7 +210,7 @@ class DiLoCoOptimizer:
         self.outer_optimizer = self.state_averager.optimizer
         self._outer = [param for group in self.outer_optimizer.param_groups for param in group["params"]]
         self._round_start = [param.detach().clone() for param in self._outer]
-        self.averager = DecentralizedAverager(
+        self.averager = collaboration.SwarmAverager(
             averaged_tensors=[torch.zeros_like(param) for param in self._outer],
             dht=dht,
             prefix=f"{run_id}_diloco_averager",
@@ -229,6 +240,11 @@ class DiLoCoOptimizer:
         self._progress_read = None  # (epoch, future) of a pending DHT read of the progress records
         self._poll_epoch, self._next_poll_s, self._next_catch_up_s = -1, 0.0, 0.0
         self._someone_waiting = False
+        # a round that failed (or lost part of its data) midway leaves each member a different mix of averaged and
+        # local values, so the members' outer parameters part; the next group hears of it and averages them
+        self.outer_may_differ = False
+        self._repair_epoch = -1  # the round in which the last group agreed to average the outer parameters
+        self.repair_rounds = 0  # rounds that averaged the outer parameters because a member had parted
         self._poll_period_s = max(0.2, min(1.0, matchmaking_time_s / 3))
 
     # ---------------------------------------------------------------- the surface the volunteer uses
@@ -261,6 +277,11 @@ class DiLoCoOptimizer:
         elif self._steps_in_round >= self.diloco.inner_steps or (
                 self.tracker.global_progress.num_peers >= 2 and self._another_peer_is_waiting()):
             self._join_round()
+
+    @property
+    def repair_pending(self) -> bool:
+        """This peer's outer parameters may differ from its group's, or its next round averages them to repair that."""
+        return self.outer_may_differ or self._repair_epoch >= self._epoch
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.inner_optimizer.zero_grad(set_to_none=set_to_none)
@@ -377,10 +398,17 @@ class DiLoCoOptimizer:
         scheduled_time = get_dht_time() + self.matchmaking_time_s
         timeout = self.matchmaking_time_s + self.averaging_timeout_s
         self.averager.set_group_bits(epoch_group_bits(self._epoch))
-        self._forming = self.averager.step(gather=dict(epoch=self._epoch), scheduled_time=scheduled_time,
-                                           timeout=timeout, require_trigger=True, wait=False)
+        # no retries: a round is one epoch's group, which is gone once its all-reduce failed; retrying would only
+        # keep this peer looking (and a blocking round waiting) until the deadline
+        self._forming = self.averager.step(gather=dict(epoch=self._epoch, outer_may_differ=self.outer_may_differ),
+                                           scheduled_time=scheduled_time, timeout=timeout, require_trigger=True,
+                                           allow_retries=False, wait=False)
         every = self.diloco.average_parameters_every
-        if every and (self._epoch + 1) % every == 0:
+        routine = bool(every) and (self._epoch + 1) % every == 0
+        repair = self._repair_epoch == self._epoch
+        if repair or routine:
+            # every member of the last group read the same gathered flags and picked this epoch, so they meet here
+            self.repair_rounds += int(not routine)
             self.state_averager.set_group_bits(epoch_group_bits(self._epoch))
             # the outer parameters are not touched until the round is applied, so this may run at once
             self._forming_parameters = self.state_averager.schedule_step(
@@ -399,6 +427,8 @@ class DiLoCoOptimizer:
                 self._catch_up()
                 return
             control = None
+        if control is None and self.tracker.global_progress.num_peers >= 2:
+            self._parted(f"round {self._epoch} found no group while other peers train")
         logger.debug(f"Round {self._epoch}: capturing the pseudo-gradient of {self._steps_in_round} inner steps "
                      f"({'group formed' if control is not None else 'alone'})")
         self._capture_pseudo_gradient()
@@ -441,16 +471,25 @@ class DiLoCoOptimizer:
     def _finish_round(self, wait: bool = False) -> None:
         """Apply a closed round: outer step on the (averaged) pseudo-gradient, then move the model onto it."""
         closed, self._in_flight = self._in_flight, None
-        group_size = 1
+        group_size, broke = 1, None
         if closed.control is not None:
             try:
-                group_size = len(closed.control.result(timeout=self.averaging_timeout_s if wait else 0))
+                gathered = closed.control.result(timeout=self.averaging_timeout_s if wait else 0)
+                group_size = len(gathered)
+                if group_size >= 2 and self.averager.last_received_fraction < 1.0:
+                    broke = (f"round {closed.epoch} averaged only {self.averager.last_received_fraction:.0%} of its "
+                             "data in time")
+                if any(isinstance(info, dict) and info.get("outer_may_differ") for info in gathered.values()):
+                    self._repair_epoch = closed.epoch + 1
             except BaseException as error:  # the buffers hold the local (or a partly averaged) pseudo-gradient
-                logger.debug(f"Averaging round {closed.epoch} failed: {error!r}")
                 if not closed.control.done():
                     closed.control.cancel()
+                broke = f"averaging round {closed.epoch} failed ({error!r})"
         # the members of this round's group average their outer parameters too: wait for that group to form
         self._settle(closed.parameters_round, call_off_if_looking=group_size < 2)
+        self._check_parameters_round(closed.parameters_round, had_group=group_size >= 2)
+        if broke is not None:  # after the parameters round: this round's own outer step parts the members again
+            self._parted(broke)
         with self.averager.get_tensors():
             usable = all(bool(torch.isfinite(buffer).all()) for buffer in self._buffers)
             if usable:
@@ -466,6 +505,41 @@ class DiLoCoOptimizer:
         self.rounds.record(group_size)
         logger.debug(f"Round {closed.epoch}: group of {group_size}, applied after "
                      f"{time.perf_counter() - closed.started:.2f} s")
+
+    @torch.no_grad()
+    def _relink_averaged_statistics(self) -> None:
+        """Loading an optimiser state replaces its tensors: put the values back into the ones the averager shares."""
+        keys = self.state_averager.opt_keys_for_averaging
+        with self.state_averager.get_tensors() as averaged:
+            shared = iter(averaged[len(self._outer):])
+            for key in keys:
+                for param in self._outer:
+                    target, state = next(shared), self.outer_optimizer.state[param]
+                    if state[key] is not target:
+                        target.copy_(state[key])
+                        state[key] = target
+
+    def _parted(self, why: str) -> None:
+        """This peer's outer parameters may no longer match its group's: ask the next group to average them."""
+        logger.info(f"The {why}: this peer's outer parameters may differ from its group's; the next round's group "
+                    "will average them")
+        self.outer_may_differ = True
+
+    def _check_parameters_round(self, control: StepControl | None, had_group: bool) -> None:
+        """A finished averaging of the outer parameters puts the members back together (or apart, if it broke)."""
+        if control is None or not control.done() or control.cancelled():
+            return  # called off while looking for a group: the outer parameters were not touched
+        try:
+            group_size = len(control.result())
+        except BaseException as error:
+            if had_group:  # hivemind does not say whether it broke before or after touching the parameters
+                self._parted(f"averaging of the outer parameters failed ({error!r})")
+            return
+        if group_size >= 2:
+            if self.state_averager.last_received_fraction < 1.0:
+                self._parted("averaging of the outer parameters lost part of its data")
+            else:
+                self.outer_may_differ = False
 
     @torch.no_grad()
     def _reset_model_to_outer(self, keep_local_progress: bool) -> None:
@@ -543,12 +617,14 @@ class DiLoCoOptimizer:
                 return False
             for param, tensor in zip(self._outer, tensors):
                 param.copy_(tensor)
+        self._relink_averaged_statistics()
         if self.tracker.global_epoch == epoch + 1:
             # the donor had a round in flight, which this state lacks (`average_parameters_every` repairs that)
             epoch += 1
         self.state_averager.local_epoch = epoch
         if not self.client_mode:
             self.state_averager.state_sharing_priority = epoch
+        self.outer_may_differ = False  # a donor's state, as the swarm has it
         steps, samples = self._steps_in_round, self._samples_in_round
         self._advance_epoch(epoch)
         self._steps_in_round, self._samples_in_round = steps, samples

@@ -233,8 +233,9 @@ class DiLoCoConfig(_Section):
     )
     average_parameters_every: int = Field(
         10, ge=0,
-        description="Every N rounds also average the outer parameters themselves (fp16, ~2 bytes/parameter), which "
-        "cancels the drift lossy pseudo-gradient compression and late joiners leave between peers; 0 never.",
+        description="Every N rounds also average the outer parameters and outer momentum themselves (fp16, ~4 bytes "
+        "per parameter), which cancels the drift lossy pseudo-gradient compression and late joiners leave between "
+        "peers; 0 never. A round that breaks midway (a dropped link) triggers one such averaging regardless.",
     )
 
     @model_validator(mode="after")

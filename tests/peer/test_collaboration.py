@@ -299,3 +299,32 @@ def test_state_averaging_keeps_adam_statistics_exact_while_parameters_use_the_re
     finally:
         for averager in averagers:
             averager.shutdown()
+
+
+@pytest.mark.timeout(90)
+def test_swarm_averagers_meet_plain_hivemind_averagers_on_the_wire(two_nodes):
+    """hivemind names RPCs after the class: swarm's subclasses must keep hivemind's names to average with its peers."""
+    from hivemind.averaging import DecentralizedAverager
+    from hivemind.optim.grad_averager import GradientAverager
+
+    from peer.collaboration import SwarmAverager
+
+    (first_dht, _), (second_dht, _) = two_nodes
+    for method in ("rpc_join_group", "rpc_aggregate_part", "rpc_download_state"):
+        assert SwarmGradientAverager._get_handle_name("run", method) == GradientAverager._get_handle_name("run", method)
+    averagers = []
+    try:
+        averagers.append(SwarmAverager([torch.full((3000,), 1.0)], first_dht, prefix="mixed", target_group_size=2,
+                                       min_matchmaking_time=2.0, request_timeout=1.0, start=True))
+        averagers.append(DecentralizedAverager([torch.full((3000,), 3.0)], second_dht, prefix="mixed",
+                                               target_group_size=2, min_matchmaking_time=2.0, request_timeout=1.0,
+                                               start=True))
+        controls = [averager.step(wait=False, timeout=30) for averager in averagers]
+        assert all(len(control.result(timeout=60)) == 2 for control in controls)
+        for averager in averagers:
+            with averager.get_tensors() as (tensor,):
+                assert torch.equal(tensor, torch.full((3000,), 2.0))
+        assert averagers[0].last_received_fraction == 1.0
+    finally:
+        for averager in averagers:
+            averager.shutdown()
