@@ -226,6 +226,16 @@ def least_squares_slope(points: list[tuple[float, float]]) -> float | None:
     return sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys)) / sxx
 
 
+def second_half_slope(samples: list[dict], key: str) -> float | None:
+    """MB per hour over the second half of a process's life: past the warm-up (copy-on-write pages of the forked
+    hivemind processes being copied, caches filling), which dominates a slope taken from the start."""
+    if not samples:
+        return None
+    middle = (samples[0]["age_s"] + samples[-1]["age_s"]) / 2
+    value = least_squares_slope([(m["age_s"] / 3600, m[key]) for m in samples if m["age_s"] >= middle])
+    return None if value is None else round(value, 1)
+
+
 def write_recipe(path: Path, run_id: str, max_wall_time_s: float) -> dict:
     """The tiny-stdlib recipe with its own run id; only a safety wall-time limit (the harness stops the run)."""
     import yaml
@@ -580,7 +590,8 @@ class Arm:
                             peak_rss_mb=max(m["rss_mb"] for m in samples),
                             pss_slope_mb_per_hour=slope(samples, "pss_mb", warmup_s),
                             rss_slope_mb_per_hour=slope(samples, "rss_mb", warmup_s),
-                            uss_slope_mb_per_hour=slope(samples, "uss_mb", warmup_s))
+                            uss_slope_mb_per_hour=slope(samples, "uss_mb", warmup_s),
+                            pss_slope_second_half_mb_per_hour=second_half_slope(samples, "pss_mb"))
                 killed = row["killed_at"] is not None or row["incarnation"] > 1
                 (restarted if killed else never_killed).append(item)
 
@@ -601,6 +612,7 @@ class Arm:
             slope_mb_per_hour=dict(
                 never_killed_pss=median(i["pss_slope_mb_per_hour"] for i in never_killed),
                 never_killed_rss=median(i["rss_slope_mb_per_hour"] for i in never_killed),
+                never_killed_pss_second_half=median(i["pss_slope_second_half_mb_per_hour"] for i in never_killed),
                 restarted_pss_median=median(i["pss_slope_mb_per_hour"] for i in restarted),
                 restarted_rss_median=median(i["rss_slope_mb_per_hour"] for i in restarted),
             ),
@@ -634,8 +646,8 @@ def markdown(settings: dict, results: dict, info: dict) -> str:
         "",
         "| arm | samples/s (granted) | epochs/min | max stall s (timeout) | final loss | kills | orphans | "
         "peak PSS MB | peak RSS-sum MB | beyond model MB (PSS) | slope MB/h never-killed (PSS) | "
-        "slope MB/h restarted, median (PSS) | /dev/shm torch MB first -> last |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "same, second half of the window | slope MB/h restarted, median (PSS) | /dev/shm torch MB first -> last |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, arm in arms.items():
         memory = arm["memory"]
@@ -645,7 +657,7 @@ def markdown(settings: dict, results: dict, info: dict) -> str:
             f"({arm['averaging_timeout_s']:.0f}) | {_fmt(arm['final_loss'], 3)} | {arm['kills']} | {arm['orphans']} | "
             f"{_fmt(memory['peak_pss_mb'], 0)} | {_fmt(memory['peak_rss_mb'], 0)} | "
             f"{_fmt(memory['beyond_model_mb_peak'], 0)} | {_fmt(slopes['never_killed_pss'], 0)} | "
-            f"{_fmt(slopes['restarted_pss_median'], 0)} | {_fmt(memory.get('shm_mb_first'), 0)} -> "
+            f"{_fmt(slopes.get('never_killed_pss_second_half'), 0)} | {_fmt(slopes['restarted_pss_median'], 0)} | {_fmt(memory.get('shm_mb_first'), 0)} -> "
             f"{_fmt(memory.get('shm_mb_last'), 0)} |")
     lines.append("")
     if results.get("throughput_kept") is not None:

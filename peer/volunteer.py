@@ -412,6 +412,7 @@ class Volunteer:
             averaged_rounds=opt.rounds.averaged,
             solo_rounds=opt.rounds.solo,
             partial_rounds=opt.rounds.partial,  # averaged, but without part of the data (next_chunk_timeout)
+            repair_rounds=getattr(opt, "repair_rounds", 0),  # DiLoCo: outer parameters re-averaged after a broken round
             last_group_size=opt.rounds.last_group_size,
             compute_utilisation=self.stats.compute_s / elapsed,
         )
