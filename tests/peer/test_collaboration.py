@@ -40,9 +40,13 @@ def small_recipe(run_id: str, target_batch_size: int = 32) -> Recipe:
     )
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def two_nodes(tmp_path_factory):
-    """Two DHT nodes on loopback, each with its own identity: (dht, identity) pairs."""
+    """Two fresh DHT nodes on loopback, each with its own identity: (dht, identity) pairs.
+
+    Fresh per test: a round left hanging by one test (hivemind's averagers keep handlers and tasks on the node) must
+    not make the next test's hivemind calls wait on it.
+    """
     identities = [Identity.load_or_create(tmp_path_factory.mktemp(f"peer{index}") / "id") for index in range(2)]
     nodes = []
     try:
