@@ -282,23 +282,28 @@ class CountingCompression(CompressionBase):
         return self.inner.estimate_compression_ratio(info)
 
 
-def counting_uint8_optimizer(counters: list):
+def optimizer_with_codec(make_codec, codecs: list):
+    """A `start_peer` optimiser factory whose pseudo-gradients go through `make_codec(recipe)` (kept in `codecs`)."""
     def build(dht, model, recipe, identity, micro_batch_size, client_mode):
         collab = recipe.collaboration
         make_inner, _ = build_optimizer_factories(recipe.optimizer)
-        compression = CountingCompression(make_compression("uint8"))
-        counters.append(compression)
+        codec = make_codec(recipe)
+        codecs.append(codec)
         return DiLoCoOptimizer(
             dht=dht, run_id=recipe.run.id, param_groups=parameter_groups(model, recipe.optimizer.weight_decay),
             parameter_names=parameter_order(model), make_inner_optimizer=make_inner,
             inner_lr_multiplier=lr_multiplier(recipe.optimizer.schedule), diloco=collab.diloco,
             micro_batch_size=micro_batch_size, target_batch_size=collab.target_batch_size,
             matchmaking_time_s=collab.matchmaking_time_s, averaging_timeout_s=collab.averaging_timeout_s,
-            load_state_timeout_s=collab.load_state_timeout_s, compression=compression,
+            load_state_timeout_s=collab.load_state_timeout_s, compression=codec,
             private_key=identity.signing_key, client_mode=client_mode,
         )
 
     return build
+
+
+def counting_uint8_optimizer(counters: list):
+    return optimizer_with_codec(lambda recipe: CountingCompression(make_compression("uint8")), counters)
 
 
 @pytest.mark.timeout(300)
@@ -358,22 +363,8 @@ class BreaksWhenArmed(CompressionBase):
 
 
 def breakable_optimizer(codecs: list):
-    def build(dht, model, recipe, identity, micro_batch_size, client_mode):
-        collab = recipe.collaboration
-        make_inner, _ = build_optimizer_factories(recipe.optimizer)
-        codec = BreaksWhenArmed(make_compression(collab.compression))
-        codecs.append(codec)
-        return DiLoCoOptimizer(
-            dht=dht, run_id=recipe.run.id, param_groups=parameter_groups(model, recipe.optimizer.weight_decay),
-            parameter_names=parameter_order(model), make_inner_optimizer=make_inner,
-            inner_lr_multiplier=lr_multiplier(recipe.optimizer.schedule), diloco=collab.diloco,
-            micro_batch_size=micro_batch_size, target_batch_size=collab.target_batch_size,
-            matchmaking_time_s=collab.matchmaking_time_s, averaging_timeout_s=collab.averaging_timeout_s,
-            load_state_timeout_s=collab.load_state_timeout_s, compression=codec,
-            private_key=identity.signing_key, client_mode=client_mode,
-        )
-
-    return build
+    return optimizer_with_codec(
+        lambda recipe: BreaksWhenArmed(make_compression(recipe.collaboration.compression)), codecs)
 
 
 @pytest.mark.timeout(240)
