@@ -50,6 +50,16 @@ def _check_common(document: dict) -> None:
 
 
 @pytest.mark.timeout(420)
+def _run_quick(name: str, folder: Path, timeout_s: float) -> dict:
+    """Run `benchmarks/<name>.py --quick` into `folder`; return its JSON document, its common fields checked."""
+    process = subprocess.run([sys.executable, f"benchmarks/{name}.py", "--quick", "--results-dir", str(folder)],
+                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout_s)
+    assert process.returncode == 0, process.stdout[-3000:] + process.stderr[-3000:]
+    document = json.loads((folder / f"{name}.json").read_text())
+    _check_common(document)
+    return document
+
+
 def test_overhead_quick_mode_reports_the_throughput_ratio_of_both_arms(quick_results):
     document = quick_results["overhead"]
     _check_common(document)
@@ -98,11 +108,7 @@ CONVERGENCE_ROW_FIELDS = {
 @pytest.mark.timeout(420)
 def test_convergence_quick_mode_trains_real_peers_that_average_to_one_model(tmp_path):
     """1 and 2 real DiLoCo peers train the tiny model; the pair averages every round and holds one model."""
-    process = subprocess.run([sys.executable, "benchmarks/convergence.py", "--quick", "--results-dir", str(tmp_path)],
-                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=400)
-    assert process.returncode == 0, process.stdout[-3000:] + process.stderr[-3000:]
-    document = json.loads((tmp_path / "convergence.json").read_text())
-    _check_common(document)
+    document = _run_quick("convergence", tmp_path, timeout_s=400)
     assert (tmp_path / "convergence.md").read_text().startswith("# ")
     rows = {row["peers"]: row for row in document["results"]["rows"]}
     assert set(rows) == {1, 2}
@@ -133,11 +139,7 @@ CHURN_ARM_FIELDS = {
 @pytest.mark.timeout(600)
 def test_churn_quick_mode_kills_and_restarts_a_real_volunteer_and_reports_memory(tmp_path):
     # 2 real `swarm join` processes per arm, both arms at once: ~2 min on an idle 2-core machine, 4-5 under load
-    process = subprocess.run([sys.executable, "benchmarks/churn.py", "--quick", "--results-dir", str(tmp_path)],
-                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=580)
-    assert process.returncode == 0, (process.stdout + process.stderr)[-3000:]
-    document = json.loads((tmp_path / "churn.json").read_text())
-    _check_common(document)
+    document = _run_quick("churn", tmp_path, timeout_s=580)
     results = document["results"]
     assert set(results["arms"]) == {"no-churn", "churn"} and "throughput_kept" in results
     for name, arm in results["arms"].items():
@@ -169,11 +171,7 @@ JOIN_ROW_FIELDS = {"model", "parameters", "link", "join_to_first_sample_s", "pha
 @pytest.mark.timeout(400)
 def test_join_quick_mode_times_a_real_joiner_from_popen_to_its_first_samples(tmp_path):
     # coordinator + 1 volunteer + the joiner, real `swarm` processes on loopback: ~1.5 min on a busy 2-core machine
-    process = subprocess.run([sys.executable, "benchmarks/join.py", "--quick", "--results-dir", str(tmp_path)],
-                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=380)
-    assert process.returncode == 0, (process.stdout + process.stderr)[-3000:]
-    document = json.loads((tmp_path / "join.json").read_text())
-    _check_common(document)
+    document = _run_quick("join", tmp_path, timeout_s=380)
     [row] = document["results"]["rows"]
     assert JOIN_ROW_FIELDS <= set(row), row
     assert row["model"] == "tiny" and row["link"] == "loopback" and row["parameters"] > 800_000
@@ -199,11 +197,7 @@ def test_join_refuses_an_unknown_model_or_a_malformed_row_with_a_usage_error():
 @pytest.mark.timeout(120)
 def test_ledger_quick_mode_accounts_signed_records_of_simulated_peers(tmp_path):
     # 5k ledger entries, 50 peers with their own RSA keys x 2 epochs: ~5 s idle, ~15 s at a load of 7 on 2 cores
-    process = subprocess.run([sys.executable, "benchmarks/ledger.py", "--quick", "--results-dir", str(tmp_path)],
-                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=110)
-    assert process.returncode == 0, (process.stdout + process.stderr)[-3000:]
-    document = json.loads((tmp_path / "ledger.json").read_text())
-    _check_common(document)
+    document = _run_quick("ledger", tmp_path, timeout_s=110)
     accounting = document["results"]["accounting"]
     assert accounting["peers"] == 50 and accounting["keys"]["rsa_keys"] == 50
     assert accounting["ledger_entries"] == 100 and accounting["ledger_verified"]

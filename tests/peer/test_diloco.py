@@ -260,12 +260,28 @@ def test_a_peer_joining_later_catches_up_loads_the_outer_state_and_serves_it_to_
         third.close()
 
 
-class CountingCompression(CompressionBase):
-    """Wraps a codec to count what the averager process actually puts on the wire (shared-memory counters)."""
+class WrappedCodec(CompressionBase):
+    """A codec that delegates to `inner`; subclasses watch or break `compress` in the averager's process."""
 
     def __init__(self, inner: CompressionBase):
         self.inner = inner
         self.compression_type = getattr(inner, "compression_type", None)
+
+    def compress(self, tensor, info, allow_inplace=False):
+        return self.inner.compress(tensor, info, allow_inplace)
+
+    def extract(self, serialized_tensor):
+        return self.inner.extract(serialized_tensor)
+
+    def estimate_compression_ratio(self, info):
+        return self.inner.estimate_compression_ratio(info)
+
+
+class CountingCompression(WrappedCodec):
+    """Wraps a codec to count what the averager process actually puts on the wire (shared-memory counters)."""
+
+    def __init__(self, inner: CompressionBase):
+        super().__init__(inner)
         self.bytes_sent, self.values_sent = mp.Value("d", 0.0), mp.Value("d", 0.0)
 
     def compress(self, tensor, info, allow_inplace=False):
@@ -274,12 +290,6 @@ class CountingCompression(CompressionBase):
             self.bytes_sent.value += len(serialized.buffer)
             self.values_sent.value += tensor.numel()
         return serialized
-
-    def extract(self, serialized_tensor):
-        return self.inner.extract(serialized_tensor)
-
-    def estimate_compression_ratio(self, info):
-        return self.inner.estimate_compression_ratio(info)
 
 
 def optimizer_with_codec(make_codec, codecs: list):
@@ -336,15 +346,14 @@ def test_eight_bit_pseudo_gradients_cost_about_one_byte_per_value_with_overlappe
             peer.close()
 
 
-class BreaksWhenArmed(CompressionBase):
+class BreaksWhenArmed(WrappedCodec):
     """Wraps a codec; once armed (from the test process), its next compress raises in the averager's process.
 
     That is what a link dropping mid-round looks like to hivemind: the all-reduce stops with part of the data sent.
     """
 
     def __init__(self, inner: CompressionBase):
-        self.inner = inner
-        self.compression_type = getattr(inner, "compression_type", None)
+        super().__init__(inner)
         self.armed, self.fired = mp.Value("i", 0), mp.Value("i", 0)
 
     def compress(self, tensor, info, allow_inplace=False):
@@ -353,13 +362,7 @@ class BreaksWhenArmed(CompressionBase):
                 self.armed.value = 0
                 self.fired.value += 1
                 raise ConnectionResetError("injected: the link dropped mid-round")
-        return self.inner.compress(tensor, info, allow_inplace)
-
-    def extract(self, serialized_tensor):
-        return self.inner.extract(serialized_tensor)
-
-    def estimate_compression_ratio(self, info):
-        return self.inner.estimate_compression_ratio(info)
+        return super().compress(tensor, info, allow_inplace)
 
 
 def breakable_optimizer(codecs: list):
