@@ -18,9 +18,11 @@ from functools import partial
 import hivemind
 import torch
 from hivemind.averaging import DecentralizedAverager
+from hivemind.averaging.control import AveragingStage, StepControl
 from hivemind.compression import CompressionBase, NoCompression, RoleAdaptiveCompression
 from hivemind.optim.grad_averager import GradientAverager
 from hivemind.optim.progress_tracker import ProgressTracker
+from hivemind.optim.state_averager import TrainingStateAverager
 from hivemind.utils import get_dht_time
 
 from swarm.compat import make_compression
@@ -119,7 +121,41 @@ class SwarmProgressTracker(ProgressTracker):
         super().shutdown(timeout)
 
 
-class AllreduceOutcome:
+class HivemindWireNames:
+    """Mixin for a subclass of a hivemind averager: speak the RPC names of the hivemind class it extends.
+
+    hivemind names each RPC after the averager's class, so a subclass would speak a protocol that plain hivemind peers
+    (and the coordinator's state downloader) do not know.
+    """
+
+    @classmethod
+    def _get_handle_name(cls, namespace, method_name):
+        wire_class = next(base for base in cls.__mro__ if base.__module__.startswith("hivemind."))
+        return wire_class._get_handle_name(namespace, method_name)
+
+
+def looking_past_due(control: StepControl | None, grace_s: float = 0.0) -> bool:
+    """Whether a round was told to run but still has no group `grace_s` after its all-reduce was due."""
+    if control is None or control.done() or not control.triggered:
+        return False
+    if control.stage not in (AveragingStage.IDLE, AveragingStage.LOOKING_FOR_GROUP):
+        return False
+    return get_dht_time() >= control.scheduled_time + grace_s
+
+
+def call_off_if_looking(control: StepControl | None, grace_s: float = 0.0) -> bool:
+    """Cancel a round that is `looking_past_due`; True if it was called off.
+
+    Until a group has formed no other peer waits on this one, so cancelling costs nobody anything, and a round that
+    missed its group's matchmaking window will rarely find another: waiting for it only holds up this peer's training.
+    """
+    if not looking_past_due(control, grace_s):
+        return False
+    control.cancel()
+    return True
+
+
+class AllreduceOutcome(HivemindWireNames):
     """Mixin for a hivemind averager: tells the training process how much of the data each all-reduce combined.
 
     hivemind drops a peer's remaining chunks from a round when they miss `next_chunk_timeout` and only logs it
@@ -131,13 +167,6 @@ class AllreduceOutcome:
         # [rounds finished, fraction of input parts this peer reduced, fraction of averaged results it received]
         self._allreduce_outcome = torch.zeros(3, dtype=torch.float64).share_memory_()
         super().__init__(*args, **kwargs)  # starts the averager's process, which inherits the shared tensor
-
-    @classmethod
-    def _get_handle_name(cls, namespace, method_name):
-        # hivemind names each RPC after the class: keep the hivemind class's names, so these averagers still meet
-        # plain hivemind ones (and the coordinator's state downloader) on the wire
-        wire_class = next(base for base in cls.__mro__ if base.__module__.startswith("hivemind."))
-        return wire_class._get_handle_name(namespace, method_name)
 
     @property
     def last_received_fraction(self) -> float:
@@ -171,6 +200,39 @@ class SwarmAverager(AllreduceOutcome, DecentralizedAverager):
     """hivemind's DecentralizedAverager, reporting how much of each round's data arrived (see `AllreduceOutcome`)."""
 
 
+class _RemembersLastRound(DecentralizedAverager):
+    """Placed between TrainingStateAverager and DecentralizedAverager in `SwarmStateAverager`'s MRO: every averaging
+    round TrainingStateAverager starts (pre-scheduled, or in its background executor) passes through here."""
+
+    last_round: StepControl | None = None
+
+    def step(self, *args, **kwargs):
+        control = super().step(*args, **kwargs)
+        if isinstance(control, StepControl):
+            self.last_round = control
+        return control
+
+
+class SwarmStateAverager(HivemindWireNames, TrainingStateAverager, _RemembersLastRound):
+    """hivemind's TrainingStateAverager whose next step does not queue behind a parameter round that found no group.
+
+    hivemind averages the state in the background, but on a single-thread executor: the next epoch's optimizer step
+    waits until that round ends. A peer that missed the others' state round (it reached the epoch a few seconds late,
+    or its group member was killed) kept looking for a group until `averaging_timeout` while its training stood still
+    (18 s and more in benchmarks/churn.py). The next step that would wait for such a round calls it off once it is a
+    matchmaking window past due (`call_off_if_looking`); a round whose all-reduce already runs is still waited for.
+    """
+
+    def step(self, *args, **kwargs):
+        # only the steps that would wait for the background round (hivemind also calls step after every micro-step,
+        # to apply finished updates; a straggler may still join the round then)
+        will_wait = any(kwargs.get(name) for name in ("optimizer_step", "zero_grad", "averaging_round",
+                                                       "wait_for_delayed_updates"))
+        if will_wait and call_off_if_looking(self.last_round, grace_s=self.matchmaking_kwargs["min_matchmaking_time"]):
+            logger.debug("Called off a state-averaging round that found no group in its matchmaking window")
+        return super().step(*args, **kwargs)
+
+
 class SwarmOptimizer(hivemind.Optimizer):
     """hivemind.Optimizer that records every gradient-averaging round and keeps a lone peer's step cheap.
 
@@ -183,7 +245,7 @@ class SwarmOptimizer(hivemind.Optimizer):
 
     def __init__(self, *args, progress_report_period_s: float = PROGRESS_REPORT_PERIOD_S, **kwargs):
         self._progress_report_period_s = progress_report_period_s
-        self._local_gradients_loaded = False
+        self._local_gradients_loaded = self._local_gradients_used = False
         super().__init__(*args, **kwargs)
         self.rounds = RoundStats()
 
@@ -197,16 +259,25 @@ class SwarmOptimizer(hivemind.Optimizer):
         """The optimiser steps the model's own parameters, right after the epoch's averaging (if any)."""
         return not self.offload_optimizer and self.use_gradient_averaging and not self.delay_grad_averaging
 
+    def _make_state_averager(self, **kwargs) -> TrainingStateAverager:
+        # hivemind's own settings for its state averager, in a subclass that calls off hopeless background rounds
+        return SwarmStateAverager(
+            dht=self.dht, prefix=f"{self.run_id}_state_averager", min_matchmaking_time=self.matchmaking_time,
+            allreduce_timeout=self.allreduce_timeout, shutdown_timeout=self.shutdown_timeout,
+            offload_optimizer=self.offload_optimizer, custom_gradients=self.offload_optimizer,
+            status_loglevel=self.status_loglevel, next_chunk_timeout=self.next_chunk_timeout,
+            client_mode=self.client_mode, auxiliary=self.auxiliary, start=True, **kwargs)
+
     def _average_gradients_and_load_into_optimizer(self, maybe_step_control):
-        group_size, received_fraction = 1, 1.0
+        self._local_gradients_used = False
         if maybe_step_control is not None:
-            try:
-                group_size = len(maybe_step_control.result(self.averaging_timeout))
-                if isinstance(self.grad_averager, SwarmGradientAverager):
-                    received_fraction = self.grad_averager.last_received_fraction
-            except BaseException:  # the parent handles and logs the failure; we only count it
-                group_size = 1
-        super()._average_gradients_and_load_into_optimizer(maybe_step_control)
+            self._wait_for_round(maybe_step_control)
+        super()._average_gradients_and_load_into_optimizer(maybe_step_control)  # the round is over: no wait here
+        group_size, received_fraction = 1, 1.0
+        if maybe_step_control is not None and not self._local_gradients_used:
+            group_size = len(maybe_step_control.result(0))  # hivemind loaded the averaged gradients: it is done
+            if isinstance(self.grad_averager, SwarmGradientAverager):
+                received_fraction = self.grad_averager.last_received_fraction
         self.rounds.record(group_size, received_fraction)
         if group_size >= 2 and received_fraction < 1.0:
             logger.warning(f"Averaged gradients with {group_size} peers, but only {received_fraction:.0%} of the data "
@@ -220,6 +291,32 @@ class SwarmOptimizer(hivemind.Optimizer):
         if self.tracker.global_progress.num_peers <= 1:
             return
         super()._maybe_schedule_gradient_averaging()
+
+    def _wait_for_round(self, control: StepControl) -> None:
+        """Wait for this epoch's round once, up to averaging_timeout, and cancel it if it is not over by then.
+
+        hivemind then reads the outcome without waiting again. An earlier version of this class waited here and
+        left the round running, and hivemind waited up to averaging_timeout a second time: in benchmarks/churn.py a
+        peer whose group member had been killed stood still for 55 s with a 30 s timeout.
+        """
+        try:
+            control.result(timeout=self.averaging_timeout)
+        except BaseException:  # timed out, or the round failed: hivemind reads and logs the outcome
+            pass
+        if not control.done():
+            control.cancel()
+
+    def _tag_along_with_zero_weight(self, control: StepControl):
+        """hivemind joins a pending round with zero weight before loading the state, and waits up to averaging_timeout.
+
+        That is right once a group has formed (its members wait for this peer's part), but a peer that fell behind
+        usually holds a round that is still looking for a group nobody else will join: in benchmarks/churn.py it
+        stood still for the whole 30 s timeout before it could load the swarm's state. Such a round is called off.
+        """
+        if control.stage in (AveragingStage.IDLE, AveragingStage.LOOKING_FOR_GROUP) and not control.done():
+            control.cancel()
+            return
+        super()._tag_along_with_zero_weight(control)
 
     def _begin_averaging_gradients(self, grad_scaler) -> bool:
         self._local_gradients_loaded = False
@@ -237,18 +334,26 @@ class SwarmOptimizer(hivemind.Optimizer):
         return began
 
     def _load_local_gradients_into_optimizer(self):
+        self._local_gradients_used = True
         if self._local_gradients_loaded:  # hivemind may come here twice in an epoch; the first time did it
             self.grad_averager.notify_used_averaged_gradients()
             return
-        accumulated = self.grad_averager.local_times_accumulated
-        if self._steps_on_model_gradients and self.grad_averager.reuse_grad_buffers and accumulated > 0:
+        averager = self.grad_averager
+        accumulated = averager.local_times_accumulated
+        if self._steps_on_model_gradients and averager.reuse_grad_buffers and accumulated > 0:
             # .grad holds the sum over this epoch's micro-steps and is what the optimiser reads: make it their mean
             # in place rather than through the averager's host buffers (a round trip over PCIe on a GPU)
             with torch.no_grad():
-                grads = [param.grad for param in self.grad_averager.parameters if param.grad is not None]
+                grads = [param.grad for param in averager.parameters if param.grad is not None]
                 torch._foreach_mul_(grads, 1.0 / accumulated)
-            self.grad_averager.notify_used_averaged_gradients()
-        else:  # hivemind's path (also after a round that began, reset the accumulators, then failed)
+            averager.notify_used_averaged_gradients()
+        elif accumulated == 0 and averager.local_samples_accumulated == 0 and averager._new_averaged_grads:
+            # A round began and failed. Starting it moved this epoch's mean gradient into the averager's buffers and
+            # zeroed the accumulators; hivemind would now reload those zeros and step on a zero gradient, throwing
+            # the epoch's compute away. The buffers hold this peer's gradient, or for the parts whose all-reduce
+            # finished before the failure, the group's average: both are estimates of the same gradient.
+            self._load_averaged_gradients_into_optimizer_()
+        else:  # hivemind's path
             super()._load_local_gradients_into_optimizer()
         self._local_gradients_loaded = True
 

@@ -13,14 +13,18 @@ import time
 import pytest
 import torch
 
-from hivemind.optim.state_averager import initialize_optimizer_state_
+from hivemind.optim.state_averager import TrainingStateAverager, initialize_optimizer_state_
+from hivemind.utils import get_dht_time
 
 from peer.collaboration import (
     RoundStats,
+    SwarmAverager,
     SwarmGradientAverager,
     SwarmOptimizer,
     SwarmProgressTracker,
+    SwarmStateAverager,
     build_swarm_optimizer,
+    call_off_if_looking,
     next_chunk_timeout_s,
 )
 from swarm.optim import build_optimizer_factories, parameter_groups
@@ -311,11 +315,11 @@ def test_swarm_averagers_meet_plain_hivemind_averagers_on_the_wire(two_nodes):
     from hivemind.averaging import DecentralizedAverager
     from hivemind.optim.grad_averager import GradientAverager
 
-    from peer.collaboration import SwarmAverager
-
     (first_dht, _), (second_dht, _) = two_nodes
     for method in ("rpc_join_group", "rpc_aggregate_part", "rpc_download_state"):
         assert SwarmGradientAverager._get_handle_name("run", method) == GradientAverager._get_handle_name("run", method)
+        assert (SwarmStateAverager._get_handle_name("run", method)
+                == TrainingStateAverager._get_handle_name("run", method))
     averagers = []
     try:
         averagers.append(SwarmAverager([torch.full((3000,), 1.0)], first_dht, prefix="mixed", target_group_size=2,
@@ -332,3 +336,63 @@ def test_swarm_averagers_meet_plain_hivemind_averagers_on_the_wire(two_nodes):
     finally:
         for averager in averagers:
             averager.shutdown()
+
+
+def test_a_round_with_no_group_is_called_off_once_past_due_but_not_before(two_nodes):
+    (dht, _), _ = two_nodes
+    averager = SwarmAverager([torch.zeros(16)], dht, prefix="call-off", target_group_size=2, min_matchmaking_time=0.5,
+                             request_timeout=0.3, start=True)
+    try:
+        control = averager.step(scheduled_time=get_dht_time() + 0.5, timeout=60, require_trigger=True, wait=False)
+        assert not call_off_if_looking(control), "a round not yet told to run is left alone"
+        control.allow_allreduce()
+        time.sleep(1.0)  # past its scheduled time, alone: still looking for a group
+        assert not control.done()
+        assert not call_off_if_looking(control, grace_s=30.0), "within its grace period it may still find a group"
+        assert call_off_if_looking(control, grace_s=0.0)
+        assert control.cancelled()
+        assert not call_off_if_looking(control), "a finished round is left alone"
+    finally:
+        averager.shutdown()
+
+
+@pytest.mark.timeout(120)
+def test_a_failed_gradient_round_steps_on_this_peers_own_gradient(two_nodes):
+    """hivemind zeroes the accumulators when a round begins and, if the round fails, steps on those zeros: Adam's
+    first step then does not move the weights at all, and every later failed round wastes the epoch's compute.
+
+    The second peer's model has no bias, so the two averagers' schemas differ: the first peer's rounds begin (it sees
+    a second peer) and never find a group."""
+    recipe = Recipe(run={"id": "collab-failed-round"}, optimizer={"lr": 0.01, "weight_decay": 0.0},
+                    collaboration={"target_batch_size": 16, "micro_batch_size": MICRO_BATCH, "matchmaking_time_s": 1.0,
+                                   "averaging_timeout_s": 5, "compression": "none", "average_state_every": 1000})
+    true_weight = torch.randn(2, 8, generator=torch.Generator().manual_seed(0))
+    models = [torch.nn.Linear(8, 2), torch.nn.Linear(8, 2, bias=False)]
+    before = models[0].weight.detach().clone()
+    optimizers = [build_swarm_optimizer(dht, model, recipe, identity, micro_batch_size=MICRO_BATCH,
+                                        reuse_grad_buffers=True)
+                  for (dht, identity), model in zip(two_nodes, models)]
+    stop = threading.Event()
+    trainers = [Trainer(optimizer, model, seed, true_weight, stop, wait_for_peers=2, zero_grad=False)
+                for seed, (optimizer, model) in enumerate(zip(optimizers, models))]
+    first = optimizers[0]
+    try:
+        for trainer in trainers:
+            trainer.start()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and first.local_epoch < 1:
+            time.sleep(0.05)
+        after_first_epoch = models[0].weight.detach().clone()
+        stop.set()
+        for trainer in trainers:
+            trainer.join(timeout=30)
+    finally:
+        stop.set()
+        shut_down(optimizers)
+    assert all(trainer.error is None for trainer in trainers), [repr(trainer.error) for trainer in trainers]
+    assert first.local_epoch >= 1
+    assert first.rounds.averaged == 0 and first.rounds.solo >= 1, first.rounds  # its round did fail
+    # Adam's first step moves each weight by about lr along its gradient's sign; on a zero gradient, not at all
+    moved = (after_first_epoch - before).abs()
+    assert moved.mean().item() > 0.5 * 0.01, moved
+
