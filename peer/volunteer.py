@@ -95,6 +95,11 @@ class LocalStats:
     reconnects: int = 0
     loaded_state_epoch: int | None = None
     first_sample_s: float | None = None  # seconds from start to the end of the first contributed micro-step
+    # Time in optimizer.step() calls that ended an epoch or loaded the swarm's state (averaging rounds, the state
+    # download; the optimiser step itself is a small part): not computing. The longest such wait, after the first
+    # sample, is how long this volunteer's device stood still at once.
+    sync_s: float = 0.0
+    longest_pause_s: float = 0.0
     non_finite_losses: int = 0  # micro-steps whose loss was NaN or infinite: the model this peer holds diverged
 
 
@@ -316,7 +321,9 @@ class Volunteer:
                 break
             if self._resync_requested.is_set():
                 self._resync_requested.clear()
+                loading = time.perf_counter()
                 self._load_state_with_watchdog()
+                self._count_pause(time.perf_counter() - loading, "loading the swarm's state")
             self._train_micro_step()
 
     def _train_micro_step(self) -> None:
@@ -325,9 +332,14 @@ class Volunteer:
         batch = self.data.next_batch(epoch, self.micro_batch_size).to(self.hardware.device, non_blocking=True)
         loss = self.forward(batch)
         loss.backward()
+        stepping = time.perf_counter()
         self.optimizer.step()  # no zero_grad: with reuse_grad_buffers hivemind clears the gradients each epoch
         self._pending_losses.append(loss.detach())
-        elapsed = time.perf_counter() - started
+        ended = time.perf_counter()
+        elapsed = ended - started
+        if self.optimizer.local_epoch != epoch:  # the step that ends an epoch waits for the swarm
+            elapsed = stepping - started
+            self._count_pause(ended - stepping, "the epoch's averaging")
         self.stats.compute_s += elapsed
         self.stats.samples += batch.shape[0]
         self.stats.micro_steps += 1
@@ -340,6 +352,17 @@ class Volunteer:
             self.contributions.close_epochs_before(self.optimizer.local_epoch)
         if self.view is not None:
             self.view.on_step(self._snapshot)  # a callable: built only when the view actually refreshes
+
+    def _count_pause(self, seconds: float, cause: str) -> None:
+        """Training stood still for `seconds` waiting on the swarm: account for it, and say so when it was long."""
+        self.stats.sync_s += seconds
+        if self.stats.first_sample_s is None:
+            return  # joining: the first samples' delay is measured on its own
+        self.stats.longest_pause_s = max(self.stats.longest_pause_s, seconds)
+        timeout = self.recipe.collaboration.averaging_timeout_s
+        if seconds > timeout:
+            logger.info(f"Training waited {seconds:.0f} s for {cause}, longer than collaboration.averaging_timeout_s "
+                        f"({timeout:g} s): peers or links were slow or gone")
 
     def _serve_final_state(self, timeout_s: float = 120.0) -> None:
         """Stay reachable until the coordinator has fetched the final version (it downloads it from peers)."""
@@ -492,7 +515,8 @@ class Volunteer:
             return
         snapshot = self._snapshot() if self.optimizer is not None else {}
         data = dict(snapshot, peer_id=self.peer_id.to_base58(), name=self.identity.name, team=self.identity.team,
-                    micro_steps=self.stats.micro_steps, compute_s=self.stats.compute_s,
+                    micro_steps=self.stats.micro_steps, compute_s=self.stats.compute_s, sync_s=self.stats.sync_s,
+                    longest_pause_s=self.stats.longest_pause_s,
                     non_finite_losses=self.stats.non_finite_losses,
                     wall_s=time.time() - self.stats.started_at, reconnects=self.stats.reconnects,
                     loaded_state_epoch=self.stats.loaded_state_epoch, first_sample_s=self.stats.first_sample_s,

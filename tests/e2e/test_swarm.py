@@ -25,6 +25,10 @@ def test_two_volunteers_average_with_each_other_and_the_loss_goes_down(swarm_fac
     # each peer counts only rounds whose group held two or more peers: both must have averaged with the other
     assert alice["averaged_rounds"] >= 3, alice
     assert bob["averaged_rounds"] >= 3, bob
+    for stats in (alice, bob):
+        # time spent waiting for the swarm (the steps that ended an epoch) is accounted apart from computing
+        assert stats["sync_s"] > 0 and 0 < stats["longest_pause_s"] <= stats["sync_s"], stats
+        assert stats["compute_s"] + stats["sync_s"] <= stats["wall_s"], stats
     summary = swarm.summary()
     assert summary["peers"] == 2 and summary["averaged_rounds"] >= 3, summary
     assert summary["epochs"] >= 16
