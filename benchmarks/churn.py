@@ -22,6 +22,9 @@ Measured, from the coordinator's view (its dashboard JSON API and its ledger fil
   target batch (what the optimiser steps on) is reported too.
 - stall: the longest time the swarm epoch did not advance inside the window (polled every second; the coordinator
   refreshes its view every 2 s), against the recipe's `collaboration.averaging_timeout_s`.
+- peer pause: the longest single wait of any volunteer's training for the swarm after its first sample (the
+  optimizer step that ends an epoch, or a state download), from each incarnation's stats file. The swarm can keep
+  advancing while one peer stands still, which the stall does not show.
 - loss: the mean training loss the peers report (coordinator's `mean_training_loss`) over time and per epoch, and
   the validation loss of every version the coordinator published.
 - memory: every `--memory-interval-s`, each volunteer's process tree (training process + hivemind's forked DHT and
@@ -305,6 +308,7 @@ class Arm:
     def start(self, volunteer: Volunteer) -> None:
         volunteer.incarnation += 1
         volunteer.folder.mkdir(parents=True, exist_ok=True)
+        (volunteer.folder / "stats.json").unlink(missing_ok=True)  # each incarnation's own, read when it ends
         volunteer.process = SwarmProcess(
             ["join", "--initial-peers", self.address, "--identity", str(volunteer.folder / "identity"),
              "--name", volunteer.name, "--team", "churn", "--threads", "1", "--host", "127.0.0.1",
@@ -333,6 +337,12 @@ class Arm:
         match = re.search(r"Loaded the swarm's state at epoch (\d+)", output)
         row["loaded_state_epoch"] = int(match.group(1)) if match else None
         row["state_load_timed_out"] = "No peer sent its state within" in output
+        try:  # written every few seconds by the volunteer; a SIGKILLed one's last write
+            stats = json.loads((volunteer.folder / "stats.json").read_text())
+        except (OSError, ValueError):
+            stats = {}
+        row["longest_pause_s"] = stats.get("longest_pause_s")
+        row["sync_s"], row["compute_s"], row["wall_s"] = stats.get("sync_s"), stats.get("compute_s"), stats.get("wall_s")
         row["log"] = volunteer.process.log_path.name
 
     def stop_all(self) -> list[dict]:
@@ -507,6 +517,7 @@ class Arm:
             max_stall_s=round(max_stall_s, 1),
             averaging_timeout_s=timeout_s,
             stalled_longer_than_timeout=max_stall_s > timeout_s,
+            **self._pauses(timeout_s),
             mean_alive_peers=round(statistics.fmean(p["alive_peers"] for p in window), 2) if window else None,
             final_loss=round(statistics.fmean(tail), 4) if tail else None,
             loss_by_epoch={str(e): round(v, 4) for e, v in sorted(loss_by_epoch.items())},
@@ -524,6 +535,19 @@ class Arm:
             leftover_processes_after_teardown=len(leftovers),
             incarnations={v.name: v.history for v in self.volunteers},
             work_folder=str(self.folder),
+        )
+
+    def _pauses(self, timeout_s: float) -> dict:
+        """The longest time a volunteer's training stood still waiting for the swarm (after its first sample)."""
+        rows = [dict(peer=v.name, incarnation=row["incarnation"], longest_pause_s=row.get("longest_pause_s"))
+                for v in self.volunteers for row in v.history if row.get("longest_pause_s") is not None]
+        never_killed = [row["longest_pause_s"] for row in rows if row["peer"] == self.volunteers[0].name]
+        longest = max((row["longest_pause_s"] for row in rows), default=None)
+        return dict(
+            longest_peer_pause_s=None if longest is None else round(longest, 1),
+            longest_peer_pause_never_killed_s=round(max(never_killed), 1) if never_killed else None,
+            peer_paused_longer_than_timeout=None if longest is None else longest > timeout_s,
+            peer_pauses=rows,
         )
 
     def published_versions(self) -> list[dict]:
@@ -644,17 +668,19 @@ def markdown(settings: dict, results: dict, info: dict) -> str:
         f"(peers 1..{settings['peers'] - 1} in turn) SIGKILLed ({settings['kill']}) and restarted every "
         f"{settings['period_s']:.0f} s.",
         "",
-        "| arm | samples/s (granted) | epochs/min | max stall s (timeout) | final loss | kills | orphans | "
+        "| arm | samples/s (granted) | epochs/min | max stall s (timeout) | longest peer pause s | final loss | "
+        "kills | orphans | "
         "peak PSS MB | peak RSS-sum MB | beyond model MB (PSS) | slope MB/h never-killed (PSS) | "
         "same, second half of the window | slope MB/h restarted, median (PSS) | /dev/shm torch MB first -> last |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, arm in arms.items():
         memory = arm["memory"]
         slopes = memory["slope_mb_per_hour"]
         lines.append(
             f"| {name} | {arm['samples_per_s']:.1f} | {arm['epochs_per_min']:.1f} | {arm['max_stall_s']:.0f} "
-            f"({arm['averaging_timeout_s']:.0f}) | {_fmt(arm['final_loss'], 3)} | {arm['kills']} | {arm['orphans']} | "
+            f"({arm['averaging_timeout_s']:.0f}) | {_fmt(arm.get('longest_peer_pause_s'), 0)} | "
+            f"{_fmt(arm['final_loss'], 3)} | {arm['kills']} | {arm['orphans']} | "
             f"{_fmt(memory['peak_pss_mb'], 0)} | {_fmt(memory['peak_rss_mb'], 0)} | "
             f"{_fmt(memory['beyond_model_mb_peak'], 0)} | {_fmt(slopes['never_killed_pss'], 0)} | "
             f"{_fmt(slopes.get('never_killed_pss_second_half'), 0)} | {_fmt(slopes['restarted_pss_median'], 0)} | {_fmt(memory.get('shm_mb_first'), 0)} -> "
@@ -672,7 +698,9 @@ def markdown(settings: dict, results: dict, info: dict) -> str:
                   "The training-loss curve then shows the peers' last finite loss: it is not a loss curve.", ""]
     lines += [
         "Throughput: ledger-granted samples of the epochs that began in the window over the time between their "
-        "starts. Stall: longest time the swarm epoch did not advance (polled every 1 s). Memory: each volunteer's "
+        "starts. Stall: longest time the swarm epoch did not advance (polled every 1 s). Peer pause: longest single "
+        "wait of any volunteer's training for the swarm after its first sample (the step that ends an epoch, or a "
+        "state download), from its own stats. Memory: each volunteer's "
         "process tree (training process, hivemind DHT and averager processes, p2pd); PSS counts shared pages once "
         "(RSS-sum counts them in every process: an upper bound); 'beyond model' subtracts "
         f"{settings['model_state_mb']:.0f} MB = {sum(TENSOR_COPIES.values())} fp32 copies of the parameters "
@@ -766,7 +794,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
             errors[name] = error
             return
         print(f"[{name}] {arm['samples_per_s']:.1f} samples/s, {arm['epochs_in_window']} epochs, max stall "
-              f"{arm['max_stall_s']:.0f} s, peak PSS {arm['memory']['peak_pss_mb']} MB, kills {arm['kills']}, "
+              f"{arm['max_stall_s']:.0f} s, longest peer pause {_fmt(arm['longest_peer_pause_s'], 0)} s, peak PSS {arm['memory']['peak_pss_mb']} MB, kills {arm['kills']}, "
               f"orphans {arm['orphans']}", flush=True)
 
     try:
@@ -801,6 +829,8 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         throughput_kept_at_least_0_8=None if results["throughput_kept"] is None else results["throughput_kept"] >= 0.8,
         model_stayed_finite=not any(a["model_diverged"] for a in arms.values()),
         no_stall_longer_than_averaging_timeout=all(not a["stalled_longer_than_timeout"] for a in arms.values()),
+        no_peer_paused_longer_than_averaging_timeout=all(not a["peer_paused_longer_than_timeout"]
+                                                         for a in arms.values()),
         beyond_model_under_1_5_gb=all((a["memory"]["beyond_model_mb_peak"] or 0) < 1500 for a in arms.values()),
         no_orphans=all(a["orphans"] == 0 and a["leftover_processes_after_teardown"] == 0 for a in arms.values()),
         memory_slope_note="a slope over minutes is dominated by warm-up; run --arms churn --duration 3600 for the "

@@ -132,6 +132,7 @@ def test_convergence_refuses_peer_counts_without_the_single_peer():
 
 CHURN_ARM_FIELDS = {
     "samples_per_s", "max_stall_s", "averaging_timeout_s", "loss_curve", "memory", "kills", "restarts", "orphans",
+    "longest_peer_pause_s", "peer_pauses",
 }
 
 
@@ -148,6 +149,8 @@ def test_churn_quick_mode_kills_and_restarts_a_real_volunteer_and_reports_memory
         assert arm["memory"]["peak_rss_mb"] > 0 and arm["memory"]["beyond_model_mb_peak"] is not None
         assert "never_killed_pss" in arm["memory"]["slope_mb_per_hour"]
         assert arm["orphans"] == 0 and arm["leftover_processes_after_teardown"] == 0
+        # every volunteer incarnation that got to train left its stats: the longest wait for the swarm is known
+        assert arm["peer_pauses"] and all(row["longest_pause_s"] >= 0 for row in arm["peer_pauses"]), arm["peer_pauses"]
     churn = results["arms"]["churn"]
     assert churn["kills"] == 1 and churn["restarts"] == 1
     assert churn["kill_events"][0]["processes_in_tree"] >= 3  # training process, DHT process, p2pd at least
