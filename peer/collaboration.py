@@ -195,6 +195,12 @@ class AllreduceOutcome(HivemindWireNames):
 class SwarmGradientAverager(AllreduceOutcome, GradientAverager):
     """hivemind's GradientAverager, reporting how much of each round's data arrived (see `AllreduceOutcome`)."""
 
+    def load_state_from_peers(self, wait: bool = True, timeout: float | None = None):
+        """Download nothing: hivemind.Optimizer.load_state_from_peers calls this after loading the training state,
+        and the averager's default fetches a peer's averaged-gradient buffers (4 bytes per parameter, a quarter of
+        what a joining peer downloaded) and returns them to a caller that discards them."""
+        return None
+
 
 class SwarmAverager(AllreduceOutcome, DecentralizedAverager):
     """hivemind's DecentralizedAverager, reporting how much of each round's data arrived (see `AllreduceOutcome`)."""

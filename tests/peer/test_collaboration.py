@@ -396,3 +396,38 @@ def test_a_failed_gradient_round_steps_on_this_peers_own_gradient(two_nodes):
     moved = (after_first_epoch - before).abs()
     assert moved.mean().item() > 0.5 * 0.01, moved
 
+
+
+@pytest.mark.timeout(120)
+def test_a_new_peer_loads_the_training_state_and_only_the_training_state(two_nodes):
+    """A joining peer downloads the weights, Adam's moments and the epoch from a running peer, and nothing else:
+    hivemind also fetched a peer's averaged-gradient buffers (a quarter of the bytes) only to discard them."""
+    recipe = small_recipe("collab-load-state", target_batch_size=8)
+    true_weight = torch.randn(2, 8, generator=torch.Generator().manual_seed(0))
+    (first_dht, first_identity), (second_dht, second_identity) = two_nodes
+    torch.manual_seed(1)
+    trained = torch.nn.Linear(8, 2)
+    running = build_swarm_optimizer(first_dht, trained, recipe, first_identity, micro_batch_size=MICRO_BATCH)
+    stop = threading.Event()
+    trainer = Trainer(running, trained, seed=0, true_weight=true_weight, stop=stop)
+    newcomer = None
+    try:
+        trainer.start()
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline and running.local_epoch < 3:
+            time.sleep(0.1)
+        stop.set()
+        trainer.join(timeout=30)
+        assert trainer.error is None, repr(trainer.error)
+        torch.manual_seed(2)
+        fresh = torch.nn.Linear(8, 2)
+        newcomer = build_swarm_optimizer(second_dht, fresh, recipe, second_identity, micro_batch_size=MICRO_BATCH)
+        assert newcomer.grad_averager.load_state_from_peers(timeout=5) is None
+        newcomer.load_state_from_peers()
+        assert newcomer.local_epoch == running.local_epoch >= 3
+        assert torch.equal(fresh.weight, trained.weight) and torch.equal(fresh.bias, trained.bias)
+        moments = [newcomer.state_averager.optimizer.state[p]["exp_avg_sq"] for p in fresh.parameters()]
+        assert all(m.abs().sum() > 0 for m in moments), "Adam's moments came with the weights"
+    finally:
+        stop.set()
+        shut_down([opt for opt in (running, newcomer) if opt is not None])
