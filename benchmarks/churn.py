@@ -342,7 +342,8 @@ class Arm:
         except (OSError, ValueError):
             stats = {}
         row["longest_pause_s"] = stats.get("longest_pause_s")
-        row["sync_s"], row["compute_s"], row["wall_s"] = stats.get("sync_s"), stats.get("compute_s"), stats.get("wall_s")
+        for key in ("sync_s", "compute_s", "wall_s"):
+            row[key] = stats.get(key)
         row["log"] = volunteer.process.log_path.name
 
     def stop_all(self) -> list[dict]:
@@ -794,8 +795,9 @@ def run_benchmark(args: argparse.Namespace) -> dict:
             errors[name] = error
             return
         print(f"[{name}] {arm['samples_per_s']:.1f} samples/s, {arm['epochs_in_window']} epochs, max stall "
-              f"{arm['max_stall_s']:.0f} s, longest peer pause {_fmt(arm['longest_peer_pause_s'], 0)} s, peak PSS {arm['memory']['peak_pss_mb']} MB, kills {arm['kills']}, "
-              f"orphans {arm['orphans']}", flush=True)
+              f"{arm['max_stall_s']:.0f} s, longest peer pause {_fmt(arm['longest_peer_pause_s'], 0)} s, "
+              f"peak PSS {arm['memory']['peak_pss_mb']} MB, kills {arm['kills']}, orphans {arm['orphans']}",
+              flush=True)
 
     try:
         if args.parallel_arms:  # the smoke test: both swarms at once (their figures share the CPU: not comparable)
