@@ -12,6 +12,7 @@ import asyncio
 import logging
 import math
 import threading
+import time
 from dataclasses import dataclass
 from functools import partial
 
@@ -36,6 +37,8 @@ logger = logging.getLogger(__name__)
 # fast GPU peer. Other peers extrapolate progress from samples_per_second between reports, so twice a second is
 # plenty; epoch changes and resets are still reported at once (SwarmProgressTracker).
 PROGRESS_REPORT_PERIOD_S = 0.5
+# How often a peer waiting for its epoch's averaging round checks whether the swarm went on without it
+ROUND_POLL_S = 1.0
 
 
 @dataclass
@@ -299,18 +302,40 @@ class SwarmOptimizer(hivemind.Optimizer):
         super()._maybe_schedule_gradient_averaging()
 
     def _wait_for_round(self, control: StepControl) -> None:
-        """Wait for this epoch's round once, up to averaging_timeout, and cancel it if it is not over by then.
+        """Wait for this epoch's round at most averaging_timeout in all, and not at all once it is hopeless.
 
-        hivemind then reads the outcome without waiting again. An earlier version of this class waited here and
-        left the round running, and hivemind waited up to averaging_timeout a second time: in benchmarks/churn.py a
-        peer whose group member had been killed stood still for 55 s with a 30 s timeout.
+        hivemind waits up to averaging_timeout whatever happens meanwhile. In benchmarks/churn.py a peer whose round
+        found no group stood still for 25-28 s while the other peers averaged without it and went epochs ahead. Once
+        a peer reports a later epoch and this round is still looking for a group a matchmaking window after it was
+        due, it is called off: this peer steps on its own gradient and catches up at its next step. A round neither
+        over nor called off by the deadline is cancelled, so that hivemind does not wait a second time (an earlier
+        version left it running, and a peer whose group member had died stood still for 55 s with a 30 s timeout).
         """
-        try:
-            control.result(timeout=self.averaging_timeout)
-        except BaseException:  # timed out, or the round failed: hivemind reads and logs the outcome
-            pass
+        deadline = time.monotonic() + self.averaging_timeout
+        while not control.done() and time.monotonic() < deadline:
+            if looking_past_due(control, self.matchmaking_time) and self._swarm_went_on(deadline):
+                if call_off_if_looking(control, self.matchmaking_time):
+                    logger.debug("Called off this epoch's round: the swarm averaged without this peer")
+                    return
+            try:
+                control.result(timeout=min(ROUND_POLL_S, max(0.0, deadline - time.monotonic())))
+            except BaseException:  # this slice timed out, or the round failed: hivemind reads the outcome
+                pass
         if not control.done():
             control.cancel()
+
+    def _swarm_went_on(self, deadline: float) -> bool:
+        """Whether a peer already reports a later epoch than this one's (read from the DHT: hivemind's tracker does
+        not refresh the swarm's progress while this peer is inside its epoch step)."""
+        try:
+            found = self.dht.get(self.tracker.training_progress_key, latest=True, return_future=True).result(
+                timeout=max(0.1, min(2.0, deadline - time.monotonic())))
+        except BaseException:
+            return False
+        if found is None or not isinstance(found.value, dict):
+            return False
+        epochs = [entry.value.get("epoch") for entry in found.value.values() if isinstance(entry.value, dict)]
+        return any(isinstance(epoch, int) and epoch > self.local_epoch for epoch in epochs)
 
     def _tag_along_with_zero_weight(self, control: StepControl):
         """hivemind joins a pending round with zero weight before loading the state, and waits up to averaging_timeout.

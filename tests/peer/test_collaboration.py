@@ -16,6 +16,7 @@ import torch
 from hivemind.optim.state_averager import TrainingStateAverager, initialize_optimizer_state_
 from hivemind.utils import get_dht_time
 
+import peer.collaboration
 from peer.collaboration import (
     RoundStats,
     SwarmAverager,
@@ -79,6 +80,7 @@ class Trainer(threading.Thread):
         self.zero_grad = zero_grad  # False: the volunteer's way, with reuse_grad_buffers=True
         self.error: BaseException | None = None
         self.losses: list[float] = []
+        self.longest_step_s = 0.0  # the longest optimizer.step(): how long this peer stood still at once
 
     def run(self) -> None:
         try:
@@ -87,7 +89,9 @@ class Trainer(threading.Thread):
                 inputs, targets = regression_batch(self.generator, self.true_weight)
                 loss = torch.nn.functional.mse_loss(self.model(inputs), targets)
                 loss.backward()
+                stepping = time.monotonic()
                 self.optimizer.step()
+                self.longest_step_s = max(self.longest_step_s, time.monotonic() - stepping)
                 if self.zero_grad:
                     self.optimizer.zero_grad()
                 self.losses.append(loss.item())
@@ -431,3 +435,49 @@ def test_a_new_peer_loads_the_training_state_and_only_the_training_state(two_nod
     finally:
         stop.set()
         shut_down([opt for opt in (running, newcomer) if opt is not None])
+
+
+@pytest.mark.timeout(150)
+def test_a_peer_stops_waiting_for_a_round_with_no_group_once_the_swarm_went_on(two_nodes, monkeypatch):
+    """The second peer trains in the same run but matches its gradient rounds under another key, so the first peer's
+    rounds never find a group. hivemind would keep the first peer looking until its 10 s timeout at every epoch;
+    once the second peer's progress shows a later epoch, the round is called off and the first peer steps alone."""
+    def recipe(averaging_timeout_s: float) -> Recipe:
+        return Recipe(run={"id": "collab-went-on"}, optimizer={"lr": 0.01},
+                      collaboration={"target_batch_size": 16, "micro_batch_size": MICRO_BATCH,
+                                     "matchmaking_time_s": 1.0, "averaging_timeout_s": averaging_timeout_s,
+                                     "compression": "none", "average_state_every": 1000})
+    true_weight = torch.randn(2, 8, generator=torch.Generator().manual_seed(0))
+    models = [torch.nn.Linear(8, 2), torch.nn.Linear(8, 2)]
+    (first_dht, first_identity), (second_dht, second_identity) = two_nodes
+    waiting = build_swarm_optimizer(first_dht, models[0], recipe(10.0), first_identity, micro_batch_size=MICRO_BATCH,
+                                    reuse_grad_buffers=True)
+
+    class ElsewhereAverager(SwarmGradientAverager):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **dict(kwargs, prefix="another-key"))
+
+    monkeypatch.setattr(peer.collaboration, "SwarmGradientAverager", ElsewhereAverager)
+    elsewhere = build_swarm_optimizer(second_dht, models[1], recipe(2.0), second_identity,
+                                      micro_batch_size=MICRO_BATCH, reuse_grad_buffers=True)
+    monkeypatch.undo()
+    optimizers = [waiting, elsewhere]
+    stop = threading.Event()
+    trainers = [Trainer(optimizer, model, seed, true_weight, stop, wait_for_peers=2, zero_grad=False, deadline_s=120)
+                for seed, (optimizer, model) in enumerate(zip(optimizers, models))]
+    try:
+        for trainer in trainers:
+            trainer.start()
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and waiting.rounds.solo < 3:
+            time.sleep(0.1)
+        stop.set()
+        for trainer in trainers:
+            trainer.join(timeout=30)
+    finally:
+        stop.set()
+        shut_down(optimizers)
+    assert all(trainer.error is None for trainer in trainers), [repr(trainer.error) for trainer in trainers]
+    assert waiting.rounds.solo >= 3 and waiting.rounds.averaged == 0, waiting.rounds
+    # each of its epoch steps: the matchmaking window, one more as grace and a DHT read, not the 10 s timeout
+    assert trainers[0].longest_step_s < 7.0, trainers[0].longest_step_s
