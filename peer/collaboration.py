@@ -316,13 +316,15 @@ class SwarmOptimizer(hivemind.Optimizer):
             if looking_past_due(control, self.matchmaking_time) and self._swarm_went_on(deadline):
                 if call_off_if_looking(control, self.matchmaking_time):
                     logger.debug("Called off this epoch's round: the swarm averaged without this peer")
-                    return
+                    break
             try:
                 control.result(timeout=min(ROUND_POLL_S, max(0.0, deadline - time.monotonic())))
             except BaseException:  # this slice timed out, or the round failed: hivemind reads the outcome
                 pass
         if not control.done():
             control.cancel()
+        if control.cancelled() and self.scheduled_grads is control:
+            self.scheduled_grads = None  # hivemind's shutdown would cancel it again, and a second cancel raises
 
     def _swarm_went_on(self, deadline: float) -> bool:
         """Whether a peer already reports a later epoch than this one's (read from the DHT: hivemind's tracker does
