@@ -112,6 +112,27 @@ def shut_down(optimizers) -> None:
         optimizer.shutdown()
 
 
+def train_together(optimizers, models, true_weight, until, within_s: float, **trainer_options) -> list[Trainer]:
+    """Train every peer in its own thread until `until()` holds or `within_s` passes, then shut the peers down."""
+    stop = threading.Event()
+    trainers = [Trainer(optimizer, model, seed, true_weight, stop, **trainer_options)
+                for seed, (optimizer, model) in enumerate(zip(optimizers, models))]
+    try:
+        for trainer in trainers:
+            trainer.start()
+        deadline = time.monotonic() + within_s
+        while time.monotonic() < deadline and not until():
+            time.sleep(0.05)
+        stop.set()
+        for trainer in trainers:
+            trainer.join(timeout=30)
+    finally:
+        stop.set()
+        shut_down(optimizers)
+    assert all(trainer.error is None for trainer in trainers), [repr(trainer.error) for trainer in trainers]
+    return trainers
+
+
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("volunteer_config", [False, True], ids=["zero-grad", "reuse-grad-buffers"])
 def test_two_peers_average_their_rounds_and_end_with_the_same_weights(two_nodes, volunteer_config):
@@ -126,22 +147,9 @@ def test_two_peers_average_their_rounds_and_end_with_the_same_weights(two_nodes,
     optimizers = [build_swarm_optimizer(dht, model, recipe, identity, micro_batch_size=MICRO_BATCH,
                                         reuse_grad_buffers=volunteer_config)
                   for (dht, identity), model in zip(two_nodes, models)]
-    stop = threading.Event()
-    trainers = [Trainer(optimizer, model, seed, true_weight, stop, wait_for_peers=2, zero_grad=not volunteer_config)
-                for seed, (optimizer, model) in enumerate(zip(optimizers, models))]
-    try:
-        for trainer in trainers:
-            trainer.start()
-        deadline = time.monotonic() + 45
-        while time.monotonic() < deadline and not all(opt.rounds.averaged >= 2 for opt in optimizers):
-            time.sleep(0.2)
-        stop.set()
-        for trainer in trainers:
-            trainer.join(timeout=30)
-    finally:
-        stop.set()
-        shut_down(optimizers)
-
+    trainers = train_together(optimizers, models, true_weight,
+                              lambda: all(opt.rounds.averaged >= 2 for opt in optimizers),
+                              within_s=45, wait_for_peers=2, zero_grad=not volunteer_config)
     for trainer in trainers:
         assert trainer.error is None, repr(trainer.error)
         assert not trainer.is_alive()
@@ -376,28 +384,18 @@ def test_a_failed_gradient_round_steps_on_this_peers_own_gradient(two_nodes):
     optimizers = [build_swarm_optimizer(dht, model, recipe, identity, micro_batch_size=MICRO_BATCH,
                                         reuse_grad_buffers=True)
                   for (dht, identity), model in zip(two_nodes, models)]
-    stop = threading.Event()
-    trainers = [Trainer(optimizer, model, seed, true_weight, stop, wait_for_peers=2, zero_grad=False)
-                for seed, (optimizer, model) in enumerate(zip(optimizers, models))]
-    first = optimizers[0]
-    try:
-        for trainer in trainers:
-            trainer.start()
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and first.local_epoch < 1:
-            time.sleep(0.05)
-        after_first_epoch = models[0].weight.detach().clone()
-        stop.set()
-        for trainer in trainers:
-            trainer.join(timeout=30)
-    finally:
-        stop.set()
-        shut_down(optimizers)
-    assert all(trainer.error is None for trainer in trainers), [repr(trainer.error) for trainer in trainers]
-    assert first.local_epoch >= 1
+    first, after_first_epoch = optimizers[0], {}
+
+    def first_epoch_done() -> bool:
+        if first.local_epoch >= 1 and not after_first_epoch:
+            after_first_epoch["weight"] = models[0].weight.detach().clone()
+        return bool(after_first_epoch)
+
+    train_together(optimizers, models, true_weight, first_epoch_done, within_s=60, wait_for_peers=2, zero_grad=False)
+    assert first.local_epoch >= 1 and after_first_epoch
     assert first.rounds.averaged == 0 and first.rounds.solo >= 1, first.rounds  # its round did fail
     # Adam's first step moves each weight by about lr along its gradient's sign; on a zero gradient, not at all
-    moved = (after_first_epoch - before).abs()
+    moved = (after_first_epoch["weight"] - before).abs()
     assert moved.mean().item() > 0.5 * 0.01, moved
 
 
@@ -461,23 +459,8 @@ def test_a_peer_stops_waiting_for_a_round_with_no_group_once_the_swarm_went_on(t
     elsewhere = build_swarm_optimizer(second_dht, models[1], recipe(2.0), second_identity,
                                       micro_batch_size=MICRO_BATCH, reuse_grad_buffers=True)
     monkeypatch.undo()
-    optimizers = [waiting, elsewhere]
-    stop = threading.Event()
-    trainers = [Trainer(optimizer, model, seed, true_weight, stop, wait_for_peers=2, zero_grad=False, deadline_s=120)
-                for seed, (optimizer, model) in enumerate(zip(optimizers, models))]
-    try:
-        for trainer in trainers:
-            trainer.start()
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline and waiting.rounds.solo < 3:
-            time.sleep(0.1)
-        stop.set()
-        for trainer in trainers:
-            trainer.join(timeout=30)
-    finally:
-        stop.set()
-        shut_down(optimizers)
-    assert all(trainer.error is None for trainer in trainers), [repr(trainer.error) for trainer in trainers]
+    trainers = train_together([waiting, elsewhere], models, true_weight, lambda: waiting.rounds.solo >= 3,
+                              within_s=90, wait_for_peers=2, zero_grad=False, deadline_s=120)
     assert waiting.rounds.solo >= 3 and waiting.rounds.averaged == 0, waiting.rounds
     # each of its epoch steps: the matchmaking window, one more as grace and a DHT read, not the 10 s timeout
     assert trainers[0].longest_step_s < 7.0, trainers[0].longest_step_s
