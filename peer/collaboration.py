@@ -137,11 +137,15 @@ class HivemindWireNames:
         return wire_class._get_handle_name(namespace, method_name)
 
 
+# A round in these stages has no group yet: no other peer waits on this one's part
+NO_GROUP_YET = (AveragingStage.IDLE, AveragingStage.LOOKING_FOR_GROUP)
+
+
 def looking_past_due(control: StepControl | None, grace_s: float = 0.0) -> bool:
     """Whether a round was told to run but still has no group `grace_s` after its all-reduce was due."""
     if control is None or control.done() or not control.triggered:
         return False
-    if control.stage not in (AveragingStage.IDLE, AveragingStage.LOOKING_FOR_GROUP):
+    if control.stage not in NO_GROUP_YET:
         return False
     return get_dht_time() >= control.scheduled_time + grace_s
 
@@ -346,7 +350,7 @@ class SwarmOptimizer(hivemind.Optimizer):
         usually holds a round that is still looking for a group nobody else will join: in benchmarks/churn.py it
         stood still for the whole 30 s timeout before it could load the swarm's state. Such a round is called off.
         """
-        if control.stage in (AveragingStage.IDLE, AveragingStage.LOOKING_FOR_GROUP) and not control.done():
+        if control.stage in NO_GROUP_YET and not control.done():
             control.cancel()
             return
         super()._tag_along_with_zero_weight(control)
