@@ -13,7 +13,8 @@ import logging
 import math
 import threading
 import time
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from functools import partial
 
 import hivemind
@@ -53,10 +54,12 @@ class RoundStats:
     # averaged those parts over fewer peers ("Reducer: received 55% of input tensors" in its log)
     partial: int = 0
     last_received_fraction: float = 1.0  # of the data this peer should have reduced and received, in the last round
+    group_sizes: Counter = field(default_factory=Counter)  # rounds by the size of the group they reached
 
     def record(self, group_size: int, received_fraction: float = 1.0) -> None:
         """Count one round by the size of the group it reached (1: this peer alone, or the round failed)."""
         self.last_group_size = group_size
+        self.group_sizes[group_size] += 1
         if group_size >= 2:
             self.averaged += 1
             self.consecutive_solo = 0

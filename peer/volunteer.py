@@ -424,6 +424,7 @@ class Volunteer:
         opt, progress = self.optimizer, self.optimizer.tracker.global_progress
         self._update_loss_ema()
         elapsed = max(1e-9, time.time() - self.stats.started_at)
+        group_sizes = dict(opt.rounds.group_sizes)  # a copy: the training thread may record a round meanwhile
         return dict(
             epoch=opt.local_epoch,
             swarm_samples=progress.samples_accumulated,
@@ -437,6 +438,8 @@ class Volunteer:
             partial_rounds=opt.rounds.partial,  # averaged, but without part of the data (next_chunk_timeout)
             repair_rounds=getattr(opt, "repair_rounds", 0),  # DiLoCo: outer parameters re-averaged after a broken round
             last_group_size=opt.rounds.last_group_size,
+            # rounds by the size of the group they reached: groups smaller than the swarm mean its rounds split
+            group_sizes={str(size): count for size, count in sorted(group_sizes.items())},
             compute_utilisation=self.stats.compute_s / elapsed,
         )
 

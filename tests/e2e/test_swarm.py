@@ -29,6 +29,9 @@ def test_two_volunteers_average_with_each_other_and_the_loss_goes_down(swarm_fac
         # time spent waiting for the swarm (the steps that ended an epoch) is accounted apart from computing
         assert stats["sync_s"] > 0 and 0 < stats["longest_pause_s"] <= stats["sync_s"], stats
         assert stats["compute_s"] + stats["sync_s"] <= stats["wall_s"], stats
+        # every round is counted once by the size of its group; a pair's averaged rounds reached both peers
+        assert sum(stats["group_sizes"].values()) == stats["averaged_rounds"] + stats["solo_rounds"], stats
+        assert stats["group_sizes"].get("2", 0) == stats["averaged_rounds"], stats
     summary = swarm.summary()
     assert summary["peers"] == 2 and summary["averaged_rounds"] >= 3, summary
     assert summary["epochs"] >= 16
