@@ -254,6 +254,84 @@ def _plain_reference(model, recipe, batches, per_epoch):
         optimizer.zero_grad(set_to_none=True)
 
 
+class RecordingPeer(threading.Thread):
+    """A peer that remembers which of its micro-batches went into which epoch, to replay them in a plain loop."""
+
+    def __init__(self, optimizer: SwarmOptimizer, model: torch.nn.Module, seed: int, true_weight: torch.Tensor,
+                 epochs: int, reuse_grad_buffers: bool):
+        super().__init__(daemon=True)
+        self.optimizer, self.model, self.true_weight, self.epochs = optimizer, model, true_weight, epochs
+        self.reuse_grad_buffers = reuse_grad_buffers
+        self.generator = torch.Generator().manual_seed(seed)
+        self.batches_by_epoch: dict[int, list] = {}
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            deadline = time.monotonic() + 60
+            while self.optimizer.local_epoch < self.epochs and time.monotonic() < deadline:
+                epoch = self.optimizer.local_epoch
+                inputs, targets = regression_batch(self.generator, self.true_weight)
+                torch.nn.functional.mse_loss(self.model(inputs), targets).backward()
+                self.optimizer.step()
+                if not self.reuse_grad_buffers:
+                    self.optimizer.zero_grad()
+                self.batches_by_epoch.setdefault(epoch, []).append((inputs, targets))
+                while epoch == 0 and self.optimizer.tracker.global_progress.num_peers < 2 and time.monotonic() < deadline:
+                    time.sleep(0.05)  # both peers start together: no epoch of one peer alone
+                time.sleep(0.02)
+        except BaseException as error:  # reported by the test
+            self.error = error
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("reuse_grad_buffers", [True, False], ids=["volunteer", "no-reuse"])
+def test_two_peers_averaged_epochs_equal_the_plain_loops_steps_on_both_peers_batches(two_nodes, reuse_grad_buffers):
+    # A swarm whose rounds reach every peer must train exactly as one big-batch loop: each epoch's step is the mean
+    # gradient of every micro-batch any peer did in it, clipped, then AdamW and the schedule.
+    recipe = small_recipe(f"collab-equal-two-{int(reuse_grad_buffers)}", target_batch_size=6 * MICRO_BATCH)
+    true_weight = torch.randn(2, 8, generator=torch.Generator().manual_seed(5)) * 10  # large gradients: clipping acts
+    torch.manual_seed(11)
+    initial = torch.nn.Linear(8, 2)
+    models = [torch.nn.Linear(8, 2) for _ in range(2)]
+    for model in models:
+        model.load_state_dict(initial.state_dict())
+    optimizers = [build_swarm_optimizer(dht, model, recipe, identity, micro_batch_size=MICRO_BATCH,
+                                        reuse_grad_buffers=reuse_grad_buffers)
+                  for (dht, identity), model in zip(two_nodes, models)]
+    peers = [RecordingPeer(optimizer, model, seed, true_weight, epochs=4, reuse_grad_buffers=reuse_grad_buffers)
+             for seed, (optimizer, model) in enumerate(zip(optimizers, models))]
+    try:
+        for peer_ in peers:
+            peer_.start()
+        for peer_ in peers:
+            peer_.join(timeout=70)
+    finally:
+        shut_down(optimizers)
+    assert all(peer_.error is None for peer_ in peers), [repr(peer_.error) for peer_ in peers]
+    for optimizer in optimizers:
+        assert optimizer.rounds.group_sizes == {2: optimizer.local_epoch}, optimizer.rounds
+    epochs = min(optimizer.local_epoch for optimizer in optimizers)
+    assert epochs >= 3
+
+    make_optimizer, make_scheduler = build_optimizer_factories(recipe.optimizer)
+    reference = torch.nn.Linear(8, 2)
+    reference.load_state_dict(initial.state_dict())
+    plain = make_optimizer(parameter_groups(reference, recipe.optimizer.weight_decay))
+    initialize_optimizer_state_(plain)
+    scheduler = make_scheduler(plain)
+    for epoch in range(epochs):
+        batches = [batch for peer_ in peers for batch in peer_.batches_by_epoch[epoch]]
+        for inputs, targets in batches:
+            (torch.nn.functional.mse_loss(reference(inputs), targets) / len(batches)).backward()
+        plain.step()
+        scheduler.step()
+        plain.zero_grad(set_to_none=True)
+    for model in models:
+        for mine, expected in zip(model.parameters(), reference.parameters()):
+            torch.testing.assert_close(mine.detach(), expected.detach(), rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("reuse_grad_buffers, offload_optimizer",
                          [(True, False), (False, False), (True, True), (False, True)],
