@@ -68,7 +68,7 @@ import hivemind
 import torch
 from hivemind.averaging import DecentralizedAverager
 from hivemind.averaging.control import AveragingStage, StepControl
-from hivemind.compression import CompressionBase, CompressionInfo, Float16Compression, NoCompression, TensorRole
+from hivemind.compression import CompressionBase, CompressionInfo, NoCompression, ScaledFloat16Compression, TensorRole
 from hivemind.optim.state_averager import TrainingStateAverager, load_optimizer_state
 from hivemind.utils import get_dht_time
 from hivemind.utils.crypto import RSAPrivateKey
@@ -166,7 +166,7 @@ class DiLoCoOptimizer:
         averaging_timeout_s: float,
         load_state_timeout_s: float,
         compression: CompressionBase = NoCompression(),
-        parameters_compression: CompressionBase = Float16Compression(),
+        parameters_compression: CompressionBase = ScaledFloat16Compression(),
         private_key: RSAPrivateKey | None = None,
         client_mode: bool = False,
     ):
@@ -662,7 +662,7 @@ def build_diloco_optimizer(
         load_state_timeout_s=collab.load_state_timeout_s,
         compression=make_compression(collab.compression),
         # outer parameters drift by less than 8-bit resolution: averaging them needs fp16 (or better)
-        parameters_compression=NoCompression() if collab.compression == "none" else Float16Compression(),
+        parameters_compression=make_compression("none" if collab.compression == "none" else "fp16"),
         private_key=identity.signing_key,
         client_mode=client_mode,
     )

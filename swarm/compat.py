@@ -72,13 +72,22 @@ _install()
 
 
 def make_compression(name: str):
-    """The hivemind codec for a recipe's `collaboration.compression` value."""
-    from hivemind.compression import Float16Compression, NoCompression, SizeAdaptiveCompression
+    """The hivemind codec for a recipe's `collaboration.compression` value.
+
+    "fp16" is hivemind's mean-std scaled half precision (wire type MEANSTD_16BIT: each part of a tensor is sent as
+    fp16 after subtracting its mean and dividing by its standard deviation, plus those two fp32 numbers). Plain fp16
+    loses gradients: after the first steps half or more of a model's gradient entries lie below fp16's smallest
+    normal number (6.1e-5), where it keeps few significant bits, and Adam turns an entry's relative error into an
+    error of its step however small the entry is. On the tiny recipe's real gradients (`benchmarks/codecs.py`, steps
+    10-120) plain fp16 left 1% of the entries off by 2-14% and decoded 0.1-0.3% of them as zero; scaled, 99% are
+    within 0.05% and none becomes zero, for 8 more bytes per part of up to 256k values and no slower encoding.
+    """
+    from hivemind.compression import NoCompression, ScaledFloat16Compression, SizeAdaptiveCompression
 
     if name == "none":
         return NoCompression()
     if name == "fp16":
-        return Float16Compression()
+        return ScaledFloat16Compression()
     if name not in ("uint8", "blockwise8"):
         raise ValueError(f"unknown compression {name!r}: use none, fp16, uint8 or blockwise8")
     if name == "blockwise8":
@@ -91,4 +100,4 @@ def make_compression(name: str):
                              "(GPU machines), or use 'uint8'") from None
     eight_bit = FixedUniform8BitQuantization() if name == "uint8" else FixedBlockwiseQuantization()
     # tiny tensors (biases, norms) are not worth quantising: the codebook would outweigh the savings
-    return SizeAdaptiveCompression(threshold=2**16, less=Float16Compression(), greater_equal=eight_bit)
+    return SizeAdaptiveCompression(threshold=2**16, less=ScaledFloat16Compression(), greater_equal=eight_bit)

@@ -123,6 +123,43 @@ def test_convergence_quick_mode_trains_real_peers_that_average_to_one_model(tmp_
     assert pair["max_val_loss_spread_across_peers"] < 0.01  # after each outer step both peers hold one model
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_convergence_plain_loops_match_the_lone_real_peer_and_show_the_swarm_against_its_perfect_counterpart(tmp_path):
+    process = subprocess.run(
+        [sys.executable, "benchmarks/convergence.py", "--modes", "dedloc", "--peers", "1", "2", "--micro-steps", "8",
+         "--target-batch-size", "64", "--max-run-s", "60", "--plain-loops", "--results-dir", str(tmp_path)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=400)
+    assert process.returncode == 0, process.stdout[-3000:] + process.stderr[-3000:]
+    rows = {(row["mode"], row["peers"]): row for row in json.loads((tmp_path / "convergence.json").read_text())
+            ["results"]["rows"]}
+    assert set(rows) == {("dedloc", 1), ("dedloc", 2), ("dedloc-plain-loop", 1), ("dedloc-plain-loop", 2)}
+    lone, plain_lone = rows["dedloc", 1], rows["dedloc-plain-loop", 1]
+    # a lone hivemind peer is a plain loop over the same data: the same losses at the same steps
+    assert [steps for steps, _ in plain_lone["curve"][:3]] == [steps for steps, _ in lone["curve"][:3]]
+    assert [loss for _, loss in plain_lone["curve"][:3]] == pytest.approx([loss for _, loss in lone["curve"][:3]],
+                                                                          abs=2e-3)
+    plain_pair = rows["dedloc-plain-loop", 2]
+    assert plain_pair["micro_batches_per_peer_per_epoch"] == 2 and plain_pair["micro_steps_to_target"] is not None
+    pair = rows["dedloc", 2]
+    assert pair["plain_loop_micro_steps_to_target"] == plain_pair["micro_steps_to_target"]
+    assert pair["step_ratio_vs_plain_loop_same_peers"] is not None
+    assert "Plain loops" in (tmp_path / "convergence.md").read_text()
+
+
+@pytest.mark.timeout(300)
+def test_codecs_quick_mode_measures_every_recipe_wire_format_on_real_gradients(tmp_path):
+    document = _run_quick("codecs", tmp_path, timeout_s=280)
+    rows = document["results"]["rows"]
+    assert {row["step"] for row in rows} == {0, 3}
+    by_codec = {row["codec"]: row for row in rows if row["step"] == 3}
+    scaled, plain = by_codec["fp16 (swarm: scaled)"], by_codec["plain IEEE fp16"]
+    assert scaled["p99_relative_error"] < 1e-3 and scaled["zeroed_fraction"] == 0
+    assert plain["p99_relative_error"] > scaled["p99_relative_error"]
+    assert 2.0 <= scaled["bytes_per_value"] < 2.01 and by_codec["uint8"]["bytes_per_value"] < 2.0
+    assert set(document["results"]["seconds_per_million_values"]) == set(by_codec)
+
+
 def test_convergence_refuses_peer_counts_without_the_single_peer():
     process = subprocess.run([sys.executable, "benchmarks/convergence.py", "--peers", "2", "4"], cwd=REPO_ROOT,
                              capture_output=True, text=True, timeout=120)

@@ -71,20 +71,32 @@ def test_make_compression_none_is_lossless():
 
 def test_make_compression_fp16_halves_the_bytes():
     codec = make_compression("fp16")
-    assert isinstance(codec, Float16Compression)
     tensor = gaussian(1000)
     serialized = codec.compress(tensor, CompressionInfo.from_tensor(tensor))
-    assert len(serialized.buffer) == 2 * tensor.numel()
+    assert serialized.compression == runtime_pb2.CompressionType.MEANSTD_16BIT  # any hivemind peer decodes it
+    assert len(serialized.buffer) == 2 * tensor.numel() + 8  # and its fp32 mean and standard deviation
     assert relative_error(deserialize_torch_tensor(serialized), tensor) < 1e-3
 
 
-def test_make_compression_uint8_quantises_large_tensors_and_keeps_small_ones_in_fp16():
+@pytest.mark.parametrize("scale", [1e-5, 1e-6, 1e-7])
+def test_fp16_keeps_gradient_sized_values_that_plain_half_precision_loses(scale):
+    # a model's gradient entries are mostly below fp16's smallest normal number (6.1e-5)
+    tensor = gaussian(10_000, seed=3) * scale
+    info = CompressionInfo.from_tensor(tensor)
+    ours = deserialize_torch_tensor(make_compression("fp16").compress(tensor, info))
+    plain = deserialize_torch_tensor(Float16Compression().compress(tensor, info))
+    per_entry = ((ours - tensor).abs() / tensor.abs()).quantile(0.99).item()
+    assert per_entry < 2e-3, per_entry
+    assert relative_error(plain, tensor) > 5 * relative_error(ours, tensor)
+
+
+def test_make_compression_uint8_quantises_large_tensors_and_keeps_small_ones_in_scaled_fp16():
     codec = make_compression("uint8")
     assert isinstance(codec, SizeAdaptiveCompression)
     small, large = gaussian(1000), gaussian(2**16, seed=2)
     small_wire = codec.compress(small, CompressionInfo.from_tensor(small))
     large_wire = codec.compress(large, CompressionInfo.from_tensor(large))
-    assert small_wire.compression == runtime_pb2.CompressionType.FLOAT16
+    assert small_wire.compression == runtime_pb2.CompressionType.MEANSTD_16BIT
     assert large_wire.compression == runtime_pb2.CompressionType.UNIFORM_8BIT
     assert len(large_wire.buffer) < large.numel() * 1.02
     assert relative_error(deserialize_torch_tensor(small_wire), small) < 1e-3
