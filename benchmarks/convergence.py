@@ -31,6 +31,11 @@ held-out batches (`swarm.evaluation.validation_loss`) and logs (its micro-steps 
   construction; the row checks that averaging really delivers it. DiLoCo is where the ratio is a question:
   n peers each take `inner_steps` local steps on their own batches and average the pseudo-gradients.
 
+- `--plain-loops` (DeDLOC) adds one row per peer count computed by a plain PyTorch loop without hivemind, on the
+  same peers' data: what a swarm whose every round reaches every peer computes. A single run's time to target
+  moves with the data order (on the tiny recipe the loss hovers near the target for many epochs); these rows show
+  how much, and how far the real swarm is from its own perfect counterpart.
+
 Writes benchmarks/results/convergence.{json,md,png}.
 """
 
@@ -76,6 +81,8 @@ def bench_recipe(config: dict):
               "matchmaking_time_s": config["matchmaking_time_s"]}
     if config["mode"] == "dedloc":
         update["target_batch_size"] = config["target_batch_size"]
+        if config.get("average_state_every"):
+            update["average_state_every"] = config["average_state_every"]
         if config.get("no_average_optimizer_state"):
             update["average_optimizer_state"] = False
     else:
@@ -123,6 +130,8 @@ def run_peer(config: dict, peer_index: int, result_file: Path) -> None:
     # starts at the same moment (the go file), and the first global batch or round gives the trackers time to meet
     curve = [[0, initial_loss, 0, 0.0]]  # micro-steps done, validation loss, swarm epoch, seconds since start
     micro_steps, stopped_by, peers_seen = 0, "budget", 0
+    learning_rates = [optimizer.param_groups[0]["lr"]]  # at each evaluation point of the curve
+    group_size_by_epoch = [0]  # the group of the round that ended before each evaluation point (0: none yet)
     deadline = started + config["max_run_s"]
     try:
         while micro_steps < config["micro_steps"]:
@@ -142,6 +151,8 @@ def run_peer(config: dict, peer_index: int, result_file: Path) -> None:
                 peers_seen = max(peers_seen, optimizer.tracker.global_progress.num_peers)
                 loss = validation_loss(model, validation)
                 curve.append([micro_steps, loss, optimizer.local_epoch, round(time.time() - started, 2)])
+                learning_rates.append(optimizer.param_groups[0]["lr"])
+                group_size_by_epoch.append(optimizer.rounds.last_group_size)
                 target = config.get("target_loss")
                 if peer_index == 0 and target is not None and loss <= target:
                     stop_file.write_text(f"{micro_steps} {loss}")
@@ -149,11 +160,105 @@ def run_peer(config: dict, peer_index: int, result_file: Path) -> None:
         result_file.write_text(json.dumps({
             "peer_index": peer_index, "curve": curve, "micro_steps": micro_steps, "epochs": optimizer.local_epoch,
             "averaged_rounds": optimizer.rounds.averaged, "solo_rounds": optimizer.rounds.solo,
+            "learning_rates": learning_rates,
+            "group_size_by_epoch": group_size_by_epoch,
+            "group_sizes": {str(size): n for size, n in sorted(optimizer.rounds.group_sizes.items())},
             "wall_s": round(time.time() - started, 2), "most_peers_seen": peers_seen,
             "stopped_by": stopped_by}))
     finally:
         optimizer.shutdown()
         dht.shutdown()
+
+
+# ------------------------------------------------------------------------------------------------- plain loops
+def run_plain_loop(config: dict, result_file: Path) -> None:
+    """Worker: what a perfect DeDLOC swarm of `peers` would compute, as one plain PyTorch loop without hivemind.
+
+    Every epoch takes `micro_batches_per_peer` micro-batches from each of the swarm's peers' data streams (the same
+    peer ids as the real peers, so the same samples), steps the recipe's optimiser (clip, AdamW, schedule) on their
+    mean gradient, and evaluates. tests/peer/test_collaboration.py checks that a swarm whose rounds reach every peer
+    computes exactly this; the gap between this row and the real swarm's is what split rounds and drift cost, and
+    the spread between data orders is the noise of a single run's time to target.
+    """
+    import torch
+    from hivemind.optim.state_averager import initialize_optimizer_state_
+
+    from swarm.data import build_data
+    from swarm.evaluation import validation_loss
+    from swarm.model import build_model
+    from swarm.optim import build_optimizer_factories, parameter_groups
+    from swarm.tokenizer import build_tokenizer
+
+    torch.set_num_threads(1)
+    recipe = bench_recipe(config)
+    tokenizer = build_tokenizer(recipe.tokenizer)
+    streams = [build_data(recipe.data, tokenizer, peer_id=f"convergence-peer-{index}".encode())
+               for index in range(config["peers"])]
+    validation = streams[0].validation_batches(VALIDATION_BATCH_SIZE)
+    model = build_model(recipe.model, tokenizer.vocab_size, tokenizer.eos_id, tokenizer.pad_id)
+    model.train()
+    make_optimizer, make_scheduler = build_optimizer_factories(recipe.optimizer)
+    optimizer = make_optimizer(parameter_groups(model, recipe.optimizer.weight_decay))
+    initialize_optimizer_state_(optimizer)  # as hivemind's state averager does at start
+    scheduler = make_scheduler(optimizer)
+    per_peer = config["micro_batches_per_peer"]
+    curve = [[0, validation_loss(model, validation), 0, 0.0]]
+    started = time.time()
+    for epoch in range(config["max_epochs"]):
+        count = per_peer * len(streams)
+        for stream in streams:
+            for _ in range(per_peer):
+                batch = stream.next_batch(epoch, MICRO_BATCH_SIZE)
+                (model(input_ids=batch, labels=batch).loss / count).backward()
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        loss = validation_loss(model, validation)
+        curve.append([(epoch + 1) * per_peer, loss, epoch + 1, round(time.time() - started, 2)])
+        if config.get("target_loss") is not None and loss <= config["target_loss"]:
+            break
+    result_file.write_text(json.dumps({"curve": curve, "epochs": len(curve) - 1, "wall_s": round(time.time() - started, 2)}))
+
+
+def run_plain_loops(args: argparse.Namespace, target_loss: float, work_root: Path) -> list[dict]:
+    """One plain-loop row per peer count, side by side (one process and one thread each)."""
+    processes = []
+    for peers in args.peers:
+        per_peer = math.ceil(args.target_batch_size / (MICRO_BATCH_SIZE * peers))
+        config = {"mode": "dedloc", "peers": peers, "compression": "none", "run_id": "convergence-plain",
+                  "target_batch_size": args.target_batch_size, "matchmaking_time_s": args.matchmaking_time_s,
+                  "micro_batches_per_peer": per_peer, "target_loss": target_loss,
+                  # twice the swarm's budget: a plain loop is cheap, and where it crosses is what it is run for
+                  "max_epochs": math.ceil(2 * args.micro_steps / per_peer)}
+        folder = Path(tempfile.mkdtemp(prefix=f"plain-{peers}-", dir=work_root))
+        (folder / "config.json").write_text(json.dumps(config))
+        argv = [sys.executable, str(Path(__file__).resolve()), "--plain-worker", "--config", str(folder / "config.json"),
+                "--result-file", str(folder / "result.json")]
+        log = open(folder / "plain.log", "w")
+        processes.append((config, folder, subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)))
+    rows = []
+    for config, folder, process in processes:
+        if process.wait() != 0 or not (folder / "result.json").exists():
+            rows.append({"mode": "dedloc-plain-loop", "peers": config["peers"], "compression": "n/a (no swarm)",
+                         "error": (folder / "plain.log").read_text(errors="replace")[-2000:]})
+            continue
+        result = json.loads((folder / "result.json").read_text())
+        reached = steps_to_target(result["curve"], target_loss)
+        rows.append({
+            "mode": "dedloc-plain-loop", "peers": config["peers"], "compression": "n/a (no swarm)",
+            "plain_loop": True, "inner_steps": None, "target_batch_size": args.target_batch_size,
+            "micro_batches_per_peer_per_epoch": config["micro_batches_per_peer"],
+            "target_loss": round(target_loss, 4),
+            "micro_steps_to_target": round(reached, 1) if reached is not None else None,
+            "samples_to_target": round(reached * MICRO_BATCH_SIZE * config["peers"]) if reached is not None else None,
+            "epochs_to_target": next((epoch for _, loss, epoch, _ in result["curve"] if loss <= target_loss), None),
+            "initial_loss": round(result["curve"][0][1], 4), "final_loss": _finite(result["curve"][-1][1]),
+            "diverged_at_micro_step": None, "micro_steps_done": result["curve"][-1][0], "epochs": result["epochs"],
+            "curve": [[steps, _finite(loss)] for steps, loss, *_ in result["curve"]],
+            "max_val_loss_spread_across_peers": None, "averaged_rounds": 0, "solo_rounds": 0,
+            "stopped_by": "target reached" if reached is not None else "budget", "wall_s": result["wall_s"],
+        })
+    return rows
 
 
 # ------------------------------------------------------------------------------------------------- one run
@@ -174,6 +279,7 @@ class Run:
             "target_batch_size": args.target_batch_size, "matchmaking_time_s": args.matchmaking_time_s,
             "inner_steps": args.inner_steps, "outer_lr": args.outer_lr,
             "no_average_optimizer_state": args.no_average_optimizer_state,
+            "average_state_every": args.average_state_every,
             "eval_every_epochs": args.eval_every_epochs if mode == "dedloc" else 1,
         }
         (self.work_dir / "config.json").write_text(json.dumps(self.config))
@@ -322,6 +428,10 @@ def make_row(args, run: Run, results: list[dict], target_loss: float) -> dict:
         "solo_rounds": lead["solo_rounds"],
         "averaged_rounds_per_peer": [r["averaged_rounds"] for r in results],
         "solo_rounds_per_peer": [r["solo_rounds"] for r in results],
+        # rounds by the size of the group they reached, per peer: groups smaller than `peers` mean rounds split
+        "group_sizes_per_peer": [r.get("group_sizes", {}) for r in results],
+        "group_size_at_each_evaluation": [r.get("group_size_by_epoch", []) for r in results],
+        "learning_rate_at_each_evaluation": lead.get("learning_rates", []),
         "most_peers_seen_by_tracker": [r["most_peers_seen"] for r in results],
         "stopped_by": lead["stopped_by"],
         "wall_s": max(result["wall_s"] for result in results),
@@ -371,6 +481,9 @@ def run_benchmark(args: argparse.Namespace) -> dict:
             print(f"{mode} {peers} peers {codec}: {rows[-1]['micro_steps_to_target']} micro-steps to target, "
                   f"{rows[-1]['averaged_rounds']} averaged / {rows[-1]['solo_rounds']} solo rounds "
                   f"({rows[-1]['wall_s']} s)", flush=True)
+    if args.plain_loops and "dedloc" in args.modes:
+        print("plain loops (no swarm) for " + ", ".join(f"{n} peer(s)" for n in args.peers), flush=True)
+        rows += run_plain_loops(args, targets["dedloc"], work_root)
     add_ratios(rows)
     settings = {
         "recipe": RECIPE, "modes": args.modes, "peers": args.peers, "compression": args.compression,
@@ -379,9 +492,14 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         "dedloc_global_batch": "fixed (the recipe's), whatever the number of peers",
         "dedloc_eval_every_epochs": args.eval_every_epochs,
         "dedloc_average_optimizer_state": not args.no_average_optimizer_state,
+        "dedloc_average_state_every": args.average_state_every or "the recipe's",
         "single_peer_rows_from": str(args.targets_from) if args.targets_from else None, "diloco_inner_steps": args.inner_steps,
         "diloco_outer_lr": args.outer_lr, "diloco_outer_momentum": 0.9, "diloco_eval": "after every outer round",
         "matchmaking_time_s": args.matchmaking_time_s, "torch_threads_per_peer": 1,
+        "plain_loops": ("rows dedloc-plain-loop: one plain PyTorch loop per peer count, no hivemind, each epoch the "
+                        "mean gradient of ceil(target_batch_size / (16 x peers)) micro-batches from each of those "
+                        "peers' data streams: what a swarm whose every round reaches every peer computes")
+        if args.plain_loops else None,
         "validation": f"the recipe's {64} fixed held-out samples (data.val_samples), one batch",
         "target": "the 1-peer run's validation loss at its last evaluation point; multi-peer runs stop when peer 0 "
                   "reaches it" + (" (quick: no early stop)" if args.quick else ""),
@@ -410,6 +528,13 @@ def add_ratios(rows: list[dict]) -> None:
         mine, theirs = row["micro_steps_to_target"], base["micro_steps_to_target"]
         row["step_ratio_vs_1_peer"] = round(mine / theirs, 3) if mine is not None and theirs else None
         row["ideal_step_ratio"] = round(1 / row["peers"], 3)
+        plain = next((other for other in rows if other["mode"] == "dedloc-plain-loop" and "error" not in other
+                      and other["peers"] == row["peers"]), None)
+        if row["mode"] == "dedloc" and plain is not None:
+            # against a perfect swarm of the same peers (same samples): what this swarm's rounds cost
+            theirs = plain["micro_steps_to_target"]
+            row["plain_loop_micro_steps_to_target"] = theirs
+            row["step_ratio_vs_plain_loop_same_peers"] = round(mine / theirs, 3) if mine is not None and theirs else None
         if row["mode"] == "diloco" and "dedloc" in solo:
             dedloc = solo["dedloc"]
             reached = steps_to_target(row["curve"], dedloc["target_loss"])
@@ -467,6 +592,17 @@ def markdown(settings: dict, rows: list[dict], info: dict) -> str:
                          "the state (see `curves_all_peers`).")
     if notes:
         lines += ["", "Notes:", "", *notes]
+    plain_rows = [row for row in rows if row["mode"] == "dedloc-plain-loop" and "error" not in row]
+    if plain_rows:
+        lines += ["", "Plain loops (rows dedloc-plain-loop): no hivemind, one process; each epoch steps on the mean "
+                  "gradient of every listed peer's micro-batches, which is what a swarm computes when every round "
+                  "reaches every peer. Their spread is the noise of one run's time to target (data order alone); "
+                  "a real swarm above its plain loop lost that much to split rounds and drift:", ""]
+        for row in rows:
+            if row.get("step_ratio_vs_plain_loop_same_peers") is not None:
+                lines.append(f"- dedloc, {row['peers']} peers, {row['compression']}: "
+                             f"{row['micro_steps_to_target']} micro-steps per peer vs {row['plain_loop_micro_steps_to_target']} "
+                             f"for its plain loop: {row['step_ratio_vs_plain_loop_same_peers']:.2f}x")
     cross = [row for row in rows if row.get("step_ratio_vs_dedloc_1_peer") is not None]
     if cross:
         lines += ["", "DiLoCo swarms against the DeDLOC single peer's target:", ""]
@@ -492,13 +628,16 @@ def plot(settings: dict, rows: list[dict], path: Path) -> None:
     figure, axes = plt.subplots(1, len(modes), figsize=(5.5 * len(modes), 4.2), squeeze=False)
     for axis, mode in zip(axes[0], modes):
         for row in rows:
-            if row["mode"] != mode or "error" in row:
+            plain = row["mode"] == f"{mode}-plain-loop"
+            if (row["mode"] != mode and not plain) or "error" in row:
                 continue
             steps, losses = zip(*[(s, l if l is not None else float("nan")) for s, l in row["curve"]])
             label = f"{row['peers']} peer{'s' if row['peers'] > 1 else ''}"
-            if row["peers"] > 1:
+            if plain:
+                label += ", plain loop (no swarm)"
+            elif row["peers"] > 1:
                 label += f", {row['compression']}"
-            axis.plot(steps, losses, marker=".", label=label)
+            axis.plot(steps, losses, marker="" if plain else ".", linestyle=":" if plain else "-", label=label)
         axis.axhline(solo_target(rows, mode), color="grey", linestyle="--", linewidth=1, label="target (1 peer)")
         title = (f"DiLoCo, H={settings['diloco_inner_steps']}, outer lr {settings['diloco_outer_lr']}"
                  if mode == "diloco" else f"DeDLOC, global batch {settings['dedloc_target_batch_size']}")
@@ -532,17 +671,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--matchmaking-time-s", type=float, default=None, help="Default the recipe's 2 s.")
     parser.add_argument("--max-run-s", type=float, default=None,
                         help="Wall-clock cap of one run's training (default 900; quick: 45).")
+    parser.add_argument("--average-state-every", type=int, default=None,
+                        help="DeDLOC: average parameters and optimiser state every N epochs (default: the recipe's 5).")
     parser.add_argument("--no-average-optimizer-state", action="store_true",
                         help="DeDLOC: do not average Adam's statistics with the parameters every few epochs.")
+    parser.add_argument("--plain-loops", action="store_true",
+                        help="DeDLOC: also run, for each peer count, the plain loop a perfect swarm would compute "
+                             "(same peers' data, no hivemind): the reference for the swarm's rows.")
     parser.add_argument("--targets-from", type=Path, default=None,
                         help="Reuse the 1-peer rows (and targets) of an earlier convergence.json: run only the swarms.")
     parser.add_argument("--name", default="convergence", help="Results file stem.")
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--plain-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--config", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--peer-index", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--result-file", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.plain_worker:
+        run_plain_loop(json.loads(args.config.read_text()), args.result_file)
+        return
     if args.worker:
         import logging
 
