@@ -26,7 +26,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import RECIPES_DIR, RESULTS_DIR, describe_machine, machine, timestamp, write_results  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    RECIPES_DIR,
+    RESULTS_DIR,
+    describe_machine,
+    machine,
+    timestamp,
+    write_results,
+)
 
 PART_VALUES = 2**18  # hivemind's default part size (2**19 bytes) in fp16 values
 FP16_SMALLEST_NORMAL = 6.1e-5
@@ -127,9 +134,11 @@ def run(args: argparse.Namespace) -> dict:
 
 def markdown(settings: dict, rows: list[dict], speed: dict, info: dict) -> str:
     lines = ["# Wire formats on real gradients: per-entry relative error and cost", "",
-             f"tiny-stdlib, plain training loop, gradients of steps {settings['steps']} in hivemind's 256k-value parts. "
+             f"tiny-stdlib, plain training loop, gradients of steps {settings['steps']} in hivemind's 256k-value "
+             "parts. "
              f"{describe_machine(info)}. `{settings['command'].strip()}`, {settings['date']}.", "",
-             "| step | entries below fp16's smallest normal | codec | median | p90 | p99 | decoded as zero | bytes/value |",
+             "| step | entries below fp16's smallest normal | codec | median | p90 | p99 | decoded as zero "
+             "| bytes/value |",
              "|---|---|---|---|---|---|---|---|"]
     for row in rows:
         lines.append(f"| {row['step']} | {row['below_fp16_normal']:.0%} | {row['codec']} | "

@@ -217,7 +217,8 @@ def run_plain_loop(config: dict, result_file: Path) -> None:
         curve.append([(epoch + 1) * per_peer, loss, epoch + 1, round(time.time() - started, 2)])
         if config.get("target_loss") is not None and loss <= config["target_loss"]:
             break
-    result_file.write_text(json.dumps({"curve": curve, "epochs": len(curve) - 1, "wall_s": round(time.time() - started, 2)}))
+    result_file.write_text(json.dumps({"curve": curve, "epochs": len(curve) - 1,
+                                       "wall_s": round(time.time() - started, 2)}))
 
 
 def run_plain_loops(args: argparse.Namespace, target_loss: float, work_root: Path) -> list[dict]:
@@ -232,8 +233,8 @@ def run_plain_loops(args: argparse.Namespace, target_loss: float, work_root: Pat
                   "max_epochs": math.ceil(2 * args.micro_steps / per_peer)}
         folder = Path(tempfile.mkdtemp(prefix=f"plain-{peers}-", dir=work_root))
         (folder / "config.json").write_text(json.dumps(config))
-        argv = [sys.executable, str(Path(__file__).resolve()), "--plain-worker", "--config", str(folder / "config.json"),
-                "--result-file", str(folder / "result.json")]
+        argv = [sys.executable, str(Path(__file__).resolve()), "--plain-worker",
+                "--config", str(folder / "config.json"), "--result-file", str(folder / "result.json")]
         log = open(folder / "plain.log", "w")
         processes.append((config, folder, subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)))
     rows = []
@@ -534,7 +535,8 @@ def add_ratios(rows: list[dict]) -> None:
             # against a perfect swarm of the same peers (same samples): what this swarm's rounds cost
             theirs = plain["micro_steps_to_target"]
             row["plain_loop_micro_steps_to_target"] = theirs
-            row["step_ratio_vs_plain_loop_same_peers"] = round(mine / theirs, 3) if mine is not None and theirs else None
+            row["step_ratio_vs_plain_loop_same_peers"] = (round(mine / theirs, 3) if mine is not None and theirs
+                                                          else None)
         if row["mode"] == "diloco" and "dedloc" in solo:
             dedloc = solo["dedloc"]
             reached = steps_to_target(row["curve"], dedloc["target_loss"])
@@ -601,8 +603,9 @@ def markdown(settings: dict, rows: list[dict], info: dict) -> str:
         for row in rows:
             if row.get("step_ratio_vs_plain_loop_same_peers") is not None:
                 lines.append(f"- dedloc, {row['peers']} peers, {row['compression']}: "
-                             f"{row['micro_steps_to_target']} micro-steps per peer vs {row['plain_loop_micro_steps_to_target']} "
-                             f"for its plain loop: {row['step_ratio_vs_plain_loop_same_peers']:.2f}x")
+                             f"{row['micro_steps_to_target']} micro-steps per peer vs "
+                             f"{row['plain_loop_micro_steps_to_target']} for its plain loop: "
+                             f"{row['step_ratio_vs_plain_loop_same_peers']:.2f}x")
     cross = [row for row in rows if row.get("step_ratio_vs_dedloc_1_peer") is not None]
     if cross:
         lines += ["", "DiLoCo swarms against the DeDLOC single peer's target:", ""]

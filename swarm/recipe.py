@@ -263,7 +263,8 @@ class CollaborationConfig(_Section):
         60.0, gt=0.0, le=3600.0, description="Give up on an all-reduce after this long (about 2x its real time)."
     )
     compression: Literal["none", "fp16", "uint8", "blockwise8"] = Field(
-        "fp16", description="Wire format of averaged gradients: fp16 halves traffic; 8-bit quarters it."
+        "fp16", description="Wire format of averaged gradients: fp16 (scaled per part, so small gradients keep their "
+        "precision) halves traffic; 8-bit quarters it."
     )
     average_optimizer_state: bool = Field(
         True, description="Also average the optimiser statistics (Adam moments) between peers every few epochs."
