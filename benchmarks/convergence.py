@@ -235,8 +235,8 @@ def run_plain_loops(args: argparse.Namespace, target_loss: float, work_root: Pat
         (folder / "config.json").write_text(json.dumps(config))
         argv = [sys.executable, str(Path(__file__).resolve()), "--plain-worker",
                 "--config", str(folder / "config.json"), "--result-file", str(folder / "result.json")]
-        log = open(folder / "plain.log", "w")
-        processes.append((config, folder, subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)))
+        with open(folder / "plain.log", "w") as log:  # the child keeps its own copy of the handle
+            processes.append((config, folder, subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)))
     rows = []
     for config, folder, process in processes:
         if process.wait() != 0 or not (folder / "result.json").exists():
