@@ -143,7 +143,11 @@ def test_convergence_plain_loops_match_the_lone_real_peer_and_show_the_swarm_aga
     assert plain_pair["micro_batches_per_peer_per_epoch"] == 2 and plain_pair["micro_steps_to_target"] is not None
     pair = rows["dedloc", 2]
     assert pair["plain_loop_micro_steps_to_target"] == plain_pair["micro_steps_to_target"]
-    assert pair["step_ratio_vs_plain_loop_same_peers"] is not None
+    # a swarm given 8 micro-steps may or may not get there (its first rounds can miss each other); when it does, the
+    # ratio compares it with its perfect counterpart
+    expected = (round(pair["micro_steps_to_target"] / plain_pair["micro_steps_to_target"], 3)
+                if pair["micro_steps_to_target"] is not None else None)
+    assert pair["step_ratio_vs_plain_loop_same_peers"] == expected
     assert "Plain loops" in (tmp_path / "convergence.md").read_text()
 
 
