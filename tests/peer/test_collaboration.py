@@ -81,11 +81,13 @@ class Trainer(threading.Thread):
         self.error: BaseException | None = None
         self.losses: list[float] = []
         self.longest_step_s = 0.0  # the longest optimizer.step(): how long this peer stood still at once
+        self.batches_by_epoch: dict[int, list] = {}  # the micro-batches that went into each epoch, to replay them
 
     def run(self) -> None:
         try:
             first = True
             while not self.stop.is_set() and time.monotonic() < self.deadline:
+                epoch = self.optimizer.local_epoch
                 inputs, targets = regression_batch(self.generator, self.true_weight)
                 loss = torch.nn.functional.mse_loss(self.model(inputs), targets)
                 loss.backward()
@@ -95,6 +97,7 @@ class Trainer(threading.Thread):
                 if self.zero_grad:
                     self.optimizer.zero_grad()
                 self.losses.append(loss.item())
+                self.batches_by_epoch.setdefault(epoch, []).append((inputs, targets))
                 if first:
                     # peers publish progress only once they have samples: wait until each sees the other, as
                     # volunteers that join a running swarm do, instead of racing through epochs alone
@@ -254,36 +257,6 @@ def _plain_reference(model, recipe, batches, per_epoch):
         optimizer.zero_grad(set_to_none=True)
 
 
-class RecordingPeer(threading.Thread):
-    """A peer that remembers which of its micro-batches went into which epoch, to replay them in a plain loop."""
-
-    def __init__(self, optimizer: SwarmOptimizer, model: torch.nn.Module, seed: int, true_weight: torch.Tensor,
-                 epochs: int, reuse_grad_buffers: bool):
-        super().__init__(daemon=True)
-        self.optimizer, self.model, self.true_weight, self.epochs = optimizer, model, true_weight, epochs
-        self.reuse_grad_buffers = reuse_grad_buffers
-        self.generator = torch.Generator().manual_seed(seed)
-        self.batches_by_epoch: dict[int, list] = {}
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            deadline = time.monotonic() + 60
-            while self.optimizer.local_epoch < self.epochs and time.monotonic() < deadline:
-                epoch = self.optimizer.local_epoch
-                inputs, targets = regression_batch(self.generator, self.true_weight)
-                torch.nn.functional.mse_loss(self.model(inputs), targets).backward()
-                self.optimizer.step()
-                if not self.reuse_grad_buffers:
-                    self.optimizer.zero_grad()
-                self.batches_by_epoch.setdefault(epoch, []).append((inputs, targets))
-                while epoch == 0 and self.optimizer.tracker.global_progress.num_peers < 2 and time.monotonic() < deadline:
-                    time.sleep(0.05)  # both peers start together: no epoch of one peer alone
-                time.sleep(0.02)
-        except BaseException as error:  # reported by the test
-            self.error = error
-
-
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("reuse_grad_buffers", [True, False], ids=["volunteer", "no-reuse"])
 def test_two_peers_averaged_epochs_equal_the_plain_loops_steps_on_both_peers_batches(two_nodes, reuse_grad_buffers):
@@ -299,16 +272,8 @@ def test_two_peers_averaged_epochs_equal_the_plain_loops_steps_on_both_peers_bat
     optimizers = [build_swarm_optimizer(dht, model, recipe, identity, micro_batch_size=MICRO_BATCH,
                                         reuse_grad_buffers=reuse_grad_buffers)
                   for (dht, identity), model in zip(two_nodes, models)]
-    peers = [RecordingPeer(optimizer, model, seed, true_weight, epochs=4, reuse_grad_buffers=reuse_grad_buffers)
-             for seed, (optimizer, model) in enumerate(zip(optimizers, models))]
-    try:
-        for peer_ in peers:
-            peer_.start()
-        for peer_ in peers:
-            peer_.join(timeout=70)
-    finally:
-        shut_down(optimizers)
-    assert all(peer_.error is None for peer_ in peers), [repr(peer_.error) for peer_ in peers]
+    peers = train_together(optimizers, models, true_weight, lambda: all(opt.local_epoch >= 4 for opt in optimizers),
+                           within_s=60, wait_for_peers=2, deadline_s=70, zero_grad=not reuse_grad_buffers)
     for optimizer in optimizers:
         assert optimizer.rounds.group_sizes == {2: optimizer.local_epoch}, optimizer.rounds
     epochs = min(optimizer.local_epoch for optimizer in optimizers)
