@@ -32,7 +32,8 @@ def build_model_config(cfg: ModelConfig, vocab_size: int, eos_id: int | None, pa
         raise UsageError(f"model.config does not fit {cfg.architecture!r}: {error}") from None
     except Exception as error:  # wrong value types surface as TypeError or huggingface_hub's strict validation
         raise UsageError(f"model.config does not fit {cfg.architecture!r}: {error}") from None
-    config.vocab_size = vocab_size
+    multiple = cfg.pad_vocab_to_multiple_of or 1
+    config.vocab_size = -(-vocab_size // multiple) * multiple  # the tokenizer never produces the padding ids
     config.bos_token_id = eos_id
     config.eos_token_id = eos_id
     config.pad_token_id = pad_id

@@ -72,12 +72,21 @@ class ModelConfig(_Section):
     )
     revision: str | None = Field(None, description="Hub revision of `pretrained` (branch, tag or commit).")
     init_seed: int = Field(0, description="Seed of the random initialisation; every peer must use the same.")
+    pad_vocab_to_multiple_of: int | None = Field(
+        None, ge=1, le=4096,
+        description="Round the embedding and output layer up to a multiple of this many tokens (e.g. 64) so the "
+        "GPU's matrix units run full tiles; the extra rows are never used as inputs. GPT-2's 50257 -> 50304 trained "
+        "19% faster on an H100 (benchmarks/README.md). Models built from `config` only.",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> "ModelConfig":
         """Either `architecture` or `pretrained` is set."""
         if self.pretrained is None and not self.architecture:
             raise _ProblemAt("architecture", "empty: set model.architecture (with model.config) or model.pretrained")
+        if self.pretrained is not None and self.pad_vocab_to_multiple_of is not None:
+            raise _ProblemAt("pad_vocab_to_multiple_of", "applies to models built from model.config; a pretrained "
+                             "model's vocabulary comes with its weights: remove it")
         return self
 
     @field_validator("config")

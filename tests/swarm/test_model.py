@@ -120,3 +120,25 @@ def test_pretrained_model_with_a_smaller_vocabulary_than_the_tokenizer_is_refuse
     small.save_pretrained(tmp_path / "small")
     with pytest.raises(UsageError, match=r"vocabulary \(100\) is smaller than the tokenizer's \(259\)"):
         build_model(ModelConfig(pretrained=str(tmp_path / "small")), vocab_size=tokenizer.vocab_size)
+
+
+def test_vocabulary_padding_rounds_the_embedding_and_output_rows_up_and_keeps_the_tokenizers_ids(tokenizer):
+    plain = build(tokenizer, init_seed=3)
+    padded = build(tokenizer, init_seed=3, pad_vocab_to_multiple_of=64)
+    assert plain.config.vocab_size == 259
+    assert padded.config.vocab_size == 320
+    assert padded.get_input_embeddings().weight.shape == padded.get_output_embeddings().weight.shape == (320, 16)
+    assert padded.get_output_embeddings().weight is padded.get_input_embeddings().weight  # still tied
+    # every peer pads alike: the same recipe builds the same padded weights
+    again = build(tokenizer, init_seed=3, pad_vocab_to_multiple_of=64).state_dict()
+    assert all(torch.equal(tensor, again[name]) for name, tensor in padded.state_dict().items())
+    batch = torch.tensor([[tokenizer.eos_id, 5, 6, 258]])
+    output = padded(input_ids=batch, labels=batch)
+    assert output.logits.shape == (1, 4, 320) and torch.isfinite(output.loss)
+    output.loss.backward()  # the padding rows learn only to be unlikely: they get gradient from the softmax alone
+    assert padded.get_input_embeddings().weight.grad[259:].abs().sum() > 0
+
+
+def test_vocabulary_that_is_already_a_multiple_is_not_padded(tokenizer):
+    assert build(tokenizer, pad_vocab_to_multiple_of=7).config.vocab_size == 259  # 7 x 37
+    assert build(tokenizer, pad_vocab_to_multiple_of=1).config.vocab_size == 259
