@@ -69,9 +69,10 @@ PHASES = ("data", "forward", "backward", "step", "zero_grad", "item")
 # dense bf16 tensor-core peak, TFLOPS, by a substring of torch.cuda.get_device_name(): the MFU denominator
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 70.0, "RTX 4090": 165.0}
 MODELS = {
-    # model: (recipe whose model/optimizer/collaboration sections are used, vocabulary, micro-batch on CPU)
+    # model: (recipe whose model/optimizer/collaboration sections are used, vocabulary, default micro-batch)
     "tiny": ("tiny-stdlib.yaml", None, 16),
-    "gpt2-small": ("gpt2-small-fineweb.yaml", 50257, 16),
+    # 32: the recipe's max_micro_batch_size, which a volunteer's `auto` picks where it fits (21 GB on an H100)
+    "gpt2-small": ("gpt2-small-fineweb.yaml", 50257, 32),
 }
 
 

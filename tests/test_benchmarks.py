@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TOP_LEVEL = {"machine", "versions", "settings", "results"}
@@ -250,3 +251,25 @@ def test_ledger_quick_mode_accounts_signed_records_of_simulated_peers(tmp_path):
                                                "accounting", "ledger_commit"}
     assert accounting["records_per_s"] > 0
     assert document["results"]["ledger"]["verify"]["checkpoints"] == 50
+
+
+def test_gpu_step_quick_mode_measures_each_variant_with_its_padded_vocabulary(tmp_path):
+    process = subprocess.run([sys.executable, "benchmarks/gpu_step.py", "--quick", "--device", "cpu",
+                              "--results-dir", str(tmp_path)], cwd=REPO_ROOT, capture_output=True, text=True,
+                             timeout=240)
+    assert process.returncode == 0, process.stdout[-3000:] + process.stderr[-3000:]
+    document = json.loads((tmp_path / "gpu-step-quick.json").read_text())
+    _check_common(document)
+    rows = document["results"]["rows"]
+    assert [row["vocab_rows"] for row in rows] == [259, 320]  # the byte tokenizer's 259, then padded to 64s
+    assert all(row["tokens_per_s"] > 0 and row["micro_steps"] % 2 == 0 for row in rows)
+    assert rows[0]["speed_vs_first"] == 1.0 and rows[0]["mfu"] is None  # no MFU without a known GPU peak
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_gpu_step_without_a_gpu_says_so_and_exits_2(tmp_path):
+    process = subprocess.run([sys.executable, "benchmarks/gpu_step.py", "--results-dir", str(tmp_path)],
+                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert process.returncode == 2
+    assert "no CUDA GPU is visible" in process.stderr and "Traceback" not in process.stderr
+    assert not list(tmp_path.iterdir())
