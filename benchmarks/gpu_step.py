@@ -2,7 +2,7 @@
 micro-batch size and loss precision, each variant measured the same way in one run.
 
     python benchmarks/gpu_step.py                          # a CUDA machine: GPT-2 small, 6 variants, ~6 minutes
-    python benchmarks/gpu_step.py --quick --device cpu     # tiny recipe on the CPU, 2 variants (smoke test)
+    python benchmarks/gpu_step.py --quick --device cpu     # tiny recipe on the CPU, 3 variants (smoke test)
 
 Each variant runs in a fresh process (its own compile and memory peak): the recipe's model built from its
 config (random init) on random tokens, the volunteer's forward (`swarm.hardware.TrainingForward`: torch.compile
@@ -42,6 +42,7 @@ GPU_VARIANTS = (
 QUICK_VARIANTS = (
     ("no padding, micro-batch 4", 4, None, "model"),
     ("padded to 64, micro-batch 4", 4, 64, "model"),
+    ("padded to 64, micro-batch 4, loss on bf16 logits", 4, 64, "bf16-logits"),
 )
 MODELS = {"gpt2-small": ("gpt2-small-fineweb.yaml", 50257), "tiny": ("tiny-stdlib.yaml", 259)}
 GLOBAL_BATCH = 512
@@ -175,7 +176,7 @@ def render(rows: list[dict], settings: dict, info: dict) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="Tiny recipe, 2 variants, 1 s each (smoke test).")
+    parser.add_argument("--quick", action="store_true", help="Tiny recipe, 3 variants, 1 s each (smoke test).")
     parser.add_argument("--device", default="cuda", help="cuda, cuda:N or (with --quick) cpu.")
     parser.add_argument("--model", choices=sorted(MODELS), default="gpt2-small")
     parser.add_argument("--seconds", type=float, default=None, help="Measured seconds per variant (default 10).")
