@@ -76,7 +76,8 @@ class ModelConfig(_Section):
         None, ge=1, le=4096,
         description="Round the embedding and output layer up to a multiple of this many tokens (e.g. 64) so the "
         "GPU's matrix units run full tiles; the extra rows are never used as inputs. GPT-2's 50257 -> 50304 trained "
-        "19% faster on an H100 (benchmarks/README.md). Models built from `config` only.",
+        "19% faster on an H100; on a CPU the extra rows only cost compute (benchmarks/README.md). Models built "
+        "from `config` only.",
     )
 
     @model_validator(mode="after")
