@@ -13,12 +13,12 @@ import resource
 from typing import Sequence
 
 import hivemind
-from hivemind.dht.crypto import RSASignatureValidator
 from hivemind.utils.multiaddr import Multiaddr
 
 import swarm.processes  # noqa: F401  (hivemind's child processes must not outlive a killed parent)
 from swarm.errors import SwarmError, UsageError
 from swarm.identity import Identity
+from swarm.records import CachingSignatureValidator
 
 logger = logging.getLogger("swarm.network")
 
@@ -73,7 +73,7 @@ def create_dht(
             raise UsageError(f"--host {host!r} is not an IP address (use 0.0.0.0 to listen on every interface)") from None
     # always a signature validator: without one a node cannot even decode other peers' signed records
     # (its dht.get of a signed key never returns); without an identity the key is per-process
-    validators = [RSASignatureValidator(identity.signing_key if identity is not None else None),
+    validators = [CachingSignatureValidator(identity.signing_key if identity is not None else None),
                   *record_validators]
     kwargs = dict(
         initial_peers=list(initial_peers),

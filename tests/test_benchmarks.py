@@ -251,6 +251,10 @@ def test_ledger_quick_mode_accounts_signed_records_of_simulated_peers(tmp_path):
                                                "accounting", "ledger_commit"}
     assert accounting["records_per_s"] > 0
     assert document["results"]["ledger"]["verify"]["checkpoints"] == 50
+    reads = document["results"]["record_reads"]["rows"]
+    assert [(row["records"], row["validators"]) for row in reads] == [
+        (16, "hivemind"), (16, "swarm (caching)"), (100, "hivemind"), (100, "swarm (caching)")]
+    assert all(row["first_read_ms"] > 0 and row["repeat_read_ms"] > 0 for row in reads)
 
 
 def test_gpu_step_quick_mode_measures_each_variant_with_its_padded_vocabulary(tmp_path):

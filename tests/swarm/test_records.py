@@ -7,6 +7,7 @@ ones). `store` reports success if any replica took the value, so with a rogue pr
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 
@@ -15,7 +16,9 @@ import hivemind
 import pytest
 from hivemind.dht.crypto import RSASignatureValidator
 from hivemind.dht.routing import DHTID
-from hivemind.utils import ValueWithExpiration, get_dht_time
+from hivemind.dht.validation import DHTRecord
+from hivemind.utils import MSGPackSerializer, ValueWithExpiration, get_dht_time
+from hivemind.utils.crypto import RSAPrivateKey
 
 from swarm import records
 from swarm.identity import Identity
@@ -276,3 +279,71 @@ def test_honest_nodes_refuse_forged_and_malformed_records_from_a_node_without_va
         seen = read_metrics(reader)
         assert seen[alice.peer_id.to_base58()].samples_total == 77
         assert "QmRogue" not in seen
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the caching validators: each exact record checked once, verdicts identical to hivemind's
+
+
+def _signed_metrics_record(signer, row: dict, expiration: float = 1e10) -> DHTRecord:
+    """A metrics record as the owner's DHT node stores it: MSGPack subkey and value, value signed."""
+    unsigned = DHTRecord(key=DHTID.generate(source=records.metrics_key(RUN_ID)).to_bytes(),
+                         subkey=MSGPackSerializer.dumps(signer.local_public_key),
+                         value=MSGPackSerializer.dumps(row), expiration_time=expiration)
+    return dataclasses.replace(unsigned, value=signer.sign_value(unsigned))
+
+
+def test_cached_signature_verdicts_match_hivemind_and_repeats_are_not_verified_again():
+    owner = records.CachingSignatureValidator(RSAPrivateKey())
+    reader, plain = records.CachingSignatureValidator(RSAPrivateKey()), RSASignatureValidator(RSAPrivateKey())
+    genuine = _signed_metrics_record(owner, metrics_row("QmOwner"))
+    # the owner's signature moved onto another value, or kept with a later expiration: both forged
+    forged_value = dataclasses.replace(genuine, value=genuine.value.replace(b"alice", b"mallo"))
+    forged_expiration = dataclasses.replace(genuine, expiration_time=genuine.expiration_time + 1)
+    unprotected = dataclasses.replace(genuine, subkey=MSGPackSerializer.dumps("plain"))  # no owner: nothing to verify
+
+    assert reader.validate(genuine) and reader.checks == 1
+    for _ in range(3):
+        assert reader.validate(genuine)
+    assert reader.checks == 1
+    for record in (forged_value, forged_expiration, forged_value, genuine, unprotected):
+        assert reader.validate(record) == plain.validate(record)
+    assert reader.checks == 4  # the second look at the forged value and at the genuine record came from the cache
+    assert not reader.validate(forged_value) and not reader.validate(forged_expiration)
+
+
+def test_cached_schema_verdicts_match_hivemind_and_a_merged_schema_clears_them():
+    from hivemind.dht.schema import SchemaValidator
+    from hivemind.optim.progress_tracker import TrainingProgressSchema
+
+    signer = RSASignatureValidator(RSAPrivateKey())
+    good, bad = metrics_row("QmOwner"), metrics_row("QmOwner", epoch=-1)
+    cached, plain = records.schema_validators(RUN_ID)[0], SchemaValidator(records._RunSchema, prefix=RUN_ID)
+    for row in (good, bad, good, bad):
+        record = _signed_metrics_record(signer, row)
+        stripped = dataclasses.replace(record, value=signer.strip_value(record))  # as the composite passes it on
+        assert cached.validate(stripped) == plain.validate(stripped) == (row is good)
+    assert cached.checks == 2
+
+    # hivemind's progress tracker adds its schema later: the first schema validator absorbs it and forgets verdicts
+    assert cached.merge_with(SchemaValidator(TrainingProgressSchema, prefix=RUN_ID))
+    stripped = dataclasses.replace(record, value=signer.strip_value(record))
+    assert not cached.validate(stripped) and cached.checks == 3
+
+
+def test_the_verdict_cache_is_bounded_and_not_shipped_to_the_dht_process():
+    import pickle
+
+    owner = records.CachingSignatureValidator(RSAPrivateKey())
+    reader = records.CachingSignatureValidator(RSAPrivateKey(), cache_size=4)
+    signed = [_signed_metrics_record(owner, metrics_row(f"QmPeer{i}")) for i in range(6)]
+    for record in signed:
+        assert reader.validate(record)
+    assert len(reader._verdicts) == 4
+    assert reader.validate(signed[0]) and reader.checks == 7  # evicted, so verified again
+
+    copy = pickle.loads(pickle.dumps(reader))
+    assert len(copy._verdicts) == 0 and copy.validate(signed[5]) and copy.local_public_key == reader.local_public_key
+    schema = pickle.loads(pickle.dumps(records.schema_validators(RUN_ID)[0]))
+    record = _signed_metrics_record(owner, metrics_row("QmPeer"))
+    assert schema.validate(dataclasses.replace(record, value=owner.strip_value(record)))
