@@ -224,14 +224,15 @@ def test_read_only_token_is_told_to_use_a_write_token(hub, versions):
 
 
 def test_unreachable_hub_gives_a_swarm_error_naming_the_endpoint(versions):
-    with socket.socket() as probe:  # a port that nothing listens on
-        probe.bind(("127.0.0.1", 0))
-        endpoint = f"http://127.0.0.1:{probe.getsockname()[1]}"
     version_dir, _ = versions[0]
     before = snapshot(version_dir)
-
-    with pytest.raises(SwarmError, match=rf"{REPO_ID} at {endpoint}: could not reach"):
-        HubPublisher(REPO_ID, token="hf_any", endpoint=endpoint).publish(version_dir, epoch=1)
+    # a port bound but not listening refuses connections, and stays ours while the test runs (a port closed again
+    # was once taken by another test's p2p daemon in a full run, which answered)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        endpoint = f"http://127.0.0.1:{probe.getsockname()[1]}"
+        with pytest.raises(SwarmError, match=rf"{REPO_ID} at {endpoint}: could not reach"):
+            HubPublisher(REPO_ID, token="hf_any", endpoint=endpoint).publish(version_dir, epoch=1)
     assert snapshot(version_dir) == before
 
 
