@@ -300,7 +300,8 @@ class Run:
 
     def go(self) -> None:
         self.startup_s = time.time() - self.launched
-        (self.work_dir / "go").write_text(repr(time.time()))
+        (self.work_dir / "go.tmp").write_text(repr(time.time()))
+        (self.work_dir / "go.tmp").replace(self.work_dir / "go")  # atomic: peers poll for it
 
     def results(self) -> list[dict] | None:
         """The peers' results once all have written them (None before); raises if a peer died without one."""

@@ -180,6 +180,7 @@ def run_peer(args: argparse.Namespace) -> dict:
     import torch
 
     from peer.collaboration import build_swarm_optimizer
+    from swarm import records
     from swarm.identity import Identity
     from swarm.network import create_dht
 
@@ -195,12 +196,20 @@ def run_peer(args: argparse.Namespace) -> dict:
     # in a network lab: listen on the host's own address at a fixed port, announce the relay that others dial
     dht = create_dht([args.initial_peer], host=args.host or "127.0.0.1", port=args.port or 0, identity=identity,
                      announce_host=args.announce_host)
+    dht.add_validators(records.schema_validators(recipe.run.id))  # as the volunteer does, before the optimiser's
     optimizer = build_swarm_optimizer(dht, model, recipe, identity, args.micro_batch_size)
     parameters = list(model.parameters())
     inner_s = [0.0]  # DiLoCo: the inner optimiser step is the peer's own training work, i.e. compute
     inner = getattr(optimizer, "inner_optimizer", None)
-    if inner is not None:
+    if inner is not None and args.simulate_inner_step:
+        # the inner AdamW step is part of the simulated compute (on a GPU it is a few ms); a plain update keeps
+        # the parameters moving so that the round averages a real, non-zero pseudo-gradient of the true size
+        def inner_step(*_args, **_kwargs):
+            with torch.no_grad():
+                torch._foreach_add_(parameters, gradients, alpha=-0.1)
+    elif inner is not None:
         inner_step = inner.step
+    if inner is not None:
 
         def timed_inner_step(*step_args, **step_kwargs):
             began = time.perf_counter()
@@ -291,6 +300,7 @@ def run_row(args: argparse.Namespace, peers: int, compression: str, step_time_s:
                     "--warmup-s", str(args.warmup_s), "--result-file", str(work_dir / f"result-{index}.json")]
             if args.mode == "diloco":
                 argv += ["--inner-steps", str(args.inner_steps)] + (["--overlap"] if args.overlap else [])
+                argv += ["--simulate-inner-step"] if args.simulate_inner_step else []
             target = bench_recipe(args, compression, peers).collaboration.target_batch_size
             argv += ["--target-batch-size", str(target)]
             if args.matchmaking_time_s:
@@ -309,7 +319,8 @@ def run_row(args: argparse.Namespace, peers: int, compression: str, step_time_s:
             time.sleep(0.2)
         startup_s = time.time() - launched
         start_at = time.time() + 1.0
-        (work_dir / "go").write_text(repr(start_at))
+        (work_dir / "go.tmp").write_text(repr(start_at))
+        (work_dir / "go.tmp").replace(work_dir / "go")  # atomic: a peer polling for it never reads it half-written
         window = (start_at + args.warmup_s, start_at + args.warmup_s + args.seconds)
         time.sleep(max(0.0, window[0] - time.time()))
         if lab is None:
@@ -693,7 +704,12 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     args.payload = {c: s["payload_bytes"] for c, s in sizes.items()}
     parameters = args.parameters = sum(p.numel() for p in model.parameters())
     rows = []
-    with tempfile.TemporaryDirectory(prefix="swarm-scaling-") as work_root:
+    with tempfile.TemporaryDirectory(prefix="swarm-scaling-") as temporary_root:
+        work_root = temporary_root
+        if args.keep_work_dir:  # the peers' logs stay there for a post-mortem
+            args.keep_work_dir.mkdir(parents=True, exist_ok=True)
+            work_root = tempfile.mkdtemp(prefix="swarm-scaling-", dir=args.keep_work_dir)
+            print(f"peer logs: {work_root}", flush=True)
         args.shapes_file = Path(work_root) / "shapes.json"
         args.shapes_file.write_text(json.dumps(parameter_shapes(model)))
         del model
@@ -722,6 +738,8 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         "mode": args.mode,
         "inner_steps": args.inner_steps if args.mode == "diloco" else None,
         "overlap_communication": args.overlap if args.mode == "diloco" else None,
+        "inner_step": ("simulated (inside step_time_s)" if args.simulate_inner_step else "real AdamW on this CPU")
+        if args.mode == "diloco" else None,
         "step_time_s": step_time_s,
         "step_time_source": "calibrated: fastest real forward/backward on this machine" if calibrated else (
             "given with --step-time-s" if args.step_time_s else "assumed (a consumer GPU); not measured here"),
@@ -861,6 +879,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="Collaboration mode of the peers (recipe collaboration.mode).")
     parser.add_argument("--inner-steps", type=int, default=None,
                         help="DiLoCo: inner steps per round (default 50: several rounds fit a short window).")
+    parser.add_argument("--simulate-inner-step", action="store_true",
+                        help="DiLoCo: count the inner optimiser step in the simulated step time instead of running "
+                             "AdamW on this CPU (for models whose CPU AdamW step outlasts the simulated step).")
     parser.add_argument("--step-time-s", type=float, default=None,
                         help="Simulated forward/backward per micro-step (default: measured here for tiny).")
     parser.add_argument("--micro-batch-size", type=int, default=16)
@@ -871,6 +892,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--startup-timeout-s", type=float, default=180.0)
     parser.add_argument("--name", default="scaling", help="Results file stem.")
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--keep-work-dir", type=Path, default=None,
+                        help="Keep each row's peer logs in a new folder under this one (default: deleted).")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--peer-index", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--initial-peer", help=argparse.SUPPRESS)
