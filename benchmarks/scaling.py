@@ -323,6 +323,7 @@ def run_row(args: argparse.Namespace, peers: int, compression: str, step_time_s:
         (work_dir / "go.tmp").replace(work_dir / "go")  # atomic: a peer polling for it never reads it half-written
         window = (start_at + args.warmup_s, start_at + args.warmup_s + args.seconds)
         time.sleep(max(0.0, window[0] - time.time()))
+        cpu_before = _cpu_seconds_by_role(processes)
         if lab is None:
             sent, received = _watch_bytes_sent(processes, window[1]), None
         else:  # every byte on each peer's link, from its veth counters
@@ -331,6 +332,10 @@ def run_row(args: argparse.Namespace, peers: int, compression: str, step_time_s:
             after = [lab.bytes(i) for i in range(peers)]
             sent = {i: after[i]["sent"] - before[i]["sent"] for i in range(peers)}
             received = {i: after[i]["received"] - before[i]["received"] for i in range(peers)}
+        cpu_after = _cpu_seconds_by_role(processes)
+        # cores busy on average over the window, summed over all peers (this machine has os.cpu_count() of them)
+        cpu_cores = {role: round((cpu_after[role] - cpu_before[role]) / (window[1] - window[0]), 3)
+                     for role in cpu_after}
         result_files = [work_dir / f"result-{i}.json" for i in range(peers)]
         deadline = time.time() + args.seconds + 120
         while not all(f.exists() for f in result_files):
@@ -344,7 +349,8 @@ def run_row(args: argparse.Namespace, peers: int, compression: str, step_time_s:
     incomplete = _incomplete_allreduces(work_dir, peers)
     recipe = bench_recipe(args, compression, peers)
     row = summarise_row(args, peers, compression, step_time_s, recipe, results, window, sent, received)
-    row.update(incomplete, startup_s=round(startup_s, 1))
+    row.update(incomplete, startup_s=round(startup_s, 1), cpu_cores_in_window=cpu_cores,
+               cpu_cores_per_peer=round(sum(cpu_cores.values()) / peers, 3))
     return row
 
 
@@ -481,6 +487,37 @@ def _watch_bytes_sent(processes: list[subprocess.Popen], until: float, period_s:
         return None
     return {peer: sum(value - first.get(peer, {}).get(socket, 0) for socket, value in sockets.items())
             for peer, sockets in latest.items()}
+
+
+def _cpu_seconds_by_role(processes: list[subprocess.Popen]) -> dict[str, float]:
+    """CPU seconds so far of every peer's process tree, by role: the training process (the simulated volunteer's
+    loop, its progress tracker and DHT client threads), hivemind's child processes (the DHT node and the averagers)
+    and the p2p daemons. A process that exits in between is not counted after its last snapshot."""
+    import psutil
+
+    totals = {"training": 0.0, "hivemind_processes": 0.0, "p2pd": 0.0}
+    for process in processes:
+        try:
+            root = psutil.Process(process.pid)
+            tree = [root, *root.children(recursive=True)]
+        except psutil.Error:
+            continue
+        for member in tree:
+            try:
+                times = member.cpu_times()
+                name, cmdline = member.name(), member.cmdline()
+            except psutil.Error:
+                continue
+            if "p2pd" in name:
+                role = "p2pd"
+            elif "--worker" not in cmdline:
+                continue  # a launcher such as `ip netns exec`, or torch's shared-memory manager
+            elif member.pid == root.pid or "--worker" not in " ".join(member.parent().cmdline()):
+                role = "training"
+            else:
+                role = "hivemind_processes"
+            totals[role] += times.user + times.system
+    return totals
 
 
 def computed_bytes_per_sync(model, compression: str) -> dict[str, int]:
@@ -788,15 +825,15 @@ def markdown(settings: dict, results: dict, info: dict) -> str:
     lines += [
         "| peers | link | mode | compression | samples/s | ideal | utilisation | mean group | sync s | "
         "bytes/peer/sync (computed) | bytes/peer/sync (measured) | bytes/parameter/sync (measured) | "
-        "incomplete all-reduces | time to target | simulated |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "incomplete all-reduces | time to target | CPU cores per peer | simulated |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         mode = row["mode"] + (f" H={row['inner_steps']}" if row.get("inner_steps") else "") + (
             " overlap" if row.get("overlap_communication") else "")
         if "error" in row:
             lines.append(f"| {row['peers']} | {row['link']} | {mode} | {row['compression']} | failed: "
-                         f"{row['error']} |" + " |" * 11)
+                         f"{row['error']} |" + " |" * 12)
             continue
         measured = f"{row['measured_bytes_sent_per_peer_per_sync']:,}" if row[
             "measured_bytes_sent_per_peer_per_sync"] is not None else "n/a"
@@ -810,11 +847,14 @@ def markdown(settings: dict, results: dict, info: dict) -> str:
             f"{row['sync_s_median']} | {row['bytes_sent_per_peer_per_sync']:,} | {measured} | "
             f"{per_parameter if per_parameter is not None else 'n/a'} | {_incomplete_cell(row)} | "
             f"{row['time_to_target_s'] if row['time_to_target_s'] is not None else 'n/a'} | "
+            f"{row['cpu_cores_per_peer'] if row.get('cpu_cores_per_peer') is not None else 'n/a'} | "
             f"{'yes' if row['simulated'] else 'no'} |")
     lines += ["", "Bytes per parameter: measured bytes a peer sent per sync / parameters; in brackets, divided by "
               "2(n-1)/n too (the share of the payload a butterfly all-reduce sends), i.e. the wire format's bytes "
               "per value plus protocol, DHT and state-averaging traffic. Sync s: DeDLOC, the opt.step() that ends an "
-              "epoch; DiLoCo, the longest wait in opt.step() in the round (the all-reduce)."]
+              "epoch; DiLoCo, the longest wait in opt.step() in the round (the all-reduce). CPU cores per peer: CPU time of "
+              "each peer's whole process tree (training process, hivemind's DHT and averager processes, p2p "
+              "daemon) in the window / window / peers; with simulated compute it is the framework's own work."]
     check = results["model_on_paper"]["check_against_measured"]
     if check:
         lines += ["", "Model on paper vs measured (overhead fitted on the 2-peer row):", "",

@@ -88,6 +88,10 @@ def test_scaling_quick_mode_writes_simulated_rows_with_real_averaging(quick_resu
         assert row["samples_per_s"] > 0 and 0 < row["utilisation"] <= 1
     two = next(row for row in rows if row["peers"] == 2)
     assert two["bytes_sent_per_peer_per_sync"] > 0  # fp16 gradients of 0.84M parameters, x 2(n-1)/n
+    # every peer's process tree was found: its DHT and averagers and its p2p daemon did some work in the window
+    assert set(two["cpu_cores_in_window"]) == {"training", "hivemind_processes", "p2pd"}
+    assert two["cpu_cores_in_window"]["hivemind_processes"] > 0 and two["cpu_cores_in_window"]["p2pd"] > 0
+    assert two["cpu_cores_per_peer"] > 0
     assert "model_on_paper" in document["results"]
 
 
