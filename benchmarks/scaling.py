@@ -504,18 +504,17 @@ def _cpu_seconds_by_role(processes: list[subprocess.Popen]) -> dict[str, float]:
             continue
         for member in tree:
             try:
-                times = member.cpu_times()
-                name, cmdline = member.name(), member.cmdline()
+                times, name, cmdline = member.cpu_times(), member.name(), member.cmdline()
+                parent = member.parent()
+                forked = parent is not None and "--worker" in parent.cmdline()  # hivemind forks the worker
             except psutil.Error:
                 continue
             if "p2pd" in name:
                 role = "p2pd"
             elif "--worker" not in cmdline:
                 continue  # a launcher such as `ip netns exec`, or torch's shared-memory manager
-            elif member.pid == root.pid or "--worker" not in " ".join(member.parent().cmdline()):
-                role = "training"
             else:
-                role = "hivemind_processes"
+                role = "hivemind_processes" if forked else "training"
             totals[role] += times.user + times.system
     return totals
 
