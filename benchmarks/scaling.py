@@ -951,6 +951,9 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--inner-steps {args.inner_steps}: must be at least 1 (e.g. --inner-steps 50)")
     if args.inner_steps is not None and args.mode != "diloco":
         parser.error("--inner-steps only applies to --mode diloco: add --mode diloco or drop --inner-steps")
+    for flag, given in (("--overlap", args.overlap), ("--simulate-inner-step", args.simulate_inner_step)):
+        if given and args.mode != "diloco":
+            parser.error(f"{flag} only applies to --mode diloco: add --mode diloco or drop {flag}")
     if any(peers < 1 for peers in (args.peers or [])):
         parser.error(f"--peers {' '.join(map(str, args.peers))}: each peer count must be at least 1")
     args.inner_steps = args.inner_steps or 50
