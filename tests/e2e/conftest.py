@@ -67,9 +67,16 @@ class Process:
         self.popen.send_signal(signal.SIGINT)
 
     def wait(self, timeout_s: float) -> int:
-        code = self.popen.wait(timeout=timeout_s)
+        try:
+            code = self.popen.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"{self.log_path.stem} still running after {timeout_s:.0f} s:\n"
+                                 f"{self.output[-3000:]}") from None
         self._reader.join(timeout=5)
         return code
+
+    def tail(self, lines: int) -> str:
+        return "".join(self.lines[-lines:])
 
     def stop(self) -> None:
         if self.popen.poll() is None:
@@ -144,9 +151,23 @@ def recipe_writer():
     return write_test_recipe
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed test's report carries the last lines of every swarm process, so a CI log alone can explain it."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.when != "call" or not report.failed:
+        return
+    for swarm in getattr(item, "_swarms", []):
+        for process in swarm.processes:
+            state = "running" if process.popen.poll() is None else f"exited {process.popen.returncode}"
+            report.sections.append((f"{process.log_path.name} ({state}), last 25 lines", process.tail(25)))
+
+
 @pytest.fixture
-def swarm_factory(tmp_path):
+def swarm_factory(tmp_path, request):
     swarms: list[Swarm] = []
+    request.node._swarms = swarms
 
     def make() -> Swarm:
         swarm = Swarm(tmp_path / f"swarm-{len(swarms)}")
