@@ -187,16 +187,17 @@ def run_peer(args: argparse.Namespace) -> dict:
     torch.set_num_threads(1)  # compute is simulated; hivemind's own tensor work shares the 2 cores with 7 others
     recipe = load_bench_recipe(args.model, args.compression[0], args.target_batch_size, args.matchmaking_time_s,
                                args.mode, args.inner_steps, args.overlap)
+    folder = Path(args.work_dir) / f"peer-{args.peer_index}"
+    identity = Identity.load_or_create(folder / "identity", name=f"scaling-peer-{args.peer_index}")
+    # in a network lab: listen on the host's own address at a fixed port, announce the relay that others dial;
+    # before the model exists, as in the volunteer (hivemind forks the DHT's process here)
+    dht = create_dht([args.initial_peer], host=args.host or "127.0.0.1", port=args.port or 0, identity=identity,
+                     announce_host=args.announce_host)
+    dht.add_validators(records.schema_validators(recipe.run.id))  # as the volunteer does, before the optimiser's
     model = ShapesOnly(json.loads(Path(args.shapes_file).read_text()))
     generator = torch.Generator().manual_seed(1000 + args.peer_index)
     # random gradients of the true shapes, made once: the values do not change the cost of the path
     gradients = [torch.randn(p.shape, generator=generator) * 1e-3 for p in model.parameters()]
-    folder = Path(args.work_dir) / f"peer-{args.peer_index}"
-    identity = Identity.load_or_create(folder / "identity", name=f"scaling-peer-{args.peer_index}")
-    # in a network lab: listen on the host's own address at a fixed port, announce the relay that others dial
-    dht = create_dht([args.initial_peer], host=args.host or "127.0.0.1", port=args.port or 0, identity=identity,
-                     announce_host=args.announce_host)
-    dht.add_validators(records.schema_validators(recipe.run.id))  # as the volunteer does, before the optimiser's
     optimizer = build_swarm_optimizer(dht, model, recipe, identity, args.micro_batch_size)
     parameters = list(model.parameters())
     inner_s = [0.0]  # DiLoCo: the inner optimiser step is the peer's own training work, i.e. compute

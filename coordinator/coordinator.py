@@ -34,6 +34,7 @@ from swarm.identity import Identity
 from swarm.ledger import Ledger, key_fingerprint, load_or_create_signing_key
 from swarm.model import build_model, count_parameters
 from swarm.network import create_dht, join_addresses
+from swarm.processes import share_with_forked_processes
 from swarm.recipe import Recipe
 from swarm.tokenizer import build_tokenizer
 from coordinator.accounting import Accounting
@@ -132,6 +133,9 @@ class Coordinator:
         self.data = build_data(recipe.data, self.tokenizer, peer_id=b"coordinator", cache_dir=s.cache_dir)
         self.val_batches = self.data.validation_batches(batch_size=16)
         self.model = build_model(recipe.model, self.tokenizer.vocab_size, self.tokenizer.eos_id, self.tokenizer.pad_id)
+        # hivemind forks the DHT and state-downloader processes below; every fetched checkpoint rewrites the model,
+        # which left each of them a stale private copy of it (swarm.processes.share_with_forked_processes)
+        share_with_forked_processes(self.model.parameters())
         self.initial_val_loss = validation_loss(self.model, self.val_batches)
         logger.info(f"Run {recipe.run.id!r}: {count_parameters(self.model) / 1e6:.2f}M-parameter "
                     f"{recipe.model.architecture or recipe.model.pretrained}, data {self.data.identity.description}, "

@@ -30,6 +30,7 @@ from hivemind.utils import get_dht_time
 from swarm.compat import make_compression
 from swarm.identity import Identity
 from swarm.optim import build_optimizer_factories, parameter_groups
+from swarm.processes import lean_fork, share_with_forked_processes
 from swarm.recipe import CollaborationConfig, Recipe
 
 logger = logging.getLogger(__name__)
@@ -202,8 +203,30 @@ class AllreduceOutcome(HivemindWireNames):
         self._allreduce_outcome[0] += 1
 
 
-class SwarmGradientAverager(AllreduceOutcome, GradientAverager):
+class SharesParentTensorsBeforeFork(DecentralizedAverager):
+    """An averager that moves the training process's tensors it knows of into shared memory before it forks.
+
+    hivemind forks each averager's process from the training process once the model, its gradients and the optimiser
+    state exist. The training process rewrites those on every step, and each rewritten page left the child a stale
+    private copy (see `swarm.processes.share_with_forked_processes`). Subclasses name the tensors.
+    """
+
+    def _parent_tensors(self):
+        return ()
+
+    def run_in_background(self, *args, **kwargs) -> None:
+        share_with_forked_processes(self._parent_tensors())
+        with lean_fork():
+            super().run_in_background(*args, **kwargs)
+
+
+class SwarmGradientAverager(AllreduceOutcome, SharesParentTensorsBeforeFork, GradientAverager):
     """hivemind's GradientAverager, reporting how much of each round's data arrived (see `AllreduceOutcome`)."""
+
+    def _parent_tensors(self):
+        yield from self.parameters
+        yield from (param.grad for param in self.parameters)  # with reuse_grad_buffers, the accumulators
+        yield from self._local_accumulators or ()
 
     def load_state_from_peers(self, wait: bool = True, timeout: float | None = None):
         """Download nothing: hivemind.Optimizer.load_state_from_peers calls this after loading the training state,
@@ -212,7 +235,7 @@ class SwarmGradientAverager(AllreduceOutcome, GradientAverager):
         return None
 
 
-class SwarmAverager(AllreduceOutcome, DecentralizedAverager):
+class SwarmAverager(AllreduceOutcome, SharesParentTensorsBeforeFork):
     """hivemind's DecentralizedAverager, reporting how much of each round's data arrived (see `AllreduceOutcome`)."""
 
 
@@ -229,7 +252,7 @@ class _RemembersLastRound(DecentralizedAverager):
         return control
 
 
-class SwarmStateAverager(HivemindWireNames, TrainingStateAverager, _RemembersLastRound):
+class SwarmStateAverager(HivemindWireNames, TrainingStateAverager, _RemembersLastRound, SharesParentTensorsBeforeFork):
     """hivemind's TrainingStateAverager whose next step does not queue behind a parameter round that found no group.
 
     hivemind averages the state in the background, but on a single-thread executor: the next epoch's optimizer step
@@ -238,6 +261,11 @@ class SwarmStateAverager(HivemindWireNames, TrainingStateAverager, _RemembersLas
     (18 s and more in benchmarks/churn.py). The next step that would wait for such a round calls it off once it is a
     matchmaking window past due (`call_off_if_looking`); a round whose all-reduce already runs is still waited for.
     """
+
+    def _parent_tensors(self):
+        yield from self.main_parameters  # the model's own parameters unless the optimiser is offloaded
+        for state in self.optimizer.state.values():
+            yield from (value for value in state.values() if isinstance(value, torch.Tensor))
 
     def step(self, *args, **kwargs):
         # only the steps that would wait for the background round (hivemind also calls step after every micro-step,

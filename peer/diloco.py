@@ -77,6 +77,7 @@ from peer import collaboration  # the module, not RoundStats: collaboration.py m
 from swarm.compat import make_compression
 from swarm.identity import Identity
 from swarm.optim import build_optimizer_factories, lr_multiplier, parameter_groups, parameter_order
+from swarm.processes import share_with_forked_processes
 from swarm.recipe import DiLoCoConfig, Recipe
 
 logger = logging.getLogger(__name__)
@@ -107,7 +108,8 @@ def apply_outer_step(outer_optimizer: torch.optim.Optimizer, pseudo_gradients: S
     outer_optimizer.step()
 
 
-class _OuterStateAverager(collaboration.AllreduceOutcome, TrainingStateAverager):
+class _OuterStateAverager(collaboration.AllreduceOutcome, TrainingStateAverager,
+                          collaboration.SharesParentTensorsBeforeFork):
     """The outer parameters and momentum: served to newcomers, averaged on some rounds (see `AllreduceOutcome`)."""
 
 
@@ -179,6 +181,9 @@ class DiLoCoOptimizer:
         request_timeout_s = min(3.0, matchmaking_time_s / 2)
 
         self.model_parameters = [param for group in param_groups for param in group["params"]]
+        # hivemind forks two averager processes below: on a CPU peer, parameters in shared memory are not left behind
+        # in them as stale copies once training rewrites them (swarm.processes.share_with_forked_processes)
+        share_with_forked_processes(self.model_parameters)
         self.inner_optimizer = make_inner_optimizer([dict(group) for group in param_groups])
         self._inner_base_lrs = [group["lr"] for group in self.inner_optimizer.param_groups]
         self._inner_lr_multiplier = inner_lr_multiplier
@@ -209,7 +214,6 @@ class DiLoCoOptimizer:
         )
         self.outer_optimizer = self.state_averager.optimizer
         self._outer = [param for group in self.outer_optimizer.param_groups for param in group["params"]]
-        self._round_start = [param.detach().clone() for param in self._outer]
         self.averager = collaboration.SwarmAverager(
             averaged_tensors=[torch.zeros_like(param) for param in self._outer],
             dht=dht,
@@ -226,6 +230,8 @@ class DiLoCoOptimizer:
             allow_state_sharing=False,
             client_mode=client_mode,
         )
+        # after the averager forked, so that its process holds no copy of it
+        self._round_start = [param.detach().clone() for param in self._outer]
         with self.averager.get_tensors() as buffers:
             self._buffers = list(buffers)  # shared memory, written only while no all-reduce runs on them
         for param, buffer in zip(self._outer, self._buffers):

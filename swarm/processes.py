@@ -20,8 +20,11 @@ Seen here: 22,658 such files, 8.8 GB, after a day of killed peers, and a later r
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
+import functools
+import gc
 import os
 import re
 import signal
@@ -33,11 +36,9 @@ _PR_SET_PDEATHSIG = 1
 
 
 def _die_with_parent() -> None:
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    libc = _libc()
+    if libc is not None:  # else no libc to talk to: keep hivemind's default behaviour
         libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
-    except OSError:  # no libc to talk to: keep hivemind's default behaviour
-        pass
 
 
 if sys.platform.startswith("linux"):
@@ -84,3 +85,56 @@ def remove_orphaned_shared_memory(folder: Path = SHARED_MEMORY_DIR, min_age_s: f
         removed += 1
         freed += info.st_size
     return removed, freed
+
+
+def share_with_forked_processes(tensors) -> int:
+    """Move CPU tensors into shared memory before hivemind forks a process; returns the bytes moved.
+
+    A forked child shares its parent's memory copy-on-write: once the parent writes a page (an optimiser step writes
+    every parameter), the parent gets a fresh copy and the child keeps the old one for the rest of its life, though
+    it never reads it. hivemind forks its averager processes after the model and optimiser exist, so each of them
+    held a stale private copy of whatever the training process later rewrote: measured on a CPU peer of GPT-2 small
+    (124M) in DiLoCo mode, 0.55 GB in one averager and 1.0-1.1 GB in the other. Pages in shared memory are not
+    copied on write, so a child costs nothing for them. Tensors already shared, or on an accelerator (the host holds
+    none of their pages), are left alone.
+    """
+    moved = 0
+    for tensor in tensors:
+        if tensor is None or tensor.device.type != "cpu" or tensor.is_shared() or tensor.numel() == 0:
+            continue
+        tensor.share_memory_()
+        moved += tensor.numel() * tensor.element_size()
+    return moved
+
+
+@functools.lru_cache(maxsize=1)
+def _libc():
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    except OSError:
+        return None
+
+
+def trim_heap() -> None:
+    """Give the allocator's free pages back to the kernel (glibc's malloc_trim; a no-op elsewhere)."""
+    libc = _libc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
+
+
+@contextlib.contextmanager
+def lean_fork():
+    """Fork inside this block: the child inherits as few of the parent's pages as it can.
+
+    - Free heap pages are returned to the kernel first. A forked child keeps every page the parent later writes, and
+      the parent's heap holds freed memory (tensors of a few MB live there, and moving them to shared memory frees
+      them) that it soon reuses: measured on a DiLoCo CPU peer of GPT-2 small, 330 MB of such pages in one averager.
+    - The garbage collector is frozen across the fork: a collection in the child would otherwise write to the header
+      of every parent object it scans, making each such page a private copy. The parent unfreezes its own on leaving.
+    """
+    trim_heap()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()

@@ -199,6 +199,9 @@ def test_two_peers_average_rounds_and_end_each_round_with_identical_parameters(f
     assert distance(first_outer, second_outer) < 1e-3 * moved
     # the blocking outer step leaves the model exactly on the outer parameters at the end of a round
     assert max_difference([p.detach() for p in first.opt.model_parameters], first_outer) == 0.0
+    # the CPU model lives in shared memory, so the averager processes forked after it hold no stale copies of it;
+    # the round-start copy is made after they forked
+    assert all(param.is_shared() for peer in (first, second) for param in peer.opt.model_parameters)
 
 
 @pytest.mark.timeout(180)
