@@ -464,6 +464,25 @@ def default_offload_optimizer(model: torch.nn.Module) -> bool:
     return next(model.parameters()).device.type == "cpu" and CPU_OFFLOAD_OPTIMIZER
 
 
+def shared_memory_needed(model: torch.nn.Module, recipe: Recipe) -> int:
+    """Bytes of /dev/shm the optimiser of `build_swarm_optimizer` takes for this model (within a few percent).
+
+    hivemind hands tensors to its averager processes through shared memory: DeDLOC's averaged gradients and the state
+    averager's copy of the parameters (and of Adam's moments when the recipe averages them); DiLoCo's outer
+    parameters, momentum and pseudo-gradient buffer. A model on the CPU, its gradients and its optimiser state join
+    them (`SharesParentTensorsBeforeFork`). Measured on the tiny recipe: 34.0 and 16.9 bytes per parameter.
+    """
+    params = [param for param in model.parameters()]
+    values = sum(param.numel() for param in params)
+    on_cpu = bool(params) and params[0].device.type == "cpu"
+    collab = recipe.collaboration
+    if collab.mode == "diloco":
+        per_value = 12 + (4 if on_cpu else 0)
+    else:
+        per_value = 8 + (8 if collab.average_optimizer_state else 0) + (16 if on_cpu else 0)
+    return values * per_value + len(params) * 4 * 4096  # each tensor is its own file, rounded up to pages
+
+
 def build_swarm_optimizer(
     dht: hivemind.DHT,
     model: torch.nn.Module,

@@ -46,9 +46,10 @@ from swarm.hardware import TrainingForward, pick_hardware, pick_micro_batch_size
 from swarm.identity import Identity
 from swarm.model import build_model, count_parameters
 from swarm.network import create_dht, parse_initial_peers
+from swarm.processes import shared_memory_advice, shared_memory_problem
 from swarm.recipe import Recipe, recipe_from_json
 from swarm.tokenizer import build_tokenizer
-from peer.collaboration import SwarmOptimizer, build_swarm_optimizer
+from peer.collaboration import SwarmOptimizer, build_swarm_optimizer, shared_memory_needed
 from peer.contributions import ContributionLog
 from peer.progress import ProgressView
 
@@ -183,9 +184,19 @@ class Volunteer:
                         "--compile off skips it)")
         # reuse_grad_buffers: micro-batches accumulate in .grad itself, which hivemind zeroes after each epoch (no
         # zero_grad here: hivemind raises); the optimiser stays on the model's device on a GPU (collaboration.py)
-        self.optimizer = build_swarm_optimizer(self.dht, self.model, self.recipe, self.identity,
-                                               self.micro_batch_size, client_mode=s.client_mode,
-                                               reuse_grad_buffers=True)
+        needed = shared_memory_needed(self.model, self.recipe)
+        problem = shared_memory_problem(needed)
+        if problem is not None:
+            raise SwarmError(problem)
+        try:
+            self.optimizer = build_swarm_optimizer(self.dht, self.model, self.recipe, self.identity,
+                                                   self.micro_batch_size, client_mode=s.client_mode,
+                                                   reuse_grad_buffers=True)
+        except RuntimeError as error:  # the estimate fell a little short, or something else filled /dev/shm
+            if "shared memory" not in str(error):
+                raise
+            raise SwarmError(f"Shared memory ran out while starting hivemind's averagers ({error}); "
+                             + shared_memory_advice(needed)) from None
         if self._checkpoint_epoch:
             self.optimizer.state_averager.local_epoch = self._checkpoint_epoch
             self.optimizer.state_averager._update_scheduler()  # the LR schedule resumes at the checkpoint's epoch

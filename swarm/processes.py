@@ -25,8 +25,10 @@ import ctypes
 import ctypes.util
 import functools
 import gc
+import math
 import os
 import re
+import shutil
 import signal
 import sys
 import time
@@ -85,6 +87,30 @@ def remove_orphaned_shared_memory(folder: Path = SHARED_MEMORY_DIR, min_age_s: f
         removed += 1
         freed += info.st_size
     return removed, freed
+
+
+def shared_memory_advice(needed_bytes: int, folder: Path = SHARED_MEMORY_DIR) -> str:
+    """How to give hivemind `needed_bytes` of shared memory."""
+    suggest_gb = max(1, math.ceil((needed_bytes * 1.25 + 2**28) / 2**30))
+    return (f"this peer needs about {needed_bytes / 2**20:.0f} MB in {folder}: hivemind hands the model's tensors to "
+            f"its averaging processes through shared memory. In Docker, start the container with "
+            f"--shm-size={suggest_gb}g (or --ipc=host); elsewhere, free space in {folder}.")
+
+
+def shared_memory_problem(needed_bytes: int, folder: Path = SHARED_MEMORY_DIR) -> str | None:
+    """What to tell a user whose shared-memory folder has less room than `needed_bytes`; None if it fits (or the
+    folder cannot be read: then torch's own error is all there is).
+
+    torch raises "unable to allocate shared memory" once /dev/shm is full. Docker gives a container 64 MB of it by
+    default, and hivemind's averagers need tens of bytes per parameter there.
+    """
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return None
+    if free >= needed_bytes:
+        return None
+    return f"{folder} has {free / 2**20:.0f} MB free, and " + shared_memory_advice(needed_bytes, folder)
 
 
 def share_with_forked_processes(tensors) -> int:

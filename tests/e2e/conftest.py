@@ -28,11 +28,11 @@ def free_port() -> int:
 class Process:
     """A swarm CLI process whose combined output is collected (and kept in a log file for post-mortems)."""
 
-    def __init__(self, args: list[str], log_path: Path):
+    def __init__(self, args: list[str], log_path: Path, prefix: tuple[str, ...] = ()):
         env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
         self.log_path = log_path
         self.lines: list[str] = []
-        self.popen = subprocess.Popen([sys.executable, "-m", "swarm.cli", *args], stdout=subprocess.PIPE,
+        self.popen = subprocess.Popen([*prefix, sys.executable, "-m", "swarm.cli", *args], stdout=subprocess.PIPE,
                                       stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO)
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -125,13 +125,13 @@ class Swarm:
         self.address = coordinator.wait_for(r"swarm join --initial-peers (\S+)", timeout_s=120).group(1)
         return coordinator
 
-    def join(self, name: str, *extra: str) -> Process:
+    def join(self, name: str, *extra: str, prefix: tuple[str, ...] = ()) -> Process:
         peer_dir = self.folder / name
         peer = Process(["join", "--initial-peers", self.address, "--identity", str(peer_dir / "identity"),
                         "--name", name, "--team", "tests", "--threads", "1", "--host", "127.0.0.1",
                         "--stats-file", str(peer_dir / "stats.json"), "--display", "log",
                         "--cache-dir", str(self.folder.parent / "data-cache"), *extra],
-                       self.folder / "logs" / f"{name}.log")
+                       self.folder / "logs" / f"{name}.log", prefix)
         self.processes.append(peer)
         return peer
 

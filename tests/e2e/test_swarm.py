@@ -73,6 +73,34 @@ def test_two_volunteers_average_with_each_other_and_the_loss_goes_down(swarm_fac
         assert root == json.loads(checkpoints[-1])["root_hash"] and root in card, version
 
 
+def _small_shared_memory_prefix(size: str) -> tuple[str, ...] | None:
+    """A command prefix that runs a process with its own /dev/shm of `size` (a private mount namespace), or None
+    where this machine does not allow it (not root, no unshare)."""
+    import shutil
+    import subprocess
+
+    script = f'mount -t tmpfs -o size={size} tmpfs /dev/shm && exec "$0" "$@"'
+    prefix = ("unshare", "--mount", "--propagation", "private", "sh", "-c", script)
+    if shutil.which("unshare") is None:
+        return None
+    probe = subprocess.run([*prefix, "df", "--output=size", "/dev/shm"], capture_output=True, text=True)
+    return prefix if probe.returncode == 0 else None
+
+
+@pytest.mark.timeout(180)
+def test_a_volunteer_whose_shared_memory_is_too_small_is_told_how_to_fix_it(swarm_factory, recipe_writer, tmp_path):
+    prefix = _small_shared_memory_prefix("1m")  # Docker's default is 64m; this model needs ~4 MB
+    if prefix is None:
+        pytest.skip("needs a private mount namespace (root and unshare) to give a process a small /dev/shm")
+    swarm = swarm_factory()
+    swarm.launch(recipe_writer(tmp_path / "recipe.yaml", "e2e-shm", max_epochs=3))
+    volunteer = swarm.join("cramped", prefix=prefix)
+    assert volunteer.wait(timeout_s=150) == 1, volunteer.output[-3000:]
+    output = volunteer.output
+    assert "/dev/shm has 1 MB free, and this peer needs about" in output, output[-3000:]
+    assert "--shm-size=1g" in output and "Traceback" not in output, output[-3000:]
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(480)
 def test_ctrl_c_leaves_others_training_and_a_late_volunteer_starts_from_the_swarm_state(swarm_factory, recipe_writer, tmp_path):
