@@ -30,7 +30,7 @@ from hivemind.utils import get_dht_time
 from swarm.compat import make_compression
 from swarm.identity import Identity
 from swarm.optim import build_optimizer_factories, parameter_groups
-from swarm.processes import lean_fork, share_with_forked_processes
+from swarm.processes import share_with_forked_processes, trim_heap
 from swarm.recipe import CollaborationConfig, Recipe
 
 logger = logging.getLogger(__name__)
@@ -216,8 +216,8 @@ class SharesParentTensorsBeforeFork(DecentralizedAverager):
 
     def run_in_background(self, *args, **kwargs) -> None:
         share_with_forked_processes(self._parent_tensors())
-        with lean_fork():
-            super().run_in_background(*args, **kwargs)
+        trim_heap()
+        super().run_in_background(*args, **kwargs)
 
 
 class SwarmGradientAverager(AllreduceOutcome, SharesParentTensorsBeforeFork, GradientAverager):

@@ -57,7 +57,7 @@ def _stale_copy_left_in_a_forked_child(share: bool) -> float:
     """MB a forked child holds privately after its parent rewrote a 64 MB tensor it had before the fork."""
     import torch
 
-    from swarm.processes import lean_fork, share_with_forked_processes
+    from swarm.processes import share_with_forked_processes, trim_heap
 
     tensor = torch.ones(16 * 2**20)  # 64 MB
     if share:
@@ -65,8 +65,8 @@ def _stale_copy_left_in_a_forked_child(share: bool) -> float:
         assert tensor.is_shared()
         assert share_with_forked_processes([tensor]) == 0  # already shared: left alone
     read, write = os.pipe()
-    with lean_fork():
-        pid = os.fork()
+    trim_heap()
+    pid = os.fork()
     if pid == 0:  # the child waits until the parent is done writing, touching nothing
         os.close(write)
         os.read(read, 1)
