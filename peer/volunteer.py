@@ -497,12 +497,11 @@ class Volunteer:
         return records.read_announcements(self.dht.get(records.RUNS_KEY, latest=True)).get(self.recipe.run.id)
 
     def _other_live_peers(self) -> int:
-        """Peers of this run that published metrics recently, as seen through the DHT (and the coordinator)."""
+        """Peers of this run that published metrics recently and have not left, as seen through the DHT."""
         found = self.dht.get(records.metrics_key(self.recipe.run.id), latest=True)
-        now = get_dht_time()
-        others = [m for peer, m in records.parse_metrics(found).items()
-                  if peer != self.peer_id.to_base58() and now - m.time < 3 * METRICS_PERIOD_S]
-        return len(others)
+        progress = self.dht.get(f"{self.recipe.run.id}_progress", latest=True)
+        live = records.live_peers(found, progress, get_dht_time(), max_age_s=3 * METRICS_PERIOD_S)
+        return len([peer for peer in live if peer != self.peer_id.to_base58()])
 
     def _check_not_alone(self) -> None:
         """hivemind swarms started at the same moment have been seen to split and train apart silently."""

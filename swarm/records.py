@@ -262,12 +262,15 @@ def parse_contributions(entries) -> list[ContributionRecord]:
     return result
 
 
-def parse_metrics(entries) -> dict[str, PeerMetrics]:
-    """Decode a `dht.get(metrics_key(...), latest=True)` value into {peer_id: metrics}, skipping bad rows."""
+def parse_metrics(entries, skip_subkeys: frozenset | set = frozenset()) -> dict[str, PeerMetrics]:
+    """Decode a `dht.get(metrics_key(...), latest=True)` value into {peer_id: metrics}, skipping bad rows and the
+    rows stored under `skip_subkeys` (owner public keys)."""
     result = {}
     if entries is None or not isinstance(getattr(entries, "value", None), dict):
         return result
-    for _subkey, item in entries.value.items():
+    for subkey, item in entries.value.items():
+        if subkey in skip_subkeys:
+            continue
         value = getattr(item, "value", item)
         try:
             metrics = PeerMetrics.parse_obj(value)
@@ -275,6 +278,21 @@ def parse_metrics(entries) -> dict[str, PeerMetrics]:
             continue
         result[metrics.peer_id] = metrics
     return result
+
+
+def live_peers(metrics_entries, progress_entries, now: float, max_age_s: float) -> dict[str, PeerMetrics]:
+    """Peers whose metrics are fresher than `max_age_s`, less those that left cleanly: {peer_id: metrics}.
+
+    Both arguments are `dht.get(..., latest=True)` results of the metrics key and of hivemind's progress key, whose
+    rows share a subkey per peer (its owner public key). hivemind withdraws a peer's progress row (stores None) when
+    the peer shuts down cleanly, while its last metrics row stays fresh for a while: without this, the others
+    counted a peer that had just left as alive for 15 s.
+    """
+    withdrawn = set()
+    if progress_entries is not None and isinstance(getattr(progress_entries, "value", None), dict):
+        withdrawn = {subkey for subkey, item in progress_entries.value.items() if getattr(item, "value", 0) is None}
+    return {peer: metrics for peer, metrics in parse_metrics(metrics_entries, skip_subkeys=withdrawn).items()
+            if now - metrics.time < max_age_s}
 
 
 def metrics_to_json(metrics: dict[str, PeerMetrics]) -> str:

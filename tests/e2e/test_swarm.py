@@ -115,6 +115,12 @@ def test_ctrl_c_leaves_others_training_and_a_late_volunteer_starts_from_the_swar
     assert leaver.wait(timeout_s=90) == 0, leaver.output[-3000:]
     assert "Stopping: finishing the current epoch" in leaver.output
     assert stayer.popen.poll() is None, "the other volunteer must keep training"
+    # the stayer now trains alone, and knows it: the leaver withdrew its progress row, so the stayer does not count
+    # it among the live peers (its last metrics row is still fresh) and does not "reconnect" to find it
+    solo_at_leave = swarm.stats("stayer")["solo_rounds"]
+    _wait_until(lambda: swarm.stats("stayer")["solo_rounds"] >= solo_at_leave + 4, 60, "four solo rounds")
+    assert "Training alone" not in stayer.output, stayer.output[-3000:]
+    assert swarm.stats("stayer")["reconnects"] == 0
 
     epoch_before = int(stayer.wait_for(r"epoch (\d+) \(", timeout_s=30).group(1))
     late = swarm.join("late")

@@ -347,3 +347,25 @@ def test_the_verdict_cache_is_bounded_and_not_shipped_to_the_dht_process():
     schema = pickle.loads(pickle.dumps(records.schema_validators(RUN_ID)[0]))
     record = _signed_metrics_record(owner, metrics_row("QmPeer"))
     assert schema.validate(dataclasses.replace(record, value=owner.strip_value(record)))
+
+
+def test_a_peer_that_withdrew_its_progress_row_is_not_counted_as_live(swarm):
+    # hivemind withdraws a peer's progress row (None) when it shuts down cleanly; its metrics stay fresh a while
+    alice, bob, (alice_key, bob_key) = swarm
+    progress_key = f"{RUN_ID}_progress"
+
+    def live_seen_by(reader, max_age_s=15.0):
+        return records.live_peers(reader.get(records.metrics_key(RUN_ID), latest=True),
+                                  reader.get(progress_key, latest=True), get_dht_time(), max_age_s)
+
+    assert store(alice, alice_key, metrics_row(alice.peer_id.to_base58()))
+    assert store(bob, bob_key, metrics_row(bob.peer_id.to_base58(), name="bob"))
+    assert store(alice, alice_key, dict(epoch=3), key=progress_key)
+    assert set(live_seen_by(bob)) == {alice.peer_id.to_base58(), bob.peer_id.to_base58()}
+    assert live_seen_by(bob, max_age_s=0.0) == {}  # stale metrics are not live either
+
+    assert store(alice, alice_key, None, key=progress_key)  # alice left
+    assert set(live_seen_by(bob)) == {bob.peer_id.to_base58()}
+    # a peer that comes back reports progress again, and counts again
+    assert store(alice, alice_key, dict(epoch=4), key=progress_key)
+    assert set(live_seen_by(bob)) == {alice.peer_id.to_base58(), bob.peer_id.to_base58()}
