@@ -85,6 +85,8 @@ def bench_recipe(config: dict):
             update["average_state_every"] = config["average_state_every"]
         if config.get("no_average_optimizer_state"):
             update["average_optimizer_state"] = False
+        if config.get("delay_updates"):
+            update["delay_updates"] = True
     else:
         # in mode diloco the global batch only sizes progress and credit: the samples the swarm does per round
         update["target_batch_size"] = config["peers"] * config["inner_steps"] * MICRO_BATCH_SIZE
@@ -280,7 +282,7 @@ class Run:
             "target_batch_size": args.target_batch_size, "matchmaking_time_s": args.matchmaking_time_s,
             "inner_steps": args.inner_steps, "outer_lr": args.outer_lr,
             "no_average_optimizer_state": args.no_average_optimizer_state,
-            "average_state_every": args.average_state_every,
+            "average_state_every": args.average_state_every, "delay_updates": args.delay_updates,
             "eval_every_epochs": args.eval_every_epochs if mode == "dedloc" else 1,
         }
         (self.work_dir / "config.json").write_text(json.dumps(self.config))
@@ -413,6 +415,7 @@ def make_row(args, run: Run, results: list[dict], target_loss: float) -> dict:
         "outer_lr": args.outer_lr if run.mode == "diloco" else None,
         "target_batch_size": args.target_batch_size if run.mode == "dedloc" else None,
         "average_optimizer_state": (not args.no_average_optimizer_state) if run.mode == "dedloc" else None,
+        "delay_updates": args.delay_updates if run.mode == "dedloc" else None,
         "target_loss": round(target_loss, 4),
         "micro_steps_to_target": round(reached, 1) if reached is not None else None,
         "samples_to_target": round(reached * MICRO_BATCH_SIZE * run.peers) if reached is not None else None,
@@ -679,6 +682,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="DeDLOC: average parameters and optimiser state every N epochs (default: the recipe's 5).")
     parser.add_argument("--no-average-optimizer-state", action="store_true",
                         help="DeDLOC: do not average Adam's statistics with the parameters every few epochs.")
+    parser.add_argument("--delay-updates", action="store_true",
+                        help="DeDLOC: average and step in the background (recipe collaboration.delay_updates).")
     parser.add_argument("--plain-loops", action="store_true",
                         help="DeDLOC: also run, for each peer count, the plain loop a perfect swarm would compute "
                              "(same peers' data, no hivemind): the reference for the swarm's rows.")

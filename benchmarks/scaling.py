@@ -98,6 +98,8 @@ def load_bench_recipe(model: str, compression: str, target_batch_size: int | Non
     if matchmaking_time_s is not None:
         update["matchmaking_time_s"] = matchmaking_time_s
         update["averaging_timeout_s"] = max(recipe.collaboration.averaging_timeout_s, 4 * matchmaking_time_s)
+    if mode == "dedloc":
+        update["delay_updates"] = overlap
     if mode == "diloco":
         diloco = {"overlap_communication": overlap}
         if inner_steps is not None:
@@ -300,8 +302,9 @@ def run_row(args: argparse.Namespace, peers: int, compression: str, step_time_s:
                     "--micro-batch-size", str(args.micro_batch_size), "--seconds", str(args.seconds),
                     "--warmup-s", str(args.warmup_s), "--result-file", str(work_dir / f"result-{index}.json")]
             if args.mode == "diloco":
-                argv += ["--inner-steps", str(args.inner_steps)] + (["--overlap"] if args.overlap else [])
+                argv += ["--inner-steps", str(args.inner_steps)]
                 argv += ["--simulate-inner-step"] if args.simulate_inner_step else []
+            argv += ["--overlap"] if args.overlap else []
             target = bench_recipe(args, compression, peers).collaboration.target_batch_size
             argv += ["--target-batch-size", str(target)]
             if args.matchmaking_time_s:
@@ -576,7 +579,8 @@ def summarise_row(args, peers, compression, step_time_s, recipe, results, window
         "link": args.link,
         "mode": args.mode,
         "inner_steps": collab.diloco.inner_steps if args.mode == "diloco" else None,
-        "overlap_communication": collab.diloco.overlap_communication if args.mode == "diloco" else None,
+        "overlap_communication": (collab.diloco.overlap_communication if args.mode == "diloco"
+                                  else collab.delay_updates),
         "compression": compression,
         "samples_per_s": round(samples_per_s, 2),
         "ideal_samples_per_s": round(ideal, 2),
@@ -774,7 +778,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         "link_emulation": LINK_EMULATION if args.link != "loopback" else None,
         "mode": args.mode,
         "inner_steps": args.inner_steps if args.mode == "diloco" else None,
-        "overlap_communication": args.overlap if args.mode == "diloco" else None,
+        "overlap_communication": args.overlap,
         "inner_step": ("simulated (inside step_time_s)" if args.simulate_inner_step else "real AdamW on this CPU")
         if args.mode == "diloco" else None,
         "step_time_s": step_time_s,
@@ -913,8 +917,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--link", choices=sorted(LINKS), default="loopback",
                         help="loopback, or a shaped link in network namespaces (needs root, ip and tc): RATE-ONE-WAY-DELAY.")
     parser.add_argument("--overlap", action="store_true",
-                        help="DiLoCo: keep training while a round's all-reduce runs (collaboration.diloco."
-                             "overlap_communication).")
+                        help="Keep training while a round's all-reduce runs: DiLoCo collaboration.diloco."
+                             "overlap_communication; DeDLOC collaboration.delay_updates.")
     parser.add_argument("--mode", choices=["dedloc", "diloco"], default="dedloc",
                         help="Collaboration mode of the peers (recipe collaboration.mode).")
     parser.add_argument("--inner-steps", type=int, default=None,
@@ -952,9 +956,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--inner-steps {args.inner_steps}: must be at least 1 (e.g. --inner-steps 50)")
     if args.inner_steps is not None and args.mode != "diloco":
         parser.error("--inner-steps only applies to --mode diloco: add --mode diloco or drop --inner-steps")
-    for flag, given in (("--overlap", args.overlap), ("--simulate-inner-step", args.simulate_inner_step)):
-        if given and args.mode != "diloco":
-            parser.error(f"{flag} only applies to --mode diloco: add --mode diloco or drop {flag}")
+    if args.simulate_inner_step and args.mode != "diloco":
+        parser.error("--simulate-inner-step only applies to --mode diloco: add --mode diloco or drop it")
     if any(peers < 1 for peers in (args.peers or [])):
         parser.error(f"--peers {' '.join(map(str, args.peers))}: each peer count must be at least 1")
     args.inner_steps = args.inner_steps or 50

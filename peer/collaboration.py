@@ -397,8 +397,7 @@ class SwarmOptimizer(hivemind.Optimizer):
             # micro-batch's gradients. Returning True sends the epoch through
             # _average_gradients_and_load_into_optimizer(None): local gradients into .grad, and the round counted.
             return True
-        if not self.delay_grad_averaging:
-            self.rounds.record(1)  # hivemind skipped the round: it saw no other peer
+        self.rounds.record(1)  # hivemind skipped the round: it saw no other peer
         return began
 
     def _load_local_gradients_into_optimizer(self):
@@ -479,7 +478,9 @@ def shared_memory_needed(model: torch.nn.Module, recipe: Recipe) -> int:
     if collab.mode == "diloco":
         per_value = 12 + (4 if on_cpu else 0)
     else:
-        per_value = 8 + (8 if collab.average_optimizer_state else 0) + (16 if on_cpu else 0)
+        # delayed updates offload the optimiser: its own fp32 parameters, gradients and Adam moments in host memory
+        offloaded = 16 if collab.delay_updates else 0
+        per_value = 8 + (8 if collab.average_optimizer_state else 0) + (16 if on_cpu else 0) + offloaded
     return values * per_value + len(params) * 4 * 4096  # each tensor is its own file, rounded up to pages
 
 
@@ -509,6 +510,10 @@ def build_swarm_optimizer(
     make_optimizer, make_scheduler = build_optimizer_factories(recipe.optimizer)
     compression = make_compression(collab.compression)
     average_statistics = ("exp_avg", "exp_avg_sq") if collab.average_optimizer_state else ()
+    if offload_optimizer is None:
+        offload_optimizer = collab.delay_updates or default_offload_optimizer(model)
+    elif collab.delay_updates and not offload_optimizer:
+        raise ValueError("collaboration.delay_updates steps an offloaded optimiser: offload_optimizer must be True")
     # hivemind warns (and can deadlock in rare cases) when a request may outlive the matchmaking window
     request_timeout_s = min(3.0, collab.matchmaking_time_s / 2)
     return SwarmOptimizer(
@@ -532,7 +537,9 @@ def build_swarm_optimizer(
         # hivemind 1.1.12 inverts its client_mode default (optimizer.py ~l.205): always pass it explicitly
         client_mode=client_mode,
         reuse_grad_buffers=reuse_grad_buffers,
-        offload_optimizer=default_offload_optimizer(model) if offload_optimizer is None else offload_optimizer,
+        offload_optimizer=offload_optimizer,
+        delay_grad_averaging=collab.delay_updates,
+        delay_optimizer_step=collab.delay_updates,
         tracker_opts=dict(private_key=identity.signing_key, min_refresh_period=0.5, max_refresh_period=5.0),
         progress_report_period_s=progress_report_period_s,
         verbose=False,

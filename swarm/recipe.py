@@ -285,6 +285,14 @@ class CollaborationConfig(_Section):
     load_state_timeout_s: float = Field(
         300.0, gt=0.0, description="How long a joining peer waits for the current state before giving up."
     )
+    delay_updates: bool = Field(
+        False,
+        description="Mode `dedloc`: average an epoch's gradients and run its optimiser step in the background while "
+        "the peer computes the next epoch's micro-batches (hivemind's delayed parameter updates), so a slow link costs "
+        "no compute until a round takes longer than an epoch. The price: each step applies gradients computed on "
+        "weights one epoch old, and the optimiser moves to host memory (an extra fp32 copy of the parameters and "
+        "gradients). Mode `diloco` has `diloco.overlap_communication` instead.",
+    )
     mode: Literal["dedloc", "diloco"] = Field(
         "dedloc",
         description="`dedloc`: accumulate target_batch_size samples swarm-wide, average gradients, step together. "
@@ -309,6 +317,12 @@ class CollaborationConfig(_Section):
                     f"{self.micro_batch_size} exceeds target_batch_size ({self.target_batch_size}): "
                     "lower it or raise target_batch_size",
                 )
+        if self.delay_updates and self.mode == "diloco":
+            raise _ProblemAt(
+                "delay_updates",
+                "applies to mode dedloc only: for diloco set delay_updates: false and use "
+                "diloco.overlap_communication: true",
+            )
         if self.averaging_timeout_s < self.matchmaking_time_s:
             raise _ProblemAt(
                 "averaging_timeout_s",

@@ -97,7 +97,7 @@ def test_scaling_quick_mode_writes_simulated_rows_with_real_averaging(quick_resu
 
 def test_scaling_refuses_an_unknown_link_or_inner_steps_naming_the_flag():
     for argv, flag in ((["--link", "5gbit-1ms"], "--link"), (["--mode", "diloco", "--inner-steps", "0"], "--inner-steps"),
-                       (["--simulate-inner-step"], "--simulate-inner-step"), (["--overlap"], "--overlap")):
+                       (["--simulate-inner-step"], "--simulate-inner-step")):
         process = subprocess.run([sys.executable, "benchmarks/scaling.py", *argv, "--results-dir", "/nonexistent"],
                                  cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
         assert process.returncode == 2, process.stderr

@@ -83,6 +83,7 @@ class Trainer(threading.Thread):
         self.losses: list[float] = []
         self.longest_step_s = 0.0  # the longest optimizer.step(): how long this peer stood still at once
         self.batches_by_epoch: dict[int, list] = {}  # the micro-batches that went into each epoch, to replay them
+        self.epoch_steps_left_pending: list[bool] = []  # per epoch-ending step: was its update still running after it?
 
     def run(self) -> None:
         try:
@@ -95,6 +96,8 @@ class Trainer(threading.Thread):
                 stepping = time.monotonic()
                 self.optimizer.step()
                 self.longest_step_s = max(self.longest_step_s, time.monotonic() - stepping)
+                if self.optimizer.local_epoch != epoch:
+                    self.epoch_steps_left_pending.append(bool(self.optimizer.state_averager.pending_updates))
                 if self.zero_grad:
                     self.optimizer.zero_grad()
                 self.losses.append(loss.item())
@@ -169,6 +172,49 @@ def test_two_peers_average_their_rounds_and_end_with_the_same_weights(two_nodes,
     weight_gap = (models[0].weight - models[1].weight).abs().max().item()
     bias_gap = (models[0].bias - models[1].bias).abs().max().item()
     assert weight_gap < 0.1 * initial_gap and bias_gap < 0.1 * initial_gap, (initial_gap, weight_gap, bias_gap)
+
+
+@pytest.mark.timeout(150)
+def test_delayed_updates_average_and_step_in_the_background(two_nodes):
+    # collaboration.delay_updates: an epoch's gradient round and optimiser step run while the peer computes the next
+    # epoch's micro-batches, and the step reaches the model a step or more later
+    recipe = small_recipe("collab-delayed", target_batch_size=480)  # epochs longer than a round
+    recipe = recipe.model_copy(update={"collaboration": recipe.collaboration.model_copy(
+        update={"delay_updates": True, "average_state_every": 1000})})  # no state averaging: nothing else pending
+    true_weight = torch.randn(2, 8, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(21)
+    initial = torch.nn.Linear(8, 2)
+    models = [torch.nn.Linear(8, 2) for _ in range(2)]
+    for model in models:
+        model.load_state_dict(initial.state_dict())
+    optimizers = [build_swarm_optimizer(dht, model, recipe, identity, micro_batch_size=MICRO_BATCH,
+                                        reuse_grad_buffers=True)
+                  for (dht, identity), model in zip(two_nodes, models)]
+    assert all(opt.offload_optimizer and opt.delay_grad_averaging and opt.delay_optimizer_step for opt in optimizers)
+    trainers = train_together(optimizers, models, true_weight,
+                              lambda: all(opt.rounds.averaged >= 3 for opt in optimizers),
+                              within_s=100, wait_for_peers=2, deadline_s=110, zero_grad=False)
+    rounds = [opt.rounds for opt in optimizers]
+    # every round while both trained reached both; a round in flight when the other peer stopped may end alone
+    assert all(r.group_sizes[2] >= 3 and r.solo <= 1 and r.partial == 0 for r in rounds), rounds
+    # the epoch-ending steps returned while their round and optimiser step were still running (one whose round
+    # failed at once, e.g. while the other peer stopped, may come back with nothing left to do)
+    assert all(sum(trainer.epoch_steps_left_pending) >= 3 for trainer in trainers), \
+        [trainer.epoch_steps_left_pending for trainer in trainers]
+    # and the steps landed in the model later
+    for model in models:
+        assert not torch.allclose(model.weight.detach(), initial.weight.detach())
+
+
+def test_delayed_updates_need_an_offloaded_optimiser_and_mode_dedloc(two_nodes):
+    (dht, identity), _ = two_nodes
+    recipe = small_recipe("collab-delayed-bad")
+    recipe = recipe.model_copy(update={"collaboration": recipe.collaboration.model_copy(update={"delay_updates": True})})
+    with pytest.raises(ValueError, match="offload_optimizer must be True"):
+        build_swarm_optimizer(dht, torch.nn.Linear(8, 2), recipe, identity, micro_batch_size=MICRO_BATCH,
+                              offload_optimizer=False)
+    with pytest.raises(ValueError, match="delay_updates"):
+        Recipe(run={"id": "x"}, collaboration={"mode": "diloco", "delay_updates": True})
 
 
 @pytest.mark.timeout(90)
@@ -299,15 +345,19 @@ def test_two_peers_averaged_epochs_equal_the_plain_loops_steps_on_both_peers_bat
 
 
 @pytest.mark.timeout(90)
-@pytest.mark.parametrize("reuse_grad_buffers, offload_optimizer",
-                         [(True, False), (False, False), (True, True), (False, True)],
-                         ids=["volunteer", "no-reuse", "reuse-offloaded", "hivemind-default"])
+@pytest.mark.parametrize("reuse_grad_buffers, offload_optimizer, delay_updates",
+                         [(True, False, False), (False, False, False), (True, True, False), (False, True, False),
+                          (True, True, True)],
+                         ids=["volunteer", "no-reuse", "reuse-offloaded", "hivemind-default", "delayed-updates"])
 def test_a_lone_peers_epochs_equal_the_plain_loops_steps_in_every_configuration(
-        two_nodes, reuse_grad_buffers, offload_optimizer):
+        two_nodes, reuse_grad_buffers, offload_optimizer, delay_updates):
     # Alone, SwarmOptimizer skips matchmaking, so hivemind's "no round" path runs; with the optimiser on the model's
     # own parameters that path used to step on the last micro-batch's gradient instead of the epoch's mean.
     (dht, identity), _ = two_nodes
-    recipe = small_recipe(f"collab-equal-{int(reuse_grad_buffers)}{int(offload_optimizer)}", target_batch_size=4 * MICRO_BATCH)
+    recipe = small_recipe(f"collab-equal-{int(reuse_grad_buffers)}{int(offload_optimizer)}{int(delay_updates)}",
+                          target_batch_size=4 * MICRO_BATCH)
+    recipe = recipe.model_copy(update={"collaboration": recipe.collaboration.model_copy(
+        update={"delay_updates": delay_updates})})
     generator = torch.Generator().manual_seed(7)
     true_weight = torch.randn(2, 8, generator=generator)
     batches = [regression_batch(generator, true_weight) for _ in range(14)]
