@@ -210,3 +210,30 @@ def test_a_volunteer_joining_an_empty_swarm_starts_from_the_latest_published_ver
     # it trains on from there: its epochs continue the published one instead of restarting at 0
     later = newcomer.wait_for(r"epoch (\d+) \(\d+/256 samples\)", timeout_s=120)
     assert int(later.group(1)) >= published
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(480)
+def test_volunteers_with_delayed_updates_average_in_the_background_and_the_loss_goes_down(
+        swarm_factory, recipe_writer, tmp_path):
+    import yaml
+
+    swarm = swarm_factory()
+    path = recipe_writer(tmp_path / "recipe.yaml", "e2e-delayed", max_epochs=12)
+    recipe = yaml.safe_load(path.read_text())
+    # epochs longer than a round, which is where delaying the update pays
+    recipe["collaboration"].update(delay_updates=True, target_batch_size=512)
+    path.write_text(yaml.safe_dump(recipe))
+    coordinator = swarm.launch(path)
+    volunteers = {name: swarm.join(name) for name in ("alice", "bob")}
+
+    assert coordinator.wait(timeout_s=420) == 0, coordinator.output[-3000:]
+    for name, process in volunteers.items():
+        assert process.wait(timeout_s=120) == 0, process.output[-3000:]
+        stats = swarm.stats(name)
+        assert stats["averaged_rounds"] >= 3, stats
+        assert stats["non_finite_losses"] == 0, stats
+    summary = swarm.summary()
+    assert summary["epochs"] >= 12 and summary["averaged_rounds"] >= 3, summary
+    assert summary["final_val_loss"] < summary["initial_val_loss"] - 0.3, summary
+    assert summary["granted_samples"] >= 12 * 512, summary
