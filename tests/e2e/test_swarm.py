@@ -117,10 +117,11 @@ def test_ctrl_c_leaves_others_training_and_a_late_volunteer_starts_from_the_swar
     assert stayer.popen.poll() is None, "the other volunteer must keep training"
     # the stayer now trains alone, and knows it: the leaver withdrew its progress row, so the stayer does not count
     # it among the live peers (its last metrics row is still fresh) and does not "reconnect" to find it
-    solo_at_leave = swarm.stats("stayer")["solo_rounds"]
-    _wait_until(lambda: swarm.stats("stayer")["solo_rounds"] >= solo_at_leave + 4, 60, "four solo rounds")
-    assert "Training alone" not in stayer.output, stayer.output[-3000:]
-    assert swarm.stats("stayer")["reconnects"] == 0
+    # (at the start, before the two saw each other, it may have reconnected: that is what the check is for)
+    at_leave, output_at_leave = swarm.stats("stayer"), len(stayer.output)
+    _wait_until(lambda: swarm.stats("stayer")["solo_rounds"] >= at_leave["solo_rounds"] + 4, 60, "four solo rounds")
+    assert "Training alone" not in stayer.output[output_at_leave:], stayer.output[-3000:]
+    assert swarm.stats("stayer")["reconnects"] == at_leave["reconnects"]
 
     epoch_before = int(stayer.wait_for(r"epoch (\d+) \(", timeout_s=30).group(1))
     late = swarm.join("late")
