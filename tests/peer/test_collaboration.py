@@ -114,6 +114,16 @@ class Trainer(threading.Thread):
             self.error = error
 
 
+def same_start(seed: int, peers: int = 2) -> tuple[torch.nn.Linear, list[torch.nn.Linear]]:
+    """A model and `peers` copies of it: peers that start from the same weights, as a swarm's do."""
+    torch.manual_seed(seed)
+    initial = torch.nn.Linear(8, 2)
+    models = [torch.nn.Linear(8, 2) for _ in range(peers)]
+    for model in models:
+        model.load_state_dict(initial.state_dict())
+    return initial, models
+
+
 def shut_down(optimizers) -> None:
     for optimizer in optimizers:
         optimizer.shutdown()
@@ -182,11 +192,7 @@ def test_delayed_updates_average_and_step_in_the_background(two_nodes):
     recipe = recipe.model_copy(update={"collaboration": recipe.collaboration.model_copy(
         update={"delay_updates": True, "average_state_every": 1000})})  # no state averaging: nothing else pending
     true_weight = torch.randn(2, 8, generator=torch.Generator().manual_seed(0))
-    torch.manual_seed(21)
-    initial = torch.nn.Linear(8, 2)
-    models = [torch.nn.Linear(8, 2) for _ in range(2)]
-    for model in models:
-        model.load_state_dict(initial.state_dict())
+    initial, models = same_start(21)
     optimizers = [build_swarm_optimizer(dht, model, recipe, identity, micro_batch_size=MICRO_BATCH,
                                         reuse_grad_buffers=True)
                   for (dht, identity), model in zip(two_nodes, models)]
@@ -311,11 +317,7 @@ def test_two_peers_averaged_epochs_equal_the_plain_loops_steps_on_both_peers_bat
     # gradient of every micro-batch any peer did in it, clipped, then AdamW and the schedule.
     recipe = small_recipe(f"collab-equal-two-{int(reuse_grad_buffers)}", target_batch_size=6 * MICRO_BATCH)
     true_weight = torch.randn(2, 8, generator=torch.Generator().manual_seed(5)) * 10  # large gradients: clipping acts
-    torch.manual_seed(11)
-    initial = torch.nn.Linear(8, 2)
-    models = [torch.nn.Linear(8, 2) for _ in range(2)]
-    for model in models:
-        model.load_state_dict(initial.state_dict())
+    initial, models = same_start(11)
     optimizers = [build_swarm_optimizer(dht, model, recipe, identity, micro_batch_size=MICRO_BATCH,
                                         reuse_grad_buffers=reuse_grad_buffers)
                   for (dht, identity), model in zip(two_nodes, models)]
