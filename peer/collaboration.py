@@ -469,7 +469,8 @@ def shared_memory_needed(model: torch.nn.Module, recipe: Recipe) -> int:
     hivemind hands tensors to its averager processes through shared memory: DeDLOC's averaged gradients and the state
     averager's copy of the parameters (and of Adam's moments when the recipe averages them); DiLoCo's outer
     parameters, momentum and pseudo-gradient buffer. A model on the CPU, its gradients and its optimiser state join
-    them (`SharesParentTensorsBeforeFork`). Measured on the tiny recipe: 34.0 and 16.9 bytes per parameter.
+    them (`SharesParentTensorsBeforeFork`). Measured on the tiny recipe: 34.0 (25.6 with `delay_updates`) and 16.9
+    bytes per parameter.
     """
     params = [param for param in model.parameters()]
     values = sum(param.numel() for param in params)
@@ -477,10 +478,12 @@ def shared_memory_needed(model: torch.nn.Module, recipe: Recipe) -> int:
     collab = recipe.collaboration
     if collab.mode == "diloco":
         per_value = 12 + (4 if on_cpu else 0)
+    elif collab.delay_updates or default_offload_optimizer(model):
+        # an offloaded optimiser's own fp32 parameters, gradients (the averaged ones) and Adam moments, plus a CPU
+        # model's parameters and gradients: 25.6 measured with delay_updates on the tiny recipe
+        per_value = 16 + (8 if on_cpu else 0)
     else:
-        # delayed updates offload the optimiser: its own fp32 parameters, gradients and Adam moments in host memory
-        offloaded = 16 if collab.delay_updates else 0
-        per_value = 8 + (8 if collab.average_optimizer_state else 0) + (16 if on_cpu else 0) + offloaded
+        per_value = 8 + (8 if collab.average_optimizer_state else 0) + (16 if on_cpu else 0)
     return values * per_value + len(params) * 4 * 4096  # each tensor is its own file, rounded up to pages
 
 

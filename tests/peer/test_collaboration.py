@@ -600,3 +600,30 @@ def test_averager_processes_hold_no_stale_copies_of_what_training_rewrites(two_n
         assert grown < 48, grown
     finally:
         shut_down([optimizer])
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("delay_updates", [False, True], ids=["in-place", "delayed-updates"])
+def test_the_shared_memory_estimate_matches_what_the_optimiser_takes(two_nodes, delay_updates):
+    # the volunteer refuses to start when /dev/shm is smaller than this estimate: it must not be far off either way
+    from peer.collaboration import shared_memory_needed
+
+    (dht, identity), _ = two_nodes
+    recipe = small_recipe(f"collab-shm-{int(delay_updates)}")
+    recipe = recipe.model_copy(update={"collaboration": recipe.collaboration.model_copy(
+        update={"delay_updates": delay_updates})})
+    model = torch.nn.Sequential(*(torch.nn.Linear(512, 512) for _ in range(4)))  # 1.05M values in 8 tensors
+
+    def shm_used() -> int:
+        stats = os.statvfs("/dev/shm")
+        return (stats.f_blocks - stats.f_bfree) * stats.f_frsize
+
+    before = shm_used()
+    optimizer = build_swarm_optimizer(dht, model, recipe, identity, micro_batch_size=MICRO_BATCH,
+                                      reuse_grad_buffers=True)
+    try:
+        taken = shm_used() - before
+    finally:
+        optimizer.shutdown()
+    estimate = shared_memory_needed(model, recipe)
+    assert 0.9 * taken <= estimate <= 1.15 * taken, (estimate, taken)
