@@ -611,6 +611,12 @@ def summarise_row(args, peers, compression, step_time_s, recipe, results, window
     }
 
 
+def _same_dedloc_settings(entry: dict, row: dict) -> bool:
+    """A convergence row trained with this scaling row's global batch and delayed updates (or without either)."""
+    return (entry.get("target_batch_size") == row.get("target_batch_size")
+            and bool(entry.get("delay_updates")) == bool(row.get("overlap_communication")))
+
+
 def add_time_to_target(rows: list[dict], convergence_file: Path) -> None:
     """Fill `time_to_target_s` from real training (benchmarks/convergence.py) where it has a matching row.
 
@@ -627,6 +633,7 @@ def add_time_to_target(rows: list[dict], convergence_file: Path) -> None:
         for entry in measured:
             if (entry.get("mode") == row["mode"] and entry.get("peers") == row["peers"]
                     and (row["mode"] != "diloco" or entry.get("inner_steps") == row.get("inner_steps"))
+                    and (row["mode"] != "dedloc" or _same_dedloc_settings(entry, row))
                     and entry.get("micro_steps_to_target") is not None):
                 row["time_to_target_s"] = round(entry["micro_steps_to_target"] * row["wall_s_per_micro_step"], 1)
                 row["time_to_target_source"] = (
@@ -797,7 +804,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         "command": "python benchmarks/scaling.py " + " ".join(sys.argv[1:]),
     }
     info["load_average_at_end"] = load_average()
-    add_time_to_target(rows, args.results_dir / "convergence.json")
+    add_time_to_target(rows, args.convergence_file or args.results_dir / "convergence.json")
     results = {"rows": rows, "model_on_paper": paper_model(args, rows, step_time_s)}
     return write_results(args.name, settings, results, markdown(settings, results, info),
                          plot=lambda path: plot(settings, rows, path), machine_info=info,
@@ -934,6 +941,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=None, help="Measured window per row (default 25).")
     parser.add_argument("--warmup-s", type=float, default=None, help="Warm-up before the window (default 10).")
     parser.add_argument("--startup-timeout-s", type=float, default=180.0)
+    parser.add_argument("--convergence-file", type=Path, default=None,
+                        help="convergence.py results that give time_to_target_s (default RESULTS_DIR/convergence.json).")
     parser.add_argument("--name", default="scaling", help="Results file stem.")
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     parser.add_argument("--keep-work-dir", type=Path, default=None,

@@ -282,3 +282,25 @@ def test_gpu_step_without_a_gpu_says_so_and_exits_2(tmp_path):
     assert process.returncode == 2
     assert "no CUDA GPU is visible" in process.stderr and "Traceback" not in process.stderr
     assert not list(tmp_path.iterdir())
+
+
+def test_time_to_target_comes_only_from_training_with_the_same_batch_and_delayed_updates(tmp_path):
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+    try:
+        import scaling
+    finally:
+        sys.path.remove(str(REPO_ROOT / "benchmarks"))
+    trained = [
+        {"mode": "dedloc", "peers": 4, "target_batch_size": 256, "micro_steps_to_target": 184.1},
+        {"mode": "dedloc", "peers": 4, "target_batch_size": 2048, "delay_updates": True, "micro_steps_to_target": 400.0},
+    ]
+    convergence = tmp_path / "convergence.json"
+    convergence.write_text(json.dumps({"results": {"rows": trained}}))
+
+    def row(batch, delayed):
+        return {"mode": "dedloc", "peers": 4, "link": "x", "target_batch_size": batch,
+                "overlap_communication": delayed, "wall_s_per_micro_step": 0.25}
+
+    rows = [row(256, False), row(2048, True), row(2048, False), row(1024, True)]
+    scaling.add_time_to_target(rows, convergence)
+    assert [r.get("time_to_target_s") for r in rows] == [46.0, 100.0, None, None]
