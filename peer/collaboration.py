@@ -463,6 +463,11 @@ def default_offload_optimizer(model: torch.nn.Module) -> bool:
     return next(model.parameters()).device.type == "cpu" and CPU_OFFLOAD_OPTIMIZER
 
 
+def offloads_optimizer(model: torch.nn.Module, collab: CollaborationConfig) -> bool:
+    """Whether a DeDLOC peer's optimiser runs on its own host copy of the parameters: delayed updates need one."""
+    return collab.delay_updates or default_offload_optimizer(model)
+
+
 def shared_memory_needed(model: torch.nn.Module, recipe: Recipe) -> int:
     """Bytes of /dev/shm the optimiser of `build_swarm_optimizer` takes for this model (within a few percent).
 
@@ -478,7 +483,7 @@ def shared_memory_needed(model: torch.nn.Module, recipe: Recipe) -> int:
     collab = recipe.collaboration
     if collab.mode == "diloco":
         per_value = 12 + (4 if on_cpu else 0)
-    elif collab.delay_updates or default_offload_optimizer(model):
+    elif offloads_optimizer(model, collab):
         # an offloaded optimiser's own fp32 parameters, gradients (the averaged ones) and Adam moments, plus a CPU
         # model's parameters and gradients: 25.6 measured with delay_updates on the tiny recipe
         per_value = 16 + (8 if on_cpu else 0)
@@ -514,7 +519,7 @@ def build_swarm_optimizer(
     compression = make_compression(collab.compression)
     average_statistics = ("exp_avg", "exp_avg_sq") if collab.average_optimizer_state else ()
     if offload_optimizer is None:
-        offload_optimizer = collab.delay_updates or default_offload_optimizer(model)
+        offload_optimizer = offloads_optimizer(model, collab)
     elif collab.delay_updates and not offload_optimizer:
         raise ValueError("collaboration.delay_updates steps an offloaded optimiser: offload_optimizer must be True")
     # hivemind warns (and can deadlock in rare cases) when a request may outlive the matchmaking window

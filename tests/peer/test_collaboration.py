@@ -37,12 +37,14 @@ from swarm.recipe import Recipe
 MICRO_BATCH = 4
 
 
-def small_recipe(run_id: str, target_batch_size: int = 32) -> Recipe:
+def small_recipe(run_id: str, target_batch_size: int = 32, **collaboration) -> Recipe:
+    """A recipe for the regression peers here; `collaboration` overrides fields of its collaboration section."""
     return Recipe(
         run={"id": run_id},
         optimizer={"lr": 0.01},
         collaboration={"target_batch_size": target_batch_size, "micro_batch_size": MICRO_BATCH,
-                       "matchmaking_time_s": 1.0, "averaging_timeout_s": 10, "compression": "none"},
+                       "matchmaking_time_s": 1.0, "averaging_timeout_s": 10, "compression": "none",
+                       **collaboration},
     )
 
 
@@ -188,9 +190,8 @@ def test_two_peers_average_their_rounds_and_end_with_the_same_weights(two_nodes,
 def test_delayed_updates_average_and_step_in_the_background(two_nodes):
     # collaboration.delay_updates: an epoch's gradient round and optimiser step run while the peer computes the next
     # epoch's micro-batches, and the step reaches the model a step or more later
-    recipe = small_recipe("collab-delayed", target_batch_size=480)  # epochs longer than a round
-    recipe = recipe.model_copy(update={"collaboration": recipe.collaboration.model_copy(
-        update={"delay_updates": True, "average_state_every": 1000})})  # no state averaging: nothing else pending
+    # epochs longer than a round; no state averaging, so that nothing else is pending
+    recipe = small_recipe("collab-delayed", target_batch_size=480, delay_updates=True, average_state_every=1000)
     true_weight = torch.randn(2, 8, generator=torch.Generator().manual_seed(0))
     initial, models = same_start(21)
     optimizers = [build_swarm_optimizer(dht, model, recipe, identity, micro_batch_size=MICRO_BATCH,
@@ -214,8 +215,7 @@ def test_delayed_updates_average_and_step_in_the_background(two_nodes):
 
 def test_delayed_updates_need_an_offloaded_optimiser_and_mode_dedloc(two_nodes):
     (dht, identity), _ = two_nodes
-    recipe = small_recipe("collab-delayed-bad")
-    recipe = recipe.model_copy(update={"collaboration": recipe.collaboration.model_copy(update={"delay_updates": True})})
+    recipe = small_recipe("collab-delayed-bad", delay_updates=True)
     with pytest.raises(ValueError, match="offload_optimizer must be True"):
         build_swarm_optimizer(dht, torch.nn.Linear(8, 2), recipe, identity, micro_batch_size=MICRO_BATCH,
                               offload_optimizer=False)
@@ -357,9 +357,7 @@ def test_a_lone_peers_epochs_equal_the_plain_loops_steps_in_every_configuration(
     # own parameters that path used to step on the last micro-batch's gradient instead of the epoch's mean.
     (dht, identity), _ = two_nodes
     recipe = small_recipe(f"collab-equal-{int(reuse_grad_buffers)}{int(offload_optimizer)}{int(delay_updates)}",
-                          target_batch_size=4 * MICRO_BATCH)
-    recipe = recipe.model_copy(update={"collaboration": recipe.collaboration.model_copy(
-        update={"delay_updates": delay_updates})})
+                          target_batch_size=4 * MICRO_BATCH, delay_updates=delay_updates)
     generator = torch.Generator().manual_seed(7)
     true_weight = torch.randn(2, 8, generator=generator)
     batches = [regression_batch(generator, true_weight) for _ in range(14)]
@@ -609,9 +607,7 @@ def test_the_shared_memory_estimate_matches_what_the_optimiser_takes(two_nodes, 
     from peer.collaboration import shared_memory_needed
 
     (dht, identity), _ = two_nodes
-    recipe = small_recipe(f"collab-shm-{int(delay_updates)}")
-    recipe = recipe.model_copy(update={"collaboration": recipe.collaboration.model_copy(
-        update={"delay_updates": delay_updates})})
+    recipe = small_recipe(f"collab-shm-{int(delay_updates)}", delay_updates=delay_updates)
     model = torch.nn.Sequential(*(torch.nn.Linear(512, 512) for _ in range(4)))  # 1.05M values in 8 tensors
 
     def shm_used() -> int:
