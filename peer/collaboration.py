@@ -28,6 +28,7 @@ from hivemind.optim.state_averager import TrainingStateAverager
 from hivemind.utils import get_dht_time
 
 from swarm.compat import make_compression
+from swarm.hardware import background_torch_on_one_thread
 from swarm.identity import Identity
 from swarm.optim import build_optimizer_factories, parameter_groups
 from swarm.processes import share_with_forked_processes, trim_heap
@@ -220,7 +221,26 @@ class SharesParentTensorsBeforeFork(DecentralizedAverager):
         super().run_in_background(*args, **kwargs)
 
 
-class SwarmGradientAverager(AllreduceOutcome, SharesParentTensorsBeforeFork, GradientAverager):
+class BackgroundTorchOnOneThread(DecentralizedAverager):
+    """An averager whose work on hivemind's background threads of the training process uses one CPU thread.
+
+    hivemind serves the state to newcomers from a thread of the training process, and a TrainingStateAverager runs
+    the optimizer step and its state rounds on an executor thread. With torch's default thread count each of them
+    made a second OpenMP team, which slowed the training thread's own parallel work by 15-25% on a CPU peer
+    (`swarm.hardware.background_torch_on_one_thread` says why).
+    """
+
+    def get_current_state(self):
+        background_torch_on_one_thread()
+        return super().get_current_state()
+
+    def _do(self, *args, **kwargs):  # TrainingStateAverager's step, on its executor thread (other averagers have none)
+        background_torch_on_one_thread()
+        return super()._do(*args, **kwargs)
+
+
+class SwarmGradientAverager(AllreduceOutcome, BackgroundTorchOnOneThread, SharesParentTensorsBeforeFork,
+                            GradientAverager):
     """hivemind's GradientAverager, reporting how much of each round's data arrived (see `AllreduceOutcome`)."""
 
     def _parent_tensors(self):
@@ -235,7 +255,7 @@ class SwarmGradientAverager(AllreduceOutcome, SharesParentTensorsBeforeFork, Gra
         return None
 
 
-class SwarmAverager(AllreduceOutcome, SharesParentTensorsBeforeFork):
+class SwarmAverager(AllreduceOutcome, BackgroundTorchOnOneThread, SharesParentTensorsBeforeFork):
     """hivemind's DecentralizedAverager, reporting how much of each round's data arrived (see `AllreduceOutcome`)."""
 
 
@@ -252,7 +272,8 @@ class _RemembersLastRound(DecentralizedAverager):
         return control
 
 
-class SwarmStateAverager(HivemindWireNames, TrainingStateAverager, _RemembersLastRound, SharesParentTensorsBeforeFork):
+class SwarmStateAverager(HivemindWireNames, BackgroundTorchOnOneThread, TrainingStateAverager, _RemembersLastRound,
+                         SharesParentTensorsBeforeFork):
     """hivemind's TrainingStateAverager whose next step does not queue behind a parameter round that found no group.
 
     hivemind averages the state in the background, but on a single-thread executor: the next epoch's optimizer step

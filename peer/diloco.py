@@ -108,8 +108,8 @@ def apply_outer_step(outer_optimizer: torch.optim.Optimizer, pseudo_gradients: S
     outer_optimizer.step()
 
 
-class _OuterStateAverager(collaboration.AllreduceOutcome, TrainingStateAverager,
-                          collaboration.SharesParentTensorsBeforeFork):
+class _OuterStateAverager(collaboration.AllreduceOutcome, collaboration.BackgroundTorchOnOneThread,
+                          TrainingStateAverager, collaboration.SharesParentTensorsBeforeFork):
     """The outer parameters and momentum: served to newcomers, averaged on some rounds (see `AllreduceOutcome`)."""
 
 

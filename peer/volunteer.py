@@ -42,7 +42,7 @@ import swarm
 from swarm import records
 from swarm.data import build_data, check_identity
 from swarm.errors import SwarmError, UsageError
-from swarm.hardware import TrainingForward, pick_hardware, pick_micro_batch_size
+from swarm.hardware import TrainingForward, background_torch_on_one_thread, pick_hardware, pick_micro_batch_size
 from swarm.identity import Identity
 from swarm.model import build_model, count_parameters
 from swarm.network import create_dht, parse_initial_peers
@@ -456,6 +456,7 @@ class Volunteer:
 
     def _report_periodically(self) -> None:
         """Background thread: DHT reads and writes can take seconds on real links; the training loop never waits."""
+        background_torch_on_one_thread()  # its loss reads must not start a second OpenMP team (swarm.hardware)
         while not self._reporter_stop.wait(METRICS_PERIOD_S):
             try:
                 self._report()

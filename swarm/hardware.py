@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -32,6 +33,9 @@ def pick_hardware(device: str = "auto", threads: int | None = None) -> Hardware:
         raise UsageError("--threads must be at least 1")
     threads = min(threads or cpu_count, cpu_count)
     torch.set_num_threads(threads)
+    # torch gives each thread the process-wide count when it first asks for one; asking now fixes this thread's count,
+    # which a background thread's later `background_torch_on_one_thread` would otherwise lower to one as well
+    torch.get_num_threads()
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
     if device.startswith("cuda"):
@@ -51,6 +55,26 @@ def pick_hardware(device: str = "auto", threads: int | None = None) -> Hardware:
     if device != "cpu":
         raise UsageError(f"--device {device!r}: use auto, cpu, cuda, cuda:N or mps")
     return Hardware(torch.device("cpu"), None, threads, f"CPU ({threads} thread{'s' * (threads > 1)})")
+
+
+def background_torch_on_one_thread() -> None:
+    """Run the torch CPU work of the calling background thread on one thread (a no-op in the main thread).
+
+    torch's CPU build parallelises with GNU OpenMP, which gives every thread that starts a parallel region a team of
+    worker threads of its own. Once the teams' threads outnumber the cores, libgomp has every idle worker sleep almost
+    at once instead of spinning between parallel regions, in all teams, for the rest of the process's life. hivemind
+    runs the optimiser step and serves the state to newcomers on background threads of the training process; the
+    first optimiser step thus made a second team, and the training thread's forward and backward, hundreds of short
+    parallel regions each, ran 15-25% slower on a 2-core machine (~100 sleeps per micro-step; benchmarks/README.md,
+    overhead). Background work is small next to training, so it gets one thread and the training thread keeps the
+    only team. torch has no per-thread setter: this also lowers the process-wide count that a thread takes on its
+    first torch call, so threads that start using torch later get one thread too (what every thread but the training
+    one should have) and `pick_hardware` fixes the training thread's own count before any background thread runs.
+    """
+    if threading.current_thread() is threading.main_thread():
+        return
+    if torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
 
 
 def pick_micro_batch_size(model: torch.nn.Module, hardware: Hardware, seq_len: int, upper_bound: int,

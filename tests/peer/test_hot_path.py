@@ -140,3 +140,44 @@ def test_on_cuda_the_forward_is_compiled_in_bf16_and_the_optimiser_is_fused_on_t
         assert list(model.state_dict()) == keys, "checkpoints keep un-prefixed keys"
     finally:
         optimizer.shutdown()
+
+
+@pytest.mark.timeout(90)
+def test_hivemind_background_threads_use_one_torch_thread_and_the_training_thread_keeps_its_count(node):
+    """hivemind's optimiser step and state serving ran with torch's full count on their own threads: a second OpenMP
+    team, which made the training thread's forward and backward 15-25% slower on a 2-core machine (benchmarks/README.md,
+    overhead). They use one thread now; the training thread keeps what `pick_hardware` gave it."""
+    import threading
+
+    from peer.collaboration import build_swarm_optimizer
+    from swarm.model import build_model
+    from swarm.recipe import Recipe
+
+    dht, identity = node
+    hardware = pick_hardware("cpu", threads=2)
+    recipe = Recipe(run={"id": "hot-threads"}, model={"architecture": "gpt2",
+                                                      "config": {"n_layer": 1, "n_head": 2, "n_embd": 32}},
+                    collaboration={"target_batch_size": 8, "micro_batch_size": 4, "matchmaking_time_s": 1.0,
+                                   "averaging_timeout_s": 10})
+    model = build_model(recipe.model, 259, 1, 0)
+    optimizer = build_swarm_optimizer(dht, model, recipe, identity, micro_batch_size=4, reuse_grad_buffers=True)
+    try:
+        forward = TrainingForward(model, hardware, compile_mode="off")
+        batch = torch.randint(0, 259, (4, 16))
+        deadline = time.monotonic() + 60
+        while optimizer.local_epoch < 2 and time.monotonic() < deadline:  # a lone peer: each epoch steps alone
+            forward(batch).backward()
+            optimizer.step()
+        assert optimizer.local_epoch >= 2, "the lone peer did not finish two epochs"
+        executor = optimizer.state_averager.step_executor  # where hivemind ran the two optimiser steps
+        assert executor.submit(torch.get_num_threads).result(timeout=10) == 1
+        served = []
+        server = threading.Thread(target=lambda: served.append((optimizer.state_averager.get_current_state(),
+                                                                torch.get_num_threads())))
+        server.start()
+        server.join(timeout=30)
+        (metadata, tensors, _), threads = served[0]
+        assert tensors and threads == 1, "serving the state to a newcomer used more than one torch thread"
+        assert torch.get_num_threads() == hardware.threads, "the training thread lost its thread count"
+    finally:
+        optimizer.shutdown()
