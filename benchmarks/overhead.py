@@ -19,6 +19,8 @@ its gradient clipping), accumulating `target_batch_size / micro_batch_size` micr
   micro-step, offloaded optimiser, a DHT progress store per micro-step, loss.item() every micro-step, no compile.
 - `swarm-offload` (optional): `swarm` with the optimiser offloaded (hivemind's default): the CPU choice.
 - `swarm-unfixed` (optional): `swarm` with hivemind's own pre-scheduling of matchmaking while alone.
+- `swarm-omp-teams` (optional): `swarm` with hivemind's background threads at torch's full thread count, as before
+  `swarm.hardware.background_torch_on_one_thread`: the optimiser step's thread makes a second OpenMP team.
 
 Both arms read the loss on the host once per optimiser step (phase `item`), as a training loop that logs does.
 On CUDA the results carry the model FLOPs utilisation (MFU): model FLOPs per token = 6 x N + 12 x n_layer x
@@ -63,7 +65,7 @@ from benchmarks.common import (  # noqa: E402
     write_results,
 )
 
-ARMS = ("plain", "swarm", "swarm-before", "swarm-offload", "swarm-unfixed")
+ARMS = ("plain", "swarm", "swarm-before", "swarm-offload", "swarm-unfixed", "swarm-omp-teams")
 DEFAULT_ARMS = ("plain", "swarm")
 PHASES = ("data", "forward", "backward", "step", "zero_grad", "item")
 # dense bf16 tensor-core peak, TFLOPS, by a substring of torch.cuda.get_device_name(): the MFU denominator
@@ -210,14 +212,19 @@ class SwarmPeer:
     .grad, zero_grad every micro-step, the optimiser offloaded, a progress store per micro-step, loss.item() every
     micro-step, no compile. `offload_optimizer` overrides the volunteer's choice (arm `swarm-offload`). The arm
     `swarm-unfixed` puts back hivemind's own pre-scheduling of matchmaking while alone, which SwarmOptimizer skips.
+    `omp_teams=True` (arm `swarm-omp-teams`) leaves hivemind's background threads at torch's full thread count.
     """
 
     def __init__(self, work: Workload, folder: Path, before: bool = False, offload_optimizer: bool | None = None,
-                 unfixed: bool = False, compile_mode: str = "auto"):
+                 unfixed: bool = False, compile_mode: str = "auto", omp_teams: bool = False):
         from peer.collaboration import PROGRESS_REPORT_PERIOD_S, build_swarm_optimizer
         from swarm.identity import Identity
         from swarm.network import create_dht
 
+        if omp_teams:
+            import peer.collaboration
+
+            peer.collaboration.background_torch_on_one_thread = lambda: None  # what the averagers call, looked up late
         self.work = work
         work.use_forward("off" if before else compile_mode)
         identity = Identity.load_or_create(folder / "identity", name="overhead-benchmark")
@@ -312,7 +319,8 @@ def run_arm(args: argparse.Namespace) -> dict:
     else:
         trainer = SwarmPeer(work, folder, before=args.worker == "swarm-before",
                             offload_optimizer=True if args.worker == "swarm-offload" else None,
-                            unfixed=args.worker == "swarm-unfixed", compile_mode=args.compile)
+                            unfixed=args.worker == "swarm-unfixed", compile_mode=args.compile,
+                            omp_teams=args.worker == "swarm-omp-teams")
     try:
         # warm-up: allocator, first optimiser step (hivemind builds its offloaded copies lazily), DHT records
         warmup_deadline = time.perf_counter() + args.warmup_seconds
@@ -480,7 +488,8 @@ ARM_TITLES = {"plain": "plain PyTorch loop", "swarm": "swarm peer alone",
               "swarm-before": "swarm peer before the hot-path changes",
               "swarm-offload": "swarm peer, optimiser offloaded (hivemind's default)",
               "swarm-reuse": "swarm peer, reuse_grad_buffers, no zero_grad",  # arm of earlier result files
-              "swarm-unfixed": "swarm peer, hivemind's matchmaking while alone (before the fix)"}
+              "swarm-unfixed": "swarm peer, hivemind's matchmaking while alone (before the fix)",
+              "swarm-omp-teams": "swarm peer, hivemind's threads at torch's full thread count (before the fix)"}
 
 
 def summarise(runs: list[dict]) -> dict:
@@ -665,7 +674,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(DEFAULT_ARMS),
                         help="swarm-before: the peer before the hot-path changes; swarm-offload: with the optimiser "
                         "offloaded; "
-                        "swarm-unfixed: the peer before the matchmaking fix in peer/collaboration.py.")
+                        "swarm-unfixed: the peer before the matchmaking fix in peer/collaboration.py; "
+                        "swarm-omp-teams: the peer before its background threads used one torch thread.")
     parser.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
                         help="torch.compile the forward in plain and swarm arms (auto: on CUDA only, as the volunteer).")
     parser.add_argument("--peak-tflops", type=float, default=None,
