@@ -30,6 +30,10 @@ which hivemind sends with the state) x 4 bytes: swarm passes no `load_state_comp
 whose default is no compression, so the state travels in fp32 whatever `collaboration.compression` says. The
 prediction column is fixed set-up (this model's loopback row without its state download) + computed state bytes
 / link rate.
+
+cpu_seconds_to_first_sample: the CPU time (user + system) the joiner's process tree had used when its first-sample
+line arrived, by process: the training process, hivemind's helper processes (DHT, averagers) and p2pd. On a
+machine shared with other peers, as in the churn benchmark, this is what a restart takes from their training.
 Writes benchmarks/results/join.{json,md,png}.
 """
 
@@ -339,6 +343,30 @@ def _p2pd_bytes_received(child: Child, _sockets: dict | None = None) -> int | No
     return sum(sockets.values())
 
 
+def tree_cpu_seconds(pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) the process tree under `pid` has used so far: training process, helpers, p2pd."""
+    import psutil
+
+    totals = {"training_process": 0.0, "hivemind_processes": 0.0, "p2pd": 0.0}
+    try:
+        root = psutil.Process(pid)
+        processes = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return totals
+    for process in processes:
+        try:
+            times = process.cpu_times()
+            kind = ("training_process" if process.pid == pid else
+                    "p2pd" if "p2pd" in process.name() else "hivemind_processes")
+        except psutil.Error:  # it exited meanwhile
+            continue
+        # children_*: children of this one that already exited and were reaped (the live ones are counted apart)
+        totals[kind] += times.user + times.system + times.children_user + times.children_system
+    totals = {kind: round(seconds, 2) for kind, seconds in totals.items()}
+    totals["total"] = round(sum(totals.values()), 2)
+    return totals
+
+
 def run_row(model: str, link: str, args: argparse.Namespace, work_root: Path) -> dict:
     """One join measurement; returns the row (raises RuntimeError with the logs' tails on failure)."""
     work_dir = work_root / f"{model}-{link}"
@@ -372,6 +400,7 @@ def run_row(model: str, link: str, args: argparse.Namespace, work_root: Path) ->
         children.append(joiner)
         meter = place.meter(joiner, 2)
         first, _ = joiner.wait_for(PHASES[-1][1], args.join_timeout_s, "the joiner's first contributed samples")
+        cpu = tree_cpu_seconds(joiner.process.pid)  # within ~0.2 s of the line (wait_for's poll)
         time.sleep(1.0)  # the stats file is written right after the log line
     except RuntimeError as error:
         raise RuntimeError(f"{error}\n" + "\n".join(child.tail() for child in children[:-1])) from None
@@ -407,6 +436,7 @@ def run_row(model: str, link: str, args: argparse.Namespace, work_root: Path) ->
         "join_to_first_sample_s": round(first, 2),
         "first_sample_s_reported": stats.get("first_sample_s"),  # the volunteer's own clock: from after its imports
         "phases": phases,
+        "cpu_seconds_to_first_sample": cpu,
         "loaded_state_epoch": int(loaded[1].group(1)) if loaded else None,
         "swarm_epoch_when_started": warm_epoch,
         "state_bytes": state_measured,
@@ -533,20 +563,24 @@ def markdown(settings: dict, results: dict, info: dict) -> str:
            if settings.get("rows_done", 0) < settings.get("rows_planned", 0) else ""),
         "",
         "| model | parameters | link | join to first sample (s) | predicted (s) | " + " | ".join(names)
-        + " | state bytes (measured) | state bytes (computed) | download Mbit/s |",
-        "|---|---|---|---|---|" + "---|" * len(names) + "---|---|---|",
+        + " | state bytes (measured) | state bytes (computed) | download Mbit/s | CPU s to first sample: "
+        "training / hivemind / p2pd |",
+        "|---|---|---|---|---|" + "---|" * len(names) + "---|---|---|---|",
     ]
     for row in rows:
         if "error" in row:
-            lines.append(f"| {row['model']} | | {row['link']} | failed: {row['error']} |" + " |" * (len(names) + 4))
+            lines.append(f"| {row['model']} | | {row['link']} | failed: {row['error']} |" + " |" * (len(names) + 5))
             continue
         phases = " | ".join("n/a" if row["phases"][n] is None else f"{row['phases'][n]:.1f}" for n in names)
         measured = f"{row['state_bytes']:,}" if row["state_bytes"] is not None else "n/a"
         predicted = f"{row['predicted_s']:.1f}" if row.get("predicted_s") is not None else "n/a"
         rate = f"{row['download_mbit_per_s']:.0f}" if row["download_mbit_per_s"] is not None else "n/a"
+        cpu = row.get("cpu_seconds_to_first_sample")  # rows of earlier result files have none
+        cpu_text = (f"{cpu['total']:.1f}: {cpu['training_process']:.1f} / {cpu['hivemind_processes']:.1f} / "
+                    f"{cpu['p2pd']:.1f}" if cpu else "n/a")
         lines.append(f"| {row['model']} | {row['parameters'] / 1e6:.2f}M | {row['link']} | "
                      f"{row['join_to_first_sample_s']:.1f} | {predicted} | {phases} | {measured} | "
-                     f"{row['state_bytes_computed']:,} | {rate} |")
+                     f"{row['state_bytes_computed']:,} | {rate} | {cpu_text} |")
     lines += ["", "Phases end at these joiner log lines: " + "; ".join(
         f"{name}: `{pattern.pattern.split('|')[0].lstrip(chr(92) + '] ')}`" for name, pattern in PHASES) + ".",
         "State bytes computed = parameters x 3 (weights, AdamW exp_avg and exp_avg_sq) x 4 bytes (the state is sent "

@@ -233,6 +233,10 @@ def test_join_quick_mode_times_a_real_joiner_from_popen_to_its_first_samples(tmp
     # the state travels uncompressed: weights + AdamW's two moments in fp32, and the socket counters see it
     assert row["state_bytes_computed"] == row["parameters"] * 12
     assert row["state_bytes"] >= 0.9 * row["state_bytes_computed"]
+    # the joiner's tree did real work in all three kinds of process, and the parts add up
+    cpu = row["cpu_seconds_to_first_sample"]
+    assert cpu["training_process"] > 1.0 and cpu["hivemind_processes"] > 0 and cpu["p2pd"] > 0, cpu
+    assert cpu["total"] == pytest.approx(cpu["training_process"] + cpu["hivemind_processes"] + cpu["p2pd"], abs=0.02)
     assert (tmp_path / "join.md").read_text().startswith("# Joining")
 
 
