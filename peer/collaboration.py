@@ -346,7 +346,8 @@ class SwarmOptimizer(hivemind.Optimizer):
         self.rounds.record(group_size, received_fraction)
         if group_size >= 2 and received_fraction < 1.0:
             logger.warning(f"Averaged gradients with {group_size} peers, but only {received_fraction:.0%} of the data "
-                           "arrived in time (next_chunk_timeout): a peer's CPU or link is too slow for this round")
+                           "arrived in time (next_chunk_timeout): a member left mid-round, or its CPU or link is too "
+                           "slow for this round")
 
     def _maybe_schedule_gradient_averaging(self) -> None:
         # hivemind pre-schedules a round (matchmaking through the DHT) before every epoch, even when its tracker
