@@ -4,6 +4,7 @@
     python benchmarks/overhead.py --quick    # 1 round x 2 arms x 3 s, global batch 32, for the smoke test
     python benchmarks/overhead.py --device cuda --model gpt2-small   # on a GPU machine (bf16, random tokens)
     python benchmarks/overhead.py --profile  # adds one cProfile'd swarm run: where the peer's time goes
+    python benchmarks/overhead.py --diloco-inner-steps 20   # the peer in DiLoCo mode vs a loop stepping every batch
 
 Both arms train the same model on the same data with the same optimiser (the recipe's AdamW, its LR schedule and
 its gradient clipping), accumulating `target_batch_size / micro_batch_size` micro-batches per optimiser step:
@@ -21,6 +22,11 @@ its gradient clipping), accumulating `target_batch_size / micro_batch_size` micr
 - `swarm-unfixed` (optional): `swarm` with hivemind's own pre-scheduling of matchmaking while alone.
 - `swarm-omp-teams` (optional): `swarm` with hivemind's background threads at torch's full thread count, as before
   `swarm.hardware.background_torch_on_one_thread`: the optimiser step's thread makes a second OpenMP team.
+
+With `--diloco-inner-steps H` the recipe's collaboration becomes mode `diloco` with H inner steps per round (a lone
+peer's round: target batch H x micro-batch): the plain loop then steps its optimiser on every micro-batch (as the
+DiLoCo peer's inner optimiser does), and the peer also closes a round alone every H micro-steps (pseudo-gradient,
+outer Nesterov step, the model reset onto the outer parameters). "Optimiser steps" in its rows are rounds.
 
 Both arms read the loss on the host once per optimiser step (phase `item`), as a training loop that logs does.
 On CUDA the results carry the model FLOPs utilisation (MFU): model FLOPs per token = 6 x N + 12 x n_layer x
@@ -83,7 +89,7 @@ class Workload:
     """Model, data and hardware of one arm, built as the volunteer builds them."""
 
     def __init__(self, model_name: str, device: str, threads: int, micro_batch_size: int | None,
-                 target_batch_size: int | None = None):
+                 target_batch_size: int | None = None, diloco_inner_steps: int | None = None):
         import torch
 
         from swarm.data import build_data
@@ -99,6 +105,15 @@ class Workload:
             self.recipe = self.recipe.model_copy(update={"collaboration": collaboration})
         self.hardware = pick_hardware(device, threads)
         self.micro_batch_size = micro_batch_size or default_micro_batch
+        self.diloco_inner_steps = diloco_inner_steps
+        if diloco_inner_steps:
+            from swarm.recipe import Recipe
+
+            recipe_data = self.recipe.model_dump()
+            recipe_data["collaboration"].update(
+                mode="diloco", target_batch_size=diloco_inner_steps * self.micro_batch_size,
+                micro_batch_size=self.micro_batch_size, diloco={"inner_steps": diloco_inner_steps})
+            self.recipe = Recipe.model_validate(recipe_data)
         self.seq_len = self.recipe.data.seq_len
         if vocab_size is None:  # the tiny recipe's own byte tokenizer and standard-library data
             tokenizer = build_tokenizer(self.recipe.tokenizer)
@@ -115,7 +130,9 @@ class Workload:
         self.parameters = sum(p.numel() for p in self.model.parameters())
         self.flops_per_token = model_flops_per_token(self.model, self.seq_len)
         self.forward = None  # set by the arm: TrainingForward(model, hardware, compile_mode)
-        self.accumulation_steps = max(1, self.recipe.collaboration.target_batch_size // self.micro_batch_size)
+        # DiLoCo's inner optimiser steps on every micro-batch, and so does the plain loop it is compared with
+        self.accumulation_steps = 1 if diloco_inner_steps else max(
+            1, self.recipe.collaboration.target_batch_size // self.micro_batch_size)
         self._batches_drawn = 0
 
     def next_batch(self, epoch: int):
@@ -160,20 +177,25 @@ class PlainLoop:
     """The reference: gradient accumulation and the recipe's optimiser in one process, nothing else."""
 
     def __init__(self, work: Workload, compile_mode: str = "auto"):
-        from swarm.optim import build_optimizer_factories, parameter_groups
+        from swarm.optim import build_optimizer_factories, lr_multiplier, parameter_groups
 
         make_optimizer, make_scheduler = build_optimizer_factories(work.recipe.optimizer)
+        # in DiLoCo mode the loop does what the peer's inner loop does: the data epoch and the LR schedule follow
+        # the round (inner steps / H), not the step, so both arms read the same batches at the same LRs
+        self.inner_steps = work.diloco_inner_steps
+        self.round_multiplier = lr_multiplier(work.recipe.optimizer.schedule)
         work.use_forward(compile_mode)  # the same forward as the peer: compiled on CUDA
         self.work = work
         self.losses = []
         self.optimizer = make_optimizer(parameter_groups(work.model, work.recipe.optimizer.weight_decay))
+        self.base_lrs = [group["lr"] for group in self.optimizer.param_groups]
         self.scheduler = make_scheduler(self.optimizer)
         self.micro_step = 0
         self.epoch = 0
 
     def train_micro_step(self, phases: dict[str, float] | None) -> int:
         clock = _PhaseClock(phases)
-        batch = self.work.next_batch(self.epoch)
+        batch = self.work.next_batch(self.micro_step // self.inner_steps if self.inner_steps else self.epoch)
         clock.lap("data")
         loss = self.work.forward(batch)
         clock.lap("forward")
@@ -182,8 +204,13 @@ class PlainLoop:
         self.micro_step += 1
         self.losses.append(loss.detach())
         if self.micro_step % self.work.accumulation_steps == 0:
+            if self.inner_steps:
+                multiplier = self.round_multiplier((self.micro_step - 1) / self.inner_steps)
+                for group, base_lr in zip(self.optimizer.param_groups, self.base_lrs):
+                    group["lr"] = base_lr * multiplier
             self.optimizer.step()  # the recipe's clip_grad_norm runs in the optimiser's pre-step hook
-            self.scheduler.step()
+            if not self.inner_steps:
+                self.scheduler.step()
             clock.lap("step")
             self.optimizer.zero_grad(set_to_none=True)
             self.epoch += 1
@@ -312,7 +339,8 @@ def run_arm(args: argparse.Namespace) -> dict:
     """Worker: build one arm, warm it up, measure it for args.seconds, return what it measured."""
     import torch
 
-    work = Workload(args.model, args.device, args.threads, args.micro_batch_size, args.target_batch_size)
+    work = Workload(args.model, args.device, args.threads, args.micro_batch_size, args.target_batch_size,
+                    args.diloco_inner_steps)
     folder = Path(tempfile.mkdtemp(prefix="swarm-overhead-"))
     if args.worker == "plain":
         trainer = PlainLoop(work, args.compile)
@@ -366,6 +394,8 @@ def run_arm(args: argparse.Namespace) -> dict:
             "micro_batch_size": work.micro_batch_size,
             "seq_len": work.seq_len,
             "accumulation_steps": work.accumulation_steps,
+            "mode": work.recipe.collaboration.mode,
+            "target_batch_size": work.recipe.collaboration.target_batch_size,
             "compiled": work.forward.compiled,
             "offload_optimizer": getattr(getattr(trainer, "optimizer", None), "offload_optimizer", None),
             "model_flops_per_token": work.flops_per_token,
@@ -441,11 +471,13 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         "micro_batch_size": runs[0]["micro_batch_size"],
         "seq_len": runs[0]["seq_len"],
         "accumulation_steps": runs[0]["accumulation_steps"],
+        "mode": runs[0]["mode"],
+        "diloco_inner_steps": args.diloco_inner_steps,
         "torch_threads": runs[0]["torch_threads"],
         "rounds": args.rounds,
         "seconds_per_arm": args.seconds,
         "warmup_seconds": args.warmup_seconds,
-        "target_batch_size": runs[0]["accumulation_steps"] * runs[0]["micro_batch_size"],
+        "target_batch_size": runs[0]["target_batch_size"],
         "arms": list(args.arms),
         "compile": args.compile,
         "quick": args.quick,
@@ -479,6 +511,8 @@ def _worker_argv(args: argparse.Namespace, arm: str, profile: bool = False) -> l
         argv += ["--micro-batch-size", str(args.micro_batch_size)]
     if args.target_batch_size:
         argv += ["--target-batch-size", str(args.target_batch_size)]
+    if args.diloco_inner_steps:
+        argv += ["--diloco-inner-steps", str(args.diloco_inner_steps)]
     if profile:
         argv.append("--profile")
     return argv
@@ -568,7 +602,10 @@ def markdown(settings: dict, summary: dict, info: dict) -> str:
         "",
         f"{settings['model']} ({settings['parameters'] / 1e6:.2f}M parameters), {summary['device_description']}, "
         f"{settings['precision']}, micro-batch {settings['micro_batch_size']} x {settings['seq_len']} tokens, "
-        f"{settings['accumulation_steps']} micro-steps per optimiser step; {settings['rounds']} rounds x "
+        + (f"DiLoCo, a round every {settings['diloco_inner_steps']} micro-steps (the plain loop steps every one); "
+           if settings.get("diloco_inner_steps") else
+           f"{settings['accumulation_steps']} micro-steps per optimiser step; ")
+        + f"{settings['rounds']} rounds x "
         f"{len(arms)} arms x {settings['seconds_per_arm']} s, alternating order, each arm in a fresh process with "
         f"{settings['torch_threads']} torch threads. {describe_machine(info)} (end: "
         f"{info['load_average_at_end'][0]}). `{settings['command'].strip()}`, {settings['date']}.",
@@ -684,10 +721,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--from-json", type=Path, default=None,
                         help="Re-summarise the runs recorded in an earlier overhead.json (no new measurement).")
     parser.add_argument("--profile", action="store_true", help="Add one cProfile'd swarm run to the results.")
+    parser.add_argument("--diloco-inner-steps", type=int, default=None,
+                        help="Run the peer in DiLoCo mode with this many inner steps per round (default: the "
+                        "recipe's mode, DeDLOC); the plain loop then steps on every micro-batch.")
     parser.add_argument("--name", default="overhead", help="Results file stem in benchmarks/results.")
     parser.add_argument("--worker", choices=ARMS, help=argparse.SUPPRESS)
     parser.add_argument("--result-file", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.diloco_inner_steps is not None and args.diloco_inner_steps < 1:
+        parser.error("--diloco-inner-steps must be at least 1")
     args.threads = args.threads or len(os.sched_getaffinity(0))
     args.rounds = args.rounds or (1 if args.quick else 5)
     args.seconds = args.seconds or (3.0 if args.quick else 20.0)

@@ -75,6 +75,28 @@ def test_overhead_quick_mode_reports_the_throughput_ratio_of_both_arms(quick_res
     assert results["throughput_ratio_stdev"] >= 0
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_overhead_in_diloco_mode_compares_a_lone_diloco_peer_with_a_loop_stepping_every_micro_batch(tmp_path):
+    # 2 real arms (a DHT on loopback for the peer): ~40 s on an idle 2-core machine
+    process = subprocess.run([sys.executable, "benchmarks/overhead.py", "--quick", "--diloco-inner-steps", "4",
+                              "--results-dir", str(tmp_path)], cwd=REPO_ROOT, capture_output=True, text=True,
+                             timeout=280)
+    assert process.returncode == 0, process.stdout[-3000:] + process.stderr[-3000:]
+    document = json.loads((tmp_path / "overhead.json").read_text())
+    _check_common(document)
+    assert document["settings"]["mode"] == "diloco" and document["settings"]["diloco_inner_steps"] == 4
+    runs = {run["arm"]: run for run in document["results"]["runs"]}
+    assert runs["plain"]["accumulation_steps"] == 1
+    assert runs["plain"]["optimizer_steps"] == runs["plain"]["micro_steps"]  # an optimiser step per micro-batch
+    swarm = runs["swarm"]
+    assert swarm["mode"] == "diloco" and swarm["optimizer_steps"] >= 1
+    # a lone DiLoCo peer closes a round after at least 4 inner steps (more while its DHT read of the swarm's progress
+    # is under way); the window starts and ends on a round boundary
+    assert 4 * swarm["optimizer_steps"] <= swarm["micro_steps"] <= 8 * swarm["optimizer_steps"], swarm
+    assert "DiLoCo, a round every 4 micro-steps" in (tmp_path / "overhead.md").read_text()
+
+
 @pytest.mark.timeout(420)
 def test_scaling_quick_mode_writes_simulated_rows_with_real_averaging(quick_results):
     document = quick_results["scaling"]
