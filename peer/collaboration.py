@@ -226,7 +226,7 @@ class BackgroundTorchOnOneThread(DecentralizedAverager):
 
     hivemind serves the state to newcomers from a thread of the training process, and a TrainingStateAverager runs
     the optimizer step and its state rounds on an executor thread. With torch's default thread count each of them
-    made a second OpenMP team, which slowed the training thread's own parallel work by 15-25% on a CPU peer
+    made a second OpenMP team, which slowed the training thread's own parallel work by 6-17% on a CPU peer
     (`swarm.hardware.background_torch_on_one_thread` says why).
     """
 

@@ -65,7 +65,7 @@ def background_torch_on_one_thread() -> None:
     at once instead of spinning between parallel regions, in all teams, for the rest of the process's life. hivemind
     runs the optimiser step and serves the state to newcomers on background threads of the training process; the
     first optimiser step thus made a second team, and the training thread's forward and backward, hundreds of short
-    parallel regions each, ran 15-25% slower on a 2-core machine (~100 sleeps per micro-step; benchmarks/README.md,
+    parallel regions each, ran 6-17% slower on a 2-core machine (~100 sleeps per micro-step; benchmarks/README.md,
     overhead). Background work is small next to training, so it gets one thread and the training thread keeps the
     only team. torch has no per-thread setter: this also lowers the process-wide count that a thread takes on its
     first torch call, so threads that start using torch later get one thread too (what every thread but the training

@@ -145,7 +145,7 @@ def test_on_cuda_the_forward_is_compiled_in_bf16_and_the_optimiser_is_fused_on_t
 @pytest.mark.timeout(90)
 def test_hivemind_background_threads_use_one_torch_thread_and_the_training_thread_keeps_its_count(node):
     """hivemind's optimiser step and state serving ran with torch's full count on their own threads: a second OpenMP
-    team, which made the training thread's forward and backward 15-25% slower on a 2-core machine (benchmarks/README.md,
+    team, which made the training thread's forward and backward 6-17% slower on a 2-core machine (benchmarks/README.md,
     overhead). They use one thread now; the training thread keeps what `pick_hardware` gave it."""
     import threading
 
