@@ -60,7 +60,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import (  # noqa: E402
-    RECIPES_DIR, REPO_ROOT, RESULTS_DIR, describe_machine, load_average, machine, timestamp, write_results,
+    RECIPES_DIR, REPO_ROOT, RESULTS_DIR, describe_machine, load_average, machine, process_tree, timestamp,
+    write_results,
 )
 
 ARMS = ("no-churn", "churn")
@@ -129,17 +130,6 @@ class SwarmProcess:
                 raise RuntimeError(f"{self.log_path.name}: no {pattern!r} within {timeout_s:.0f} s:\n"
                                    f"{self.output()[-3000:]}")
             time.sleep(0.5)
-
-
-def process_tree(pid: int) -> list:
-    """psutil.Process objects of `pid` and all its descendants (missing ones are skipped)."""
-    import psutil
-
-    try:
-        root = psutil.Process(pid)
-        return [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return []
 
 
 def tree_memory(pid: int) -> dict | None:

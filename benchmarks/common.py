@@ -140,6 +140,17 @@ def write_results(
     return document
 
 
+def process_tree(pid: int) -> list:
+    """psutil.Process objects of `pid` and all its descendants (missing ones are skipped)."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
 def describe_machine(info: dict[str, Any]) -> str:
     """One line for a markdown header: CPU, cores and the load when the run started."""
     load = info.get("load_average_at_start", [float("nan")])[0]

@@ -61,6 +61,7 @@ from benchmarks.common import (  # noqa: E402
     describe_machine,
     load_average,
     machine,
+    process_tree,
     timestamp,
     write_results,
 )
@@ -348,12 +349,7 @@ def tree_cpu_seconds(pid: int) -> dict[str, float]:
     import psutil
 
     totals = {"training_process": 0.0, "hivemind_processes": 0.0, "p2pd": 0.0}
-    try:
-        root = psutil.Process(pid)
-        processes = [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return totals
-    for process in processes:
+    for process in process_tree(pid):
         try:
             times = process.cpu_times()
             kind = ("training_process" if process.pid == pid else

@@ -177,19 +177,24 @@ class PlainLoop:
     """The reference: gradient accumulation and the recipe's optimiser in one process, nothing else."""
 
     def __init__(self, work: Workload, compile_mode: str = "auto"):
+        import torch
+
         from swarm.optim import build_optimizer_factories, lr_multiplier, parameter_groups
 
         make_optimizer, make_scheduler = build_optimizer_factories(work.recipe.optimizer)
         # in DiLoCo mode the loop does what the peer's inner loop does: the data epoch and the LR schedule follow
         # the round (inner steps / H), not the step, so both arms read the same batches at the same LRs
         self.inner_steps = work.diloco_inner_steps
-        self.round_multiplier = lr_multiplier(work.recipe.optimizer.schedule)
         work.use_forward(compile_mode)  # the same forward as the peer: compiled on CUDA
         self.work = work
         self.losses = []
         self.optimizer = make_optimizer(parameter_groups(work.model, work.recipe.optimizer.weight_decay))
-        self.base_lrs = [group["lr"] for group in self.optimizer.param_groups]
-        self.scheduler = make_scheduler(self.optimizer)
+        if self.inner_steps:
+            by_round = lr_multiplier(work.recipe.optimizer.schedule)
+            self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+                self.optimizer, lambda step: by_round(step / self.inner_steps))
+        else:
+            self.scheduler = make_scheduler(self.optimizer)
         self.micro_step = 0
         self.epoch = 0
 
@@ -204,13 +209,8 @@ class PlainLoop:
         self.micro_step += 1
         self.losses.append(loss.detach())
         if self.micro_step % self.work.accumulation_steps == 0:
-            if self.inner_steps:
-                multiplier = self.round_multiplier((self.micro_step - 1) / self.inner_steps)
-                for group, base_lr in zip(self.optimizer.param_groups, self.base_lrs):
-                    group["lr"] = base_lr * multiplier
             self.optimizer.step()  # the recipe's clip_grad_norm runs in the optimiser's pre-step hook
-            if not self.inner_steps:
-                self.scheduler.step()
+            self.scheduler.step()
             clock.lap("step")
             self.optimizer.zero_grad(set_to_none=True)
             self.epoch += 1

@@ -51,10 +51,10 @@ def _check_common(document: dict) -> None:
 
 
 @pytest.mark.timeout(420)
-def _run_quick(name: str, folder: Path, timeout_s: float) -> dict:
-    """Run `benchmarks/<name>.py --quick` into `folder`; return its JSON document, its common fields checked."""
-    process = subprocess.run([sys.executable, f"benchmarks/{name}.py", "--quick", "--results-dir", str(folder)],
-                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout_s)
+def _run_quick(name: str, folder: Path, timeout_s: float, *options: str) -> dict:
+    """Run `benchmarks/<name>.py --quick [options]` into `folder`; return its JSON document, common fields checked."""
+    process = subprocess.run([sys.executable, f"benchmarks/{name}.py", "--quick", *options, "--results-dir",
+                              str(folder)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout_s)
     assert process.returncode == 0, process.stdout[-3000:] + process.stderr[-3000:]
     document = json.loads((folder / f"{name}.json").read_text())
     _check_common(document)
@@ -79,12 +79,7 @@ def test_overhead_quick_mode_reports_the_throughput_ratio_of_both_arms(quick_res
 @pytest.mark.timeout(300)
 def test_overhead_in_diloco_mode_compares_a_lone_diloco_peer_with_a_loop_stepping_every_micro_batch(tmp_path):
     # 2 real arms (a DHT on loopback for the peer): ~40 s on an idle 2-core machine
-    process = subprocess.run([sys.executable, "benchmarks/overhead.py", "--quick", "--diloco-inner-steps", "4",
-                              "--results-dir", str(tmp_path)], cwd=REPO_ROOT, capture_output=True, text=True,
-                             timeout=280)
-    assert process.returncode == 0, process.stdout[-3000:] + process.stderr[-3000:]
-    document = json.loads((tmp_path / "overhead.json").read_text())
-    _check_common(document)
+    document = _run_quick("overhead", tmp_path, 280, "--diloco-inner-steps", "4")
     assert document["settings"]["mode"] == "diloco" and document["settings"]["diloco_inner_steps"] == 4
     runs = {run["arm"]: run for run in document["results"]["runs"]}
     assert runs["plain"]["accumulation_steps"] == 1

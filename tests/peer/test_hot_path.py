@@ -5,6 +5,7 @@ The DHT is real (one node on loopback); the GPU test runs only where CUDA is vis
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -147,8 +148,6 @@ def test_hivemind_background_threads_use_one_torch_thread_and_the_training_threa
     """hivemind's optimiser step and state serving ran with torch's full count on their own threads: a second OpenMP
     team, which made the training thread's forward and backward 6-17% slower on a 2-core machine (benchmarks/README.md,
     overhead). They use one thread now; the training thread keeps what `pick_hardware` gave it."""
-    import threading
-
     from peer.collaboration import build_swarm_optimizer
     from swarm.model import build_model
     from swarm.recipe import Recipe
