@@ -27,6 +27,7 @@ from hivemind.optim.progress_tracker import ProgressTracker
 from hivemind.optim.state_averager import TrainingStateAverager
 from hivemind.utils import get_dht_time
 
+from peer.allreduce import ChurnSafeAllReduce
 from swarm.compat import make_compression
 from swarm.hardware import background_torch_on_one_thread
 from swarm.identity import Identity
@@ -239,9 +240,10 @@ class BackgroundTorchOnOneThread(DecentralizedAverager):
         return super()._do(*args, **kwargs)
 
 
-class SwarmGradientAverager(AllreduceOutcome, BackgroundTorchOnOneThread, SharesParentTensorsBeforeFork,
-                            GradientAverager):
-    """hivemind's GradientAverager, reporting how much of each round's data arrived (see `AllreduceOutcome`)."""
+class SwarmGradientAverager(AllreduceOutcome, ChurnSafeAllReduce, BackgroundTorchOnOneThread,
+                            SharesParentTensorsBeforeFork, GradientAverager):
+    """hivemind's GradientAverager, reporting how much of each round's data arrived (see `AllreduceOutcome`), its rounds
+    kept going when a member dies mid-round (`ChurnSafeAllReduce`)."""
 
     def _parent_tensors(self):
         yield from self.parameters
@@ -255,8 +257,9 @@ class SwarmGradientAverager(AllreduceOutcome, BackgroundTorchOnOneThread, Shares
         return None
 
 
-class SwarmAverager(AllreduceOutcome, BackgroundTorchOnOneThread, SharesParentTensorsBeforeFork):
-    """hivemind's DecentralizedAverager, reporting how much of each round's data arrived (see `AllreduceOutcome`)."""
+class SwarmAverager(AllreduceOutcome, ChurnSafeAllReduce, BackgroundTorchOnOneThread, SharesParentTensorsBeforeFork):
+    """hivemind's DecentralizedAverager, reporting how much of each round's data arrived (see `AllreduceOutcome`), its
+    rounds kept going when a member dies mid-round (`ChurnSafeAllReduce`)."""
 
 
 class _RemembersLastRound(DecentralizedAverager):
@@ -272,8 +275,8 @@ class _RemembersLastRound(DecentralizedAverager):
         return control
 
 
-class SwarmStateAverager(HivemindWireNames, BackgroundTorchOnOneThread, TrainingStateAverager, _RemembersLastRound,
-                         SharesParentTensorsBeforeFork):
+class SwarmStateAverager(HivemindWireNames, ChurnSafeAllReduce, BackgroundTorchOnOneThread, TrainingStateAverager,
+                         _RemembersLastRound, SharesParentTensorsBeforeFork):
     """hivemind's TrainingStateAverager whose next step does not queue behind a parameter round that found no group.
 
     hivemind averages the state in the background, but on a single-thread executor: the next epoch's optimizer step

@@ -74,6 +74,7 @@ from hivemind.utils import get_dht_time
 from hivemind.utils.crypto import RSAPrivateKey
 
 from peer import collaboration  # the module, not RoundStats: collaboration.py may import this file first
+from peer.allreduce import ChurnSafeAllReduce
 from swarm.compat import make_compression
 from swarm.identity import Identity
 from swarm.optim import build_optimizer_factories, lr_multiplier, parameter_groups, parameter_order
@@ -108,7 +109,7 @@ def apply_outer_step(outer_optimizer: torch.optim.Optimizer, pseudo_gradients: S
     outer_optimizer.step()
 
 
-class _OuterStateAverager(collaboration.AllreduceOutcome, collaboration.BackgroundTorchOnOneThread,
+class _OuterStateAverager(collaboration.AllreduceOutcome, ChurnSafeAllReduce, collaboration.BackgroundTorchOnOneThread,
                           TrainingStateAverager, collaboration.SharesParentTensorsBeforeFork):
     """The outer parameters and momentum: served to newcomers, averaged on some rounds (see `AllreduceOutcome`)."""
 

@@ -1,0 +1,57 @@
+"""A group member for tests/peer/test_allreduce.py that SIGKILLs its own process group in the middle of a round.
+
+Run as a script in a new session: `python member_dies_mid_round.py FILL NUMEL PARTS ADDRESS...`. It joins the DHT
+at ADDRESS, prints READY, and averages a tensor of NUMEL values all equal to FILL with target_group_size=3. Once
+it has sent PARTS chunks of that round to one reducer (PARTS=0: as soon as its group has formed), it kills itself,
+its DHT and its p2p daemon at once, as `kill -9` or a power cut would, while its group is averaging.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+import torch
+
+from peer.allreduce import ChurnSafeAllReduceRunner
+from peer.collaboration import SwarmAverager
+from swarm.network import create_dht
+
+PREFIX = "member_loss"  # the survivors' averagers use the same prefix and settings
+AVERAGER_OPTIONS = dict(target_group_size=3, min_group_size=2, min_matchmaking_time=3.0, request_timeout=1.0,
+                        next_chunk_timeout=60.0, allreduce_timeout=120.0)
+
+
+def die_after(parts: int) -> None:
+    """Make this process group's next all-reduce die after `parts` chunks went to one reducer."""
+    if parts == 0:
+        def start_then_die(self, *args, **kwargs):
+            os.killpg(os.getpgrp(), signal.SIGKILL)
+
+        ChurnSafeAllReduceRunner.__init__ = start_then_die
+        return
+    send_parts = ChurnSafeAllReduceRunner._generate_input_for_peer
+
+    async def send_then_die(self, peer_index):
+        sent = 0
+        async for message in send_parts(self, peer_index):
+            yield message
+            sent += 1
+            if sent >= parts:
+                os.killpg(os.getpgrp(), signal.SIGKILL)
+
+    ChurnSafeAllReduceRunner._generate_input_for_peer = send_then_die
+
+
+def main(fill: float, numel: int, parts: int, addresses: list[str]) -> None:
+    dht = create_dht(addresses, host="127.0.0.1")
+    die_after(parts)  # before the averager forks its process, which inherits the patched runner
+    averager = SwarmAverager([torch.full((numel,), fill)], dht, prefix=PREFIX, start=True, **AVERAGER_OPTIONS)
+    print("READY", flush=True)
+    averager.step(timeout=120.0)
+    print("SURVIVED", flush=True)  # the test fails if this is ever printed
+
+
+if __name__ == "__main__":
+    main(float(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:])
