@@ -14,8 +14,9 @@ chunk has arrived. hivemind stops waiting for a sender only when that sender's i
 - The handler that serves a dead member's stream can be blocked sending the averaged chunk back, so it never reads
   the broken stream. Or the member died before it opened a stream at all. The shard then waits for the dead member's
   next chunk until `sender_timeout`, or the round's timeout. The survivor's own stream to the dead member has already
-  failed by then (connection reset, broken pipe, failed dial). `ChurnSafeAllReduceRunner` takes that failure as
-  notice that the member is gone and drops it as a sender at once.
+  failed by then (connection reset, broken pipe, failed dial, or an early end with no connection left to the
+  member). `ChurnSafeAllReduceRunner` takes that failure as notice that the member is gone and drops it as a sender
+  at once.
 - Every sender's handler awaits the same future for the current chunk. hivemind cancels the handler of a member
   whose stream broke, and a task cancelled while it awaits a future cancels that future too. The next sender to
   complete the chunk then hits `InvalidStateError`, and the shard never completes (seen once in the 10 kills).
@@ -63,11 +64,10 @@ class ChurnSafeTensorPartReducer(TensorPartReducer):
 
 
 def means_member_gone(error: BaseException) -> bool:
-    """Whether a failed stream to a group member says the member (or the way to it) is gone, not merely slow.
+    """Whether a failed stream to a group member says by itself that the member (or the way to it) is gone.
 
-    The local p2p daemon resets or closes the stream once the member's connection dies (ConnectionResetError,
-    BrokenPipeError), and fails to open one to a member that is no longer there (P2PDaemonError: all dials failed).
-    A timeout or an error reported by the member's own handler means it is still there.
+    The local p2p daemon resets the stream once the member's connection dies (ConnectionResetError, BrokenPipeError),
+    and fails to open one to a member that is no longer there (P2PDaemonError: all dials failed).
     """
     return isinstance(error, (ConnectionError, P2PDaemonError))
 
@@ -86,10 +86,26 @@ class ChurnSafeAllReduceRunner(AllReduceRunner):
         try:
             await super()._communicate_with_peer(peer_id)
         except Exception as error:
-            if means_member_gone(error) and peer_id in self.sender_peer_ids and peer_id != self.peer_id:
+            if peer_id in self.sender_peer_ids and peer_id != self.peer_id and await self._member_gone(peer_id, error):
                 logger.debug(f"Dropping {peer_id}'s data from this round: its stream failed with {error!r}")
                 await self._ban_sender(peer_id)
             raise
+
+    async def _member_gone(self, peer_id: PeerID, error: Exception) -> bool:
+        """Whether `error` on this peer's stream to `peer_id` means the member is gone, not merely slow.
+
+        A stream that simply ended early (a member that died after it had received all of this peer's chunks) is
+        told apart from a member that chose to drop this peer by the connection: a live member still has one.
+        """
+        if means_member_gone(error):
+            return True
+        if isinstance(error, asyncio.TimeoutError):  # a slow member: hivemind's timeouts decide
+            return False
+        try:
+            connected = {info.peer_id for info in await self._p2p.list_peers()}
+        except Exception:  # the daemon did not answer: assume the member is there, as hivemind does
+            return False
+        return peer_id not in connected
 
 
 class ChurnSafeAllReduce(DecentralizedAverager):
