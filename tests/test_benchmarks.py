@@ -230,6 +230,26 @@ def test_churn_refuses_a_kill_period_longer_than_the_window_with_a_usage_error()
     assert "--period-s" in process.stderr and "Traceback" not in process.stderr
 
 
+MEMBER_LOSS_ARM_FIELDS = {"kills", "survivor_rounds", "median_wait_after_kill_s", "max_wait_after_kill_s",
+                          "rounds_stalled", "rounds_failed"}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_member_loss_quick_mode_kills_a_real_averager_mid_round_in_both_arms(tmp_path):
+    # 3 averager processes per arm, 2 kills each: ~1-2 min on an idle 2-core machine (a stock stall takes 30 s)
+    document = _run_quick("member_loss", tmp_path, timeout_s=380)
+    arms = document["results"]["arms"]
+    assert set(arms) == {"stock", "churn-safe"}
+    for name, arm in arms.items():
+        assert MEMBER_LOSS_ARM_FIELDS <= set(arm), name
+        assert len(arm["kills"]) == 2 and arm["survivor_rounds"] == 4
+        assert all(s["after_kill_s"] >= 0 for kill in arm["kills"] for s in kill["survivors"])
+    # the fix under test: nobody waits for the dead member's chunks (hivemind's wait is 7.5 s or more)
+    assert arms["churn-safe"]["max_wait_after_kill_s"] < 5
+    assert document["settings"]["delays_s"] == [kill["delay_into_allreduce_s"] for kill in arms["stock"]["kills"]]
+
+
 JOIN_ROW_FIELDS = {"model", "parameters", "link", "join_to_first_sample_s", "phases", "state_bytes",
                    "state_bytes_computed", "predicted_s"}
 
