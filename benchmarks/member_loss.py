@@ -37,14 +37,24 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from benchmarks.common import RESULTS_DIR, describe_machine, machine, timestamp, write_results  # noqa: E402
+from benchmarks.common import RECIPES_DIR, RESULTS_DIR, describe_machine, machine, timestamp, write_results  # noqa: E402
 
 ARMS = ("stock", "churn-safe")
 VICTIM = 2
-AVERAGING_TIMEOUT_S = 30.0  # tiny-stdlib's averaging_timeout_s
-ROUND_OPTIONS = dict(target_group_size=3, min_group_size=2, min_matchmaking_time=2.0, request_timeout=1.0,
-                     next_chunk_timeout=AVERAGING_TIMEOUT_S / 4, allreduce_timeout=AVERAGING_TIMEOUT_S)
 STALLED_S = 5.0  # a survivor's round that ends this long after the kill waited for the dead member
+
+
+
+
+def round_options() -> dict:
+    """The averagers' settings: the timeouts swarm derives from the tiny recipe's collaboration section."""
+    from peer.collaboration import next_chunk_timeout_s
+    from swarm.recipe import load_recipe
+
+    collaboration = load_recipe(RECIPES_DIR / "tiny-stdlib.yaml").collaboration
+    return dict(target_group_size=3, min_group_size=2, min_matchmaking_time=collaboration.matchmaking_time_s,
+                request_timeout=1.0, next_chunk_timeout=next_chunk_timeout_s(collaboration),
+                allreduce_timeout=collaboration.averaging_timeout_s)
 
 
 # ---------------------------------------------------------------------------------------------------- the member
@@ -69,15 +79,16 @@ def run_member(arm: str, index: int, numel: int, addresses: list[str]) -> None:
 
     # before the averager forks: a DHT call made while the new averager process makes its first ones hung now
     # and then (3 of ~20 member starts; `swarm join` too reads its addresses before it builds its averagers)
-    addresses = join_addresses(dht)
+    own_addresses = join_addresses(dht)
+    options = round_options()
     averager = SwarmAverager([torch.full((numel,), float(index + 1))], dht, prefix="member_loss", start=True,
-                             **ROUND_OPTIONS)
-    say("ready", addresses=addresses)
+                             **options)
+    say("ready", addresses=own_addresses)
     while True:
         say("start")
         started = time.monotonic()
         try:
-            control = averager.step(wait=False, timeout=AVERAGING_TIMEOUT_S + 5)
+            control = averager.step(wait=False, timeout=options["allreduce_timeout"] + 5)
             while not control.done():  # the orchestrator times its kill from the start of the all-reduce
                 if control.stage == AveragingStage.RUNNING_ALLREDUCE:
                     say("allreduce")
@@ -100,7 +111,6 @@ class Member:
         self.index = index
         self.log_path = log_dir / f"{arm}-member{index}.log"
         self.events: queue.Queue = queue.Queue()
-        self.history: list[dict] = []
         self.process = subprocess.Popen(
             [sys.executable, __file__, "--member", str(index), "--arm", arm, "--numel", str(numel), *addresses],
             cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=open(self.log_path, "a"), text=True,
@@ -113,7 +123,6 @@ class Member:
                 event = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            self.history.append(event)
             self.events.put(event)
 
     def next_event(self, kinds: set[str], timeout_s: float) -> dict:
@@ -149,7 +158,7 @@ def wait_for_full_round(member: Member, timeout_s: float) -> None:
             raise TimeoutError("no round with all three members")
 
 
-def run_arm(arm: str, numel: int, delays: list[float], log_dir: Path) -> dict:
+def run_arm(arm: str, numel: int, delays: list[float], round_timeout_s: float, log_dir: Path) -> dict:
     members: list[Member] = []
     kills = []
     try:
@@ -166,7 +175,7 @@ def run_arm(arm: str, numel: int, delays: list[float], log_dir: Path) -> dict:
             for survivor in members[:VICTIM]:
                 # the survivor's round that was running at the kill: the first one to end after it
                 while True:
-                    end = survivor.next_event({"done", "fail"}, AVERAGING_TIMEOUT_S * 3)
+                    end = survivor.next_event({"done", "fail"}, round_timeout_s * 3)
                     if end["t"] >= killed_at:
                         break
                 survivors.append({"member": survivor.index, "outcome": end["event"], "group": end.get("group"),
@@ -204,8 +213,8 @@ def markdown(settings: dict, results: dict, info: dict) -> str:
              describe_machine(info), "",
              f"3 averagers, {settings['numel']:,} fp32 values each, {settings['kills']} kills per arm at "
              f"{settings['delay_range_s'][0]}-{settings['delay_range_s'][1]} s into the victim's all-reduce; "
-             f"next_chunk_timeout {ROUND_OPTIONS['next_chunk_timeout']} s, round timeout "
-             f"{ROUND_OPTIONS['allreduce_timeout']} s.", "",
+             f"next_chunk_timeout {settings['round_options']['next_chunk_timeout']} s, round timeout "
+             f"{settings['round_options']['allreduce_timeout']} s.", "",
              "| arm | survivor rounds | stalled (> 5 s) | failed, redone in pairs | failed for good | median wait after the "
              "kill | mean | max |",
              "|---|---|---|---|---|---|---|---|"]
@@ -217,7 +226,7 @@ def markdown(settings: dict, results: dict, info: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(results: dict, path: Path) -> None:
+def plot(settings: dict, results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(7, 4))
@@ -225,7 +234,7 @@ def plot(results: dict, path: Path) -> None:
         xs = [number + 1 + offset for number, kill in enumerate(row["kills"]) for _ in kill["survivors"]]
         ys = [s["after_kill_s"] for kill in row["kills"] for s in kill["survivors"]]
         axis.scatter(xs, ys, label=arm)
-    axis.axhline(ROUND_OPTIONS["allreduce_timeout"], color="grey", linestyle=":", label="round timeout")
+    axis.axhline(settings["round_options"]["allreduce_timeout"], color="grey", linestyle=":", label="round timeout")
     axis.set_xlabel("kill")
     axis.set_ylabel("survivor's round ended, s after the kill")
     axis.legend()
@@ -260,12 +269,13 @@ def main() -> None:
     log_dir = Path(tempfile.mkdtemp(prefix=f"{args.name}-logs-"))
     print(f"member logs: {log_dir}", flush=True)
     settings = {"kills": kills, "numel": numel, "delay_range_s": list(delay_range_s), "seed": args.seed,
-                "delays_s": [round(delay, 3) for delay in delays], "round_options": ROUND_OPTIONS,
+                "delays_s": [round(delay, 3) for delay in delays], "round_options": round_options(),
                 "stalled_above_s": STALLED_S}
-    results = {"arms": {arm: run_arm(arm, numel, delays, log_dir) for arm in args.arms}}
+    round_timeout_s = settings["round_options"]["allreduce_timeout"]
+    results = {"arms": {arm: run_arm(arm, numel, delays, round_timeout_s, log_dir) for arm in args.arms}}
     text = markdown(settings, results, info)
-    write_results(args.name, settings, results, text, plot=lambda path: plot(results, path), machine_info=info,
-                  results_dir=args.results_dir)
+    write_results(args.name, settings, results, text, plot=lambda path: plot(settings, results, path),
+                  machine_info=info, results_dir=args.results_dir)
     print(text)
 
 

@@ -39,8 +39,8 @@ from hivemind.averaging import DecentralizedAverager
 from hivemind.averaging.allreduce import AllReduceRunner, AveragingMode
 from hivemind.averaging.partition import TensorPartReducer
 from hivemind.p2p import P2PContext, P2PDaemonError, PeerID
-from hivemind.utils import get_dht_time
 from hivemind.proto import averaging_pb2
+from hivemind.utils import get_dht_time
 from hivemind.utils.asyncio import achain, anext, as_aiter, azip
 
 logger = logging.getLogger(__name__)
@@ -63,18 +63,9 @@ class ChurnSafeTensorPartReducer(TensorPartReducer):
         return await asyncio.shield(accumulating)
 
 
-def means_member_gone(error: BaseException) -> bool:
-    """Whether a failed stream to a group member says by itself that the member (or the way to it) is gone.
-
-    The local p2p daemon resets the stream once the member's connection dies (ConnectionResetError, BrokenPipeError),
-    and fails to open one to a member that is no longer there (P2PDaemonError: all dials failed).
-    """
-    return isinstance(error, (ConnectionError, P2PDaemonError))
-
-
 class ChurnSafeAllReduceRunner(AllReduceRunner):
     """hivemind's `AllReduceRunner` with a `ChurnSafeTensorPartReducer`. A member is also dropped as a sender as soon
-    as this peer's stream to it fails in a way that `means_member_gone`."""
+    as this peer's stream to it fails in a way that says the member is gone (`_member_gone`)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -94,10 +85,13 @@ class ChurnSafeAllReduceRunner(AllReduceRunner):
     async def _member_gone(self, peer_id: PeerID, error: Exception) -> bool:
         """Whether `error` on this peer's stream to `peer_id` means the member is gone, not merely slow.
 
-        A stream that simply ended early (a member that died after it had received all of this peer's chunks) is
-        told apart from a member that chose to drop this peer by the connection: a live member still has one.
+        The local p2p daemon resets the stream once the member's connection dies (ConnectionResetError,
+        BrokenPipeError), and fails to open one to a member that is no longer there (P2PDaemonError: all dials
+        failed). A stream that simply ended early (a member that died after it had received all of this peer's
+        chunks) is told apart from a member that chose to drop this peer by the connection: a live member still
+        has one.
         """
-        if means_member_gone(error):
+        if isinstance(error, (ConnectionError, P2PDaemonError)):
             return True
         if isinstance(error, asyncio.TimeoutError):  # a slow member: hivemind's timeouts decide
             return False
