@@ -85,12 +85,19 @@ class SwarmProgressTracker(ProgressTracker):
     def __init__(self, *args, report_period_s: float = PROGRESS_REPORT_PERIOD_S, **kwargs):
         self.report_period_s = report_period_s
         self._report_now = threading.Event()
-        self._last_reported_epoch = None
+        # the global epoch at which this peer last had samples to report: it stores its progress while that is at
+        # most one epoch behind (hivemind's rule to leave out auxiliary and stalled peers)
+        self._active_epoch = -math.inf
         super().__init__(*args, **kwargs)  # starts the reporter thread: the fields above must exist first
 
     def report_local_progress(self, local_epoch: int, samples_accumulated: int, update_global_samples: bool = True):
         epoch_changed = local_epoch != self.local_progress.epoch
         super().report_local_progress(local_epoch, samples_accumulated, update_global_samples)
+        if samples_accumulated > 0:
+            # noted here, not when the reporter wakes: hivemind looks only at the progress it is about to store, and
+            # a peer whose epochs end faster than a report period is seen at zero samples every time. It then
+            # stopped storing its progress, and the coordinator never saw the run's last epoch (it waited forever)
+            self._active_epoch = max(self._active_epoch, self.global_epoch)
         if (epoch_changed or samples_accumulated <= 0 or samples_accumulated >= self.target_batch_size
                 or self.global_progress.samples_accumulated >= self.target_batch_size):
             self._report_now.set()
@@ -98,7 +105,7 @@ class SwarmProgressTracker(ProgressTracker):
     async def _progress_reporter(self):
         """Store this peer's progress: when told to, but at most once per report_period_s unless it is urgent."""
         loop = asyncio.get_event_loop()
-        last_report_time, last_report_epoch, store_task = -math.inf, -math.inf, None
+        last_report_time, store_task = -math.inf, None
         try:
             while not self.shutdown_triggered.is_set():
                 # records expire after metadata_expiration: refresh them half way even without progress
@@ -113,8 +120,8 @@ class SwarmProgressTracker(ProgressTracker):
                 local_progress = self.local_progress
                 last_report_time = get_dht_time()
                 if local_progress.samples_accumulated > 0:
-                    last_report_epoch = self.global_epoch
-                if last_report_epoch >= self.global_epoch - 1:  # as hivemind: only a peer that is in sync reports
+                    self._active_epoch = max(self._active_epoch, self.global_epoch)
+                if self._active_epoch >= self.global_epoch - 1:  # as hivemind: only a peer that is in sync reports
                     store_task = asyncio.create_task(asyncio.wait_for(
                         self.dht.store(key=self.training_progress_key, subkey=self._local_public_key,
                                        value=local_progress.dict(),

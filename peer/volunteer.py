@@ -121,6 +121,7 @@ class Volunteer:
         self._force_stop = threading.Event()
         self._reporter_stop = threading.Event()
         self._resync_requested = threading.Event()
+        self._training_over = threading.Event()  # set once the loop has stopped: no reconnects or re-syncs after it
         self._addresses: list[str] = []
         self.dht: hivemind.DHT | None = None
         self.optimizer: SwarmOptimizer | None = None
@@ -378,6 +379,7 @@ class Volunteer:
     def _serve_final_state(self, timeout_s: float = 120.0) -> None:
         """Stay reachable until the coordinator has fetched the final version (it downloads it from peers)."""
         logger.info("Waiting for the coordinator to save the final version (serving this peer's state)")
+        self._training_over.set()
         deadline = time.monotonic() + timeout_s
         self.contributions.close_all()
         try:  # now, not at the next periodic report: the coordinator's final credit pass waits only a few seconds
@@ -507,7 +509,7 @@ class Volunteer:
     def _check_not_alone(self) -> None:
         """hivemind swarms started at the same moment have been seen to split and train apart silently."""
         rounds = self.optimizer.rounds
-        if rounds.consecutive_solo < SOLO_ROUNDS_BEFORE_RECONNECT:
+        if rounds.consecutive_solo < SOLO_ROUNDS_BEFORE_RECONNECT or self._training_over.is_set():
             return
         others = self._other_live_peers()
         if others == 0:

@@ -65,6 +65,33 @@ def test_progress_stores_are_coalesced_but_an_epoch_change_is_stored_at_once(nod
         tracker.shutdown(timeout=5)
 
 
+@pytest.mark.timeout(60)
+def test_a_peer_whose_epochs_end_between_two_stores_keeps_storing_its_progress(node):
+    # A lone fast peer: each epoch's samples are counted and the epoch ends before the reporter wakes, so every store
+    # it makes sees zero samples. hivemind's rule looked only at those stores, took the peer for a stalled one and
+    # stopped storing; the coordinator never saw the run's last epoch and waited for it forever.
+    dht, identity = node
+    tracker = SwarmProgressTracker(dht=dht, prefix="fast-epochs", target_batch_size=10**6, start=True,
+                                   private_key=identity.signing_key, report_period_s=1.0)
+    try:
+        tracker.report_local_progress(0, 64)
+        deadline = time.monotonic() + 10
+        while _stored_progress(dht, tracker) is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _stored_progress(dht, tracker) is not None
+        for epoch in range(5):  # five epochs within a report period: samples, then the epoch's end at once
+            tracker.report_local_progress(epoch, 64)
+            with tracker.pause_updates():
+                tracker.update_epoch(epoch + 1)
+            time.sleep(0.02)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and (_stored_progress(dht, tracker) or {}).get("epoch") != 5:
+            time.sleep(0.05)
+        assert _stored_progress(dht, tracker)["epoch"] == 5
+    finally:
+        tracker.shutdown(timeout=5)
+
+
 def test_the_volunteer_reads_its_losses_only_when_it_reports_them():
     volunteer = Volunteer(VolunteerSettings(initial_peers=[]))
     for value in (4.0, float("nan"), 2.0):
