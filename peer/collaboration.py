@@ -418,6 +418,20 @@ class SwarmOptimizer(hivemind.Optimizer):
             return
         super()._tag_along_with_zero_weight(control)
 
+    def load_state_from_peers(self, **kwargs):
+        """Download the swarm's state without first sitting out a background state round that has no group.
+
+        hivemind waits for the state averager's background round (up to averaging_timeout) before it downloads,
+        though the download replaces whatever that round would bring. A peer that reached a state-averaging epoch
+        just after the others had averaged looked for a group alone, then found itself out of sync and stood still
+        for 25 s before loading the state (benchmarks/churn.py). Such a round is called off; a round whose group has
+        formed is still finished, as its members wait for this peer's part.
+        """
+        control = self.state_averager.last_round
+        if control is not None and control.stage in NO_GROUP_YET and not control.done():
+            control.cancel()
+        return super().load_state_from_peers(**kwargs)
+
     def _begin_averaging_gradients(self, grad_scaler) -> bool:
         self._local_gradients_loaded = False
         began = super()._begin_averaging_gradients(grad_scaler)
