@@ -494,27 +494,36 @@ def test_a_failed_gradient_round_steps_on_this_peers_own_gradient(two_nodes):
 
 
 
+def _trained_alone(node, recipe: Recipe, epochs: int) -> tuple[SwarmOptimizer, torch.nn.Module]:
+    """A peer that trained alone for `epochs` epochs and stopped; it still serves its state to others."""
+    dht, identity = node
+    torch.manual_seed(1)
+    model = torch.nn.Linear(8, 2)
+    optimizer = build_swarm_optimizer(dht, model, recipe, identity, micro_batch_size=MICRO_BATCH)
+    stop = threading.Event()
+    true_weight = torch.randn(2, 8, generator=torch.Generator().manual_seed(0))
+    trainer = Trainer(optimizer, model, seed=0, true_weight=true_weight, stop=stop)
+    trainer.start()
+    deadline = time.monotonic() + 40
+    while time.monotonic() < deadline and optimizer.local_epoch < epochs and trainer.is_alive():
+        time.sleep(0.1)
+    stop.set()
+    trainer.join(timeout=30)
+    if trainer.error is not None:
+        shut_down([optimizer])
+        raise AssertionError(f"training alone failed: {trainer.error!r}")
+    return optimizer, model
+
+
 @pytest.mark.timeout(120)
 def test_a_new_peer_loads_the_training_state_and_only_the_training_state(two_nodes):
     """A joining peer downloads the weights, Adam's moments and the epoch from a running peer, and nothing else:
     hivemind also fetched a peer's averaged-gradient buffers (a quarter of the bytes) only to discard them."""
     recipe = small_recipe("collab-load-state", target_batch_size=8)
-    true_weight = torch.randn(2, 8, generator=torch.Generator().manual_seed(0))
-    (first_dht, first_identity), (second_dht, second_identity) = two_nodes
-    torch.manual_seed(1)
-    trained = torch.nn.Linear(8, 2)
-    running = build_swarm_optimizer(first_dht, trained, recipe, first_identity, micro_batch_size=MICRO_BATCH)
-    stop = threading.Event()
-    trainer = Trainer(running, trained, seed=0, true_weight=true_weight, stop=stop)
+    (second_dht, second_identity) = two_nodes[1]
+    running, trained = _trained_alone(two_nodes[0], recipe, epochs=3)
     newcomer = None
     try:
-        trainer.start()
-        deadline = time.monotonic() + 40
-        while time.monotonic() < deadline and running.local_epoch < 3:
-            time.sleep(0.1)
-        stop.set()
-        trainer.join(timeout=30)
-        assert trainer.error is None, repr(trainer.error)
         torch.manual_seed(2)
         fresh = torch.nn.Linear(8, 2)
         newcomer = build_swarm_optimizer(second_dht, fresh, recipe, second_identity, micro_batch_size=MICRO_BATCH)
@@ -525,7 +534,6 @@ def test_a_new_peer_loads_the_training_state_and_only_the_training_state(two_nod
         moments = [newcomer.state_averager.optimizer.state[p]["exp_avg_sq"] for p in fresh.parameters()]
         assert all(m.abs().sum() > 0 for m in moments), "Adam's moments came with the weights"
     finally:
-        stop.set()
         shut_down([opt for opt in (running, newcomer) if opt is not None])
 
 
@@ -535,22 +543,10 @@ def test_a_peer_that_fell_behind_loads_the_state_without_waiting_for_its_lonely_
     group alone. Found out of sync, it loads the swarm's state; hivemind first waited for that round, up to
     averaging_timeout (25 s stalls in benchmarks/churn.py), though the download replaces what the round would bring."""
     recipe = small_recipe("collab-behind", target_batch_size=8, averaging_timeout_s=30, average_state_every=1000)
-    true_weight = torch.randn(2, 8, generator=torch.Generator().manual_seed(0))
-    (first_dht, first_identity), (second_dht, second_identity) = two_nodes
-    torch.manual_seed(1)
-    trained = torch.nn.Linear(8, 2)
-    running = build_swarm_optimizer(first_dht, trained, recipe, first_identity, micro_batch_size=MICRO_BATCH)
-    stop = threading.Event()
-    trainer = Trainer(running, trained, seed=0, true_weight=true_weight, stop=stop)
+    (second_dht, second_identity) = two_nodes[1]
+    running, trained = _trained_alone(two_nodes[0], recipe, epochs=3)
     behind = None
     try:
-        trainer.start()
-        deadline = time.monotonic() + 40
-        while time.monotonic() < deadline and running.local_epoch < 3:
-            time.sleep(0.1)
-        stop.set()
-        trainer.join(timeout=30)
-        assert trainer.error is None, repr(trainer.error)
         fresh = torch.nn.Linear(8, 2)
         behind = build_swarm_optimizer(second_dht, fresh, recipe, second_identity, micro_batch_size=MICRO_BATCH)
         # the background state round of an epoch transition, as hivemind starts it: nobody else is averaging now
@@ -566,7 +562,6 @@ def test_a_peer_that_fell_behind_loads_the_state_without_waiting_for_its_lonely_
         assert torch.equal(fresh.weight, trained.weight)
         assert took < 10.0, f"loading the state waited {took:.1f} s for a round with no group"
     finally:
-        stop.set()
         shut_down([opt for opt in (running, behind) if opt is not None])
 
 

@@ -67,9 +67,9 @@ def test_progress_stores_are_coalesced_but_an_epoch_change_is_stored_at_once(nod
 
 @pytest.mark.timeout(60)
 def test_a_peer_whose_epochs_end_between_two_stores_keeps_storing_its_progress(node):
-    # A lone fast peer: each epoch's samples are counted and the epoch ends before the reporter wakes, so every store
-    # it makes sees zero samples. hivemind's rule looked only at those stores, took the peer for a stalled one and
-    # stopped storing; the coordinator never saw the run's last epoch and waited for it forever.
+    """A lone fast peer: each epoch's samples are counted and the epoch ends before the reporter wakes, so every store
+    it makes sees zero samples. hivemind's rule looked only at those stores, took the peer for a stalled one and
+    stopped storing; the coordinator never saw the run's last epoch and waited for it forever."""
     dht, identity = node
     tracker = SwarmProgressTracker(dht=dht, prefix="fast-epochs", target_batch_size=10**6, start=True,
                                    private_key=identity.signing_key, report_period_s=1.0)
