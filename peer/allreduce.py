@@ -113,10 +113,19 @@ class ChurnSafeAllReduce(DecentralizedAverager):
                                  context: P2PContext) -> AsyncIterator[averaging_pb2.AveragingData]:
         """A member's stream of chunks for this round's runner. hivemind's handler awaits the group's runner future
         itself, and a member that died while waiting took that future with it: the round failed here with "Unable to
-        run All-Reduce: invalid state" when this peer registered its runner."""
+        run All-Reduce: invalid state" when this peer registered its runner.
+
+        A stream for a group this peer has not registered waits for the next registration, as hivemind's does (the
+        group may have formed before this peer heard of it), but at most `sender_timeout`. hivemind waited without a
+        bound, and a group that this peer's round left as it formed (called off at that very moment) never
+        registers: its members stood still until this peer's next round formed a group, 15 s in a churn run.
+        """
         first = await anext(stream)
-        if first.group_id not in self._running_groups:  # the group may have started before this peer heard of it
-            await self._pending_groups_registered.wait()
+        if first.group_id not in self._running_groups:
+            try:
+                await asyncio.wait_for(self._pending_groups_registered.wait(), timeout=self._unknown_group_wait_s)
+            except asyncio.TimeoutError:
+                pass
         registered = self._running_groups.get(first.group_id)
         if registered is None:
             yield averaging_pb2.AveragingData(code=averaging_pb2.BAD_GROUP_ID)
@@ -124,6 +133,11 @@ class ChurnSafeAllReduce(DecentralizedAverager):
         runner = await asyncio.shield(registered)
         async for message in runner.rpc_aggregate_part(achain(as_aiter(first), stream), context):
             yield message
+
+    @property
+    def _unknown_group_wait_s(self) -> float:
+        """How long a member's stream for an unregistered group waits: as long as a sender's silence is tolerated."""
+        return self.allreduce_kwargs.get("sender_timeout") or self.matchmaking_kwargs["min_matchmaking_time"]
 
     async def _run_allreduce_inplace_(self, tensors, group_info, group_id=None, **kwargs):
         group_id = group_info.group_id if group_id is None else group_id

@@ -100,6 +100,44 @@ def test_a_member_handler_cancelled_before_the_runner_exists_does_not_fail_the_r
         dht.shutdown()
 
 
+def _answer_to_a_stream_for_an_unknown_group(averager, within_s: float) -> int | None:
+    """This peer is looking for a group (its round cleared the registration event) when a member's stream arrives for
+    a group it does not know: one its previous round left as the group formed. The code of the first answer, or None
+    if there was none within `within_s`."""
+    async def scenario():
+        averager._pending_groups_registered = asyncio.Event()  # cleared: a round of this peer is looking for a group
+
+        async def member_stream():
+            yield averaging_pb2.AveragingData(group_id=b"left-as-it-formed")
+            await asyncio.sleep(3600)
+
+        async def first_answer():
+            async for message in averager.rpc_aggregate_part(member_stream(), None):
+                return message.code
+
+        try:
+            return await asyncio.wait_for(first_answer(), timeout=within_s)
+        except asyncio.TimeoutError:
+            return None
+
+    return asyncio.run(scenario())
+
+
+def test_a_stream_for_a_group_this_peer_left_is_turned_away_within_the_sender_timeout():
+    dht = create_dht([], host="127.0.0.1")
+    options = dict(AVERAGER_OPTIONS, next_chunk_timeout=1.0)
+    try:
+        averager = SwarmAverager([torch.zeros(4)], dht, prefix="left_group", start=False, **options)
+        started = time.monotonic()
+        assert _answer_to_a_stream_for_an_unknown_group(averager, within_s=10) == averaging_pb2.BAD_GROUP_ID
+        assert time.monotonic() - started < 3.0
+        # hivemind 1.1.12 keeps the member waiting until this peer's next round registers a group (15 s in a churn run)
+        stock = DecentralizedAverager([torch.zeros(4)], dht, prefix="left_group_stock", start=False, **options)
+        assert _answer_to_a_stream_for_an_unknown_group(stock, within_s=5) is None
+    finally:
+        dht.shutdown()
+
+
 def _wait_for_line(process: subprocess.Popen, expected: str, timeout_s: float) -> None:
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in process.stdout], daemon=True).start()
