@@ -175,6 +175,18 @@ def call_off_if_looking(control: StepControl | None, grace_s: float = 0.0) -> bo
     return True
 
 
+def call_off_if_no_group(control: StepControl | None) -> bool:
+    """Cancel a round that has no group yet, whatever its schedule; True if it was called off.
+
+    For a round whose outcome this peer will not use (it is about to load the swarm's state). A group that forms in
+    the very moment of the cancel is left by this peer; `ChurnSafeAllReduce` bounds how long its members wait.
+    """
+    if control is None or control.done() or control.stage not in NO_GROUP_YET:
+        return False
+    control.cancel()
+    return True
+
+
 class AllreduceOutcome(HivemindWireNames):
     """Mixin for a hivemind averager: tells the training process how much of the data each all-reduce combined.
 
@@ -413,10 +425,8 @@ class SwarmOptimizer(hivemind.Optimizer):
         usually holds a round that is still looking for a group nobody else will join: in benchmarks/churn.py it
         stood still for the whole 30 s timeout before it could load the swarm's state. Such a round is called off.
         """
-        if control.stage in NO_GROUP_YET and not control.done():
-            control.cancel()
-            return
-        super()._tag_along_with_zero_weight(control)
+        if not call_off_if_no_group(control):
+            super()._tag_along_with_zero_weight(control)
 
     def load_state_from_peers(self, **kwargs):
         """Download the swarm's state without first sitting out a background state round that has no group.
@@ -427,9 +437,7 @@ class SwarmOptimizer(hivemind.Optimizer):
         for 25 s before loading the state (benchmarks/churn.py). Such a round is called off; a round whose group has
         formed is still finished, as its members wait for this peer's part.
         """
-        control = self.state_averager.last_round
-        if control is not None and control.stage in NO_GROUP_YET and not control.done():
-            control.cancel()
+        call_off_if_no_group(self.state_averager.last_round)
         return super().load_state_from_peers(**kwargs)
 
     def _begin_averaging_gradients(self, grad_scaler) -> bool:
