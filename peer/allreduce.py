@@ -25,6 +25,10 @@ chunk has arrived. hivemind stops waiting for a sender only when that sender's i
 With both, the same 10 kills cost the survivors nothing: every round finished in 0.8-1.6 s with all the data the
 dead member had sent, and without the rest. `swarm join` logs such a round as partial ("a member left mid-round").
 
+A member can also leave a group alive: its round is called off in the moment the group forms. It then answers the
+others' streams with `BAD_GROUP_ID` (`ChurnSafeAllReduce`), and they drop it as a sender at once. In hivemind 1.1.12
+they waited for its chunks until `next_chunk_timeout` (7.5 s in benchmarks/churn.py, 15 s in the test).
+
 >>> class MyAverager(ChurnSafeAllReduce, DecentralizedAverager): ...   # doctest: +SKIP
 """
 
@@ -37,7 +41,7 @@ from typing import AsyncIterator
 import torch
 from hivemind.averaging import DecentralizedAverager
 from hivemind.averaging.allreduce import AllReduceRunner, AveragingMode
-from hivemind.averaging.partition import TensorPartReducer
+from hivemind.averaging.partition import AllreduceException, TensorPartReducer
 from hivemind.p2p import P2PContext, P2PDaemonError, PeerID
 from hivemind.proto import averaging_pb2
 from hivemind.utils import get_dht_time
@@ -63,6 +67,16 @@ class ChurnSafeTensorPartReducer(TensorPartReducer):
         return await asyncio.shield(accumulating)
 
 
+def _left_the_group(peer_id: PeerID, error: Exception) -> bool:
+    """Whether `error` is the member's answer that it does not know this round's group: it left the group as the group
+    formed (its round was called off at that moment), so it will never send its chunks either. hivemind 1.1.12 turns
+    that answer into an `AllreduceException` naming the code; waiting for the member's chunks then cost its group
+    `next_chunk_timeout`. (A member that answers so before it registers a group it is in, as stock hivemind may, has
+    its data dropped here too: a smaller round, not a stall.)"""
+    bad_group = averaging_pb2.MessageCode.Name(averaging_pb2.BAD_GROUP_ID)
+    return isinstance(error, AllreduceException) and str(error) == f"{peer_id} sent {bad_group}"
+
+
 class ChurnSafeAllReduceRunner(AllReduceRunner):
     """hivemind's `AllReduceRunner` with a `ChurnSafeTensorPartReducer`. A member is also dropped as a sender as soon
     as this peer's stream to it fails in a way that says the member is gone (`_member_gone`)."""
@@ -77,7 +91,8 @@ class ChurnSafeAllReduceRunner(AllReduceRunner):
         try:
             await super()._communicate_with_peer(peer_id)
         except Exception as error:
-            if peer_id in self.sender_peer_ids and peer_id != self.peer_id and await self._member_gone(peer_id, error):
+            if peer_id in self.sender_peer_ids and peer_id != self.peer_id and (
+                    _left_the_group(peer_id, error) or await self._member_gone(peer_id, error)):
                 logger.debug(f"Dropping {peer_id}'s data from this round: its stream failed with {error!r}")
                 await self._ban_sender(peer_id)
             raise
@@ -116,9 +131,11 @@ class ChurnSafeAllReduce(DecentralizedAverager):
         run All-Reduce: invalid state" when this peer registered its runner.
 
         A stream for a group this peer has not registered waits for the next registration, as hivemind's does (the
-        group may have formed before this peer heard of it), but at most `sender_timeout`. hivemind waited without a
-        bound, and a group that this peer's round left as it formed (called off at that very moment) never
-        registers: its members stood still until this peer's next round formed a group, 15 s in a churn run.
+        group may have formed before this peer heard of it), but no longer than this peer's round lasts (`_step`), and
+        at most `sender_timeout`. hivemind waited without a bound, and a group that this peer's round left as it
+        formed (called off at that very moment) never registers: its members stood still until this peer's next round
+        formed a group, 15 s in a churn run. They take the `BAD_GROUP_ID` answer as notice that this peer is out of
+        the round (`_left_the_group`) and finish it without its data.
         """
         first = await anext(stream)
         if first.group_id not in self._running_groups:
@@ -133,6 +150,15 @@ class ChurnSafeAllReduce(DecentralizedAverager):
         runner = await asyncio.shield(registered)
         async for message in runner.rpc_aggregate_part(achain(as_aiter(first), stream), context):
             yield message
+
+    async def _step(self, *, step, future_for_init):
+        try:
+            await super()._step(step=step, future_for_init=future_for_init)
+        finally:
+            # A round that ended without registering its group (called off as the group formed) never will: wake the
+            # members' streams waiting for it in `rpc_aggregate_part`, which then turn them away at once. hivemind
+            # wakes them only when a group registers or unregisters.
+            self._pending_groups_registered.set()
 
     @property
     def _unknown_group_wait_s(self) -> float:

@@ -179,7 +179,7 @@ def call_off_if_no_group(control: StepControl | None) -> bool:
     """Cancel a round that has no group yet, whatever its schedule; True if it was called off.
 
     For a round whose outcome this peer will not use (it is about to load the swarm's state). A group that forms in
-    the very moment of the cancel is left by this peer; `ChurnSafeAllReduce` bounds how long its members wait.
+    the very moment of the cancel is left by this peer; with `ChurnSafeAllReduce` its members average without it.
     """
     if control is None or control.done() or control.stage not in NO_GROUP_YET:
         return False

@@ -21,6 +21,7 @@ import torch
 from hivemind.averaging import DecentralizedAverager
 from hivemind.averaging.partition import TensorPartReducer
 from hivemind.proto import averaging_pb2
+from hivemind.utils.mpfuture import MPFuture
 
 from peer.allreduce import ChurnSafeTensorPartReducer
 from peer.collaboration import SwarmAverager
@@ -190,6 +191,58 @@ def test_survivors_finish_a_round_whose_member_was_killed_mid_round(tmp_path, pa
     finally:
         if member is not None and member.poll() is None:
             os.killpg(member.pid, signal.SIGKILL)
+        for averager in averagers:
+            averager.shutdown()
+        for node in nodes:
+            node.shutdown()
+
+
+class _LeavesAsItsGroupForms(SwarmAverager):
+    """A real averager whose round is called off in the moment its matchmaking returns a group: the race of a peer
+    that decides the swarm went on without it just as its group forms (seen in benchmarks/churn.py). The cancel is the
+    one the training process sends (`StepControl.cancel`), made here at the one moment that loses the race."""
+
+    async def _step(self, *, step, future_for_init):
+        look_for_group = self._matchmaking.look_for_group
+
+        async def look_then_call_off(control):
+            group = await look_for_group(control)
+            if group is not None:
+                MPFuture.cancel(control)  # as the training process's cancel arrives; it also sends the rest of it
+            return group
+
+        self._matchmaking.look_for_group = look_then_call_off
+        await super()._step(step=step, future_for_init=future_for_init)
+
+
+def test_a_group_whose_member_called_its_round_off_as_the_group_formed_averages_without_it():
+    fills = (1.0, 2.0)  # the members that stay; the one that leaves has 6.0
+    numel, options = 3 * 2**20, dict(AVERAGER_OPTIONS, next_chunk_timeout=15.0, allreduce_timeout=60.0)
+    nodes, averagers = [], []
+    try:
+        nodes.append(create_dht([], host="127.0.0.1"))
+        nodes.extend(create_dht(join_addresses(nodes[0]), host="127.0.0.1") for _ in range(2))
+        averagers = [averager_class([torch.full((numel,), fill)], dht, prefix="leaves_as_formed", start=True, **options)
+                     for averager_class, fill, dht in zip((_LeavesAsItsGroupForms, SwarmAverager, SwarmAverager),
+                                                          (6.0, *fills), nodes)]
+        started = time.monotonic()
+        controls = [averager.step(wait=False, timeout=options["allreduce_timeout"]) for averager in averagers]
+        groups = [control.result(timeout=120) for control in controls[1:]]
+        took_s = time.monotonic() - started  # the group forms at once: all 3 of target_group_size are there
+
+        assert controls[0].cancelled()
+        assert [len(group) for group in groups] == [3, 3]  # the leaver was in the group as it formed
+        # hivemind 1.1.12 waited for the member's chunks until next_chunk_timeout (15 s here)
+        assert took_s < 6, f"the group waited {took_s:.1f} s for a member that had left"
+        results = []
+        for averager, fill in zip(averagers[1:], fills):
+            with averager.get_tensors() as (tensor,):
+                results.append(tensor.clone())
+            assert set(results[-1].unique().tolist()) <= {fill, sum(fills) / 2}  # never the leaver's data
+        agree = results[0] == results[1]
+        assert agree.float().mean() > 0.6  # the two shards the stayers reduced were averaged between them
+        assert set(results[0][agree].unique().tolist()) == {sum(fills) / 2}
+    finally:
         for averager in averagers:
             averager.shutdown()
         for node in nodes:
