@@ -188,6 +188,7 @@ class DiLoCoOptimizer:
         self.inner_optimizer = make_inner_optimizer([dict(group) for group in param_groups])
         self._inner_base_lrs = [group["lr"] for group in self.inner_optimizer.param_groups]
         self._inner_lr_multiplier = inner_lr_multiplier
+        self._schedule_inner_lr(0.0)  # the schedule's first value from the start, as hivemind's scheduler sets it
 
         # DHT stores of this peer's progress rate-limited, as in mode dedloc (one per inner step otherwise)
         self.tracker = collaboration.SwarmProgressTracker(
@@ -290,6 +291,11 @@ class DiLoCoOptimizer:
         """This peer's outer parameters may differ from its group's, or its next round averages them to repair that."""
         return self.outer_may_differ or self._repair_epoch >= self._epoch
 
+    @property
+    def param_groups(self) -> list[dict]:
+        """The inner optimiser's parameter groups, `lr` as the schedule sets it: what `hivemind.Optimizer` exposes."""
+        return self.inner_optimizer.param_groups
+
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.inner_optimizer.zero_grad(set_to_none=set_to_none)
 
@@ -325,11 +331,14 @@ class DiLoCoOptimizer:
     # ---------------------------------------------------------------- inner steps
     def _inner_step(self) -> None:
         # the schedule counts swarm epochs (outer rounds), read at the fraction of the round done so far
-        progress = self._epoch + min(self._steps_in_round, self.diloco.inner_steps) / self.diloco.inner_steps
+        self._schedule_inner_lr(
+            self._epoch + min(self._steps_in_round, self.diloco.inner_steps) / self.diloco.inner_steps)
+        self.inner_optimizer.step()
+
+    def _schedule_inner_lr(self, progress: float) -> None:
         multiplier = self._inner_lr_multiplier(progress)
         for group, base_lr in zip(self.inner_optimizer.param_groups, self._inner_base_lrs):
             group["lr"] = base_lr * multiplier
-        self.inner_optimizer.step()
 
     # ---------------------------------------------------------------- forming a round
     def _another_peer_is_waiting(self) -> bool:

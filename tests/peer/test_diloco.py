@@ -87,13 +87,13 @@ def test_eight_bit_codec_sends_about_one_byte_per_value():
 # real peers
 
 
-def make_recipe(run_id: str, n_embd: int = 16, **diloco) -> Recipe:
+def make_recipe(run_id: str, n_embd: int = 16, warmup_steps: int = 0, **diloco) -> Recipe:
     return parse_recipe({
         "run": {"id": run_id},
         "model": {"architecture": "gpt2", "config": {"n_layer": 1, "n_embd": n_embd, "n_head": 2,
                                                      "n_positions": SEQ_LEN}},
         "data": {"seq_len": SEQ_LEN},
-        "optimizer": {"lr": 0.01, "schedule": {"warmup_steps": 0, "decay": "constant"}},
+        "optimizer": {"lr": 0.01, "schedule": {"warmup_steps": warmup_steps, "decay": "constant"}},
         "collaboration": {
             "mode": "diloco", "target_batch_size": 64, "micro_batch_size": MICRO_BATCH,
             "matchmaking_time_s": 1.0, "averaging_timeout_s": 15.0, "compression": "fp16",
@@ -410,3 +410,18 @@ def test_a_round_broken_midway_is_repaired_by_averaging_the_outer_parameters(tmp
     finally:
         for peer in (second, first):
             peer.close()
+
+
+@pytest.mark.timeout(120)
+def test_param_groups_show_the_inner_learning_rate_the_schedule_sets(tmp_path):
+    """Callers read the learning rate as on hivemind.Optimizer (benchmarks/convergence.py records it); a warm-up over
+    4 rounds starts at a quarter of the peak and rises within the round as the inner steps go by."""
+    peer = start_peer(tmp_path, "lone", make_recipe("diloco-lr", warmup_steps=4))
+    try:
+        rates = [peer.opt.param_groups[0]["lr"]]
+        peer.train(lambda p: len(p.losses) >= 3, time.monotonic() + 60, seed=0)
+        rates.append(peer.opt.param_groups[0]["lr"])
+    finally:
+        peer.close()
+    # schedule(0) before any step; schedule(2/5) at the third inner step of round 0 (5 inner steps per round)
+    assert rates == pytest.approx([0.01 * 1 / 4, 0.01 * (2 / 5 + 1) / 4])
