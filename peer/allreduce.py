@@ -41,6 +41,7 @@ from typing import AsyncIterator
 import torch
 from hivemind.averaging import DecentralizedAverager
 from hivemind.averaging.allreduce import AllReduceRunner, AveragingMode
+from hivemind.averaging.control import AveragingStage, StepControl
 from hivemind.averaging.partition import AllreduceException, TensorPartReducer
 from hivemind.p2p import P2PContext, P2PDaemonError, PeerID
 from hivemind.proto import averaging_pb2
@@ -48,6 +49,9 @@ from hivemind.utils import get_dht_time
 from hivemind.utils.asyncio import achain, anext, as_aiter, azip
 
 logger = logging.getLogger(__name__)
+
+# The stages of a round before it registers its group for the all-reduce
+_BEFORE_REGISTRATION = (AveragingStage.IDLE, AveragingStage.LOOKING_FOR_GROUP, AveragingStage.AWAITING_TRIGGER)
 
 
 def _retrieve_outcome(task: asyncio.Future) -> None:
@@ -71,8 +75,9 @@ def _left_the_group(peer_id: PeerID, error: Exception) -> bool:
     """Whether `error` is the member's answer that it does not know this round's group: it left the group as the group
     formed (its round was called off at that moment), so it will never send its chunks either. hivemind 1.1.12 turns
     that answer into an `AllreduceException` naming the code; waiting for the member's chunks then cost its group
-    `next_chunk_timeout`. (A member that answers so before it registers a group it is in, as stock hivemind may, has
-    its data dropped here too: a smaller round, not a stall.)"""
+    `next_chunk_timeout`. A swarm peer answers so only once no round of its own can register the group; a stock
+    hivemind peer may answer so for a group it is about to register, and its data is then dropped here too: a smaller
+    round, not a stall."""
     bad_group = averaging_pb2.MessageCode.Name(averaging_pb2.BAD_GROUP_ID)
     return isinstance(error, AllreduceException) and str(error) == f"{peer_id} sent {bad_group}"
 
@@ -130,19 +135,29 @@ class ChurnSafeAllReduce(DecentralizedAverager):
         itself, and a member that died while waiting took that future with it: the round failed here with "Unable to
         run All-Reduce: invalid state" when this peer registered its runner.
 
-        A stream for a group this peer has not registered waits for the next registration, as hivemind's does (the
-        group may have formed before this peer heard of it), but no longer than this peer's round lasts (`_step`), and
-        at most `sender_timeout`. hivemind waited without a bound, and a group that this peer's round left as it
-        formed (called off at that very moment) never registers: its members stood still until this peer's next round
-        formed a group, 15 s in a churn run. They take the `BAD_GROUP_ID` answer as notice that this peer is out of
-        the round (`_left_the_group`) and finish it without its data.
+        A stream for a group this peer has not registered waits while a round of this peer can still register one
+        (it is looking for a group, or has one and awaits its trigger: the group may have formed before this peer
+        heard of it), at most `sender_timeout`, and is then turned away with `BAD_GROUP_ID`. hivemind waited for the
+        next registration of any group, without a bound: a group that this peer's round left as it formed (called off
+        at that very moment) never registers, and its members stood still until this peer's next round formed a
+        group, 15 s in a churn run. hivemind also turned a stream away at once when an earlier round's registration
+        had woken it. The members take the answer as notice that this peer is out of the round (`_left_the_group`)
+        and finish it without its data.
         """
         first = await anext(stream)
-        if first.group_id not in self._running_groups:
-            try:
-                await asyncio.wait_for(self._pending_groups_registered.wait(), timeout=self._unknown_group_wait_s)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._unknown_group_wait_s
+        while first.group_id not in self._running_groups and self._a_round_may_register_a_group():
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            if self._pending_groups_registered.is_set():  # woken by another group: check again shortly
+                await asyncio.sleep(min(remaining, 0.05))
+                continue
+            try:  # set when a group registers or unregisters, and when a round ends (`_step`)
+                await asyncio.wait_for(self._pending_groups_registered.wait(), timeout=remaining)
             except asyncio.TimeoutError:
-                pass
+                break
         registered = self._running_groups.get(first.group_id)
         if registered is None:
             yield averaging_pb2.AveragingData(code=averaging_pb2.BAD_GROUP_ID)
@@ -151,14 +166,24 @@ class ChurnSafeAllReduce(DecentralizedAverager):
         async for message in runner.rpc_aggregate_part(achain(as_aiter(first), stream), context):
             yield message
 
-    async def _step(self, *, step, future_for_init):
+    def __init__(self, *args, **kwargs):
+        self._rounds_in_flight: set[StepControl] = set()  # filled in the averager's process (`_step`)
+        super().__init__(*args, **kwargs)
+
+    async def _step(self, *, step: StepControl, future_for_init):
+        self._rounds_in_flight.add(step)
         try:
             await super()._step(step=step, future_for_init=future_for_init)
         finally:
+            self._rounds_in_flight.discard(step)
             # A round that ended without registering its group (called off as the group formed) never will: wake the
             # members' streams waiting for it in `rpc_aggregate_part`, which then turn them away at once. hivemind
             # wakes them only when a group registers or unregisters.
             self._pending_groups_registered.set()
+
+    def _a_round_may_register_a_group(self) -> bool:
+        """Whether a round of this peer is still looking for a group, or has one that it has not registered yet."""
+        return any(not step.done() and step.stage in _BEFORE_REGISTRATION for step in self._rounds_in_flight)
 
     @property
     def _unknown_group_wait_s(self) -> float:

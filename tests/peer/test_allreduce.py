@@ -19,8 +19,10 @@ from pathlib import Path
 import pytest
 import torch
 from hivemind.averaging import DecentralizedAverager
+from hivemind.averaging.control import AveragingStage, StepControl
 from hivemind.averaging.partition import TensorPartReducer
 from hivemind.proto import averaging_pb2
+from hivemind.utils import get_dht_time
 from hivemind.utils.mpfuture import MPFuture
 
 from peer.allreduce import ChurnSafeTensorPartReducer
@@ -101,12 +103,27 @@ def test_a_member_handler_cancelled_before_the_runner_exists_does_not_fail_the_r
         dht.shutdown()
 
 
-def _answer_to_a_stream_for_an_unknown_group(averager, within_s: float) -> int | None:
-    """This peer is looking for a group (its round cleared the registration event) when a member's stream arrives for
-    a group it does not know: one its previous round left as the group formed. The code of the first answer, or None
-    if there was none within `within_s`."""
+def _round_in_stage(stage: AveragingStage) -> StepControl:
+    """A round of this peer as the averager's process sees it, in `stage`."""
+    control = StepControl(scheduled_time=get_dht_time(), deadline=float("inf"), allow_retries=True, weight=1.0,
+                          data_for_gather=b"")
+    control.attach(MPFuture(), MPFuture())  # its trigger and cancel, as the averager's process makes them
+    control.stage = stage
+    return control
+
+
+def _answer_to_a_stream_for_an_unknown_group(averager, within_s: float, stage: AveragingStage | None,
+                                             woken: bool = False) -> int | None:
+    """A member's stream arrives for a group this peer does not know (one its previous round left as the group
+    formed) while a round of this peer is in `stage` (None: no round). The registration event is clear, as a round
+    leaves it when it starts looking for a group, or set by an earlier round (`woken`). The code of the first answer,
+    or None if there was none within `within_s`."""
     async def scenario():
-        averager._pending_groups_registered = asyncio.Event()  # cleared: a round of this peer is looking for a group
+        averager._pending_groups_registered = asyncio.Event()
+        if woken:
+            averager._pending_groups_registered.set()
+        if stage is not None:
+            averager._rounds_in_flight = {_round_in_stage(stage)}  # no-op on a stock averager
 
         async def member_stream():
             yield averaging_pb2.AveragingData(group_id=b"left-as-it-formed")
@@ -127,14 +144,35 @@ def _answer_to_a_stream_for_an_unknown_group(averager, within_s: float) -> int |
 def test_a_stream_for_a_group_this_peer_left_is_turned_away_within_the_sender_timeout():
     dht = create_dht([], host="127.0.0.1")
     options = dict(AVERAGER_OPTIONS, next_chunk_timeout=1.0)
+    looking = AveragingStage.LOOKING_FOR_GROUP
     try:
         averager = SwarmAverager([torch.zeros(4)], dht, prefix="left_group", start=False, **options)
         started = time.monotonic()
-        assert _answer_to_a_stream_for_an_unknown_group(averager, within_s=10) == averaging_pb2.BAD_GROUP_ID
-        assert time.monotonic() - started < 3.0
+        assert _answer_to_a_stream_for_an_unknown_group(averager, 10, looking) == averaging_pb2.BAD_GROUP_ID
+        assert 0.9 < time.monotonic() - started < 3.0  # the group could still form while this peer looks: 1 s
         # hivemind 1.1.12 keeps the member waiting until this peer's next round registers a group (15 s in a churn run)
         stock = DecentralizedAverager([torch.zeros(4)], dht, prefix="left_group_stock", start=False, **options)
-        assert _answer_to_a_stream_for_an_unknown_group(stock, within_s=5) is None
+        assert _answer_to_a_stream_for_an_unknown_group(stock, 5, looking) is None
+    finally:
+        dht.shutdown()
+
+
+def test_a_stream_waits_for_a_group_only_while_a_round_of_this_peer_may_still_register_it():
+    dht = create_dht([], host="127.0.0.1")
+    options = dict(AVERAGER_OPTIONS, next_chunk_timeout=30.0)
+    try:
+        averager = SwarmAverager([torch.zeros(4)], dht, prefix="may_register", start=False, **options)
+        started = time.monotonic()
+        for stage in (None, AveragingStage.RUNNING_ALLREDUCE, AveragingStage.FINISHED):  # no round could register it
+            assert _answer_to_a_stream_for_an_unknown_group(averager, 5, stage) == averaging_pb2.BAD_GROUP_ID
+        assert time.monotonic() - started < 1.0
+        # a round whose group formed and awaits its trigger registers the group later: its members' streams wait,
+        # even when an earlier round's registration woke them (hivemind 1.1.12 turned them away at once)
+        assert _answer_to_a_stream_for_an_unknown_group(
+            averager, 1, AveragingStage.AWAITING_TRIGGER, woken=True) is None
+        stock = DecentralizedAverager([torch.zeros(4)], dht, prefix="may_register_stock", start=False, **options)
+        assert _answer_to_a_stream_for_an_unknown_group(
+            stock, 1, AveragingStage.AWAITING_TRIGGER, woken=True) == averaging_pb2.BAD_GROUP_ID
     finally:
         dht.shutdown()
 
