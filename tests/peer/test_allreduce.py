@@ -237,8 +237,9 @@ def test_survivors_finish_a_round_whose_member_was_killed_mid_round(tmp_path, pa
 
 class _LeavesAsItsGroupForms(SwarmAverager):
     """A real averager whose round is called off in the moment its matchmaking returns a group: the race of a peer
-    that decides the swarm went on without it just as its group forms (seen in benchmarks/churn.py). The cancel is the
-    one the training process sends (`StepControl.cancel`), made here at the one moment that loses the race."""
+    that decides the swarm went on without it just as its group forms (seen in benchmarks/churn.py). The round's
+    future is cancelled here, in the averager's process, at the one moment that loses the race; the training
+    process hears of it and runs the rest of `StepControl.cancel`, as when it cancels the round itself."""
 
     async def _step(self, *, step, future_for_init):
         look_for_group = self._matchmaking.look_for_group
@@ -246,7 +247,7 @@ class _LeavesAsItsGroupForms(SwarmAverager):
         async def look_then_call_off(control):
             group = await look_for_group(control)
             if group is not None:
-                MPFuture.cancel(control)  # as the training process's cancel arrives; it also sends the rest of it
+                MPFuture.cancel(control)
             return group
 
         self._matchmaking.look_for_group = look_then_call_off
