@@ -31,10 +31,11 @@ held-out batches (`swarm.evaluation.validation_loss`) and logs (its micro-steps 
   construction; the row checks that averaging really delivers it. DiLoCo is where the ratio is a question:
   n peers each take `inner_steps` local steps on their own batches and average the pseudo-gradients.
 
-- `--plain-loops` (DeDLOC) adds one row per peer count computed by a plain PyTorch loop without hivemind, on the
-  same peers' data: what a swarm whose every round reaches every peer computes. A single run's time to target
-  moves with the data order (on the tiny recipe the loss hovers near the target for many epochs); these rows show
-  how much, and how far the real swarm is from its own perfect counterpart.
+- `--plain-loops` adds, per mode, one row per peer count computed without hivemind in one process, on the same
+  peers' data: what a swarm whose every round reaches every peer computes (DeDLOC: a plain loop on the mean
+  gradient; DiLoCo: one replica per peer and the exact mean pseudo-gradient through the outer step). A single
+  run's time to target moves with the data order (on the tiny recipe the loss hovers near the target for many
+  epochs); these rows show how much, and how far the real swarm is from its own perfect counterpart.
 
 Writes benchmarks/results/convergence.{json,md,png}.
 """
@@ -223,17 +224,105 @@ def run_plain_loop(config: dict, result_file: Path) -> None:
                                        "wall_s": round(time.time() - started, 2)}))
 
 
-def run_plain_loops(args: argparse.Namespace, target_loss: float, work_root: Path) -> list[dict]:
-    """One plain-loop row per peer count, side by side (one process and one thread each)."""
+def run_diloco_plain_loop(config: dict, result_file: Path) -> None:
+    """Worker: what a perfect DiLoCo swarm of `peers` would compute, in one process without hivemind.
+
+    One replica of the model per peer, each with its own inner optimiser (the recipe's: clip, AdamW, the schedule
+    read at epoch + step / H, as `DiLoCoOptimizer` reads it) and its own data stream (the same peer ids as the real
+    peers). Every round, each replica takes `inner_steps` steps from the outer parameters; the mean of their
+    pseudo-gradients (outer - replica) goes through the same outer step (`peer.diloco.apply_outer_step`: SGD,
+    Nesterov momentum) and every replica restarts from the result. Exact averaging, every round reaching every peer,
+    no overlap: the reference for the real swarm's rows, and a cheap way to ask what DiLoCo itself can give here.
+
+    With `synchronous`, the same peers instead run synchronous data parallelism, the communication-heavy ideal: one
+    model, one inner optimiser stepping every micro-step on the mean gradient of every peer's micro-batch (an
+    all-reduce per micro-step), the schedule read the same way. `lr_scale` multiplies the inner peak learning rate.
+    """
+    import copy
+
+    import torch
+
+    from peer.diloco import apply_outer_step, make_outer_optimizer
+    from swarm.data import build_data
+    from swarm.evaluation import validation_loss
+    from swarm.model import build_model
+    from swarm.optim import build_optimizer_factories, lr_multiplier, parameter_groups
+    from swarm.tokenizer import build_tokenizer
+
+    torch.set_num_threads(1)
+    recipe = bench_recipe(config)
+    diloco = recipe.collaboration.diloco
+    inner_steps, synchronous = diloco.inner_steps, config.get("synchronous", False)
+    tokenizer = build_tokenizer(recipe.tokenizer)
+    streams = [build_data(recipe.data, tokenizer, peer_id=f"convergence-peer-{index}".encode())
+               for index in range(config["peers"])]
+    validation = streams[0].validation_batches(VALIDATION_BATCH_SIZE)
+    outer_model = build_model(recipe.model, tokenizer.vocab_size, tokenizer.eos_id, tokenizer.pad_id)
+    outer_model.train()
+    replicas = [outer_model] if synchronous else [copy.deepcopy(outer_model) for _ in streams]
+    make_optimizer, _ = build_optimizer_factories(recipe.optimizer)
+    inner = [make_optimizer(parameter_groups(replica, recipe.optimizer.weight_decay)) for replica in replicas]
+    peak_lrs = [group["lr"] * config.get("lr_scale", 1.0) for group in inner[0].param_groups]
+    multiplier = lr_multiplier(recipe.optimizer.schedule)
+    outer = [param for param in outer_model.parameters()]
+    outer_optimizer = make_outer_optimizer(outer, diloco)
+
+    def inner_step(replica, optimizer, batches: list, progress: float) -> None:
+        for group, peak_lr in zip(optimizer.param_groups, peak_lrs):
+            group["lr"] = peak_lr * multiplier(progress)
+        for batch in batches:
+            (replica(input_ids=batch, labels=batch).loss / len(batches)).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    curve = [[0, validation_loss(outer_model, validation), 0, 0.0]]
+    started = time.time()
+    for epoch in range(config["max_epochs"]):
+        if synchronous:
+            for step in range(inner_steps):
+                batches = [stream.next_batch(epoch, MICRO_BATCH_SIZE) for stream in streams]
+                inner_step(outer_model, inner[0], batches, epoch + step / inner_steps)
+        else:
+            mean_pseudo_gradient = [torch.zeros_like(param) for param in outer]
+            for replica, optimizer, stream in zip(replicas, inner, streams):
+                for step in range(inner_steps):
+                    inner_step(replica, optimizer, [stream.next_batch(epoch, MICRO_BATCH_SIZE)],
+                               epoch + step / inner_steps)
+                with torch.no_grad():
+                    for total, start, param in zip(mean_pseudo_gradient, outer, replica.parameters()):
+                        total.add_(start - param, alpha=1 / len(replicas))
+            apply_outer_step(outer_optimizer, mean_pseudo_gradient)
+            with torch.no_grad():
+                for replica in replicas:
+                    for param, start in zip(replica.parameters(), outer):
+                        param.copy_(start)
+        loss = validation_loss(outer_model, validation)
+        curve.append([(epoch + 1) * inner_steps, loss, epoch + 1, round(time.time() - started, 2)])
+        if not math.isfinite(loss) or (config.get("target_loss") is not None and loss <= config["target_loss"]):
+            break
+    result_file.write_text(json.dumps({"curve": curve, "epochs": len(curve) - 1,
+                                       "wall_s": round(time.time() - started, 2)}))
+
+
+def run_plain_loops(args: argparse.Namespace, kind: str, target_loss: float, work_root: Path) -> list[dict]:
+    """One plain-loop row of `kind` per peer count, side by side (one process and one thread each).
+
+    kind: dedloc (`run_plain_loop`), diloco or synchronous (`run_diloco_plain_loop`, the latter with `synchronous`).
+    """
+    mode = "dedloc" if kind == "dedloc" else "diloco"
     processes = []
     for peers in args.peers:
-        per_peer = math.ceil(args.target_batch_size / (MICRO_BATCH_SIZE * peers))
-        config = {"mode": "dedloc", "peers": peers, "compression": "none", "run_id": "convergence-plain",
+        if mode == "dedloc":
+            per_peer = math.ceil(args.target_batch_size / (MICRO_BATCH_SIZE * peers))
+        else:  # one round (or, synchronous, one evaluation interval) is inner_steps micro-steps on every peer
+            per_peer = args.inner_steps
+        config = {"mode": mode, "peers": peers, "compression": "none", "run_id": "convergence-plain",
                   "target_batch_size": args.target_batch_size, "matchmaking_time_s": args.matchmaking_time_s,
-                  "micro_batches_per_peer": per_peer, "target_loss": target_loss,
+                  "inner_steps": args.inner_steps, "outer_lr": args.outer_lr, "synchronous": kind == "synchronous",
+                  "lr_scale": args.plain_lr_scale, "micro_batches_per_peer": per_peer, "target_loss": target_loss,
                   # twice the swarm's budget: a plain loop is cheap, and where it crosses is what it is run for
                   "max_epochs": math.ceil(2 * args.micro_steps / per_peer)}
-        folder = Path(tempfile.mkdtemp(prefix=f"plain-{peers}-", dir=work_root))
+        folder = Path(tempfile.mkdtemp(prefix=f"plain-{kind}-{peers}-", dir=work_root))
         (folder / "config.json").write_text(json.dumps(config))
         argv = [sys.executable, str(Path(__file__).resolve()), "--plain-worker",
                 "--config", str(folder / "config.json"), "--result-file", str(folder / "result.json")]
@@ -242,14 +331,16 @@ def run_plain_loops(args: argparse.Namespace, target_loss: float, work_root: Pat
     rows = []
     for config, folder, process in processes:
         if process.wait() != 0 or not (folder / "result.json").exists():
-            rows.append({"mode": "dedloc-plain-loop", "peers": config["peers"], "compression": "n/a (no swarm)",
+            rows.append({"mode": f"{kind}-plain-loop", "peers": config["peers"], "compression": "n/a (no swarm)",
                          "error": (folder / "plain.log").read_text(errors="replace")[-2000:]})
             continue
         result = json.loads((folder / "result.json").read_text())
         reached = steps_to_target(result["curve"], target_loss)
         rows.append({
-            "mode": "dedloc-plain-loop", "peers": config["peers"], "compression": "n/a (no swarm)",
-            "plain_loop": True, "inner_steps": None, "target_batch_size": args.target_batch_size,
+            "mode": f"{kind}-plain-loop", "peers": config["peers"], "compression": "n/a (no swarm)",
+            "plain_loop": True, "inner_steps": args.inner_steps if mode == "diloco" else None,
+            "outer_lr": args.outer_lr if kind == "diloco" else None, "lr_scale": args.plain_lr_scale,
+            "target_batch_size": args.target_batch_size if mode == "dedloc" else None,
             "micro_batches_per_peer_per_epoch": config["micro_batches_per_peer"],
             "target_loss": round(target_loss, 4),
             "micro_steps_to_target": round(reached, 1) if reached is not None else None,
@@ -486,9 +577,13 @@ def run_benchmark(args: argparse.Namespace) -> dict:
             print(f"{mode} {peers} peers {codec}: {rows[-1]['micro_steps_to_target']} micro-steps to target, "
                   f"{rows[-1]['averaged_rounds']} averaged / {rows[-1]['solo_rounds']} solo rounds "
                   f"({rows[-1]['wall_s']} s)", flush=True)
-    if args.plain_loops and "dedloc" in args.modes:
-        print("plain loops (no swarm) for " + ", ".join(f"{n} peer(s)" for n in args.peers), flush=True)
-        rows += run_plain_loops(args, targets["dedloc"], work_root)
+    if args.plain_loops:
+        # diloco's target also for synchronous data parallelism: the usual ceiling for combining those peers
+        kinds = [(kind, mode) for mode in args.modes
+                 for kind in ([mode] if mode == "dedloc" else [mode, "synchronous"])]
+        for kind, mode in kinds:
+            print(f"{kind} plain loops (no swarm) for " + ", ".join(f"{n} peer(s)" for n in args.peers), flush=True)
+            rows += run_plain_loops(args, kind, targets[mode], work_root)
     add_ratios(rows)
     settings = {
         "recipe": RECIPE, "modes": args.modes, "peers": args.peers, "compression": args.compression,
@@ -501,9 +596,13 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         "single_peer_rows_from": str(args.targets_from) if args.targets_from else None, "diloco_inner_steps": args.inner_steps,
         "diloco_outer_lr": args.outer_lr, "diloco_outer_momentum": 0.9, "diloco_eval": "after every outer round",
         "matchmaking_time_s": args.matchmaking_time_s, "torch_threads_per_peer": 1,
-        "plain_loops": ("rows dedloc-plain-loop: one plain PyTorch loop per peer count, no hivemind, each epoch the "
-                        "mean gradient of ceil(target_batch_size / (16 x peers)) micro-batches from each of those "
-                        "peers' data streams: what a swarm whose every round reaches every peer computes")
+        "plain_loops": ("rows <mode>-plain-loop: one process per peer count, no hivemind, the same peers' data "
+                        "streams. dedloc: each epoch the mean gradient of ceil(target_batch_size / (16 x peers)) "
+                        "micro-batches from each stream; diloco: one model replica per peer, inner_steps steps each, "
+                        "the exact mean pseudo-gradient through the outer step; synchronous (with diloco): one model "
+                        "stepping every micro-step on the mean gradient of every peer's micro-batch (all-reduce per "
+                        "micro-step), diloco's schedule and target. What a swarm whose every round reaches every peer "
+                        f"computes. Inner peak lr x {args.plain_lr_scale}")
         if args.plain_loops else None,
         "validation": f"the recipe's {64} fixed held-out samples (data.val_samples), one batch",
         "target": "the 1-peer run's validation loss at its last evaluation point; multi-peer runs stop when peer 0 "
@@ -533,14 +632,20 @@ def add_ratios(rows: list[dict]) -> None:
         mine, theirs = row["micro_steps_to_target"], base["micro_steps_to_target"]
         row["step_ratio_vs_1_peer"] = round(mine / theirs, 3) if mine is not None and theirs else None
         row["ideal_step_ratio"] = round(1 / row["peers"], 3)
-        plain = next((other for other in rows if other["mode"] == "dedloc-plain-loop" and "error" not in other
-                      and other["peers"] == row["peers"]), None)
-        if row["mode"] == "dedloc" and plain is not None:
+        plain = next((other for other in rows if other["mode"] == f"{row['mode']}-plain-loop"
+                      and "error" not in other and other["peers"] == row["peers"]), None)
+        if plain is not None:
             # against a perfect swarm of the same peers (same samples): what this swarm's rounds cost
             theirs = plain["micro_steps_to_target"]
             row["plain_loop_micro_steps_to_target"] = theirs
             row["step_ratio_vs_plain_loop_same_peers"] = (round(mine / theirs, 3) if mine is not None and theirs
                                                           else None)
+        real_mode = {"dedloc-plain-loop": "dedloc", "diloco-plain-loop": "diloco",
+                     "synchronous-plain-loop": "diloco"}.get(row["mode"])
+        if real_mode in solo and solo[real_mode]["micro_steps_to_target"]:
+            # a perfect swarm against the real lone peer that set the target: the best ratio those peers could show
+            row["step_ratio_vs_real_1_peer"] = (round(mine / solo[real_mode]["micro_steps_to_target"], 3)
+                                                if mine is not None else None)
         if row["mode"] == "diloco" and "dedloc" in solo:
             dedloc = solo["dedloc"]
             reached = steps_to_target(row["curve"], dedloc["target_loss"])
@@ -598,15 +703,27 @@ def markdown(settings: dict, rows: list[dict], info: dict) -> str:
                          "the state (see `curves_all_peers`).")
     if notes:
         lines += ["", "Notes:", "", *notes]
-    plain_rows = [row for row in rows if row["mode"] == "dedloc-plain-loop" and "error" not in row]
+    plain_rows = [row for row in rows if row["mode"].endswith("-plain-loop") and "error" not in row]
     if plain_rows:
-        lines += ["", "Plain loops (rows dedloc-plain-loop): no hivemind, one process; each epoch steps on the mean "
-                  "gradient of every listed peer's micro-batches, which is what a swarm computes when every round "
-                  "reaches every peer. Their spread is the noise of one run's time to target (data order alone); "
-                  "a real swarm above its plain loop lost that much to split rounds and drift:", ""]
+        lines += ["", "Plain loops (rows <mode>-plain-loop): no hivemind, one process, the listed peers' data. DeDLOC: "
+                  "each epoch steps on the mean gradient of every peer's micro-batches; DiLoCo: one replica per "
+                  "peer, the exact mean pseudo-gradient through the outer step every round. That is what a swarm "
+                  "computes when every round reaches every peer. Their spread is the noise of one run's time to "
+                  "target (data order alone); a real swarm above its plain loop lost that much to split rounds and "
+                  "drift:", ""]
+        if any(row["mode"] == "synchronous-plain-loop" for row in plain_rows):
+            lines += ["Rows synchronous-plain-loop: one model stepping every micro-step on the mean gradient of every "
+                      "peer's micro-batch (an all-reduce per micro-step), DiLoCo's schedule and target: the usual "
+                      "ceiling for any way of combining those peers' gradients at this learning rate.", ""]
+        for row in plain_rows:
+            if row["peers"] > 1 and row.get("step_ratio_vs_1_peer") is not None:
+                against_real = (f", {row['step_ratio_vs_real_1_peer']:.2f}x the real lone peer's"
+                                if row.get("step_ratio_vs_real_1_peer") is not None else "")
+                lines.append(f"- {row['mode']}, {row['peers']} peers: {row['micro_steps_to_target']} micro-steps per "
+                             f"peer, {row['step_ratio_vs_1_peer']:.2f}x its 1-peer plain loop's{against_real}")
         for row in rows:
             if row.get("step_ratio_vs_plain_loop_same_peers") is not None:
-                lines.append(f"- dedloc, {row['peers']} peers, {row['compression']}: "
+                lines.append(f"- {row['mode']}, {row['peers']} peers, {row['compression']}: "
                              f"{row['micro_steps_to_target']} micro-steps per peer vs "
                              f"{row['plain_loop_micro_steps_to_target']} for its plain loop: "
                              f"{row['step_ratio_vs_plain_loop_same_peers']:.2f}x")
@@ -635,13 +752,15 @@ def plot(settings: dict, rows: list[dict], path: Path) -> None:
     figure, axes = plt.subplots(1, len(modes), figsize=(5.5 * len(modes), 4.2), squeeze=False)
     for axis, mode in zip(axes[0], modes):
         for row in rows:
-            plain = row["mode"] == f"{mode}-plain-loop"
+            plain = row["mode"] in ({f"{mode}-plain-loop", "synchronous-plain-loop"} if mode == "diloco"
+                                    else {f"{mode}-plain-loop"})
             if (row["mode"] != mode and not plain) or "error" in row:
                 continue
             steps, losses = zip(*[(s, l if l is not None else float("nan")) for s, l in row["curve"]])
             label = f"{row['peers']} peer{'s' if row['peers'] > 1 else ''}"
             if plain:
-                label += ", plain loop (no swarm)"
+                label += (", synchronous data parallel (no swarm)" if row["mode"] == "synchronous-plain-loop"
+                          else ", plain loop (no swarm)")
             elif row["peers"] > 1:
                 label += f", {row['compression']}"
             axis.plot(steps, losses, marker="" if plain else ".", linestyle=":" if plain else "-", label=label)
@@ -685,8 +804,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--delay-updates", action="store_true",
                         help="DeDLOC: average and step in the background (recipe collaboration.delay_updates).")
     parser.add_argument("--plain-loops", action="store_true",
-                        help="DeDLOC: also run, for each peer count, the plain loop a perfect swarm would compute "
-                             "(same peers' data, no hivemind): the reference for the swarm's rows.")
+                        help="Also run, for each mode and peer count, what a perfect swarm would compute (same "
+                             "peers' data, no hivemind, one process): the reference for the swarm's rows. With "
+                             "diloco, also synchronous data parallelism (all-reduce every micro-step), the ceiling.")
+    parser.add_argument("--plain-lr-scale", type=float, default=1.0,
+                        help="Multiply the inner (or synchronous) peak learning rate of the plain loops only, to ask "
+                             "what a retuned recipe could give (default 1).")
     parser.add_argument("--targets-from", type=Path, default=None,
                         help="Reuse the 1-peer rows (and targets) of an earlier convergence.json: run only the swarms.")
     parser.add_argument("--name", default="convergence", help="Results file stem.")
@@ -698,7 +821,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--result-file", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.plain_worker:
-        run_plain_loop(json.loads(args.config.read_text()), args.result_file)
+        config = json.loads(args.config.read_text())
+        (run_plain_loop if config["mode"] == "dedloc" else run_diloco_plain_loop)(config, args.result_file)
         return
     if args.worker:
         import logging
@@ -727,6 +851,10 @@ def main(argv: list[str] | None = None) -> None:
         problems.append(f"--inner-steps {args.inner_steps} must be 1 or more (default 20)")
     if not 0 < args.outer_lr <= 10:
         problems.append(f"--outer-lr {args.outer_lr} must be in (0, 10] (DiLoCo's default is 0.7)")
+    if not 0 < args.plain_lr_scale <= 100:
+        problems.append(f"--plain-lr-scale {args.plain_lr_scale} must be in (0, 100] (default 1)")
+    if args.plain_lr_scale != 1.0 and not args.plain_loops:
+        problems.append("--plain-lr-scale changes only the plain loops: add --plain-loops")
     if args.target_batch_size < MICRO_BATCH_SIZE:
         problems.append(f"--target-batch-size {args.target_batch_size} is below one micro-batch "
                         f"({MICRO_BATCH_SIZE}): use {MICRO_BATCH_SIZE} or more")

@@ -150,13 +150,15 @@ def test_convergence_quick_mode_trains_real_peers_that_average_to_one_model(tmp_
 @pytest.mark.timeout(420)
 def test_convergence_plain_loops_match_the_lone_real_peer_and_show_the_swarm_against_its_perfect_counterpart(tmp_path):
     process = subprocess.run(
-        [sys.executable, "benchmarks/convergence.py", "--modes", "dedloc", "--peers", "1", "2", "--micro-steps", "8",
-         "--target-batch-size", "64", "--max-run-s", "60", "--plain-loops", "--results-dir", str(tmp_path)],
+        [sys.executable, "benchmarks/convergence.py", "--modes", "dedloc", "diloco", "--peers", "1", "2",
+         "--micro-steps", "8", "--target-batch-size", "64", "--inner-steps", "3", "--max-run-s", "60", "--plain-loops",
+         "--results-dir", str(tmp_path)],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=400)
     assert process.returncode == 0, process.stdout[-3000:] + process.stderr[-3000:]
     rows = {(row["mode"], row["peers"]): row for row in json.loads((tmp_path / "convergence.json").read_text())
             ["results"]["rows"]}
-    assert set(rows) == {("dedloc", 1), ("dedloc", 2), ("dedloc-plain-loop", 1), ("dedloc-plain-loop", 2)}
+    assert set(rows) == {(mode, peers) for mode in ("dedloc", "diloco", "dedloc-plain-loop", "diloco-plain-loop",
+                                                    "synchronous-plain-loop") for peers in (1, 2)}
     lone, plain_lone = rows["dedloc", 1], rows["dedloc-plain-loop", 1]
     # a lone hivemind peer is a plain loop over the same data: the same losses at the same steps
     assert [steps for steps, _ in plain_lone["curve"][:3]] == [steps for steps, _ in lone["curve"][:3]]
@@ -171,7 +173,78 @@ def test_convergence_plain_loops_match_the_lone_real_peer_and_show_the_swarm_aga
     expected = (round(pair["micro_steps_to_target"] / plain_pair["micro_steps_to_target"], 3)
                 if pair["micro_steps_to_target"] is not None else None)
     assert pair["step_ratio_vs_plain_loop_same_peers"] == expected
-    assert "Plain loops" in (tmp_path / "convergence.md").read_text()
+    # DiLoCo's perfect swarm: one replica per peer, a round every 3 micro-steps, evaluated after each outer step
+    plain_diloco = rows["diloco-plain-loop", 2]
+    assert plain_diloco["inner_steps"] == 3 and [steps for steps, _ in plain_diloco["curve"][:3]] == [0, 3, 6]
+    assert plain_diloco["curve"][0][1] == pytest.approx(rows["diloco", 2]["curve"][0][1], abs=1e-4)  # one start
+    assert plain_diloco["target_loss"] == rows["diloco", 1]["target_loss"]
+    assert rows["diloco", 2]["plain_loop_micro_steps_to_target"] == plain_diloco["micro_steps_to_target"]
+    # synchronous data parallelism on the same peers, DiLoCo's target: its ratio also against the real lone peer
+    synchronous = rows["synchronous-plain-loop", 2]
+    assert synchronous["target_loss"] == plain_diloco["target_loss"] and synchronous["outer_lr"] is None
+    assert synchronous["micro_steps_to_target"] is not None  # it runs up to twice the lone peer's micro-steps
+    assert synchronous["step_ratio_vs_real_1_peer"] == round(
+        synchronous["micro_steps_to_target"] / rows["diloco", 1]["micro_steps_to_target"], 3)
+    markdown = (tmp_path / "convergence.md").read_text()
+    assert "Plain loops" in markdown and "diloco-plain-loop, 2 peers" in markdown
+
+
+def test_the_perfect_diloco_swarm_applies_one_nesterov_step_to_the_mean_of_its_replicas_progress(tmp_path):
+    """`convergence.py --plain-loops` in mode diloco: one round of two replicas, checked against the paper's formula.
+
+    Each replica takes H AdamW steps (the recipe's clip and schedule) on its own peer's stream from the shared start;
+    with the first outer Nesterov step m = g, the outer model is start - lr * (1 + mu) * mean(start - replica).
+    """
+    sys.path.insert(0, str(REPO_ROOT))
+    from benchmarks.convergence import (
+        MICRO_BATCH_SIZE,
+        VALIDATION_BATCH_SIZE,
+        bench_recipe,
+        run_diloco_plain_loop,
+    )
+    from swarm.data import build_data
+    from swarm.evaluation import validation_loss
+    from swarm.model import build_model
+    from swarm.optim import build_optimizer_factories, lr_multiplier, parameter_groups
+    from swarm.tokenizer import build_tokenizer
+
+    inner_steps, outer_lr = 3, 0.7
+    config = {"mode": "diloco", "peers": 2, "compression": "none", "run_id": "plain-test", "matchmaking_time_s": 1.0,
+              "inner_steps": inner_steps, "outer_lr": outer_lr, "max_epochs": 1}
+    run_diloco_plain_loop(config, tmp_path / "result.json")
+    curve = json.loads((tmp_path / "result.json").read_text())["curve"]
+    assert [steps for steps, *_ in curve] == [0, inner_steps]
+
+    torch.set_num_threads(1)
+    recipe = bench_recipe(config)
+    momentum = recipe.collaboration.diloco.outer_momentum
+    tokenizer = build_tokenizer(recipe.tokenizer)
+    make_model = lambda: build_model(recipe.model, tokenizer.vocab_size, tokenizer.eos_id, tokenizer.pad_id)  # noqa: E731
+    start = make_model()
+    start_state = {name: tensor.clone() for name, tensor in start.state_dict().items()}
+    make_optimizer, _ = build_optimizer_factories(recipe.optimizer)
+    multiplier = lr_multiplier(recipe.optimizer.schedule)
+    trained = []
+    for index in range(2):
+        stream = build_data(recipe.data, tokenizer, peer_id=f"convergence-peer-{index}".encode())
+        replica = make_model()
+        optimizer = make_optimizer(parameter_groups(replica, recipe.optimizer.weight_decay))
+        peak = [group["lr"] for group in optimizer.param_groups]
+        for step in range(inner_steps):
+            for group, lr in zip(optimizer.param_groups, peak):
+                group["lr"] = lr * multiplier(step / inner_steps)
+            batch = stream.next_batch(0, MICRO_BATCH_SIZE)
+            replica(input_ids=batch, labels=batch).loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        trained.append(replica.state_dict())
+    expected = {name: value - outer_lr * (1 + momentum) * (value - (trained[0][name] + trained[1][name]) / 2)
+                for name, value in start_state.items()}
+    start.load_state_dict(expected)
+    validation = build_data(recipe.data, tokenizer, peer_id=b"any").validation_batches(VALIDATION_BATCH_SIZE)
+    moved = validation_loss(start, validation)
+    assert curve[1][1] == pytest.approx(moved, abs=1e-4)
+    assert abs(curve[1][1] - curve[0][1]) > 0.05  # the round did move the model
 
 
 @pytest.mark.timeout(300)
