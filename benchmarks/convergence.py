@@ -561,6 +561,8 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         solo_results = run_together(solo, args.max_run_s + 120)
         targets = {run.mode: results[0]["curve"][-1][1] for run, results in zip(solo, solo_results)}
         rows = [make_row(args, run, results, targets[run.mode]) for run, results in zip(solo, solo_results)]
+    if args.plain_only:
+        multi = []  # the single peers' rows and targets come from --targets-from; only the plain loops run
     if not args.quick:
         for row in rows:
             print(f"{row['mode']} 1 peer: target loss {row['target_loss']} after {row['micro_steps_done']} "
@@ -596,6 +598,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         "single_peer_rows_from": str(args.targets_from) if args.targets_from else None, "diloco_inner_steps": args.inner_steps,
         "diloco_outer_lr": args.outer_lr, "diloco_outer_momentum": 0.9, "diloco_eval": "after every outer round",
         "matchmaking_time_s": args.matchmaking_time_s, "torch_threads_per_peer": 1,
+        "plain_only": args.plain_only,
         "plain_loops": ("rows <mode>-plain-loop: one process per peer count, no hivemind, the same peers' data "
                         "streams. dedloc: each epoch the mean gradient of ceil(target_batch_size / (16 x peers)) "
                         "micro-batches from each stream; diloco: one model replica per peer, inner_steps steps each, "
@@ -759,8 +762,9 @@ def plot(settings: dict, rows: list[dict], path: Path) -> None:
             steps, losses = zip(*[(s, l if l is not None else float("nan")) for s, l in row["curve"]])
             label = f"{row['peers']} peer{'s' if row['peers'] > 1 else ''}"
             if plain:
-                label += (", synchronous data parallel (no swarm)" if row["mode"] == "synchronous-plain-loop"
-                          else ", plain loop (no swarm)")
+                label += {"synchronous-plain-loop": ", synchronous data parallel (no swarm)",
+                          "diloco-plain-loop": ", perfect DiLoCo (no swarm)"}.get(row["mode"],
+                                                                                ", plain loop (no swarm)")
             elif row["peers"] > 1:
                 label += f", {row['compression']}"
             axis.plot(steps, losses, marker="" if plain else ".", linestyle=":" if plain else "-", label=label)
@@ -807,6 +811,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="Also run, for each mode and peer count, what a perfect swarm would compute (same "
                              "peers' data, no hivemind, one process): the reference for the swarm's rows. With "
                              "diloco, also synchronous data parallelism (all-reduce every micro-step), the ceiling.")
+    parser.add_argument("--plain-only", action="store_true",
+                        help="With --plain-loops and --targets-from: run only the plain loops, no swarm (minutes: "
+                             "for asking what a setting can give before running real peers with it).")
     parser.add_argument("--plain-lr-scale", type=float, default=1.0,
                         help="Multiply the inner (or synchronous) peak learning rate of the plain loops only, to ask "
                              "what a retuned recipe could give (default 1).")
@@ -853,6 +860,8 @@ def main(argv: list[str] | None = None) -> None:
         problems.append(f"--outer-lr {args.outer_lr} must be in (0, 10] (DiLoCo's default is 0.7)")
     if not 0 < args.plain_lr_scale <= 100:
         problems.append(f"--plain-lr-scale {args.plain_lr_scale} must be in (0, 100] (default 1)")
+    if args.plain_only and not (args.plain_loops and args.targets_from):
+        problems.append("--plain-only needs --plain-loops and --targets-from (the single peer's target)")
     if args.plain_lr_scale != 1.0 and not args.plain_loops:
         problems.append("--plain-lr-scale changes only the plain loops: add --plain-loops")
     if args.target_batch_size < MICRO_BATCH_SIZE:

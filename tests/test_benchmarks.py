@@ -267,6 +267,18 @@ def test_convergence_refuses_peer_counts_without_the_single_peer():
     assert "--peers must include 1" in process.stderr and "Traceback" not in process.stderr
 
 
+def test_convergence_refuses_plain_only_without_a_target_or_a_plain_lr_scale_without_plain_loops():
+    process = subprocess.run([sys.executable, "benchmarks/convergence.py", "--plain-only", "--plain-loops",
+                              "--plain-lr-scale", "0"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert process.returncode == 2 and "Traceback" not in process.stderr
+    assert "--plain-only needs --plain-loops and --targets-from" in process.stderr
+    assert "--plain-lr-scale 0.0 must be in (0, 100]" in process.stderr
+    process = subprocess.run([sys.executable, "benchmarks/convergence.py", "--plain-lr-scale", "2"], cwd=REPO_ROOT,
+                             capture_output=True, text=True, timeout=120)
+    assert process.returncode == 2
+    assert "--plain-lr-scale changes only the plain loops: add --plain-loops" in process.stderr
+
+
 CHURN_ARM_FIELDS = {
     "samples_per_s", "max_stall_s", "averaging_timeout_s", "loss_curve", "memory", "kills", "restarts", "orphans",
     "longest_peer_pause_s", "peer_pauses",
