@@ -219,7 +219,10 @@ def test_the_perfect_diloco_swarm_applies_one_nesterov_step_to_the_mean_of_its_r
     recipe = bench_recipe(config)
     momentum = recipe.collaboration.diloco.outer_momentum
     tokenizer = build_tokenizer(recipe.tokenizer)
-    make_model = lambda: build_model(recipe.model, tokenizer.vocab_size, tokenizer.eos_id, tokenizer.pad_id)  # noqa: E731
+
+    def make_model():
+        return build_model(recipe.model, tokenizer.vocab_size, tokenizer.eos_id, tokenizer.pad_id)
+
     start = make_model()
     start_state = {name: tensor.clone() for name, tensor in start.state_dict().items()}
     make_optimizer, _ = build_optimizer_factories(recipe.optimizer)
