@@ -88,7 +88,8 @@ PROJECTION_OVERHEAD_S = 5.0
 
 
 def load_bench_recipe(model: str, compression: str, target_batch_size: int | None, matchmaking_time_s: float | None,
-                      mode: str = "dedloc", inner_steps: int | None = None, overlap: bool = False):
+                      mode: str = "dedloc", inner_steps: int | None = None, overlap: bool = False,
+                      average_state_every: int | None = None):
     from swarm.recipe import load_recipe
 
     recipe = load_recipe(RECIPES_DIR / MODELS[model][0])
@@ -100,6 +101,8 @@ def load_bench_recipe(model: str, compression: str, target_batch_size: int | Non
         update["averaging_timeout_s"] = max(recipe.collaboration.averaging_timeout_s, 4 * matchmaking_time_s)
     if mode == "dedloc":
         update["delay_updates"] = overlap
+        if average_state_every is not None:
+            update["average_state_every"] = average_state_every
     if mode == "diloco":
         diloco = {"overlap_communication": overlap}
         if inner_steps is not None:
@@ -114,7 +117,7 @@ def bench_recipe(args: argparse.Namespace, compression: str, peers: int | None =
     if args.mode == "diloco" and target is None and peers:
         target = peers * args.inner_steps * args.micro_batch_size
     return load_bench_recipe(args.model, compression, target, args.matchmaking_time_s, args.mode, args.inner_steps,
-                             args.overlap)
+                             args.overlap, args.average_state_every)
 
 
 def build_bench_model(model: str, recipe):
@@ -188,7 +191,7 @@ def run_peer(args: argparse.Namespace) -> dict:
 
     torch.set_num_threads(1)  # compute is simulated; hivemind's own tensor work shares the 2 cores with 7 others
     recipe = load_bench_recipe(args.model, args.compression[0], args.target_batch_size, args.matchmaking_time_s,
-                               args.mode, args.inner_steps, args.overlap)
+                               args.mode, args.inner_steps, args.overlap, args.average_state_every)
     folder = Path(args.work_dir) / f"peer-{args.peer_index}"
     identity = Identity.load_or_create(folder / "identity", name=f"scaling-peer-{args.peer_index}")
     # in a network lab: listen on the host's own address at a fixed port, announce the relay that others dial;
@@ -309,6 +312,8 @@ def run_row(args: argparse.Namespace, peers: int, compression: str, step_time_s:
             argv += ["--target-batch-size", str(target)]
             if args.matchmaking_time_s:
                 argv += ["--matchmaking-time-s", str(args.matchmaking_time_s)]
+            if args.average_state_every:
+                argv += ["--average-state-every", str(args.average_state_every)]
             log = open(work_dir / f"peer-{index}.log", "w")
             if lab is None:
                 processes.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=work_dir))
@@ -675,7 +680,8 @@ def predict(peers: int, step_time_s: float, micro_batch_size: int, samples_per_e
 
 def paper_model(args, rows: list[dict], step_time_s: float) -> dict:
     """Check the model on the measured rows (fitted overhead from 2 peers), then extrapolate."""
-    recipe = load_bench_recipe(args.model, "fp16", args.target_batch_size, args.matchmaking_time_s)
+    recipe = load_bench_recipe(args.model, "fp16", args.target_batch_size, args.matchmaking_time_s,
+                               average_state_every=args.average_state_every)
     target = recipe.collaboration.target_batch_size
     check = []
     # the check fits DeDLOC rounds on loopback (the lead extends it to links and DiLoCo)
@@ -746,7 +752,8 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         else:
             step_time_s = ASSUMED_GPT2_SMALL_STEP_S
     print(f"step time {step_time_s:.3f} s per micro-step ({'calibrated' if calibrated else 'given'})", flush=True)
-    recipe = load_bench_recipe(args.model, "fp16", args.target_batch_size, args.matchmaking_time_s)
+    recipe = load_bench_recipe(args.model, "fp16", args.target_batch_size, args.matchmaking_time_s,
+                               average_state_every=args.average_state_every)
     model = build_bench_model(args.model, recipe)
     sizes = {c: computed_bytes_per_sync(model, c) for c in args.compression}
     args.payload = {c: s["payload_bytes"] for c, s in sizes.items()}
@@ -938,6 +945,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--micro-batch-size", type=int, default=16)
     parser.add_argument("--target-batch-size", type=int, default=None, help="Override the recipe's global batch.")
     parser.add_argument("--matchmaking-time-s", type=float, default=None, help="Override the recipe's matchmaking.")
+    parser.add_argument("--average-state-every", type=int, default=None,
+                        help="DeDLOC: override the recipe's state averaging period in epochs (what it costs).")
     parser.add_argument("--seconds", type=float, default=None, help="Measured window per row (default 25).")
     parser.add_argument("--warmup-s", type=float, default=None, help="Warm-up before the window (default 10).")
     parser.add_argument("--startup-timeout-s", type=float, default=180.0)
@@ -967,6 +976,9 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--inner-steps only applies to --mode diloco: add --mode diloco or drop --inner-steps")
     if args.simulate_inner_step and args.mode != "diloco":
         parser.error("--simulate-inner-step only applies to --mode diloco: add --mode diloco or drop it")
+    if args.average_state_every is not None and (args.mode != "dedloc" or args.average_state_every < 1):
+        parser.error(f"--average-state-every {args.average_state_every}: a period of 1 or more epochs, in --mode "
+                     "dedloc only (DiLoCo averages its outer state every diloco.average_parameters_every rounds)")
     if any(peers < 1 for peers in (args.peers or [])):
         parser.error(f"--peers {' '.join(map(str, args.peers))}: each peer count must be at least 1")
     args.inner_steps = args.inner_steps or 50
