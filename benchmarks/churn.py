@@ -229,13 +229,38 @@ def second_half_slope(samples: list[dict], key: str) -> float | None:
     return None if value is None else round(value, 1)
 
 
-def write_recipe(path: Path, run_id: str, max_wall_time_s: float) -> dict:
-    """The tiny-stdlib recipe with its own run id; only a safety wall-time limit (the harness stops the run)."""
+def epoch_durations(epoch_starts: list[tuple[int, float]], average_state_every: int) -> dict:
+    """How long the swarm's epochs took, from (epoch, first seen at) pairs in time order.
+
+    Split by whether an epoch began with a state averaging: hivemind averages the parameters and optimiser statistics
+    when a peer enters an epoch divisible by `average_state_every`, in the background of that epoch's training. The
+    longest stall is usually one of those epochs. Only epochs whose successor was seen count (an epoch the poll
+    skipped has no duration of its own).
+    """
+    epoch_s = {epoch: next_t - t for (epoch, t), (next_epoch, next_t) in zip(epoch_starts, epoch_starts[1:])
+               if next_epoch == epoch + 1}
+    with_state = [s for epoch, s in epoch_s.items() if epoch % average_state_every == 0]
+    without = [s for epoch, s in epoch_s.items() if epoch % average_state_every != 0]
+    return dict(
+        epoch_s_median=round(statistics.median(epoch_s.values()), 2) if epoch_s else None,
+        epoch_s_mean_with_state_averaging=round(statistics.fmean(with_state), 2) if with_state else None,
+        epoch_s_mean_without=round(statistics.fmean(without), 2) if without else None,
+        epochs_with_state_averaging=len(with_state),
+    )
+
+
+def write_recipe(path: Path, run_id: str, max_wall_time_s: float, average_state_every: int | None = None) -> dict:
+    """The tiny-stdlib recipe with its own run id; only a safety wall-time limit (the harness stops the run).
+
+    `average_state_every` overrides the recipe's state averaging period, to measure what that averaging costs.
+    """
     import yaml
 
     recipe = yaml.safe_load((RECIPES_DIR / "tiny-stdlib.yaml").read_text())
     recipe["run"]["id"] = run_id
     recipe["limits"] = {"max_wall_time_s": float(max_wall_time_s)}
+    if average_state_every is not None:
+        recipe["collaboration"]["average_state_every"] = average_state_every
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))
     return recipe
 
@@ -487,6 +512,7 @@ class Arm:
             gaps.insert(0, advances[0][1])
         max_stall_s = max(gaps, default=float(args.duration))
         timeout_s = self.recipe["collaboration"]["averaging_timeout_s"]
+        durations = epoch_durations(advances, self.recipe["collaboration"]["average_state_every"])
 
         loss_curve = [dict(t=p["t"], epoch=p["epoch"], loss=p["loss"]) for p in window if p["loss"] is not None]
         loss_by_epoch: dict[int, float] = {}
@@ -506,6 +532,7 @@ class Arm:
             start_epoch=start_epoch,
             end_epoch=window[-1]["epoch"] if window else 0,
             max_stall_s=round(max_stall_s, 1),
+            **durations,
             averaging_timeout_s=timeout_s,
             stalled_longer_than_timeout=max_stall_s > timeout_s,
             **self._pauses(timeout_s),
@@ -677,6 +704,13 @@ def markdown(settings: dict, results: dict, info: dict) -> str:
             f"{_fmt(slopes.get('never_killed_pss_second_half'), 0)} | {_fmt(slopes['restarted_pss_median'], 0)} | {_fmt(memory.get('shm_mb_first'), 0)} -> "
             f"{_fmt(memory.get('shm_mb_last'), 0)} |")
     lines.append("")
+    for name, arm in arms.items():
+        if arm.get("epoch_s_median") is not None:
+            lines.append(f"- {name}: epochs took {arm['epoch_s_median']:.1f} s (median); those that began with a state "
+                         f"averaging (every {settings.get('average_state_every')} epochs) "
+                         f"{_fmt(arm['epoch_s_mean_with_state_averaging'], 1)} s on average, the others "
+                         f"{_fmt(arm['epoch_s_mean_without'], 1)} s.")
+    lines.append("")
     if results.get("throughput_kept") is not None:
         lines.append(f"**throughput kept: {results['throughput_kept']:.2f}** (goal >= 0.80; epoch rate ratio "
                      f"{_fmt(results.get('epoch_rate_kept'), 2)}). Loss at epoch {results.get('common_epoch')}: "
@@ -759,7 +793,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     root.mkdir(parents=True, exist_ok=True)
     recipe_path = root / "recipe.yaml"
     safety_s = args.duration + args.startup_timeout_s + args.ledger_wait_s + 600
-    recipe = write_recipe(recipe_path, "churn-bench", safety_s)
+    recipe = write_recipe(recipe_path, "churn-bench", safety_s, args.average_state_every)
     args.parameters = count_model_parameters(recipe_path)
     settings = dict(
         peers=args.peers, duration_s=args.duration, period_s=args.period_s, arms=list(args.arms), kill=args.kill,
@@ -770,6 +804,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         target_batch_size=recipe["collaboration"]["target_batch_size"],
         averaging_timeout_s=recipe["collaboration"]["averaging_timeout_s"],
         matchmaking_time_s=recipe["collaboration"]["matchmaking_time_s"],
+        average_state_every=recipe["collaboration"]["average_state_every"],
         parameters=args.parameters, tensor_copies=TENSOR_COPIES,
         model_state_mb=round(args.parameters * 4 * sum(TENSOR_COPIES.values()) / MB, 1),
         orphan_check_delay_s=ORPHAN_CHECK_DELAY_S, work_dir=str(root),
@@ -855,6 +890,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="Seconds for the coordinator and every volunteer to start training.")
     parser.add_argument("--ledger-wait-s", type=float, default=None,
                         help="After the window, wait at most this long for the ledger (default 40; 15 with --quick).")
+    parser.add_argument("--average-state-every", type=int, default=None,
+                        help="Override the recipe's state averaging period in epochs (default: the recipe's 5).")
     parser.add_argument("--name", default="churn", help="Results file stem.")
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     parser.add_argument("--work-dir", default=None, help="Keep the runs' files (logs, ledger) in this folder.")
@@ -875,6 +912,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.period_s <= 0 or ("churn" in args.arms and args.period_s >= args.duration):
         parser.error(f"--period-s {args.period_s:g}: must be positive and below --duration ({args.duration:g}) "
                      "so that the churn arm kills at least once; e.g. --period-s 30 --duration 300")
+    if args.average_state_every is not None and args.average_state_every < 1:
+        parser.error(f"--average-state-every {args.average_state_every}: a period of 1 or more epochs; e.g. 10")
     if args.memory_interval_s <= 0:
         parser.error(f"--memory-interval-s {args.memory_interval_s:g}: must be positive; e.g. 5")
     if len(set(args.arms)) != len(args.arms):

@@ -284,7 +284,8 @@ def test_convergence_refuses_plain_only_without_a_target_or_a_plain_lr_scale_wit
 
 CHURN_ARM_FIELDS = {
     "samples_per_s", "max_stall_s", "averaging_timeout_s", "loss_curve", "memory", "kills", "restarts", "orphans",
-    "longest_peer_pause_s", "peer_pauses",
+    "longest_peer_pause_s", "peer_pauses", "epoch_s_median", "epoch_s_mean_with_state_averaging",
+    "epoch_s_mean_without",
 }
 
 
@@ -310,12 +311,29 @@ def test_churn_quick_mode_kills_and_restarts_a_real_volunteer_and_reports_memory
     assert (tmp_path / "churn.md").read_text().startswith("# churn")
 
 
+def test_churn_splits_epoch_durations_by_whether_the_epoch_began_with_a_state_averaging():
+    sys.path.insert(0, str(REPO_ROOT))
+    from benchmarks.churn import epoch_durations
+
+    # epochs 4..11 seen by the poll; 6 was skipped (5 and 6 have no duration of their own); 5 and 10 averaged state
+    starts = [(4, 0.0), (5, 4.0), (7, 13.0), (8, 17.0), (9, 21.5), (10, 25.5), (11, 32.5), (12, 36.5)]
+    durations = epoch_durations(starts, average_state_every=5)
+    assert durations["epochs_with_state_averaging"] == 1  # epoch 10 (7.0 s); epoch 5's successor was not seen
+    assert durations["epoch_s_mean_with_state_averaging"] == 7.0
+    assert durations["epoch_s_mean_without"] == pytest.approx((4.0 + 4.0 + 4.5 + 4.0 + 4.0) / 5, abs=0.01)
+    assert durations["epoch_s_median"] == 4.0
+    assert epoch_durations([(3, 1.0)], average_state_every=5)["epoch_s_median"] is None
+
+
 def test_churn_refuses_a_kill_period_longer_than_the_window_with_a_usage_error():
     process = subprocess.run([sys.executable, "benchmarks/churn.py", "--duration", "60", "--period-s", "90",
                               "--results-dir", "/nonexistent"], cwd=REPO_ROOT, capture_output=True, text=True,
                              timeout=60)
     assert process.returncode == 2
     assert "--period-s" in process.stderr and "Traceback" not in process.stderr
+    process = subprocess.run([sys.executable, "benchmarks/churn.py", "--average-state-every", "0"], cwd=REPO_ROOT,
+                             capture_output=True, text=True, timeout=60)
+    assert process.returncode == 2 and "--average-state-every 0: a period of 1 or more epochs" in process.stderr
 
 
 MEMBER_LOSS_ARM_FIELDS = {"kills", "survivor_rounds", "median_wait_after_kill_s", "max_wait_after_kill_s",
