@@ -174,6 +174,24 @@ def run_peer(config: dict, peer_index: int, result_file: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------------- plain loops
+def _plain_setup(config: dict):
+    """(recipe, the peers' data streams, the validation batches, a fresh model) for a plain-loop worker, one thread."""
+    import torch
+
+    from swarm.data import build_data
+    from swarm.model import build_model
+    from swarm.tokenizer import build_tokenizer
+
+    torch.set_num_threads(1)
+    recipe = bench_recipe(config)
+    tokenizer = build_tokenizer(recipe.tokenizer)
+    streams = [build_data(recipe.data, tokenizer, peer_id=f"convergence-peer-{index}".encode())
+               for index in range(config["peers"])]
+    model = build_model(recipe.model, tokenizer.vocab_size, tokenizer.eos_id, tokenizer.pad_id)
+    model.train()
+    return recipe, streams, streams[0].validation_batches(VALIDATION_BATCH_SIZE), model
+
+
 def run_plain_loop(config: dict, result_file: Path) -> None:
     """Worker: what a perfect DeDLOC swarm of `peers` would compute, as one plain PyTorch loop without hivemind.
 
@@ -183,23 +201,12 @@ def run_plain_loop(config: dict, result_file: Path) -> None:
     computes exactly this; the gap between this row and the real swarm's is what split rounds and drift cost, and
     the spread between data orders is the noise of a single run's time to target.
     """
-    import torch
     from hivemind.optim.state_averager import initialize_optimizer_state_
 
-    from swarm.data import build_data
     from swarm.evaluation import validation_loss
-    from swarm.model import build_model
     from swarm.optim import build_optimizer_factories, parameter_groups
-    from swarm.tokenizer import build_tokenizer
 
-    torch.set_num_threads(1)
-    recipe = bench_recipe(config)
-    tokenizer = build_tokenizer(recipe.tokenizer)
-    streams = [build_data(recipe.data, tokenizer, peer_id=f"convergence-peer-{index}".encode())
-               for index in range(config["peers"])]
-    validation = streams[0].validation_batches(VALIDATION_BATCH_SIZE)
-    model = build_model(recipe.model, tokenizer.vocab_size, tokenizer.eos_id, tokenizer.pad_id)
-    model.train()
+    recipe, streams, validation, model = _plain_setup(config)
     make_optimizer, make_scheduler = build_optimizer_factories(recipe.optimizer)
     optimizer = make_optimizer(parameter_groups(model, recipe.optimizer.weight_decay))
     initialize_optimizer_state_(optimizer)  # as hivemind's state averager does at start
@@ -243,22 +250,12 @@ def run_diloco_plain_loop(config: dict, result_file: Path) -> None:
     import torch
 
     from peer.diloco import apply_outer_step, make_outer_optimizer
-    from swarm.data import build_data
     from swarm.evaluation import validation_loss
-    from swarm.model import build_model
     from swarm.optim import build_optimizer_factories, lr_multiplier, parameter_groups
-    from swarm.tokenizer import build_tokenizer
 
-    torch.set_num_threads(1)
-    recipe = bench_recipe(config)
+    recipe, streams, validation, outer_model = _plain_setup(config)
     diloco = recipe.collaboration.diloco
     inner_steps, synchronous = diloco.inner_steps, config.get("synchronous", False)
-    tokenizer = build_tokenizer(recipe.tokenizer)
-    streams = [build_data(recipe.data, tokenizer, peer_id=f"convergence-peer-{index}".encode())
-               for index in range(config["peers"])]
-    validation = streams[0].validation_batches(VALIDATION_BATCH_SIZE)
-    outer_model = build_model(recipe.model, tokenizer.vocab_size, tokenizer.eos_id, tokenizer.pad_id)
-    outer_model.train()
     replicas = [outer_model] if synchronous else [copy.deepcopy(outer_model) for _ in streams]
     make_optimizer, _ = build_optimizer_factories(recipe.optimizer)
     inner = [make_optimizer(parameter_groups(replica, recipe.optimizer.weight_decay)) for replica in replicas]
