@@ -114,7 +114,9 @@ def test_scaling_quick_mode_writes_simulated_rows_with_real_averaging(quick_resu
 
 def test_scaling_refuses_an_unknown_link_or_inner_steps_naming_the_flag():
     for argv, flag in ((["--link", "5gbit-1ms"], "--link"), (["--mode", "diloco", "--inner-steps", "0"], "--inner-steps"),
-                       (["--simulate-inner-step"], "--simulate-inner-step")):
+                       (["--simulate-inner-step"], "--simulate-inner-step"),
+                       (["--mode", "diloco", "--average-state-every", "5"], "--average-state-every"),
+                       (["--average-state-every", "0"], "--average-state-every")):
         process = subprocess.run([sys.executable, "benchmarks/scaling.py", *argv, "--results-dir", "/nonexistent"],
                                  cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
         assert process.returncode == 2, process.stderr
