@@ -704,13 +704,13 @@ def markdown(settings: dict, results: dict, info: dict) -> str:
             f"{_fmt(slopes.get('never_killed_pss_second_half'), 0)} | {_fmt(slopes['restarted_pss_median'], 0)} | {_fmt(memory.get('shm_mb_first'), 0)} -> "
             f"{_fmt(memory.get('shm_mb_last'), 0)} |")
     lines.append("")
-    for name, arm in arms.items():
-        if arm.get("epoch_s_median") is not None:
-            lines.append(f"- {name}: epochs took {arm['epoch_s_median']:.1f} s (median); those that began with a state "
-                         f"averaging (every {settings.get('average_state_every')} epochs) "
-                         f"{_fmt(arm['epoch_s_mean_with_state_averaging'], 1)} s on average, the others "
-                         f"{_fmt(arm['epoch_s_mean_without'], 1)} s.")
-    lines.append("")
+    epoch_lines = [f"- {name}: epochs took {arm['epoch_s_median']:.1f} s (median); those that began with a state "
+                   f"averaging (every {settings['average_state_every']} epochs) "
+                   f"{_fmt(arm['epoch_s_mean_with_state_averaging'], 1)} s on average, the others "
+                   f"{_fmt(arm['epoch_s_mean_without'], 1)} s."
+                   for name, arm in arms.items() if arm.get("epoch_s_median") is not None]
+    if epoch_lines:
+        lines += [*epoch_lines, ""]
     if results.get("throughput_kept") is not None:
         lines.append(f"**throughput kept: {results['throughput_kept']:.2f}** (goal >= 0.80; epoch rate ratio "
                      f"{_fmt(results.get('epoch_rate_kept'), 2)}). Loss at epoch {results.get('common_epoch')}: "

@@ -261,8 +261,8 @@ def run_diloco_plain_loop(config: dict, result_file: Path) -> None:
     inner = [make_optimizer(parameter_groups(replica, recipe.optimizer.weight_decay)) for replica in replicas]
     peak_lrs = [group["lr"] * config.get("lr_scale", 1.0) for group in inner[0].param_groups]
     multiplier = lr_multiplier(recipe.optimizer.schedule)
-    outer = [param for param in outer_model.parameters()]
-    outer_optimizer = make_outer_optimizer(outer, diloco)
+    outer = list(outer_model.parameters())
+    outer_optimizer = None if synchronous else make_outer_optimizer(outer, diloco)
 
     def inner_step(replica, optimizer, batches: list, progress: float) -> None:
         for group, peak_lr in zip(optimizer.param_groups, peak_lrs):
@@ -539,8 +539,9 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     work_root = Path(tempfile.mkdtemp(prefix="swarm-convergence-"))
     print(f"work folder {work_root} (peer logs)", flush=True)
     rows: list[dict] = []
+    # --plain-only: the single peers' rows and targets come from --targets-from, and only the plain loops run
     multi = [(mode, peers, codec) for mode in args.modes for codec in args.compression for peers in args.peers
-             if peers > 1]
+             if peers > 1 and not args.plain_only]
     if args.quick:
         # everything at once, no early stop: the target is applied afterwards (the curves are the same)
         runs = [Run(args, mode, 1, args.compression[0], work_root, None) for mode in args.modes]
@@ -558,8 +559,6 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         solo_results = run_together(solo, args.max_run_s + 120)
         targets = {run.mode: results[0]["curve"][-1][1] for run, results in zip(solo, solo_results)}
         rows = [make_row(args, run, results, targets[run.mode]) for run, results in zip(solo, solo_results)]
-    if args.plain_only:
-        multi = []  # the single peers' rows and targets come from --targets-from; only the plain loops run
     if not args.quick:
         for row in rows:
             print(f"{row['mode']} 1 peer: target loss {row['target_loss']} after {row['micro_steps_done']} "
