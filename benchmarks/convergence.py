@@ -78,7 +78,8 @@ def bench_recipe(config: dict):
 
     recipe = load_recipe(RECIPES_DIR / RECIPE)
     collab = recipe.collaboration
-    update = {"mode": config["mode"], "compression": config["compression"], "micro_batch_size": MICRO_BATCH_SIZE,
+    micro_batch = config.get("micro_batch_size", MICRO_BATCH_SIZE)
+    update = {"mode": config["mode"], "compression": config["compression"], "micro_batch_size": micro_batch,
               "matchmaking_time_s": config["matchmaking_time_s"]}
     if config["mode"] == "dedloc":
         update["target_batch_size"] = config["target_batch_size"]
@@ -90,7 +91,7 @@ def bench_recipe(config: dict):
             update["delay_updates"] = True
     else:
         # in mode diloco the global batch only sizes progress and credit: the samples the swarm does per round
-        update["target_batch_size"] = config["peers"] * config["inner_steps"] * MICRO_BATCH_SIZE
+        update["target_batch_size"] = config["peers"] * config["inner_steps"] * micro_batch
         update["diloco"] = collab.diloco.model_copy(update={"inner_steps": config["inner_steps"],
                                                             "outer_lr": config["outer_lr"]})
     return recipe.model_copy(update={"collaboration": collab.model_copy(update=update),
@@ -123,7 +124,8 @@ def run_peer(config: dict, peer_index: int, result_file: Path) -> None:
     folder = work_dir / f"peer-{peer_index}"
     identity = Identity.load_or_create(folder / "identity", name=f"convergence-peer-{peer_index}")
     dht = create_dht([config["initial_peer"]], host="127.0.0.1", port=0, identity=identity)
-    optimizer = build_swarm_optimizer(dht, model, recipe, identity, MICRO_BATCH_SIZE)
+    micro_batch = recipe.collaboration.micro_batch_size
+    optimizer = build_swarm_optimizer(dht, model, recipe, identity, micro_batch)
     (folder / "ready").write_text(str(os.getpid()))
     go_file, stop_file = work_dir / "go", work_dir / "stop"
     while not go_file.exists():
@@ -145,7 +147,7 @@ def run_peer(config: dict, peer_index: int, result_file: Path) -> None:
                 stopped_by = "time limit"
                 break
             epoch = optimizer.local_epoch
-            batch = data.next_batch(epoch, MICRO_BATCH_SIZE)
+            batch = data.next_batch(epoch, micro_batch)
             model(input_ids=batch, labels=batch).loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -211,14 +213,14 @@ def run_plain_loop(config: dict, result_file: Path) -> None:
     optimizer = make_optimizer(parameter_groups(model, recipe.optimizer.weight_decay))
     initialize_optimizer_state_(optimizer)  # as hivemind's state averager does at start
     scheduler = make_scheduler(optimizer)
-    per_peer = config["micro_batches_per_peer"]
+    per_peer, micro_batch = config["micro_batches_per_peer"], recipe.collaboration.micro_batch_size
     curve = [[0, validation_loss(model, validation), 0, 0.0]]
     started = time.time()
     for epoch in range(config["max_epochs"]):
         count = per_peer * len(streams)
         for stream in streams:
             for _ in range(per_peer):
-                batch = stream.next_batch(epoch, MICRO_BATCH_SIZE)
+                batch = stream.next_batch(epoch, micro_batch)
                 (model(input_ids=batch, labels=batch).loss / count).backward()
         optimizer.step()
         scheduler.step()
@@ -256,6 +258,7 @@ def run_diloco_plain_loop(config: dict, result_file: Path) -> None:
     recipe, streams, validation, outer_model = _plain_setup(config)
     diloco = recipe.collaboration.diloco
     inner_steps, synchronous = diloco.inner_steps, config.get("synchronous", False)
+    micro_batch = recipe.collaboration.micro_batch_size
     replicas = [outer_model] if synchronous else [copy.deepcopy(outer_model) for _ in streams]
     make_optimizer, _ = build_optimizer_factories(recipe.optimizer)
     inner = [make_optimizer(parameter_groups(replica, recipe.optimizer.weight_decay)) for replica in replicas]
@@ -277,13 +280,13 @@ def run_diloco_plain_loop(config: dict, result_file: Path) -> None:
     for epoch in range(config["max_epochs"]):
         if synchronous:
             for step in range(inner_steps):
-                batches = [stream.next_batch(epoch, MICRO_BATCH_SIZE) for stream in streams]
+                batches = [stream.next_batch(epoch, micro_batch) for stream in streams]
                 inner_step(outer_model, inner[0], batches, epoch + step / inner_steps)
         else:
             mean_pseudo_gradient = [torch.zeros_like(param) for param in outer]
             for replica, optimizer, stream in zip(replicas, inner, streams):
                 for step in range(inner_steps):
-                    inner_step(replica, optimizer, [stream.next_batch(epoch, MICRO_BATCH_SIZE)],
+                    inner_step(replica, optimizer, [stream.next_batch(epoch, micro_batch)],
                                epoch + step / inner_steps)
                 with torch.no_grad():
                     for total, start, param in zip(mean_pseudo_gradient, outer, replica.parameters()):
@@ -310,13 +313,14 @@ def run_plain_loops(args: argparse.Namespace, kind: str, target_loss: float, wor
     processes = []
     for peers in args.peers:
         if mode == "dedloc":
-            per_peer = math.ceil(args.target_batch_size / (MICRO_BATCH_SIZE * peers))
+            per_peer = math.ceil(args.target_batch_size / (args.micro_batch_size * peers))
         else:  # one round (or, synchronous, one evaluation interval) is inner_steps micro-steps on every peer
             per_peer = args.inner_steps
         config = {"mode": mode, "peers": peers, "compression": "none", "run_id": "convergence-plain",
                   "target_batch_size": args.target_batch_size, "matchmaking_time_s": args.matchmaking_time_s,
                   "inner_steps": args.inner_steps, "outer_lr": args.outer_lr, "synchronous": kind == "synchronous",
                   "lr_scale": args.plain_lr_scale, "micro_batches_per_peer": per_peer, "target_loss": target_loss,
+                  "micro_batch_size": args.micro_batch_size,
                   # twice the swarm's budget: a plain loop is cheap, and where it crosses is what it is run for
                   "max_epochs": math.ceil(2 * args.micro_steps / per_peer)}
         folder = Path(tempfile.mkdtemp(prefix=f"plain-{kind}-{peers}-", dir=work_root))
@@ -341,7 +345,7 @@ def run_plain_loops(args: argparse.Namespace, kind: str, target_loss: float, wor
             "micro_batches_per_peer_per_epoch": config["micro_batches_per_peer"],
             "target_loss": round(target_loss, 4),
             "micro_steps_to_target": round(reached, 1) if reached is not None else None,
-            "samples_to_target": round(reached * MICRO_BATCH_SIZE * config["peers"]) if reached is not None else None,
+            "samples_to_target": round(reached * args.micro_batch_size * config["peers"]) if reached is not None else None,
             "epochs_to_target": next((epoch for _, loss, epoch, _ in result["curve"] if loss <= target_loss), None),
             "initial_loss": round(result["curve"][0][1], 4), "final_loss": _finite(result["curve"][-1][1]),
             "diverged_at_micro_step": None, "micro_steps_done": result["curve"][-1][0], "epochs": result["epochs"],
@@ -372,6 +376,7 @@ class Run:
             "no_average_optimizer_state": args.no_average_optimizer_state,
             "average_state_every": args.average_state_every, "delay_updates": args.delay_updates,
             "eval_every_epochs": args.eval_every_epochs if mode == "dedloc" else 1,
+            "micro_batch_size": args.micro_batch_size,
         }
         (self.work_dir / "config.json").write_text(json.dumps(self.config))
         self.processes: list[subprocess.Popen] = []
@@ -506,7 +511,7 @@ def make_row(args, run: Run, results: list[dict], target_loss: float) -> dict:
         "delay_updates": args.delay_updates if run.mode == "dedloc" else None,
         "target_loss": round(target_loss, 4),
         "micro_steps_to_target": round(reached, 1) if reached is not None else None,
-        "samples_to_target": round(reached * MICRO_BATCH_SIZE * run.peers) if reached is not None else None,
+        "samples_to_target": round(reached * args.micro_batch_size * run.peers) if reached is not None else None,
         "interpolated": True,
         "initial_loss": round(lead["curve"][0][1], 4),
         "final_loss": _finite(lead["curve"][-1][1]),
@@ -585,7 +590,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     add_ratios(rows)
     settings = {
         "recipe": RECIPE, "modes": args.modes, "peers": args.peers, "compression": args.compression,
-        "micro_steps_budget_per_peer": args.micro_steps, "micro_batch_size": MICRO_BATCH_SIZE,
+        "micro_steps_budget_per_peer": args.micro_steps, "micro_batch_size": args.micro_batch_size,
         "seq_len": 128, "dedloc_target_batch_size": args.target_batch_size,
         "dedloc_global_batch": "fixed (the recipe's), whatever the number of peers",
         "dedloc_eval_every_epochs": args.eval_every_epochs,
@@ -596,7 +601,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         "matchmaking_time_s": args.matchmaking_time_s, "torch_threads_per_peer": 1,
         "plain_only": args.plain_only,
         "plain_loops": ("rows <mode>-plain-loop: one process per peer count, no hivemind, the same peers' data "
-                        "streams. dedloc: each epoch the mean gradient of ceil(target_batch_size / (16 x peers)) "
+                        "streams. dedloc: each epoch the mean gradient of ceil(target_batch_size / (micro-batch x peers)) "
                         "micro-batches from each stream; diloco: one model replica per peer, inner_steps steps each, "
                         "the exact mean pseudo-gradient through the outer step; synchronous (with diloco): one model "
                         "stepping every micro-step on the mean gradient of every peer's micro-batch (all-reduce per "
@@ -791,6 +796,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="Micro-steps per peer: the 1-peer budget, and the multi-peer cap (default 480).")
     parser.add_argument("--inner-steps", type=int, default=None, help="DiLoCo inner steps H (default 20).")
     parser.add_argument("--outer-lr", type=float, default=None, help="DiLoCo outer learning rate (default 0.7).")
+    parser.add_argument("--micro-batch-size", type=int, default=MICRO_BATCH_SIZE,
+                        help="Samples per micro-step on every peer (default 16, the recipe's on CPU). Smaller is "
+                             "noisier: where averaging more peers' samples helps most.")
     parser.add_argument("--target-batch-size", type=int, default=None,
                         help="DeDLOC global batch in samples (default the recipe's 256; quick: 64).")
     parser.add_argument("--eval-every-epochs", type=int, default=1, help="DeDLOC: evaluate every N global steps.")
@@ -860,9 +868,11 @@ def main(argv: list[str] | None = None) -> None:
         problems.append("--plain-only needs --plain-loops and --targets-from (the single peer's target)")
     if args.plain_lr_scale != 1.0 and not args.plain_loops:
         problems.append("--plain-lr-scale changes only the plain loops: add --plain-loops")
-    if args.target_batch_size < MICRO_BATCH_SIZE:
+    if not 1 <= args.micro_batch_size <= 1024:
+        problems.append(f"--micro-batch-size {args.micro_batch_size} must be in [1, 1024] (default {MICRO_BATCH_SIZE})")
+    elif args.target_batch_size < args.micro_batch_size:
         problems.append(f"--target-batch-size {args.target_batch_size} is below one micro-batch "
-                        f"({MICRO_BATCH_SIZE}): use {MICRO_BATCH_SIZE} or more")
+                        f"({args.micro_batch_size}): use {args.micro_batch_size} or more")
     if args.eval_every_epochs < 1:
         problems.append(f"--eval-every-epochs {args.eval_every_epochs} must be 1 or more")
     if args.matchmaking_time_s <= 0 or args.max_run_s <= 0:
@@ -871,9 +881,13 @@ def main(argv: list[str] | None = None) -> None:
         try:
             earlier = json.loads(args.targets_from.read_text())["results"]["rows"]
             have = {row["mode"] for row in earlier if row.get("peers") == 1 and "error" not in row}
+            earlier_batch = json.loads(args.targets_from.read_text())["settings"].get("micro_batch_size")
         except (OSError, ValueError, KeyError, TypeError) as error:
             problems.append(f"--targets-from {args.targets_from}: not a readable convergence.json ({error})")
         else:
+            if earlier_batch != args.micro_batch_size:
+                problems.append(f"--targets-from {args.targets_from} was run at --micro-batch-size {earlier_batch}, "
+                                f"not {args.micro_batch_size}: its targets do not apply; pass the same size")
             missing = sorted(set(args.modes) - have)
             if missing:
                 problems.append(f"--targets-from {args.targets_from} has no 1-peer row for {', '.join(missing)}: "

@@ -199,7 +199,6 @@ def test_the_perfect_diloco_swarm_applies_one_nesterov_step_to_the_mean_of_its_r
     """
     sys.path.insert(0, str(REPO_ROOT))
     from benchmarks.convergence import (
-        MICRO_BATCH_SIZE,
         VALIDATION_BATCH_SIZE,
         bench_recipe,
         run_diloco_plain_loop,
@@ -210,9 +209,9 @@ def test_the_perfect_diloco_swarm_applies_one_nesterov_step_to_the_mean_of_its_r
     from swarm.optim import build_optimizer_factories, lr_multiplier, parameter_groups
     from swarm.tokenizer import build_tokenizer
 
-    inner_steps, outer_lr = 3, 0.7
+    inner_steps, outer_lr, micro_batch = 3, 0.7, 8  # not the default 16: --micro-batch-size reaches the loop
     config = {"mode": "diloco", "peers": 2, "compression": "none", "run_id": "plain-test", "matchmaking_time_s": 1.0,
-              "inner_steps": inner_steps, "outer_lr": outer_lr, "max_epochs": 1}
+              "inner_steps": inner_steps, "outer_lr": outer_lr, "max_epochs": 1, "micro_batch_size": micro_batch}
     run_diloco_plain_loop(config, tmp_path / "result.json")
     curve = json.loads((tmp_path / "result.json").read_text())["curve"]
     assert [steps for steps, *_ in curve] == [0, inner_steps]
@@ -238,7 +237,7 @@ def test_the_perfect_diloco_swarm_applies_one_nesterov_step_to_the_mean_of_its_r
         for step in range(inner_steps):
             for group, lr in zip(optimizer.param_groups, peak):
                 group["lr"] = lr * multiplier(step / inner_steps)
-            batch = stream.next_batch(0, MICRO_BATCH_SIZE)
+            batch = stream.next_batch(0, micro_batch)
             replica(input_ids=batch, labels=batch).loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -282,6 +281,21 @@ def test_convergence_refuses_plain_only_without_a_target_or_a_plain_lr_scale_wit
                              capture_output=True, text=True, timeout=120)
     assert process.returncode == 2
     assert "--plain-lr-scale changes only the plain loops: add --plain-loops" in process.stderr
+
+
+def test_convergence_refuses_a_bad_micro_batch_or_targets_measured_at_another_one(tmp_path):
+    process = subprocess.run([sys.executable, "benchmarks/convergence.py", "--micro-batch-size", "0"], cwd=REPO_ROOT,
+                             capture_output=True, text=True, timeout=120)
+    assert process.returncode == 2 and "Traceback" not in process.stderr
+    assert "--micro-batch-size 0 must be in [1, 1024]" in process.stderr
+    earlier = tmp_path / "earlier.json"
+    earlier.write_text(json.dumps({"settings": {"micro_batch_size": 16}, "results": {"rows": [
+        {"mode": "diloco", "peers": 1, "target_loss": 2.0}]}}))
+    process = subprocess.run([sys.executable, "benchmarks/convergence.py", "--modes", "diloco", "--micro-batch-size",
+                              "4", "--targets-from", str(earlier)], cwd=REPO_ROOT, capture_output=True, text=True,
+                             timeout=120)
+    assert process.returncode == 2 and "Traceback" not in process.stderr
+    assert "was run at --micro-batch-size 16, not 4" in process.stderr
 
 
 CHURN_ARM_FIELDS = {
@@ -433,7 +447,7 @@ def test_gpu_step_without_a_gpu_says_so_and_exits_2(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-def test_time_to_target_comes_only_from_training_with_the_same_batch_and_delayed_updates(tmp_path):
+def test_time_to_target_comes_only_from_training_with_the_same_batches_and_delayed_updates(tmp_path):
     sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
     try:
         import scaling
@@ -453,3 +467,45 @@ def test_time_to_target_comes_only_from_training_with_the_same_batch_and_delayed
     rows = [row(256, False), row(2048, True), row(2048, False), row(1024, True)]
     scaling.add_time_to_target(rows, convergence)
     assert [r.get("time_to_target_s") for r in rows] == [46.0, 100.0, None, None]
+    # training at another micro-batch is another curve: its micro-steps do not apply
+    convergence.write_text(json.dumps({"settings": {"micro_batch_size": 4}, "results": {"rows": trained}}))
+    rows = [row(256, False), dict(row(256, False), micro_batch_size=4)]
+    scaling.add_time_to_target(rows, convergence)
+    assert [r.get("time_to_target_s") for r in rows] == [None, 46.0]
+
+
+def test_the_noise_scale_estimates_recover_a_known_gradient_mean_and_per_sample_variance():
+    """Per-sample gradients G + noise of known variance: the two-batch-size estimates find |G|^2 and tr(Sigma)."""
+    sys.path.insert(0, str(REPO_ROOT))
+    from benchmarks.noise_scale import noise_scale_estimate, predicted_step_ratio
+
+    generator = torch.Generator().manual_seed(0)
+    dims, sigma, small, batches = 200, 0.5, 2, 16
+    mean = torch.randn(dims, generator=generator, dtype=torch.float64) * 0.1
+    true_sq, trace = [], []
+    for _ in range(400):
+        samples = mean + sigma * torch.randn(batches, small, dims, generator=generator, dtype=torch.float64)
+        small_gradients = samples.mean(dim=1)
+        estimate = noise_scale_estimate([float((g ** 2).sum()) for g in small_gradients],
+                                        float((small_gradients.mean(dim=0) ** 2).sum()), small, small * batches)
+        true_sq.append(estimate[0])
+        trace.append(estimate[1])
+    # |G|^2 = 2.0 and tr(Sigma) = 50 here; a plain |g_small|^2 would read 27 as |G|^2
+    assert sum(true_sq) / len(true_sq) == pytest.approx(float((mean ** 2).sum()), rel=0.1)
+    assert sum(trace) / len(trace) == pytest.approx(dims * sigma ** 2, rel=0.03)
+    # the step ratio of n peers: no gain without noise, 1/n when the noise dominates any batch
+    assert predicted_step_ratio(0.0, 16, 4) == 1.0
+    assert predicted_step_ratio(1e9, 16, 4) == pytest.approx(0.25, rel=1e-6)
+    assert predicted_step_ratio(25.0, 16, 4) == pytest.approx((1 + 25 / 64) / (1 + 25 / 16))
+
+
+@pytest.mark.timeout(300)
+def test_noise_scale_quick_mode_measures_a_finite_noise_scale_on_the_real_recipe(tmp_path):
+    document = _run_quick("noise_scale", tmp_path, timeout_s=280)
+    rows = document["results"]["rows"]
+    assert [row["step"] for row in rows] == [0, 20, 40]
+    assert rows[-1]["validation_loss"] < rows[0]["validation_loss"] - 0.3  # it trains
+    for row in rows:
+        assert row["true_gradient_sq_norm"] > 0 and row["noise_scale_samples"] > 0
+        assert set(row["predicted_step_ratio"]) == {f"{n} peers x {b}" for n in (4, 8, 16) for b in (4, 16)}
+    assert "| step | validation loss | noise scale B (samples) |" in (tmp_path / "noise_scale.md").read_text()
