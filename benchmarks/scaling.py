@@ -608,6 +608,7 @@ def summarise_row(args, peers, compression, step_time_s, recipe, results, window
         "measured_payload_bytes_per_parameter": (round(measured / (parameters * factor), 3)
                                                  if measured and factor else None),
         "wall_s_per_micro_step": round(wall_s_per_micro_step, 4) if wall_s_per_micro_step else None,
+        "micro_batch_size": args.micro_batch_size,
         "target_batch_size": collab.target_batch_size,
         "matchmaking_time_s": collab.matchmaking_time_s,
         "average_state_every": collab.average_state_every,
@@ -627,13 +628,18 @@ def add_time_to_target(rows: list[dict], convergence_file: Path) -> None:
 
     convergence.json counts per-peer micro-steps until the swarm's validation loss first reached the single peer's
     target; times this row's wall seconds per micro-step per peer, it is the time this simulated swarm would take.
+    Only training at this row's micro-batch counts (files from before the setting existed ran at 16).
     """
     try:
-        measured = json.loads(convergence_file.read_text())["results"]["rows"]
-    except (OSError, ValueError, KeyError, TypeError):
+        document = json.loads(convergence_file.read_text())
+        measured = document["results"]["rows"]
+        trained_micro_batch = document.get("settings", {}).get("micro_batch_size", 16)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return
     for row in rows:
         if "error" in row or not row.get("wall_s_per_micro_step"):
+            continue
+        if row.get("micro_batch_size", 16) != trained_micro_batch:
             continue
         for entry in measured:
             if (entry.get("mode") == row["mode"] and entry.get("peers") == row["peers"]
