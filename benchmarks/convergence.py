@@ -345,7 +345,8 @@ def run_plain_loops(args: argparse.Namespace, kind: str, target_loss: float, wor
             "micro_batches_per_peer_per_epoch": config["micro_batches_per_peer"],
             "target_loss": round(target_loss, 4),
             "micro_steps_to_target": round(reached, 1) if reached is not None else None,
-            "samples_to_target": round(reached * args.micro_batch_size * config["peers"]) if reached is not None else None,
+            "samples_to_target": (round(reached * args.micro_batch_size * config["peers"])
+                                  if reached is not None else None),
             "epochs_to_target": next((epoch for _, loss, epoch, _ in result["curve"] if loss <= target_loss), None),
             "initial_loss": round(result["curve"][0][1], 4), "final_loss": _finite(result["curve"][-1][1]),
             "diverged_at_micro_step": None, "micro_steps_done": result["curve"][-1][0], "epochs": result["epochs"],
@@ -596,12 +597,14 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         "dedloc_eval_every_epochs": args.eval_every_epochs,
         "dedloc_average_optimizer_state": not args.no_average_optimizer_state,
         "dedloc_average_state_every": args.average_state_every or "the recipe's",
-        "single_peer_rows_from": str(args.targets_from) if args.targets_from else None, "diloco_inner_steps": args.inner_steps,
+        "single_peer_rows_from": str(args.targets_from) if args.targets_from else None,
+        "diloco_inner_steps": args.inner_steps,
         "diloco_outer_lr": args.outer_lr, "diloco_outer_momentum": 0.9, "diloco_eval": "after every outer round",
         "matchmaking_time_s": args.matchmaking_time_s, "torch_threads_per_peer": 1,
         "plain_only": args.plain_only,
         "plain_loops": ("rows <mode>-plain-loop: one process per peer count, no hivemind, the same peers' data "
-                        "streams. dedloc: each epoch the mean gradient of ceil(target_batch_size / (micro-batch x peers)) "
+                        "streams. dedloc: each epoch the mean gradient of "
+                        "ceil(target_batch_size / (micro-batch x peers)) "
                         "micro-batches from each stream; diloco: one model replica per peer, inner_steps steps each, "
                         "the exact mean pseudo-gradient through the outer step; synchronous (with diloco): one model "
                         "stepping every micro-step on the mean gradient of every peer's micro-batch (all-reduce per "

@@ -876,8 +876,8 @@ def markdown(settings: dict, results: dict, info: dict) -> str:
     lines += ["", "Bytes per parameter: measured bytes a peer sent per sync / parameters; in brackets, divided by "
               "2(n-1)/n too (the share of the payload a butterfly all-reduce sends), i.e. the wire format's bytes "
               "per value plus protocol, DHT and state-averaging traffic. Sync s: DeDLOC, the opt.step() that ends an "
-              "epoch; DiLoCo, the longest wait in opt.step() in the round (the all-reduce). CPU cores per peer: CPU time of "
-              "each peer's whole process tree (training process, hivemind's DHT and averager processes, p2p "
+              "epoch; DiLoCo, the longest wait in opt.step() in the round (the all-reduce). CPU cores per peer: "
+              "CPU time of each peer's whole process tree (training process, hivemind's DHT and averager processes, p2p "
               "daemon) in the window / window / peers; with simulated compute it is the framework's own work."]
     check = results["model_on_paper"]["check_against_measured"]
     if check:
@@ -935,7 +935,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--compression", nargs="+", choices=["none", "fp16", "uint8"], default=None,
                         help="Gradient codecs (default fp16 uint8).")
     parser.add_argument("--link", choices=sorted(LINKS), default="loopback",
-                        help="loopback, or a shaped link in network namespaces (needs root, ip and tc): RATE-ONE-WAY-DELAY.")
+                        help="loopback, or a shaped link in network namespaces (needs root, ip and tc): "
+                             "RATE-ONE-WAY-DELAY.")
     parser.add_argument("--overlap", action="store_true",
                         help="Keep training while a round's all-reduce runs: DiLoCo collaboration.diloco."
                              "overlap_communication; DeDLOC collaboration.delay_updates.")
@@ -957,7 +958,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup-s", type=float, default=None, help="Warm-up before the window (default 10).")
     parser.add_argument("--startup-timeout-s", type=float, default=180.0)
     parser.add_argument("--convergence-file", type=Path, default=None,
-                        help="convergence.py results that give time_to_target_s (default RESULTS_DIR/convergence.json).")
+                        help="convergence.py results that give time_to_target_s "
+                             "(default RESULTS_DIR/convergence.json).")
     parser.add_argument("--name", default="scaling", help="Results file stem.")
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     parser.add_argument("--keep-work-dir", type=Path, default=None,

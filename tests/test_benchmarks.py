@@ -113,7 +113,8 @@ def test_scaling_quick_mode_writes_simulated_rows_with_real_averaging(quick_resu
 
 
 def test_scaling_refuses_an_unknown_link_or_inner_steps_naming_the_flag():
-    for argv, flag in ((["--link", "5gbit-1ms"], "--link"), (["--mode", "diloco", "--inner-steps", "0"], "--inner-steps"),
+    for argv, flag in ((["--link", "5gbit-1ms"], "--link"),
+                       (["--mode", "diloco", "--inner-steps", "0"], "--inner-steps"),
                        (["--simulate-inner-step"], "--simulate-inner-step"),
                        (["--mode", "diloco", "--average-state-every", "5"], "--average-state-every"),
                        (["--average-state-every", "0"], "--average-state-every")):
@@ -455,7 +456,8 @@ def test_time_to_target_comes_only_from_training_with_the_same_batches_and_delay
         sys.path.remove(str(REPO_ROOT / "benchmarks"))
     trained = [
         {"mode": "dedloc", "peers": 4, "target_batch_size": 256, "micro_steps_to_target": 184.1},
-        {"mode": "dedloc", "peers": 4, "target_batch_size": 2048, "delay_updates": True, "micro_steps_to_target": 400.0},
+        {"mode": "dedloc", "peers": 4, "target_batch_size": 2048, "delay_updates": True,
+         "micro_steps_to_target": 400.0},
     ]
     convergence = tmp_path / "convergence.json"
     convergence.write_text(json.dumps({"results": {"rows": trained}}))
