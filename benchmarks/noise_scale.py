@@ -1,8 +1,9 @@
 """A recipe's gradient noise scale along training: how many samples per update the model can use.
 
-    python benchmarks/noise_scale.py              # tiny-stdlib, 1920 steps at micro-batch 16: ~8 minutes on 1 core
+    python benchmarks/noise_scale.py              # tiny-stdlib, 1920 steps at micro-batch 16: ~10 minutes (14 under load)
     python benchmarks/noise_scale.py --quick      # 40 steps (smoke test)
     python benchmarks/noise_scale.py --micro-batch-size 4 --steps 960 --name noise_scale-mb4
+    python benchmarks/noise_scale.py --recipe my-run.yaml --steps 400 --measure-every 100   # your recipe, on CPU
 
 Why: a swarm of n peers turns each update's batch from b samples into n x b. That saves steps only while the
 gradient is noisy. McCandlish et al. (2018, "An Empirical Model of Large-Batch Training") measure this with the
@@ -15,7 +16,7 @@ of one peer's steps: 1/n while b is far below B, no gain once b is far above it.
 ceiling that `benchmarks/convergence.py` measures for synchronous data parallelism (all-reduce every micro-step);
 DiLoCo and DeDLOC can only approach it.
 
-How: a plain loop (the recipe's model, data and clipped AdamW, one micro-batch of `--micro-batch-size` per step, one
+How: a plain loop (the recipe's model, data and clipped AdamW; `--recipe`, default tiny-stdlib; one micro-batch of `--micro-batch-size` per step, one
 thread) trains `--steps` steps. Its learning-rate schedule advances one step per `--schedule-every` micro-steps
 (default 20), as it does for a DiLoCo peer with H=20 and for `convergence.py`'s synchronous reference, so the loop
 follows the trajectory whose time to target that benchmark measures. At each measurement point it freezes the model and, on the recipe's
@@ -106,7 +107,7 @@ def run(args: argparse.Namespace) -> dict:
     torch.manual_seed(0)
     torch.set_num_threads(1)
     info = machine()
-    recipe = load_recipe(RECIPES_DIR / RECIPE)
+    recipe = load_recipe(args.recipe)
     tokenizer = build_tokenizer(recipe.tokenizer)
     data = build_data(recipe.data, tokenizer, peer_id=b"convergence-peer-0")  # the benchmarks' lone peer's stream
     probe = build_data(recipe.data, tokenizer, peer_id=b"noise-scale-probe")
@@ -144,7 +145,8 @@ def run(args: argparse.Namespace) -> dict:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     settings = {
-        "recipe": RECIPE, "steps": args.steps, "micro_batch_size": args.micro_batch_size, "seq_len": 128,
+        "recipe": args.recipe.name, "steps": args.steps, "micro_batch_size": args.micro_batch_size,
+        "seq_len": recipe.data.seq_len,
         "measure_every": args.measure_every, "probe_size": args.probe_size, "probe_batches": args.probe_batches,
         "repeats": args.repeats, "probe_stream": "peer id noise-scale-probe (training shards of another identity)",
         "schedule_every": args.schedule_every,
@@ -187,10 +189,10 @@ def plot(rows: list[dict], path: Path) -> None:
               if row["noise_scale_samples"] is not None and row["step"] > 0]
     figure, axis = plt.subplots(figsize=(7, 4.5))
     axis.plot([loss for loss, _ in points], [noise for _, noise in points], marker="o")
-    axis.set_xlabel("validation loss (training goes right to left)")
+    axis.set_xlabel("validation loss (training goes left to right)")
     axis.set_ylabel("gradient noise scale B (samples)")
     axis.invert_xaxis()
-    axis.set_yscale("log")
+    axis.set_ylim(bottom=0)
     axis.grid(alpha=0.3)
     axis.set_title("How many samples per update the model can use")
     figure.tight_layout()
@@ -201,6 +203,8 @@ def plot(rows: list[dict], path: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="40 steps, two points, few probes (smoke test).")
+    parser.add_argument("--recipe", type=Path, default=RECIPES_DIR / RECIPE,
+                        help="Recipe whose model, data and optimiser to measure (default recipes/tiny-stdlib.yaml).")
     parser.add_argument("--steps", type=int, default=None, help="Training steps of the plain loop (default 1920).")
     parser.add_argument("--micro-batch-size", type=int, default=16, help="Samples per training step (default 16).")
     parser.add_argument("--schedule-every", type=int, default=20,
@@ -235,6 +239,14 @@ def main(argv: list[str] | None = None) -> None:
         problems.append(f"--micro-batch-size {args.micro_batch_size} must be in [1, 1024] (default 16)")
     if min(args.ratio_peers) < 1 or min(args.ratio_micro_batches) < 1:
         problems.append("--ratio-peers and --ratio-micro-batches take counts of 1 or more")
+    if not problems:
+        from swarm.errors import SwarmError
+        from swarm.recipe import RecipeError, load_recipe
+
+        try:
+            load_recipe(args.recipe)
+        except (OSError, RecipeError, SwarmError) as error:
+            problems.append(f"--recipe {args.recipe}: {error}")
     if problems:
         parser.error("; ".join(problems))
     document = run(args)

@@ -511,3 +511,16 @@ def test_noise_scale_quick_mode_measures_a_finite_noise_scale_on_the_real_recipe
         assert row["true_gradient_sq_norm"] > 0 and row["noise_scale_samples"] > 0
         assert set(row["predicted_step_ratio"]) == {f"{n} peers x {b}" for n in (4, 8, 16) for b in (4, 16)}
     assert "| step | validation loss | noise scale B (samples) |" in (tmp_path / "noise_scale.md").read_text()
+
+
+def test_noise_scale_refuses_a_missing_recipe_or_a_single_probe_batch_with_a_usage_error(tmp_path):
+    process = subprocess.run([sys.executable, "benchmarks/noise_scale.py", "--recipe", str(tmp_path / "none.yaml"),
+                              "--probe-batches", "1", "--results-dir", str(tmp_path)], cwd=REPO_ROOT,
+                             capture_output=True, text=True, timeout=120)
+    assert process.returncode == 2 and "Traceback" not in process.stderr
+    assert "--probe-batches 2 or more" in process.stderr
+    process = subprocess.run([sys.executable, "benchmarks/noise_scale.py", "--recipe", str(tmp_path / "none.yaml"),
+                              "--results-dir", str(tmp_path)], cwd=REPO_ROOT, capture_output=True, text=True,
+                             timeout=120)
+    assert process.returncode == 2 and "Traceback" not in process.stderr
+    assert f"--recipe {tmp_path / 'none.yaml'}" in process.stderr and not list(tmp_path.iterdir())
