@@ -68,12 +68,25 @@ def noise_scale_estimate(small_sq_norms: list[float], big_sq_norm: float, small:
     return true_sq, trace
 
 
-def measure(model, probe, step: int, args: argparse.Namespace) -> tuple[float, float]:
-    """Average (|G|^2, tr(Sigma)) over `repeats` draws of probe-batches gradients of probe-size samples each."""
+def jackknife_noise_scale(estimates: list[tuple[float, float]]) -> tuple[float | None, float | None]:
+    """(B, its jackknife standard error) from per-draw (|G|^2, tr(Sigma)) estimates, averaged before dividing."""
+    true_sq, trace = sum(e[0] for e in estimates), sum(e[1] for e in estimates)
+    if true_sq <= 0:
+        return None, None
+    count = len(estimates)
+    leave_one_out = [(trace - t) / (true_sq - g) for g, t in estimates if true_sq - g > 0]
+    if count < 2 or len(leave_one_out) < count:
+        return trace / true_sq, None
+    mean = sum(leave_one_out) / count
+    return trace / true_sq, ((count - 1) / count * sum((b - mean) ** 2 for b in leave_one_out)) ** 0.5
+
+
+def measure(model, probe, step: int, args: argparse.Namespace) -> list[tuple[float, float]]:
+    """(|G|^2, tr(Sigma)) of each of `repeats` draws of probe-batches gradients of probe-size samples each."""
     import torch
 
     parameters = [p for p in model.parameters() if p.requires_grad]
-    true_sq, trace = 0.0, 0.0
+    estimates = []
     for repeat in range(args.repeats):
         total = [torch.zeros_like(p) for p in parameters]
         small_sq_norms = []
@@ -87,11 +100,10 @@ def measure(model, probe, step: int, args: argparse.Namespace) -> tuple[float, f
             for accumulated, g in zip(total, grads):
                 accumulated.add_(g)
         big_sq = float(sum(((t.double() / args.probe_batches) ** 2).sum() for t in total))
-        estimate = noise_scale_estimate(small_sq_norms, big_sq, args.probe_size, args.probe_size * args.probe_batches)
-        true_sq += estimate[0] / args.repeats
-        trace += estimate[1] / args.repeats
+        estimates.append(noise_scale_estimate(small_sq_norms, big_sq, args.probe_size,
+                                              args.probe_size * args.probe_batches))
     model.zero_grad(set_to_none=True)
-    return true_sq, trace
+    return estimates
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -123,14 +135,16 @@ def run(args: argparse.Namespace) -> dict:
     for step in range(args.steps + 1):
         if step in points:
             measure_started = time.time()
-            true_sq, trace = measure(model, probe, step, args)
-            noise = trace / true_sq if true_sq > 0 else float("inf")
+            estimates = measure(model, probe, step, args)
+            noise, error = jackknife_noise_scale(estimates)
             row = {"step": step, "validation_loss": round(validation_loss(model, validation), 4),
-                   "true_gradient_sq_norm": true_sq, "per_sample_variance_trace": trace,
-                   "noise_scale_samples": round(noise, 1) if true_sq > 0 else None,
+                   "true_gradient_sq_norm": sum(e[0] for e in estimates) / len(estimates),
+                   "per_sample_variance_trace": sum(e[1] for e in estimates) / len(estimates),
+                   "noise_scale_samples": round(noise, 1) if noise is not None else None,
+                   "noise_scale_standard_error": round(error, 1) if error is not None else None,
                    "predicted_step_ratio": {f"{peers} peers x {b}": round(predicted_step_ratio(noise, b, peers), 3)
                                             for b in args.ratio_micro_batches for peers in args.ratio_peers}
-                   if true_sq > 0 else None,
+                   if noise is not None else None,
                    "measure_s": round(time.time() - measure_started, 2)}
             rows.append(row)
             print(f"step {step}: validation loss {row['validation_loss']}, noise scale "
@@ -148,7 +162,8 @@ def run(args: argparse.Namespace) -> dict:
         "recipe": args.recipe.name, "steps": args.steps, "micro_batch_size": args.micro_batch_size,
         "seq_len": recipe.data.seq_len,
         "measure_every": args.measure_every, "probe_size": args.probe_size, "probe_batches": args.probe_batches,
-        "repeats": args.repeats, "probe_stream": "peer id noise-scale-probe (training shards of another identity)",
+        "repeats": args.repeats,
+        "standard_error": "jackknife over the repeats (leave one draw out)", "probe_stream": "peer id noise-scale-probe (training shards of another identity)",
         "schedule_every": args.schedule_every,
         "training": "plain loop, the recipe's clipped AdamW, one micro-batch per step, the recipe's schedule read at "
                     "step / schedule_every (a DiLoCo peer's progress at H = schedule_every)",
@@ -172,12 +187,13 @@ def markdown(settings: dict, rows: list[dict], info: dict) -> str:
              f"{describe_machine(info)}. `{settings['command'].strip()}`, {settings['date']}.", "",
              "Predicted steps of n peers to one peer's, `(1 + B/(n b)) / (1 + B/b)`: a ceiling for synchronous data "
              "parallelism; 1/n is perfect.", "",
-             "| step | validation loss | noise scale B (samples) | " + " | ".join(ratio_keys) + " |",
+             "| step | validation loss | noise scale B (samples, +- s.e.) | " + " | ".join(ratio_keys) + " |",
              "|---|---|---|" + "---|" * len(ratio_keys)]
     for row in rows:
         ratios = row["predicted_step_ratio"] or {}
-        noise = row["noise_scale_samples"]
-        lines.append(f"| {row['step']} | {row['validation_loss']} | {noise if noise is not None else 'n/a'} | "
+        noise, error = row["noise_scale_samples"], row.get("noise_scale_standard_error")
+        shown = "n/a" if noise is None else f"{noise} +- {error}" if error is not None else str(noise)
+        lines.append(f"| {row['step']} | {row['validation_loss']} | {shown} | "
                      + " | ".join(str(ratios.get(key, "n/a")) for key in ratio_keys) + " |")
     return "\n".join(lines) + "\n"
 
@@ -185,10 +201,11 @@ def markdown(settings: dict, rows: list[dict], info: dict) -> str:
 def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    points = [(row["validation_loss"], row["noise_scale_samples"]) for row in rows
-              if row["noise_scale_samples"] is not None and row["step"] > 0]
+    points = [(row["validation_loss"], row["noise_scale_samples"], row.get("noise_scale_standard_error") or 0.0)
+              for row in rows if row["noise_scale_samples"] is not None and row["step"] > 0]
     figure, axis = plt.subplots(figsize=(7, 4.5))
-    axis.plot([loss for loss, _ in points], [noise for _, noise in points], marker="o")
+    axis.errorbar([p[0] for p in points], [p[1] for p in points], yerr=[p[2] for p in points], marker="o",
+                  capsize=3)
     axis.set_xlabel("validation loss (training goes left to right)")
     axis.set_ylabel("gradient noise scale B (samples)")
     axis.invert_xaxis()

@@ -479,7 +479,7 @@ def test_time_to_target_comes_only_from_training_with_the_same_batches_and_delay
 def test_the_noise_scale_estimates_recover_a_known_gradient_mean_and_per_sample_variance():
     """Per-sample gradients G + noise of known variance: the two-batch-size estimates find |G|^2 and tr(Sigma)."""
     sys.path.insert(0, str(REPO_ROOT))
-    from benchmarks.noise_scale import noise_scale_estimate, predicted_step_ratio
+    from benchmarks.noise_scale import jackknife_noise_scale, noise_scale_estimate, predicted_step_ratio
 
     generator = torch.Generator().manual_seed(0)
     dims, sigma, small, batches = 200, 0.5, 2, 16
@@ -495,6 +495,13 @@ def test_the_noise_scale_estimates_recover_a_known_gradient_mean_and_per_sample_
     # |G|^2 = 2.0 and tr(Sigma) = 50 here; a plain |g_small|^2 would read 27 as |G|^2
     assert sum(true_sq) / len(true_sq) == pytest.approx(float((mean ** 2).sum()), rel=0.1)
     assert sum(trace) / len(trace) == pytest.approx(dims * sigma ** 2, rel=0.03)
+    # B from the draws averaged before dividing, with a jackknife error that shrinks as the draws add up
+    noise, error = jackknife_noise_scale(list(zip(true_sq, trace)))
+    assert noise == pytest.approx(sum(trace) / sum(true_sq))
+    assert noise == pytest.approx(dims * sigma ** 2 / float((mean ** 2).sum()), rel=0.12)
+    _, error_of_fewer = jackknife_noise_scale(list(zip(true_sq, trace))[:25])
+    assert 0 < error < error_of_fewer
+    assert jackknife_noise_scale([(2.0, 50.0), (2.0, 50.0)]) == (25.0, 0.0)
     # the step ratio of n peers: no gain without noise, 1/n when the noise dominates any batch
     assert predicted_step_ratio(0.0, 16, 4) == 1.0
     assert predicted_step_ratio(1e9, 16, 4) == pytest.approx(0.25, rel=1e-6)
@@ -510,7 +517,8 @@ def test_noise_scale_quick_mode_measures_a_finite_noise_scale_on_the_real_recipe
     for row in rows:
         assert row["true_gradient_sq_norm"] > 0 and row["noise_scale_samples"] > 0
         assert set(row["predicted_step_ratio"]) == {f"{n} peers x {b}" for n in (4, 8, 16) for b in (4, 16)}
-    assert "| step | validation loss | noise scale B (samples) |" in (tmp_path / "noise_scale.md").read_text()
+        assert row["noise_scale_standard_error"] is not None
+    assert "| step | validation loss | noise scale B (samples, +- s.e.) |" in (tmp_path / "noise_scale.md").read_text()
 
 
 def test_noise_scale_refuses_a_missing_recipe_or_a_single_probe_batch_with_a_usage_error(tmp_path):
