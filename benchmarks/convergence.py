@@ -872,7 +872,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.plain_lr_scale != 1.0 and not args.plain_loops:
         problems.append("--plain-lr-scale changes only the plain loops: add --plain-loops")
     if not 1 <= args.micro_batch_size <= 1024:
-        problems.append(f"--micro-batch-size {args.micro_batch_size} must be in [1, 1024] (default {MICRO_BATCH_SIZE})")
+        problems.append(f"--micro-batch-size {args.micro_batch_size} must be in [1, 1024] "
+                        f"(default {MICRO_BATCH_SIZE})")
     elif args.target_batch_size < args.micro_batch_size:
         problems.append(f"--target-batch-size {args.target_batch_size} is below one micro-batch "
                         f"({args.micro_batch_size}): use {args.micro_batch_size} or more")
@@ -882,10 +883,10 @@ def main(argv: list[str] | None = None) -> None:
         problems.append("--matchmaking-time-s and --max-run-s must be positive")
     if args.targets_from is not None:
         try:
-            earlier = json.loads(args.targets_from.read_text())["results"]["rows"]
-            have = {row["mode"] for row in earlier if row.get("peers") == 1 and "error" not in row}
-            earlier_batch = json.loads(args.targets_from.read_text())["settings"].get("micro_batch_size")
-        except (OSError, ValueError, KeyError, TypeError) as error:
+            earlier = json.loads(args.targets_from.read_text())
+            have = {row["mode"] for row in earlier["results"]["rows"] if row.get("peers") == 1 and "error" not in row}
+            earlier_batch = earlier.get("settings", {}).get("micro_batch_size", MICRO_BATCH_SIZE)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
             problems.append(f"--targets-from {args.targets_from}: not a readable convergence.json ({error})")
         else:
             if earlier_batch != args.micro_batch_size:

@@ -1,6 +1,6 @@
 """A recipe's gradient noise scale along training: how many samples per update the model can use.
 
-    python benchmarks/noise_scale.py              # tiny-stdlib, 1920 steps at micro-batch 16: ~10 minutes (14 under load)
+    python benchmarks/noise_scale.py              # tiny-stdlib, 1920 steps at micro-batch 16: ~10 min (14 loaded)
     python benchmarks/noise_scale.py --quick      # 40 steps (smoke test)
     python benchmarks/noise_scale.py --micro-batch-size 4 --steps 960 --name noise_scale-mb4
     python benchmarks/noise_scale.py --recipe my-run.yaml --steps 400 --measure-every 100   # your recipe, on CPU
@@ -16,12 +16,12 @@ of one peer's steps: 1/n while b is far below B, no gain once b is far above it.
 ceiling that `benchmarks/convergence.py` measures for synchronous data parallelism (all-reduce every micro-step);
 DiLoCo and DeDLOC can only approach it.
 
-How: a plain loop (the recipe's model, data and clipped AdamW; `--recipe`, default tiny-stdlib; one micro-batch of `--micro-batch-size` per step, one
-thread) trains `--steps` steps. Its learning-rate schedule advances one step per `--schedule-every` micro-steps
-(default 20), as it does for a DiLoCo peer with H=20 and for `convergence.py`'s synchronous reference, so the loop
-follows the trajectory whose time to target that benchmark measures. At each measurement point it freezes the model and, on the recipe's
-training stream of another data identity (`build_data`, peer id `noise-scale-probe`), takes `--probe-batches`
-gradients of `--probe-size` samples each. With |g_s|^2 the mean squared norm of those small-batch gradients and
+How: a plain loop (the model, data and clipped AdamW of `--recipe`, default tiny-stdlib; one micro-batch of
+`--micro-batch-size` per step, one thread) trains `--steps` steps. Its learning-rate schedule advances one step per
+`--schedule-every` micro-steps (default 20), as it does for a DiLoCo peer with H=20 and for `convergence.py`'s
+synchronous reference, so the loop follows the trajectory whose time to target that benchmark measures. At each
+measurement point it freezes the model and, on the recipe's training stream of another data identity
+(`build_data`, peer id `noise-scale-probe`), takes `--probe-batches` gradients of `--probe-size` samples each. With |g_s|^2 the mean squared norm of those small-batch gradients and
 |g_b|^2 that of their mean (a batch of probe-batches x probe-size samples), the unbiased estimates are
 
     |G|^2 = (b_big |g_b|^2 - b_small |g_s|^2) / (b_big - b_small)
@@ -106,20 +106,18 @@ def measure(model, probe, step: int, args: argparse.Namespace) -> list[tuple[flo
     return estimates
 
 
-def run(args: argparse.Namespace) -> dict:
+def run(args: argparse.Namespace, recipe) -> dict:
     import torch
 
     from swarm.data import build_data
     from swarm.evaluation import validation_loss
     from swarm.model import build_model
     from swarm.optim import build_optimizer_factories, lr_multiplier, parameter_groups
-    from swarm.recipe import load_recipe
     from swarm.tokenizer import build_tokenizer
 
     torch.manual_seed(0)
     torch.set_num_threads(1)
     info = machine()
-    recipe = load_recipe(args.recipe)
     tokenizer = build_tokenizer(recipe.tokenizer)
     data = build_data(recipe.data, tokenizer, peer_id=b"convergence-peer-0")  # the benchmarks' lone peer's stream
     probe = build_data(recipe.data, tokenizer, peer_id=b"noise-scale-probe")
@@ -163,7 +161,8 @@ def run(args: argparse.Namespace) -> dict:
         "seq_len": recipe.data.seq_len,
         "measure_every": args.measure_every, "probe_size": args.probe_size, "probe_batches": args.probe_batches,
         "repeats": args.repeats,
-        "standard_error": "jackknife over the repeats (leave one draw out)", "probe_stream": "peer id noise-scale-probe (training shards of another identity)",
+        "standard_error": "jackknife over the repeats (leave one draw out)",
+        "probe_stream": "peer id noise-scale-probe (training shards of another identity)",
         "schedule_every": args.schedule_every,
         "training": "plain loop, the recipe's clipped AdamW, one micro-batch per step, the recipe's schedule read at "
                     "step / schedule_every (a DiLoCo peer's progress at H = schedule_every)",
@@ -256,17 +255,18 @@ def main(argv: list[str] | None = None) -> None:
         problems.append(f"--micro-batch-size {args.micro_batch_size} must be in [1, 1024] (default 16)")
     if min(args.ratio_peers) < 1 or min(args.ratio_micro_batches) < 1:
         problems.append("--ratio-peers and --ratio-micro-batches take counts of 1 or more")
+    recipe = None
     if not problems:
         from swarm.errors import SwarmError
         from swarm.recipe import RecipeError, load_recipe
 
         try:
-            load_recipe(args.recipe)
+            recipe = load_recipe(args.recipe)
         except (OSError, RecipeError, SwarmError) as error:
             problems.append(f"--recipe {args.recipe}: {error}")
     if problems:
         parser.error("; ".join(problems))
-    document = run(args)
+    document = run(args, recipe)
     print(f"wrote {args.results_dir / args.name}.json ({len(document['results']['rows'])} points)")
 
 

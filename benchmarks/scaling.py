@@ -877,8 +877,8 @@ def markdown(settings: dict, results: dict, info: dict) -> str:
               "2(n-1)/n too (the share of the payload a butterfly all-reduce sends), i.e. the wire format's bytes "
               "per value plus protocol, DHT and state-averaging traffic. Sync s: DeDLOC, the opt.step() that ends an "
               "epoch; DiLoCo, the longest wait in opt.step() in the round (the all-reduce). CPU cores per peer: "
-              "CPU time of each peer's whole process tree (training process, hivemind's DHT and averager processes, p2p "
-              "daemon) in the window / window / peers; with simulated compute it is the framework's own work."]
+              "CPU time of each peer's whole process tree (training process, hivemind's DHT and averager processes, "
+              "p2p daemon) in the window / window / peers; with simulated compute it is the framework's own work."]
     check = results["model_on_paper"]["check_against_measured"]
     if check:
         lines += ["", "Model on paper vs measured (overhead fitted on the 2-peer row):", "",
