@@ -85,6 +85,7 @@ class SwarmProgressTracker(ProgressTracker):
     def __init__(self, *args, report_period_s: float = PROGRESS_REPORT_PERIOD_S, **kwargs):
         self.report_period_s = report_period_s
         self._report_now = threading.Event()
+        self.peers_seen: frozenset[bytes] = frozenset()  # peer ids in the progress records of the last read
         # the global epoch at which this peer last had samples to report: it stores its progress while that is at
         # most one epoch behind (hivemind's rule to leave out auxiliary and stalled peers)
         self._active_epoch = -math.inf
@@ -92,13 +93,17 @@ class SwarmProgressTracker(ProgressTracker):
 
     def report_local_progress(self, local_epoch: int, samples_accumulated: int, update_global_samples: bool = True):
         epoch_changed = local_epoch != self.local_progress.epoch
+        # a peer that starts (or resumes) training is stored at once: until then other peers do not count it in the
+        # groups they form (DiLoCoOptimizer closes a group once every peer it knows of has joined)
+        starts_reporting = samples_accumulated > 0 and self._active_epoch < self.global_epoch - 1
         super().report_local_progress(local_epoch, samples_accumulated, update_global_samples)
         if samples_accumulated > 0:
             # noted here, not when the reporter wakes: hivemind looks only at the progress it is about to store, and
             # a peer whose epochs end faster than a report period is seen at zero samples every time. It then
             # stopped storing its progress, and the coordinator never saw the run's last epoch (it waited forever)
             self._active_epoch = max(self._active_epoch, self.global_epoch)
-        if (epoch_changed or samples_accumulated <= 0 or samples_accumulated >= self.target_batch_size
+        if (epoch_changed or starts_reporting or samples_accumulated <= 0
+                or samples_accumulated >= self.target_batch_size
                 or self.global_progress.samples_accumulated >= self.target_batch_size):
             self._report_now.set()
 
@@ -131,6 +136,15 @@ class SwarmProgressTracker(ProgressTracker):
         finally:
             if store_task is not None:
                 store_task.cancel()
+
+    def _parse_swarm_progress_data(self, metadata):
+        if isinstance(metadata, dict):
+            self.peers_seen = frozenset(
+                entry.value["peer_id"] for entry in metadata.values()
+                if isinstance(entry.value, dict) and isinstance(entry.value.get("peer_id"), bytes))
+        else:
+            self.peers_seen = frozenset()
+        return super()._parse_swarm_progress_data(metadata)
 
     def shutdown(self, timeout: float | None = None):
         self._report_now.set()
@@ -259,6 +273,29 @@ class BackgroundTorchOnOneThread(DecentralizedAverager):
         return super()._do(*args, **kwargs)
 
 
+class ClosesFullGroups(DecentralizedAverager):
+    """An averager whose rounds form as soon as the peers it expects have joined, not at the end of the window.
+
+    hivemind fixes `target_group_size` when the averager's process starts; left at None, every group waits out its
+    matchmaking window even when all peers joined in its first tenth. `expect_group_size` changes it in the
+    averager's process for the rounds that follow; a leader then closes its group when it is that large, and turns
+    later joiners away (so expect too many rather than too few: too many only waits out the window, as before).
+    Call it from the thread that starts the rounds (hivemind's pipe to the process is not thread-safe).
+    """
+
+    _expected_group_size: int | None = None
+
+    def expect_group_size(self, size: int | None) -> None:
+        """Close groups at `size` members from now on (None or below 2: at the end of the matchmaking window)."""
+        size = size if size is not None and size >= 2 else None
+        if size != self._expected_group_size and self.is_alive():
+            self._expected_group_size = size
+            self._outer_pipe.send(("_set_expected_group_size", [], dict(size=size)))
+
+    async def _set_expected_group_size(self, size: int | None) -> None:
+        self._matchmaking.target_group_size = size
+
+
 class SwarmGradientAverager(AllreduceOutcome, ChurnSafeAllReduce, BackgroundTorchOnOneThread,
                             SharesParentTensorsBeforeFork, GradientAverager):
     """hivemind's GradientAverager, reporting how much of each round's data arrived (see `AllreduceOutcome`), its rounds
@@ -276,9 +313,11 @@ class SwarmGradientAverager(AllreduceOutcome, ChurnSafeAllReduce, BackgroundTorc
         return None
 
 
-class SwarmAverager(AllreduceOutcome, ChurnSafeAllReduce, BackgroundTorchOnOneThread, SharesParentTensorsBeforeFork):
+class SwarmAverager(AllreduceOutcome, ChurnSafeAllReduce, ClosesFullGroups, BackgroundTorchOnOneThread,
+                    SharesParentTensorsBeforeFork):
     """hivemind's DecentralizedAverager, reporting how much of each round's data arrived (see `AllreduceOutcome`), its
-    rounds kept going when a member dies mid-round (`ChurnSafeAllReduce`)."""
+    rounds kept going when a member dies mid-round (`ChurnSafeAllReduce`), formed once all expected peers joined
+    (`ClosesFullGroups`)."""
 
 
 class _RemembersLastRound(DecentralizedAverager):

@@ -109,8 +109,9 @@ def apply_outer_step(outer_optimizer: torch.optim.Optimizer, pseudo_gradients: S
     outer_optimizer.step()
 
 
-class _OuterStateAverager(collaboration.AllreduceOutcome, ChurnSafeAllReduce, collaboration.BackgroundTorchOnOneThread,
-                          TrainingStateAverager, collaboration.SharesParentTensorsBeforeFork):
+class _OuterStateAverager(collaboration.AllreduceOutcome, ChurnSafeAllReduce, collaboration.ClosesFullGroups,
+                          collaboration.BackgroundTorchOnOneThread, TrainingStateAverager,
+                          collaboration.SharesParentTensorsBeforeFork):
     """The outer parameters and momentum: served to newcomers, averaged on some rounds (see `AllreduceOutcome`)."""
 
 
@@ -248,6 +249,7 @@ class DiLoCoOptimizer:
         self._progress_read = None  # (epoch, future) of a pending DHT read of the progress records
         self._poll_epoch, self._next_poll_s, self._next_catch_up_s = -1, 0.0, 0.0
         self._someone_waiting = False
+        self._waiting_peers: set[bytes] = set()  # peers seen declared for this epoch's group (DHT subkeys)
         # a round that failed (or lost part of its data) midway leaves each member a different mix of averaged and
         # local values, so the members' outer parameters part; the next group hears of it and averages them
         self.outer_may_differ = False
@@ -280,6 +282,8 @@ class DiLoCoOptimizer:
                 self._close_round()
             elif stage == AveragingStage.LOOKING_FOR_GROUP and self.tracker.global_epoch > self._epoch:
                 self._close_round()  # this epoch's group closed without us: others have moved on
+            else:
+                self._expect_everyone()  # a peer the tracker has just heard of joins this group too
         elif self.tracker.global_epoch > self._epoch + 1:
             self._catch_up()  # far behind (e.g. the machine slept): this round can average with nobody
         elif self._steps_in_round >= self.diloco.inner_steps or (
@@ -344,7 +348,7 @@ class DiLoCoOptimizer:
     def _another_peer_is_waiting(self) -> bool:
         """Whether another peer is looking for its group for this epoch (read from the DHT, never blocking)."""
         if self._poll_epoch != self._epoch:
-            self._someone_waiting, self._poll_epoch = False, self._epoch
+            self._someone_waiting, self._waiting_peers, self._poll_epoch = False, set(), self._epoch
         if self._poll is not None and self._poll[1].done():
             (poll_epoch, poll), self._poll = self._poll, None
             try:
@@ -354,10 +358,9 @@ class DiLoCoOptimizer:
                 found = None
             if found is not None and isinstance(found.value, dict) and poll_epoch == self._epoch:
                 own, now = self.dht.peer_id.to_bytes(), get_dht_time()
-                self._someone_waiting = any(
-                    subkey != own and entry.value is True and entry.expiration_time > now
-                    for subkey, entry in found.value.items()
-                )
+                self._waiting_peers = {subkey for subkey, entry in found.value.items()
+                                       if subkey != own and entry.value is True and entry.expiration_time > now}
+                self._someone_waiting = bool(self._waiting_peers)
         if self._poll is None and time.monotonic() >= self._next_poll_s:
             self._poll = (self._epoch, self.dht.get(self._group_key(self._epoch), latest=True, return_future=True))
             self._next_poll_s = time.monotonic() + self._poll_period_s
@@ -387,6 +390,21 @@ class DiLoCoOptimizer:
                         epochs.append(record["epoch"])
         return any(epoch > self._epoch for epoch in epochs), any(epoch == self._epoch for epoch in epochs)
 
+    def _expect_everyone(self) -> None:
+        """Let this round's group form once every peer this one knows of has joined, not at the window's end.
+
+        Known: the peers in the tracker's last read of the progress records (a peer is stored there from its first
+        step), the peers seen declared for this epoch's group, and this one. Peers that left count until their
+        records expire (a minute); the group then waits out its window, as it would without this.
+        """
+        peers = self._known_peers()
+        self.averager.expect_group_size(peers)
+        if self._forming_parameters is not None:
+            self.state_averager.expect_group_size(peers)
+
+    def _known_peers(self) -> int:
+        return len(self.tracker.peers_seen | self._waiting_peers | {self.dht.peer_id.to_bytes()})
+
     def _group_key(self, epoch: int) -> str:
         return f"{self.averager.prefix}.0b{epoch_group_bits(epoch)}"
 
@@ -414,6 +432,7 @@ class DiLoCoOptimizer:
         scheduled_time = get_dht_time() + self.matchmaking_time_s
         timeout = self.matchmaking_time_s + self.averaging_timeout_s
         self.averager.set_group_bits(epoch_group_bits(self._epoch))
+        self._expect_everyone()
         # no retries: a round is one epoch's group, which is gone once its all-reduce failed; retrying would only
         # keep this peer looking (and a blocking round waiting) until the deadline
         self._forming = self.averager.step(gather=dict(epoch=self._epoch, outer_may_differ=self.outer_may_differ),
@@ -426,6 +445,7 @@ class DiLoCoOptimizer:
             # every member of the last group read the same gathered flags and picked this epoch, so they meet here
             self.repair_rounds += int(not routine)
             self.state_averager.set_group_bits(epoch_group_bits(self._epoch))
+            self.state_averager.expect_group_size(self._known_peers())
             # the outer parameters are not touched until the round is applied, so this may run at once
             self._forming_parameters = self.state_averager.schedule_step(
                 scheduled_time=scheduled_time, timeout=timeout, gather=dict(epoch=self._epoch))

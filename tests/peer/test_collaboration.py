@@ -462,6 +462,43 @@ def test_a_round_with_no_group_is_called_off_once_past_due_but_not_before(two_no
         averager.shutdown()
 
 
+def _one_round_of_three(tmp_path_factory, prefix: str, window_s: float, expect: int | None) -> list[float]:
+    """Three real averagers on loopback start a round at once, with a `window_s` matchmaking window and
+    `expect_group_size(expect)`: the seconds each took to get its result. Each checks it averaged with both others."""
+    first = create_dht([], host="127.0.0.1")
+    nodes = [first] + [create_dht(join_addresses(first), host="127.0.0.1") for _ in range(2)]
+    averagers = []
+    try:
+        for index, node in enumerate(nodes):
+            averagers.append(SwarmAverager([torch.full((8,), float(index))], node, prefix=prefix, start=True,
+                                           min_matchmaking_time=window_s, request_timeout=1.0))
+            averagers[-1].expect_group_size(expect)
+        started, scheduled = time.perf_counter(), get_dht_time() + window_s
+        controls = [averager.step(scheduled_time=scheduled, timeout=window_s + 20, wait=False)
+                    for averager in averagers]
+        took = []
+        for averager, control in zip(averagers, controls):
+            assert len(control.result(timeout=window_s + 30)) == 3
+            took.append(time.perf_counter() - started)
+            with averager.get_tensors() as (averaged,):
+                assert torch.allclose(averaged, torch.full((8,), 1.0))  # (0 + 1 + 2) / 3
+        return took
+    finally:
+        for averager in averagers:
+            averager.shutdown()
+        for node in nodes:
+            node.shutdown()
+
+
+@pytest.mark.timeout(120)
+def test_a_group_forms_as_soon_as_the_expected_peers_joined_not_at_the_end_of_its_window(tmp_path_factory):
+    """hivemind fixes target_group_size when the averager's process starts: left at None, a group waits out its
+    whole matchmaking window even when every peer joined at once. `expect_group_size` closes it when full."""
+    window_s = 8.0
+    assert min(_one_round_of_three(tmp_path_factory, "wait-out", window_s, expect=None)) > window_s * 0.9
+    assert max(_one_round_of_three(tmp_path_factory, "close-when-full", window_s, expect=3)) < window_s / 2
+
+
 @pytest.mark.timeout(120)
 def test_a_failed_gradient_round_steps_on_this_peers_own_gradient(two_nodes):
     """hivemind zeroes the accumulators when a round begins and, if the round fails, steps on those zeros: Adam's

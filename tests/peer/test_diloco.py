@@ -87,7 +87,8 @@ def test_eight_bit_codec_sends_about_one_byte_per_value():
 # real peers
 
 
-def make_recipe(run_id: str, n_embd: int = 16, warmup_steps: int = 0, **diloco) -> Recipe:
+def make_recipe(run_id: str, n_embd: int = 16, warmup_steps: int = 0, matchmaking_time_s: float = 1.0,
+                **diloco) -> Recipe:
     return parse_recipe({
         "run": {"id": run_id},
         "model": {"architecture": "gpt2", "config": {"n_layer": 1, "n_embd": n_embd, "n_head": 2,
@@ -96,7 +97,7 @@ def make_recipe(run_id: str, n_embd: int = 16, warmup_steps: int = 0, **diloco) 
         "optimizer": {"lr": 0.01, "schedule": {"warmup_steps": warmup_steps, "decay": "constant"}},
         "collaboration": {
             "mode": "diloco", "target_batch_size": 64, "micro_batch_size": MICRO_BATCH,
-            "matchmaking_time_s": 1.0, "averaging_timeout_s": 15.0, "compression": "fp16",
+            "matchmaking_time_s": matchmaking_time_s, "averaging_timeout_s": 15.0, "compression": "fp16",
             "diloco": dict(dict(inner_steps=5, average_parameters_every=0), **diloco),
         },
     })
@@ -407,6 +408,33 @@ def test_a_round_broken_midway_is_repaired_by_averaging_the_outer_parameters(tmp
         first_outer, second_outer = first.opt.outer_parameters(), second.opt.outer_parameters()
         # fp16 parameter averaging leaves ~1e-3 relative differences; a broken round leaves a whole round's worth
         assert distance(first_outer, second_outer) < 1e-2 * distance(first_outer, initial)
+    finally:
+        for peer in (second, first):
+            peer.close()
+
+
+@pytest.mark.timeout(180)
+def test_a_round_forms_once_both_peers_joined_not_at_the_end_of_its_matchmaking_window(tmp_path):
+    """An 8 s window, as a recipe for internet links would set it, and rounds of 5 fast inner steps: a round must
+    hold about its inner steps, not inner steps plus a window's worth of them (hivemind alone waits the window out)."""
+    window_s = 8.0
+    recipe = make_recipe("diloco-full-group", matchmaking_time_s=window_s)
+    first = start_peer(tmp_path, "first", recipe)
+    second = start_peer(tmp_path, "second", recipe, initial_peers=join_addresses(first.dht))
+    epoch_began: dict[int, float] = {}
+
+    def until(peer):
+        epoch_began.setdefault(peer.opt.local_epoch, time.monotonic())
+        return peer.opt.rounds.averaged >= 3
+
+    try:
+        train_together([first, second], until=until, budget_s=120)
+        assert first.opt.rounds.averaged >= 3 and second.opt.rounds.averaged >= 3, (first.opt.rounds,
+                                                                                    second.opt.rounds)
+        assert first.opt.rounds.last_group_size == second.opt.rounds.last_group_size == 2
+        # rounds 1 and 2 (after the first, which may start before the peers know of each other) took under one
+        # window together; waiting each window out takes at least two
+        assert epoch_began[3] - epoch_began[1] < window_s, epoch_began
     finally:
         for peer in (second, first):
             peer.close()
