@@ -20,9 +20,11 @@ How a round forms (hivemind 1.1.12 matches groups by key and time only, so the e
 
 - A peer that has taken `inner_steps` steps declares itself for averaging under the key of its epoch and goes
   on training. Every other peer polls that key, and once someone at its epoch is waiting it joins too, with
-  the steps it has done: the round closes one matchmaking window after the *first* peer is ready, nobody idles
-  while the group forms, and slower peers contribute smaller (fewer-step) pseudo-gradients, weighted by their
-  step counts.
+  the steps it has done: nobody idles while the group forms, and slower peers contribute smaller (fewer-step)
+  pseudo-gradients, weighted by their step counts. The group forms as soon as every peer this one knows of has
+  joined (the progress records, plus the peers declared under the key), and at the latest one matchmaking window
+  after the *first* peer is ready (hivemind alone always waits out the window: rounds then grew by window / step
+  time, e.g. from 20 to 30 micro-steps).
 - When the group is assembled, each member captures its pseudo-gradient at its next `step()` and the
   all-reduce runs (compressed as the recipe says). Without `overlap_communication` the peer waits for it and
   then applies the outer step; with it, training goes on and the result is applied when it arrives, on top of
@@ -173,9 +175,11 @@ class DiLoCoOptimizer:
         parameters_compression: CompressionBase = ScaledFloat16Compression(),
         private_key: RSAPrivateKey | None = None,
         client_mode: bool = False,
+        close_groups_early: bool = True,
     ):
         self.dht, self.run_id, self.diloco = dht, run_id, diloco
         self.client_mode, self.micro_batch_size = client_mode, micro_batch_size
+        self.close_groups_early = close_groups_early
         self.matchmaking_time_s, self.averaging_timeout_s = matchmaking_time_s, averaging_timeout_s
         self.load_state_timeout_s = load_state_timeout_s
         self.rounds = collaboration.RoundStats()
@@ -397,6 +401,8 @@ class DiLoCoOptimizer:
         step), the peers seen declared for this epoch's group, and this one. Peers that left count until their
         records expire (a minute); the group then waits out its window, as it would without this.
         """
+        if not self.close_groups_early:
+            return
         peers = self._known_peers()
         self.averager.expect_group_size(peers)
         if self._forming_parameters is not None:
@@ -445,7 +451,8 @@ class DiLoCoOptimizer:
             # every member of the last group read the same gathered flags and picked this epoch, so they meet here
             self.repair_rounds += int(not routine)
             self.state_averager.set_group_bits(epoch_group_bits(self._epoch))
-            self.state_averager.expect_group_size(self._known_peers())
+            if self.close_groups_early:
+                self.state_averager.expect_group_size(self._known_peers())
             # the outer parameters are not touched until the round is applied, so this may run at once
             self._forming_parameters = self.state_averager.schedule_step(
                 scheduled_time=scheduled_time, timeout=timeout, gather=dict(epoch=self._epoch))
@@ -701,4 +708,5 @@ def build_diloco_optimizer(
         parameters_compression=make_compression("none" if collab.compression == "none" else "fp16"),
         private_key=identity.signing_key,
         client_mode=client_mode,
+        close_groups_early=collab.close_groups_early,
     )

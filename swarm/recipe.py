@@ -228,8 +228,9 @@ class DiLoCoConfig(_Section):
 
     inner_steps: int = Field(
         100, ge=1,
-        description="Local optimizer steps (one per micro-batch) before a peer is ready to average. A round closes "
-        "one matchmaking window after the first peer is ready; every peer then joins with the steps it has done.",
+        description="Local optimizer steps (one per micro-batch) before a peer is ready to average. Every peer then "
+        "joins with the steps it has done; the round closes once all known peers joined, at the latest one "
+        "matchmaking window after the first peer was ready.",
     )
     outer_lr: float = Field(0.7, gt=0.0, le=10.0, description="Learning rate of the outer SGD step on the averaged "
                             "pseudo-gradient (0.7 in the DiLoCo paper; 1.0 without momentum is plain averaging).")
@@ -271,6 +272,13 @@ class CollaborationConfig(_Section):
     )
     averaging_timeout_s: float = Field(
         60.0, gt=0.0, le=3600.0, description="Give up on an all-reduce after this long (about 2x its real time)."
+    )
+    close_groups_early: bool = Field(
+        True,
+        description="Form an averaging group as soon as every peer in the swarm's progress records has joined it, "
+        "not at the end of matchmaking_time_s (hivemind's own behaviour, which `false` restores). A peer is in the "
+        "records from its first step, and a peer that left stays there for up to a minute (groups then wait out "
+        "the window, as with `false`).",
     )
     compression: Literal["none", "fp16", "uint8", "blockwise8"] = Field(
         "fp16", description="Wire format of averaged gradients: fp16 (scaled per part, so small gradients keep their "
