@@ -89,11 +89,12 @@ PROJECTION_OVERHEAD_S = 5.0
 
 def load_bench_recipe(model: str, compression: str, target_batch_size: int | None, matchmaking_time_s: float | None,
                       mode: str = "dedloc", inner_steps: int | None = None, overlap: bool = False,
-                      average_state_every: int | None = None):
+                      average_state_every: int | None = None, wait_out_windows: bool = False):
     from swarm.recipe import load_recipe
 
     recipe = load_recipe(RECIPES_DIR / MODELS[model][0])
-    update = {"compression": compression, "micro_batch_size": "auto", "mode": mode}
+    update = {"compression": compression, "micro_batch_size": "auto", "mode": mode,
+              "close_groups_early": not wait_out_windows}
     if target_batch_size is not None:
         update["target_batch_size"] = target_batch_size
     if matchmaking_time_s is not None:
@@ -117,7 +118,7 @@ def bench_recipe(args: argparse.Namespace, compression: str, peers: int | None =
     if args.mode == "diloco" and target is None and peers:
         target = peers * args.inner_steps * args.micro_batch_size
     return load_bench_recipe(args.model, compression, target, args.matchmaking_time_s, args.mode, args.inner_steps,
-                             args.overlap, args.average_state_every)
+                             args.overlap, args.average_state_every, args.wait_out_windows)
 
 
 def build_bench_model(model: str, recipe):
@@ -191,7 +192,8 @@ def run_peer(args: argparse.Namespace) -> dict:
 
     torch.set_num_threads(1)  # compute is simulated; hivemind's own tensor work shares the 2 cores with 7 others
     recipe = load_bench_recipe(args.model, args.compression[0], args.target_batch_size, args.matchmaking_time_s,
-                               args.mode, args.inner_steps, args.overlap, args.average_state_every)
+                               args.mode, args.inner_steps, args.overlap, args.average_state_every,
+                               args.wait_out_windows)
     folder = Path(args.work_dir) / f"peer-{args.peer_index}"
     identity = Identity.load_or_create(folder / "identity", name=f"scaling-peer-{args.peer_index}")
     # in a network lab: listen on the host's own address at a fixed port, announce the relay that others dial;
@@ -314,6 +316,7 @@ def run_row(args: argparse.Namespace, peers: int, compression: str, step_time_s:
                 argv += ["--matchmaking-time-s", str(args.matchmaking_time_s)]
             if args.average_state_every:
                 argv += ["--average-state-every", str(args.average_state_every)]
+            argv += ["--wait-out-windows"] if args.wait_out_windows else []
             log = open(work_dir / f"peer-{index}.log", "w")
             if lab is None:
                 processes.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=work_dir))
@@ -611,6 +614,7 @@ def summarise_row(args, peers, compression, step_time_s, recipe, results, window
         "micro_batch_size": args.micro_batch_size,
         "target_batch_size": collab.target_batch_size,
         "matchmaking_time_s": collab.matchmaking_time_s,
+        "close_groups_early": collab.close_groups_early,
         "average_state_every": collab.average_state_every,
         "time_to_target_s": None,
         "simulated": True,
@@ -808,6 +812,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         # DiLoCo: per row, what its peers process per round (peers x inner steps x micro-batch)
         "target_batch_size": recipe.collaboration.target_batch_size if args.mode == "dedloc" else None,
         "matchmaking_time_s": recipe.collaboration.matchmaking_time_s,
+        "close_groups_early": not args.wait_out_windows,
         "average_state_every": recipe.collaboration.average_state_every,
         "warmup_s": args.warmup_s,
         "seconds_per_row": args.seconds,
@@ -839,7 +844,9 @@ def markdown(settings: dict, results: dict, info: dict) -> str:
         f"{settings['model']} ({settings['parameters'] / 1e6:.2f}M parameters, recipe {settings['recipe']}); each "
         f"peer sleeps {settings['step_time_s']:.3f} s per micro-step of {settings['micro_batch_size']} samples "
         f"({settings['step_time_source']}); {rounds}, matchmaking "
-        f"{settings['matchmaking_time_s']} s, state averaging every {settings['average_state_every']} epochs; "
+        f"{settings['matchmaking_time_s']} s (groups form "
+        f"{'once every known peer joined' if settings.get('close_groups_early', True) else 'at its end'}), "
+        f"state averaging every {settings['average_state_every']} epochs; "
         f"{settings['seconds_per_row']} s measured per row after {settings['warmup_s']} s of warm-up. "
         f"{describe_machine(info)}. `{settings['command'].strip()}`, {settings['date']}.",
         "",
@@ -952,6 +959,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--micro-batch-size", type=int, default=16)
     parser.add_argument("--target-batch-size", type=int, default=None, help="Override the recipe's global batch.")
     parser.add_argument("--matchmaking-time-s", type=float, default=None, help="Override the recipe's matchmaking.")
+    parser.add_argument("--wait-out-windows", action="store_true",
+                        help="Groups form only at the end of their matchmaking window (collaboration."
+                        "close_groups_early: false, hivemind's own behaviour), for an A/B against the default.")
     parser.add_argument("--average-state-every", type=int, default=None,
                         help="DeDLOC: override the recipe's state averaging period in epochs (what it costs).")
     parser.add_argument("--seconds", type=float, default=None, help="Measured window per row (default 25).")
