@@ -47,7 +47,8 @@ The state served to newcomers and to the coordinator is the outer state (paramet
 
 Tuning from the logs and `rounds`:
 - `rounds.solo` growing while other peers are up: raise `collaboration.matchmaking_time_s` (10-15 s online);
-  a slow peer must see the first peer's declaration within that window.
+  a slow peer must see the first peer's declaration within that window. If it grows only as peers join, groups
+  that filled with the peers already known turned the newcomer away: `collaboration.close_groups_early: false`.
 - "Behind the swarm ... loading its state" often: this peer's rounds take far longer than the others'; it
   still contributes its progress, one round late. Lower its micro-batch or give it a faster link.
 - Rounds that wait on the all-reduce (`overlap_communication: false` and a slow link): turn overlap on, or use
