@@ -960,8 +960,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--target-batch-size", type=int, default=None, help="Override the recipe's global batch.")
     parser.add_argument("--matchmaking-time-s", type=float, default=None, help="Override the recipe's matchmaking.")
     parser.add_argument("--wait-out-windows", action="store_true",
-                        help="Groups form only at the end of their matchmaking window (collaboration."
-                        "close_groups_early: false, hivemind's own behaviour), for an A/B against the default.")
+                        help="DiLoCo: groups form only at the end of their matchmaking window (collaboration."
+                        "close_groups_early: false, hivemind's own behaviour), for an A/B against the default. "
+                        "DeDLOC rounds always do.")
     parser.add_argument("--average-state-every", type=int, default=None,
                         help="DeDLOC: override the recipe's state averaging period in epochs (what it costs).")
     parser.add_argument("--seconds", type=float, default=None, help="Measured window per row (default 25).")

@@ -296,11 +296,14 @@ class ClosesFullGroups(DecentralizedAverager):
         self._matchmaking.target_group_size = size
 
 
-class SwarmGradientAverager(AllreduceOutcome, ChurnSafeAllReduce, ClosesFullGroups, BackgroundTorchOnOneThread,
+class SwarmGradientAverager(AllreduceOutcome, ChurnSafeAllReduce, BackgroundTorchOnOneThread,
                             SharesParentTensorsBeforeFork, GradientAverager):
     """hivemind's GradientAverager, reporting how much of each round's data arrived (see `AllreduceOutcome`), its rounds
-    kept going when a member dies mid-round (`ChurnSafeAllReduce`), formed once all expected peers joined
-    (`ClosesFullGroups`)."""
+    kept going when a member dies mid-round (`ChurnSafeAllReduce`).
+
+    Its groups still form at the end of their matchmaking window (no `ClosesFullGroups`): with groups that formed
+    early, a restarted peer in benchmarks/churn.py stood still for ~28 s in 2 of 2 runs (see benchmarks/README.md).
+    """
 
     def _parent_tensors(self):
         yield from self.parameters
@@ -334,8 +337,8 @@ class _RemembersLastRound(DecentralizedAverager):
         return control
 
 
-class SwarmStateAverager(HivemindWireNames, ChurnSafeAllReduce, ClosesFullGroups, BackgroundTorchOnOneThread,
-                         TrainingStateAverager, _RemembersLastRound, SharesParentTensorsBeforeFork):
+class SwarmStateAverager(HivemindWireNames, ChurnSafeAllReduce, BackgroundTorchOnOneThread, TrainingStateAverager,
+                         _RemembersLastRound, SharesParentTensorsBeforeFork):
     """hivemind's TrainingStateAverager whose next step does not queue behind a parameter round that found no group.
 
     hivemind averages the state in the background, but on a single-thread executor: the next epoch's optimizer step
@@ -370,12 +373,9 @@ class SwarmOptimizer(hivemind.Optimizer):
     and back (a round trip over PCIe on a GPU).
     """
 
-    def __init__(self, *args, progress_report_period_s: float = PROGRESS_REPORT_PERIOD_S,
-                 close_groups_early: bool = True, **kwargs):
+    def __init__(self, *args, progress_report_period_s: float = PROGRESS_REPORT_PERIOD_S, **kwargs):
         self._progress_report_period_s = progress_report_period_s
-        self.close_groups_early = close_groups_early
         self._local_gradients_loaded = self._local_gradients_used = False
-        self._peers_expected_from: frozenset | None = None  # the tracker's peer set the rounds expect (or None)
         super().__init__(*args, **kwargs)
         self.rounds = RoundStats()
 
@@ -421,24 +421,7 @@ class SwarmOptimizer(hivemind.Optimizer):
         # (benchmarks/overhead.py). With no one to average with, hivemind skips the round anyway: skip the search.
         if self.tracker.global_progress.num_peers <= 1:
             return
-        self._expect_everyone()
         super()._maybe_schedule_gradient_averaging()
-
-    def _expect_everyone(self) -> None:
-        """Let the next rounds form once every peer in the progress records has joined, not at the window's end.
-
-        A pre-scheduled gradient round otherwise assembles only when its window is over, and its all-reduce started
-        0.4-1.4 s after the global batch was full (benchmarks/README.md); a round begun at the epoch's end waited a
-        whole window. Runs in the training thread, which starts the rounds; costs nothing until the records change.
-        """
-        seen = self.tracker.peers_seen
-        if seen is self._peers_expected_from or not self.close_groups_early:
-            return
-        self._peers_expected_from = seen
-        peers = len(seen | {self.dht.peer_id.to_bytes()})
-        for averager in (self.grad_averager, self.state_averager):
-            if isinstance(averager, ClosesFullGroups):
-                averager.expect_group_size(peers)
 
     def _wait_for_round(self, control: StepControl) -> None:
         """Wait for this epoch's round at most averaging_timeout in all, and not at all once it is hopeless.
@@ -664,6 +647,5 @@ def build_swarm_optimizer(
         delay_optimizer_step=collab.delay_updates,
         tracker_opts=dict(private_key=identity.signing_key, min_refresh_period=0.5, max_refresh_period=5.0),
         progress_report_period_s=progress_report_period_s,
-        close_groups_early=collab.close_groups_early,
         verbose=False,
     )
