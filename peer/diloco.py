@@ -181,6 +181,7 @@ class DiLoCoOptimizer:
         self.dht, self.run_id, self.diloco = dht, run_id, diloco
         self.client_mode, self.micro_batch_size = client_mode, micro_batch_size
         self.close_groups_early = close_groups_early
+        self._own_id = dht.peer_id.to_bytes()  # this peer's key in the progress records and the group keys
         self.matchmaking_time_s, self.averaging_timeout_s = matchmaking_time_s, averaging_timeout_s
         self.load_state_timeout_s = load_state_timeout_s
         self.rounds = collaboration.RoundStats()
@@ -362,7 +363,7 @@ class DiLoCoOptimizer:
                 logger.debug(f"Reading the round's group key failed: {error!r}")
                 found = None
             if found is not None and isinstance(found.value, dict) and poll_epoch == self._epoch:
-                own, now = self.dht.peer_id.to_bytes(), get_dht_time()
+                own, now = self._own_id, get_dht_time()
                 self._waiting_peers = {subkey for subkey, entry in found.value.items()
                                        if subkey != own and entry.value is True and entry.expiration_time > now}
                 self._someone_waiting = bool(self._waiting_peers)
@@ -386,7 +387,7 @@ class DiLoCoOptimizer:
         except Exception as error:
             logger.debug(f"Reading the progress records failed: {error!r}")
             return False, False
-        own, now, epochs = self.dht.peer_id.to_bytes(), get_dht_time(), []
+        own, now, epochs = self._own_id, get_dht_time(), []
         if found is not None and isinstance(found.value, dict):
             for entry in found.value.values():
                 record = entry.value
@@ -402,15 +403,11 @@ class DiLoCoOptimizer:
         step), the peers seen declared for this epoch's group, and this one. Peers that left count until their
         records expire (a minute); the group then waits out its window, as it would without this.
         """
-        if not self.close_groups_early:
-            return
-        peers = self._known_peers()
-        self.averager.expect_group_size(peers)
-        if self._forming_parameters is not None:
-            self.state_averager.expect_group_size(peers)
-
-    def _known_peers(self) -> int:
-        return len(self.tracker.peers_seen | self._waiting_peers | {self.dht.peer_id.to_bytes()})
+        if self.close_groups_early:
+            peers = len(self.tracker.peers_seen | self._waiting_peers | {self._own_id})
+            # the outer parameters' rounds meet the same peers (both averagers skip an unchanged size)
+            for averager in (self.averager, self.state_averager):
+                averager.expect_group_size(peers)
 
     def _group_key(self, epoch: int) -> str:
         return f"{self.averager.prefix}.0b{epoch_group_bits(epoch)}"
@@ -452,8 +449,6 @@ class DiLoCoOptimizer:
             # every member of the last group read the same gathered flags and picked this epoch, so they meet here
             self.repair_rounds += int(not routine)
             self.state_averager.set_group_bits(epoch_group_bits(self._epoch))
-            if self.close_groups_early:
-                self.state_averager.expect_group_size(self._known_peers())
             # the outer parameters are not touched until the round is applied, so this may run at once
             self._forming_parameters = self.state_averager.schedule_step(
                 scheduled_time=scheduled_time, timeout=timeout, gather=dict(epoch=self._epoch))
