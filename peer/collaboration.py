@@ -345,7 +345,8 @@ class SwarmStateAverager(HivemindWireNames, ChurnSafeAllReduce, BackgroundTorchO
     waits until that round ends. A peer that missed the others' state round (it reached the epoch a few seconds late,
     or its group member was killed) kept looking for a group until `averaging_timeout` while its training stood still
     (18 s and more in benchmarks/churn.py). The next step that would wait for such a round calls it off once it is a
-    matchmaking window past due (`call_off_if_looking`); a round whose all-reduce already runs is still waited for.
+    matchmaking window past due (`call_off_if_looking`), when the step begins or while it waits; a round whose
+    all-reduce already runs is still waited for.
     """
 
     def _parent_tensors(self):
@@ -358,9 +359,35 @@ class SwarmStateAverager(HivemindWireNames, ChurnSafeAllReduce, BackgroundTorchO
         # to apply finished updates; a straggler may still join the round then)
         will_wait = any(kwargs.get(name) for name in ("optimizer_step", "zero_grad", "averaging_round",
                                                        "wait_for_delayed_updates"))
-        if will_wait and call_off_if_looking(self.last_round, grace_s=self.matchmaking_kwargs["min_matchmaking_time"]):
+        pending = self.last_round
+        if not will_wait or pending is None or pending.done():
+            return super().step(*args, **kwargs)
+        if self._call_off_if_hopeless(pending):
+            return super().step(*args, **kwargs)
+        stop = threading.Event()  # the round may become hopeless while this step waits for it: watch it meanwhile
+        threading.Thread(target=self._call_off_once_hopeless, args=(pending, stop), name="swarm-state-round-watch",
+                         daemon=True).start()
+        try:
+            return super().step(*args, **kwargs)
+        finally:
+            stop.set()
+
+    def _call_off_if_hopeless(self, control: StepControl) -> bool:
+        if call_off_if_looking(control, grace_s=self.matchmaking_kwargs["min_matchmaking_time"]):
             logger.debug("Called off a state-averaging round that found no group in its matchmaking window")
-        return super().step(*args, **kwargs)
+            return True
+        return False
+
+    def _call_off_once_hopeless(self, control: StepControl, stop: threading.Event) -> None:
+        """While a step waits for `control`, call it off as soon as it is a matchmaking window past due.
+
+        The step that ends the next epoch often came before that: a volunteer restarted in benchmarks/churn.py ended
+        its next epoch 5 s after its state round began, checked the round once (still within its grace), and then
+        stood still for 28 s until the round gave up at `averaging_timeout`.
+        """
+        while not control.done() and not stop.wait(ROUND_POLL_S / 4):
+            if self._call_off_if_hopeless(control):
+                return
 
 
 class SwarmOptimizer(hivemind.Optimizer):

@@ -633,6 +633,39 @@ def test_a_peer_stops_waiting_for_a_round_with_no_group_once_the_swarm_went_on(t
     assert trainers[0].longest_step_s < 7.0, trainers[0].longest_step_s
 
 
+@pytest.mark.timeout(120)
+def test_the_next_epoch_stops_waiting_for_a_state_round_once_it_is_a_window_past_due(two_nodes):
+    """An epoch's state round runs in the background and finds no group (the others averaged theirs already). The
+    next epoch ended before that round was a matchmaking window past due, so the check at the step's start let it
+    be, and the step waited behind it on hivemind's one executor thread until averaging_timeout (10 s here): 28 s
+    for a restarted volunteer in benchmarks/churn.py. The round is now called off while the step waits."""
+    window_s = 1.0
+    recipe = small_recipe("collab-state-past-due", target_batch_size=8, averaging_timeout_s=10.0,
+                          matchmaking_time_s=window_s)
+    (dht, identity), _ = two_nodes
+    model = torch.nn.Linear(8, 2)
+    optimizer = build_swarm_optimizer(dht, model, recipe, identity, micro_batch_size=MICRO_BATCH)
+    averager = optimizer.state_averager
+    try:
+        # the epoch transition that averages the state, as hivemind's optimizer runs it (delay_state_averaging)
+        model(torch.randn(MICRO_BATCH, 8)).square().mean().backward()
+        averager.step(increment_epoch=True, optimizer_step=True, averaging_round=True, delay_averaging=True,
+                      averaging_opts=dict(timeout=10.0))
+        state_round = averager.last_round
+        assert state_round is not None and not state_round.done()
+        began = time.monotonic()
+        # the next epoch's transition, within the round's grace
+        assert not call_off_if_looking(state_round, grace_s=window_s)
+        averager.step(increment_epoch=True, optimizer_step=True)
+        waited = time.monotonic() - began
+        assert state_round.cancelled()
+        assert averager.local_epoch == 2
+        # the window, the grace and a poll, not the 10 s timeout
+        assert waited < 2 * window_s + 2.0, f"the step waited {waited:.1f} s behind a round with no group"
+    finally:
+        shut_down([optimizer])
+
+
 def _proportional_mb(pids) -> float:
     """Physical memory of these processes together (proportional set sizes from /proc/<pid>/smaps_rollup)."""
     total = 0
