@@ -3,7 +3,9 @@
 Run as a script in a new session: `python member_dies_mid_round.py FILL NUMEL PARTS ADDRESS...`. It joins the DHT
 at ADDRESS, prints READY, and averages a tensor of NUMEL values all equal to FILL with target_group_size=3. Once
 it has sent PARTS chunks of that round to one reducer (PARTS=0: as soon as its group has formed), it kills itself,
-its DHT and its p2p daemon at once, as `kill -9` or a power cut would, while its group is averaging.
+its DHT and its p2p daemon at once, as `kill -9` or a power cut would, while its group is averaging. A negative
+PARTS makes the round wait for a trigger that never comes: the member prints GROUPED once its group has formed and
+dies -PARTS - 1 seconds later, as a volunteer killed between joining a group early and finishing its epoch.
 """
 
 from __future__ import annotations
@@ -11,8 +13,10 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 
 import torch
+from hivemind.averaging.control import AveragingStage
 
 from peer.allreduce import ChurnSafeAllReduceRunner
 from peer.collaboration import SwarmAverager
@@ -46,9 +50,17 @@ def die_after(parts: int) -> None:
 
 def main(fill: float, numel: int, parts: int, addresses: list[str]) -> None:
     dht = create_dht(addresses, host="127.0.0.1")
-    die_after(parts)  # before the averager forks its process, which inherits the patched runner
+    if parts >= 0:
+        die_after(parts)  # before the averager forks its process, which inherits the patched runner
     averager = SwarmAverager([torch.full((numel,), fill)], dht, prefix=PREFIX, start=True, **AVERAGER_OPTIONS)
     print("READY", flush=True)
+    if parts < 0:  # die -PARTS - 1 seconds after the group formed, its round never triggered
+        control = averager.step(wait=False, require_trigger=True, timeout=120.0)
+        while control.stage != AveragingStage.AWAITING_TRIGGER:
+            time.sleep(0.01)
+        print("GROUPED", flush=True)
+        time.sleep(-parts - 1)
+        os.killpg(os.getpgrp(), signal.SIGKILL)
     averager.step(timeout=120.0)
     print("SURVIVED", flush=True)  # the test fails if this is ever printed
 

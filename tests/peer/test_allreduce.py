@@ -235,6 +235,60 @@ def test_survivors_finish_a_round_whose_member_was_killed_mid_round(tmp_path, pa
             node.shutdown()
 
 
+@pytest.mark.parametrize("member_dies_after_s", [0, 2], ids=["before-the-others-trigger", "after-they-did"])
+def test_survivors_finish_a_round_whose_member_died_while_its_group_awaited_its_trigger(tmp_path, member_dies_after_s):
+    """Groups that form as soon as every expected peer joined (`ClosesFullGroups`) wait longer for their members'
+    triggers, the ends of their epochs: a volunteer killed in that time leaves a group whose round it never started.
+    The survivors trigger once the member is dead, or before it dies (their streams to it wait for its trigger)."""
+    numel = 3 * 2**20
+    fills = (1.0, 2.0)
+    options = dict(AVERAGER_OPTIONS, next_chunk_timeout=15.0, allreduce_timeout=60.0)
+    nodes, averagers, member = [], [], None
+    try:
+        nodes.append(create_dht([], host="127.0.0.1"))
+        nodes.append(create_dht(join_addresses(nodes[0]), host="127.0.0.1"))
+        member = subprocess.Popen(
+            [sys.executable, str(MEMBER), "6.0", str(numel), str(-1 - round(member_dies_after_s)),
+             *join_addresses(nodes[0])], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
+            stderr=open(tmp_path / "member.log", "w"), text=True, start_new_session=True)
+        _wait_for_line(member, "READY", timeout_s=120)
+        averagers = [SwarmAverager([torch.full((numel,), fill)], dht, prefix=PREFIX, start=True, **options)
+                     for fill, dht in zip(fills, nodes)]
+        controls = [averager.step(wait=False, require_trigger=True, timeout=options["allreduce_timeout"])
+                    for averager in averagers]
+        deadline = time.monotonic() + 60
+        while any(control.stage != AveragingStage.AWAITING_TRIGGER for control in controls):
+            assert time.monotonic() < deadline, [control.stage for control in controls]
+            time.sleep(0.01)
+        if member_dies_after_s == 0:
+            assert member.wait(timeout=30) == -signal.SIGKILL, (tmp_path / "member.log").read_text()[-2000:]
+        started = time.monotonic()
+        for control in controls:
+            control.allow_allreduce()
+        groups = [control.result(timeout=90) for control in controls]
+        took_s = time.monotonic() - started
+
+        assert member.wait(timeout=30) == -signal.SIGKILL, (tmp_path / "member.log").read_text()[-2000:]
+        assert [len(group) for group in groups] == [3, 3]
+        # the survivors' streams to the member fail once its p2p daemon is gone: no waiting out next_chunk_timeout
+        assert took_s < member_dies_after_s + 5, f"the survivors waited {took_s:.1f} s for a dead member"
+        results = []
+        for averager, fill in zip(averagers, fills):
+            with averager.get_tensors() as (tensor,):
+                results.append(tensor.clone())
+            assert set(results[-1].unique().tolist()) <= {fill, sum(fills) / 2}  # the member sent nothing
+        agree = results[0] == results[1]
+        assert agree.float().mean() > 0.6
+        assert set(results[0][agree].unique().tolist()) == {sum(fills) / 2}
+    finally:
+        if member is not None and member.poll() is None:
+            os.killpg(member.pid, signal.SIGKILL)
+        for averager in averagers:
+            averager.shutdown()
+        for node in nodes:
+            node.shutdown()
+
+
 class _LeavesAsItsGroupForms(SwarmAverager):
     """A real averager whose round is called off in the moment its matchmaking returns a group: the race of a peer
     that decides the swarm went on without it just as its group forms (seen in benchmarks/churn.py). The round's
