@@ -249,10 +249,12 @@ def epoch_durations(epoch_starts: list[tuple[int, float]], average_state_every: 
     )
 
 
-def write_recipe(path: Path, run_id: str, max_wall_time_s: float, average_state_every: int | None = None) -> dict:
+def write_recipe(path: Path, run_id: str, max_wall_time_s: float, average_state_every: int | None = None,
+                 wait_out_windows: bool = False) -> dict:
     """The tiny-stdlib recipe with its own run id; only a safety wall-time limit (the harness stops the run).
 
-    `average_state_every` overrides the recipe's state averaging period, to measure what that averaging costs.
+    `average_state_every` overrides the recipe's state averaging period, to measure what that averaging costs;
+    `wait_out_windows` sets `collaboration.close_groups_early: false`.
     """
     import yaml
 
@@ -261,6 +263,8 @@ def write_recipe(path: Path, run_id: str, max_wall_time_s: float, average_state_
     recipe["limits"] = {"max_wall_time_s": float(max_wall_time_s)}
     if average_state_every is not None:
         recipe["collaboration"]["average_state_every"] = average_state_every
+    if wait_out_windows:
+        recipe["collaboration"]["close_groups_early"] = False
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))
     return recipe
 
@@ -793,7 +797,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     root.mkdir(parents=True, exist_ok=True)
     recipe_path = root / "recipe.yaml"
     safety_s = args.duration + args.startup_timeout_s + args.ledger_wait_s + 600
-    recipe = write_recipe(recipe_path, "churn-bench", safety_s, args.average_state_every)
+    recipe = write_recipe(recipe_path, "churn-bench", safety_s, args.average_state_every, args.wait_out_windows)
     args.parameters = count_model_parameters(recipe_path)
     settings = dict(
         peers=args.peers, duration_s=args.duration, period_s=args.period_s, arms=list(args.arms), kill=args.kill,
@@ -802,6 +806,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         memory_interval_s=args.memory_interval_s, memory_warmup_s=args.memory_warmup_s, quick=args.quick,
         recipe="recipes/tiny-stdlib.yaml (run.id churn-bench, limits.max_wall_time_s as a safety net)",
         target_batch_size=recipe["collaboration"]["target_batch_size"],
+        close_groups_early=recipe["collaboration"].get("close_groups_early", True),
         averaging_timeout_s=recipe["collaboration"]["averaging_timeout_s"],
         matchmaking_time_s=recipe["collaboration"]["matchmaking_time_s"],
         average_state_every=recipe["collaboration"]["average_state_every"],
@@ -892,6 +897,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="After the window, wait at most this long for the ledger (default 40; 15 with --quick).")
     parser.add_argument("--average-state-every", type=int, default=None,
                         help="Override the recipe's state averaging period in epochs (default: the recipe's 5).")
+    parser.add_argument("--wait-out-windows", action="store_true",
+                        help="Groups form only at the end of their matchmaking window (collaboration."
+                        "close_groups_early: false), for an A/B against the default.")
     parser.add_argument("--name", default="churn", help="Results file stem.")
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     parser.add_argument("--work-dir", default=None, help="Keep the runs' files (logs, ledger) in this folder.")

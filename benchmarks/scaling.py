@@ -614,7 +614,7 @@ def summarise_row(args, peers, compression, step_time_s, recipe, results, window
         "micro_batch_size": args.micro_batch_size,
         "target_batch_size": collab.target_batch_size,
         "matchmaking_time_s": collab.matchmaking_time_s,
-        "close_groups_early": collab.mode == "diloco" and collab.close_groups_early,  # DeDLOC rounds never do
+        "close_groups_early": collab.close_groups_early,
         "average_state_every": collab.average_state_every,
         "time_to_target_s": None,
         "simulated": True,
@@ -812,7 +812,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         # DiLoCo: per row, what its peers process per round (peers x inner steps x micro-batch)
         "target_batch_size": recipe.collaboration.target_batch_size if args.mode == "dedloc" else None,
         "matchmaking_time_s": recipe.collaboration.matchmaking_time_s,
-        "close_groups_early": args.mode == "diloco" and not args.wait_out_windows,
+        "close_groups_early": not args.wait_out_windows,
         "average_state_every": recipe.collaboration.average_state_every,
         "warmup_s": args.warmup_s,
         "seconds_per_row": args.seconds,
@@ -960,9 +960,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--target-batch-size", type=int, default=None, help="Override the recipe's global batch.")
     parser.add_argument("--matchmaking-time-s", type=float, default=None, help="Override the recipe's matchmaking.")
     parser.add_argument("--wait-out-windows", action="store_true",
-                        help="DiLoCo: groups form only at the end of their matchmaking window (collaboration."
-                        "close_groups_early: false, hivemind's own behaviour), for an A/B against the default. "
-                        "DeDLOC rounds always do.")
+                        help="Groups form only at the end of their matchmaking window (collaboration."
+                        "close_groups_early: false, hivemind's own behaviour), for an A/B against the default.")
     parser.add_argument("--average-state-every", type=int, default=None,
                         help="DeDLOC: override the recipe's state averaging period in epochs (what it costs).")
     parser.add_argument("--seconds", type=float, default=None, help="Measured window per row (default 25).")

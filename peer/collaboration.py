@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import multiprocessing as mp
 import threading
 import time
 from collections import Counter
@@ -43,6 +44,7 @@ logger = logging.getLogger(__name__)
 PROGRESS_REPORT_PERIOD_S = 0.5
 # How often a peer waiting for its epoch's averaging round checks whether the swarm went on without it
 ROUND_POLL_S = 1.0
+EXPECTED_SIZE_POLL_S = 0.1  # how often an averager's process applies `ClosesFullGroups.expect_group_size`
 
 
 @dataclass
@@ -278,32 +280,46 @@ class ClosesFullGroups(DecentralizedAverager):
 
     hivemind fixes `target_group_size` when the averager's process starts; left at None, every group waits out its
     matchmaking window even when all peers joined in its first tenth. `expect_group_size` changes it in the
-    averager's process for the rounds that follow; a leader then closes its group when it is that large, and turns
-    later joiners away (so expect too many rather than too few: too many only waits out the window, as before).
-    Call it from the thread that starts the rounds (hivemind's pipe to the process is not thread-safe).
+    averager's process for the rounds that follow and the one looking for a group now; a leader then closes its
+    group when it is that large, and turns later joiners away (so expect too many rather than too few: too many only
+    waits out the window, as before). The size goes through shared memory, which the averager's process reads every
+    `EXPECTED_SIZE_POLL_S`, so any thread may set it: hivemind's pipe to the process is not thread-safe, and
+    TrainingStateAverager starts some rounds on its executor thread while the training thread sets the size.
     """
 
-    _expected_group_size: int | None = None
+    def __init__(self, *args, **kwargs):
+        # -1: not set (hivemind's own target_group_size), 0: none (wait out the window), else the size; shared with
+        # the averager's process, which the parent's __init__ forks
+        self._expected_size = mp.RawValue("i", -1)
+        self._follows_expected_size = False  # in the averager's process: the task that applies it runs
+        super().__init__(*args, **kwargs)
 
     def expect_group_size(self, size: int | None) -> None:
         """Close groups at `size` members from now on (None or below 2: at the end of the matchmaking window)."""
-        size = size if size is not None and size >= 2 else None
-        if size != self._expected_group_size and self.is_alive():
-            self._expected_group_size = size
-            self._outer_pipe.send(("_set_expected_group_size", [], dict(size=size)))
+        self._expected_size.value = size if size is not None and size >= 2 else 0
 
-    async def _set_expected_group_size(self, size: int | None) -> None:
-        self._matchmaking.target_group_size = size
+    async def _step(self, *, step, future_for_init):
+        if not self._follows_expected_size:  # the averager's process, in its event loop: from its first round on
+            self._follows_expected_size = True
+            self._apply_expected_size(self._matchmaking.target_group_size)
+            asyncio.create_task(self._follow_expected_size(self._matchmaking.target_group_size))
+        await super()._step(step=step, future_for_init=future_for_init)
+
+    def _apply_expected_size(self, hivemind_size: int | None) -> None:
+        expected = self._expected_size.value
+        self._matchmaking.target_group_size = hivemind_size if expected < 0 else (expected or None)
+
+    async def _follow_expected_size(self, hivemind_size: int | None) -> None:
+        while True:
+            await asyncio.sleep(EXPECTED_SIZE_POLL_S)
+            self._apply_expected_size(hivemind_size)
 
 
-class SwarmGradientAverager(AllreduceOutcome, ChurnSafeAllReduce, BackgroundTorchOnOneThread,
+class SwarmGradientAverager(AllreduceOutcome, ChurnSafeAllReduce, ClosesFullGroups, BackgroundTorchOnOneThread,
                             SharesParentTensorsBeforeFork, GradientAverager):
     """hivemind's GradientAverager, reporting how much of each round's data arrived (see `AllreduceOutcome`), its rounds
-    kept going when a member dies mid-round (`ChurnSafeAllReduce`).
-
-    Its groups still form at the end of their matchmaking window (no `ClosesFullGroups`): with groups that formed
-    early, a restarted peer in benchmarks/churn.py stood still for ~28 s in 2 of 2 runs (see benchmarks/README.md).
-    """
+    kept going when a member dies mid-round (`ChurnSafeAllReduce`), formed once all expected peers joined
+    (`ClosesFullGroups`)."""
 
     def _parent_tensors(self):
         yield from self.parameters
@@ -337,8 +353,8 @@ class _RemembersLastRound(DecentralizedAverager):
         return control
 
 
-class SwarmStateAverager(HivemindWireNames, ChurnSafeAllReduce, BackgroundTorchOnOneThread, TrainingStateAverager,
-                         _RemembersLastRound, SharesParentTensorsBeforeFork):
+class SwarmStateAverager(HivemindWireNames, ChurnSafeAllReduce, ClosesFullGroups, BackgroundTorchOnOneThread,
+                         TrainingStateAverager, _RemembersLastRound, SharesParentTensorsBeforeFork):
     """hivemind's TrainingStateAverager whose next step does not queue behind a parameter round that found no group.
 
     hivemind averages the state in the background, but on a single-thread executor: the next epoch's optimizer step
@@ -400,9 +416,12 @@ class SwarmOptimizer(hivemind.Optimizer):
     and back (a round trip over PCIe on a GPU).
     """
 
-    def __init__(self, *args, progress_report_period_s: float = PROGRESS_REPORT_PERIOD_S, **kwargs):
+    def __init__(self, *args, progress_report_period_s: float = PROGRESS_REPORT_PERIOD_S,
+                 close_groups_early: bool = True, **kwargs):
         self._progress_report_period_s = progress_report_period_s
+        self.close_groups_early = close_groups_early
         self._local_gradients_loaded = self._local_gradients_used = False
+        self._peers_expected_from: frozenset | None = None  # the tracker's peer set the rounds expect (or None)
         super().__init__(*args, **kwargs)
         self.rounds = RoundStats()
 
@@ -448,7 +467,24 @@ class SwarmOptimizer(hivemind.Optimizer):
         # (benchmarks/overhead.py). With no one to average with, hivemind skips the round anyway: skip the search.
         if self.tracker.global_progress.num_peers <= 1:
             return
+        self._expect_everyone()
         super()._maybe_schedule_gradient_averaging()
+
+    def _expect_everyone(self) -> None:
+        """Let the next rounds form once every peer in the progress records has joined, not at the window's end.
+
+        A pre-scheduled gradient round otherwise assembles only when its window is over, and its all-reduce started
+        0.4-1.4 s after the global batch was full (benchmarks/README.md); a round begun at the epoch's end waited a
+        whole window. Runs in the training thread, which starts the rounds; costs nothing until the records change.
+        """
+        seen = self.tracker.peers_seen
+        if seen is self._peers_expected_from or not self.close_groups_early:
+            return
+        self._peers_expected_from = seen
+        peers = len(seen | {self.dht.peer_id.to_bytes()})
+        for averager in (self.grad_averager, self.state_averager):
+            if isinstance(averager, ClosesFullGroups):
+                averager.expect_group_size(peers)
 
     def _wait_for_round(self, control: StepControl) -> None:
         """Wait for this epoch's round at most averaging_timeout in all, and not at all once it is hopeless.
@@ -674,5 +710,6 @@ def build_swarm_optimizer(
         delay_optimizer_step=collab.delay_updates,
         tracker_opts=dict(private_key=identity.signing_key, min_refresh_period=0.5, max_refresh_period=5.0),
         progress_report_period_s=progress_report_period_s,
+        close_groups_early=collab.close_groups_early,
         verbose=False,
     )

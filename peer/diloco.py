@@ -405,7 +405,7 @@ class DiLoCoOptimizer:
         """
         if self.close_groups_early:
             peers = len(self.tracker.peers_seen | self._waiting_peers | {self._own_id})
-            # the outer parameters' rounds meet the same peers (both averagers skip an unchanged size)
+            # the outer parameters' rounds meet the same peers (each call is one write to shared memory)
             for averager in (self.averager, self.state_averager):
                 averager.expect_group_size(peers)
 

@@ -275,10 +275,10 @@ class CollaborationConfig(_Section):
     )
     close_groups_early: bool = Field(
         True,
-        description="Mode `diloco`: form a round's group as soon as every peer in the swarm's progress records has "
-        "joined it, not at the end of matchmaking_time_s (hivemind's own behaviour, which `false` restores). A peer "
-        "is in the records from its first step, and a peer that left stays there for up to a minute (groups then "
-        "wait out the window, as with `false`). Mode `dedloc` always waits out the window.",
+        description="Form an averaging group as soon as every peer in the swarm's progress records has joined it, "
+        "not at the end of matchmaking_time_s (hivemind's own behaviour, which `false` restores). A peer is in the "
+        "records from its first step, and a peer that left stays there for up to a minute (groups then wait out "
+        "the window, as with `false`).",
     )
     compression: Literal["none", "fp16", "uint8", "blockwise8"] = Field(
         "fp16", description="Wire format of averaged gradients: fp16 (scaled per part, so small gradients keep their "

@@ -186,6 +186,32 @@ def test_two_peers_average_their_rounds_and_end_with_the_same_weights(two_nodes,
     assert weight_gap < 0.1 * initial_gap and bias_gap < 0.1 * initial_gap, (initial_gap, weight_gap, bias_gap)
 
 
+@pytest.mark.timeout(120)
+def test_dedloc_rounds_form_once_both_peers_joined_not_at_the_end_of_their_matchmaking_window(two_nodes):
+    """A window of 6 s, as a recipe for internet links sets it, and epochs of well under a second: hivemind alone
+    assembles each gradient (and state) round only when its window is over, so every epoch took the whole window."""
+    window_s = 6.0
+    recipe = small_recipe("collab-early", matchmaking_time_s=window_s, averaging_timeout_s=30)
+    assert recipe.collaboration.close_groups_early
+    true_weight = torch.randn(2, 8, generator=torch.Generator().manual_seed(0))
+    _, models = same_start(31)
+    optimizers = [build_swarm_optimizer(dht, model, recipe, identity, micro_batch_size=MICRO_BATCH,
+                                        reuse_grad_buffers=True)
+                  for (dht, identity), model in zip(two_nodes, models)]
+    averaged_at: dict[int, float] = {}
+
+    def until() -> bool:
+        averaged = min(opt.rounds.averaged for opt in optimizers)
+        averaged_at.setdefault(averaged, time.monotonic())
+        return averaged >= 4
+
+    train_together(optimizers, models, true_weight, until, within_s=90, wait_for_peers=2, zero_grad=False)
+    rounds = [opt.rounds for opt in optimizers]
+    assert all(r.averaged >= 4 and r.last_group_size == 2 for r in rounds), rounds
+    # rounds 2 to 4 (the first may start before the peers know of each other) took under one window together
+    assert averaged_at[4] - averaged_at[1] < window_s, averaged_at
+
+
 @pytest.mark.timeout(150)
 def test_delayed_updates_average_and_step_in_the_background(two_nodes):
     # collaboration.delay_updates: an epoch's gradient round and optimiser step run while the peer computes the next
