@@ -191,6 +191,15 @@ def _wait_for_line(process: subprocess.Popen, expected: str, timeout_s: float) -
     raise AssertionError(f"the member never printed {expected} (exit code {process.poll()})")
 
 
+def _tear_down(member: subprocess.Popen | None, averagers: list, nodes: list) -> None:
+    if member is not None and member.poll() is None:
+        os.killpg(member.pid, signal.SIGKILL)
+    for averager in averagers:
+        averager.shutdown()
+    for node in nodes:
+        node.shutdown()
+
+
 @pytest.mark.parametrize("parts_before_death", [0, 3], ids=["as-the-round-starts", "mid-transfer"])
 def test_survivors_finish_a_round_whose_member_was_killed_mid_round(tmp_path, parts_before_death):
     numel = 3 * 2**20  # 4 MB for each of the 3 reducers: 8 chunks of hivemind's 512 KB from each member
@@ -227,12 +236,7 @@ def test_survivors_finish_a_round_whose_member_was_killed_mid_round(tmp_path, pa
         assert agree.float().mean() > 0.6  # the two survivors' shards, two thirds of the tensor
         assert set(results[0][agree].unique().tolist()) <= {two_way, three_way}
     finally:
-        if member is not None and member.poll() is None:
-            os.killpg(member.pid, signal.SIGKILL)
-        for averager in averagers:
-            averager.shutdown()
-        for node in nodes:
-            node.shutdown()
+        _tear_down(member, averagers, nodes)
 
 
 @pytest.mark.parametrize("member_dies_after_s", [0, 2], ids=["before-the-others-trigger", "after-they-did"])
@@ -281,12 +285,7 @@ def test_survivors_finish_a_round_whose_member_died_while_its_group_awaited_its_
         assert agree.float().mean() > 0.6
         assert set(results[0][agree].unique().tolist()) == {sum(fills) / 2}
     finally:
-        if member is not None and member.poll() is None:
-            os.killpg(member.pid, signal.SIGKILL)
-        for averager in averagers:
-            averager.shutdown()
-        for node in nodes:
-            node.shutdown()
+        _tear_down(member, averagers, nodes)
 
 
 class _LeavesAsItsGroupForms(SwarmAverager):
