@@ -249,12 +249,16 @@ def epoch_durations(epoch_starts: list[tuple[int, float]], average_state_every: 
     )
 
 
+CPU_MICRO_BATCH = 16  # what tiny-stdlib's `micro_batch_size: auto` picks on CPU
+
+
 def write_recipe(path: Path, run_id: str, max_wall_time_s: float, average_state_every: int | None = None,
-                 wait_out_windows: bool = False) -> dict:
+                 wait_out_windows: bool = False, diloco_inner_steps: int | None = None, peers: int = 4) -> dict:
     """The tiny-stdlib recipe with its own run id; only a safety wall-time limit (the harness stops the run).
 
     `average_state_every` overrides the recipe's state averaging period, to measure what that averaging costs;
-    `wait_out_windows` sets `collaboration.close_groups_early: false`.
+    `wait_out_windows` sets `collaboration.close_groups_early: false`; `diloco_inner_steps` switches to mode diloco
+    with that many inner steps, and a target batch of what `peers` peers process per round (micro-batch 16 on CPU).
     """
     import yaml
 
@@ -265,6 +269,10 @@ def write_recipe(path: Path, run_id: str, max_wall_time_s: float, average_state_
         recipe["collaboration"]["average_state_every"] = average_state_every
     if wait_out_windows:
         recipe["collaboration"]["close_groups_early"] = False
+    if diloco_inner_steps is not None:
+        recipe["collaboration"]["mode"] = "diloco"
+        recipe["collaboration"]["diloco"] = {"inner_steps": diloco_inner_steps}
+        recipe["collaboration"]["target_batch_size"] = peers * diloco_inner_steps * CPU_MICRO_BATCH
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))
     return recipe
 
@@ -678,6 +686,13 @@ class Arm:
 
 
 # -------------------------------------------------------------------- report
+def mode_note(settings: dict) -> str:
+    """', mode diloco, H=20' for a DiLoCo run; nothing for DeDLOC (the recipe's mode)."""
+    if settings.get("mode") == "diloco":
+        return f", mode diloco, H={settings.get('inner_steps')}"
+    return ""
+
+
 def markdown(settings: dict, results: dict, info: dict) -> str:
     arms = results["arms"]
     lines = [
@@ -686,7 +701,8 @@ def markdown(settings: dict, results: dict, info: dict) -> str:
         f"{timestamp()}. {describe_machine(info)}, {info.get('load_average_at_end', ['?'])[0]} at the end.",
         f"{settings['peers']} volunteers (`swarm join`, 1 thread each) and a coordinator (`swarm launch`) on 127.0.0.1, "
         f"recipe tiny-stdlib ({settings['parameters'] / 1e6:.2f}M parameters, target batch "
-        f"{settings['target_batch_size']}). Window {settings['duration_s']:.0f} s per arm; churn: one volunteer "
+        f"{settings['target_batch_size']}{mode_note(settings)}). Window {settings['duration_s']:.0f} s per arm; "
+        "churn: one volunteer "
         f"(peers 1..{settings['peers'] - 1} in turn) SIGKILLed ({settings['kill']}) and restarted every "
         f"{settings['period_s']:.0f} s.",
         "",
@@ -797,7 +813,8 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     root.mkdir(parents=True, exist_ok=True)
     recipe_path = root / "recipe.yaml"
     safety_s = args.duration + args.startup_timeout_s + args.ledger_wait_s + 600
-    recipe = write_recipe(recipe_path, "churn-bench", safety_s, args.average_state_every, args.wait_out_windows)
+    recipe = write_recipe(recipe_path, "churn-bench", safety_s, args.average_state_every, args.wait_out_windows,
+                          args.inner_steps if args.mode == "diloco" else None, args.peers)
     args.parameters = count_model_parameters(recipe_path)
     settings = dict(
         peers=args.peers, duration_s=args.duration, period_s=args.period_s, arms=list(args.arms), kill=args.kill,
@@ -807,6 +824,8 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         recipe="recipes/tiny-stdlib.yaml (run.id churn-bench, limits.max_wall_time_s as a safety net)",
         target_batch_size=recipe["collaboration"]["target_batch_size"],
         close_groups_early=recipe["collaboration"].get("close_groups_early", True),
+        mode=recipe["collaboration"].get("mode", "dedloc"),
+        inner_steps=args.inner_steps if args.mode == "diloco" else None,
         averaging_timeout_s=recipe["collaboration"]["averaging_timeout_s"],
         matchmaking_time_s=recipe["collaboration"]["matchmaking_time_s"],
         average_state_every=recipe["collaboration"]["average_state_every"],
@@ -897,6 +916,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="After the window, wait at most this long for the ledger (default 40; 15 with --quick).")
     parser.add_argument("--average-state-every", type=int, default=None,
                         help="Override the recipe's state averaging period in epochs (default: the recipe's 5).")
+    parser.add_argument("--mode", choices=("dedloc", "diloco"), default="dedloc",
+                        help="Collaboration mode (default dedloc, the recipe's); diloco sets the target batch to what "
+                        "the peers process per round.")
+    parser.add_argument("--inner-steps", type=int, default=20, help="DiLoCo inner steps per round (default 20).")
     parser.add_argument("--wait-out-windows", action="store_true",
                         help="Groups form only at the end of their matchmaking window (collaboration."
                         "close_groups_early: false), for an A/B against the default.")
@@ -920,6 +943,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.period_s <= 0 or ("churn" in args.arms and args.period_s >= args.duration):
         parser.error(f"--period-s {args.period_s:g}: must be positive and below --duration ({args.duration:g}) "
                      "so that the churn arm kills at least once; e.g. --period-s 30 --duration 300")
+    if args.inner_steps < 1:
+        parser.error(f"--inner-steps {args.inner_steps}: DiLoCo takes 1 or more inner steps per round; e.g. 20")
     if args.average_state_every is not None and args.average_state_every < 1:
         parser.error(f"--average-state-every {args.average_state_every}: a period of 1 or more epochs; e.g. 10")
     if args.memory_interval_s <= 0:
