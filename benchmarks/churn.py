@@ -814,7 +814,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     recipe_path = root / "recipe.yaml"
     safety_s = args.duration + args.startup_timeout_s + args.ledger_wait_s + 600
     recipe = write_recipe(recipe_path, "churn-bench", safety_s, args.average_state_every, args.wait_out_windows,
-                          args.inner_steps if args.mode == "diloco" else None, args.peers)
+                          args.inner_steps, args.peers)
     args.parameters = count_model_parameters(recipe_path)
     settings = dict(
         peers=args.peers, duration_s=args.duration, period_s=args.period_s, arms=list(args.arms), kill=args.kill,
@@ -825,7 +825,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         target_batch_size=recipe["collaboration"]["target_batch_size"],
         close_groups_early=recipe["collaboration"].get("close_groups_early", True),
         mode=recipe["collaboration"].get("mode", "dedloc"),
-        inner_steps=args.inner_steps if args.mode == "diloco" else None,
+        inner_steps=args.inner_steps,
         averaging_timeout_s=recipe["collaboration"]["averaging_timeout_s"],
         matchmaking_time_s=recipe["collaboration"]["matchmaking_time_s"],
         average_state_every=recipe["collaboration"]["average_state_every"],
@@ -919,7 +919,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--mode", choices=("dedloc", "diloco"), default="dedloc",
                         help="Collaboration mode (default dedloc, the recipe's); diloco sets the target batch to what "
                         "the peers process per round.")
-    parser.add_argument("--inner-steps", type=int, default=20, help="DiLoCo inner steps per round (default 20).")
+    parser.add_argument("--inner-steps", type=int, default=None,
+                        help="DiLoCo inner steps per round (default 20; only with --mode diloco).")
     parser.add_argument("--wait-out-windows", action="store_true",
                         help="Groups form only at the end of their matchmaking window (collaboration."
                         "close_groups_early: false), for an A/B against the default.")
@@ -943,8 +944,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.period_s <= 0 or ("churn" in args.arms and args.period_s >= args.duration):
         parser.error(f"--period-s {args.period_s:g}: must be positive and below --duration ({args.duration:g}) "
                      "so that the churn arm kills at least once; e.g. --period-s 30 --duration 300")
-    if args.inner_steps < 1:
-        parser.error(f"--inner-steps {args.inner_steps}: DiLoCo takes 1 or more inner steps per round; e.g. 20")
+    if args.inner_steps is not None and args.mode != "diloco":
+        parser.error(f"--inner-steps {args.inner_steps}: only mode diloco has inner steps; add --mode diloco")
+    if args.mode == "diloco":
+        args.inner_steps = 20 if args.inner_steps is None else args.inner_steps
+        if args.inner_steps < 1:
+            parser.error(f"--inner-steps {args.inner_steps}: DiLoCo takes 1 or more inner steps per round; e.g. 20")
     if args.average_state_every is not None and args.average_state_every < 1:
         parser.error(f"--average-state-every {args.average_state_every}: a period of 1 or more epochs; e.g. 10")
     if args.memory_interval_s <= 0:

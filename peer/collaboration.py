@@ -301,8 +301,9 @@ class ClosesFullGroups(DecentralizedAverager):
     async def _step(self, *, step, future_for_init):
         if not self._follows_expected_size:  # the averager's process, in its event loop: from its first round on
             self._follows_expected_size = True
-            self._apply_expected_size(self._matchmaking.target_group_size)
-            asyncio.create_task(self._follow_expected_size(self._matchmaking.target_group_size))
+            hivemind_size = self._matchmaking.target_group_size  # read before the first apply can change it
+            self._apply_expected_size(hivemind_size)
+            asyncio.create_task(self._follow_expected_size(hivemind_size))
         await super()._step(step=step, future_for_init=future_for_init)
 
     def _apply_expected_size(self, hivemind_size: int | None) -> None:
@@ -376,9 +377,7 @@ class SwarmStateAverager(HivemindWireNames, ChurnSafeAllReduce, ClosesFullGroups
         will_wait = any(kwargs.get(name) for name in ("optimizer_step", "zero_grad", "averaging_round",
                                                        "wait_for_delayed_updates"))
         pending = self.last_round
-        if not will_wait or pending is None or pending.done():
-            return super().step(*args, **kwargs)
-        if self._call_off_if_hopeless(pending):
+        if not will_wait or pending is None or pending.done() or self._call_off_if_hopeless(pending):
             return super().step(*args, **kwargs)
         stop = threading.Event()  # the round may become hopeless while this step waits for it: watch it meanwhile
         threading.Thread(target=self._call_off_once_hopeless, args=(pending, stop), name="swarm-state-round-watch",

@@ -4,8 +4,8 @@ Run as a script in a new session: `python member_dies_mid_round.py FILL NUMEL PA
 at ADDRESS, prints READY, and averages a tensor of NUMEL values all equal to FILL with target_group_size=3. Once
 it has sent PARTS chunks of that round to one reducer (PARTS=0: as soon as its group has formed), it kills itself,
 its DHT and its p2p daemon at once, as `kill -9` or a power cut would, while its group is averaging. A negative
-PARTS makes the round wait for a trigger that never comes: the member prints GROUPED once its group has formed and
-dies -PARTS - 1 seconds later, as a volunteer killed between joining a group early and finishing its epoch.
+PARTS makes the round wait for a trigger that never comes: the member dies -PARTS - 1 seconds after its group has
+formed, as a volunteer killed between joining a group early and finishing its epoch.
 """
 
 from __future__ import annotations
@@ -58,7 +58,6 @@ def main(fill: float, numel: int, parts: int, addresses: list[str]) -> None:
         control = averager.step(wait=False, require_trigger=True, timeout=120.0)
         while control.stage != AveragingStage.AWAITING_TRIGGER:
             time.sleep(0.01)
-        print("GROUPED", flush=True)
         time.sleep(-parts - 1)
         os.killpg(os.getpgrp(), signal.SIGKILL)
     averager.step(timeout=120.0)
