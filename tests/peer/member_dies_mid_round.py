@@ -2,14 +2,18 @@
 
 Run as a script in a new session: `python member_dies_mid_round.py FILL NUMEL PARTS ADDRESS...`. It joins the DHT
 at ADDRESS, prints READY, and averages a tensor of NUMEL values all equal to FILL with target_group_size=3. Once
-it has sent PARTS chunks of that round to one reducer (PARTS=0: as soon as its group has formed), it kills itself,
-its DHT and its p2p daemon at once, as `kill -9` or a power cut would, while its group is averaging. A negative
-PARTS makes the round wait for a trigger that never comes: the member dies -PARTS - 1 seconds after its group has
-formed, as a volunteer killed between joining a group early and finishing its epoch.
+it has sent PARTS chunks of that round to one reducer, it kills itself, its DHT and its p2p daemon at once, as
+`kill -9` or a power cut would, while its group is averaging. PARTS=0: it sends nothing, and dies once both other
+members have started sending it theirs. Dying sooner, in the moment its group forms, is a race when the member leads
+the group: a follower that never heard the group formed keeps looking for one, and the other survivor waits for that
+follower's chunks until `sender_timeout` (what made this case fail about one run in four). A negative PARTS makes the
+round wait for a trigger that never comes: the member dies -PARTS - 1 seconds after its group has formed, as a
+volunteer killed between joining a group early and finishing its epoch.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import sys
@@ -30,10 +34,22 @@ AVERAGER_OPTIONS = dict(target_group_size=3, min_group_size=2, min_matchmaking_t
 def die_after(parts: int) -> None:
     """Make this process group's next all-reduce die after `parts` chunks went to one reducer."""
     if parts == 0:
-        def start_then_die(self, *args, **kwargs):
-            os.killpg(os.getpgrp(), signal.SIGKILL)
+        receive = ChurnSafeAllReduceRunner.rpc_aggregate_part
 
-        ChurnSafeAllReduceRunner.__init__ = start_then_die
+        async def send_nothing(self, peer_index):
+            await asyncio.Event().wait()
+            yield  # never reached: an async generator, like the one it replaces
+
+        async def hear_from_everyone_then_die(self, stream, context):
+            heard_from = self.__dict__.setdefault("heard_from", set())
+            heard_from.add(context.remote_id)
+            if len(heard_from) == len(self.sender_peer_ids) - 1:  # all the others are in the round
+                os.killpg(os.getpgrp(), signal.SIGKILL)
+            async for message in receive(self, stream, context):
+                yield message
+
+        ChurnSafeAllReduceRunner._generate_input_for_peer = send_nothing
+        ChurnSafeAllReduceRunner.rpc_aggregate_part = hear_from_everyone_then_die
         return
     send_parts = ChurnSafeAllReduceRunner._generate_input_for_peer
 
