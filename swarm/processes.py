@@ -15,7 +15,10 @@ hivemind shares tensors between those processes with torch's `file_system` strat
 `torch_<pid>_...`, normally removed by torch_shm_manager. A process tree killed as a whole (OOM killer, `kill -9` of
 the group, a container stop) takes the manager with it and leaves the files: RAM that no process owns, until reboot.
 Seen here: 22,658 such files, 8.8 GB, after a day of killed peers, and a later run killed by the OOM killer.
-`remove_orphaned_shared_memory()` deletes the ones whose process is gone; every swarm process calls it at start.
+`remove_orphaned_shared_memory()` deletes the ones whose process is gone and that no running process maps; every swarm
+process calls it at start. A file outlives its creator when another process still uses it (an averager process hands
+its tensors to the training process), and deleting such a file kills that process later: torch aborts it when it
+frees the tensor and cannot unlink the file, very likely what killed a CI run of the test suite (SIGABRT).
 """
 
 from __future__ import annotations
@@ -59,26 +62,67 @@ def _running(pid: int) -> bool:
     return True
 
 
+def _mapped_torch_files() -> tuple[set[tuple[int, int]], set[str]] | None:
+    """The `torch_...` files that processes this user can inspect map now, as (device, inode) pairs and as paths
+    (a stacked filesystem may show other numbers than stat); None without /proc.
+
+    torch maps a shared tensor's file and closes it, so a mapping is the only sign that a process uses one.
+    """
+    try:
+        pids = [name for name in os.listdir("/proc") if name.isdigit()]
+    except OSError:
+        return None
+    numbers, paths = set(), set()
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/maps", "rb") as maps:
+                for line in maps:
+                    if b"torch_" not in line:
+                        continue
+                    fields = line.rstrip(b"\n").split(maxsplit=5)  # address perms offset major:minor inode path
+                    if len(fields) == 6:
+                        major, minor = fields[3].split(b":")
+                        numbers.add((os.makedev(int(major, 16), int(minor, 16)), int(fields[4])))
+                        paths.add(os.fsdecode(fields[5].removesuffix(b" (deleted)")))
+        except (OSError, ValueError):  # gone meanwhile, or another user's process (it cannot open our files)
+            continue
+    return numbers, paths
+
+
 def remove_orphaned_shared_memory(folder: Path = SHARED_MEMORY_DIR, min_age_s: float = 60.0) -> tuple[int, int]:
-    """Delete torch shared-memory files of this user whose creating process no longer runs: (files, bytes) freed.
+    """Delete torch shared-memory files of this user whose creating process no longer runs and that no process maps:
+    (files, bytes) freed.
 
     Files younger than `min_age_s` are kept (a process that just created one may be handing it over), as is
-    anything not named `torch_<pid>_...` or owned by another user.
+    anything not named `torch_<pid>_...` or owned by another user, and everything when /proc cannot be read.
     """
-    removed = freed = 0
     try:
         entries = list(os.scandir(folder))
     except OSError:  # no /dev/shm (macOS) or not readable
         return 0, 0
     now, uid = time.time(), os.getuid()
+    candidates = []
     for entry in entries:
         match = _TORCH_SEGMENT.match(entry.name)
         if match is None or _running(int(match.group(1))):
             continue
         try:
             info = entry.stat(follow_symlinks=False)
-            if info.st_uid != uid or now - info.st_mtime < min_age_s:
-                continue
+        except OSError:
+            continue
+        if info.st_uid == uid and now - info.st_mtime >= min_age_s:
+            candidates.append((entry, info))
+    if not candidates:
+        return 0, 0
+    mapped = _mapped_torch_files()  # read only when there is something to delete: it reads every process's maps
+    if mapped is None:
+        return 0, 0
+    numbers, paths = mapped
+    removed = freed = 0
+    for entry, info in candidates:
+        if (info.st_dev, info.st_ino) in numbers or os.path.abspath(entry.path) in paths:
+            continue
+        try:
             os.unlink(entry.path)
         except OSError:
             continue

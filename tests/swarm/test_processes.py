@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import mmap
 import os
 import subprocess
 import sys
+import textwrap
 import time
+from pathlib import Path
 
 import pytest
 
-from swarm.processes import remove_orphaned_shared_memory
+from swarm.processes import SHARED_MEMORY_DIR, remove_orphaned_shared_memory
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _dead_pid() -> int:
@@ -37,6 +42,69 @@ def test_only_old_files_of_processes_that_are_gone_are_removed(tmp_path):
     assert (removed, freed) == (1, 4096)
     assert not files["orphan"].exists()
     assert files["young_orphan"].exists() and files["live"].exists() and files["not_torch"].exists()
+
+
+def test_a_file_that_a_running_process_maps_is_kept_until_it_lets_go(tmp_path):
+    orphan = tmp_path / f"torch_{_dead_pid()}_77_1"
+    orphan.write_bytes(b"x" * 4096)
+    old = time.time() - 3600
+    os.utime(orphan, (old, old))
+    with orphan.open("r+b") as file:
+        mapping = mmap.mmap(file.fileno(), 4096)  # as torch does: mapped, then the file closed
+    try:
+        assert remove_orphaned_shared_memory(tmp_path, min_age_s=60) == (0, 0)
+        assert orphan.exists()
+    finally:
+        mapping.close()
+    assert remove_orphaned_shared_memory(tmp_path, min_age_s=60) == (1, 4096)
+    assert not orphan.exists()
+
+
+TENSOR_FROM_AN_EXITED_PROCESS = textwrap.dedent(
+    """
+    import gc, glob, os, time
+    import hivemind  # noqa: F401 (sets torch's file_system sharing, as in every swarm process)
+    import torch
+    import torch.multiprocessing as mp
+    from swarm.processes import remove_orphaned_shared_memory
+
+    def make(queue, received):
+        queue.put(torch.full((1024,), 7.0).share_memory_())
+        received.wait()
+
+    if __name__ == "__main__":
+        context = mp.get_context("fork")
+        queue, received = context.Queue(), context.Event()
+        child = context.Process(target=make, args=(queue, received))
+        child.start()
+        tensor = queue.get(timeout=60)
+        received.set()
+        child.join()
+        files = glob.glob(f"/dev/shm/torch_{child.pid}_*")
+        assert files, "the child's tensor is not in /dev/shm"
+        old = time.time() - 3600
+        for path in files:
+            os.utime(path, (old, old))  # an hour old: what a peer that starts later finds
+        remove_orphaned_shared_memory()
+        assert tensor.sum().item() == 7.0 * 1024
+        del tensor
+        gc.collect()  # torch unlinks the file here and aborted when it was gone
+        print("freed", flush=True)
+    """
+)
+
+
+@pytest.mark.skipif(not SHARED_MEMORY_DIR.is_dir(), reason="no /dev/shm")
+def test_a_process_holding_a_tensor_from_an_exited_process_survives_another_peers_cleanup(tmp_path):
+    """Every swarm process clears /dev/shm at start. A file whose creator exited is still in use when another process
+    holds the tensor (an averager process hands its tensors to the training process). Deleted, the holder died later
+    when it freed the tensor: torch could not unlink the file and aborted (very likely how a CI run of this suite
+    died)."""
+    script = tmp_path / "holder.py"
+    script.write_text(TENSOR_FROM_AN_EXITED_PROCESS)
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    assert result.returncode == 0 and result.stdout.strip() == "freed", result.stderr[-3000:]
 
 
 def test_a_missing_folder_is_not_an_error(tmp_path):
