@@ -32,7 +32,8 @@ AVERAGER_OPTIONS = dict(target_group_size=3, min_group_size=2, min_matchmaking_t
 
 
 def die_after(parts: int) -> None:
-    """Make this process group's next all-reduce die after `parts` chunks went to one reducer."""
+    """Make this process group's next all-reduce die after `parts` chunks went to one reducer (0: silent, once every
+    other member has started sending)."""
     if parts == 0:
         receive = ChurnSafeAllReduceRunner.rpc_aggregate_part
 
