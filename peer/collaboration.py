@@ -91,6 +91,9 @@ class SwarmProgressTracker(ProgressTracker):
         # the global epoch at which this peer last had samples to report: it stores its progress while that is at
         # most one epoch behind (hivemind's rule to leave out auxiliary and stalled peers)
         self._active_epoch = -math.inf
+        # subkey -> the `time` of the last record of a peer presumed gone (see presume_gone): left out while unchanged
+        self._gone: dict[bytes, float] = {}
+        self.last_records: dict = {}  # the progress records of the last read, as stored (subkey -> entry)
         super().__init__(*args, **kwargs)  # starts the reporter thread: the fields above must exist first
 
     def report_local_progress(self, local_epoch: int, samples_accumulated: int, update_global_samples: bool = True):
@@ -139,7 +142,37 @@ class SwarmProgressTracker(ProgressTracker):
             if store_task is not None:
                 store_task.cancel()
 
+    def presume_gone(self, records: dict, before_epoch: int) -> int:
+        """Leave out of the swarm's progress the other peers whose records (a fresh read of the progress key) are at
+        `before_epoch` or earlier, until they store a new record; returns how many.
+
+        For a round that found nobody else looking for a group: those peers are not averaging, and a peer killed
+        without a word (`kill -9`, a power cut) keeps its record for `metadata_expiration` (a minute). Until then its
+        partner expected it in every round and counted its samples and speed: in a swarm of two, the survivor waited
+        the whole averaging timeout, twice. A peer that is alive stores a new record within a report period while it
+        trains (half an expiration period when idle), and is counted again from then on.
+        """
+        gone = 0
+        for subkey, entry in records.items():
+            record = entry.value
+            if subkey == self._local_public_key or not isinstance(record, dict):
+                continue
+            if isinstance(record.get("epoch"), int) and record["epoch"] <= before_epoch and "time" in record:
+                self._gone[subkey] = record["time"]
+                gone += 1
+        if gone:  # re-read the records at once, without them
+            self.global_progress.next_fetch_time = get_dht_time()
+            self.global_state_updated.set()
+        return gone
+
     def _parse_swarm_progress_data(self, metadata):
+        self.last_records = metadata if isinstance(metadata, dict) else {}
+        if isinstance(metadata, dict) and self._gone:
+            # a record that changed belongs to a peer that is back; one that expired needs no entry any more
+            self._gone = {subkey: recorded for subkey, recorded in self._gone.items()
+                          if subkey in metadata and isinstance(metadata[subkey].value, dict)
+                          and metadata[subkey].value.get("time") == recorded}
+            metadata = {subkey: entry for subkey, entry in metadata.items() if subkey not in self._gone}
         if isinstance(metadata, dict):
             self.peers_seen = frozenset(
                 entry.value["peer_id"] for entry in metadata.values()
@@ -497,9 +530,10 @@ class SwarmOptimizer(hivemind.Optimizer):
         """
         deadline = time.monotonic() + self.averaging_timeout
         while not control.done() and time.monotonic() < deadline:
-            if looking_past_due(control, self.matchmaking_time) and self._swarm_went_on(deadline):
-                if call_off_if_looking(control, self.matchmaking_time):
-                    logger.debug("Called off this epoch's round: the swarm averaged without this peer")
+            if looking_past_due(control, self.matchmaking_time):
+                hopeless = self._why_round_is_hopeless(deadline)
+                if hopeless and call_off_if_looking(control, self.matchmaking_time):
+                    logger.debug(f"Called off this epoch's round: {hopeless}")
                     break
             try:
                 control.result(timeout=min(ROUND_POLL_S, max(0.0, deadline - time.monotonic())))
@@ -510,18 +544,43 @@ class SwarmOptimizer(hivemind.Optimizer):
         if control.cancelled() and self.scheduled_grads is control:
             self.scheduled_grads = None  # hivemind's shutdown would cancel it again, and a second cancel raises
 
-    def _swarm_went_on(self, deadline: float) -> bool:
-        """Whether a peer already reports a later epoch than this one's (read from the DHT: hivemind's tracker does
-        not refresh the swarm's progress while this peer is inside its epoch step)."""
+    def _why_round_is_hopeless(self, deadline: float) -> str | None:
+        """Why this epoch's round (still looking for a group) will find none, or None while it may.
+
+        Read from the DHT: hivemind's tracker does not refresh the swarm's progress while this peer is inside its
+        epoch step. Either a peer already reports a later epoch (the others averaged without this one), or no other
+        peer is looking for a group: a peer that looks re-declares itself under the round's group key at least every
+        matchmaking window, so a window past due there is nobody left to form one with. The peers at this epoch
+        that are not looking are then left out of the swarm's progress until they store a new record
+        (`SwarmProgressTracker.presume_gone`): in a swarm of two whose other peer was killed, the survivor waited
+        the averaging timeout for it in every round until its record expired, a minute.
+        """
+        records = self._read_dht(self.tracker.training_progress_key, deadline)
+        epochs = [entry.value.get("epoch") for entry in (records or {}).values() if isinstance(entry.value, dict)]
+        if any(isinstance(epoch, int) and epoch > self.local_epoch for epoch in epochs):
+            return "the swarm averaged without this peer"
+        # the round's group key: hivemind.Optimizer gives its averagers no group bits, and GroupKeyManager never adds
+        # bits to an empty key
+        declared = self._read_dht(f"{self.grad_averager.prefix}.0b", deadline)
+        if declared is None:
+            return None  # the read failed: no evidence either way
+        own, now = self.dht.peer_id.to_bytes(), get_dht_time()
+        if any(subkey != own and entry.value is True and entry.expiration_time > now
+               for subkey, entry in declared.items()):
+            return None
+        gone = self.tracker.presume_gone(records or {}, before_epoch=self.local_epoch)
+        return f"no other peer is looking for a group ({gone} peer(s) left out until they report again)"
+
+    def _read_dht(self, key: str, deadline: float) -> dict | None:
+        """The subkeys stored under `key` ({} if none), or None if the read failed or timed out."""
         try:
-            found = self.dht.get(self.tracker.training_progress_key, latest=True, return_future=True).result(
+            found = self.dht.get(key, latest=True, return_future=True).result(
                 timeout=max(0.1, min(2.0, deadline - time.monotonic())))
         except BaseException:
-            return False
-        if found is None or not isinstance(found.value, dict):
-            return False
-        epochs = [entry.value.get("epoch") for entry in found.value.values() if isinstance(entry.value, dict)]
-        return any(isinstance(epoch, int) and epoch > self.local_epoch for epoch in epochs)
+            return None
+        if found is None:
+            return {}
+        return found.value if isinstance(found.value, dict) else {}
 
     def _tag_along_with_zero_weight(self, control: StepControl):
         """hivemind joins a pending round with zero weight before loading the state, and waits up to averaging_timeout.

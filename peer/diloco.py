@@ -63,6 +63,7 @@ Tuning from the logs and `rounds`:
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -256,6 +257,7 @@ class DiLoCoOptimizer:
         self._poll_epoch, self._next_poll_s, self._next_catch_up_s = -1, 0.0, 0.0
         self._someone_waiting = False
         self._waiting_peers: set[bytes] = set()  # peers seen declared for this epoch's group (DHT subkeys)
+        self._poll_issued_at = self._waiting_read_at = -math.inf  # DHT times: the last read began, the one seen
         # a round that failed (or lost part of its data) midway leaves each member a different mix of averaged and
         # local values, so the members' outer parameters part; the next group hears of it and averages them
         self.outer_may_differ = False
@@ -288,6 +290,11 @@ class DiLoCoOptimizer:
                 self._close_round()
             elif stage == AveragingStage.LOOKING_FOR_GROUP and self.tracker.global_epoch > self._epoch:
                 self._close_round()  # this epoch's group closed without us: others have moved on
+            elif stage == AveragingStage.LOOKING_FOR_GROUP and self._nobody_else_looking(self._forming):
+                gone = self.tracker.presume_gone(self.tracker.last_records, before_epoch=self._epoch)
+                logger.debug(f"Round {self._epoch}: nobody else looked for a group a window past due; "
+                             f"{gone} silent peer(s) left out until they report again")
+                self._close_round(others_gone=True)
             else:
                 self._expect_everyone()  # a peer the tracker has just heard of joins this group too
         elif self.tracker.global_epoch > self._epoch + 1:
@@ -355,6 +362,7 @@ class DiLoCoOptimizer:
         """Whether another peer is looking for its group for this epoch (read from the DHT, never blocking)."""
         if self._poll_epoch != self._epoch:
             self._someone_waiting, self._waiting_peers, self._poll_epoch = False, set(), self._epoch
+            self._waiting_read_at = -math.inf
         if self._poll is not None and self._poll[1].done():
             (poll_epoch, poll), self._poll = self._poll, None
             try:
@@ -367,10 +375,28 @@ class DiLoCoOptimizer:
                 self._waiting_peers = {subkey for subkey, entry in found.value.items()
                                        if subkey != own and entry.value is True and entry.expiration_time > now}
                 self._someone_waiting = bool(self._waiting_peers)
+                self._waiting_read_at = self._poll_issued_at  # when the read that saw them began
         if self._poll is None and time.monotonic() >= self._next_poll_s:
             self._poll = (self._epoch, self.dht.get(self._group_key(self._epoch), latest=True, return_future=True))
+            self._poll_issued_at = get_dht_time()
             self._next_poll_s = time.monotonic() + self._poll_period_s
         return self._someone_waiting
+
+    def _nobody_else_looking(self, control: StepControl) -> bool:
+        """Whether this round, a matchmaking window past due, has nobody to form a group with.
+
+        A peer that looks for a group re-declares itself under the round's group key at least every matchmaking
+        window, and one that trains sees this peer waiting there and joins within a poll period. So when a read of
+        the key issued a window after the round was due shows no other peer looking, the others are gone (killed
+        without a word, their records not yet expired) or in a group of their own. hivemind would keep the round
+        looking until its timeout: in a swarm of two whose other peer was killed, the survivor made no outer step
+        for a minute. Never blocks: the key is read in the background.
+        """
+        due = control.scheduled_time + self.matchmaking_time_s
+        if get_dht_time() < due:
+            return False
+        self._another_peer_is_waiting()  # collects a finished read, starts the next
+        return self._waiting_read_at >= due and not self._waiting_peers
 
     def _peers_in_progress_records(self) -> tuple[bool, bool] | None:
         """(someone is ahead of us, someone is at our epoch) from a fresh read; None until the read is done."""
@@ -454,8 +480,11 @@ class DiLoCoOptimizer:
                 scheduled_time=scheduled_time, timeout=timeout, gather=dict(epoch=self._epoch))
             self._forming_parameters.allow_allreduce()
 
-    def _close_round(self) -> None:
-        """Capture the pseudo-gradient, start its all-reduce (if a group formed) and move to the next epoch."""
+    def _close_round(self, others_gone: bool = False) -> None:
+        """Capture the pseudo-gradient, start its all-reduce (if a group formed) and move to the next epoch.
+
+        `others_gone`: nobody else looked for this round's group, so no other peer's outer parameters moved on.
+        """
         control, self._forming = self._forming, None
         parameters_round, self._forming_parameters = self._forming_parameters, None
         if control is not None and not self._group_formed(control):
@@ -466,7 +495,7 @@ class DiLoCoOptimizer:
                 self._catch_up()
                 return
             control = None
-        if control is None and self.tracker.global_progress.num_peers >= 2:
+        if control is None and self.tracker.global_progress.num_peers >= 2 and not others_gone:
             self._parted(f"round {self._epoch} found no group while other peers train")
         logger.debug(f"Round {self._epoch}: capturing the pseudo-gradient of {self._steps_in_round} inner steps "
                      f"({'group formed' if control is not None else 'alone'})")

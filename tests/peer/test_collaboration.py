@@ -8,8 +8,12 @@ handlers) and driven from one thread each.
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -33,6 +37,9 @@ from swarm.optim import build_optimizer_factories, parameter_groups
 from swarm.identity import Identity
 from swarm.network import create_dht, join_addresses
 from swarm.recipe import Recipe
+
+sys.path.insert(0, str(Path(__file__).parent))
+from peer_killed_after_rounds import MODEL_SEED, TRUE_WEIGHT, KilledPartner  # noqa: E402  (a script, and its launcher)
 
 MICRO_BATCH = 4
 
@@ -755,3 +762,49 @@ def test_the_shared_memory_estimate_matches_what_the_optimiser_takes(two_nodes, 
         optimizer.shutdown()
     estimate = shared_memory_needed(model, recipe)
     assert 0.9 * taken <= estimate <= 1.15 * taken, (estimate, taken)
+
+
+@pytest.mark.timeout(150)
+def test_a_peer_whose_partner_was_killed_trains_on_alone_without_waiting_for_it(two_nodes, tmp_path):
+    """Two peers average; one is SIGKILLed with its DHT and p2p daemon right after an epoch, and its progress record
+    stays in the DHT for the minute it was stored for. hivemind kept the survivor's next round looking for a group
+    until the averaging timeout, and expected the dead peer again in every round until its record expired: a
+    volunteer stood still for 30 s twice in a row (`swarm join`, tiny recipe). Nobody else is looking for the round's
+    group a window past due, so the survivor calls it off, leaves the silent peer out and trains on alone."""
+    recipe = small_recipe("collab-killed", average_state_every=1000)
+    (dht, identity), _ = two_nodes
+    partner = KilledPartner(tmp_path, recipe, rounds=3, addresses=join_addresses(dht))
+    torch.manual_seed(MODEL_SEED)  # the partner's start
+    model = torch.nn.Linear(8, 2)
+    survivor = build_swarm_optimizer(dht, model, recipe, identity, micro_batch_size=MICRO_BATCH,
+                                     reuse_grad_buffers=True)
+    stop = threading.Event()
+    trainer = Trainer(survivor, model, seed=7, true_weight=TRUE_WEIGHT, stop=stop, wait_for_peers=2,
+                      deadline_s=120, zero_grad=False)
+    epochs_after_kill: list[tuple[float, int]] = []  # (seconds since the kill, the survivor's epoch)
+    alone_after_s = None
+    try:
+        trainer.start()
+        killed_at = partner.wait_until_killed(timeout_s=100)
+        trainer.longest_step_s = 0.0  # from the kill on
+        epoch_at_kill = survivor.local_epoch
+        while time.monotonic() < killed_at + 40 and survivor.local_epoch < epoch_at_kill + 10:
+            since_kill = time.monotonic() - killed_at
+            epochs_after_kill.append((since_kill, survivor.local_epoch))
+            if alone_after_s is None and survivor.tracker.global_progress.num_peers == 1:
+                alone_after_s = since_kill
+            time.sleep(0.05)
+        epochs_after_kill.append((time.monotonic() - killed_at, survivor.local_epoch))
+        stop.set()
+        trainer.join(timeout=30)
+    finally:
+        stop.set()
+        survivor.shutdown()
+        partner.close()
+    assert trainer.error is None, repr(trainer.error)
+    assert survivor.rounds.averaged >= 3, survivor.rounds
+    took_s, reached = epochs_after_kill[-1]
+    # alone, an epoch of 8 micro-steps takes well under a second; the one round called off: two 1 s windows
+    assert reached >= epoch_at_kill + 10 and took_s < 20, (epoch_at_kill, epochs_after_kill[-1])
+    assert trainer.longest_step_s < 6.0, trainer.longest_step_s  # the averaging timeout is 10 s
+    assert alone_after_s is not None and alone_after_s < 20, alone_after_s  # the record lives 60 s

@@ -21,6 +21,8 @@ from swarm.network import create_dht, join_addresses
 from swarm.optim import build_optimizer_factories, lr_multiplier, parameter_groups, parameter_order
 from swarm.recipe import DiLoCoConfig, Recipe, RecipeError, parse_recipe
 
+from peer_killed_after_rounds import KilledPartner  # tests/peer: a script, and its launcher
+
 VOCAB = 259
 SEQ_LEN = 32
 MICRO_BATCH = 4
@@ -453,3 +455,47 @@ def test_param_groups_show_the_inner_learning_rate_the_schedule_sets(tmp_path):
         peer.close()
     # schedule(0) before any step; schedule(2/5) at the third inner step of round 0 (5 inner steps per round)
     assert rates == pytest.approx([0.01 * 1 / 4, 0.01 * (2 / 5 + 1) / 4])
+
+
+@pytest.mark.timeout(150)
+def test_a_peer_whose_partner_was_killed_keeps_making_outer_steps_alone(tmp_path):
+    """Two DiLoCo peers average; one is SIGKILLed with its DHT and p2p daemon, its progress record left in the DHT
+    for a minute. hivemind kept the survivor's next round looking for a group until matchmaking plus averaging
+    timeout, and the one after too: inner steps went on, but no outer step for a minute (`swarm join`, tiny recipe
+    in mode diloco). Nobody else looks for the round's group a window past due: the survivor closes it alone."""
+    recipe = make_recipe("diloco-killed")
+    survivor = start_peer(tmp_path, "survivor", recipe)
+    partner = KilledPartner(tmp_path, recipe, rounds=2, addresses=join_addresses(survivor.dht))
+    stop = threading.Event()
+    outer_steps: list[tuple[float, int]] = []  # (when, the survivor's epoch) at each epoch change
+
+    def until(peer) -> bool:
+        if not outer_steps or outer_steps[-1][1] != peer.opt.local_epoch:
+            outer_steps.append((time.monotonic(), peer.opt.local_epoch))
+        return stop.is_set()
+
+    thread = threading.Thread(target=survivor.train, args=(until, time.monotonic() + 120, 7), daemon=True)
+    try:
+        thread.start()
+        killed_at = partner.wait_until_killed(timeout_s=100)
+        deadline = killed_at + 40
+        while time.monotonic() < deadline and survivor.opt.local_epoch < outer_steps_at(outer_steps, killed_at) + 6:
+            time.sleep(0.05)
+        stop.set()
+        thread.join(timeout=30)
+    finally:
+        stop.set()
+        partner.close()
+        survivor.close()
+    assert survivor.opt.rounds.averaged >= 2, survivor.opt.rounds
+    epoch_at_kill = outer_steps_at(outer_steps, killed_at)
+    after = [(when - killed_at, epoch) for when, epoch in outer_steps if when >= killed_at]
+    assert after and after[-1][1] >= epoch_at_kill + 6, (epoch_at_kill, after)
+    # rounds of 5 inner steps; the round called off: its 1 s window, one more and a read of the group key
+    gaps = [later - earlier for (earlier, _), (later, _) in zip([(killed_at, epoch_at_kill)] + after, after)]
+    assert max(gaps) < 8.0, after  # hivemind alone: 16 s (matchmaking plus averaging timeout), twice
+
+
+def outer_steps_at(outer_steps: list[tuple[float, int]], moment: float) -> int:
+    """The epoch the peer was in at `moment`, from its (when, epoch) changes."""
+    return max((epoch for when, epoch in outer_steps if when <= moment), default=0)
