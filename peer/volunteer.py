@@ -23,6 +23,7 @@ import itertools
 import json
 import logging
 import math
+import multiprocessing
 import os
 import signal
 import threading
@@ -122,6 +123,9 @@ class Volunteer:
         self._reporter_stop = threading.Event()
         self._resync_requested = threading.Event()
         self._training_over = threading.Event()  # set once the loop has stopped: no reconnects or re-syncs after it
+        self._closed = threading.Event()  # run() has left the swarm
+        self._closing = False
+        self._said_hivemind_died = False
         self._addresses: list[str] = []
         self.dht: hivemind.DHT | None = None
         self.optimizer: SwarmOptimizer | None = None
@@ -136,11 +140,76 @@ class Volunteer:
             self._setup()
             # after _setup: hivemind's averagers set SIGINT to SIG_IGN in this process when they start
             self._install_signal_handlers()
+            threading.Thread(target=self._watch_hivemind_processes, name="swarm-process-watch", daemon=True).start()
             self._sync_with_swarm()
             self._train()
         finally:
             self._close()
         return self.stats
+
+    def _hivemind_processes(self) -> dict[str, multiprocessing.Process]:
+        """hivemind's child processes this peer cannot train in the swarm without: the DHT node and the averagers."""
+        found = {"DHT": self.dht}
+        for name in ("grad_averager", "state_averager", "averager"):
+            averager = getattr(self.optimizer, name, None)
+            if isinstance(averager, multiprocessing.Process):
+                found[name.replace("_", " ")] = averager
+        return found
+
+    def _watch_hivemind_processes(self, period_s: float = 1.0, grace_s: float = 5.0) -> None:
+        """Leave at once when a hivemind child process dies: this peer can no longer reach the swarm.
+
+        The training thread then blocks forever in hivemind (its progress tracker waits on the dead DHT without a
+        timeout). Seen with SIGTERM sent to the whole process group, as systemd does by default (KillMode=
+        control-group) and `kill -- -PGID`: the children died at once while this process began to finish its epoch,
+        and it never exited. The OOM killer picking a child does the same. What this peer did is kept: the signed
+        records of its epochs are on disk and published at its next `swarm join`.
+        """
+        while not self._closed.wait(period_s):
+            dead = self._dead_hivemind_processes()
+            if not dead:
+                continue
+            if self._closing:  # leaving: hivemind stops its processes itself; just never hang on a dead one
+                if not self._closed.wait(30.0):
+                    self._leave_now()
+                return
+            self._say_hivemind_died(dead)
+            self._force_stop.set()
+            if not self._closed.wait(grace_s):  # else the training loop got out by itself
+                self._leave_now()
+            return
+
+    def _dead_hivemind_processes(self) -> dict[str, int]:
+        """Name -> exit code of the hivemind child processes that have exited."""
+        return {name: process.exitcode for name, process in self._hivemind_processes().items()
+                if process.exitcode is not None}
+
+    def _say_hivemind_died(self, dead: dict[str, int]) -> None:
+        if self._said_hivemind_died:
+            return
+        self._said_hivemind_died = True
+        codes = ", ".join(f"{name} (exit code {code})" for name, code in dead.items())
+        cause = (" with this one (a signal sent to the whole process group: run `swarm join` as a service with "
+                 "KillMode=mixed, see configs/systemd/)" if self._stop_requested.is_set() else "")
+        logger.error(f"hivemind's processes stopped{cause}: {codes}. This peer cannot reach the swarm any more and "
+                     f"leaves now; the records of its {self.stats.samples} samples are kept on disk and published at "
+                     "its next `swarm join`")
+
+    def _leave_now(self) -> None:
+        """Exit the process at once (hivemind's threads wait on its dead processes), keeping what is on disk up to
+        date: the contribution records and the stats file (given at most a few seconds)."""
+        def save() -> None:
+            self.contributions.close_all()
+            self._write_stats()
+            if self.view is not None:
+                self.view.close()
+            logger.info(f"Left the swarm after {self.stats.samples} samples in {self.stats.micro_steps} micro-steps")
+
+        saver = threading.Thread(target=save, name="swarm-last-save", daemon=True)
+        saver.start()
+        saver.join(timeout=5.0)
+        logging.shutdown()
+        os._exit(0 if self._stop_requested.is_set() else 1)
 
     def _setup(self) -> None:
         s = self.settings
@@ -559,7 +628,12 @@ class Volunteer:
         signal.signal(signal.SIGTERM, handle)
 
     def _close(self) -> None:
+        dead = self._dead_hivemind_processes() if self.optimizer is not None else {}
+        self._closing = True  # the averagers and the DHT shut down now: the process watch must not take it for death
         self._reporter_stop.set()
+        if dead:  # hivemind's calls and its threads would wait on the dead processes forever
+            self._say_hivemind_died(dead)
+            self._leave_now()
         if self.optimizer is not None:
             try:
                 self.contributions.close_all()
@@ -576,3 +650,4 @@ class Volunteer:
         if self.optimizer is not None:
             logger.info(f"Left the swarm after {self.stats.samples} samples in {self.stats.micro_steps} micro-steps; "
                         f"averaged {self.optimizer.rounds.averaged} rounds with other peers")
+        self._closed.set()

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import time
 
 import pytest
 import torch
@@ -101,6 +104,25 @@ def test_a_volunteer_whose_shared_memory_is_too_small_is_told_how_to_fix_it(swar
     output = volunteer.output
     assert "/dev/shm has 1 MB free, and this peer needs about" in output, output[-3000:]
     assert "--shm-size=1g" in output and "Traceback" not in output, output[-3000:]
+
+
+@pytest.mark.timeout(240)
+def test_a_volunteer_whose_whole_process_group_gets_sigterm_leaves_within_seconds(swarm_factory, recipe_writer,
+                                                                                   tmp_path):
+    """systemd (KillMode=control-group, its default) and `kill -- -PGID` send SIGTERM to hivemind's child processes
+    too. They died at once while the volunteer began to finish its epoch, and it waited on them forever."""
+    swarm = swarm_factory()
+    swarm.launch(recipe_writer(tmp_path / "recipe.yaml", "e2e-group-term", max_epochs=200))
+    volunteer = swarm.join("service", prefix=("setsid",))  # its own process group, as a service's
+    volunteer.wait_for(r"epoch \d+ \(", timeout_s=150)
+    os.killpg(volunteer.popen.pid, signal.SIGTERM)
+    assert volunteer.wait(timeout_s=30) == 0, volunteer.output[-3000:]
+    assert "hivemind's processes stopped with this one" in volunteer.output, volunteer.output[-3000:]
+    assert "Traceback" not in volunteer.output, volunteer.output[-3000:]
+    assert swarm.stats("service")["samples"] > 0
+    time.sleep(2.0)  # the children the signal spared die with their parent (swarm.processes)
+    with pytest.raises(ProcessLookupError):
+        os.killpg(volunteer.popen.pid, 0)
 
 
 @pytest.mark.slow
