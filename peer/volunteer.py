@@ -211,11 +211,35 @@ class Volunteer:
         logging.shutdown()
         os._exit(0 if self._stop_requested.is_set() else 1)
 
+    def _check_local_settings(self) -> None:
+        """Settings that need no swarm, checked before connecting: a mistake is reported at once, not after the
+        connection (or as "could not reach any initial peer" when the swarm is down, or a crash mid-training)."""
+        s = self.settings
+        if s.micro_batch_size is not None and s.micro_batch_size < 1:
+            raise UsageError(f"--micro-batch-size {s.micro_batch_size}: must be at least 1 (leave it out to pick one "
+                             "for this hardware)")
+        if s.display not in ("auto", "rich", "log", "none"):
+            raise UsageError(f"--display {s.display!r}: use auto, rich, log or none")
+        if s.compile not in ("auto", "on", "off"):
+            raise UsageError(f"--compile {s.compile!r}: use auto, on or off")
+        if s.stats_file and Path(s.stats_file).is_dir():
+            raise UsageError(f"--stats-file {s.stats_file}: is a folder; give a file path (e.g. "
+                             f"{Path(s.stats_file) / 'stats.json'})")
+        if s.from_checkpoint:
+            path, _, revision = s.from_checkpoint.partition("@")
+            local = Path(s.from_checkpoint)
+            hub_repo = not local.exists() and path.count("/") == 1 and not path.startswith((".", "/", "~"))
+            if not local.exists() and not hub_repo:
+                raise UsageError(f"--from-checkpoint {s.from_checkpoint}: no such folder; give a published version's "
+                                 "folder (checkpoints/epoch-NNNNNN) or a Hub repository as org/name[@revision]")
+        self.hardware = pick_hardware(s.device, s.threads)  # checks --device and --threads
+
     def _setup(self) -> None:
         s = self.settings
         initial_peers = parse_initial_peers(s.initial_peers)
         if not initial_peers:
             raise UsageError("--initial-peers is required: pass the address printed by `swarm launch`")
+        self._check_local_settings()
         self.identity = Identity.load_or_create(s.identity_dir, name=s.name, team=s.team)
         self.initial_peers = initial_peers
         logger.info(f"Joining the swarm through {initial_peers[0]} as {self.identity.name!r}"
@@ -230,7 +254,6 @@ class Volunteer:
         logger.info(f"Run {self.recipe.run.id!r}: {self.recipe.run.description or 'no description'}")
 
         self._addresses = [str(a) for a in self.dht.get_visible_maddrs()][:8] if not s.client_mode else []
-        self.hardware = pick_hardware(s.device, s.threads)
         self.tokenizer = build_tokenizer(self.recipe.tokenizer)
         self.peer_id = self.dht.peer_id
         self.data = build_data(self.recipe.data, self.tokenizer, peer_id=self.peer_id.to_bytes(), cache_dir=s.cache_dir)
@@ -288,7 +311,12 @@ class Volunteer:
     def _maybe_start_from_checkpoint(self) -> int:
         """Nobody is training: start from a published version (loaded before hivemind copies the weights)."""
         source = self.settings.from_checkpoint or self.announcement.latest_version
-        if not source or self._swarm_is_training():
+        if not source:
+            return 0
+        if self._swarm_is_training():
+            if self.settings.from_checkpoint:
+                logger.info(f"Peers are training: starting from their current state, not from --from-checkpoint "
+                            f"{source} (it is used only when nobody is training)")
             return 0
         path, _, revision = source.partition("@") if not Path(source).exists() else (source, "", "")
         if not Path(path).exists() and path.count("/") != 1:
