@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 from dataclasses import dataclass
 
@@ -36,25 +37,42 @@ def pick_hardware(device: str = "auto", threads: int | None = None) -> Hardware:
     # torch gives each thread the process-wide count when it first asks for one; asking now fixes this thread's count,
     # which a background thread's later `background_torch_on_one_thread` would otherwise lower to one as well
     torch.get_num_threads()
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise UsageError("--device cuda: no CUDA GPU is visible to torch (check the driver, or use --device cpu)")
-        index = torch.device(device).index or 0
-        name = torch.cuda.get_device_name(index)
+    chosen = resolve_device(device)
+    if chosen.type == "cuda":
+        name = torch.cuda.get_device_name(chosen.index)
         # bf16 keeps fp32's range, so no loss scaling is needed; older GPUs train in fp32 rather than risk fp16 overflow
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else None
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-        return Hardware(torch.device("cuda", index), dtype, threads, f"{name} (cuda:{index})")
+        return Hardware(chosen, dtype, threads, f"{name} ({chosen})")
+    if chosen.type == "mps":
+        return Hardware(chosen, None, threads, "Apple GPU (mps)")
+    return Hardware(chosen, None, threads, f"CPU ({threads} thread{'s' * (threads > 1)})")
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """The torch device that `--device` names, if this machine has it: auto, cpu, cuda, cuda:N or mps."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    if device == "cpu":
+        return torch.device("cpu")
     if device == "mps":
         if not torch.backends.mps.is_available():
             raise UsageError("--device mps: Apple GPU not available (use --device cpu)")
-        return Hardware(torch.device("mps"), None, threads, "Apple GPU (mps)")
-    if device != "cpu":
+        return torch.device("mps")
+    match = re.fullmatch(r"cuda(?::(\d+))?", device)
+    if match is None:
         raise UsageError(f"--device {device!r}: use auto, cpu, cuda, cuda:N or mps")
-    return Hardware(torch.device("cpu"), None, threads, f"CPU ({threads} thread{'s' * (threads > 1)})")
+    index = int(match.group(1) or 0)
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if visible == 0:
+        raise UsageError(f"--device {device}: no CUDA GPU is visible to torch on this machine (check the driver and "
+                         "CUDA_VISIBLE_DEVICES, or use --device cpu)")
+    if index >= visible:
+        which = "cuda:0" if visible == 1 else f"cuda:0 to cuda:{visible - 1}"
+        raise UsageError(f"--device {device}: torch sees {visible} CUDA GPU{'s' * (visible > 1)} on this machine "
+                         f"({which}): pick one of those (CUDA_VISIBLE_DEVICES renumbers them), or use --device cpu")
+    return torch.device("cuda", index)
 
 
 def background_torch_on_one_thread() -> None:

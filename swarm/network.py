@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import re
 import resource
+import socket
 from typing import Sequence
 
 import hivemind
@@ -49,6 +51,78 @@ def parse_initial_peers(addresses: Sequence[str]) -> list[str]:
     return peers
 
 
+# RFC 1123 host names: dot-separated labels of letters, digits and inner hyphens
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOST_NAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*\.?")
+
+
+def listen_addresses(host: str = "0.0.0.0", port: int = 0, announce_host: str | None = None,
+                     client_mode: bool = False) -> tuple[list[str], list[str]]:
+    """The multiaddrs to listen on and to announce, from the --host, --port and --announce-host flags.
+
+    Checked here, before hivemind sees them: its p2p daemon fails on a malformed address with an error that its
+    DHT process cannot hand back, and the caller then waits forever. A host name given as `announce_host` is
+    resolved now (volunteers dial addresses, not names), to the addresses of the family `host` listens on.
+
+    >>> listen_addresses("0.0.0.0", 31337, "127.0.0.1")
+    (['/ip4/0.0.0.0/tcp/31337'], ['/ip4/127.0.0.1/tcp/31337'])
+    """
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise UsageError(f"--port {port}: use a TCP port from 1 to 65535, or 0 for any free port")
+    try:
+        listen_ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        raise UsageError(f"--host {host!r} is not an IP address: use 0.0.0.0 to listen on every IPv4 interface (:: "
+                         "on every IPv6 one), or one of this machine's addresses") from None
+    listen = [_multiaddr(listen_ip, port)]
+    if not announce_host:
+        return listen, []
+    if client_mode:
+        raise UsageError("--announce-host has no effect with --client-mode (a client-mode peer accepts no "
+                         "connections): drop one of them")
+    if port == 0:
+        raise UsageError(f"--announce-host {announce_host} needs a fixed --port, the one forwarded to this machine "
+                         "(e.g. --port 31337): with port 0 the node listens on a random port that nothing forwards to")
+    announced = [_multiaddr(ip, port) for ip in _announce_ips(announce_host, listen_ip.version)]
+    return listen, announced
+
+
+def _announce_ips(announce_host: str, version: int) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """The addresses of IP `version` that `announce_host` stands for: itself if it is one, else what it resolves to."""
+    try:
+        ips = [ipaddress.ip_address(announce_host.strip("[]"))]
+        flag = f"--announce-host {announce_host}"
+    except ValueError:
+        ips = _resolve(announce_host)
+        flag = f"--announce-host {announce_host} (resolves to {', '.join(map(str, ips))})"
+    for ip in ips:
+        if ip.is_unspecified or ip.is_multicast:
+            raise UsageError(f"{flag}: {ip} is not an address others can dial: pass this machine's public address")
+    usable = [ip for ip in ips if ip.version == version]
+    if not usable:
+        raise UsageError(f"{flag} is IPv{ips[0].version} but --host listens on IPv{version}: pass --host "
+                         f"{'::' if version == 4 else '0.0.0.0'}, or an IPv{version} address to announce")
+    return usable
+
+
+def _resolve(host_name: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    if not _HOST_NAME.fullmatch(host_name) or host_name.replace(".", "").isdigit():
+        raise UsageError(f"--announce-host {host_name!r} is neither an IP address nor a host name: pass the public "
+                         "address volunteers can reach, e.g. --announce-host 203.0.113.5")
+    try:
+        found = socket.getaddrinfo(host_name, None, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as error:
+        reason = error.strerror if isinstance(error, socket.gaierror) else "not a valid host name"
+        raise UsageError(f"--announce-host {host_name!r} does not resolve ({reason}): check the name, or pass the "
+                         "public IP address, e.g. --announce-host 203.0.113.5") from None
+    # a link-local IPv6 address comes with its interface ("fe80::1%eth0"), which a multiaddr cannot carry
+    return list(dict.fromkeys(ipaddress.ip_address(info[4][0].split("%")[0]) for info in found))
+
+
+def _multiaddr(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int) -> str:
+    return f"/ip{ip.version}/{ip}/tcp/{port}"
+
+
 def create_dht(
     initial_peers: Sequence[str],
     host: str = "0.0.0.0",
@@ -61,16 +135,12 @@ def create_dht(
     require_bootstrap: bool = True,
 ) -> hivemind.DHT:
     """Start this process's DHT node. With `identity`, the peer id and record signatures survive restarts."""
+    host_maddrs, announce_maddrs = listen_addresses(host, port, announce_host, client_mode)
     raise_fd_limit()
     removed, freed = swarm.processes.remove_orphaned_shared_memory()
     if removed:
         logger.info(f"Freed {freed / 2**20:.0f} MB of shared memory left in /dev/shm by {removed} killed hivemind "
                     "process file(s)")
-    if host != "0.0.0.0":
-        try:
-            ipaddress.ip_address(host)
-        except ValueError:
-            raise UsageError(f"--host {host!r} is not an IP address (use 0.0.0.0 to listen on every interface)") from None
     # always a signature validator: without one a node cannot even decode other peers' signed records
     # (its dht.get of a signed key never returns); without an identity the key is per-process
     validators = [CachingSignatureValidator(identity.signing_key if identity is not None else None),
@@ -86,10 +156,11 @@ def create_dht(
         ensure_bootstrap_success=require_bootstrap,
     )
     if not client_mode:
-        kwargs["host_maddrs"] = [f"/ip4/{host}/tcp/{port}"]
-        if announce_host and port:
-            # announced addresses with port 0 make hivemind 1.1.12 raise, so only announce a fixed port
-            kwargs["announce_maddrs"] = [f"/ip4/{announce_host}/tcp/{port}"]
+        kwargs["host_maddrs"] = host_maddrs
+        if announce_maddrs:
+            kwargs["announce_maddrs"] = announce_maddrs
+            logger.info(f"Announcing {', '.join(announce_maddrs)} to other peers (--announce-host {announce_host}; a "
+                        "host name is resolved once, at start)")
     if identity is not None:
         kwargs["identity_path"] = str(identity.p2p_key_path)
     try:
@@ -102,9 +173,10 @@ def create_dht(
             logger.warning(f"None of {len(initial_peers)} remembered peer(s) answered; starting as the first node")
             return create_dht([], host, port, identity, client_mode, record_validators, announce_host,
                               startup_timeout_s)
-        if initial_peers and ("failed to connect" in text.lower() or "bootstrap" in text.lower() or "timeout" in text.lower()):
+        if initial_peers and any(word in text.lower() for word in ("failed to connect", "bootstrap", "timeout")):
+            reason = text.splitlines()[0] if text else repr(error)
             raise SwarmError(
-                f"could not reach any initial peer ({', '.join(initial_peers)}): {text.splitlines()[0] if text else error!r}.\n"
+                f"could not reach any initial peer ({', '.join(initial_peers)}): {reason}.\n"
                 "Next steps: 1) check that `swarm launch` is still running; 2) check the address (IP, port and "
                 "peer id) was copied whole; 3) check that a firewall lets TCP through to that port."
             ) from None

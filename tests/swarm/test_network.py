@@ -10,7 +10,7 @@ from hivemind.utils import get_dht_time
 
 from swarm.errors import SwarmError, UsageError
 from swarm.identity import Identity
-from swarm.network import create_dht, join_addresses, parse_initial_peers, raise_fd_limit
+from swarm.network import create_dht, join_addresses, listen_addresses, parse_initial_peers, raise_fd_limit
 
 PEER_ID = "QmYgMpCT1p8dQ5dCJxfaQZutoNA9Dp2wZYhTQa3RFr6JMu"
 PEER_ID_ED25519 = "12D3KooWGzh2yCMkP9vBj3R3n1GNLy9aT7rW6bQxZ5pA8cdEfUvX"
@@ -101,7 +101,7 @@ def test_without_require_bootstrap_an_unreachable_peer_means_starting_alone():
 
 
 def test_host_that_is_not_an_ip_is_a_usage_error():
-    with pytest.raises(UsageError, match=r"--host 'localhost' is not an IP address"):
+    with pytest.raises(UsageError, match=r"--host .localhost. is not an IP address: use 0.0.0.0"):
         create_dht([], host="localhost")
 
 
@@ -165,3 +165,98 @@ def test_raise_fd_limit_lifts_the_soft_limit_within_the_hard_one():
         assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] == target
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# --host, --port and --announce-host
+
+
+@pytest.mark.parametrize("announce_host", ["notanip.invalid", "my.host.invalid"])
+def test_announce_host_that_does_not_resolve_is_refused_before_hivemind_starts(announce_host):
+    # hivemind used to get /ip4/notanip/tcp/18779: its DHT process failed with an error it could not send back
+    # (StringParseError) and create_dht waited forever
+    with pytest.raises(UsageError) as error:
+        create_dht([], host="127.0.0.1", port=free_port(), announce_host=announce_host, startup_timeout_s=10)
+    message = str(error.value)
+    assert f"--announce-host {announce_host!r} does not resolve" in message
+    assert "e.g. --announce-host 203.0.113.5" in message
+
+
+@pytest.mark.parametrize("announce_host", ["999.1.1.1", "two words", "/ip4/203.0.113.5", "host:31337", "-x.org"])
+def test_announce_host_that_is_neither_an_address_nor_a_name_is_refused(announce_host):
+    with pytest.raises(UsageError, match=r"is neither an IP address nor a host name: pass the public address"):
+        create_dht([], host="127.0.0.1", port=free_port(), announce_host=announce_host)
+
+
+@pytest.mark.parametrize("announce_host", ["0.0.0.0", "::", "224.0.0.1"])
+def test_announce_host_that_nobody_can_dial_is_refused(announce_host):
+    with pytest.raises(UsageError, match=r"is not an address others can dial"):
+        listen_addresses("::" if ":" in announce_host else "0.0.0.0", 31337, announce_host)
+
+
+@pytest.mark.parametrize("port", [-5, 65536, 70000])
+def test_port_outside_0_to_65535_is_refused(port):
+    # -5 used to listen on 65531, 70000 to fail in the p2p daemon
+    with pytest.raises(UsageError, match=rf"--port {port}: use a TCP port from 1 to 65535, or 0 for any free port"):
+        create_dht([], host="127.0.0.1", port=port)
+
+
+def test_announce_host_needs_a_fixed_port():
+    # with port 0 it used to be dropped without a word
+    with pytest.raises(UsageError, match=r"--announce-host 203.0.113.5 needs a fixed --port"):
+        create_dht([], host="127.0.0.1", port=0, announce_host="203.0.113.5")
+
+
+def test_announce_host_is_refused_in_client_mode():
+    with pytest.raises(UsageError, match=r"--announce-host has no effect with --client-mode"):
+        listen_addresses("0.0.0.0", 31337, "203.0.113.5", client_mode=True)
+
+
+def test_an_ip_v6_announce_host_needs_an_ip_v6_listener():
+    with pytest.raises(UsageError, match=r"is IPv6 but --host listens on IPv4: pass --host ::"):
+        listen_addresses("0.0.0.0", 31337, "2001:db8::1")
+    assert listen_addresses("::", 31337, "[2001:db8::1]") == (["/ip6/::/tcp/31337"], ["/ip6/2001:db8::1/tcp/31337"])
+
+
+def test_a_host_name_is_announced_as_the_address_it_resolves_to(tmp_path):
+    port = free_port()
+    dht = create_dht([], host="127.0.0.1", port=port, announce_host="localhost")
+    try:
+        announced = f"/ip4/127.0.0.1/tcp/{port}/p2p/{dht.peer_id.to_base58()}"
+        assert announced in join_addresses(dht)
+        second = create_dht([announced], host="127.0.0.1")
+        try:
+            second.store("announced-by-name", "hello", expiration_time=get_dht_time() + 30)
+            assert dht.get("announced-by-name", latest=True).value == "hello"
+        finally:
+            second.shutdown()
+    finally:
+        dht.shutdown()
+
+
+def _has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _has_ipv6_loopback(), reason="this machine has no IPv6 loopback")
+def test_ip_v6_addresses_listen_announce_and_join_as_ip6():
+    with socket.socket(socket.AF_INET6) as probe:
+        probe.bind(("::1", 0))
+        port = probe.getsockname()[1]
+    dht = create_dht([], host="::1", port=port, announce_host="::1")
+    try:
+        address = f"/ip6/::1/tcp/{port}/p2p/{dht.peer_id.to_base58()}"
+        assert address in join_addresses(dht)
+        second = create_dht(parse_initial_peers([address]), host="::1")
+        try:
+            second.store("over-ipv6", "hello", expiration_time=get_dht_time() + 30)
+            assert dht.get("over-ipv6", latest=True).value == "hello"
+        finally:
+            second.shutdown()
+    finally:
+        dht.shutdown()
