@@ -20,6 +20,8 @@ import json
 import math
 import os
 import re
+import typing
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,15 +34,79 @@ RECIPE_FORMAT_VERSION = 1
 class _Section(BaseModel):
     # Unknown keys are errors: a typo such as `learning_rate` for `lr` must not silently fall back to a default.
     # Infinity/NaN are refused: the canonical JSON (`Recipe.to_json`) has no portable spelling for them.
-    model_config = ConfigDict(extra="forbid", validate_default=True, protected_namespaces=(), allow_inf_nan=False)
+    # Strict: `true` is not the count 1 nor `false` the number 0, and "5" is not 5 (a float still takes 5).
+    model_config = ConfigDict(extra="forbid", validate_default=True, protected_namespaces=(), allow_inf_nan=False,
+                              strict=True)
 
 
 class _ProblemAt(ValueError):
-    """A cross-field check's error, reported at the key the user should change rather than at its section."""
+    """A field check's error, reported at a key inside the field (`model.config.created`) rather than at the field."""
 
     def __init__(self, key: str, message: str):
         super().__init__(message)
         self.key = key
+
+
+Problems = Iterator[tuple[str, str]]  # what a cross check yields: (key path inside its section, what to fix)
+
+
+def _cross_check(*keys: str) -> Callable[[Callable[[Any], Problems]], Any]:
+    """Make `check(section)`, which yields `(key, message)` for every problem it finds, a validator of its section.
+
+    pydantic runs a section's own validators only once every key in it is valid, and a validator raises once: a
+    recipe with three mistakes would take three rounds of `swarm recipe validate`. A cross check runs whenever the
+    `keys` it reads (dotted paths into sub-sections, like "data.seq_len") are valid, whatever else is wrong, and
+    all its problems are reported with the rest. The check's docstring goes into docs/recipe-reference.md.
+    """
+    paths = [tuple(key.split(".")) for key in keys]
+
+    def decorate(check: Callable[[Any], Problems]) -> Any:
+        def validate(cls: type[BaseModel], data: Any, handler: Callable[[Any], Any]) -> Any:
+            try:
+                section, errors = handler(data), []
+            except ValidationError as error:
+                errors = error.errors(include_url=False)
+                read_invalid_key = any(_overlaps(item["loc"], path) for item in errors for path in paths)
+                if read_invalid_key or not isinstance(data, dict):
+                    raise
+                section, failed = _partial(cls, data), error
+            problems = [
+                {"type": "value_error", "loc": tuple(key.split(".")), "input": data if isinstance(data, dict) else {},
+                 "ctx": {"error": ValueError(message)}}
+                for key, message in check(section)
+            ]
+            if not problems:
+                if errors:
+                    raise failed
+                return section
+            raise ValidationError.from_exception_data(cls.__name__, [*errors, *problems])
+
+        # not functools.wraps: pydantic reads the validator's signature, and would follow __wrapped__ to `check`'s
+        validate.__name__, validate.__qualname__, validate.__doc__ = check.__name__, check.__qualname__, check.__doc__
+        return model_validator(mode="wrap")(classmethod(validate))
+
+    return decorate
+
+
+def _overlaps(loc: tuple[int | str, ...], path: tuple[str, ...]) -> bool:
+    """Whether an error at `loc` makes the key at `path` unusable: it is at the key, inside it, or above it."""
+    common = min(len(loc), len(path))
+    return tuple(str(part) for part in loc[:common]) == path[:common]
+
+
+def _partial(cls: type[BaseModel], data: dict[str, Any]) -> BaseModel:
+    """The section as written, unvalidated (defaults where a key is absent), for cross checks of its valid keys."""
+    values = {}
+    for name, field in cls.model_fields.items():
+        if name in data:
+            nested = _section_model(field.annotation)
+            value = data[name]
+            values[name] = _partial(nested, value) if nested is not None and isinstance(value, dict) else value
+    return cls.model_construct(**values)
+
+
+def _section_model(annotation: Any) -> type[BaseModel] | None:
+    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
 
 
 class RunConfig(_Section):
@@ -56,6 +122,38 @@ class RunConfig(_Section):
         if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,63}", value):
             raise ValueError("use 1-64 lowercase letters, digits, '-' or '_', starting with a letter or digit")
         return value
+
+
+# Keys that size a transformers model, by the names the common architectures use. transformers takes
+# `n_layer: -1` and fails later ("__len__() should return >= 0"), and `n_inner: 0` at the first forward.
+_MODEL_SIZE_KEYS = frozenset({
+    "n_layer", "n_head", "n_embd", "n_positions", "num_layers", "num_hidden_layers", "num_heads",
+    "num_attention_heads", "hidden_size", "intermediate_size", "ffn_dim", "max_position_embeddings",
+})
+_MODEL_SIZE_KEYS_NULLABLE = frozenset({"n_inner", "num_key_value_heads", "head_dim"})  # null: derived from others
+
+# Where the architectures with a learned position table keep their sizes (a key and its aliases), with transformers'
+# defaults. A sample longer than the table fails at the first forward ("IndexError: index out of range in self"),
+# and a width that is not a multiple of the heads when the model is built. Rotary models (llama, gpt_neox) have no
+# table: they run past max_position_embeddings.
+_ARCHITECTURE_SIZES: dict[str, dict[str, tuple[tuple[str, ...], int]]] = {
+    "gpt2": {"positions": (("n_positions", "max_position_embeddings"), 1024),
+             "width": (("n_embd", "hidden_size"), 768), "heads": (("n_head", "num_attention_heads"), 12)},
+    "gpt_neo": {"positions": (("max_position_embeddings",), 2048), "width": (("hidden_size",), 2048),
+                "heads": (("num_heads", "num_attention_heads"), 16)},
+    "opt": {"positions": (("max_position_embeddings",), 2048), "width": (("hidden_size",), 768),
+            "heads": (("num_attention_heads",), 12)},
+}
+
+
+def _architecture_size(architecture: str, config: dict[str, Any], role: str) -> tuple[str, Any]:
+    """The key of `config` that sets `role` ("positions", "width", "heads") and its value, or the default's."""
+    names, default = _ARCHITECTURE_SIZES[architecture][role]
+    return next(((name, config[name]) for name in names if name in config), (names[0], default))
+
+
+def _is_size(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 class ModelConfig(_Section):
@@ -80,15 +178,37 @@ class ModelConfig(_Section):
         "from `config` only.",
     )
 
-    @model_validator(mode="after")
-    def _one_source(self) -> "ModelConfig":
+    @_cross_check("architecture", "pretrained")
+    def _one_source(self) -> Problems:
         """Either `architecture` or `pretrained` is set."""
         if self.pretrained is None and not self.architecture:
-            raise _ProblemAt("architecture", "empty: set model.architecture (with model.config) or model.pretrained")
+            yield "architecture", "empty: set model.architecture (with model.config) or model.pretrained"
+
+    @_cross_check("pretrained", "pad_vocab_to_multiple_of")
+    def _padding_for_built_models(self) -> Problems:
+        """`pad_vocab_to_multiple_of` is only set for a model built from `config`."""
         if self.pretrained is not None and self.pad_vocab_to_multiple_of is not None:
-            raise _ProblemAt("pad_vocab_to_multiple_of", "applies to models built from model.config; a pretrained "
-                             "model's vocabulary comes with its weights: remove it")
-        return self
+            yield "pad_vocab_to_multiple_of", ("applies to models built from model.config; a pretrained model's "
+                                               "vocabulary comes with its weights: remove it")
+
+    @_cross_check("architecture", "pretrained", "config")
+    def _sizes_fit(self) -> Problems:
+        """The sizes in `config` (layers, heads, widths, positions: `n_layer`, `num_attention_heads`, ...) are whole
+        numbers >= 1; for gpt2, gpt_neo and opt the width is a multiple of the heads."""
+        if self.pretrained is not None:
+            return
+        for key, value in self.config.items():
+            nullable = key in _MODEL_SIZE_KEYS_NULLABLE
+            if (key in _MODEL_SIZE_KEYS or nullable) and not _is_size(value) and not (nullable and value is None):
+                yield f"config.{key}", (f"{value!r} is not a size: use a whole number >= 1"
+                                        + (" (or null for the architecture's default)" if nullable else ""))
+        if self.architecture not in _ARCHITECTURE_SIZES:
+            return
+        width_key, width = _architecture_size(self.architecture, self.config, "width")
+        heads_key, heads = _architecture_size(self.architecture, self.config, "heads")
+        if _is_size(width) and _is_size(heads) and width % heads:
+            yield f"config.{width_key}", (f"{width} is not a multiple of {heads_key} ({heads}): each attention head "
+                                          f"gets {width_key} / {heads_key} dimensions; change one of them")
 
     @field_validator("config")
     @classmethod
@@ -121,14 +241,11 @@ class TokenizerConfig(_Section):
     )
     name: str | None = Field(None, description="tokenizers/transformers name or local path, for kind=pretrained.")
 
-    @model_validator(mode="after")
-    def _name_for_pretrained(self) -> "TokenizerConfig":
+    @_cross_check("kind", "name")
+    def _name_for_pretrained(self) -> Problems:
         """`name` is set when `kind` is `pretrained`."""
         if self.kind == "pretrained" and not self.name:
-            raise _ProblemAt(
-                "name", "required when tokenizer.kind is 'pretrained': set a name such as 'gpt2' or a path"
-            )
-        return self
+            yield "name", "required when tokenizer.kind is 'pretrained': set a name such as 'gpt2' or a path"
 
 
 class DataConfig(_Section):
@@ -162,16 +279,17 @@ class DataConfig(_Section):
         None, ge=1, description="Use only the first N files (sorted) of the standard library, for source=stdlib."
     )
 
-    @model_validator(mode="after")
-    def _source_fields(self) -> "DataConfig":
-        """`files` is not empty for source=files, and each entry matches a file; `dataset` is set for source=hub."""
+    @_cross_check("source", "files")
+    def _files_for_files(self) -> Problems:
+        """`files` is not empty for source=files, and each entry matches a file."""
         if self.source == "files" and not self.files:
-            raise _ProblemAt(
-                "files", "empty but data.source is 'files': list paths or glob patterns, e.g. [corpus/*.txt]"
-            )
+            yield "files", "empty but data.source is 'files': list paths or glob patterns, e.g. [corpus/*.txt]"
+
+    @_cross_check("source", "dataset")
+    def _dataset_for_hub(self) -> Problems:
+        """`dataset` is set for source=hub."""
         if self.source == "hub" and not self.dataset:
-            raise _ProblemAt("dataset", "required when data.source is 'hub': set a `datasets` name or a local path")
-        return self
+            yield "dataset", "required when data.source is 'hub': set a `datasets` name or a local path"
 
 
 class ScheduleConfig(_Section):
@@ -182,25 +300,25 @@ class ScheduleConfig(_Section):
     total_steps: int = Field(1000, ge=1, description="Global step at which the decay reaches min_lr_ratio.")
     min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0, description="Final learning rate as a fraction of lr.")
 
-    @model_validator(mode="after")
-    def _warmup_fits(self) -> "ScheduleConfig":
+    @_cross_check("warmup_steps", "total_steps")
+    def _warmup_fits(self) -> Problems:
         """`warmup_steps` is below `total_steps`."""
         if self.warmup_steps >= self.total_steps:
-            raise _ProblemAt(
-                "warmup_steps",
-                f"{self.warmup_steps} must be below total_steps ({self.total_steps}): "
-                "lower warmup_steps or raise total_steps",
-            )
-        return self
+            yield "warmup_steps", (f"{self.warmup_steps} must be below total_steps ({self.total_steps}): "
+                                   "lower warmup_steps or raise total_steps")
 
 
 class OptimConfig(_Section):
     """The optimiser that every peer applies to the swarm-averaged gradients."""
 
-    name: Literal["adamw", "lamb"] = Field("adamw", description="`adamw` or `lamb` (layer-wise adaptive, large batches).")
+    name: Literal["adamw", "lamb"] = Field(
+        "adamw", description="`adamw` or `lamb` (layer-wise adaptive, large batches)."
+    )
     lr: float = Field(1e-3, gt=0.0, le=10.0, description="Peak learning rate.")
     weight_decay: float = Field(0.01, ge=0.0, le=1.0, description="Decoupled weight decay.")
-    betas: tuple[float, float] = Field((0.9, 0.95), description="Adam moment decay rates, each in [0, 1).")
+    # not strict as a whole: YAML and JSON give a list, and a strict tuple takes only a tuple (its numbers stay strict)
+    betas: tuple[float, float] = Field((0.9, 0.95), strict=False,
+                                       description="Adam moment decay rates, each in [0, 1).")
     eps: float = Field(1e-8, gt=0.0, description="Adam epsilon.")
     clip_grad_norm: float | None = Field(1.0, gt=0.0, description="Clip the averaged gradient's norm; null disables.")
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
@@ -249,12 +367,11 @@ class DiLoCoConfig(_Section):
         "peers; 0 never. A round that breaks midway (a dropped link) triggers one such averaging regardless.",
     )
 
-    @model_validator(mode="after")
-    def _nesterov_needs_momentum(self) -> "DiLoCoConfig":
+    @_cross_check("nesterov", "outer_momentum")
+    def _nesterov_needs_momentum(self) -> Problems:
         """`nesterov` needs `outer_momentum` above 0."""
         if self.nesterov and self.outer_momentum == 0.0:
-            raise _ProblemAt("nesterov", "needs outer_momentum > 0: set nesterov: false or outer_momentum: 0.9")
-        return self
+            yield "nesterov", "needs outer_momentum > 0: set nesterov: false or outer_momentum: 0.9"
 
 
 class CollaborationConfig(_Section):
@@ -310,34 +427,33 @@ class CollaborationConfig(_Section):
         default_factory=DiLoCoConfig, description="Settings of mode `diloco` (ignored in mode `dedloc`)."
     )
 
-    @model_validator(mode="after")
-    def _micro_fits_target(self) -> "CollaborationConfig":
-        """A numeric `micro_batch_size` is between 1 and `target_batch_size`;
-        `averaging_timeout_s` is at least `matchmaking_time_s`."""
-        if isinstance(self.micro_batch_size, int):
-            if self.micro_batch_size < 1:
-                raise _ProblemAt(
-                    "micro_batch_size", f"{self.micro_batch_size} is not allowed: use a number >= 1 or 'auto'"
-                )
-            if self.micro_batch_size > self.target_batch_size:
-                raise _ProblemAt(
-                    "micro_batch_size",
-                    f"{self.micro_batch_size} exceeds target_batch_size ({self.target_batch_size}): "
-                    "lower it or raise target_batch_size",
-                )
+    @_cross_check("micro_batch_size")
+    def _micro_batch_is_positive(self) -> Problems:
+        """A numeric `micro_batch_size` is at least 1."""
+        if self.micro_batch_size != "auto" and self.micro_batch_size < 1:
+            yield "micro_batch_size", f"{self.micro_batch_size} is not allowed: use a number >= 1 or 'auto'"
+
+    @_cross_check("micro_batch_size", "target_batch_size")
+    def _micro_fits_target(self) -> Problems:
+        """A numeric `micro_batch_size` is at most `target_batch_size`."""
+        if self.micro_batch_size != "auto" and self.micro_batch_size > self.target_batch_size:
+            yield "micro_batch_size", (f"{self.micro_batch_size} exceeds target_batch_size ({self.target_batch_size}):"
+                                       " lower it or raise target_batch_size")
+
+    @_cross_check("delay_updates", "mode")
+    def _delay_updates_in_dedloc(self) -> Problems:
+        """`delay_updates` is only set in mode `dedloc`."""
         if self.delay_updates and self.mode == "diloco":
-            raise _ProblemAt(
-                "delay_updates",
-                "applies to mode dedloc only: for diloco set delay_updates: false and use "
-                "diloco.overlap_communication: true",
-            )
+            yield "delay_updates", ("applies to mode dedloc only: for diloco set delay_updates: false and use "
+                                    "diloco.overlap_communication: true")
+
+    @_cross_check("averaging_timeout_s", "matchmaking_time_s")
+    def _timeout_covers_matchmaking(self) -> Problems:
+        """`averaging_timeout_s` is at least `matchmaking_time_s`."""
         if self.averaging_timeout_s < self.matchmaking_time_s:
-            raise _ProblemAt(
-                "averaging_timeout_s",
-                f"{self.averaging_timeout_s} is shorter than matchmaking_time_s ({self.matchmaking_time_s}): "
-                "a round could never finish; raise averaging_timeout_s",
-            )
-        return self
+            yield "averaging_timeout_s", (f"{self.averaging_timeout_s} is shorter than matchmaking_time_s "
+                                          f"({self.matchmaking_time_s}): a round could never finish; "
+                                          "raise averaging_timeout_s")
 
 
 class CheckpointConfig(_Section):
@@ -393,6 +509,20 @@ class Recipe(_Section):
         if value != RECIPE_FORMAT_VERSION:
             raise ValueError(f"this swarm reads format_version {RECIPE_FORMAT_VERSION}; upgrade swarm or the recipe")
         return value
+
+    @_cross_check("model.architecture", "model.pretrained", "model.config.n_positions",
+                  "model.config.max_position_embeddings", "data.seq_len")
+    def _samples_fit_the_positions(self) -> Problems:
+        """For gpt2, gpt_neo and opt (learned position tables), `model.config` holds `data.seq_len` positions."""
+        architecture = self.model.architecture
+        if self.model.pretrained is not None or architecture not in _ARCHITECTURE_SIZES:
+            return
+        key, positions = _architecture_size(architecture, self.model.config, "positions")
+        if _is_size(positions) and positions < self.data.seq_len:
+            value = f"{positions}" if key in self.model.config else f"not set, and {architecture}'s default {positions}"
+            yield f"model.config.{key}", (
+                f"{value} is shorter than data.seq_len ({self.data.seq_len}): a sample would not fit the model's "
+                f"position table; set model.config.{key}: {self.data.seq_len} or lower data.seq_len")
 
     def to_json(self) -> str:
         """Canonical JSON: the form published to the swarm and hashed into the recipe id."""
@@ -461,6 +591,8 @@ def _problems_from_validation(error: ValidationError) -> list[RecipeProblem]:
             message = "keys must be text: quote this key or remove it"
         else:
             message = _message(item, loc)
+        if isinstance(item.get("input"), bool) and item["type"] in _EXPECTED and _accepts_null(loc):
+            message += ", or null to turn it off"  # `clip_grad_norm: false` means "no clipping": that is null
         if item["type"] not in ("missing", "extra_forbidden") and not isinstance(item.get("input"), (dict, list)):
             message = f"{message} (got {_shown(item.get('input'))})"
         messages = found.setdefault(".".join(loc), [])
@@ -519,6 +651,18 @@ def _keys_at(loc: list[str]) -> list[str]:
             return []
         model = annotation
     return list(model.model_fields)
+
+
+def _accepts_null(loc: list[str]) -> bool:
+    """Whether the key at `loc` may be null."""
+    model: type[BaseModel] | None = Recipe
+    field = None
+    for part in loc:
+        field = model.model_fields.get(part) if model is not None else None
+        if field is None:
+            return False
+        model = _section_model(field.annotation)
+    return field is not None and type(None) in typing.get_args(field.annotation)
 
 
 def _shown(value: Any) -> str:
@@ -593,6 +737,9 @@ def parse_recipe(data: Any, source: str = "<recipe>", base_dir: Path | None = No
         recipe = Recipe.model_validate(data)
     except ValidationError as error:
         problems = _problems_from_validation(error)
+    except RecursionError:  # YAML builds `config: &a {x: *a}` as a mapping that contains itself
+        message = "the recipe contains itself (a YAML alias inside its own anchor): write the values out"
+        raise RecipeError(source, [RecipeProblem(path="", message=message)]) from None
     if base_dir is not None:
         reported = {problem.path for problem in problems}
         problems += [problem for problem in _check_paths(data, base_dir) if problem.path not in reported]
@@ -611,9 +758,11 @@ class _DuplicateKey(yaml.constructor.ConstructorError):
 
 
 class _RecipeLoader(yaml.SafeLoader):
-    """YAML's safe loader, except that a key given twice is an error.
+    """YAML's safe loader, except that a key given twice is an error, and `3e-4` is a number.
 
     Plain YAML keeps the last one without a word: a recipe with two `optimizer:` blocks would lose the first.
+    PyYAML follows YAML 1.1, where a float needs a dot (`3.0e-4`), so `lr: 3e-4`, as ML configs write it, was the
+    string "3e-4", which the strict schema refuses. Floats are read as YAML 1.2 reads them.
     """
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
@@ -626,6 +775,14 @@ class _RecipeLoader(yaml.SafeLoader):
                 raise _DuplicateKey(None, None, f"key {key!r} appears twice", key_node.start_mark)
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
+
+
+# a number with an exponent and no dot, which YAML 1.1 leaves a string and YAML 1.2 reads as a float (`3e-4`, `1E5`);
+# added for this loader only (PyYAML copies the resolver table into the class that adds one)
+_RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
 
 
 def _read_yaml(path: Path) -> Any:

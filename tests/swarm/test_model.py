@@ -98,14 +98,24 @@ def test_model_config_keys_that_are_not_text_are_refused(tokenizer):
         build_model(unvalidated, vocab_size=tokenizer.vocab_size)
 
 
+def unvalidated_gpt2(config: dict) -> ModelConfig:
+    """A model section that skipped the recipe's checks, as code that builds one by hand could pass it."""
+    return ModelConfig.model_construct(architecture="gpt2", config=config, pretrained=None, revision=None,
+                                       init_seed=0, pad_vocab_to_multiple_of=None)
+
+
 def test_model_config_value_of_the_wrong_type_is_a_usage_error_naming_the_key(tokenizer):
+    with pytest.raises(ValueError, match=r"config.n_layer\n.*'two' is not a size"):
+        build(tokenizer, config={**TINY_GPT2, "n_layer": "two"})  # the recipe schema refuses it first
     with pytest.raises(UsageError, match="n_layer"):
-        build(tokenizer, config={**TINY_GPT2, "n_layer": "two"})
+        build_model(unvalidated_gpt2({**TINY_GPT2, "n_layer": "two"}), vocab_size=tokenizer.vocab_size)
 
 
 def test_sizes_that_do_not_fit_together_are_blamed_on_model_config(tokenizer):
+    with pytest.raises(ValueError, match=r"config.n_embd\n.*15 is not a multiple of n_head \(2\)"):
+        build(tokenizer, config={"n_layer": 1, "n_embd": 15, "n_head": 2})  # the recipe schema refuses it first
     with pytest.raises(UsageError, match="model.config"):
-        build(tokenizer, config={"n_layer": 1, "n_embd": 15, "n_head": 2})
+        build_model(unvalidated_gpt2({"n_layer": 1, "n_embd": 15, "n_head": 2}), vocab_size=tokenizer.vocab_size)
 
 
 def test_pretrained_checkpoint_is_loaded_with_its_weights(tokenizer, tmp_path):

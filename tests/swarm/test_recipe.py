@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from typer.testing import CliRunner
 
@@ -134,6 +135,10 @@ def test_broken_fixtures_cover_the_common_mistakes():
         "empty-recipe",
         "run-is-a-number",
         "many-problems",
+        "positions-below-seq-len",
+        "model-sizes-not-positive",
+        "booleans-are-not-numbers",
+        "cross-checks-despite-field-errors",
     }
 
 
@@ -155,6 +160,106 @@ def test_every_problem_of_a_recipe_is_reported_in_one_run():
     # Schema problems and on-disk problems together: fixing one must not reveal the next.
     assert len(paths) == len(set(paths)) == 9
     assert "data.files.0" in paths and "optimizer.lr" in paths
+
+
+def test_cross_checks_run_next_to_a_field_error_and_report_every_problem_they_find():
+    # One file, three independent cross-field mistakes and a plain one: all four at once, not one per run.
+    problems = _problems(BROKEN_DIR / "cross-checks-despite-field-errors.yaml")
+    paths = [problem.path for problem in problems]
+    assert {"collaboration.micro_batch_size", "collaboration.delay_updates", "collaboration.diloco.nesterov",
+            "optimizer.lr"} <= set(paths)
+    assert len(paths) == len(set(paths)) == 9
+
+
+def test_a_cross_check_is_skipped_when_a_key_it_reads_is_wrong():
+    # warmup_steps cannot be compared with a total_steps that is not a number: only the real mistake is reported.
+    with pytest.raises(RecipeError) as caught:
+        parse_recipe({"run": {"id": "a"}, "optimizer": {"schedule": {"warmup_steps": 5000, "total_steps": "x"}}})
+    assert [problem.path for problem in caught.value.problems] == ["optimizer.schedule.total_steps"]
+
+
+def _sized_recipe(n_positions: int | None, seq_len: int, architecture: str = "gpt2", **config) -> dict:
+    sizes = {"gpt2": {"n_layer": 1, "n_head": 2, "n_embd": 16},
+             "opt": {"num_hidden_layers": 1, "num_attention_heads": 2, "hidden_size": 16, "ffn_dim": 32,
+                     "word_embed_proj_dim": 16},
+             "gpt_neo": {"num_layers": 1, "num_heads": 2, "hidden_size": 16, "attention_types": [[["global"], 1]]},
+             "llama": {"num_hidden_layers": 1, "num_attention_heads": 2, "hidden_size": 16, "intermediate_size": 32}}
+    key = "n_positions" if architecture == "gpt2" else "max_position_embeddings"
+    positions = {} if n_positions is None else {key: n_positions}
+    return {"run": {"id": "positions"}, "model": {"architecture": architecture,
+                                                  "config": {**sizes[architecture], **positions, **config}},
+            "data": {"seq_len": seq_len}}
+
+
+def _forward_fits(recipe: Recipe) -> bool:
+    """Whether a real model built from the recipe takes a whole sample (the validation loss's forward)."""
+    from swarm.evaluation import validation_loss
+    from swarm.model import build_model
+
+    model = build_model(recipe.model, vocab_size=259, eos_id=1, pad_id=0)
+    try:
+        validation_loss(model, [torch.randint(3, 259, (1, recipe.data.seq_len))])
+    except IndexError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("architecture", ["gpt2", "opt", "gpt_neo"])
+def test_position_check_refuses_exactly_the_samples_the_model_cannot_take(architecture):
+    seq_len = 24
+    fits = parse_recipe(_sized_recipe(seq_len, seq_len, architecture))
+    assert _forward_fits(fits)
+    too_long = _sized_recipe(seq_len - 1, seq_len, architecture)
+    with pytest.raises(RecipeError) as caught:
+        parse_recipe(too_long)
+    (problem,) = caught.value.problems
+    assert problem.path.startswith("model.config.") and f"{seq_len - 1} is shorter than data.seq_len" in str(problem)
+    assert f": {seq_len} or lower data.seq_len" in problem.message
+    unchecked = fits.model_copy(update={"model": fits.model.model_copy(update={"config": too_long["model"]["config"]})})
+    assert not _forward_fits(unchecked), "the model does fail on it: the check must stay"
+
+
+def test_position_check_counts_gpt2s_default_table_when_n_positions_is_not_set():
+    assert parse_recipe(_sized_recipe(None, 1024)).data.seq_len == 1024
+    with pytest.raises(RecipeError) as caught:
+        parse_recipe(_sized_recipe(None, 1025))
+    assert [str(problem) for problem in caught.value.problems] == [
+        "model.config.n_positions: not set, and gpt2's default 1024 is shorter than data.seq_len (1025): a sample "
+        "would not fit the model's position table; set model.config.n_positions: 1025 or lower data.seq_len"]
+
+
+def test_rotary_models_may_train_past_max_position_embeddings():
+    recipe = parse_recipe(_sized_recipe(8, 24, "llama"))
+    assert _forward_fits(recipe)
+
+
+def test_model_sizes_that_transformers_would_only_refuse_later_are_refused_in_validation():
+    problems = _problems(BROKEN_DIR / "model-sizes-not-positive.yaml")
+    assert {problem.path for problem in problems} == {f"model.config.{key}" for key in
+                                                      ("n_layer", "n_inner", "n_positions", "n_embd")}
+    assert parse_recipe(_sized_recipe(32, 16, n_inner=None)).model.config["n_inner"] is None  # null: 4 x n_embd
+
+
+def test_booleans_are_not_counts_and_numbers_in_strings_are_not_numbers():
+    for section, key, value in [("collaboration", "micro_batch_size", True), ("data", "seq_len", True),
+                                ("data", "streaming", 1), ("optimizer", "lr", "0.1"), ("run", "id", 5),
+                                ("collaboration", "average_state_every", 2.0)]:
+        data = {"run": {"id": "strict"}}
+        data.setdefault(section, {})[key] = value
+        with pytest.raises(RecipeError) as caught:
+            parse_recipe(data)
+        assert [problem.path for problem in caught.value.problems] == [f"{section}.{key}"], (key, value)
+    # what YAML and JSON do give still passes: ints for floats, lists for pairs
+    recipe = parse_recipe({"run": {"id": "strict"}, "optimizer": {"lr": 1, "betas": [0, 0.5]}})
+    assert recipe.optimizer.lr == 1.0 and recipe.optimizer.betas == (0.0, 0.5)
+
+
+def test_clip_grad_norm_false_suggests_null():
+    with pytest.raises(RecipeError) as caught:
+        parse_recipe({"run": {"id": "a"}, "optimizer": {"clip_grad_norm": False}})
+    assert [str(problem) for problem in caught.value.problems] == [
+        "optimizer.clip_grad_norm: expected a number, or null to turn it off (got False)"]
+    assert parse_recipe({"run": {"id": "a"}, "optimizer": {"clip_grad_norm": None}}).optimizer.clip_grad_norm is None
 
 
 def test_parse_recipe_rejects_what_is_not_a_mapping():
@@ -226,6 +331,7 @@ def test_validate_reports_good_and_bad_files_together():
         pytest.param(b"!!python/object/apply:os.system [echo hi]\n", id="python-tag"),
         pytest.param(b"? [a, b]\n: c\n", id="complex-key"),
         pytest.param(b"run: {id: a}\n5: 6\n", id="number-key"),
+        pytest.param(b"run: {id: a}\nmodel: {config: &a {x: *a}}\n", id="alias-inside-its-anchor"),
     ],
 )
 def test_validate_never_shows_a_traceback(tmp_path, content):
@@ -322,3 +428,14 @@ def test_recipe_reference_doc_is_up_to_date():
     assert committed == generator.render(), "docs/recipe-reference.md is stale: run scripts/gen_recipe_reference.py"
     for section in ("run", "model", "optimizer.schedule", "collaboration", "credit"):
         assert f"## `{section}`" in committed
+
+
+def test_a_float_written_with_an_exponent_and_no_dot_is_a_number(tmp_path):
+    """`lr: 3e-4` is how ML configs write it; YAML 1.1 (PyYAML) reads it as a string, which the schema refuses."""
+    text = (ROOT / "recipes" / "tiny-stdlib.yaml").read_text()
+    assert "  lr: 0.003\n" in text and "  weight_decay: 0.01\n" in text
+    path = tmp_path / "exponents.yaml"
+    path.write_text(text.replace("  lr: 0.003\n", "  lr: 3e-3\n").replace("  weight_decay: 0.01\n",
+                                                                           "  weight_decay: 1E-2\n"))
+    recipe = load_recipe(path)
+    assert recipe.optimizer.lr == 0.003 and recipe.optimizer.weight_decay == 0.01
