@@ -21,8 +21,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from google.protobuf.message import DecodeError
+from hivemind.p2p import PeerID
 from hivemind.utils.crypto import RSAPrivateKey
 
 from swarm.errors import UsageError
@@ -31,10 +34,10 @@ DEFAULT_IDENTITY_DIR = Path("~/.swarm/identity")
 _NAME_PATTERN = re.compile(r"[\w .@+-]{1,40}")
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    """Write a secret atomically with owner-only permissions from the first byte."""
+def _write_atomically(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Write a file atomically (a crash leaves the old one or the new one), owner-only from the first byte."""
     tmp = path.with_suffix(path.suffix + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     with os.fdopen(fd, "wb") as file:
         file.write(data)
         file.flush()
@@ -72,37 +75,83 @@ class Identity:
         try:
             folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         except OSError as error:
-            raise UsageError(f"cannot create the identity folder {folder}: {error.strerror}; pass --identity DIR") from None
+            raise UsageError(f"cannot create the identity folder {folder}: {error.strerror}; "
+                             "pass --identity DIR") from None
         name, team = _check_label("name", name), _check_label("team", team)
-
-        key_path = folder / "signing_key.der"
-        if key_path.exists():
-            try:
-                der = key_path.read_bytes()
-                if not isinstance(serialization.load_der_private_key(der, password=None), rsa.RSAPrivateKey):
-                    raise ValueError("not an RSA key")
-            except (OSError, ValueError, TypeError) as error:
-                raise UsageError(f"{key_path} is not a readable key ({error}); move it away to make a new identity") from None
-        else:
-            private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-            der = private.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.TraditionalOpenSSL,
-                                        serialization.NoEncryption())
-            _write_private(key_path, der)
+        # every file already there is checked before anything is written: a damaged one stops here, untouched
+        _check_p2p_key(folder / "p2p.key")
+        profile_path = folder / "profile.json"
+        profile = _read_profile(profile_path)
+        der = _load_or_create_signing_key(folder / "signing_key.der")
         signing_key = RSAPrivateKey.__new__(RSAPrivateKey)
         signing_key.__setstate__({"_private_key": der})  # hivemind's own pickle path: accepts DER bytes
 
-        profile_path = folder / "profile.json"
-        profile = {}
-        if profile_path.exists():
-            try:
-                profile = json.loads(profile_path.read_text())
-            except (OSError, json.JSONDecodeError):
-                profile = {}
         updated = dict(profile, **{k: v for k, v in (("name", name), ("team", team)) if v is not None})
         updated.setdefault("name", f"volunteer-{der[-6:].hex()}")
         updated.setdefault("team", "")
         if updated != profile:
-            tmp = profile_path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(updated, indent=2))
-            os.replace(tmp, profile_path)
+            _write_atomically(profile_path, (json.dumps(updated, indent=2) + "\n").encode(), mode=0o644)
         return cls(folder=folder, signing_key=signing_key, name=updated["name"], team=updated["team"])
+
+
+def _load_or_create_signing_key(path: Path) -> bytes:
+    """The DER bytes of the RSA key that signs this peer's records, made on first use."""
+    if path.exists():
+        try:
+            der = path.read_bytes()
+            if not isinstance(serialization.load_der_private_key(der, password=None), rsa.RSAPrivateKey):
+                raise ValueError("not an RSA key")
+        except (OSError, ValueError, TypeError, UnsupportedAlgorithm) as error:
+            raise UsageError(f"{path} is not a readable key ({error}); move it away to make a new identity") from None
+        return der
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    der = private.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.TraditionalOpenSSL,
+                                serialization.NoEncryption())
+    _write_atomically(path, der)
+    return der
+
+
+def _check_p2p_key(path: Path) -> None:
+    """hivemind makes `p2p.key` at the first start; a damaged one must not surface as a protobuf error later."""
+    if not path.exists():
+        return
+    fix = ("move it away to start with a new peer id (your name, team and signing key stay), or restore it from a "
+           "backup")
+    try:
+        PeerID.from_identity(path.read_bytes())
+    except IsADirectoryError:
+        raise UsageError(f"{path} is a folder, not the libp2p key: {fix}") from None
+    except OSError as error:
+        raise UsageError(f"cannot read {path} ({error.strerror}): check its permissions, or {fix}") from None
+    except (DecodeError, ValueError, TypeError, UnsupportedAlgorithm):
+        raise UsageError(f"{path} is not a libp2p key (it is empty or damaged): {fix}") from None
+
+
+def _read_profile(path: Path) -> dict:
+    """The saved name and team; a damaged file is an error, never silently replaced by a new default name."""
+    if not path.exists():
+        return {}
+    fix = ('fix it to read like {"name": "ada", "team": "lovelace"}, or move it away and pass --name and --team '
+           "again")
+    try:
+        profile = json.loads(path.read_bytes().decode("utf-8"))
+    except IsADirectoryError:
+        raise UsageError(f"{path} is a folder, not the profile: move it away and pass --name and --team "
+                         "again") from None
+    except OSError as error:
+        raise UsageError(f"cannot read {path} ({error.strerror}): check its permissions") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{path} is not text (not UTF-8), so it is damaged: {fix}") from None
+    except json.JSONDecodeError as error:
+        raise UsageError(f"{path} is not valid JSON ({error.msg} at line {error.lineno}, column {error.colno}): "
+                         f"{fix}") from None
+    if not isinstance(profile, dict):
+        kind = {list: "a list", str: "text", bool: "true/false", type(None): "null"}.get(type(profile), "a number")
+        raise UsageError(f"{path} holds {kind}, not a profile: {fix}")
+    for key in ("name", "team"):
+        value = profile.get(key, "-")
+        valid = isinstance(value, str) and (_NAME_PATTERN.fullmatch(value) or key == "team" and value == "")
+        if not valid:
+            raise UsageError(f"{path}: {key} {json.dumps(value)} is not a {key} (text of 1-40 letters, digits, "
+                             f"spaces or . @ + - _): {fix}")
+    return profile

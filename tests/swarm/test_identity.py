@@ -9,6 +9,7 @@ import stat
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from hivemind.p2p import P2P
 
 from swarm.errors import UsageError
 from swarm.identity import Identity
@@ -159,3 +160,76 @@ def test_an_unusable_identity_folder_is_a_usage_error(tmp_path):
     blocker.write_text("not a folder")
     with pytest.raises(UsageError, match="--identity DIR"):
         Identity.load_or_create(blocker / "id")
+
+
+DAMAGED_PROFILES = {
+    "truncated": b'{"name": "ada", "team": "x"',  # was replaced by a generated name and no team
+    "empty": b"",
+    "not-utf8": b'{"name": "ada\xff"}',
+    "a-list": b"[1, 2]",
+    "text": b'"x"',
+    "a-number": b"5",
+    "wrong-types": b'{"name": 5, "team": ["a"]}',  # was accepted as it was
+    "null-name": b'{"name": null, "team": ""}',
+    "bad-characters": b'{"name": "<script>", "team": ""}',
+}
+
+
+@pytest.mark.parametrize("content", DAMAGED_PROFILES.values(), ids=DAMAGED_PROFILES)
+def test_a_damaged_profile_is_an_error_naming_the_file_and_is_never_replaced(existing, content):
+    profile = existing / "profile.json"
+    profile.write_bytes(content)
+    for name, team in ((None, None), ("ada", "lovelace")):  # not even when the flags would give a whole new one
+        with pytest.raises(UsageError) as error:
+            Identity.load_or_create(existing, name=name, team=team)
+        message = str(error.value)
+        assert str(profile) in message and "move it away and pass --name and --team again" in message
+    assert profile.read_bytes() == content
+    assert sorted(path.name for path in existing.iterdir()) == ["profile.json", "signing_key.der"]
+
+
+def test_a_folder_named_profile_json_is_an_error_naming_it(existing):
+    profile = existing / "profile.json"
+    profile.unlink()
+    profile.mkdir()
+    with pytest.raises(UsageError, match=rf"{profile} is a folder, not the profile: move it away"):
+        Identity.load_or_create(existing, name="ada")
+    assert profile.is_dir() and not any(profile.iterdir())
+
+
+def test_a_damaged_profile_in_a_new_folder_stops_before_any_key_is_made(tmp_path):
+    folder = tmp_path / "id"
+    folder.mkdir()
+    (folder / "profile.json").write_text("[]")
+    with pytest.raises(UsageError, match="profile.json holds a list, not a profile"):
+        Identity.load_or_create(folder)
+    assert [path.name for path in folder.iterdir()] == ["profile.json"]
+
+
+@pytest.fixture(scope="module")
+def p2p_key(tmp_path_factory) -> bytes:
+    """A libp2p key as hivemind writes it at a node's first start."""
+    path = tmp_path_factory.mktemp("p2p") / "p2p.key"
+    P2P.generate_identity(str(path))
+    return path.read_bytes()
+
+
+def test_a_p2p_key_written_by_hivemind_is_accepted(existing, p2p_key):
+    (existing / "p2p.key").write_bytes(p2p_key)
+    assert Identity.load_or_create(existing).p2p_key_path.read_bytes() == p2p_key
+
+
+@pytest.mark.parametrize("damage", ["empty", "garbage", "truncated", "folder"])
+def test_a_damaged_p2p_key_is_an_error_naming_the_file_and_what_to_do(existing, p2p_key, damage):
+    # it surfaced as "could not start the DHT node: Error parsing message with type 'crypto.pb.PrivateKey'"
+    key_path = existing / "p2p.key"
+    if damage == "folder":
+        key_path.mkdir()
+    else:
+        key_path.write_bytes({"empty": b"", "garbage": b"not a key at all", "truncated": p2p_key[:100]}[damage])
+    before = key_path.is_dir() or key_path.read_bytes()
+    with pytest.raises(UsageError) as error:
+        Identity.load_or_create(existing)
+    message = str(error.value)
+    assert str(key_path) in message and "move it away to start with a new peer id" in message
+    assert (key_path.is_dir() or key_path.read_bytes()) == before
