@@ -2,12 +2,42 @@
 
 from __future__ import annotations
 
-import os
+import signal
 import sys
-from pathlib import Path
-from typing import List, Optional
+import threading
 
-import typer
+
+def _exit_interrupted(signum: int | None = None, frame: object = None) -> None:
+    print("interrupted", file=sys.stderr)
+    sys.exit(130)
+
+
+def _quiet_ctrl_c() -> bool:
+    """Until commands run, Ctrl-C exits with 130 at once: Python's KeyboardInterrupt would show the traceback of
+    whatever was being imported (typer, pydantic, ... take a few tenths of a second). True if installed."""
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        return False  # ignored (a background job) or already handled: leave it so
+    signal.signal(signal.SIGINT, _exit_interrupted)
+    return True
+
+
+def _usual_ctrl_c(installed: bool) -> None:
+    if installed:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+_IMPORTING = _quiet_ctrl_c()
+
+import os  # noqa: E402  (after the Ctrl-C handler, like everything below)
+import traceback  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import List, Optional  # noqa: E402
+
+import typer  # noqa: E402
+
+from swarm.logs import VerboseOption  # noqa: E402
 
 app = typer.Typer(
     name="swarm",
@@ -17,20 +47,38 @@ app = typer.Typer(
     add_completion=False,
 )
 
-VERBOSE = typer.Option(False, "--verbose", "-v", envvar="SWARM_VERBOSE", help="Debug logs, hivemind's included.")
+
+@app.callback()
+def _options(ctx: typer.Context, verbose: VerboseOption = False) -> None:
+    if not verbose:
+        return
+    # `swarm --verbose COMMAND` is `swarm COMMAND --verbose`: every command's --verbose reads this variable
+    before = os.environ.get("SWARM_VERBOSE")
+    os.environ["SWARM_VERBOSE"] = "1"
+
+    def restore() -> None:
+        if before is None:
+            os.environ.pop("SWARM_VERBOSE", None)
+        else:
+            os.environ["SWARM_VERBOSE"] = before
+
+    ctx.call_on_close(restore)
 
 
 @app.command()
 def launch(
     recipe: Path = typer.Argument(..., help="The run's recipe (YAML)."),
-    host: str = typer.Option("0.0.0.0", envvar="SWARM_HOST", help="Interface to listen on."),
+    host: str = typer.Option("0.0.0.0", envvar="SWARM_HOST", help="Interface to listen on (an IP address)."),
     port: int = typer.Option(31337, envvar="SWARM_PORT", help="TCP port volunteers connect to (0: any free port)."),
-    announce_host: Optional[str] = typer.Option(None, envvar="SWARM_ANNOUNCE_HOST",
-                                                help="Public IP to advertise when behind NAT/port forwarding."),
+    announce_host: Optional[str] = typer.Option(
+        None, envvar="SWARM_ANNOUNCE_HOST",
+        help="Public IP address or host name to advertise when behind NAT/port forwarding (needs a fixed --port; a "
+             "name is resolved at start)."),
     initial_peers: List[str] = typer.Option([], "--initial-peers", envvar="SWARM_INITIAL_PEERS",
                                             help="Join an existing run's DHT as an extra coordinator/bootstrap node."),
-    state_dir: Optional[Path] = typer.Option(None, envvar="SWARM_STATE_DIR",
-                                             help="Coordinator state (identity, status.json). Default runs/<run id>/coordinator."),
+    state_dir: Optional[Path] = typer.Option(
+        None, envvar="SWARM_STATE_DIR",
+        help="Coordinator state (identity, status.json). Default runs/<run id>/coordinator."),
     checkpoint_dir: Optional[Path] = typer.Option(None, help="Override the recipe's checkpoint.dir."),
     summary_file: Optional[Path] = typer.Option(None, help="Write the run summary (JSON) here at the end."),
     final_model_dir: Optional[Path] = typer.Option(None, help="Also write the final model here."),
@@ -39,16 +87,17 @@ def launch(
                                        help="Interface of the dashboard and /metrics (0.0.0.0 to publish it)."),
     dashboard_port: int = typer.Option(8080, envvar="SWARM_DASHBOARD_PORT",
                                        help="Dashboard port (0: any free port, -1: no dashboard)."),
-    verbose: bool = VERBOSE,
+    verbose: VerboseOption = False,
 ):
     """Start the coordinator of a run: the first DHT node, recipe publisher, monitor and checkpointer."""
     from swarm.logs import setup_logging
+    from swarm.network import listen_addresses, parse_initial_peers
     from swarm.recipe import load_recipe
 
     setup_logging(verbose)
+    listen_addresses(host, port, announce_host)  # a bad flag fails now, not after the model and data are built
     loaded = load_recipe(recipe)
     from coordinator.coordinator import Coordinator, CoordinatorSettings
-    from swarm.network import parse_initial_peers
 
     settings = CoordinatorSettings(host=host, port=port, announce_host=announce_host,
                                    initial_peers=parse_initial_peers(initial_peers),
@@ -73,17 +122,20 @@ def join(
                                             help="Identity folder (keys, name). Default ~/.swarm/identity."),
     device: str = typer.Option("auto", envvar="SWARM_DEVICE", help="auto, cpu, cuda, cuda:N or mps."),
     threads: Optional[int] = typer.Option(None, envvar="SWARM_THREADS", help="Use at most this many CPU threads."),
-    micro_batch_size: Optional[int] = typer.Option(None, envvar="SWARM_MICRO_BATCH_SIZE",
-                                                   help="Samples per forward/backward (default: picked for the hardware)."),
-    max_runtime: Optional[float] = typer.Option(None, envvar="SWARM_MAX_RUNTIME",
-                                                help="Leave after this many seconds (finishing the epoch in progress)."),
+    micro_batch_size: Optional[int] = typer.Option(
+        None, envvar="SWARM_MICRO_BATCH_SIZE", help="Samples per forward/backward (default: picked for the hardware)."),
+    max_runtime: Optional[float] = typer.Option(
+        None, envvar="SWARM_MAX_RUNTIME", help="Leave after this many seconds (finishing the epoch in progress)."),
     host: str = typer.Option("0.0.0.0", envvar="SWARM_HOST", help="Interface to listen on."),
     port: int = typer.Option(0, envvar="SWARM_PORT", help="TCP port for other peers (0: any free port)."),
-    announce_host: Optional[str] = typer.Option(None, envvar="SWARM_ANNOUNCE_HOST", help="Public IP to advertise."),
+    announce_host: Optional[str] = typer.Option(
+        None, envvar="SWARM_ANNOUNCE_HOST",
+        help="Public IP address or host name to advertise (needs a fixed --port; a name is resolved at start)."),
     client_mode: bool = typer.Option(False, envvar="SWARM_CLIENT_MODE",
                                      help="Behind NAT/firewall: only connect out (others cannot reach this peer)."),
     cache_dir: Optional[Path] = typer.Option(None, envvar="SWARM_CACHE_DIR", help="Tokenised data cache."),
-    stats_file: Optional[Path] = typer.Option(None, envvar="SWARM_STATS_FILE", help="Write this peer's stats (JSON) here."),
+    stats_file: Optional[Path] = typer.Option(None, envvar="SWARM_STATS_FILE",
+                                              help="Write this peer's stats (JSON) here."),
     display: str = typer.Option("auto", envvar="SWARM_DISPLAY", help="auto, rich, log or none."),
     compile: str = typer.Option("auto", "--compile", envvar="SWARM_COMPILE",
                                 help="torch.compile the model: auto (on CUDA only), on or off."),
@@ -91,12 +143,17 @@ def join(
         None, envvar="SWARM_FROM_CHECKPOINT",
         help="If nobody is training, start from this published version (folder or hub-repo@revision); "
              "default: the run's latest."),
-    verbose: bool = VERBOSE,
+    verbose: VerboseOption = False,
 ):
     """Volunteer this machine: fetch the run's recipe from the swarm, load the latest state, train with peers."""
+    from swarm.hardware import resolve_device
     from swarm.logs import setup_logging
+    from swarm.network import listen_addresses
 
     setup_logging(verbose)
+    # bad flags fail now, before this peer joins the swarm
+    listen_addresses(host, port, announce_host, client_mode=client_mode)
+    resolve_device(device)
     from peer.volunteer import Volunteer, VolunteerSettings
 
     settings = VolunteerSettings(
@@ -116,13 +173,15 @@ def demo(
                                                            "epochs are not done (slow or busy machines)."),
     recipe: Path = typer.Option(Path(__file__).resolve().parent.parent / "recipes" / "tiny-stdlib.yaml",
                                 help="Recipe to run (default: the embedded tiny-stdlib)."),
-    output: Optional[Path] = typer.Option(None, help="Output folder (default: demo-output/<time>)."),
-    verbose: bool = VERBOSE,
+    output: Optional[Path] = typer.Option(None, help="Output folder, new or empty (default: demo-output/<time>)."),
+    verbose: VerboseOption = False,
 ):
     """Run a whole swarm on this machine: a coordinator and N volunteers on loopback, then print the output folder."""
-    from swarm.demo import run_demo
+    from swarm.demo import check_output_folder, run_demo
     from swarm.logs import setup_logging
 
+    if output is not None:
+        check_output_folder(output)
     setup_logging(verbose)
     folder = run_demo(recipe_path=recipe, num_peers=peers, epochs=epochs, max_duration_s=max_duration, output=output,
                       verbose=verbose)
@@ -130,6 +189,9 @@ def demo(
 
 
 def _register_groups() -> None:
+    """Add `swarm recipe ...` and `swarm ledger ...` (once, however often it is called)."""
+    if any(group.name == "recipe" for group in app.registered_groups):
+        return
     from swarm.recipe_cli import recipe_app
 
     app.add_typer(recipe_app, name="recipe")
@@ -142,11 +204,16 @@ def _register_groups() -> None:
 
 def main() -> None:
     """Console-script entry: user errors print one clear message and exit 1 or 2, never a traceback."""
-    from swarm.errors import SwarmError
-    from swarm.recipe import RecipeError
+    quiet = _quiet_ctrl_c()
+    try:
+        from swarm.errors import SwarmError
+        from swarm.recipe import RecipeError
 
-    _register_groups()
-    verbose = "--verbose" in sys.argv or "-v" in sys.argv or os.environ.get("SWARM_VERBOSE")
+        _register_groups()
+    finally:
+        _usual_ctrl_c(quiet)
+    verbose = ("--verbose" in sys.argv or "-v" in sys.argv
+               or os.environ.get("SWARM_VERBOSE", "").lower() in ("1", "true", "yes", "on"))
     try:
         app()
     except RecipeError as error:
@@ -154,13 +221,15 @@ def main() -> None:
         sys.exit(2)
     except SwarmError as error:
         if verbose:
-            raise
-        print(f"error: {error}", file=sys.stderr)
+            traceback.print_exc()
+        else:
+            print(f"error: {error}", file=sys.stderr)
         sys.exit(error.exit_code)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
+        _exit_interrupted()
 
+
+_usual_ctrl_c(_IMPORTING)
 
 if __name__ == "__main__":
     main()

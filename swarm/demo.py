@@ -23,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from swarm.errors import SwarmError
+from swarm.errors import SwarmError, UsageError
 from swarm.recipe import load_recipe
 
 logger = logging.getLogger("swarm.demo")
@@ -64,12 +64,33 @@ def _follow(stream, log_file: Path, echo_prefix: str | None, found: dict, patter
                 print(f"{echo_prefix} {line.rstrip()}", file=sys.stderr, flush=True)
 
 
+def check_output_folder(output: Path) -> None:
+    """A demo writes into a new or empty folder: one with an earlier run would mix the two (its ledger, its
+    checkpoints' `latest`, its model and summary), so it is refused and left as it is."""
+    if not output.exists():
+        return
+    if not output.is_dir():
+        raise UsageError(f"--output {output} is a file: pass a new or empty folder")
+    try:
+        entries = sorted(entry.name for entry in output.iterdir())
+    except OSError as error:
+        raise UsageError(f"--output {output}: cannot read the folder ({error.strerror}): pass another one") from None
+    if entries:
+        shown = ", ".join(entries[:4]) + (", ..." if len(entries) > 4 else "")
+        raise UsageError(f"--output {output} is not empty ({shown}): a demo would mix its files with the ones there; "
+                         "pass a new or empty folder, or leave --output out for demo-output/<time>")
+
+
 def run_demo(recipe_path: Path, num_peers: int = 2, epochs: int = 40, max_duration_s: float = 540.0,
              output: Path | None = None, verbose: bool = False) -> Path:
     """Run the demo swarm; returns the output folder (summary.json and the final model are inside)."""
-    recipe = load_recipe(recipe_path)
     folder = Path(output or Path("demo-output") / time.strftime("%Y%m%d-%H%M%S")).resolve()
-    folder.mkdir(parents=True, exist_ok=True)
+    check_output_folder(folder)
+    recipe = load_recipe(recipe_path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UsageError(f"--output {folder}: cannot create the folder ({error.strerror}): pass another one") from None
     (folder / "logs").mkdir(exist_ok=True)
     data = json.loads(recipe.to_json())
     # the run ends after `epochs` global steps; the wall-time cap only bites on a slow or busy machine

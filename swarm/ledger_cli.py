@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+import traceback
 from dataclasses import asdict
 from enum import StrEnum
 from pathlib import Path
@@ -18,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from swarm.errors import SwarmError
+from swarm.logs import VerboseOption, setup_logging
 from swarm.ledger import (
     LedgerTotals,
     audit_ledger,
@@ -58,6 +60,17 @@ def _fail(message: str, exit_code: int) -> NoReturn:
     raise typer.Exit(exit_code)
 
 
+def _failed(error: SwarmError, verbose: bool) -> NoReturn:
+    if verbose:
+        traceback.print_exception(error, file=sys.stderr)
+    _fail(str(error), error.exit_code)
+
+
+def _start(verbose: bool) -> None:
+    if verbose:
+        setup_logging(verbose=True, libraries=False)
+
+
 def _print_json(value: object) -> None:
     typer.echo(json.dumps(value, indent=2, ensure_ascii=False))
 
@@ -77,11 +90,13 @@ def verify(
         Path | None, typer.Option(help="Check only this inclusion proof (from `swarm ledger prove`).")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    verbose: VerboseOption = False,
 ) -> None:
     """Recompute every hash and check every signature; exit 0 only if the whole ledger holds.
 
     On failure, prints the first problem (the line, entry and checkpoint concerned) and exits 1.
     """
+    _start(verbose)
     try:
         if proof is not None:
             report = verify_inclusion_proof(proof, source, pinned_key=public_key)
@@ -90,7 +105,7 @@ def verify(
         else:
             report = verify_ledger(source, trusted, pinned_key=public_key)
     except SwarmError as error:
-        _fail(str(error), error.exit_code)
+        _failed(error, verbose)
     if as_json:
         _print_json(report.model_dump(mode="json"))
     if not report.ok:
@@ -107,18 +122,20 @@ def show(
     as_csv: Annotated[bool, typer.Option("--csv", help="Print rows as CSV (as totals.csv, teams.csv).")] = False,
     top: Annotated[int | None, typer.Option(min=1, help="Only the first N rows.", show_default=False)] = None,
     public_key: PublicKeyOption = None,
+    verbose: VerboseOption = False,
 ) -> None:
     """Leaderboard: claimed and granted samples, compute time and epochs, per volunteer or per team.
 
     The ledger is verified first; if it does not verify, the rows are still printed, with the problem on
     stderr, and the exit code is 1.
     """
+    _start(verbose)
     if as_json and as_csv:
         _fail("choose one of --json and --csv", 2)
     try:
         audit = audit_ledger(source, pinned_key=public_key)
     except SwarmError as error:
-        _fail(str(error), error.exit_code)
+        _failed(error, verbose)
     _print_totals(audit.totals, by, as_json, as_csv, top)
     if not audit.report.ok:
         _fail(f"does not verify, so these totals are not proven: {audit.report.problem}", 1)
@@ -167,12 +184,14 @@ def prove(
     entry_index: Annotated[int, typer.Argument(help="0-based: line N of entries.jsonl is entry N-1.")],
     out: Annotated[Path | None, typer.Option(help="Write the proof to this file instead of stdout.")] = None,
     public_key: PublicKeyOption = None,
+    verbose: VerboseOption = False,
 ) -> None:
     """Print a proof that one entry is in the log signed by the newest checkpoint (check it with verify --proof)."""
+    _start(verbose)
     try:
         proof = build_inclusion_proof(source, entry_index, pinned_key=public_key)
     except SwarmError as error:
-        _fail(str(error), error.exit_code)
+        _failed(error, verbose)
     text = json.dumps(proof.model_dump(mode="json"), indent=2, ensure_ascii=False)
     if out is None:
         typer.echo(text)
@@ -185,10 +204,11 @@ def prove(
 
 
 @ledger_app.command()
-def checkpoint(source: SourceArgument, public_key: PublicKeyOption = None) -> None:
+def checkpoint(source: SourceArgument, public_key: PublicKeyOption = None, verbose: VerboseOption = False) -> None:
     """Print the newest signed checkpoint of a ledger that verifies; save it to pass later as --trusted."""
+    _start(verbose)
     try:
         signed = latest_checkpoint(source, pinned_key=public_key)
     except SwarmError as error:
-        _fail(str(error), error.exit_code)
+        _failed(error, verbose)
     typer.echo(signed.canonical_bytes().decode("utf-8"))

@@ -5,10 +5,23 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from typing import Annotated
+
+import typer
+
+# every command takes it (`swarm recipe validate FILE --verbose`), and so does `swarm` itself (`swarm -v COMMAND`)
+VerboseOption = Annotated[
+    bool,
+    typer.Option("--verbose", "-v", envvar="SWARM_VERBOSE", help="Debug logs (hivemind's included) and tracebacks."),
+]
 
 
-def setup_logging(verbose: bool = False) -> None:
-    """swarm at INFO (DEBUG with --verbose); hivemind's own chatter at WARNING unless verbose."""
+def setup_logging(verbose: bool = False, libraries: bool = True) -> None:
+    """swarm at INFO (DEBUG with --verbose); hivemind's own chatter at WARNING unless verbose.
+
+    `libraries=False` leaves hivemind and transformers alone (and unimported: they take seconds to load), for
+    commands that do not use them.
+    """
     os.environ.setdefault("HIVEMIND_LOGLEVEL", "DEBUG" if verbose else "WARNING")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # "Writing model shards" bars flood the logs
     handler = logging.StreamHandler(sys.stderr)
@@ -20,6 +33,8 @@ def setup_logging(verbose: bool = False) -> None:
     for name in ("peer", "coordinator"):
         logging.getLogger(name).handlers[:] = [handler]
         logging.getLogger(name).setLevel(root.level)
+    if not libraries:
+        return
     from hivemind.utils.logging import get_logger
 
     get_logger("hivemind").setLevel(logging.DEBUG if verbose else logging.WARNING)

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 import yaml
 
+from swarm.logs import VerboseOption, setup_logging
 from swarm.recipe import Recipe, RecipeError, RecipeProblem, load_recipe
 
 recipe_app = typer.Typer(help="Check and inspect recipes.", no_args_is_help=True)
@@ -28,6 +29,11 @@ def check_recipe_file(path: str) -> dict[str, Any]:
     return {"file": path, "valid": True, "run_id": recipe.run.id, "fingerprint": recipe.fingerprint, "problems": []}
 
 
+def _start(verbose: bool) -> None:
+    if verbose:
+        setup_logging(verbose=True, libraries=False)
+
+
 def _print_problems(source: str, problems: list[RecipeProblem]) -> None:
     for problem in problems:
         typer.echo(f"{source}: {problem}", err=True)
@@ -37,12 +43,14 @@ def _print_problems(source: str, problems: list[RecipeProblem]) -> None:
 def validate(
     files: Annotated[list[str], typer.Argument(help="Recipe files (YAML).", show_default=False)],
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON report for all files on stdout.")] = False,
+    verbose: VerboseOption = False,
 ) -> None:
     """Check recipes the way a launch would, reporting every problem of every file at once.
 
     Valid files print `ok: FILE (run RUN_ID)`; each problem prints `FILE: KEY.PATH: message` on stderr.
     Exits 0 when every file is valid, 2 otherwise.
     """
+    _start(verbose)
     reports = [check_recipe_file(path) for path in files]
     invalid = [report for report in reports if not report["valid"]]
     if as_json:
@@ -65,11 +73,13 @@ def show(
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the recipe alone as JSON, the form peers receive from the swarm.")
     ] = False,
+    verbose: VerboseOption = False,
 ) -> None:
     """Print the recipe as the swarm will run it: every default filled in, data paths resolved.
 
     The YAML form starts with a comment naming the file and the recipe fingerprint; peers of one run share it.
     """
+    _start(verbose)
     try:
         recipe = load_recipe(file)
     except RecipeError as error:
@@ -88,11 +98,12 @@ def render_recipe(recipe: Recipe, source: str, as_json: bool = False) -> str:
 
 
 @recipe_app.command()
-def schema() -> None:
+def schema(verbose: VerboseOption = False) -> None:
     """Print the recipe's JSON schema, for editor completion and checks.
 
     For example, save it as recipe.schema.json and start a recipe with
     `# yaml-language-server: $schema=recipe.schema.json`.
     """
+    _start(verbose)
     document = {"$schema": "https://json-schema.org/draft/2020-12/schema", **Recipe.model_json_schema()}
     typer.echo(json.dumps(document, indent=2))
