@@ -8,12 +8,17 @@ plausible (the rules get stricter later; each rejection is written into the entr
    record) during it. Epochs the coordinator did not watch (it was down) are credited on the signed claims
    alone, within the bounds below: an outage delays credit but loses none.
 2. **Rate**: claimed samples / claimed compute seconds must not exceed `credit.max_samples_per_second`.
-3. **Swarm total**: one claim cannot exceed what the whole swarm accumulated in that epoch, and if all claims
-   together exceed it, every claim is scaled down in proportion. The swarm total is the largest sum of
-   hivemind progress reports seen for the epoch (never less than the target batch size: the epoch only
-   ends once that much is accumulated), plus what the swarm can compute while peers notice the epoch
-   ended: hivemind peers keep accumulating for up to a refresh period and a matchmaking window after the
-   target is reached, and those samples are averaged too (measured: epochs of 256 closed at 384-400).
+3. **Swarm total**: the epoch's claims together cannot exceed what the whole swarm can have accumulated in it;
+   above that bound, claims are scaled down in proportion. A single claim above the whole bound gets what the
+   others leave of it (scaled to the bound when alone), so it cannot crowd honest peers out. The bound
+   is the largest sum of hivemind progress reports seen for the epoch (never less than the target batch size:
+   the epoch only ends once that much is accumulated), plus the overshoot: every peer finishes the micro-batch
+   in progress when the target is reached (a lone peer with micro-batch 16 closes epochs of 128 at 144), and the
+   swarm keeps accumulating for up to a progress refresh and a matchmaking window before peers notice (measured:
+   epochs of 256 closed at 384-400), at the swarm's rate. An epoch the coordinator did not watch (it was down,
+   or the epoch passed between two looks) takes the rate of the nearest watched epochs. A claim's micro-batch
+   counts at most the recipe's (`micro_batch_size`, or `max_micro_batch_size` for `auto`), so a claim cannot
+   raise its own allowance.
 
 >>> accounting = Accounting(run_id="r", credit=CreditConfig(), target_batch_size=256)   # doctest: +SKIP
 >>> accounting.observe_epoch(3, samples_accumulated=200, now=t); accounting.observe_peer("Qm..", now=t)
@@ -33,6 +38,8 @@ from swarm.records import ContributionRecord, EpochWork
 SWARM_TOTAL_TOLERANCE = 1.1
 # hivemind.Optimizer's tracker refreshes global progress at most this often (swarm sets max_refresh_period=5)
 PROGRESS_REFRESH_S = 5.0
+# an epoch the coordinator did not watch takes the swarm's rate from this many watched epochs on each side of it
+NEAREST_WATCHED_EPOCHS = 3
 # a peer is "seen" in an epoch if seen within this many seconds of the epoch's observed window
 SEEN_SLACK_S = 10.0
 
@@ -58,6 +65,7 @@ class Accounting:
     credit: CreditConfig
     target_batch_size: int
     matchmaking_time_s: float = 5.0
+    max_micro_batch_size: int = 64  # the largest micro-batch the recipe lets a peer pick (its overshoot allowance)
     committed_epoch: int = -1  # the ledger's last epoch: claims for it and before are final
     windows: dict[int, EpochWindow] = field(default_factory=dict)
     sightings: dict[str, list[list[float]]] = field(default_factory=dict)  # peer -> [[from, to], ...]
@@ -96,15 +104,24 @@ class Accounting:
         start, end = window.first_seen - SEEN_SLACK_S, window.last_seen + SEEN_SLACK_S
         return any(a <= end and b >= start for a, b in self.sightings.get(peer_id, []))
 
-    def swarm_total(self, epoch: int) -> int:
-        """The most samples the swarm can plausibly have accumulated in `epoch` (see rule 3 above)."""
+    def _rate_near(self, epoch: int) -> float:
+        """The swarm's rate in `epoch`: measured if watched, else the largest of the nearest watched epochs'."""
         window = self.windows.get(epoch)
-        if window is None:  # not watched (coordinator down): the target plus one refresh window of the neighbours'
-            rates = [w.max_samples_per_second for e, w in self.windows.items() if abs(e - epoch) <= 3]
-            observed, rate = 0, max(rates, default=0.0)
-        else:
-            observed, rate = window.max_samples_accumulated, window.max_samples_per_second
-        overshoot = rate * (PROGRESS_REFRESH_S + self.matchmaking_time_s)
+        if window is not None:
+            return window.max_samples_per_second
+        watched = sorted(self.windows)
+        before = [e for e in watched if e < epoch][-NEAREST_WATCHED_EPOCHS:]
+        after = [e for e in watched if e > epoch][:NEAREST_WATCHED_EPOCHS]
+        return max((self.windows[e].max_samples_per_second for e in before + after), default=0.0)
+
+    def swarm_total(self, epoch: int, claims: dict[str, Claim] | None = None) -> int:
+        """The most samples the swarm can plausibly have accumulated in `epoch` (see rule 3 above), counting one
+        micro-batch of overshoot for each of `claims` (the epoch's claims by default)."""
+        claims = self.claims.get(epoch, {}) if claims is None else claims
+        window = self.windows.get(epoch)
+        observed = window.max_samples_accumulated if window is not None else 0
+        micro_batches = sum(min(_micro_batch(claim.work), self.max_micro_batch_size) for claim in claims.values())
+        overshoot = self._rate_near(epoch) * (PROGRESS_REFRESH_S + self.matchmaking_time_s) + micro_batches
         return int((max(observed, self.target_batch_size) + overshoot) * SWARM_TOTAL_TOLERANCE)
 
     def grant(self, epoch: int, now: float | None = None) -> list[LedgerEntry]:
@@ -112,7 +129,6 @@ class Accounting:
         now = time.time() if now is None else now
         claims = self.claims.get(epoch, {})
         window = self.windows.get(epoch)
-        total = self.swarm_total(epoch)
         granted: dict[str, int] = {}
         reasons: dict[str, str] = {}
         for peer_id, claim in claims.items():
@@ -124,20 +140,28 @@ class Accounting:
                 granted[peer_id], reasons[peer_id] = 0, (
                     f"claimed {rate:.0f} samples/s, above credit.max_samples_per_second "
                     f"({self.credit.max_samples_per_second:g})")
-            elif work.samples > total:
-                granted[peer_id], reasons[peer_id] = 0, (
-                    f"claimed {work.samples} samples, more than the whole swarm accumulated in epoch {epoch} "
-                    f"(at most {total})")
             else:
                 granted[peer_id], reasons[peer_id] = work.samples, ""
-        plausible = sum(granted.values())
-        if plausible > total:
-            scale = total / plausible
-            for peer_id in granted:
-                if granted[peer_id]:
-                    granted[peer_id] = int(granted[peer_id] * scale)
-                    reasons[peer_id] = (f"scaled by {scale:.2f}: epoch {epoch}'s claims ({plausible}) exceed the "
-                                        f"swarm's total ({total})")
+        # only the claims that passed the checks above widen the bound by their micro-batch
+        total = self.swarm_total(epoch, {peer_id: claims[peer_id] for peer_id in granted if granted[peer_id]})
+        # claims within the bound come first, scaled in proportion if together they exceed it; a claim above the
+        # whole bound is scaled to what they leave of it, so it cannot crowd honest peers out of their credit
+        within = {peer_id: samples for peer_id, samples in granted.items() if 0 < samples <= total}
+        beyond = {peer_id: samples for peer_id, samples in granted.items() if samples > total}
+        claimed_within = sum(within.values())
+        if claimed_within > total:
+            scale = total / claimed_within
+            for peer_id, samples in within.items():
+                granted[peer_id] = int(samples * scale)
+                reasons[peer_id] = (f"scaled by {scale:.2f}: epoch {epoch}'s claims ({claimed_within} samples) "
+                                    f"exceed what the whole swarm can have accumulated in it ({total})")
+        room = total - sum(granted[peer_id] for peer_id in within)
+        claimed_beyond = sum(beyond.values())
+        for peer_id, samples in beyond.items():
+            granted[peer_id] = int(room * samples / claimed_beyond)
+            reasons[peer_id] = (f"scaled by {granted[peer_id] / samples:.2f}: claimed {samples} samples, more than the "
+                                f"whole swarm can have accumulated in epoch {epoch} ({total}); granted what the "
+                                f"other claims left of it")
         return [
             LedgerEntry(run_id=self.run_id, epoch=epoch, peer_id=peer_id, name=claim.name, team=claim.team,
                         claimed_samples=claim.work.samples, granted_samples=granted[peer_id],
@@ -157,3 +181,8 @@ class Accounting:
                 del self.claims[epoch]
             self.committed_epoch = up_to_epoch
         return result
+
+
+def _micro_batch(work: EpochWork) -> int:
+    """The claim's micro-batch: its samples over its micro-steps, rounded up."""
+    return -(-work.samples // work.micro_steps) if work.micro_steps else work.samples

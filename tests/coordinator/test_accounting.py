@@ -49,21 +49,75 @@ def test_a_claim_faster_than_the_credit_bound_is_refused_and_says_why():
     assert entry.granted_samples == 0 and "max_samples_per_second" in entry.reason
 
 
-def test_claims_beyond_the_swarm_total_are_refused_or_scaled_in_proportion():
+def work(peer: str, epoch: int, samples: int, micro_batch: int, compute_s: float = 2.0) -> ContributionRecord:
+    """A claim made of `samples / micro_batch` micro-steps (rounded up: the last one may be short)."""
+    return ContributionRecord(peer_id=peer, name=peer, team="t", version="test", time=0.0, epochs=[
+        EpochWork(epoch=epoch, samples=samples, micro_steps=-(-samples // micro_batch), compute_s=compute_s)])
+
+
+def test_a_lone_peer_that_overshoots_the_target_by_one_micro_batch_is_credited_in_full():
+    # seen in a real run: a peer training alone closes epochs of 128 at 144, 160 or 192 (micro-batch 16, 32, 64),
+    # in epochs the coordinator never watched (right after a restart, or 3.7 epochs/s against a look every 2 s)
+    accounting = Accounting(run_id="r", credit=CreditConfig(), target_batch_size=128, matchmaking_time_s=2.0)
+    for epoch, (samples, micro_batch) in enumerate([(144, 16), (160, 32), (192, 64)]):
+        accounting.add_claims(work("alone", epoch, samples, micro_batch))
+    committed = accounting.finalize(2, now=1000.0)
+    assert [(e.claimed_samples, e.granted_samples, e.reason) for _, [e] in committed] == [
+        (144, 144, ""), (160, 160, ""), (192, 192, "")]
+
+
+def test_a_claim_above_what_the_swarm_can_have_accumulated_is_scaled_to_it_not_refused():
+    accounting = Accounting(run_id="r", credit=CreditConfig(), target_batch_size=100, matchmaking_time_s=1.0)
+    watched(accounting, 2, 1000.0, 100, 0.0, "greedy")
+    accounting.add_claims(work("greedy", 2, 10_000, 16, compute_s=100.0))
+    bound = accounting.swarm_total(2)
+    assert bound == int((100 + 16) * 1.1)  # the target, one micro-batch of overshoot, the sampling margin
+    [(_, [entry])] = accounting.finalize(2, now=1010.0)
+    assert entry.claimed_samples == 10_000 and entry.granted_samples == bound
+    assert entry.reason.startswith("scaled by 0.01: claimed 10000 samples, more than the whole swarm")
+
+
+def test_an_inflated_claim_only_gets_what_the_honest_claims_leave_of_the_bound():
     accounting = Accounting(run_id="r", credit=CreditConfig(), target_batch_size=100, matchmaking_time_s=1.0)
     watched(accounting, 2, 1000.0, 100, 0.0, "a", "b", "greedy")
-    accounting.add_claims(record("greedy", (2, 10_000, 100.0)))
-    [(_, [entry])] = accounting.finalize(2, now=1010.0)
-    assert entry.granted_samples == 0 and "more than the whole swarm" in entry.reason
+    accounting.add_claims(work("a", 2, 48, 16))
+    accounting.add_claims(work("b", 2, 64, 16))
+    accounting.add_claims(work("greedy", 2, 10_000, 16, compute_s=100.0))
+    [(_, entries)] = accounting.finalize(2, now=1010.0)
+    bound = int((100 + 3 * 16) * 1.1)
+    assert {e.peer_id: e.granted_samples for e in entries} == {"a": 48, "b": 64, "greedy": bound - 48 - 64}
+    assert [e.reason for e in entries if e.peer_id != "greedy"] == ["", ""]
 
+
+def test_claims_that_together_exceed_the_bound_are_scaled_in_proportion():
+    accounting = Accounting(run_id="r", credit=CreditConfig(), target_batch_size=100, matchmaking_time_s=1.0)
     watched(accounting, 3, 1010.0, 100, 0.0, "a", "b")
-    accounting.add_claims(record("a", (3, 90, 1.0)))
-    accounting.add_claims(record("b", (3, 90, 1.0)))
-    [(_, entries)] = accounting.finalize(3, now=1020.0)
+    accounting.add_claims(work("a", 3, 90, 18))
+    accounting.add_claims(work("b", 3, 90, 18))
     total = accounting.swarm_total(3)
-    assert total == 110  # target 100, no measured rate, 10% sampling margin
+    assert total == int((100 + 2 * 18) * 1.1)  # no measured rate: the target, two micro-batches, the margin
+    [(_, entries)] = accounting.finalize(3, now=1020.0)
     assert sum(e.granted_samples for e in entries) <= total
-    assert all(e.granted_samples == 55 and e.reason.startswith("scaled by 0.61") for e in entries)
+    assert all(e.granted_samples == 74 and e.reason.startswith("scaled by 0.83") for e in entries)
+
+
+def test_a_claimed_micro_batch_widens_the_bound_only_up_to_the_recipes_largest():
+    accounting = Accounting(run_id="r", credit=CreditConfig(), target_batch_size=128, matchmaking_time_s=2.0,
+                            max_micro_batch_size=64)
+    accounting.add_claims(work("one-big-step", 0, 1_000, 1_000))  # "one micro-batch of 1000"
+    [(_, [entry])] = accounting.finalize(0, now=1000.0)
+    assert entry.granted_samples == int((128 + 64) * 1.1)
+
+
+def test_an_unwatched_epoch_takes_the_rate_of_the_nearest_watched_epochs_however_far():
+    # a fast swarm: the coordinator saw epochs 0 and 8 only; epoch 4 overshot at the swarm's measured rate
+    accounting = Accounting(run_id="r", credit=CreditConfig(), target_batch_size=256, matchmaking_time_s=1.5)
+    watched(accounting, 0, 1000.0, 256, 40.0, "a", "b")
+    watched(accounting, 8, 1010.0, 256, 40.0, "a", "b")
+    accounting.add_claims(work("a", 4, 256, 16))
+    accounting.add_claims(work("b", 4, 144, 16))
+    [(_, entries)] = accounting.finalize(4, now=1030.0)
+    assert [e.granted_samples for e in entries] == [256, 144]
 
 
 def test_the_bound_allows_what_the_swarm_computes_while_peers_notice_the_epoch_ended():
