@@ -8,13 +8,15 @@ Layout of the checkpoint folder:
       latest          the name of the newest version (one line)
 
 A version is written to a hidden temporary folder and renamed into place, so a crash never leaves a
-half-written version under its final name.
+half-written version under its final name. A published version is never deleted or replaced: saving an epoch
+that is already published raises `VersionExistsError` and leaves the folder as it was.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -23,7 +25,10 @@ from pathlib import Path
 import torch
 
 import swarm
+from swarm.errors import SwarmError
 from swarm.recipe import Recipe
+
+_VERSION_NAME = re.compile(r"epoch-(\d{6,})")
 
 
 @dataclass
@@ -81,26 +86,42 @@ def _contributors(info: VersionInfo) -> str:
     return "\n".join(rows)
 
 
+class VersionExistsError(SwarmError):
+    """The epoch is already published: a version is never replaced (its files may be mirrored, hashed, cited)."""
+
+
+def version_name(epoch: int) -> str:
+    return f"epoch-{epoch:06d}"
+
+
 def save_version(folder: Path, model: torch.nn.Module, tokenizer, recipe: Recipe, info: VersionInfo,
                  ledger_dir: Path | None = None) -> Path:
-    """Write one version atomically as `epoch-NNNNNN/` and point `latest` at it; returns its folder.
+    """Write one version atomically as `epoch-NNNNNN/` and point `latest` at it if it is the newest; returns its
+    folder. Raises `VersionExistsError` if that epoch is already published: the existing version is kept as is.
 
     With `ledger_dir`, the version carries a copy of the ledger as it was (in `ledger/`), so wherever the
     version is hosted (the Hub included) the credit it was published with can be verified.
     """
     folder.mkdir(parents=True, exist_ok=True)
-    name = f"epoch-{info.epoch:06d}"
+    name = version_name(info.epoch)
     final, tmp = folder / name, folder / f".tmp-{name}-{os.getpid()}"
+    if final.exists():
+        raise VersionExistsError(f"version {name} is already published in {folder}; it is kept as is")
     shutil.rmtree(tmp, ignore_errors=True)
-    write_model_files(tmp, model, tokenizer, recipe, info)
-    if ledger_dir is not None and Path(ledger_dir).is_dir():
-        shutil.copytree(ledger_dir, tmp / "ledger", ignore=shutil.ignore_patterns("*.lock", ".*"))
-    if final.exists():  # the same epoch saved twice (a restart): the newer write wins
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    latest_tmp = folder / ".latest.tmp"
-    latest_tmp.write_text(name + "\n")
-    os.replace(latest_tmp, folder / "latest")
+    try:
+        write_model_files(tmp, model, tokenizer, recipe, info)
+        if ledger_dir is not None and Path(ledger_dir).is_dir():
+            shutil.copytree(ledger_dir, tmp / "ledger", ignore=shutil.ignore_patterns("*.lock", ".*"))
+        # rename(2) of a folder onto an existing empty folder would replace it: look once more right before
+        if final.exists():
+            raise VersionExistsError(f"version {name} is already published in {folder}; it is kept as is")
+        os.rename(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if latest_version(folder) == final:  # an older epoch published late never moves `latest` back
+        latest_tmp = folder / ".latest.tmp"
+        latest_tmp.write_text(name + "\n")
+        os.replace(latest_tmp, folder / "latest")
     return final
 
 
@@ -114,9 +135,20 @@ def write_model_files(target: Path, model: torch.nn.Module, tokenizer, recipe: R
     (target / "swarm.json").write_text(json.dumps(metadata, indent=2, sort_keys=True))
 
 
-def latest_version(folder: Path) -> Path | None:
-    pointer = folder / "latest"
-    if not pointer.exists():
+def published_epoch(version: Path) -> int | None:
+    """The epoch of a complete version folder (`epoch-NNNNNN/` with its weights and `swarm.json`), else None."""
+    match = _VERSION_NAME.fullmatch(version.name)
+    if match is None or not (version / "swarm.json").is_file() or not any(version.glob("*.safetensors")):
         return None
-    candidate = folder / pointer.read_text().strip()
-    return candidate if candidate.is_dir() else None
+    return int(match.group(1))
+
+
+def latest_version(folder: Path) -> Path | None:
+    """The newest complete version in `folder`, or None. Found from the folders themselves, not the `latest`
+    pointer: a coordinator killed between writing a version and its pointer leaves the pointer one behind."""
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return None
+    versions = [(epoch, path) for path in entries if (epoch := published_epoch(path)) is not None]
+    return max(versions)[1] if versions else None

@@ -4,6 +4,12 @@ Training never depends on it: peers average among themselves. It announces the r
 so volunteers can join with nothing but its address, follows the swarm's progress, publishes model versions
 every `checkpoint.every_epochs` epochs and writes `status.json` (and, at the end, `summary.json`).
 
+Launched again with the same folders, it goes on from the newest published version: it announces it (a volunteer who
+finds nobody training starts from it) and takes its epoch as the swarm's; a run that already reached its limits says
+so and exits. Published versions are never replaced. Stopping the coordinator (Ctrl-C, SIGTERM) ends its watch, not
+the run: its status is "stopped", and "finished" only once the run reached its limits. If its DHT process dies (the
+log says "The coordinator's DHT process ... has exited"), it saves the ledger and exits with code 1: launch it again.
+
 >>> coordinator = Coordinator(load_recipe("recipes/tiny-stdlib.yaml"), CoordinatorSettings(port=31337))
 >>> coordinator.run()   # doctest: +SKIP  (prints the `swarm join` command, returns when the run is over)
 """
@@ -14,11 +20,15 @@ import json
 import logging
 import math
 import os
+import shutil
 import signal
+import socket
 import threading
 import time
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable
 
 import hivemind
 from hivemind.optim.progress_tracker import LocalTrainingProgress
@@ -28,7 +38,7 @@ from hivemind.utils import get_dht_time
 import swarm
 from swarm import records
 from swarm.data import build_data
-from swarm.errors import SwarmError
+from swarm.errors import SwarmError, UsageError
 from swarm.evaluation import validation_loss
 from swarm.identity import Identity
 from swarm.ledger import Ledger, key_fingerprint, load_or_create_signing_key
@@ -38,7 +48,8 @@ from swarm.processes import share_with_forked_processes
 from swarm.recipe import Recipe
 from swarm.tokenizer import build_tokenizer
 from coordinator.accounting import Accounting
-from coordinator.checkpoint import VersionInfo, save_version, write_model_files
+from coordinator.checkpoint import (VersionExistsError, VersionInfo, latest_version, published_epoch, save_version,
+                                   version_name)
 from coordinator.dashboard import DashboardServer
 from coordinator.hub import HubPublisher
 from coordinator.state import StateFetcher
@@ -48,11 +59,28 @@ logger = logging.getLogger("swarm.coordinator")
 ANNOUNCE_PERIOD_S = 20.0
 MONITOR_PERIOD_S = 2.0
 FINAL_STATE_TIMEOUT_S = 90.0
+# every DHT request has a deadline: hivemind's own calls wait forever, and on a DHT process that has died (a SIGTERM
+# to the whole process group, the OOM killer) they never return. A get of the run's keys takes well under a second on
+# a LAN; a dead process is noticed within DHT_POLL_S.
+DHT_CALL_TIMEOUT_S = 20.0
+DHT_POLL_S = 0.5
+# how long to wait for a peer's last claims before the final credit pass: peers publish every 5 s
+LAST_CLAIMS_WAIT_S = 6.0
 # an epoch is granted once peers had time to publish it: 12 s after a later epoch was seen to begin. Not "N epochs
 # later": peers publish every METRICS_PERIOD_S (5 s), and a fast swarm (1 s epochs) finalized epochs before their
 # claims arrived, leaving whole epochs uncredited.
 FINALIZE_LAG_S = 12.0
 MAX_REMEMBERED_PEERS = 16
+PEER_ALIVE_S = 3 * 5.0  # a peer whose metrics are fresher than this is alive (peers publish every 5 s)
+
+# how the coordinator's watch ended
+FINISHED = "finished"  # the run reached its limits (now, or before this launch)
+STOPPED = "stopped"  # Ctrl-C or SIGTERM: volunteers may train on, a restarted coordinator follows them again
+DHT_LOST = "dht-lost"  # the DHT process died under the coordinator: it can no longer follow the swarm
+
+
+class DHTLostError(SwarmError):
+    """The coordinator's DHT process has exited: nothing more can be read from or told to the swarm."""
 
 
 @dataclass
@@ -100,9 +128,14 @@ class Coordinator:
         self.checkpoint_dir = Path(settings.checkpoint_dir) if settings.checkpoint_dir else recipe.checkpoint_dir()
         self.ledger_dir = Path(settings.ledger_dir) if settings.ledger_dir else self.checkpoint_dir.parent / "ledger"
         self.ledger: Ledger | None = None
+        collaboration = recipe.collaboration
+        # the largest micro-batch an honest peer may use: the recipe's, or the most `auto` picks
+        micro_batch = max(collaboration.max_micro_batch_size,
+                          collaboration.micro_batch_size if isinstance(collaboration.micro_batch_size, int) else 0)
         self.accounting = Accounting(run_id=recipe.run.id, credit=recipe.credit,
-                                     target_batch_size=recipe.collaboration.target_batch_size,
-                                     matchmaking_time_s=recipe.collaboration.matchmaking_time_s)
+                                     target_batch_size=collaboration.target_batch_size,
+                                     matchmaking_time_s=collaboration.matchmaking_time_s,
+                                     max_micro_batch_size=min(micro_batch, collaboration.target_batch_size))
         self.epoch_history: list[dict] = []
         self.dashboard: DashboardServer | None = None
         self.hub: HubPublisher | None = None
@@ -112,23 +145,41 @@ class Coordinator:
         self.initial_val_loss: float | None = None
         self.final_val_loss: float | None = None
         self.diverged_at_epoch: int | None = None  # the swarm's state had a non-finite validation loss here
-        self.finished = False
+        self.outcome: str | None = None  # FINISHED, STOPPED or DHT_LOST once the watch is over
+        self.stop_reason = ""
+        self.dht_lost: DHTLostError | None = None
         self._forced = False
+        self._stop_signal: str | None = None
 
     # ---------------------------------------------------------------- lifecycle
     def run(self) -> dict:
+        """Watch the run until it reaches its limits or the coordinator is stopped; returns the summary.
+
+        Raises `SwarmError` if the coordinator's DHT process died under it (after saving what it could)."""
         try:
             self._setup()
             # after _setup: hivemind's averagers set SIGINT to SIG_IGN in this process when they start
             self._install_signal_handlers()
-            self._monitor_until_done()
-            return self._finish()
+            over = self._limit_reached()
+            if over is not None:
+                self._say_already_over(over)
+                summary = self._finish(FINISHED, already_over=True)
+            else:
+                self._print_join_command()
+                summary = self._finish(self._monitor_until_done())
+            if self.outcome == DHT_LOST:
+                raise SwarmError(str(self.dht_lost))
+            return summary
         finally:
             self._close()
 
     def _setup(self) -> None:
         recipe, s = self.recipe, self.settings
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        # everything the user gave is checked before anything is written or started
+        self._check_settings()
+        remembered = self._load_run_state()
+        if s.dashboard_port is not None:  # a port that is taken fails now, not after the data and the DHT are up
+            self._check_dashboard_address()
         self.tokenizer = build_tokenizer(recipe.tokenizer)
         self.data = build_data(recipe.data, self.tokenizer, peer_id=b"coordinator", cache_dir=s.cache_dir)
         self.val_batches = self.data.validation_batches(batch_size=16)
@@ -140,11 +191,13 @@ class Coordinator:
         logger.info(f"Run {recipe.run.id!r}: {count_parameters(self.model) / 1e6:.2f}M-parameter "
                     f"{recipe.model.architecture or recipe.model.pretrained}, data {self.data.identity.description}, "
                     f"initial validation loss {self.initial_val_loss:.4f}")
+        self._resume_from_published_version()
+        self.state_dir.mkdir(parents=True, exist_ok=True)
         self.identity = Identity.load_or_create(self.state_dir / "identity", name="coordinator", team="")
-        remembered = self._load_run_state()
         self.dht = create_dht(list(s.initial_peers) + remembered, host=s.host, port=s.port, identity=self.identity,
                               record_validators=records.schema_validators(recipe.run.id), announce_host=s.announce_host,
                               require_bootstrap=bool(s.initial_peers) and not remembered)
+        self.peer_id = self.dht.peer_id.to_base58()  # asked once: hivemind caches it, and a dead DHT cannot answer
         self._join_existing_run()
         self.fetcher = StateFetcher(self.dht, recipe.run.id)
         # only now: hivemind forks its DHT and averager processes, which would inherit the ledger's locked file
@@ -156,13 +209,101 @@ class Coordinator:
         self._announce()
         self._save_run_state()
         self._update_snapshot()
-        if s.dashboard_port is not None:
+        if s.dashboard_port is not None:  # after hivemind forked its processes: they must not inherit the socket
+            self._start_dashboard()
+
+    def _check_settings(self) -> None:
+        """Ports in range and every path usable, each problem named with its flag and the fix (exit code 2)."""
+        s = self.settings
+        if not 0 <= s.port <= 65535:
+            raise UsageError(f"--port {s.port} is not a TCP port: use 1-65535, or 0 for any free port")
+        if s.dashboard_port is not None and not 0 <= s.dashboard_port <= 65535:
+            raise UsageError(f"--dashboard-port {s.dashboard_port} is not a TCP port: use 1-65535, 0 for any free "
+                             "port, or -1 for no dashboard")
+        _check_folder(self.state_dir, "--state-dir" if s.state_dir else f"the state folder {self.state_dir} "
+                                      "(--state-dir)")
+        _check_folder(self.checkpoint_dir, "--checkpoint-dir" if s.checkpoint_dir else
+                      f"the checkpoint folder {self.checkpoint_dir} (checkpoint.dir in the recipe, or "
+                      "--checkpoint-dir)")
+        _check_folder(self.ledger_dir, "--ledger-dir" if s.ledger_dir else
+                      f"the ledger folder {self.ledger_dir} (next to the checkpoints, or --ledger-dir)")
+        if s.final_model_dir:
+            _check_folder(Path(s.final_model_dir), "--final-model-dir")
+        if s.summary_file:
+            summary = Path(s.summary_file)
+            if summary.is_dir():
+                raise UsageError(f"--summary-file {summary} is a folder: give the path of a file (it is written at "
+                                 "the end of the run)")
+            _check_folder(summary.parent, f"the folder of --summary-file {summary}")
+
+    def _check_dashboard_address(self) -> None:
+        """Bind the dashboard's address once and let it go, as the server will bind it (SO_REUSEADDR included)."""
+        s = self.settings
+        try:
+            family = socket.AF_INET6 if ":" in s.dashboard_host else socket.AF_INET
+            with socket.socket(family, socket.SOCK_STREAM) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind((s.dashboard_host, s.dashboard_port))
+        except OSError as error:
+            raise _dashboard_error(s.dashboard_host, s.dashboard_port, error) from None
+
+    def _start_dashboard(self) -> None:
+        s = self.settings
+        try:
             self.dashboard = DashboardServer(self.snapshot, host=s.dashboard_host, port=s.dashboard_port).start()
-        self._print_join_command()
+        except OSError as error:  # taken since the check in _setup
+            raise _dashboard_error(s.dashboard_host, s.dashboard_port, error.__cause__ or error) from None
+
+    def _resume_from_published_version(self) -> None:
+        """A run that already published versions goes on from the newest: announced as the latest version (so a
+        volunteer who finds nobody training starts from it), its epoch the swarm's, its weights this model's."""
+        newest = latest_version(self.checkpoint_dir)
+        if newest is None:
+            return
+        epoch = published_epoch(newest)
+        try:
+            import transformers
+
+            loaded = transformers.AutoModelForCausalLM.from_pretrained(newest)
+            self.model.load_state_dict(loaded.state_dict())
+            metadata = json.loads((newest / "swarm.json").read_text(encoding="utf-8"))
+        except Exception as error:  # a version of another model (the recipe changed), or damaged files
+            problem = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+            raise UsageError(f"the newest published version {newest} does not load into this recipe's model "
+                             f"({problem[:300]}): launch the run with the recipe it was published with, or give this "
+                             "recipe its own run.id or checkpoint folder (--checkpoint-dir)") from None
+        val_loss = metadata.get("val_loss") if isinstance(metadata, dict) else None
+        self.last_checkpoint_epoch = epoch
+        self.view.epoch = max(self.view.epoch, epoch)
+        self.final_val_loss = val_loss if isinstance(val_loss, (int, float)) else None
+        pointer = self.checkpoint_dir / "latest"
+        try:
+            stale = pointer.read_text(encoding="utf-8").strip() != newest.name
+        except (OSError, UnicodeDecodeError):
+            stale = True
+        if stale:  # the coordinator was killed between writing the version and its pointer
+            tmp = self.checkpoint_dir / ".latest.tmp"
+            tmp.write_text(newest.name + "\n")
+            os.replace(tmp, pointer)
+        logger.info(f"Resuming from the newest published version, epoch {epoch} ({newest}): volunteers who find "
+                    "nobody training start from it")
+
+    def _say_already_over(self, reason: str) -> None:
+        self.stop_reason = f"{reason}, reached before this launch"
+        version = (f"its newest version is epoch {self.last_checkpoint_epoch} in {self.checkpoint_dir}"
+                   if self.last_checkpoint_epoch >= 0 else "it published no version")
+        logger.info(f"Run {self.recipe.run.id!r} already reached {reason} before this launch ({version}): nothing "
+                    "more to train. To train on, raise the limit in the recipe and launch it again.")
 
     def _join_existing_run(self) -> None:
         """A second coordinator of a running run: same recipe required, and the run's clock is the first one's."""
-        existing = records.read_announcements(self.dht.get(records.RUNS_KEY, latest=True)).get(self.recipe.run.id)
+        found = self._dht_call("the run announcements", lambda: self.dht.get(records.RUNS_KEY, latest=True,
+                                                                             return_future=True))
+        own = records.announcement_subkey(self.recipe.run.id, self.peer_id)
+        if found is not None and isinstance(found.value, dict):
+            # this coordinator's own announcement from before a restart (peers keep it) is not another coordinator
+            found = types.SimpleNamespace(value={key: item for key, item in found.value.items() if key != own})
+        existing = records.read_announcements(found).get(self.recipe.run.id)
         if existing is None:
             return
         if existing.recipe_fingerprint != self.recipe.fingerprint:
@@ -180,21 +321,36 @@ class Coordinator:
         logger.info(f"Ledger at {self.ledger_dir}: {self.ledger.tree_size} entries"
                     + (f", credited up to epoch {last}" if last is not None else "")
                     + f" (key {key_fingerprint(key.public_key())[:16]})")
+        if last is not None and 0 <= self.last_checkpoint_epoch < last:
+            logger.info(f"The ledger credits epochs up to {last}, past the newest version (epoch "
+                        f"{self.last_checkpoint_epoch}): if nobody is training now, volunteers start from that "
+                        f"version, and their work in epochs {self.last_checkpoint_epoch}-{last} was credited already")
 
     def _load_run_state(self) -> list[str]:
         """After a restart: keep the run's start time, and re-join through the peers seen last time."""
         path = self.state_dir / "run.json"
         if not path.exists():
             return []
+        fix = ("restore it from a backup, or delete it to start the run's clock anew (the identity, ledger and "
+               "published versions stay as they are)")
         try:
-            state = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            return []
+            state = json.loads(path.read_bytes().decode("utf-8"))
+        except OSError as error:
+            raise UsageError(f"cannot read {path} ({error.strerror}): {fix}") from None
+        except (UnicodeDecodeError, ValueError) as error:
+            raise UsageError(f"{path} is not the run state this coordinator writes (not UTF-8 JSON: {error}): "
+                             f"{fix}") from None
+        started_at = state.get("started_at") if isinstance(state, dict) else None
+        addresses = state.get("peer_addresses", []) if isinstance(state, dict) else None
+        if (not isinstance(started_at, (int, float)) or isinstance(started_at, bool) or not math.isfinite(started_at)
+                or not isinstance(addresses, list) or not all(isinstance(a, str) for a in addresses)):
+            raise UsageError(f"{path} is not the run state this coordinator writes (expected an object with a "
+                             f"started_at time and a peer_addresses list): {fix}")
         if state.get("fingerprint") != self.recipe.fingerprint:
             logger.warning(f"{path} belongs to another version of the recipe; starting the run clock anew")
             return []
-        self.started_at = float(state.get("started_at", self.started_at))
-        addresses = [a for a in state.get("peer_addresses", []) if "/p2p/" in a][:MAX_REMEMBERED_PEERS]
+        self.started_at = float(started_at)
+        addresses = [a for a in addresses if "/p2p/" in a][:MAX_REMEMBERED_PEERS]
         logger.info(f"Resuming run {self.recipe.run.id!r} started {time.time() - self.started_at:.0f} s ago; "
                     f"re-joining through {len(addresses)} remembered peer address(es)")
         return addresses
@@ -225,46 +381,93 @@ class Coordinator:
         if self.last_checkpoint_epoch < 0:
             return None
         if self.hub is not None:
-            return f"{self.recipe.checkpoint.hub_repo_id}@epoch-{self.last_checkpoint_epoch:06d}"
-        return str((self.checkpoint_dir / f"epoch-{self.last_checkpoint_epoch:06d}").resolve())
+            return f"{self.recipe.checkpoint.hub_repo_id}@{version_name(self.last_checkpoint_epoch)}"
+        return str((self.checkpoint_dir / version_name(self.last_checkpoint_epoch)).resolve())
 
     def _announce(self, status: str = "running", final_epoch: int | None = None) -> None:
-        self._announced_ledger_epoch = self.accounting.committed_epoch
         announcement = records.RunAnnouncement(
             run_id=self.recipe.run.id, recipe_json=self.recipe.to_json(), recipe_fingerprint=self.recipe.fingerprint,
             data_digest=self.data.identity.digest, data_description=self.data.identity.description,
-            swarm_version=swarm.__version__, coordinator_peer_id=self.dht.peer_id.to_base58(),
+            swarm_version=swarm.__version__, coordinator_peer_id=self.peer_id,
             started_at=self.started_at, status=status, final_epoch=final_epoch,
             ledger_epoch=self.accounting.committed_epoch, latest_version=self._latest_version_ref(),
             latest_version_epoch=self.last_checkpoint_epoch if self.last_checkpoint_epoch >= 0 else None)
-        self.dht.store(records.RUNS_KEY, subkey=records.announcement_subkey(self.recipe.run.id, self.dht.peer_id.to_base58()),
-                       value=announcement.to_bytes(),
-                       expiration_time=get_dht_time() + records.ANNOUNCEMENT_TTL_S)
+        subkey = records.announcement_subkey(self.recipe.run.id, self.peer_id)
+        self._dht_call("the run announcement", lambda: self.dht.store(
+            records.RUNS_KEY, subkey=subkey, value=announcement.to_bytes(),
+            expiration_time=get_dht_time() + records.ANNOUNCEMENT_TTL_S, return_future=True))
+        self._announced_ledger_epoch = self.accounting.committed_epoch
         self._last_announce = time.monotonic()
 
+    # ---------------------------------------------------------------- the DHT, with deadlines
+    def _dht_call(self, what: str, request: Callable[[], Any], timeout_s: float = DHT_CALL_TIMEOUT_S) -> Any:
+        """Send one DHT request (`request` returns hivemind's future) and wait at most `timeout_s` for its answer.
+
+        Returns None if the DHT did not answer in time or failed (logged in one line); raises DHTLostError as soon
+        as the DHT process is gone, rather than waiting forever as hivemind's blocking calls do."""
+        self._check_dht()
+        future = request()
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                return future.result(timeout=max(0.0, min(DHT_POLL_S, deadline - time.monotonic())))
+            except TimeoutError:
+                pass
+            except Exception as error:
+                logger.warning(f"The DHT failed to answer {what}: {error!r}")
+                return None
+            self._check_dht()
+            if time.monotonic() >= deadline:
+                future.cancel()
+                logger.warning(f"The DHT did not answer {what} within {timeout_s:.0f} s; going on without it")
+                return None
+
+    def _check_dht(self) -> None:
+        if self.dht_lost is not None:
+            raise self.dht_lost
+        if self.dht is not None and not self.dht.is_alive():
+            how = _exit_description(self.dht.exitcode)
+            self.dht_lost = DHTLostError(
+                f"The coordinator's DHT process (pid {self.dht.pid}) has exited ({how}), so it can no longer follow "
+                "the swarm. Training goes on without it: restart `swarm launch` with the same --state-dir to follow "
+                "the run again; it credits the epochs it missed.")
+            raise self.dht_lost
+
     # ---------------------------------------------------------------- monitoring
-    def _monitor_until_done(self) -> None:
+    def _monitor_until_done(self) -> str:
+        """Follow the swarm until a limit is reached (FINISHED), a signal arrives (STOPPED) or the DHT dies."""
         last_logged_epoch = -1
-        while not self.stop_event.is_set():
-            if time.monotonic() - self._last_announce > ANNOUNCE_PERIOD_S:
-                self._announce()
-            self._refresh_view()
-            if self.view.epoch != last_logged_epoch:
-                last_logged_epoch = self.view.epoch
-                self._log_progress()
-                self._save_run_state()
-            self._credit(self._finalizable_epoch())
-            self._update_snapshot()
-            if self._checkpoint_due():
-                self._publish_checkpoint()
-            if self._limit_reached():
-                logger.info(f"Run limit reached: {self._limit_reached()}")
-                return
-            self._write_status()
-            self.stop_event.wait(MONITOR_PERIOD_S)
+        try:
+            while not self.stop_event.is_set():
+                if time.monotonic() - self._last_announce > ANNOUNCE_PERIOD_S:
+                    self._announce()
+                self._refresh_view()
+                if self.view.epoch != last_logged_epoch:
+                    last_logged_epoch = self.view.epoch
+                    self._log_progress()
+                    self._save_run_state()
+                self._credit(self._finalizable_epoch())
+                self._update_snapshot()
+                reached = self._limit_reached()
+                if reached is not None:  # before a due checkpoint: the final version is published once, by _finish
+                    logger.info(f"Run limit reached: {reached}")
+                    self.stop_reason = reached
+                    return FINISHED
+                if self._checkpoint_due():
+                    self._publish_checkpoint()
+                self._write_status()
+                self.stop_event.wait(MONITOR_PERIOD_S)
+        except DHTLostError:
+            # a SIGTERM to the whole process group (systemd, `kill -- -PGID`) reaches this process's handler too
+            if self.stop_event.wait(1.0):
+                return STOPPED
+            return DHT_LOST
+        return STOPPED
 
     def _refresh_view(self) -> None:
-        progress = self.dht.get(f"{self.recipe.run.id}_progress", latest=True)
+        run_id = self.recipe.run.id
+        progress = self._dht_call("the training progress", lambda: self.dht.get(f"{run_id}_progress", latest=True,
+                                                                                 return_future=True))
         now = get_dht_time()
         alive, epochs, samples, rate = 0, [0], 0, 0.0
         if progress is not None and isinstance(progress.value, dict):
@@ -292,20 +495,27 @@ class Coordinator:
         self.view.alive_peers, self.view.samples_accumulated, self.view.samples_per_second = alive, samples, rate
         if alive:
             self.accounting.observe_epoch(self.view.epoch, samples, rate)
-        metrics = records.parse_metrics(self.dht.get(records.metrics_key(self.recipe.run.id), latest=True))
+        metrics = records.parse_metrics(self._dht_call("the peers' metrics", lambda: self.dht.get(
+            records.metrics_key(run_id), latest=True, return_future=True)))
         for peer_id, row in metrics.items():
             known = self.view.peers.get(peer_id)
             if known is None or row.time >= known.time:
                 self.view.peers[peer_id] = row
-            if now - row.time < 3 * 5.0:
+            if now - row.time < PEER_ALIVE_S:
                 self.accounting.observe_peer(peer_id)
-        for record in records.parse_contributions(self.dht.get(records.contributions_key(self.recipe.run.id),
-                                                               latest=True)):
+        contributions = self._dht_call("the peers' claims", lambda: self.dht.get(
+            records.contributions_key(run_id), latest=True, return_future=True))
+        for record in records.parse_contributions(contributions):
             self.accounting.add_claims(record)
         if self.view.epoch != previous_epoch or not self.epoch_history:
             self.epoch_history.append(dict(epoch=self.view.epoch, time=time.time(), samples_per_second=rate,
                                            alive_peers=alive, mean_loss=self.view.mean_loss, val_loss=None))
             del self.epoch_history[:-2000]
+
+    def _peers_alive(self) -> bool:
+        """Whether any peer reported recently (training progress, or metrics while it serves its final state)."""
+        now = get_dht_time()
+        return self.view.alive_peers > 0 or any(now - row.time < PEER_ALIVE_S for row in self.view.peers.values())
 
     def _finalizable_epoch(self) -> int:
         """The newest epoch whose claims have had time to arrive: every epoch before one that began FINALIZE_LAG_S ago.
@@ -317,14 +527,14 @@ class Coordinator:
         settled = [epoch for epoch, window in self.accounting.windows.items() if now - window.first_seen >= FINALIZE_LAG_S]
         return min(max(settled, default=0) - 1, self.view.epoch - 1)
 
-    def _credit(self, up_to_epoch: int) -> None:
+    def _credit(self, up_to_epoch: int, announce: bool = True) -> None:
         """Grant and commit every epoch up to `up_to_epoch` into the ledger, then tell peers how far it goes."""
         for epoch, entries in self.accounting.finalize(up_to_epoch):
             checkpoint = self.ledger.commit_epoch(entries)
             granted = sum(entry.granted_samples for entry in entries)
             logger.debug(f"Credited epoch {epoch}: {granted} samples to {len(entries)} peer(s); "
                          f"ledger root {checkpoint.root_hash[:12]} over {checkpoint.tree_size} entries")
-        if self.accounting.committed_epoch != self._announced_ledger_epoch:
+        if announce and self.accounting.committed_epoch != self._announced_ledger_epoch:
             self._announce()
 
     def _log_progress(self) -> None:
@@ -350,10 +560,18 @@ class Coordinator:
 
     # ---------------------------------------------------------------- checkpoints
     def _publish_checkpoint(self, timeout_s: float = 60.0) -> Path | None:
+        """Fetch the swarm's state and publish it as a version; returns its folder (an existing one if that epoch
+        was published already: a version is never replaced), or None if no good state arrived."""
+        if not self.fetcher.is_alive():
+            logger.warning("The state-downloader process has exited: no version can be fetched from the peers")
+            return None
         epoch = self.fetcher.fetch_into(self.model, timeout_s=timeout_s)
         if epoch is None:
             logger.warning("No peer sent its state for the checkpoint; trying again shortly")
             return None
+        existing = self.checkpoint_dir / version_name(epoch)
+        if existing.exists():  # a restarted coordinator, or the final fetch of an epoch just published
+            return self._kept_version(existing, epoch)
         val_loss = validation_loss(self.model, self.val_batches)
         if val_loss is not None and not math.isfinite(val_loss):
             # a diverged model is not a version: keep the last good one as the latest, and say so loudly
@@ -364,17 +582,29 @@ class Coordinator:
             return None
         self.diverged_at_epoch = None
         info = self._version_info(epoch, val_loss)
-        path = save_version(self.checkpoint_dir, self.model, self.tokenizer, self.recipe, info, ledger_dir=self.ledger_dir)
+        try:
+            path = save_version(self.checkpoint_dir, self.model, self.tokenizer, self.recipe, info,
+                                ledger_dir=self.ledger_dir)
+        except VersionExistsError:
+            return self._kept_version(existing, epoch)
         if self.hub is not None:
             self.hub.publish_async(path, epoch)  # uploads in the background; failures are logged and retried
-        self.last_checkpoint_epoch = epoch
+        self.last_checkpoint_epoch = max(self.last_checkpoint_epoch, epoch)
         self.final_val_loss = val_loss
         for row in reversed(self.epoch_history):
             if row["epoch"] <= epoch:
                 row["val_loss"] = val_loss
                 break
-        logger.info(f"Published version epoch {epoch} (validation loss {val_loss:.4f}) to {path}")
+        loss = "n/a" if val_loss is None else f"{val_loss:.4f}"
+        logger.info(f"Published version epoch {epoch} (validation loss {loss}) to {path}")
         self._announce()
+        return path
+
+    def _kept_version(self, path: Path, epoch: int) -> Path:
+        logger.info(f"Version epoch {epoch} is already published ({path}); keeping it as it is")
+        if epoch > self.last_checkpoint_epoch:
+            self.last_checkpoint_epoch = epoch
+            self._announce()
         return path
 
     def _version_info(self, epoch: int, val_loss: float | None) -> VersionInfo:
@@ -391,40 +621,84 @@ class Coordinator:
         return sum(row.samples_total for row in self.view.peers.values())
 
     # ---------------------------------------------------------------- the end
-    def _finish(self) -> dict:
-        """Final version from the peers (they wait for it), the summary, then tell peers the run is over."""
-        deadline = time.monotonic() + FINAL_STATE_TIMEOUT_S
+    def _finish(self, outcome: str, already_over: bool = False) -> dict:
+        """Settle the credit, publish the final version from the peers (they wait for it), then tell peers how the
+        run ended and write the summary. Every DHT step is bounded; with the DHT gone, only the local steps run."""
+        self.outcome = outcome
+        if outcome == STOPPED:
+            self.stop_reason = f"stopped by {self._stop_signal or 'a signal'}"
+        elif outcome == DHT_LOST:
+            self.stop_reason = "the DHT process exited"
+        try:
+            self._check_dht()
+            if outcome == FINISHED and not already_over and self._peers_alive() and not self._forced:
+                time.sleep(LAST_CLAIMS_WAIT_S)  # peers publish every 5 s: let their last closed epochs arrive
+            self._refresh_view()
+        except DHTLostError:
+            if outcome != DHT_LOST:  # else the error that ends the process says it
+                logger.warning(f"{self.dht_lost} Saving the ledger and status without it.")
+        # credit first, so that the final version's model card and ledger copy carry it. A run that goes on
+        # (stopped coordinator) is credited only as far as claims had time to arrive; a restart credits the rest.
+        self._credit(self.view.epoch + 1 if outcome == FINISHED else self._finalizable_epoch(), announce=False)
         path = None
-        while path is None and time.monotonic() < deadline and not self._forced:
-            path = self._publish_checkpoint(timeout_s=max(5.0, deadline - time.monotonic()))
-            if path is None and self.diverged_at_epoch is not None:
-                break  # the peers' final state is not finite: nothing to wait for
-            if path is None:
-                time.sleep(3.0)  # peers may still be finishing their last epoch
-                self._refresh_view()
-        if path is None:
-            logger.warning("Could not fetch the final state from any peer; the last published version stands")
-        elif self.settings.final_model_dir:
-            write_model_files(Path(self.settings.final_model_dir), self.model, self.tokenizer, self.recipe,
-                              self._version_info(self.last_checkpoint_epoch, self.final_val_loss))
-        time.sleep(6.0)  # peers publish every 5 s: let their last closed epochs arrive
-        self._refresh_view()
-        self._credit(self.view.epoch + 1)
-        self._announce(status="finished", final_epoch=self.last_checkpoint_epoch)
-        self.finished = True
+        try:
+            if self.dht_lost is None and not self._forced:
+                path = self._final_version()
+            if self.dht_lost is None:
+                self._announce(status="finished" if outcome == FINISHED else "stopped",
+                               final_epoch=self.last_checkpoint_epoch if outcome == FINISHED else None)
+        except DHTLostError:
+            logger.warning(f"{self.dht_lost} The final version and announcement are skipped.")
+        if path is not None and self.settings.final_model_dir:
+            _copy_version_files(path, Path(self.settings.final_model_dir))
         self._update_snapshot()
         summary = self.summary()
-        if self.settings.summary_file:
-            _write_json(Path(self.settings.summary_file), summary)
+        summary_file = Path(self.settings.summary_file) if self.settings.summary_file else None
+        if summary_file is not None and not (already_over and summary_file.exists()):  # keep the run's own summary
+            _write_json(summary_file, summary)
         self._write_status()
-        logger.info(f"Run over: {summary['epochs']} epochs, {summary['samples_total']} samples, validation loss "
-                    f"{summary['initial_val_loss']:.4f} -> {summary['final_val_loss'] or float('nan'):.4f}")
+        final_loss = summary["final_val_loss"]
+        losses = (f"validation loss {summary['initial_val_loss']:.4f} -> "
+                  f"{'n/a' if final_loss is None else f'{final_loss:.4f}'}")
+        if outcome == FINISHED:
+            logger.info(f"Run over ({self.stop_reason}): {summary['epochs']} epochs, {summary['samples_total']} "
+                        f"samples seen by this coordinator, {losses}")
+        elif outcome == STOPPED:
+            logger.info(f"Coordinator stopped ({self.stop_reason}) at swarm epoch {self.view.epoch}; the run is not "
+                        f"over: volunteers train on without it. Restart `swarm launch` with the same --state-dir to "
+                        f"follow it again (no credit is lost meanwhile). {losses}")
         return summary
+
+    def _final_version(self) -> Path | None:
+        """The peers' final state as a version (an existing version if that epoch is published already)."""
+        newest = (f"the newest published version (epoch {self.last_checkpoint_epoch}) stands"
+                  if self.last_checkpoint_epoch >= 0 else "no version was published")
+        if not self._peers_alive():
+            logger.info(f"No peer is alive to send its state: {newest}")
+            return None
+        deadline = time.monotonic() + FINAL_STATE_TIMEOUT_S
+        while not self._forced:
+            path = self._publish_checkpoint(timeout_s=max(5.0, min(30.0, deadline - time.monotonic())))
+            if path is not None:
+                return path
+            if self.diverged_at_epoch is not None:
+                return None  # the peers' final state is not finite: nothing to wait for
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(3.0)  # peers may still be finishing their last epoch
+            self._refresh_view()
+            if not self._peers_alive():
+                logger.info(f"No peer is alive anymore to send its state: {newest}")
+                return None
+        logger.warning(f"Could not fetch the final state from any peer: {newest}")
+        return None
 
     def summary(self) -> dict:
         peers = self.view.peers.values()
         return dict(
             run_id=self.recipe.run.id,
+            status=self._status(),
+            stop_reason=self.stop_reason,
             peers=len(self.view.peers),
             epochs=max(self.view.epoch, self.last_checkpoint_epoch, 0),
             samples_total=self.samples_total(),
@@ -457,7 +731,7 @@ class Coordinator:
         checkpoint = self.ledger.latest_checkpoint
         snapshot = dict(
             status=dict(run_id=self.recipe.run.id, description=self.recipe.run.description,
-                        status="finished" if self.finished else "running", epoch=self.view.epoch,
+                        status=self._status(), stop_reason=self.stop_reason, epoch=self.view.epoch,
                         alive_peers=self.view.alive_peers, samples_per_second=self.view.samples_per_second,
                         samples_total=self.samples_total(), mean_training_loss=self.view.mean_loss,
                         last_val_loss=self.final_val_loss if self.final_val_loss is not None else self.initial_val_loss,
@@ -482,8 +756,12 @@ class Coordinator:
         with self._snapshot_lock:
             self._snapshot = snapshot
 
+    def _status(self) -> str:
+        """"running"; "finished" once the run reached its limits; "stopped" when the coordinator stopped first."""
+        return "running" if self.outcome is None else "finished" if self.outcome == FINISHED else "stopped"
+
     def _write_status(self) -> None:
-        status = dict(run_id=self.recipe.run.id, status="finished" if self.finished else "running",
+        status = dict(run_id=self.recipe.run.id, status=self._status(), stop_reason=self.stop_reason,
                       epoch=self.view.epoch, alive_peers=self.view.alive_peers,
                       samples_per_second=self.view.samples_per_second, samples_total=self.samples_total(),
                       mean_training_loss=self.view.mean_loss, last_checkpoint_epoch=self.last_checkpoint_epoch,
@@ -498,7 +776,9 @@ class Coordinator:
             if self.stop_event.is_set():
                 self._forced = True
                 raise KeyboardInterrupt
-            logger.info("Stopping: saving a final version first (press Ctrl-C again to skip it)")
+            self._stop_signal = signal.Signals(signum).name
+            logger.info(f"Stopping ({self._stop_signal}): saving a final version first if a peer is alive (press "
+                        "Ctrl-C again to skip it)")
             self.stop_event.set()
 
         signal.signal(signal.SIGINT, handle)
@@ -513,7 +793,7 @@ class Coordinator:
             self.ledger.close()
         if self.fetcher is not None:
             self.fetcher.shutdown()
-        if self.dht is not None:
+        if self.dht is not None and self.dht.is_alive():
             self.dht.shutdown()
 
 
@@ -522,3 +802,40 @@ def _write_json(path: Path, data: dict) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
     os.replace(tmp, path)
+
+
+def _check_folder(path: Path, what: str) -> None:
+    """A folder the coordinator writes to must be one (or creatable): checked before anything is written."""
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{what} {path} is a file, not a folder: give a folder (it is created if missing)")
+    parent = path
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UsageError(f"{what} {path} cannot be created: {parent} is a file, not a folder; give another path")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"{what} {path}: {parent} is not writable by this user; give a folder it can write to")
+
+
+def _dashboard_error(host: str, port: int, error: OSError) -> UsageError:
+    return UsageError(f"the dashboard cannot listen on {host}:{port} ({error.strerror or error}): choose another "
+                      "--dashboard-port, 0 for any free one, or -1 for no dashboard")
+
+
+def _copy_version_files(version: Path, target: Path) -> None:
+    """The files of a published version (model, config, tokenizer, card; not its ledger copy) into `target`."""
+    target.mkdir(parents=True, exist_ok=True)
+    for item in version.iterdir():
+        if item.is_file():
+            shutil.copy2(item, target / item.name)
+
+
+def _exit_description(exitcode: int | None) -> str:
+    if exitcode is None:
+        return "exit status unknown"
+    if exitcode < 0:
+        try:
+            return f"killed by {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"killed by signal {-exitcode}"
+    return f"exit code {exitcode}"

@@ -49,7 +49,7 @@ class HubPublisher:
     The repo is created on the first publish if it does not exist (private if `private=True`). Each commit
     makes the repo root equal to the version folder: files the version lacks are deleted in the same commit
     (`.gitattributes` stays), so `main` never mixes two versions. Publishing an epoch again moves its tag to
-    the new commit, as `save_version` overwrites the local folder.
+    the new commit (the coordinator never does: a published version is kept as it is).
 
         publisher = HubPublisher("my-org/tiny-stdlib")          # token from HF_TOKEN, endpoint from HF_ENDPOINT
         future = publisher.publish_async(Path("runs/tiny/checkpoints/epoch-000050"), epoch=50)

@@ -8,6 +8,7 @@ the run's state-averager prefix: it downloads state but never shares state or jo
 from __future__ import annotations
 
 import logging
+import time
 
 import torch
 from hivemind.averaging import DecentralizedAverager
@@ -16,6 +17,24 @@ from hivemind.optim.state_averager import TrainingStateAverager
 from swarm.optim import parameter_order
 
 logger = logging.getLogger("swarm.coordinator")
+
+POLL_S = 0.5  # how often a wait for a download looks whether the downloader process is still alive
+
+
+class _OneLineDownloadFailures(logging.Filter):
+    """hivemind logs each failed download (a departed peer still listed for a minute) with a full traceback, 3 s
+    apart while the coordinator retries: one line each is enough, unless hivemind's debug logs are on."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and str(record.msg).startswith("Failed to download state from"):
+            if not logging.getLogger("hivemind").isEnabledFor(logging.DEBUG):
+                record.msg, record.args = " ".join(record.getMessage().split()), ()
+                record.exc_info, record.exc_text = None, None
+                record.levelno, record.levelname = logging.WARNING, logging.getLevelName(logging.WARNING)
+        return True
+
+
+_DOWNLOAD_LOGGER = "hivemind.averaging.averager"
 
 
 class _StateDownloader(DecentralizedAverager):
@@ -34,6 +53,11 @@ class StateFetcher:
     """
 
     def __init__(self, dht, run_id: str):
+        # before the averager's process forks: it inherits the filter
+        download_logger = logging.getLogger(_DOWNLOAD_LOGGER)
+        if not any(isinstance(f, _OneLineDownloadFailures) for f in download_logger.filters):
+            download_logger.addFilter(_OneLineDownloadFailures())
+        self.dht = dht
         self.averager = _StateDownloader(
             averaged_tensors=[torch.zeros(1)],
             dht=dht,
@@ -45,11 +69,21 @@ class StateFetcher:
 
     def fetch_into(self, model: torch.nn.Module, timeout_s: float) -> int | None:
         """Copy the newest swarm parameters into `model`; returns their epoch, or None if no peer answered."""
-        try:
-            loaded = self.averager.load_state_from_peers(wait=True, timeout=timeout_s)
-        except Exception as error:  # a peer leaving mid-download: report and let the caller retry later
-            logger.warning(f"Downloading the state from peers failed: {error!r}")
+        if not self.is_alive():
             return None
+        future = self.averager.load_state_from_peers(wait=False, timeout=timeout_s)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                loaded = future.result(timeout=max(0.0, min(POLL_S, deadline - time.monotonic())))
+                break
+            except TimeoutError:  # the download goes through the DHT too: a dead one would keep it waiting
+                if not self.is_alive() or not self.dht.is_alive() or time.monotonic() >= deadline:
+                    future.cancel()
+                    return None
+            except Exception as error:  # a peer leaving mid-download: report and let the caller retry later
+                logger.warning(f"Downloading the state from peers failed: {error!r}")
+                return None
         if loaded is None:
             return None
         metadata, tensors = loaded
@@ -67,5 +101,10 @@ class StateFetcher:
                 params[name].copy_(tensor.to(params[name].dtype))
         return metadata["epoch"]
 
+    def is_alive(self) -> bool:
+        """Whether the downloader's process runs (it dies with the coordinator's process group)."""
+        return self.averager.is_alive()
+
     def shutdown(self) -> None:
-        self.averager.shutdown()
+        if self.averager.is_alive():  # hivemind logs a traceback-like error for a process already gone
+            self.averager.shutdown()

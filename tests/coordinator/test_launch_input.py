@@ -1,0 +1,87 @@
+"""`swarm launch` with bad paths or ports: exit code 2, one message naming the flag or file and the fix, no traceback,
+and the files already there left exactly as they were."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+from coordinator_process import RunFolder, launch, tree_digest, write_recipe
+
+
+def _launch_and_expect_usage_error(run: RunFolder, recipe, *extra: str, dashboard_port: int | None = None) -> str:
+    before = tree_digest(run.root.parent)
+    coordinator = launch(run, recipe, *extra, dashboard_port=dashboard_port)
+    try:
+        code = coordinator.wait(timeout_s=120)
+    finally:
+        coordinator.stop()
+    output = coordinator.output
+    assert code == 2, output[-3000:]
+    assert "Traceback" not in output, output[-3000:]
+    errors = [line for line in output.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, output[-3000:]
+    after = tree_digest(run.root.parent)
+    assert {name: digest for name, digest in after.items() if "/logs/" not in name} == {
+        name: digest for name, digest in before.items() if "/logs/" not in name}
+    return errors[0]
+
+
+@pytest.mark.parametrize("flag", ["state", "checkpoints", "ledger"])
+def test_a_folder_flag_given_a_file_is_refused_with_its_name(tmp_path, flag):
+    run = RunFolder(tmp_path / "run")
+    recipe = write_recipe(tmp_path / "recipe.yaml", "bad-folder")
+    path = getattr(run, flag)
+    path.write_text("an organiser's notes, not a folder\n")
+    error = _launch_and_expect_usage_error(run, recipe)
+    name = {"state": "--state-dir", "checkpoints": "--checkpoint-dir", "ledger": "--ledger-dir"}[flag]
+    assert error == f"error: {name} {path} is a file, not a folder: give a folder (it is created if missing)"
+
+
+def test_a_folder_below_a_file_is_refused_with_the_file_named(tmp_path):
+    run = RunFolder(tmp_path / "run")
+    recipe = write_recipe(tmp_path / "recipe.yaml", "bad-parent")
+    (tmp_path / "notes").write_text("a file\n")
+    error = _launch_and_expect_usage_error(run, recipe, "--final-model-dir", str(tmp_path / "notes" / "final"))
+    assert error == (f"error: --final-model-dir {tmp_path / 'notes' / 'final'} cannot be created: {tmp_path / 'notes'} "
+                     "is a file, not a folder; give another path")
+
+
+@pytest.mark.parametrize("content, problem", [
+    (b"\xff\xfe\x00{not utf-8", "not UTF-8 JSON"),
+    (b"[1]", "expected an object with a started_at time and a peer_addresses list"),
+    (b'{"started_at": "yesterday", "peer_addresses": []}', "expected an object with a started_at time"),
+])
+def test_a_run_state_file_the_coordinator_did_not_write_is_refused_and_kept(tmp_path, content, problem):
+    run = RunFolder(tmp_path / "run")
+    recipe = write_recipe(tmp_path / "recipe.yaml", "bad-run-state")
+    run.state.mkdir(parents=True)
+    (run.state / "run.json").write_bytes(content)
+    error = _launch_and_expect_usage_error(run, recipe)
+    assert error.startswith(f"error: {run.state / 'run.json'} is not the run state this coordinator writes (")
+    assert problem in error
+    assert error.endswith("restore it from a backup, or delete it to start the run's clock anew (the identity, "
+                          "ledger and published versions stay as they are)")
+    assert sorted(path.name for path in run.state.iterdir()) == ["run.json"]  # no identity, no key: nothing started
+
+
+def test_a_dashboard_port_in_use_is_refused_with_the_address_and_the_fix(tmp_path):
+    run = RunFolder(tmp_path / "run")
+    recipe = write_recipe(tmp_path / "recipe.yaml", "port-taken")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        error = _launch_and_expect_usage_error(run, recipe, dashboard_port=port)
+    assert error == (f"error: the dashboard cannot listen on 127.0.0.1:{port} (Address already in use): choose another "
+                     "--dashboard-port, 0 for any free one, or -1 for no dashboard")
+    assert not run.state.exists()  # refused before anything was written
+
+
+@pytest.mark.parametrize("port", [70000, 65536])
+def test_a_dashboard_port_out_of_range_is_refused(tmp_path, port):
+    run = RunFolder(tmp_path / "run")
+    error = _launch_and_expect_usage_error(run, write_recipe(tmp_path / "recipe.yaml", "port-range"),
+                                           dashboard_port=port)
+    assert error == (f"error: --dashboard-port {port} is not a TCP port: use 1-65535, 0 for any free port, or -1 for "
+                     "no dashboard")

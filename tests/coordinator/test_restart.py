@@ -1,0 +1,194 @@
+"""A coordinator launched again on a run that already published versions goes on from the newest one.
+
+Seen before these tests: a run stopped at max_epochs 200 was launched again with the same --state-dir; the
+coordinator announced no version, a volunteer started from random weights at epoch 0, and the coordinator
+republished epoch-000060, -000067, ... over the run's versions, moved `latest` back to epoch 99 and trained past
+the limit it had reached.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from coordinator_process import RunFolder, get_json, join, launch, read_announcement, tree_digest, write_recipe
+
+
+@pytest.mark.timeout(240)
+def test_a_relaunched_coordinator_announces_the_newest_version_and_goes_on_from_its_epoch(tmp_path):
+    run = RunFolder(tmp_path / "run")
+    recipe = write_recipe(tmp_path / "recipe.yaml", "restart-resume", max_epochs=200)
+    versions = run.publish_versions(recipe, [5, 10])
+    (run.checkpoints / "latest").write_text("epoch-000005\n")  # killed between the version and its pointer
+    run.credit_epochs("restart-resume", range(0, 9))
+    published = tree_digest(run.checkpoints / "epoch-000010") | tree_digest(run.checkpoints / "epoch-000005")
+
+    coordinator = launch(run, recipe)
+    try:
+        address = coordinator.wait_for(r"swarm join --initial-peers (\S+)", timeout_s=180).group(1)
+        dashboard = coordinator.wait_for(r"Dashboard: (http://\S+/) ", timeout_s=10).group(1)
+        announcement = read_announcement(address, "restart-resume")
+        # a volunteer who finds nobody training starts from this version (peer/volunteer.py), not from scratch
+        assert announcement.latest_version == str(versions[10].resolve())
+        assert announcement.latest_version_epoch == 10
+        assert announcement.ledger_epoch == 8
+        status = get_json(dashboard + "api/status")
+        assert (status["epoch"], status["last_checkpoint_epoch"], status["status"]) == (10, 10, "running"), status
+        assert (run.checkpoints / "latest").read_text() == "epoch-000010\n"
+
+        coordinator.interrupt()
+        # no peer is alive: nothing to fetch, so no 90 s of retries before it exits
+        assert coordinator.wait(timeout_s=45) == 0, coordinator.output[-3000:]
+    finally:
+        coordinator.stop()
+    assert "Traceback" not in coordinator.output
+    assert "No peer is alive to send its state: the newest published version (epoch 10) stands" in coordinator.output
+    # stopped is not finished: volunteers may still be training, and a restart follows them again
+    assert "Run over" not in coordinator.output and "Coordinator stopped (stopped by SIGINT)" in coordinator.output
+    assert run.status()["status"] == "stopped"
+    assert json.loads(run.summary.read_text())["status"] == "stopped"
+    assert tree_digest(run.checkpoints / "epoch-000010") | tree_digest(run.checkpoints / "epoch-000005") == published
+    assert sorted(p.name for p in run.checkpoints.iterdir()) == ["epoch-000005", "epoch-000010", "latest"]
+
+
+@pytest.mark.timeout(240)
+def test_a_relaunched_coordinator_of_a_run_that_reached_its_limit_says_so_and_trains_nothing(tmp_path):
+    run = RunFolder(tmp_path / "run")
+    recipe = write_recipe(tmp_path / "recipe.yaml", "restart-over", max_epochs=10)
+    run.publish_versions(recipe, [5, 10])
+    run.credit_epochs("restart-over", range(0, 10))
+    run.summary.write_text('{"epochs": 10, "samples_total": 2560}')  # the run's own summary, from its last launch
+    before = tree_digest(run.root)
+
+    coordinator = launch(run, recipe)
+    try:
+        assert coordinator.wait(timeout_s=180) == 0, coordinator.output[-3000:]
+    finally:
+        coordinator.stop()
+    assert re.search(r"Run 'restart-over' already reached limits.max_epochs = 10 before this launch \(its newest "
+                     r"version is epoch 10 in \S+\): nothing more to train. To train on, raise the limit",
+                     coordinator.output), coordinator.output[-3000:]
+    assert "swarm join" not in coordinator.output  # nobody is invited to a run that is over
+    assert "Traceback" not in coordinator.output
+    after = tree_digest(run.root)
+    # the versions, the ledger and the run's summary are as they were; only the coordinator's own state is new
+    assert {name: digest for name, digest in after.items() if name.split("/")[0] not in ("coordinator", "logs")} == {
+        name: digest for name, digest in before.items() if name.split("/")[0] not in ("coordinator", "logs")}
+    assert run.status()["status"] == "finished" and run.status()["last_checkpoint_epoch"] == 10
+
+
+def test_saving_an_epoch_that_is_already_published_keeps_the_published_version(tmp_path):
+    from coordinator.checkpoint import VersionExistsError, latest_version
+
+    run = RunFolder(tmp_path / "run")
+    recipe = write_recipe(tmp_path / "recipe.yaml", "no-overwrite")
+    run.publish_versions(recipe, [60, 200])
+    before = tree_digest(run.checkpoints)
+    with pytest.raises(VersionExistsError, match="epoch-000060 is already published"):
+        run.publish_versions(recipe, [60])
+    assert tree_digest(run.checkpoints) == before
+    assert not [path for path in run.checkpoints.iterdir() if path.name.startswith(".")]  # no temporary left
+
+    # an older epoch published late (a swarm restarted from an older version) never moves `latest` back
+    run.publish_versions(recipe, [67])
+    assert (run.checkpoints / "latest").read_text() == "epoch-000200\n"
+    assert latest_version(run.checkpoints) == run.checkpoints / "epoch-000200"
+
+
+@pytest.mark.timeout(300)
+def test_a_relaunched_coordinator_does_not_take_its_own_old_announcement_for_another_coordinator(tmp_path):
+    import hivemind
+
+    from swarm import records
+
+    run = RunFolder(tmp_path / "run")
+    coordinator = launch(run, write_recipe(tmp_path / "recipe.yaml", "own-announcement", max_epochs=100))
+    # a node that outlives the coordinator and keeps its announcement, as volunteers' DHT nodes do
+    keeper = None
+    try:
+        address = coordinator.wait_for(r"swarm join --initial-peers (\S+)", timeout_s=180).group(1)
+        own_id = address.rsplit("/", 1)[1]
+        keeper = hivemind.DHT(initial_peers=[address], host_maddrs=["/ip4/127.0.0.1/tcp/0"], start=True)
+        coordinator.wait_for(r"swarm epoch 0 \|", timeout_s=30)
+        coordinator.interrupt()  # its last announcement ("stopped") reaches the keeper
+        assert coordinator.wait(timeout_s=30) == 0, coordinator.output[-3000:]
+        found = keeper.get(records.RUNS_KEY, latest=True).value  # unmerged: read_announcements knows only finished
+        stored = records.RunAnnouncement.from_bytes(found[f"own-announcement/{own_id}"].value)
+        assert stored.status == "stopped" and stored.coordinator_peer_id == own_id
+
+        # the organiser raises the limit (another recipe fingerprint) and launches again with the same state
+        recipe = write_recipe(tmp_path / "recipe.yaml", "own-announcement", max_epochs=200)
+        relaunched = launch(run, recipe, "--initial-peers", str(keeper.get_visible_maddrs()[0]))
+        try:
+            relaunched.wait_for(r"swarm join --initial-peers (\S+)", timeout_s=180)
+            relaunched.interrupt()
+            assert relaunched.wait(timeout_s=30) == 0, relaunched.output[-3000:]
+        finally:
+            relaunched.stop()
+    finally:
+        coordinator.stop()
+        if keeper is not None:
+            keeper.shutdown()
+    assert f"/p2p/{own_id}" in relaunched.output  # the same identity, so the same peer id
+    assert "alongside coordinator" not in relaunched.output
+    assert "already served with another recipe" not in relaunched.output
+
+
+def _ledger_entries(folder) -> list[dict]:
+    return [json.loads(line) for line in (folder / "entries.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_a_run_whose_limit_is_raised_trains_on_from_its_newest_version_and_keeps_every_version(tmp_path):
+    """The reported restart, end to end, with a real volunteer: it must start from the newest version, not from
+    random weights at epoch 0, and its new epochs must be published as new versions and credited."""
+    from swarm.ledger import verify_ledger
+
+    run = RunFolder(tmp_path / "run")
+    recipe = write_recipe(tmp_path / "recipe.yaml", "raised-limit", max_epochs=6)
+    coordinator = launch(run, recipe)
+    try:
+        address = coordinator.wait_for(r"swarm join --initial-peers (\S+)", timeout_s=180).group(1)
+        volunteer = join(run, address, "ada")
+        try:
+            assert coordinator.wait(timeout_s=400) == 0, coordinator.output[-3000:]
+            assert volunteer.wait(timeout_s=120) == 0, volunteer.output[-3000:]
+        finally:
+            volunteer.stop()
+    finally:
+        coordinator.stop()
+    final = max(run.checkpoints.glob("epoch-*"))
+    assert final.name == "epoch-000006", sorted(run.checkpoints.iterdir())
+    # the final version carries the credit settled at the end of the run, not the ledger as it was before it
+    assert _ledger_entries(final / "ledger") == _ledger_entries(run.ledger)
+    assert {entry["epoch"] for entry in _ledger_entries(run.ledger)} >= {0, 1, 2, 3, 4, 5}
+    assert verify_ledger(final / "ledger").ok
+    first_run = {version.name: tree_digest(version) for version in run.checkpoints.glob("epoch-*")}
+
+    recipe = write_recipe(tmp_path / "recipe.yaml", "raised-limit", max_epochs=12)  # the organiser trains on
+    coordinator = launch(run, recipe)
+    try:
+        address = coordinator.wait_for(r"swarm join --initial-peers (\S+)", timeout_s=180).group(1)
+        volunteer = join(run, address, "ada")
+        try:
+            started = volunteer.wait_for(r"starting from the published version of epoch (\d+)", timeout_s=180)
+            assert int(started.group(1)) == 6
+            assert coordinator.wait(timeout_s=400) == 0, coordinator.output[-3000:]
+            assert volunteer.wait(timeout_s=120) == 0, volunteer.output[-3000:]
+        finally:
+            volunteer.stop()
+    finally:
+        coordinator.stop()
+    assert "No peer is ahead of this one: starting from the recipe's initial weights" not in volunteer.output
+    # every version of the first launch is still there, byte for byte; the new ones come after them
+    assert {name: tree_digest(run.checkpoints / name) for name in first_run} == first_run
+    new_versions = sorted(v.name for v in run.checkpoints.glob("epoch-*") if v.name not in first_run)
+    assert new_versions and new_versions[-1] == "epoch-000012", new_versions
+    assert all(name > "epoch-000006" for name in new_versions)
+    assert (run.checkpoints / "latest").read_text() == "epoch-000012\n"
+    # the epochs trained after the restart are credited: their claims come after what the ledger had
+    entries = _ledger_entries(run.ledger)
+    assert sum(e["granted_samples"] for e in entries if e["epoch"] >= 7 and e["name"] == "ada") >= 4 * 256, entries
+    assert verify_ledger(run.ledger).ok
