@@ -9,35 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import re
-import signal
-import subprocess
-import sys
-import threading
 import time
 import urllib.request
 from pathlib import Path
 
 import torch
-import yaml
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def write_recipe(path: Path, run_id: str, **limits) -> Path:
-    """The tiny recipe, made smaller and quicker (as the e2e tests do): a test needs rounds, not a good model."""
-    recipe = yaml.safe_load((REPO / "recipes" / "tiny-stdlib.yaml").read_text())
-    recipe["run"]["id"] = run_id
-    recipe["model"]["config"].update(n_layer=2, n_embd=64, n_head=2, n_positions=64)
-    recipe["data"].update(seq_len=64, stdlib_max_files=80, val_fraction=0.1, val_samples=32)
-    recipe["optimizer"]["schedule"].update(warmup_steps=2, total_steps=100)
-    recipe["collaboration"].update(target_batch_size=256, micro_batch_size=16, matchmaking_time_s=1.5,
-                                   averaging_timeout_s=15.0, average_state_every=2, load_state_timeout_s=60.0)
-    recipe["checkpoint"]["every_epochs"] = 5
-    recipe["limits"] = limits
-    path.write_text(yaml.safe_dump(recipe))
-    return path
+from cli_process import CliProcess
 
 
 class RunFolder:
@@ -96,98 +74,20 @@ def tree_digest(folder: Path) -> dict[str, str]:
             for path in sorted(folder.rglob("*")) if path.is_file()}
 
 
-class SwarmProcess:
-    """A `swarm` CLI process in its own process group; its combined output is collected and kept in a log file."""
-
-    def __init__(self, args: list[str], log_path: Path):
-        env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
-        env.pop("SWARM_VERBOSE", None)
-        self.log_path = log_path
-        self.lines: list[str] = []
-        self.popen = subprocess.Popen([sys.executable, "-m", "swarm.cli", *args], stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO,
-                                      start_new_session=True)
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        with open(self.log_path, "w") as log:
-            for line in self.popen.stdout:
-                self.lines.append(line)
-                log.write(line)
-                log.flush()
-
-    @property
-    def output(self) -> str:
-        return "".join(self.lines)
-
-    def wait_for(self, pattern: str, timeout_s: float) -> re.Match:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            match = re.search(pattern, self.output)
-            if match:
-                return match
-            if self.popen.poll() is not None:
-                self._reader.join(timeout=5)
-                match = re.search(pattern, self.output)
-                if match:
-                    return match
-                raise AssertionError(f"exited ({self.popen.returncode}) before {pattern!r}:\n{self.output[-3000:]}")
-            time.sleep(0.2)
-        raise AssertionError(f"timed out waiting for {pattern!r}:\n{self.output[-3000:]}")
-
-    def wait(self, timeout_s: float) -> int:
-        try:
-            code = self.popen.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(f"{self.log_path.stem} still running after {timeout_s:.0f} s:\n"
-                                 f"{self.output[-3000:]}") from None
-        self._reader.join(timeout=5)
-        return code
-
-    def interrupt(self) -> None:
-        """Ctrl-C, as the e2e tests send it: to the main process only. (A terminal sends it to the whole foreground
-        process group, hivemind's p2p daemons included, which die of it.)"""
-        self.popen.send_signal(signal.SIGINT)
-
-    def signal_group(self, signum: int) -> None:
-        os.killpg(self.popen.pid, signum)
-
-    def children(self) -> list[int]:
-        """Process ids of the direct children (hivemind's DHT and averager processes, for a coordinator)."""
-        found = []
-        for task in Path(f"/proc/{self.popen.pid}/task").iterdir():
-            found += [int(pid) for pid in (task / "children").read_text().split()]
-        return found
-
-    def stop(self) -> None:
-        """Teardown: the whole group, whatever state the test left it in."""
-        if self.popen.poll() is None:
-            self.signal_group(signal.SIGTERM)
-            try:
-                self.popen.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                pass
-        try:
-            os.killpg(self.popen.pid, signal.SIGKILL)  # children left behind by a coordinator that hung
-        except ProcessLookupError:
-            pass
-
-
 def launch(run: RunFolder, recipe: Path, *extra: str, port: int = 0, dashboard_port: int | None = 0,
-           name: str = "coordinator") -> SwarmProcess:
+           name: str = "coordinator") -> CliProcess:
     args = ["launch", str(recipe), "--host", "127.0.0.1", "--port", str(port), *run.flags(),
             "--dashboard-port", str(-1 if dashboard_port is None else dashboard_port), *extra]
     number = len(list((run.root / "logs").glob(f"{name}-*.log")))
-    return SwarmProcess(args, run.root / "logs" / f"{name}-{number}.log")
+    return CliProcess(args, run.root / "logs" / f"{name}-{number}.log")
 
 
-def join(run: RunFolder, address: str, name: str) -> SwarmProcess:
+def join(run: RunFolder, address: str, name: str) -> CliProcess:
     """A volunteer on this machine (one thread), with its identity under the run folder."""
     args = ["join", "--initial-peers", address, "--identity", str(run.root / name / "identity"), "--name", name,
             "--team", "tests", "--threads", "1", "--host", "127.0.0.1", "--display", "log"]
     number = len(list((run.root / "logs").glob(f"{name}-*.log")))
-    return SwarmProcess(args, run.root / "logs" / f"{name}-{number}.log")
+    return CliProcess(args, run.root / "logs" / f"{name}-{number}.log")
 
 
 def get_json(url: str) -> dict:

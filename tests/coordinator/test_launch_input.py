@@ -6,7 +6,8 @@ from __future__ import annotations
 import socket
 
 import pytest
-from coordinator_process import RunFolder, launch, tree_digest, write_recipe
+from coordinator_process import RunFolder, launch, tree_digest
+from cli_process import write_test_recipe
 
 
 def _launch_and_expect_usage_error(run: RunFolder, recipe, *extra: str, dashboard_port: int | None = None) -> str:
@@ -30,7 +31,7 @@ def _launch_and_expect_usage_error(run: RunFolder, recipe, *extra: str, dashboar
 @pytest.mark.parametrize("flag", ["state", "checkpoints", "ledger"])
 def test_a_folder_flag_given_a_file_is_refused_with_its_name(tmp_path, flag):
     run = RunFolder(tmp_path / "run")
-    recipe = write_recipe(tmp_path / "recipe.yaml", "bad-folder")
+    recipe = write_test_recipe(tmp_path / "recipe.yaml", "bad-folder")
     path = getattr(run, flag)
     path.write_text("an organiser's notes, not a folder\n")
     error = _launch_and_expect_usage_error(run, recipe)
@@ -40,7 +41,7 @@ def test_a_folder_flag_given_a_file_is_refused_with_its_name(tmp_path, flag):
 
 def test_a_folder_below_a_file_is_refused_with_the_file_named(tmp_path):
     run = RunFolder(tmp_path / "run")
-    recipe = write_recipe(tmp_path / "recipe.yaml", "bad-parent")
+    recipe = write_test_recipe(tmp_path / "recipe.yaml", "bad-parent")
     (tmp_path / "notes").write_text("a file\n")
     error = _launch_and_expect_usage_error(run, recipe, "--final-model-dir", str(tmp_path / "notes" / "final"))
     assert error == (f"error: --final-model-dir {tmp_path / 'notes' / 'final'} cannot be created: {tmp_path / 'notes'} "
@@ -54,7 +55,7 @@ def test_a_folder_below_a_file_is_refused_with_the_file_named(tmp_path):
 ])
 def test_a_run_state_file_the_coordinator_did_not_write_is_refused_and_kept(tmp_path, content, problem):
     run = RunFolder(tmp_path / "run")
-    recipe = write_recipe(tmp_path / "recipe.yaml", "bad-run-state")
+    recipe = write_test_recipe(tmp_path / "recipe.yaml", "bad-run-state")
     run.state.mkdir(parents=True)
     (run.state / "run.json").write_bytes(content)
     error = _launch_and_expect_usage_error(run, recipe)
@@ -67,7 +68,7 @@ def test_a_run_state_file_the_coordinator_did_not_write_is_refused_and_kept(tmp_
 
 def test_a_dashboard_port_in_use_is_refused_with_the_address_and_the_fix(tmp_path):
     run = RunFolder(tmp_path / "run")
-    recipe = write_recipe(tmp_path / "recipe.yaml", "port-taken")
+    recipe = write_test_recipe(tmp_path / "recipe.yaml", "port-taken")
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -81,7 +82,7 @@ def test_a_dashboard_port_in_use_is_refused_with_the_address_and_the_fix(tmp_pat
 @pytest.mark.parametrize("port", [70000, 65536])
 def test_a_dashboard_port_out_of_range_is_refused(tmp_path, port):
     run = RunFolder(tmp_path / "run")
-    error = _launch_and_expect_usage_error(run, write_recipe(tmp_path / "recipe.yaml", "port-range"),
+    error = _launch_and_expect_usage_error(run, write_test_recipe(tmp_path / "recipe.yaml", "port-range"),
                                            dashboard_port=port)
     assert error == (f"error: --dashboard-port {port} is not a TCP port: use 1-65535, 0 for any free port, or -1 for "
                      "no dashboard")

@@ -12,13 +12,14 @@ import json
 import re
 
 import pytest
-from coordinator_process import RunFolder, get_json, join, launch, read_announcement, tree_digest, write_recipe
+from coordinator_process import RunFolder, get_json, join, launch, read_announcement, tree_digest
+from cli_process import write_test_recipe
 
 
 @pytest.mark.timeout(240)
 def test_a_relaunched_coordinator_announces_the_newest_version_and_goes_on_from_its_epoch(tmp_path):
     run = RunFolder(tmp_path / "run")
-    recipe = write_recipe(tmp_path / "recipe.yaml", "restart-resume", max_epochs=200)
+    recipe = write_test_recipe(tmp_path / "recipe.yaml", "restart-resume", max_epochs=200)
     versions = run.publish_versions(recipe, [5, 10])
     (run.checkpoints / "latest").write_text("epoch-000005\n")  # killed between the version and its pointer
     run.credit_epochs("restart-resume", range(0, 9))
@@ -55,7 +56,7 @@ def test_a_relaunched_coordinator_announces_the_newest_version_and_goes_on_from_
 @pytest.mark.timeout(240)
 def test_a_relaunched_coordinator_of_a_run_that_reached_its_limit_says_so_and_trains_nothing(tmp_path):
     run = RunFolder(tmp_path / "run")
-    recipe = write_recipe(tmp_path / "recipe.yaml", "restart-over", max_epochs=10)
+    recipe = write_test_recipe(tmp_path / "recipe.yaml", "restart-over", max_epochs=10)
     run.publish_versions(recipe, [5, 10])
     run.credit_epochs("restart-over", range(0, 10))
     run.summary.write_text('{"epochs": 10, "samples_total": 2560}')  # the run's own summary, from its last launch
@@ -82,7 +83,7 @@ def test_saving_an_epoch_that_is_already_published_keeps_the_published_version(t
     from coordinator.checkpoint import VersionExistsError, latest_version
 
     run = RunFolder(tmp_path / "run")
-    recipe = write_recipe(tmp_path / "recipe.yaml", "no-overwrite")
+    recipe = write_test_recipe(tmp_path / "recipe.yaml", "no-overwrite")
     run.publish_versions(recipe, [60, 200])
     before = tree_digest(run.checkpoints)
     with pytest.raises(VersionExistsError, match="epoch-000060 is already published"):
@@ -103,7 +104,7 @@ def test_a_relaunched_coordinator_does_not_take_its_own_old_announcement_for_ano
     from swarm import records
 
     run = RunFolder(tmp_path / "run")
-    coordinator = launch(run, write_recipe(tmp_path / "recipe.yaml", "own-announcement", max_epochs=100))
+    coordinator = launch(run, write_test_recipe(tmp_path / "recipe.yaml", "own-announcement", max_epochs=100))
     # a node that outlives the coordinator and keeps its announcement, as volunteers' DHT nodes do
     keeper = None
     try:
@@ -118,7 +119,7 @@ def test_a_relaunched_coordinator_does_not_take_its_own_old_announcement_for_ano
         assert stored.status == "stopped" and stored.coordinator_peer_id == own_id
 
         # the organiser raises the limit (another recipe fingerprint) and launches again with the same state
-        recipe = write_recipe(tmp_path / "recipe.yaml", "own-announcement", max_epochs=200)
+        recipe = write_test_recipe(tmp_path / "recipe.yaml", "own-announcement", max_epochs=200)
         relaunched = launch(run, recipe, "--initial-peers", str(keeper.get_visible_maddrs()[0]))
         try:
             relaunched.wait_for(r"swarm join --initial-peers (\S+)", timeout_s=180)
@@ -147,7 +148,7 @@ def test_a_run_whose_limit_is_raised_trains_on_from_its_newest_version_and_keeps
     from swarm.ledger import verify_ledger
 
     run = RunFolder(tmp_path / "run")
-    recipe = write_recipe(tmp_path / "recipe.yaml", "raised-limit", max_epochs=6)
+    recipe = write_test_recipe(tmp_path / "recipe.yaml", "raised-limit", max_epochs=6)
     coordinator = launch(run, recipe)
     try:
         address = coordinator.wait_for(r"swarm join --initial-peers (\S+)", timeout_s=180).group(1)
@@ -167,7 +168,7 @@ def test_a_run_whose_limit_is_raised_trains_on_from_its_newest_version_and_keeps
     assert verify_ledger(final / "ledger").ok
     first_run = {version.name: tree_digest(version) for version in run.checkpoints.glob("epoch-*")}
 
-    recipe = write_recipe(tmp_path / "recipe.yaml", "raised-limit", max_epochs=12)  # the organiser trains on
+    recipe = write_test_recipe(tmp_path / "recipe.yaml", "raised-limit", max_epochs=12)  # the organiser trains on
     coordinator = launch(run, recipe)
     try:
         address = coordinator.wait_for(r"swarm join --initial-peers (\S+)", timeout_s=180).group(1)

@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 
 import pytest
-from coordinator_process import REPO, RunFolder, launch, write_recipe
+from cli_process import REPO, write_test_recipe
+from coordinator_process import RunFolder, launch
 
 
 def _dht_process(coordinator) -> int:
@@ -32,7 +33,7 @@ def _dht_process(coordinator) -> int:
 @pytest.mark.timeout(240)
 def test_sigterm_to_the_coordinators_process_group_stops_it_within_seconds(tmp_path):
     run = RunFolder(tmp_path / "run")
-    coordinator = launch(run, write_recipe(tmp_path / "recipe.yaml", "group-sigterm", max_epochs=100))
+    coordinator = launch(run, write_test_recipe(tmp_path / "recipe.yaml", "group-sigterm", max_epochs=100))
     try:
         coordinator.wait_for(r"swarm join --initial-peers", timeout_s=180)
         coordinator.wait_for(r"swarm epoch 0 \|", timeout_s=30)  # monitoring
@@ -52,7 +53,7 @@ def test_sigterm_to_the_coordinators_process_group_stops_it_within_seconds(tmp_p
 @pytest.mark.timeout(240)
 def test_a_coordinator_whose_dht_process_dies_says_why_and_exits(tmp_path):
     run = RunFolder(tmp_path / "run")
-    coordinator = launch(run, write_recipe(tmp_path / "recipe.yaml", "dht-dies", max_epochs=100))
+    coordinator = launch(run, write_test_recipe(tmp_path / "recipe.yaml", "dht-dies", max_epochs=100))
     try:
         coordinator.wait_for(r"swarm join --initial-peers", timeout_s=180)
         coordinator.wait_for(r"swarm epoch 0 \|", timeout_s=30)
