@@ -42,6 +42,8 @@ logger = logging.getLogger(__name__)
 # fast GPU peer. Other peers extrapolate progress from samples_per_second between reports, so twice a second is
 # plenty; epoch changes and resets are still reported at once (SwarmProgressTracker).
 PROGRESS_REPORT_PERIOD_S = 0.5
+# how long a leaving peer waits for the withdrawal of its progress record to reach the other peers
+WITHDRAW_TIMEOUT_S = 5.0
 # How often a peer waiting for its epoch's averaging round checks whether the swarm went on without it
 ROUND_POLL_S = 1.0
 EXPECTED_SIZE_POLL_S = 0.1  # how often an averager's process applies `ClosesFullGroups.expect_group_size`
@@ -182,8 +184,24 @@ class SwarmProgressTracker(ProgressTracker):
         return super()._parse_swarm_progress_data(metadata)
 
     def shutdown(self, timeout: float | None = None):
+        """Stop reporting and withdraw this peer's progress record, waiting (at most WITHDRAW_TIMEOUT_S) until the
+        withdrawal is stored on the other peers.
+
+        hivemind sends the withdrawal without waiting, and the peer's DHT stops right after: on a loaded machine it
+        stopped first, the record stayed in the DHT for a minute, and the peers left behind counted this one as alive
+        (the DeDLOC groups waited for it; a peer training alone took it for a split swarm and reconnected).
+        """
         self._report_now.set()
-        super().shutdown(timeout)
+        self.shutdown_triggered.set()
+        self.should_report_progress.set()
+        self.global_state_updated.set()
+        self.shutdown_complete.wait(timeout)
+        withdrawal = self.dht.store(self.training_progress_key, subkey=self._local_public_key, value=None,
+                                    expiration_time=get_dht_time() + self.metadata_expiration, return_future=True)
+        try:
+            withdrawal.result(timeout=WITHDRAW_TIMEOUT_S)
+        except Exception as error:  # a timeout, or a DHT that already stopped: the record expires on its own
+            logger.debug(f"Withdrawing this peer's progress record failed: {error!r}")
 
 
 class HivemindWireNames:

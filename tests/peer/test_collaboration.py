@@ -284,6 +284,61 @@ def test_a_peer_alone_counts_its_rounds_as_solo(two_nodes):
     assert not torch.equal(model.weight.detach(), before), "solo epochs still apply the local gradients"
 
 
+def _process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants (a DHT node's process and its p2p daemon)."""
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+    tree, frontier = [pid], [pid]
+    while frontier:
+        children = [child for child, parent in parents.items() if parent in frontier]
+        tree += children
+        frontier = children
+    return tree
+
+
+@pytest.mark.timeout(90)
+def test_a_leaving_peer_withdraws_its_progress_even_when_the_others_answer_late_and_its_dht_stops_at_once(two_nodes):
+    """A volunteer shuts its DHT down right after its optimiser. hivemind sent the progress withdrawal without waiting
+    for it; on a loaded machine the DHT stopped first and the others counted the peer as alive for another minute."""
+    (dht, identity), (other, _) = two_nodes
+    model = torch.nn.Linear(8, 2)
+    optimizer = build_swarm_optimizer(dht, model, small_recipe("collab-leave", target_batch_size=64), identity,
+                                      micro_batch_size=MICRO_BATCH)
+    progress_key = "collab-leave_progress"
+
+    def progress_seen_by_other():
+        found = other.get(progress_key, latest=True)
+        return [entry.value for entry in found.value.values()] if found is not None else []
+
+    generator = torch.Generator().manual_seed(0)
+    deadline = time.monotonic() + 20
+    while not any(isinstance(value, dict) for value in progress_seen_by_other()):
+        assert time.monotonic() < deadline, "the peer's progress never reached the other node"
+        inputs, targets = regression_batch(generator, torch.ones(2, 8))
+        torch.nn.functional.mse_loss(model(inputs), targets).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        time.sleep(0.1)
+
+    answers_late = _process_tree(other.pid)  # the other node (and its p2p daemon) answers nothing for 1.5 s
+    for pid in answers_late:
+        os.kill(pid, signal.SIGSTOP)
+    resume = threading.Timer(1.5, lambda: [os.kill(pid, signal.SIGCONT) for pid in answers_late])
+    resume.start()
+    try:
+        optimizer.shutdown()
+        dht.shutdown()
+    finally:
+        resume.join()
+    assert progress_seen_by_other() == [None]
+
+
 def test_round_stats_start_at_zero():
     assert RoundStats() == RoundStats(averaged=0, solo=0, consecutive_solo=0, last_group_size=0)
 
