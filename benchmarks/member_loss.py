@@ -3,9 +3,9 @@
     python benchmarks/member_loss.py [--kills 10] [--numel 30000000] [--seed 1]
     python benchmarks/member_loss.py --quick      # 2 kills per arm, 3M values: ~2 minutes
 
-Three real averagers on loopback (`peer.collaboration.SwarmAverager`), each in its own process group with its own DHT
+Three real averagers on loopback (`peer.collaboration.SwarmAverager`), each in its own session with its own DHT
 node and p2p daemon, average `--numel` fp32 values round after round. `--kills` times per arm, member 2 is SIGKILLed
-with its whole process group 0-0.8 s after its all-reduce began (~1 s at 30M values; `--quick`: 0-0.1 s of ~0.15 s),
+with all its processes 0-0.8 s after its all-reduce began (~1 s at 30M values; `--quick`: 0-0.1 s of ~0.15 s),
 then restarted.
 The survivors' round that was running at the kill is timed from the kill to its end. The timeouts are those the
 shipped tiny recipe derives from `averaging_timeout_s: 30` (7.5 s for a member's next chunk, 30 s for the round).
@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import queue
 import random
-import signal
 import statistics
 import subprocess
 import sys
@@ -38,6 +36,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from benchmarks.common import RECIPES_DIR, RESULTS_DIR, describe_machine, machine, timestamp, write_results  # noqa: E402
+from swarm.processes import kill_session  # noqa: E402
 
 ARMS = ("stock", "churn-safe")
 VICTIM = 2
@@ -141,7 +140,7 @@ class Member:
 
     def kill(self) -> None:
         try:
-            os.killpg(self.process.pid, signal.SIGKILL)
+            kill_session(self.process.pid)
         except ProcessLookupError:
             pass
         self.process.wait()

@@ -60,7 +60,7 @@ ANNOUNCE_PERIOD_S = 20.0
 MONITOR_PERIOD_S = 2.0
 FINAL_STATE_TIMEOUT_S = 90.0
 # every DHT request has a deadline: hivemind's own calls wait forever, and on a DHT process that has died (a SIGTERM
-# to the whole process group, the OOM killer) they never return. A get of the run's keys takes well under a second on
+# to all the coordinator's processes, the OOM killer) they never return. A get of the run's keys takes well under a second on
 # a LAN; a dead process is noticed within DHT_POLL_S.
 DHT_CALL_TIMEOUT_S = 20.0
 DHT_POLL_S = 0.5
@@ -458,7 +458,7 @@ class Coordinator:
                 self._write_status()
                 self.stop_event.wait(MONITOR_PERIOD_S)
         except DHTLostError:
-            # a SIGTERM to the whole process group (systemd, `kill -- -PGID`) reaches this process's handler too
+            # a SIGTERM to all the processes (systemd's default stop) reaches this process's handler too
             if self.stop_event.wait(1.0):
                 return STOPPED
             return DHT_LOST

@@ -102,7 +102,7 @@ class StateFetcher:
         return metadata["epoch"]
 
     def is_alive(self) -> bool:
-        """Whether the downloader's process runs (it dies with the coordinator's process group)."""
+        """Whether the downloader's process runs (it dies with the coordinator)."""
         return self.averager.is_alive()
 
     def shutdown(self) -> None:

@@ -160,8 +160,8 @@ class Volunteer:
         """Leave at once when a hivemind child process dies: this peer can no longer reach the swarm.
 
         The training thread then blocks forever in hivemind (its progress tracker waits on the dead DHT without a
-        timeout). Seen with SIGTERM sent to the whole process group, as systemd does by default (KillMode=
-        control-group) and `kill -- -PGID`: the children died at once while this process began to finish its epoch,
+        timeout). Seen with SIGTERM sent to all the peer's processes, as systemd does by default (KillMode=
+        control-group): the children died at once while this process began to finish its epoch,
         and it never exited. The OOM killer picking a child does the same. What this peer did is kept: the signed
         records of its epochs are on disk and published at its next `swarm join`.
         """
@@ -189,7 +189,7 @@ class Volunteer:
             return
         self._said_hivemind_died = True
         codes = ", ".join(f"{name} (exit code {code})" for name, code in dead.items())
-        cause = (" with this one (a signal sent to the whole process group: run `swarm join` as a service with "
+        cause = (" with this one (a signal sent to all of this peer's processes: run `swarm join` as a service with "
                  "KillMode=mixed, see configs/systemd/)" if self._stop_requested.is_set() else "")
         logger.error(f"hivemind's processes stopped{cause}: {codes}. This peer cannot reach the swarm any more and "
                      f"leaves now; the records of its {self.stats.samples} samples are kept on disk and published at "

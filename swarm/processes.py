@@ -11,6 +11,13 @@ Every process forked from Python after this import asks the kernel for SIGTERM w
 shutdown path. hivemind forks its processes from the main thread, which lives as long as the process, so the
 signal only fires when the whole parent is gone.
 
+Those processes also leave the process group they were born in, for one of their own. A terminal sends Ctrl-C to
+every process of its foreground job, and a p2p daemon dies of it: the coordinator's did (the volunteer's happened to
+ignore it), so a coordinator stopped with Ctrl-C while peers trained could not fetch their state for its final
+version. Now only the main process gets the terminal's signals, and it stops its children through hivemind's
+shutdown, as it does after `kill -INT PID`. A service stop still reaches them all: systemd signals every process of
+the unit's cgroup, whatever its group.
+
 hivemind shares tensors between those processes with torch's `file_system` strategy: files in /dev/shm named
 `torch_<pid>_...`, normally removed by torch_shm_manager. A process tree killed as a whole (OOM killer, `kill -9` of
 the group, a container stop) takes the manager with it and leaves the files: RAM that no process owns, until reboot.
@@ -44,12 +51,51 @@ def _die_with_parent() -> None:
         libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
 
 
+def _leave_the_terminals_job() -> None:
+    try:
+        os.setpgid(0, 0)
+    except OSError:  # not allowed here (a session leader cannot): Ctrl-C reaches this process as before
+        pass
+
+
+def _after_fork_in_child() -> None:
+    _die_with_parent()
+    _leave_the_terminals_job()
+
+
 if sys.platform.startswith("linux"):
-    os.register_at_fork(after_in_child=_die_with_parent)
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 SHARED_MEMORY_DIR = Path("/dev/shm")
 _TORCH_SEGMENT = re.compile(r"^torch_(\d+)_")
+
+
+def kill_session(session_id: int | None = None) -> int:
+    """SIGKILL every process of a session this user may signal (default: this process's own), this process last; how
+    many were signalled.
+
+    A whole peer at once, as a power cut, the OOM killer taking a container, or `kill -9` of all its processes would:
+    for tests and benchmarks that start a peer with `start_new_session`. A process group is not enough any more, since
+    hivemind's processes leave the group of the peer's main process (see above); they stay in its session.
+    """
+    own = os.getsid(0)
+    session = own if session_id is None else session_id
+    if session <= 1:
+        raise ValueError(f"not killing session {session}")
+    me, signalled = os.getpid(), 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        try:
+            if int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[3]) == session:
+                os.kill(int(entry), signal.SIGKILL)
+                signalled += 1
+        except (OSError, ValueError, IndexError):  # gone meanwhile, or another user's
+            continue
+    if session == own:
+        os.kill(me, signal.SIGKILL)
+    return signalled
 
 
 def _running(pid: int) -> bool:

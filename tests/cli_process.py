@@ -1,7 +1,8 @@
 """Real `swarm` CLI processes for the tests that drive the commands as people do (tests/e2e, tests/coordinator).
 
-Each process runs in its own process group, so a test can signal the group (as systemd or `kill -- -PGID` does)
-without touching pytest, and teardown can stop whatever the process left behind. Importable from every test folder:
+Each process runs in a session of its own, so that a test can signal it and every process it started (as
+systemd's default stop does) without touching pytest, or type Ctrl-C in its terminal, and teardown can stop
+whatever the process left behind. Importable from every test folder:
 tests/conftest.py puts this folder on sys.path.
 """
 
@@ -36,20 +37,51 @@ def write_test_recipe(path: Path, run_id: str, **limits) -> Path:
     return path
 
 
-class CliProcess:
-    """A `swarm` CLI process in its own process group; its combined output is collected and kept in a log file.
+# Run as the session leader `start_new_session` makes: take stdin (a pseudo-terminal) as the controlling terminal, which
+# makes this process group its foreground job, then become the command
+_TAKE_THE_TERMINAL = ("import fcntl, os, sys, termios; fcntl.ioctl(0, termios.TIOCSCTTY, 0); "
+                      "os.execvp(sys.argv[1], sys.argv[1:])")
 
-    `prefix`: a command to run it under (e.g. `unshare ...`).
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and all its descendants (hivemind's DHT and averager processes, their p2p daemons)."""
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+    tree, frontier = [pid], [pid]
+    while frontier:
+        frontier = [child for child, parent in parents.items() if parent in frontier]
+        tree += frontier
+    return tree
+
+
+class CliProcess:
+    """A `swarm` CLI process in its own session; its combined output is collected and kept in a log file.
+
+    `prefix`: a command to run it under (e.g. `unshare ...`). `terminal`: run it as the foreground job of a
+    pseudo-terminal of its own, as a shell does, so that `press_ctrl_c` acts as a person's Ctrl-C.
     """
 
-    def __init__(self, args: list[str], log_path: Path, prefix: tuple[str, ...] = ()):
+    def __init__(self, args: list[str], log_path: Path, prefix: tuple[str, ...] = (), terminal: bool = False):
         env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
         env.pop("SWARM_VERBOSE", None)  # the tests read the normal output
         self.log_path = log_path
         self.lines: list[str] = []
-        self.popen = subprocess.Popen([*prefix, sys.executable, "-m", "swarm.cli", *args], stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO,
-                                      start_new_session=True)
+        command = [*prefix, sys.executable, "-m", "swarm.cli", *args]
+        stdin = None
+        self._terminal: int | None = None  # the pseudo-terminal's master end: what a person types goes in there
+        if terminal:
+            self._terminal, stdin = os.openpty()
+            command = [sys.executable, "-c", _TAKE_THE_TERMINAL, *command]
+        self.popen = subprocess.Popen(command, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      text=True, env=env, cwd=REPO, start_new_session=True)
+        if terminal:
+            os.close(stdin)
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
@@ -93,12 +125,25 @@ class CliProcess:
         return code
 
     def interrupt(self) -> None:
-        """Ctrl-C to the main process only. (A terminal sends it to the whole foreground process group, hivemind's
-        p2p daemons included, which die of it.)"""
+        """SIGINT to the main process only (`kill -INT PID`)."""
         self.popen.send_signal(signal.SIGINT)
+
+    def press_ctrl_c(self) -> None:
+        """Ctrl-C typed in its terminal: the terminal sends SIGINT to its whole foreground process group."""
+        assert self._terminal is not None, "started without terminal=True"
+        os.write(self._terminal, b"\x03")
 
     def signal_group(self, signum: int) -> None:
         os.killpg(self.popen.pid, signum)
+
+    def signal_tree(self, signum: int) -> None:
+        """`signum` to the process and every descendant: what systemd's default stop (KillMode=control-group)
+        and a container stop do to every process of the service."""
+        for pid in process_tree(self.popen.pid):
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
 
     def children(self) -> list[int]:
         """Process ids of the direct children (hivemind's DHT and averager processes)."""
@@ -108,14 +153,23 @@ class CliProcess:
         return found
 
     def stop(self) -> None:
-        """Teardown: the whole group, whatever state the test left it in."""
+        """Teardown: the process and whatever it left behind, whatever state the test left it in."""
+        left_behind = process_tree(self.popen.pid)[1:]
         if self.popen.poll() is None:
             self.popen.terminate()
             try:
                 self.popen.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 pass
+        for pid in left_behind:  # children of a process that hung (they live in process groups of their own)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         try:
-            os.killpg(self.popen.pid, signal.SIGKILL)  # children left behind by a process that hung
+            os.killpg(self.popen.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+        if self._terminal is not None:
+            os.close(self._terminal)
+            self._terminal = None

@@ -1,8 +1,6 @@
-"""A real `swarm launch` in its own process group, and real run folders (published versions, a ledger) to give it.
+"""A real `swarm launch` in its own session, and real run folders (published versions, a ledger) to give it.
 
-The coordinator tests drive the CLI exactly as an organiser would, on 127.0.0.1 only. Each process gets its own
-process group, so a test can send a signal to the group (as systemd or `kill -- -PGID` does) without touching
-pytest.
+The coordinator tests drive the CLI exactly as an organiser would, on 127.0.0.1 only (tests/cli_process.py).
 """
 
 from __future__ import annotations

@@ -26,8 +26,8 @@ class Swarm:
         (folder / "logs").mkdir(parents=True, exist_ok=True)
         self.address: str | None = None
 
-    def launch(self, recipe: Path, port: int | None = None) -> CliProcess:
-        """Start (or, with the same folder and port, restart) the coordinator."""
+    def launch(self, recipe: Path, port: int | None = None, terminal: bool = False) -> CliProcess:
+        """Start (or, with the same folder and port, restart) the coordinator; `terminal`: as a job in a terminal."""
         self.port = port or free_port()
         coordinator = CliProcess(["launch", str(recipe), "--host", "127.0.0.1", "--port", str(self.port),
                                "--state-dir", str(self.folder / "coordinator"),
@@ -35,18 +35,18 @@ class Swarm:
                                "--summary-file", str(self.folder / "summary.json"),
                                "--final-model-dir", str(self.folder / "final"),
                                "--ledger-dir", str(self.folder / "ledger"), "--dashboard-port", "0"],
-                              self.folder / "logs" / f"coordinator-{len(self.processes)}.log")
+                              self.folder / "logs" / f"coordinator-{len(self.processes)}.log", terminal=terminal)
         self.processes.append(coordinator)
         self.address = coordinator.wait_for(r"swarm join --initial-peers (\S+)", timeout_s=120).group(1)
         return coordinator
 
-    def join(self, name: str, *extra: str, prefix: tuple[str, ...] = ()) -> CliProcess:
+    def join(self, name: str, *extra: str, prefix: tuple[str, ...] = (), terminal: bool = False) -> CliProcess:
         peer_dir = self.folder / name
         peer = CliProcess(["join", "--initial-peers", self.address, "--identity", str(peer_dir / "identity"),
                         "--name", name, "--team", "tests", "--threads", "1", "--host", "127.0.0.1",
                         "--stats-file", str(peer_dir / "stats.json"), "--display", "log",
                         "--cache-dir", str(self.folder.parent / "data-cache"), *extra],
-                       self.folder / "logs" / f"{name}.log", prefix)
+                       self.folder / "logs" / f"{name}.log", prefix, terminal)
         self.processes.append(peer)
         return peer
 

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
+import re
 import signal
 import time
+from pathlib import Path
 
 import pytest
 import torch
 import transformers
+from cli_process import process_tree
 
 
 @pytest.mark.timeout(420)
@@ -107,22 +109,56 @@ def test_a_volunteer_whose_shared_memory_is_too_small_is_told_how_to_fix_it(swar
 
 
 @pytest.mark.timeout(240)
-def test_a_volunteer_whose_whole_process_group_gets_sigterm_leaves_within_seconds(swarm_factory, recipe_writer,
-                                                                                   tmp_path):
-    """systemd (KillMode=control-group, its default) and `kill -- -PGID` send SIGTERM to hivemind's child processes
-    too. They died at once while the volunteer began to finish its epoch, and it waited on them forever."""
+def test_a_volunteer_whose_processes_all_get_sigterm_leaves_within_seconds(swarm_factory, recipe_writer, tmp_path):
+    """systemd's default stop (KillMode=control-group) sends SIGTERM to hivemind's child processes too. They died
+    at once while the volunteer began to finish its epoch, and it waited on them forever."""
     swarm = swarm_factory()
     swarm.launch(recipe_writer(tmp_path / "recipe.yaml", "e2e-group-term", max_epochs=200))
-    volunteer = swarm.join("service")  # in its own process group, as a service's
+    volunteer = swarm.join("service")
     volunteer.wait_for(r"epoch \d+ \(", timeout_s=150)
-    volunteer.signal_group(signal.SIGTERM)
+    processes = process_tree(volunteer.popen.pid)
+    volunteer.signal_tree(signal.SIGTERM)
     assert volunteer.wait(timeout_s=30) == 0, volunteer.output[-3000:]
     assert "hivemind's processes stopped with this one" in volunteer.output, volunteer.output[-3000:]
     assert "Traceback" not in volunteer.output, volunteer.output[-3000:]
     assert swarm.stats("service")["samples"] > 0
     time.sleep(2.0)  # the children the signal spared die with their parent (swarm.processes)
-    with pytest.raises(ProcessLookupError):
-        os.killpg(volunteer.popen.pid, 0)
+    assert [pid for pid in processes if _running(pid)] == []
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.timeout(300)
+def test_ctrl_c_typed_in_a_terminal_stops_a_volunteer_and_the_coordinator_as_it_stops_them_alone(
+        swarm_factory, recipe_writer, tmp_path):
+    """A terminal sends Ctrl-C to the whole foreground job, hivemind's processes and their p2p daemons included.
+    The coordinator's daemon died of it: its final version could not be fetched from the peer still training."""
+    swarm = swarm_factory()
+    coordinator = swarm.launch(recipe_writer(tmp_path / "recipe.yaml", "e2e-terminal", max_epochs=1000),
+                               terminal=True)
+    leaver = swarm.join("leaver", terminal=True)
+    stayer = swarm.join("stayer")
+    leaver.wait_for(r"averaged rounds [1-9]", timeout_s=180)
+    coordinator.wait_for(r"Published version epoch", timeout_s=120)
+
+    leaver.press_ctrl_c()
+    assert leaver.wait(timeout_s=90) == 0, leaver.output[-3000:]
+    assert "Stopping: finishing the current epoch" in leaver.output, leaver.output[-3000:]
+    assert "hivemind's processes stopped" not in leaver.output, leaver.output[-3000:]
+    assert re.search(r"Left the swarm after \d+ samples", leaver.output), leaver.output[-3000:]
+
+    coordinator.press_ctrl_c()
+    assert coordinator.wait(timeout_s=120) == 0, coordinator.output[-3000:]
+    stopping = coordinator.output.split("Stopping (SIGINT)")[-1]
+    assert re.search(r"Published version epoch \d+", stopping), coordinator.output[-3000:]
+    assert "Failed to download state" not in stopping and "No peer sent its state" not in stopping, stopping[-3000:]
+    assert "Traceback" not in coordinator.output + leaver.output
+    assert stayer.popen.poll() is None, "the other volunteer trains on"
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-"""A group member for tests/peer/test_allreduce.py that SIGKILLs its own process group in the middle of a round.
+"""A group member for tests/peer/test_allreduce.py that SIGKILLs all its processes in the middle of a round.
 
 Run as a script in a new session: `python member_dies_mid_round.py FILL NUMEL PARTS ADDRESS...`. It joins the DHT
 at ADDRESS, prints READY, and averages a tensor of NUMEL values all equal to FILL with target_group_size=3. Once
@@ -14,8 +14,6 @@ volunteer killed between joining a group early and finishing its epoch.
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import sys
 import time
 
@@ -25,6 +23,7 @@ from hivemind.averaging.control import AveragingStage
 from peer.allreduce import ChurnSafeAllReduceRunner
 from peer.collaboration import SwarmAverager
 from swarm.network import create_dht
+from swarm.processes import kill_session
 
 PREFIX = "member_loss"  # the survivors' averagers use the same prefix and settings
 AVERAGER_OPTIONS = dict(target_group_size=3, min_group_size=2, min_matchmaking_time=3.0, request_timeout=1.0,
@@ -32,7 +31,7 @@ AVERAGER_OPTIONS = dict(target_group_size=3, min_group_size=2, min_matchmaking_t
 
 
 def die_after(parts: int) -> None:
-    """Make this process group's next all-reduce die after `parts` chunks went to one reducer (0: silent, once every
+    """Make this member's next all-reduce die after `parts` chunks went to one reducer (0: silent, once every
     other member has started sending)."""
     if parts == 0:
         receive = ChurnSafeAllReduceRunner.rpc_aggregate_part
@@ -45,7 +44,7 @@ def die_after(parts: int) -> None:
             heard_from = self.__dict__.setdefault("heard_from", set())
             heard_from.add(context.remote_id)
             if len(heard_from) == len(self.sender_peer_ids) - 1:  # all the others are in the round
-                os.killpg(os.getpgrp(), signal.SIGKILL)
+                kill_session()
             async for message in receive(self, stream, context):
                 yield message
 
@@ -60,7 +59,7 @@ def die_after(parts: int) -> None:
             yield message
             sent += 1
             if sent >= parts:
-                os.killpg(os.getpgrp(), signal.SIGKILL)
+                kill_session()
 
     ChurnSafeAllReduceRunner._generate_input_for_peer = send_then_die
 
@@ -76,7 +75,7 @@ def main(fill: float, numel: int, parts: int, addresses: list[str]) -> None:
         while control.stage != AveragingStage.AWAITING_TRIGGER:
             time.sleep(0.01)
         time.sleep(-parts - 1)
-        os.killpg(os.getpgrp(), signal.SIGKILL)
+        kill_session()
     averager.step(timeout=120.0)
     print("SURVIVED", flush=True)  # the test fails if this is ever printed
 

@@ -1,4 +1,4 @@
-"""A training peer for tests/peer/ that SIGKILLs its own process group once it has averaged a few rounds.
+"""A training peer for tests/peer/ that SIGKILLs all its processes once it has averaged a few rounds.
 
 Run as a script in a new session: `python peer_killed_after_rounds.py RECIPE_JSON IDENTITY_DIR ROUNDS ADDRESS...`.
 It joins the DHT at ADDRESS and trains the recipe's mode as its test's peers do: in mode dedloc the regression model
@@ -11,8 +11,6 @@ The tests start it with `KilledPartner`.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import threading
@@ -26,6 +24,7 @@ from peer.diloco import build_diloco_optimizer
 from swarm.identity import Identity
 from swarm.model import build_model
 from swarm.network import create_dht
+from swarm.processes import kill_session
 from swarm.recipe import Recipe
 
 REPO = Path(__file__).resolve().parents[2]
@@ -61,7 +60,7 @@ class KilledPartner:
 
     def close(self) -> None:
         if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
+            kill_session(self.process.pid)
         self.process.wait(timeout=10)
 
 
@@ -107,7 +106,7 @@ def main(recipe_json: str, identity_dir: str, rounds: int, addresses: list[str])
         optimizer.step()  # with reuse_grad_buffers (dedloc) and in diloco, the step clears the gradients
         if optimizer.rounds.averaged >= rounds:
             print("KILLED", flush=True)
-            os.killpg(os.getpgrp(), signal.SIGKILL)
+            kill_session()
         time.sleep(0.05)
     print("NEVER AVERAGED", flush=True)
 

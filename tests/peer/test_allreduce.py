@@ -1,6 +1,6 @@
 """A group member dies mid-all-reduce: the survivors finish the round without it (peer/allreduce.py).
 
-The member runs in its own process group (tests/peer/member_dies_mid_round.py) and SIGKILLs all of it, DHT and p2p
+The member runs in its own session (tests/peer/member_dies_mid_round.py) and SIGKILLs all of it, DHT and p2p
 daemon included, after sending part of its data. The survivors are real hivemind averagers in this process.
 """
 
@@ -28,6 +28,7 @@ from hivemind.utils.mpfuture import MPFuture
 from peer.allreduce import ChurnSafeTensorPartReducer
 from peer.collaboration import SwarmAverager
 from swarm.network import create_dht, join_addresses
+from swarm.processes import kill_session
 
 REPO = Path(__file__).resolve().parents[2]
 MEMBER = Path(__file__).with_name("member_dies_mid_round.py")
@@ -193,7 +194,7 @@ def _wait_for_line(process: subprocess.Popen, expected: str, timeout_s: float) -
 
 def _tear_down(member: subprocess.Popen | None, averagers: list, nodes: list) -> None:
     if member is not None and member.poll() is None:
-        os.killpg(member.pid, signal.SIGKILL)
+        kill_session(member.pid)
     for averager in averagers:
         averager.shutdown()
     for node in nodes:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -37,6 +36,8 @@ from swarm.optim import build_optimizer_factories, parameter_groups
 from swarm.identity import Identity
 from swarm.network import create_dht, join_addresses
 from swarm.recipe import Recipe
+
+from cli_process import process_tree
 
 sys.path.insert(0, str(Path(__file__).parent))
 from peer_killed_after_rounds import MODEL_SEED, TRUE_WEIGHT, KilledPartner  # noqa: E402  (a script, and its launcher)
@@ -284,24 +285,6 @@ def test_a_peer_alone_counts_its_rounds_as_solo(two_nodes):
     assert not torch.equal(model.weight.detach(), before), "solo epochs still apply the local gradients"
 
 
-def _process_tree(pid: int) -> list[int]:
-    """`pid` and its descendants (a DHT node's process and its p2p daemon)."""
-    parents = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
-    tree, frontier = [pid], [pid]
-    while frontier:
-        children = [child for child, parent in parents.items() if parent in frontier]
-        tree += children
-        frontier = children
-    return tree
-
-
 @pytest.mark.timeout(90)
 def test_a_leaving_peer_withdraws_its_progress_even_when_the_others_answer_late_and_its_dht_stops_at_once(two_nodes):
     """A volunteer shuts its DHT down right after its optimiser. hivemind sent the progress withdrawal without waiting
@@ -326,7 +309,7 @@ def test_a_leaving_peer_withdraws_its_progress_even_when_the_others_answer_late_
         optimizer.zero_grad()
         time.sleep(0.1)
 
-    answers_late = _process_tree(other.pid)  # the other node (and its p2p daemon) answers nothing for 1.5 s
+    answers_late = process_tree(other.pid)  # the other node (and its p2p daemon) answers nothing for 1.5 s
     for pid in answers_late:
         os.kill(pid, signal.SIGSTOP)
     resume = threading.Timer(1.5, lambda: [os.kill(pid, signal.SIGCONT) for pid in answers_late])

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from swarm.cli import _register_groups, app
 from swarm.errors import UsageError
 from swarm.ledger import Ledger
+from swarm.processes import kill_session
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE = ROOT / "recipes" / "tiny-stdlib.yaml"
@@ -144,7 +145,7 @@ def test_demo_refuses_an_output_folder_that_holds_an_earlier_run_and_leaves_it_u
     try:
         stdout, stderr = process.communicate(timeout=60)
     except subprocess.TimeoutExpired:  # it started a whole swarm in there
-        os.killpg(process.pid, signal.SIGKILL)
+        kill_session(process.pid)
         stdout, stderr = process.communicate()
     assert_refused(subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr),
                    f"--output {earlier} is not empty (checkpoints, ledger, summary.json)", "new or empty folder")

@@ -1,9 +1,11 @@
-"""Shared-memory files that killed hivemind processes leave in /dev/shm are found and removed, and nothing else is."""
+"""The processes a swarm command forks (hivemind's): where signals reach them, and the shared-memory files that killed
+ones leave in /dev/shm, which are found and removed, and nothing else is."""
 
 from __future__ import annotations
 
 import mmap
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -12,9 +14,44 @@ from pathlib import Path
 
 import pytest
 
-from swarm.processes import SHARED_MEMORY_DIR, remove_orphaned_shared_memory
+from swarm.processes import SHARED_MEMORY_DIR, kill_session, remove_orphaned_shared_memory
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+_FORKS_A_CHILD = """
+import multiprocessing, os, time
+import swarm.processes
+
+def child():
+    print(os.getpid(), os.getpgid(0), os.getsid(0), flush=True)
+    time.sleep(60)
+
+multiprocessing.get_context("fork").Process(target=child).start()
+time.sleep(60)
+"""
+
+
+@pytest.mark.timeout(60)
+def test_forked_children_leave_the_terminals_job_but_stay_in_the_session_and_die_with_it():
+    """A terminal's Ctrl-C goes to its foreground job, and hivemind's p2p daemon died of it: the children a swarm
+    command forks get process groups of their own, in the session of the command."""
+    parent = subprocess.Popen([sys.executable, "-c", _FORKS_A_CHILD], cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                              text=True, start_new_session=True)
+    try:
+        child, group, session = map(int, parent.stdout.readline().split())
+        assert os.getpgid(parent.pid) == parent.pid and group == child and session == parent.pid
+        assert kill_session(parent.pid) == 2
+        assert parent.wait(timeout=10) == -signal.SIGKILL
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{child}").exists() and "Z" not in Path(f"/proc/{child}/stat").read_text().split()[2]:
+            assert time.monotonic() < deadline, "the forked child outlived its session's kill"
+            time.sleep(0.05)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+    with pytest.raises(ValueError):
+        kill_session(1)
 
 
 def _dead_pid() -> int:
