@@ -6,6 +6,10 @@ It writes the recipe (with the demo's time limit) into a fresh output folder, st
 - the final model (config.json + model.safetensors + tokenizer): `from_pretrained(<folder>)` loads it;
 - `summary.json`: peers, epochs, samples_total, wall_s, initial/final validation loss, averaged_rounds;
 - `checkpoints/` (every published version), `logs/` (one log per process), `peers/` (identities, stats).
+
+Ctrl-C stops it as it stops a real swarm: the coordinator saves a final version from the volunteers' state, then the
+volunteers finish their epoch and leave; a second Ctrl-C stops everything at once. The processes run in process
+groups of their own, so a terminal's Ctrl-C reaches only the demo, which passes it on in that order.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import json
 import logging
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -30,6 +35,7 @@ logger = logging.getLogger("swarm.demo")
 
 PEER_START_STAGGER_S = 3.0  # peers started at the same instant have been seen to split the DHT (hivemind #624)
 SHUTDOWN_GRACE_S = 150.0
+STOP_TIMEOUT_S = 150.0  # after Ctrl-C, for the coordinator's final version (its fetch gives up after 90 s)
 
 
 def _free_port() -> int:
@@ -113,7 +119,7 @@ def run_demo(recipe_path: Path, num_peers: int = 2, epochs: int = 40, max_durati
                            "--summary-file", str(folder / "summary.json"), "--final-model-dir", str(folder),
                            "--ledger-dir", str(folder / "ledger"), "--dashboard-port", "0",
                            *(["--verbose"] if verbose else [])),
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, process_group=0)
         processes.append(coordinator)
         found: dict = {}
         follower = threading.Thread(
@@ -135,7 +141,7 @@ def run_demo(recipe_path: Path, num_peers: int = 2, epochs: int = 40, max_durati
                                "--name", f"demo-peer-{index}", "--team", "demo", "--threads", str(threads),
                                "--host", "127.0.0.1", "--stats-file", str(peer_dir / "stats.json"),
                                "--display", "log", *(["--verbose"] if verbose else [])),
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, process_group=0)
             processes.append(peer)
             threading.Thread(target=_follow, daemon=True,
                              args=(peer.stdout, folder / "logs" / f"peer-{index}.log", None, {}, None)).start()
@@ -154,6 +160,9 @@ def run_demo(recipe_path: Path, num_peers: int = 2, epochs: int = 40, max_durati
                              f"see {folder / 'logs' / 'coordinator.log'}")
     except subprocess.TimeoutExpired:
         raise SwarmError(f"the demo did not finish in time; logs are in {folder / 'logs'}") from None
+    except KeyboardInterrupt:
+        _stop(processes, folder)
+        raise
     finally:
         for process in processes:
             if process.poll() is None:
@@ -172,11 +181,32 @@ def run_demo(recipe_path: Path, num_peers: int = 2, epochs: int = 40, max_durati
     return folder
 
 
+def _stop(processes: list[subprocess.Popen], folder: Path) -> None:
+    """Ctrl-C: the coordinator first, so that it saves a final version from the volunteers while they train, then the
+    volunteers. Another Ctrl-C while this waits ends it (the caller stops the processes at once)."""
+    coordinator, volunteers = processes[:1], processes[1:]
+    logger.info("Stopping: the coordinator saves a final version, then the volunteers finish their epoch "
+                "(press Ctrl-C again to stop at once)")
+    for group in (coordinator, volunteers):
+        for process in group:
+            if process.poll() is None:
+                process.send_signal(signal.SIGINT)
+        for process in group:
+            try:
+                process.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                pass
+    summary_path = folder / "summary.json"
+    if summary_path.exists():
+        _print_summary(json.loads(summary_path.read_text()))
+    logger.info(f"Stopped. What the swarm trained is in {folder}")
+
+
 def _print_summary(summary: dict) -> None:
     final = summary.get("final_val_loss")
     initial = summary.get("initial_val_loss")
     drop = f" ({100 * (1 - final / initial):.0f}% lower)" if final and initial else ""
     print(f"\n{summary['peers']} peer(s) trained {summary['epochs']} epochs on {summary['samples_total']} samples in "
-          f"{summary['wall_s']:.0f} s; validation loss {initial:.3f} -> "
+          f"{summary['wall_s']:.0f} s; validation loss {'n/a' if initial is None else f'{initial:.3f}'} -> "
           f"{'n/a' if final is None else f'{final:.3f}'}{drop}; {summary['averaged_rounds']} averaging rounds "
           f"with 2+ peers.", file=sys.stderr)

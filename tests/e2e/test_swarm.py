@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
-from cli_process import process_tree
+from cli_process import CliProcess, process_tree
 
 
 @pytest.mark.timeout(420)
@@ -159,6 +159,33 @@ def test_ctrl_c_typed_in_a_terminal_stops_a_volunteer_and_the_coordinator_as_it_
     assert "Failed to download state" not in stopping and "No peer sent its state" not in stopping, stopping[-3000:]
     assert "Traceback" not in coordinator.output + leaver.output
     assert stayer.popen.poll() is None, "the other volunteer trains on"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_ctrl_c_typed_in_the_demos_terminal_saves_a_final_version_and_stops_every_process(tmp_path):
+    """The demo got the terminal's Ctrl-C along with its coordinator and volunteers, then sent them SIGTERM at once,
+    which they took for a second Ctrl-C: the coordinator's final version was cut short, and nothing was said."""
+    output = tmp_path / "demo"
+    demo = CliProcess(["demo", "--output", str(output), "--peers", "1", "--epochs", "500"], tmp_path / "demo.log",
+                      terminal=True)
+    try:
+        demo.wait_for(r"\[coordinator\] .*Published version epoch", timeout_s=240)
+        processes = process_tree(demo.popen.pid)
+        demo.press_ctrl_c()
+        assert demo.wait(timeout_s=120) == 130, demo.output[-3000:]
+    finally:
+        demo.stop()
+    assert "Stopping: the coordinator saves a final version" in demo.output, demo.output[-3000:]
+    coordinator_log = (output / "logs" / "coordinator.log").read_text()
+    stopping = coordinator_log.split("Stopping (SIGINT)")[-1]
+    assert re.search(r"Published version epoch \d+", stopping), coordinator_log[-3000:]
+    assert "Left the swarm after" in (output / "logs" / "peer-0.log").read_text()
+    assert re.search(r"1 peer\(s\) trained \d+ epochs", demo.output), demo.output[-3000:]
+    assert f"Stopped. What the swarm trained is in {output}" in demo.output
+    assert "Traceback" not in demo.output + coordinator_log
+    time.sleep(2.0)
+    assert [pid for pid in processes if _running(pid)] == []
 
 
 @pytest.mark.slow
