@@ -37,7 +37,7 @@ from hivemind.utils import get_dht_time
 
 import swarm
 from swarm import records
-from swarm.data import build_data
+from swarm.data import build_data, files_layout
 from swarm.errors import SwarmError, UsageError
 from swarm.evaluation import validation_loss
 from swarm.identity import Identity
@@ -60,8 +60,8 @@ ANNOUNCE_PERIOD_S = 20.0
 MONITOR_PERIOD_S = 2.0
 FINAL_STATE_TIMEOUT_S = 90.0
 # every DHT request has a deadline: hivemind's own calls wait forever, and on a DHT process that has died (a SIGTERM
-# to all the coordinator's processes, the OOM killer) they never return. A get of the run's keys takes well under a second on
-# a LAN; a dead process is noticed within DHT_POLL_S.
+# to all the coordinator's processes, the OOM killer) they never return. A get of the run's keys takes well under a
+# second on a LAN; a dead process is noticed within DHT_POLL_S.
 DHT_CALL_TIMEOUT_S = 20.0
 DHT_POLL_S = 0.5
 # how long to wait for a peer's last claims before the final credit pass: peers publish every 5 s
@@ -367,6 +367,14 @@ class Coordinator:
         self.join_command = f"swarm join --initial-peers {addresses[0]}"
         lines = [f"Swarm for run {self.recipe.run.id!r} is up. Volunteers join with:", ""]
         lines += [f"    {self.join_command}", ""]
+        data = self.recipe.data
+        if data.source == "files":
+            root, layout = files_layout(data.files)
+            lines += [f"The data are files in {root} ({', '.join(layout)}): a volunteer on another machine needs a "
+                      "copy of that folder, passed with --data-dir <the copy>.", ""]
+        elif data.source == "hub" and data.dataset and Path(data.dataset).is_absolute():
+            lines += [f"The data are the dataset folder {data.dataset}: a volunteer on another machine needs a copy "
+                      "of it, passed with --data-dir <the copy>.", ""]
         if self.dashboard is not None:
             lines += [f"Dashboard: {self.dashboard.url} (Prometheus metrics at {self.dashboard.url}metrics)", ""]
         if len(addresses) > 1:

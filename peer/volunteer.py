@@ -41,7 +41,7 @@ from hivemind.utils.multiaddr import Multiaddr
 
 import swarm
 from swarm import records
-from swarm.data import build_data, check_identity
+from swarm.data import build_data, check_identity, with_local_data
 from swarm.errors import SwarmError, UsageError
 from swarm.hardware import TrainingForward, background_torch_on_one_thread, pick_hardware, pick_micro_batch_size
 from swarm.identity import Identity
@@ -78,6 +78,7 @@ class VolunteerSettings:
     micro_batch_size: int | None = None
     max_runtime_s: float | None = None
     cache_dir: str | None = None
+    data_dir: str | None = None  # this machine's copy of the run's data folder (source=files, a local dataset)
     stats_file: str | None = None
     display: str = "auto"  # auto | rich | log | none
     connect_timeout_s: float = 60.0
@@ -222,6 +223,8 @@ class Volunteer:
             raise UsageError(f"--display {s.display!r}: use auto, rich, log or none")
         if s.compile not in ("auto", "on", "off"):
             raise UsageError(f"--compile {s.compile!r}: use auto, on or off")
+        if s.data_dir and not Path(s.data_dir).expanduser().is_dir():
+            raise UsageError(f"--data-dir {s.data_dir}: no such folder; give your copy of the run's data folder")
         if s.stats_file and Path(s.stats_file).is_dir():
             raise UsageError(f"--stats-file {s.stats_file}: is a folder; give a file path (e.g. "
                              f"{Path(s.stats_file) / 'stats.json'})")
@@ -249,6 +252,7 @@ class Volunteer:
                               startup_timeout_s=s.connect_timeout_s)
         self.announcement = self._fetch_announcement()
         self.recipe: Recipe = recipe_from_json(self.announcement.recipe_json, source="the recipe published by the coordinator")
+        self.recipe = self.recipe.model_copy(update={"data": with_local_data(self.recipe.data, s.data_dir)})
         self.dht.add_validators(records.schema_validators(self.recipe.run.id))
         self._public_key = RSASignatureValidator(self.identity.signing_key).local_public_key
         logger.info(f"Run {self.recipe.run.id!r}: {self.recipe.run.description or 'no description'}")

@@ -134,6 +134,10 @@ def join(
     client_mode: bool = typer.Option(False, envvar="SWARM_CLIENT_MODE",
                                      help="Behind NAT/firewall: only connect out (others cannot reach this peer)."),
     cache_dir: Optional[Path] = typer.Option(None, envvar="SWARM_CACHE_DIR", help="Tokenised data cache."),
+    data_dir: Optional[Path] = typer.Option(
+        None, envvar="SWARM_DATA_DIR",
+        help="This machine's copy of the run's data folder, for runs on the organiser's own files (the coordinator "
+             "prints what it must hold)."),
     stats_file: Optional[Path] = typer.Option(None, envvar="SWARM_STATS_FILE",
                                               help="Write this peer's stats (JSON) here."),
     display: str = typer.Option("auto", envvar="SWARM_DISPLAY", help="auto, rich, log or none."),
@@ -161,7 +165,8 @@ def join(
         team=team, host=host, port=port, announce_host=announce_host, client_mode=client_mode, device=device,
         threads=threads, micro_batch_size=micro_batch_size, max_runtime_s=max_runtime,
         cache_dir=str(cache_dir) if cache_dir else None, stats_file=str(stats_file) if stats_file else None,
-        display=display, from_checkpoint=from_checkpoint, compile=compile)
+        display=display, from_checkpoint=from_checkpoint, compile=compile,
+        data_dir=str(data_dir) if data_dir else None)
     Volunteer(settings).run()
 
 

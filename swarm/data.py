@@ -136,6 +136,71 @@ def data_files(patterns: Sequence[str]) -> list[tuple[str, Path]]:
     return sorted(((path.relative_to(base).as_posix(), path) for path in paths), key=lambda item: item[0])
 
 
+def files_layout(patterns: Sequence[str]) -> tuple[Path, list[str]]:
+    """The folder that the absolute paths and patterns of a source=files recipe share, and each pattern relative to
+    it: what a volunteer's copy of the data must hold.
+
+    >>> files_layout(["/srv/run/corpus/a/*.txt", "/srv/run/corpus/b.jsonl"])
+    (PosixPath('/srv/run/corpus'), ['a/*.txt', 'b.jsonl'])
+    """
+    import glob
+
+    folders = []
+    for pattern in patterns:
+        parts = Path(pattern).parts
+        fixed = next((index for index, part in enumerate(parts) if glob.has_magic(part)), len(parts) - 1)
+        folders.append(str(Path(*parts[:fixed])) if fixed else os.sep)
+    root = Path(os.path.commonpath(folders))
+    return root, [Path(pattern).relative_to(root).as_posix() for pattern in patterns]
+
+
+def _matches_a_file(pattern: str) -> bool:
+    import glob
+
+    expanded = os.path.expanduser(pattern)
+    if not glob.has_magic(expanded):
+        return os.path.isfile(expanded)
+    return any(os.path.isfile(match) for match in glob.iglob(expanded, recursive=True))
+
+
+def with_local_data(cfg: "DataConfig", data_dir: str | os.PathLike | None) -> "DataConfig":
+    """The data section of a recipe published by a coordinator, pointed at this machine's copy of the data.
+
+    A coordinator publishes the paths of its own machine. `data_dir` (a volunteer's `--data-dir`) is this machine's
+    copy of the folder they share (`files_layout`) for source=files, or of the dataset folder for a local source=hub
+    dataset. Without it, those paths must exist here. Raises UsageError saying what to copy where.
+    """
+    local_hub = cfg.source == "hub" and bool(cfg.dataset) and cfg.dataset.startswith((os.sep, "~", "."))
+    if data_dir is None:
+        if cfg.source == "files":
+            missing = [pattern for pattern in cfg.files if not _matches_a_file(pattern)]
+            if missing:
+                root, layout = files_layout(cfg.files)
+                raise UsageError(
+                    f"this run trains on data files from the organiser's folder {root}, which this machine does not "
+                    f"have ({missing[0]} matches nothing here): get a copy of that folder and pass it with "
+                    f"--data-dir DIR (DIR must hold {', '.join(layout)})")
+        elif local_hub and not os.path.exists(os.path.expanduser(cfg.dataset)):
+            raise UsageError(
+                f"this run trains on the dataset folder {cfg.dataset} of the organiser's machine, which this machine "
+                "does not have: get a copy of that folder and pass it with --data-dir DIR")
+        return cfg
+    folder = Path(data_dir).expanduser().resolve()
+    if cfg.source == "files":
+        _, layout = files_layout(cfg.files)
+        rebased = [str(folder / pattern) for pattern in layout]
+        missing = [pattern for pattern, full in zip(layout, rebased) if not _matches_a_file(full)]
+        if missing:
+            raise UsageError(f"--data-dir {data_dir}: {missing[0]} matches no file in it; this run's data folder "
+                             f"holds {', '.join(layout)}")
+        return cfg.model_copy(update={"files": rebased})
+    if local_hub:
+        return cfg.model_copy(update={"dataset": str(folder)})
+    what = ("this Python's standard library" if cfg.source == "stdlib"
+            else f"the Hub dataset {cfg.dataset!r}, downloaded by name")
+    raise UsageError(f"--data-dir {data_dir}: this run trains on {what}, which needs no data folder: leave it out")
+
+
 def _read_text(path: Path) -> str:
     return path.read_bytes().decode("utf-8", errors="replace")
 

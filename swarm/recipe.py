@@ -819,7 +819,8 @@ def _read_yaml(path: Path) -> Any:
 
 
 def load_recipe(path: str | os.PathLike) -> Recipe:
-    """Read and validate a recipe file; relative data paths are resolved against the file's folder."""
+    """Read and validate a recipe file; relative local paths (data files, a local dataset, model or tokenizer
+    folder) are resolved against the file's folder, where the validation looked for them."""
     path = Path(path)
     data = _read_yaml(path)
     base = path.resolve().parent
@@ -827,6 +828,14 @@ def load_recipe(path: str | os.PathLike) -> Recipe:
     if recipe.data.source == "files":
         resolved = [str(_resolve(base, pattern)) for pattern in recipe.data.files]
         recipe = recipe.model_copy(update={"data": recipe.data.model_copy(update={"files": resolved})})
+    local_paths = [("data", "dataset", recipe.data.source == "hub"), ("model", "pretrained", True),
+                   ("tokenizer", "name", True)]
+    for section_name, key, applies in local_paths:
+        section = getattr(recipe, section_name)
+        value = getattr(section, key, None)
+        if applies and isinstance(value, str) and value and _looks_like_local_path(value):
+            section = section.model_copy(update={key: str(_resolve(base, value))})
+            recipe = recipe.model_copy(update={section_name: section})
     return recipe
 
 

@@ -161,6 +161,46 @@ def test_ctrl_c_typed_in_a_terminal_stops_a_volunteer_and_the_coordinator_as_it_
     assert stayer.popen.poll() is None, "the other volunteer trains on"
 
 
+@pytest.mark.timeout(300)
+def test_a_volunteer_on_another_machine_trains_on_its_own_copy_of_the_organisers_data_files(
+        swarm_factory, recipe_writer, tmp_path):
+    """A recipe on the organiser's own files is published with the organiser's paths: a volunteer elsewhere had no
+    way to point at its copy of them."""
+    import shutil
+
+    import yaml
+    from swarm.data import stdlib_files
+
+    organiser = tmp_path / "organiser"
+    for name, path in stdlib_files(60):
+        (organiser / "corpus" / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, organiser / "corpus" / name)
+    path = recipe_writer(organiser / "recipe.yaml", "e2e-files", max_epochs=1000)
+    recipe = yaml.safe_load(path.read_text())
+    recipe["data"] = dict(source="files", files=["corpus/**/*.py"], seq_len=64, val_fraction=0.1, val_samples=32)
+    path.write_text(yaml.safe_dump(recipe))
+    swarm = swarm_factory()
+    coordinator = swarm.launch(path)
+    coordinator.wait_for(r"The data are files in (.*) \(\*\*/\*\.py\)", timeout_s=30)
+    assert f"The data are files in {organiser / 'corpus'} (**/*.py)" in coordinator.output
+
+    copy = tmp_path / "volunteer" / "my-copy"
+    shutil.copytree(organiser / "corpus", copy)
+    (organiser / "corpus").rename(organiser / "elsewhere")  # as on another machine: the organiser's paths are not here
+    lost = swarm.join("lost")
+    assert lost.wait(timeout_s=120) == 2, lost.output[-3000:]
+    assert (f"the organiser's folder {organiser / 'corpus'}, which this machine does not have" in lost.output
+            and "--data-dir DIR (DIR must hold **/*.py)" in lost.output and "Traceback" not in lost.output), \
+        lost.output[-3000:]
+
+    volunteer = swarm.join("with-copy", "--data-dir", str(copy))
+    volunteer.wait_for(r"Data: 60 text files.*matches the swarm", timeout_s=120)
+    volunteer.wait_for(r"epoch \d+ \(", timeout_s=120)
+    volunteer.interrupt()
+    assert volunteer.wait(timeout_s=90) == 0, volunteer.output[-3000:]
+    assert swarm.stats("with-copy")["samples"] > 0
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_ctrl_c_typed_in_the_demos_terminal_saves_a_final_version_and_stops_every_process(tmp_path):

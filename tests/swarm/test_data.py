@@ -26,12 +26,14 @@ from swarm.data import (  # noqa: E402
     data_identity,
     data_files,
     epoch_permutation,
+    files_layout,
     is_validation,
     iter_documents,
     shard_bounds,
     shard_for_peer,
     stdlib_files,
     validation_batches,
+    with_local_data,
 )
 from swarm.errors import SwarmError, UsageError  # noqa: E402
 from swarm.recipe import DataConfig  # noqa: E402
@@ -177,6 +179,44 @@ def test_identity_ignores_location_and_creation_order_but_not_content(tmp_path):
     assert (one.num_documents, one.num_bytes) == (3, len("alphabetadelta"))
     _write(tmp_path / "two" / "deeper" / "b.txt", "beta!")
     assert data_identity(_files_cfg(tmp_path / "two"), TOKENIZER).digest != one.digest
+
+
+def test_the_files_layout_is_the_shared_folder_and_each_pattern_below_it():
+    assert files_layout(["/srv/run/corpus/a/*.txt", "/srv/run/corpus/b.jsonl"]) == (
+        Path("/srv/run/corpus"), ["a/*.txt", "b.jsonl"])
+    assert files_layout(["/data/**/*.txt"]) == (Path("/data"), ["**/*.txt"])
+    assert files_layout(["/srv/one.txt"]) == (Path("/srv"), ["one.txt"])
+    assert files_layout(["/a/x.txt", "/b/y.txt"]) == (Path("/"), ["a/x.txt", "b/y.txt"])
+
+
+def test_a_volunteers_copy_of_the_data_folder_replaces_the_organisers_paths_and_has_the_same_identity(tmp_path):
+    contents = {"corpus/a.txt": "alpha", "corpus/deep/b.txt": "beta", "notes.jsonl": "{}"}
+    for name, text in contents.items():
+        _write(tmp_path / "organiser" / "run" / name, text)
+        _write(tmp_path / "volunteer" / "copy" / name, text)
+    organiser = tmp_path / "organiser" / "run"
+    published = _files_cfg(organiser, files=[str(organiser / "corpus" / "**" / "*.txt")])
+    copy = tmp_path / "volunteer" / "copy" / "corpus"
+    local = with_local_data(published, copy)
+    assert local.files == [str(copy / "**" / "*.txt")]
+    assert data_identity(local, TOKENIZER).digest == data_identity(published, TOKENIZER).digest
+    assert with_local_data(published, None) is published  # the organiser's paths exist here: used as they are
+
+    (organiser / "corpus" / "a.txt").unlink()
+    (organiser / "corpus" / "deep" / "b.txt").unlink()
+    with pytest.raises(UsageError) as missing:
+        with_local_data(published, None)
+    assert f"the organiser's folder {organiser / 'corpus'}" in str(missing.value)
+    assert "--data-dir DIR (DIR must hold **/*.txt)" in str(missing.value)
+    with pytest.raises(UsageError, match=r"--data-dir .*: \*\*/\*\.txt matches no file in it"):
+        with_local_data(published, _write(tmp_path / "elsewhere" / "notes.md", "").parent)
+
+
+def test_a_data_folder_for_a_run_that_needs_none_is_refused(tmp_path):
+    with pytest.raises(UsageError, match="standard library, which needs no data folder: leave it out"):
+        with_local_data(DataConfig(source="stdlib"), tmp_path)
+    with pytest.raises(UsageError, match="Hub dataset 'org/corpus', downloaded by name"):
+        with_local_data(DataConfig(source="hub", dataset="org/corpus"), tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -382,6 +422,19 @@ def test_local_dataset_identity_follows_content_not_location(jsonl_dataset, tmp_
     assert data_identity(_hub_cfg(moved), TOKENIZER).digest == data_identity(_hub_cfg(jsonl_dataset), TOKENIZER).digest
     _write(moved / "train-00.jsonl", json.dumps({"content": "changed"}) + "\n")
     assert data_identity(_hub_cfg(moved), TOKENIZER).digest != data_identity(_hub_cfg(jsonl_dataset), TOKENIZER).digest
+
+
+def test_a_volunteers_copy_of_a_local_dataset_folder_replaces_the_organisers(jsonl_dataset, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(jsonl_dataset, copy)
+    published = _hub_cfg(tmp_path / "gone")
+    with pytest.raises(UsageError, match=f"dataset folder {tmp_path / 'gone'} of the organiser's machine"):
+        with_local_data(published, None)
+    local = with_local_data(published, copy)
+    assert local.dataset == str(copy)
+    assert data_identity(local, TOKENIZER).digest == data_identity(_hub_cfg(jsonl_dataset), TOKENIZER).digest
 
 
 def test_hub_identity_names_the_revision_without_reading_the_dataset():

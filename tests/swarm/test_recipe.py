@@ -112,6 +112,15 @@ def test_relative_data_files_are_read_from_the_recipes_folder(tmp_path):
     assert recipe.data.files == [str(tmp_path / "corpus" / "*.txt")]
 
 
+def test_a_relative_local_dataset_is_read_from_the_recipes_folder_whatever_the_working_folder(tmp_path, monkeypatch):
+    (tmp_path / "run" / "dataset").mkdir(parents=True)
+    (tmp_path / "run" / "dataset" / "train.jsonl").write_text('{"text": "hello"}\n')
+    recipe_path = tmp_path / "run" / "local.yaml"
+    recipe_path.write_text("run: {id: local}\ndata: {source: hub, dataset: ./dataset}\n")
+    monkeypatch.chdir(tmp_path)  # validation looked next to the recipe; training read ./dataset here, and failed
+    assert load_recipe(recipe_path).data.dataset == str(tmp_path / "run" / "dataset")
+
+
 # --- broken recipes --------------------------------------------------------------------------------------------
 
 
