@@ -324,7 +324,7 @@ class Coordinator:
         if last is not None and 0 <= self.last_checkpoint_epoch < last:
             logger.info(f"The ledger credits epochs up to {last}, past the newest version (epoch "
                         f"{self.last_checkpoint_epoch}): if nobody is training now, volunteers start from that "
-                        f"version, and their work in epochs {self.last_checkpoint_epoch}-{last} was credited already")
+                        f"version at epoch {last + 1}, the first one not credited yet")
 
     def _load_run_state(self) -> list[str]:
         """After a restart: keep the run's start time, and re-join through the peers seen last time."""

@@ -268,6 +268,7 @@ class Volunteer:
                                  self.tokenizer.pad_id).to(self.hardware.device)
         self.model.train()
         self._checkpoint_epoch = self._maybe_start_from_checkpoint()
+        self._start_epoch = self._first_uncredited_epoch(self._checkpoint_epoch)
         self.micro_batch_size = s.micro_batch_size or (
             self.recipe.collaboration.micro_batch_size if isinstance(self.recipe.collaboration.micro_batch_size, int)
             else pick_micro_batch_size(self.model, self.hardware, self.recipe.data.seq_len,
@@ -294,10 +295,10 @@ class Volunteer:
                 raise
             raise SwarmError(f"Shared memory ran out while starting hivemind's averagers ({error}); "
                              + shared_memory_advice(needed)) from None
-        if self._checkpoint_epoch:
-            self.optimizer.state_averager.local_epoch = self._checkpoint_epoch
-            self.optimizer.state_averager._update_scheduler()  # the LR schedule resumes at the checkpoint's epoch
-            self.optimizer.tracker.report_local_progress(self._checkpoint_epoch, 0)
+        if self._start_epoch:
+            self.optimizer.state_averager.local_epoch = self._start_epoch
+            self.optimizer.state_averager._update_scheduler()  # the LR schedule resumes at the start epoch
+            self.optimizer.tracker.report_local_progress(self._start_epoch, 0)
         self.contributions = ContributionLog(self.identity.folder / "runs" / self.recipe.run.id, self.identity)
         self.view = ProgressView.create(s.display, self.recipe, self.identity.name)
         self._reporter = threading.Thread(target=self._report_periodically, name="swarm-reporter", daemon=True)
@@ -343,6 +344,20 @@ class Volunteer:
         logger.info(f"Nobody is training: starting from the published version of epoch {epoch} ({source})")
         return epoch
 
+    def _first_uncredited_epoch(self, epoch: int) -> int:
+        """The epoch to start at when nobody is training: `epoch`, unless the ledger credits it already.
+
+        A coordinator stopped after crediting epochs past its newest version, while everyone left: the model of
+        those epochs is lost, and their numbers are taken in the ledger, so work redone under them would go
+        uncredited. The run goes on at the first epoch the ledger has not credited.
+        """
+        credited = self.announcement.ledger_epoch
+        if credited < epoch or self._swarm_is_training():
+            return epoch
+        logger.info(f"The ledger credits epochs up to {credited} already, past the version this peer starts from: "
+                    f"starting at epoch {credited + 1}, so that this peer's work is credited")
+        return credited + 1
+
     def _fetch_announcement(self) -> records.RunAnnouncement:
         deadline = time.monotonic() + self.settings.connect_timeout_s
         while True:
@@ -369,8 +384,9 @@ class Volunteer:
         progress = tracker.global_progress
         if progress.epoch <= self.optimizer.local_epoch:
             start = (f"the published version of epoch {self._checkpoint_epoch}" if self._checkpoint_epoch
-                     else "the recipe's initial weights (as every peer at epoch 0)")
-            logger.info(f"No peer is ahead of this one: starting from {start}")
+                     else "the recipe's initial weights" + ("" if self._start_epoch else " (as every peer at epoch 0)"))
+            at = f" at epoch {self._start_epoch}" if self._start_epoch != self._checkpoint_epoch else ""
+            logger.info(f"No peer is ahead of this one: starting from {start}{at}")
             return
         logger.info(f"Loading the current state from peers (swarm epoch {progress.epoch}, {progress.num_peers} peer(s))")
         # a download can fail part-way (a donor busy averaging, a chunk late on a slow link): hivemind then returns

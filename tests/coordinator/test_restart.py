@@ -79,6 +79,34 @@ def test_a_relaunched_coordinator_of_a_run_that_reached_its_limit_says_so_and_tr
     assert run.status()["status"] == "finished" and run.status()["last_checkpoint_epoch"] == 10
 
 
+@pytest.mark.timeout(300)
+def test_a_volunteer_alone_starts_past_the_epochs_the_ledger_credited_already(tmp_path):
+    """A coordinator stopped after crediting epochs 0-8 while its newest version was epoch 5, and everyone left. A
+    volunteer restarted at epoch 5, and its work in epochs 5-8 could never be credited (those entries exist)."""
+    run = RunFolder(tmp_path / "run")
+    recipe = write_test_recipe(tmp_path / "recipe.yaml", "credited-ahead", max_epochs=13)
+    run.publish_versions(recipe, [5])
+    run.credit_epochs("credited-ahead", range(0, 9))
+    coordinator = launch(run, recipe)
+    try:
+        address = coordinator.wait_for(r"swarm join --initial-peers (\S+)", timeout_s=180).group(1)
+        volunteer = join(run, address, "ada")
+        try:
+            volunteer.wait_for(r"starting from the published version of epoch 5 at epoch 9", timeout_s=180)
+            assert coordinator.wait(timeout_s=240) == 0, coordinator.output[-3000:]
+            assert volunteer.wait(timeout_s=120) == 0, volunteer.output[-3000:]
+        finally:
+            volunteer.stop()
+    finally:
+        coordinator.stop()
+    assert "The ledger credits epochs up to 8 already" in volunteer.output
+    log = run.root / "ada" / "identity" / "runs" / "credited-ahead" / "contributions.jsonl"
+    worked = [json.loads(line)["work"] for line in log.read_text().splitlines()]
+    assert worked and min(work["epoch"] for work in worked) == 9, worked
+    credited = {entry["epoch"]: entry for entry in _ledger_entries(run.ledger)}
+    assert all(credited[epoch]["peer_id"] != "12D3KooWVolunteer" for epoch in range(9, 13)), credited
+
+
 def test_saving_an_epoch_that_is_already_published_keeps_the_published_version(tmp_path):
     from coordinator.checkpoint import VersionExistsError, latest_version
 
