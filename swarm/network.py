@@ -141,6 +141,9 @@ def create_dht(
     if removed:
         logger.info(f"Freed {freed / 2**20:.0f} MB of shared memory left in /dev/shm by {removed} killed hivemind "
                     "process file(s)")
+    sockets = swarm.processes.remove_stale_hivemind_sockets()
+    if sockets:
+        logger.debug(f"Removed {sockets} stale hivemind socket(s) from /tmp")
     # always a signature validator: without one a node cannot even decode other peers' signed records
     # (its dht.get of a signed key never returns); without an identity the key is per-process
     validators = [CachingSignatureValidator(identity.signing_key if identity is not None else None),

@@ -14,7 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from swarm.processes import SHARED_MEMORY_DIR, kill_session, remove_orphaned_shared_memory
+from swarm.processes import (
+    SHARED_MEMORY_DIR,
+    kill_session,
+    remove_orphaned_shared_memory,
+    remove_stale_hivemind_sockets,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -190,3 +195,32 @@ def _stale_copy_left_in_a_forked_child(share: bool) -> float:
 def test_a_forked_child_keeps_no_stale_copy_of_tensors_moved_to_shared_memory_first():
     assert _stale_copy_left_in_a_forked_child(share=False) > 60  # copy-on-write left the child the old pages
     assert _stale_copy_left_in_a_forked_child(share=True) < 4
+
+
+def test_only_old_hivemind_sockets_that_nothing_listens_on_are_removed(tmp_path):
+    import socket
+
+    def make(name: str, listen: bool, age_s: float) -> tuple[Path, socket.socket]:
+        path = tmp_path / name
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(str(path))
+        if listen:
+            sock.listen()
+        os.utime(path, (time.time() - age_s, time.time() - age_s))
+        return path, sock
+
+    stale, _ = make("hivemind-p2pclient-AbC_d-1.sock", listen=False, age_s=3600)
+    stale_daemon, _ = make("hivemind-p2pd-xYz.sock", listen=False, age_s=3600)
+    live, listener = make("hivemind-p2pd-live.sock", listen=True, age_s=3600)
+    young, _ = make("hivemind-p2pclient-new.sock", listen=False, age_s=1)
+    other, _ = make("someone-else.sock", listen=False, age_s=3600)
+    not_a_socket = tmp_path / "hivemind-p2pd-file.sock"
+    not_a_socket.write_text("")
+    os.utime(not_a_socket, (time.time() - 3600, time.time() - 3600))
+    try:
+        assert remove_stale_hivemind_sockets(tmp_path) == 2
+    finally:
+        listener.close()
+    assert not stale.exists() and not stale_daemon.exists()
+    assert live.exists() and young.exists() and other.exists() and not_a_socket.exists()
+    assert remove_stale_hivemind_sockets(tmp_path / "missing") == 0
