@@ -55,6 +55,10 @@ def _leave_the_terminals_job() -> None:
     try:
         os.setpgid(0, 0)
     except OSError:  # not allowed here (a session leader cannot): Ctrl-C reaches this process as before
+        return
+    try:  # a background job that writes to a terminal set to `stty tostop` is stopped, unless it ignores SIGTTOU
+        signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+    except (ValueError, OSError):
         pass
 
 

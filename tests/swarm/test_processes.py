@@ -59,6 +59,49 @@ def test_forked_children_leave_the_terminals_job_but_stay_in_the_session_and_die
         kill_session(1)
 
 
+_FORKED_CHILD_WRITES = """
+import multiprocessing, sys
+import swarm.processes
+child = multiprocessing.get_context("fork").Process(target=lambda: print("the child wrote", flush=True))
+child.start()
+child.join(20)
+print("child exit code", child.exitcode, flush=True)
+"""
+
+
+@pytest.mark.timeout(60)
+def test_a_forked_child_writes_to_a_terminal_set_to_tostop_without_being_stopped():
+    """Out of the terminal's foreground job, a child that writes to it is stopped when the terminal has `stty
+    tostop` (its DHT process would freeze at its first log line), unless it ignores SIGTTOU."""
+    import select
+    import termios
+
+    from cli_process import _TAKE_THE_TERMINAL
+
+    master, terminal = os.openpty()
+    settings = termios.tcgetattr(terminal)
+    settings[3] |= termios.TOSTOP
+    termios.tcsetattr(terminal, termios.TCSANOW, settings)
+    command = [sys.executable, "-c", _TAKE_THE_TERMINAL, sys.executable, "-c", _FORKED_CHILD_WRITES]
+    parent = subprocess.Popen(command, stdin=terminal, stdout=terminal, stderr=terminal, cwd=REPO_ROOT,
+                              start_new_session=True)
+    os.close(terminal)
+    output, deadline = b"", time.monotonic() + 40
+    try:
+        while b"child exit code" not in output and time.monotonic() < deadline:
+            if select.select([master], [], [], 0.5)[0]:
+                try:
+                    output += os.read(master, 4096)
+                except OSError:  # the terminal closed: everything was read
+                    break
+    finally:
+        if parent.poll() is None:
+            kill_session(parent.pid)
+        parent.wait(timeout=10)
+        os.close(master)
+    assert b"the child wrote" in output and b"child exit code 0" in output, output
+
+
 def _dead_pid() -> int:
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()
