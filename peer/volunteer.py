@@ -503,11 +503,17 @@ class Volunteer:
             self._publish_contributions()
         except Exception as error:
             logger.debug(f"Publishing the last contributions failed: {error!r}")
+        said_stopped = False
         while time.monotonic() < deadline and not self._stop_requested.is_set():
             announcement = self._current_announcement()
             if announcement is not None and announcement.status == "finished":
                 logger.info("The coordinator saved the final version")
                 return
+            if announcement is not None and announcement.status == "stopped" and not said_stopped:
+                said_stopped = True
+                logger.info(f"The coordinator is stopped: this peer keeps serving its state for "
+                            f"{deadline - time.monotonic():.0f} s more, in case `swarm launch` is started again to "
+                            "save the final version (Ctrl-C leaves now)")
             time.sleep(2.0)
 
     def _finish_budget_s(self) -> float:

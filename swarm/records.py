@@ -57,7 +57,8 @@ class RunAnnouncement(BaseModelV2):
     coordinator_peer_id: str
     started_at: float
     # "running", then "finished" once the coordinator saved the final checkpoint: peers that stopped at the
-    # run's limits keep serving their state until then, so the final version can be fetched from them
+    # run's limits keep serving their state until then, so the final version can be fetched from them.
+    # "stopped": the coordinator was stopped before the run's end (it can be launched again)
     status: str = "running"
     final_epoch: int | None = None
     # the last epoch the coordinator's ledger has committed; peers re-publish their work for later epochs
@@ -83,8 +84,9 @@ def read_announcements(found) -> dict[str, "RunAnnouncement"]:
     """{run_id: announcement} from a `dht.get(RUNS_KEY, latest=True)` value, merging a run's coordinators.
 
     The merged view keeps the earliest start (the run's wall-time limit counts from it), the lowest ledger
-    epoch (peers re-publish their work until every coordinator's ledger has it), and "finished" once any
-    coordinator has saved the final version. Unreadable rows are skipped.
+    epoch (peers re-publish their work until every coordinator's ledger has it), and a status: "finished" once any
+    coordinator has saved the final version, "stopped" when every coordinator was stopped, else "running".
+    Unreadable rows are skipped.
     """
     by_run: dict[str, list[RunAnnouncement]] = {}
     if found is None or not isinstance(getattr(found, "value", None), dict):
@@ -101,9 +103,15 @@ def read_announcements(found) -> dict[str, "RunAnnouncement"]:
         merged[run_id] = newest.model_copy(update=dict(
             started_at=min(a.started_at for a in announcements),
             ledger_epoch=min(a.ledger_epoch for a in announcements),
-            status="finished" if any(a.status == "finished" for a in announcements) else "running",
+            status=_merged_status([a.status for a in announcements]),
             final_epoch=max((a.final_epoch for a in announcements if a.final_epoch is not None), default=None)))
     return merged
+
+
+def _merged_status(statuses: list[str]) -> str:
+    if "finished" in statuses:
+        return "finished"
+    return "stopped" if statuses and all(status == "stopped" for status in statuses) else "running"
 
 
 class PeerMetrics(BaseModel):

@@ -142,7 +142,7 @@ def test_a_relaunched_coordinator_does_not_take_its_own_old_announcement_for_ano
         coordinator.wait_for(r"swarm epoch 0 \|", timeout_s=30)
         coordinator.interrupt()  # its last announcement ("stopped") reaches the keeper
         assert coordinator.wait(timeout_s=30) == 0, coordinator.output[-3000:]
-        found = keeper.get(records.RUNS_KEY, latest=True).value  # unmerged: read_announcements knows only finished
+        found = keeper.get(records.RUNS_KEY, latest=True).value  # unmerged: this coordinator's own row
         stored = records.RunAnnouncement.from_bytes(found[f"own-announcement/{own_id}"].value)
         assert stored.status == "stopped" and stored.coordinator_peer_id == own_id
 

@@ -203,6 +203,22 @@ def test_a_volunteer_on_another_machine_trains_on_its_own_copy_of_the_organisers
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
+def test_a_volunteer_at_the_runs_end_says_its_coordinator_is_stopped_and_waits_for_a_relaunch(
+        swarm_factory, recipe_writer, tmp_path):
+    swarm = swarm_factory()
+    coordinator = swarm.launch(recipe_writer(tmp_path / "recipe.yaml", "e2e-stopped", max_epochs=60))
+    volunteer = swarm.join("last")
+    coordinator.wait_for(r"Published version epoch", timeout_s=180)
+    coordinator.interrupt()
+    assert coordinator.wait(timeout_s=60) == 0, coordinator.output[-3000:]
+    volunteer.wait_for(r"Waiting for the coordinator to save the final version", timeout_s=120)
+    volunteer.wait_for(r"The coordinator is stopped: this peer keeps serving its state for \d+ s more", timeout_s=20)
+    volunteer.interrupt()
+    assert volunteer.wait(timeout_s=60) == 0, volunteer.output[-3000:]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
 def test_ctrl_c_typed_in_the_demos_terminal_saves_a_final_version_and_stops_every_process(tmp_path):
     """The demo got the terminal's Ctrl-C along with its coordinator and volunteers, then sent them SIGTERM at once,
     which they took for a second Ctrl-C: the coordinator's final version was cut short, and nothing was said."""

@@ -230,6 +230,28 @@ def test_run_announcement_round_trips_through_bytes():
     assert (defaults.status, defaults.final_epoch, defaults.ledger_epoch) == ("running", None, -1)
 
 
+def test_a_runs_coordinators_merge_into_one_announcement_with_the_earliest_start_and_lowest_ledger_epoch():
+    from types import SimpleNamespace
+
+    def coordinator(peer_id: str, started_at: float, status: str, ledger_epoch: int, version: int | None):
+        return records.RunAnnouncement(
+            run_id="tiny", recipe_json="{}", recipe_fingerprint="f", data_digest="d", data_description="",
+            swarm_version="0.1.0", coordinator_peer_id=peer_id, started_at=started_at, status=status,
+            ledger_epoch=ledger_epoch, latest_version_epoch=version)
+
+    def merged(*announcements):
+        found = SimpleNamespace(value={f"tiny/{a.coordinator_peer_id}": SimpleNamespace(value=a.to_bytes())
+                                       for a in announcements} | {"junk": SimpleNamespace(value=b"{")})
+        return records.read_announcements(found)["tiny"]
+
+    one = merged(coordinator("QmA", 10.0, "running", 7, 5), coordinator("QmB", 5.0, "stopped", 3, 9))
+    assert (one.started_at, one.ledger_epoch, one.latest_version_epoch, one.status) == (5.0, 3, 9, "running")
+    stopped, finished = coordinator("QmA", 1.0, "stopped", 1, 2), coordinator("QmB", 1.0, "finished", 1, 2)
+    assert merged(stopped, coordinator("QmB", 1.0, "stopped", 1, 2)).status == "stopped"
+    assert merged(stopped, finished).status == "finished"
+    assert records.read_announcements(None) == {}
+
+
 def test_run_announcement_from_bytes_rejects_a_truncated_record():
     data = records.RunAnnouncement(
         run_id="tiny", recipe_json="{}", recipe_fingerprint="f", data_digest="d", data_description="",
