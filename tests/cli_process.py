@@ -158,9 +158,13 @@ class CliProcess:
         if self.popen.poll() is None:
             self.popen.terminate()
             try:
-                self.popen.wait(timeout=20)
+                self.popen.wait(timeout=3)
             except subprocess.TimeoutExpired:
-                pass
+                self.popen.terminate()  # a second stop request: leave at once, no final epoch or version
+                try:
+                    self.popen.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    pass
         for pid in left_behind:  # children of a process that hung (they live in process groups of their own)
             try:
                 os.kill(pid, signal.SIGKILL)

@@ -165,6 +165,7 @@ def test_ctrl_c_typed_in_a_terminal_stops_a_volunteer_and_the_coordinator_as_it_
     assert stayer.popen.poll() is None, "the other volunteer trains on"
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_a_volunteer_on_another_machine_trains_on_its_own_copy_of_the_organisers_data_files(
         swarm_factory, recipe_writer, tmp_path):
