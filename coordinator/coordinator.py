@@ -45,7 +45,7 @@ from swarm.ledger import Ledger, key_fingerprint, load_or_create_signing_key
 from swarm.model import build_model, count_parameters
 from swarm.network import create_dht, join_addresses
 from swarm.processes import share_with_forked_processes
-from swarm.recipe import Recipe
+from swarm.recipe import Recipe, looks_like_local_path
 from swarm.tokenizer import build_tokenizer
 from coordinator.accounting import Accounting
 from coordinator.checkpoint import (VersionExistsError, VersionInfo, latest_version, published_epoch, save_version,
@@ -372,7 +372,7 @@ class Coordinator:
             root, layout = files_layout(data.files)
             lines += [f"The data are files in {root} ({', '.join(layout)}): a volunteer on another machine needs a "
                       "copy of that folder, passed with --data-dir <the copy>.", ""]
-        elif data.source == "hub" and data.dataset and Path(data.dataset).is_absolute():
+        elif data.source == "hub" and data.dataset and looks_like_local_path(data.dataset):
             lines += [f"The data are the dataset folder {data.dataset}: a volunteer on another machine needs a copy "
                       "of it, passed with --data-dir <the copy>.", ""]
         if self.dashboard is not None:

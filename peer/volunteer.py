@@ -267,8 +267,14 @@ class Volunteer:
         self.model = build_model(self.recipe.model, self.tokenizer.vocab_size, self.tokenizer.eos_id,
                                  self.tokenizer.pad_id).to(self.hardware.device)
         self.model.train()
-        self._checkpoint_epoch = self._maybe_start_from_checkpoint()
-        self._start_epoch = self._first_uncredited_epoch(self._checkpoint_epoch)
+        self._checkpoint_epoch = self._start_epoch = 0
+        if self._swarm_is_training():  # this peer loads the others' state (_sync_with_swarm), not a version
+            if s.from_checkpoint:
+                logger.info(f"Peers are training: starting from their current state, not from --from-checkpoint "
+                            f"{s.from_checkpoint} (it is used only when nobody is training)")
+        else:
+            self._checkpoint_epoch = self._maybe_start_from_checkpoint()
+            self._start_epoch = self._first_uncredited_epoch(self._checkpoint_epoch)
         self.micro_batch_size = s.micro_batch_size or (
             self.recipe.collaboration.micro_batch_size if isinstance(self.recipe.collaboration.micro_batch_size, int)
             else pick_micro_batch_size(self.model, self.hardware, self.recipe.data.seq_len,
@@ -318,11 +324,6 @@ class Volunteer:
         source = self.settings.from_checkpoint or self.announcement.latest_version
         if not source:
             return 0
-        if self._swarm_is_training():
-            if self.settings.from_checkpoint:
-                logger.info(f"Peers are training: starting from their current state, not from --from-checkpoint "
-                            f"{source} (it is used only when nobody is training)")
-            return 0
         path, _, revision = source.partition("@") if not Path(source).exists() else (source, "", "")
         if not Path(path).exists() and path.count("/") != 1:
             logger.info(f"The published version {source} is not reachable from here; starting from the recipe's weights")
@@ -352,7 +353,7 @@ class Volunteer:
         uncredited. The run goes on at the first epoch the ledger has not credited.
         """
         credited = self.announcement.ledger_epoch
-        if credited < epoch or self._swarm_is_training():
+        if credited < epoch:
             return epoch
         logger.info(f"The ledger credits epochs up to {credited} already, past the version this peer starts from: "
                     f"starting at epoch {credited + 1}, so that this peer's work is credited")

@@ -155,12 +155,11 @@ def files_layout(patterns: Sequence[str]) -> tuple[Path, list[str]]:
 
 
 def _matches_a_file(pattern: str) -> bool:
-    import glob
-
-    expanded = os.path.expanduser(pattern)
-    if not glob.has_magic(expanded):
-        return os.path.isfile(expanded)
-    return any(os.path.isfile(match) for match in glob.iglob(expanded, recursive=True))
+    try:
+        data_files([pattern])
+    except UsageError:
+        return False
+    return True
 
 
 def with_local_data(cfg: "DataConfig", data_dir: str | os.PathLike | None) -> "DataConfig":
@@ -170,7 +169,9 @@ def with_local_data(cfg: "DataConfig", data_dir: str | os.PathLike | None) -> "D
     copy of the folder they share (`files_layout`) for source=files, or of the dataset folder for a local source=hub
     dataset. Without it, those paths must exist here. Raises UsageError saying what to copy where.
     """
-    local_hub = cfg.source == "hub" and bool(cfg.dataset) and cfg.dataset.startswith((os.sep, "~", "."))
+    from swarm.recipe import looks_like_local_path
+
+    local_hub = cfg.source == "hub" and bool(cfg.dataset) and looks_like_local_path(cfg.dataset)
     if data_dir is None:
         if cfg.source == "files":
             missing = [pattern for pattern in cfg.files if not _matches_a_file(pattern)]

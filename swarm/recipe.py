@@ -708,7 +708,7 @@ def _check_paths(data: dict[str, Any], base_dir: Path) -> list[RecipeProblem]:
     if data_section.get("source") == "hub":
         local_paths.append(("data.dataset", data_section.get("dataset")))
     for key, value in local_paths:
-        if isinstance(value, str) and value and _looks_like_local_path(value):
+        if isinstance(value, str) and value and looks_like_local_path(value):
             if not os.path.exists(_resolve(base_dir, value)):
                 problems.append(
                     RecipeProblem(
@@ -718,8 +718,8 @@ def _check_paths(data: dict[str, Any], base_dir: Path) -> list[RecipeProblem]:
     return problems
 
 
-def _looks_like_local_path(value: str) -> bool:
-    # A Hub id is "name" or "namespace/name"; anything else that names a path is local.
+def looks_like_local_path(value: str) -> bool:
+    """Whether a model, tokenizer or dataset name is a local path: a Hub id is "name" or "namespace/name"."""
     return value.startswith((".", "/", "~")) or value.count("/") > 1
 
 
@@ -833,7 +833,7 @@ def load_recipe(path: str | os.PathLike) -> Recipe:
     for section_name, key, applies in local_paths:
         section = getattr(recipe, section_name)
         value = getattr(section, key, None)
-        if applies and isinstance(value, str) and value and _looks_like_local_path(value):
+        if applies and isinstance(value, str) and value and looks_like_local_path(value):
             section = section.model_copy(update={key: str(_resolve(base, value))})
             recipe = recipe.model_copy(update={section_name: section})
     return recipe
