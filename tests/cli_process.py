@@ -39,7 +39,7 @@ def write_test_recipe(path: Path, run_id: str, **limits) -> Path:
 
 # Run as the session leader `start_new_session` makes: take stdin (a pseudo-terminal) as the controlling terminal, which
 # makes this process group its foreground job, then become the command
-_TAKE_THE_TERMINAL = ("import fcntl, os, sys, termios; fcntl.ioctl(0, termios.TIOCSCTTY, 0); "
+TAKE_THE_TERMINAL = ("import fcntl, os, sys, termios; fcntl.ioctl(0, termios.TIOCSCTTY, 0); "
                       "os.execvp(sys.argv[1], sys.argv[1:])")
 
 
@@ -60,6 +60,14 @@ def process_tree(pid: int) -> list[int]:
     return tree
 
 
+def is_running(pid: int) -> bool:
+    """Whether `pid` runs (a zombie, dead but not yet reaped, does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 class CliProcess:
     """A `swarm` CLI process in its own session; its combined output is collected and kept in a log file.
 
@@ -77,7 +85,7 @@ class CliProcess:
         self._terminal: int | None = None  # the pseudo-terminal's master end: what a person types goes in there
         if terminal:
             self._terminal, stdin = os.openpty()
-            command = [sys.executable, "-c", _TAKE_THE_TERMINAL, *command]
+            command = [sys.executable, "-c", TAKE_THE_TERMINAL, *command]
         self.popen = subprocess.Popen(command, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                       text=True, env=env, cwd=REPO, start_new_session=True)
         if terminal:

@@ -87,18 +87,8 @@ def test_a_volunteer_alone_starts_past_the_epochs_the_ledger_credited_already(tm
     recipe = write_test_recipe(tmp_path / "recipe.yaml", "credited-ahead", max_epochs=13)
     run.publish_versions(recipe, [5])
     run.credit_epochs("credited-ahead", range(0, 9))
-    coordinator = launch(run, recipe)
-    try:
-        address = coordinator.wait_for(r"swarm join --initial-peers (\S+)", timeout_s=180).group(1)
-        volunteer = join(run, address, "ada")
-        try:
-            volunteer.wait_for(r"starting from the published version of epoch 5 at epoch 9", timeout_s=180)
-            assert coordinator.wait(timeout_s=240) == 0, coordinator.output[-3000:]
-            assert volunteer.wait(timeout_s=120) == 0, volunteer.output[-3000:]
-        finally:
-            volunteer.stop()
-    finally:
-        coordinator.stop()
+    _, volunteer, _ = _train_to_the_limit(run, recipe, r"starting from the published version of epoch 5 at epoch 9",
+                                          timeout_s=240)
     assert "The ledger credits epochs up to 8 already" in volunteer.output
     log = run.root / "ada" / "identity" / "runs" / "credited-ahead" / "contributions.jsonl"
     worked = [json.loads(line)["work"] for line in log.read_text().splitlines()]
@@ -164,6 +154,24 @@ def test_a_relaunched_coordinator_does_not_take_its_own_old_announcement_for_ano
     assert "already served with another recipe" not in relaunched.output
 
 
+def _train_to_the_limit(run: RunFolder, recipe, volunteer_says: str | None = None, timeout_s: float = 400):
+    """Launch the coordinator and one volunteer, ada, and let the run end at its limit: (coordinator, volunteer, the
+    match of `volunteer_says`, which the volunteer must print while it trains)."""
+    coordinator = launch(run, recipe)
+    try:
+        address = coordinator.wait_for(r"swarm join --initial-peers (\S+)", timeout_s=180).group(1)
+        volunteer = join(run, address, "ada")
+        try:
+            said = volunteer.wait_for(volunteer_says, timeout_s=180) if volunteer_says else None
+            assert coordinator.wait(timeout_s=timeout_s) == 0, coordinator.output[-3000:]
+            assert volunteer.wait(timeout_s=120) == 0, volunteer.output[-3000:]
+        finally:
+            volunteer.stop()
+    finally:
+        coordinator.stop()
+    return coordinator, volunteer, said
+
+
 def _ledger_entries(folder) -> list[dict]:
     return [json.loads(line) for line in (folder / "entries.jsonl").read_text().splitlines()]
 
@@ -177,17 +185,7 @@ def test_a_run_whose_limit_is_raised_trains_on_from_its_newest_version_and_keeps
 
     run = RunFolder(tmp_path / "run")
     recipe = write_test_recipe(tmp_path / "recipe.yaml", "raised-limit", max_epochs=6)
-    coordinator = launch(run, recipe)
-    try:
-        address = coordinator.wait_for(r"swarm join --initial-peers (\S+)", timeout_s=180).group(1)
-        volunteer = join(run, address, "ada")
-        try:
-            assert coordinator.wait(timeout_s=400) == 0, coordinator.output[-3000:]
-            assert volunteer.wait(timeout_s=120) == 0, volunteer.output[-3000:]
-        finally:
-            volunteer.stop()
-    finally:
-        coordinator.stop()
+    _train_to_the_limit(run, recipe)
     final = max(run.checkpoints.glob("epoch-*"))
     assert final.name == "epoch-000006", sorted(run.checkpoints.iterdir())
     # the final version carries the credit settled at the end of the run, not the ledger as it was before it
@@ -197,19 +195,8 @@ def test_a_run_whose_limit_is_raised_trains_on_from_its_newest_version_and_keeps
     first_run = {version.name: tree_digest(version) for version in run.checkpoints.glob("epoch-*")}
 
     recipe = write_test_recipe(tmp_path / "recipe.yaml", "raised-limit", max_epochs=12)  # the organiser trains on
-    coordinator = launch(run, recipe)
-    try:
-        address = coordinator.wait_for(r"swarm join --initial-peers (\S+)", timeout_s=180).group(1)
-        volunteer = join(run, address, "ada")
-        try:
-            started = volunteer.wait_for(r"starting from the published version of epoch (\d+)", timeout_s=180)
-            assert int(started.group(1)) == 6
-            assert coordinator.wait(timeout_s=400) == 0, coordinator.output[-3000:]
-            assert volunteer.wait(timeout_s=120) == 0, volunteer.output[-3000:]
-        finally:
-            volunteer.stop()
-    finally:
-        coordinator.stop()
+    _, volunteer, started = _train_to_the_limit(run, recipe, r"starting from the published version of epoch (\d+)")
+    assert int(started.group(1)) == 6
     assert "No peer is ahead of this one: starting from the recipe's initial weights" not in volunteer.output
     # every version of the first launch is still there, byte for byte; the new ones come after them
     assert {name: tree_digest(run.checkpoints / name) for name in first_run} == first_run

@@ -6,12 +6,11 @@ import json
 import re
 import signal
 import time
-from pathlib import Path
 
 import pytest
 import torch
 import transformers
-from cli_process import CliProcess, process_tree
+from cli_process import CliProcess, is_running, process_tree
 
 # what a coordinator says when it has saved its final version from a peer's state
 FINAL_VERSION_SAVED = r"Published version epoch \d+|Version epoch \d+ is already published"
@@ -126,14 +125,7 @@ def test_a_volunteer_whose_processes_all_get_sigterm_leaves_within_seconds(swarm
     assert "Traceback" not in volunteer.output, volunteer.output[-3000:]
     assert swarm.stats("service")["samples"] > 0
     time.sleep(2.0)  # the children the signal spared die with their parent (swarm.processes)
-    assert [pid for pid in processes if _running(pid)] == []
-
-
-def _running(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+    assert [pid for pid in processes if is_running(pid)] == []
 
 
 @pytest.mark.timeout(300)
@@ -247,7 +239,7 @@ def test_ctrl_c_typed_in_the_demos_terminal_saves_a_final_version_and_stops_ever
     assert f"Stopped. What the swarm trained is in {output}" in demo.output
     assert "Traceback" not in demo.output + coordinator_log
     time.sleep(2.0)
-    assert [pid for pid in processes if _running(pid)] == []
+    assert [pid for pid in processes if is_running(pid)] == []
 
 
 @pytest.mark.slow

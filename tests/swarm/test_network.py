@@ -218,18 +218,23 @@ def test_an_ip_v6_announce_host_needs_an_ip_v6_listener():
     assert listen_addresses("::", 31337, "[2001:db8::1]") == (["/ip6/::/tcp/31337"], ["/ip6/2001:db8::1/tcp/31337"])
 
 
+def _a_node_joining_through(address: str, host: str, reaches) -> None:
+    """A node that joins through `address` stores a value, and the node `reaches` reads it."""
+    second = create_dht(parse_initial_peers([address]), host=host)
+    try:
+        second.store(f"joined-through-{address}", "hello", expiration_time=get_dht_time() + 30)
+        assert reaches.get(f"joined-through-{address}", latest=True).value == "hello"
+    finally:
+        second.shutdown()
+
+
 def test_a_host_name_is_announced_as_the_address_it_resolves_to(tmp_path):
     port = free_port()
     dht = create_dht([], host="127.0.0.1", port=port, announce_host="localhost")
     try:
         announced = f"/ip4/127.0.0.1/tcp/{port}/p2p/{dht.peer_id.to_base58()}"
         assert announced in join_addresses(dht)
-        second = create_dht([announced], host="127.0.0.1")
-        try:
-            second.store("announced-by-name", "hello", expiration_time=get_dht_time() + 30)
-            assert dht.get("announced-by-name", latest=True).value == "hello"
-        finally:
-            second.shutdown()
+        _a_node_joining_through(announced, "127.0.0.1", reaches=dht)
     finally:
         dht.shutdown()
 
@@ -252,11 +257,6 @@ def test_ip_v6_addresses_listen_announce_and_join_as_ip6():
     try:
         address = f"/ip6/::1/tcp/{port}/p2p/{dht.peer_id.to_base58()}"
         assert address in join_addresses(dht)
-        second = create_dht(parse_initial_peers([address]), host="::1")
-        try:
-            second.store("over-ipv6", "hello", expiration_time=get_dht_time() + 30)
-            assert dht.get("over-ipv6", latest=True).value == "hello"
-        finally:
-            second.shutdown()
+        _a_node_joining_through(address, "::1", reaches=dht)
     finally:
         dht.shutdown()

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from cli_process import TAKE_THE_TERMINAL, is_running
 
 from swarm.processes import (
     SHARED_MEMORY_DIR,
@@ -49,7 +50,7 @@ def test_forked_children_leave_the_terminals_job_but_stay_in_the_session_and_die
         assert kill_session(parent.pid) == 2
         assert parent.wait(timeout=10) == -signal.SIGKILL
         deadline = time.monotonic() + 10
-        while Path(f"/proc/{child}").exists() and "Z" not in Path(f"/proc/{child}/stat").read_text().split()[2]:
+        while is_running(child):
             assert time.monotonic() < deadline, "the forked child outlived its session's kill"
             time.sleep(0.05)
     finally:
@@ -76,13 +77,11 @@ def test_a_forked_child_writes_to_a_terminal_set_to_tostop_without_being_stopped
     import select
     import termios
 
-    from cli_process import _TAKE_THE_TERMINAL
-
     master, terminal = os.openpty()
     settings = termios.tcgetattr(terminal)
     settings[3] |= termios.TOSTOP
     termios.tcsetattr(terminal, termios.TCSANOW, settings)
-    command = [sys.executable, "-c", _TAKE_THE_TERMINAL, sys.executable, "-c", _FORKED_CHILD_WRITES]
+    command = [sys.executable, "-c", TAKE_THE_TERMINAL, sys.executable, "-c", _FORKED_CHILD_WRITES]
     parent = subprocess.Popen(command, stdin=terminal, stdout=terminal, stderr=terminal, cwd=REPO_ROOT,
                               start_new_session=True)
     os.close(terminal)
