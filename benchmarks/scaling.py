@@ -159,8 +159,6 @@ def calibrate_step_time(micro_batch_size: int, seconds: float = 6.0) -> float:
     The fastest, not the median: on a shared machine the others' load inflates most steps (an oversubscribed
     2-thread step took 3.9 s instead of 0.2 s here), and the simulated peer stands for a volunteer's own machine.
     """
-    import torch
-
     from swarm.data import build_data
     from swarm.tokenizer import build_tokenizer
 
