@@ -375,6 +375,14 @@ class Coordinator:
         elif data.source == "hub" and data.dataset and looks_like_local_path(data.dataset):
             lines += [f"The data are the dataset folder {data.dataset}: a volunteer on another machine needs a copy "
                       "of it, passed with --data-dir <the copy>.", ""]
+        model, tokenizer = self.recipe.model, self.recipe.tokenizer
+        if model.pretrained and looks_like_local_path(model.pretrained):
+            lines += [f"The model starts from the folder {model.pretrained}: a volunteer on another machine needs a "
+                      "copy of it, passed with --model-dir <the copy>.", ""]
+        if (tokenizer.kind == "pretrained" and tokenizer.name and looks_like_local_path(tokenizer.name)
+                and tokenizer.name != model.pretrained):
+            lines += [f"The tokenizer is the folder {tokenizer.name}: a volunteer on another machine needs a copy of "
+                      "it, passed with --tokenizer-dir <the copy>.", ""]
         if self.dashboard is not None:
             lines += [f"Dashboard: {self.dashboard.url} (Prometheus metrics at {self.dashboard.url}metrics)", ""]
         if len(addresses) > 1:

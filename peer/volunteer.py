@@ -45,7 +45,7 @@ from swarm.data import build_data, check_identity, with_local_data
 from swarm.errors import SwarmError, UsageError
 from swarm.hardware import TrainingForward, background_torch_on_one_thread, pick_hardware, pick_micro_batch_size
 from swarm.identity import Identity
-from swarm.model import build_model, count_parameters
+from swarm.model import build_model, count_parameters, with_local_model
 from swarm.network import create_dht, parse_initial_peers
 from swarm.processes import shared_memory_advice, shared_memory_problem
 from swarm.recipe import Recipe, recipe_from_json
@@ -79,6 +79,8 @@ class VolunteerSettings:
     max_runtime_s: float | None = None
     cache_dir: str | None = None
     data_dir: str | None = None  # this machine's copy of the run's data folder (source=files, a local dataset)
+    model_dir: str | None = None  # this machine's copy of the organiser's model folder (a local model.pretrained)
+    tokenizer_dir: str | None = None  # this machine's copy of the organiser's tokenizer folder (a local tokenizer.name)
     stats_file: str | None = None
     display: str = "auto"  # auto | rich | log | none
     connect_timeout_s: float = 60.0
@@ -223,8 +225,10 @@ class Volunteer:
             raise UsageError(f"--display {s.display!r}: use auto, rich, log or none")
         if s.compile not in ("auto", "on", "off"):
             raise UsageError(f"--compile {s.compile!r}: use auto, on or off")
-        if s.data_dir and not Path(s.data_dir).expanduser().is_dir():
-            raise UsageError(f"--data-dir {s.data_dir}: no such folder; give your copy of the run's data folder")
+        for flag, folder, what in (("--data-dir", s.data_dir, "data"), ("--model-dir", s.model_dir, "model"),
+                                   ("--tokenizer-dir", s.tokenizer_dir, "tokenizer")):
+            if folder and not Path(folder).expanduser().is_dir():
+                raise UsageError(f"{flag} {folder}: no such folder; give your copy of the run's {what} folder")
         if s.stats_file and Path(s.stats_file).is_dir():
             raise UsageError(f"--stats-file {s.stats_file}: is a folder; give a file path (e.g. "
                              f"{Path(s.stats_file) / 'stats.json'})")
@@ -253,6 +257,7 @@ class Volunteer:
         self.announcement = self._fetch_announcement()
         self.recipe: Recipe = recipe_from_json(self.announcement.recipe_json, source="the recipe published by the coordinator")
         self.recipe = self.recipe.model_copy(update={"data": with_local_data(self.recipe.data, s.data_dir)})
+        self.recipe = with_local_model(self.recipe, s.model_dir, s.tokenizer_dir)
         self.dht.add_validators(records.schema_validators(self.recipe.run.id))
         self._public_key = RSASignatureValidator(self.identity.signing_key).local_public_key
         logger.info(f"Run {self.recipe.run.id!r}: {self.recipe.run.description or 'no description'}")

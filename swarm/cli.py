@@ -138,6 +138,12 @@ def join(
         None, envvar="SWARM_DATA_DIR",
         help="This machine's copy of the run's data folder, for runs on the organiser's own files (the coordinator "
              "prints what it must hold)."),
+    model_dir: Optional[Path] = typer.Option(
+        None, envvar="SWARM_MODEL_DIR",
+        help="This machine's copy of the organiser's model folder, for runs that start from a local model."),
+    tokenizer_dir: Optional[Path] = typer.Option(
+        None, envvar="SWARM_TOKENIZER_DIR",
+        help="This machine's copy of the organiser's tokenizer folder, when it is not in the model folder."),
     stats_file: Optional[Path] = typer.Option(None, envvar="SWARM_STATS_FILE",
                                               help="Write this peer's stats (JSON) here."),
     display: str = typer.Option("auto", envvar="SWARM_DISPLAY", help="auto, rich, log or none."),
@@ -166,7 +172,8 @@ def join(
         threads=threads, micro_batch_size=micro_batch_size, max_runtime_s=max_runtime,
         cache_dir=str(cache_dir) if cache_dir else None, stats_file=str(stats_file) if stats_file else None,
         display=display, from_checkpoint=from_checkpoint, compile=compile,
-        data_dir=str(data_dir) if data_dir else None)
+        data_dir=str(data_dir) if data_dir else None, model_dir=str(model_dir) if model_dir else None,
+        tokenizer_dir=str(tokenizer_dir) if tokenizer_dir else None)
     Volunteer(settings).run()
 
 

@@ -12,17 +12,50 @@ initialisation is seeded from the recipe and never from the process.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
 import torch
 import transformers
 
 from swarm.errors import UsageError
-from swarm.recipe import ModelConfig
+from swarm.recipe import ModelConfig, looks_like_local_path
+
+if TYPE_CHECKING:
+    from swarm.recipe import Recipe
+
+
+def _from_pretrained(load: Callable[..., Any], cfg: ModelConfig, **options: Any) -> Any:
+    """`load(cfg.pretrained)`, with what went wrong said in terms of the recipe (transformers raises OSError and
+    ValueError with advice about its own API)."""
+    assert cfg.pretrained is not None
+    name = os.path.expanduser(cfg.pretrained)
+    if looks_like_local_path(cfg.pretrained):
+        if not os.path.isdir(name):
+            raise UsageError(f"model.pretrained: the folder {cfg.pretrained!r} does not exist: fix the path or use a "
+                             "Hub id such as 'gpt2'")
+        if not os.path.isfile(os.path.join(name, "config.json")):
+            raise UsageError(f"model.pretrained: the folder {cfg.pretrained!r} has no config.json: give a folder "
+                             "written by transformers' save_pretrained (config.json and weights)")
+    advice = "set it to a model folder with config.json and weights, or a Hub id such as 'gpt2'"
+    try:
+        return load(name, revision=cfg.revision, **options)
+    except ValueError as error:
+        if "Unrecognized configuration class" in str(error):
+            raise UsageError(f"model.pretrained {cfg.pretrained!r} has no causal-LM head: use a decoder model such as "
+                             "gpt2 or llama") from None
+        raise UsageError(f"model.pretrained: cannot load {cfg.pretrained!r} ({str(error).splitlines()[0]}): "
+                         f"{advice}") from None
+    except OSError as error:
+        raise UsageError(f"model.pretrained: cannot load {cfg.pretrained!r} ({str(error).splitlines()[0]}): {advice} "
+                         "(a Hub model is downloaded once, then cached)") from None
 
 
 def build_model_config(cfg: ModelConfig, vocab_size: int, eos_id: int | None, pad_id: int | None):
     """The transformers config of the model; the tokenizer decides vocabulary and special ids."""
     if cfg.pretrained:
-        return transformers.AutoConfig.from_pretrained(cfg.pretrained, revision=cfg.revision)
+        return _from_pretrained(transformers.AutoConfig.from_pretrained, cfg)
     try:
         config = transformers.AutoConfig.for_model(cfg.architecture, **cfg.config)
     except ValueError as error:
@@ -44,7 +77,7 @@ def build_model(cfg: ModelConfig, vocab_size: int, eos_id: int | None = None, pa
     """A causal LM, deterministic for a given recipe: same seed, same architecture, same weights on every peer."""
     config = build_model_config(cfg, vocab_size, eos_id, pad_id)
     if cfg.pretrained:
-        model = transformers.AutoModelForCausalLM.from_pretrained(cfg.pretrained, revision=cfg.revision, config=config)
+        model = _from_pretrained(transformers.AutoModelForCausalLM.from_pretrained, cfg, config=config)
     else:
         state = torch.random.get_rng_state()
         torch.manual_seed(cfg.init_seed)
@@ -67,3 +100,51 @@ def build_model(cfg: ModelConfig, vocab_size: int, eos_id: int | None = None, pa
 
 def count_parameters(model: torch.nn.Module) -> int:
     return sum(parameter.numel() for parameter in model.parameters())
+
+
+def with_local_model(recipe: "Recipe", model_dir: str | os.PathLike | None,
+                     tokenizer_dir: str | os.PathLike | None) -> "Recipe":
+    """A recipe published by a coordinator, its model and tokenizer folders pointed at this machine's copies.
+
+    A coordinator publishes the paths of its own machine. A volunteer elsewhere passes its copy of the organiser's
+    model folder (`model.pretrained`) as `model_dir`, which also stands for `tokenizer.name` when that is the same
+    folder, and its copy of a tokenizer folder of its own as `tokenizer_dir`. Raises UsageError saying what to copy
+    and how to pass it when a folder the run needs is missing here, or a flag has nothing to point at.
+    """
+    model, tokenizer = recipe.model, recipe.tokenizer
+    local_model = model.pretrained if model.pretrained and looks_like_local_path(model.pretrained) else None
+    local_tokenizer = (tokenizer.name if tokenizer.kind == "pretrained" and tokenizer.name
+                       and looks_like_local_path(tokenizer.name) else None)
+    tokenizer_in_model = local_tokenizer is not None and local_tokenizer == local_model
+    if model_dir is not None:
+        if local_model is None:
+            what = (f"the Hub model {model.pretrained!r}, downloaded by name" if model.pretrained
+                    else "model.config (random weights, the same on every peer)")
+            raise UsageError(f"--model-dir {model_dir}: this run's model comes from {what}, which needs no model "
+                             "folder: leave it out")
+        folder = Path(model_dir).expanduser().resolve()
+        if not (folder / "config.json").is_file():
+            raise UsageError(f"--model-dir {model_dir}: no config.json in it; give your copy of the organiser's "
+                             f"model folder {local_model}")
+        model = model.model_copy(update={"pretrained": str(folder)})
+        if tokenizer_in_model:
+            tokenizer = tokenizer.model_copy(update={"name": str(folder)})
+    elif local_model is not None and not os.path.isdir(os.path.expanduser(local_model)):
+        raise UsageError(f"this run starts from the model folder {local_model} of the organiser's machine, which this "
+                         "machine does not have: get a copy of that folder and pass it with --model-dir DIR")
+    if tokenizer_dir is not None:
+        if local_tokenizer is None:
+            what = (f"the Hub tokenizer {tokenizer.name!r}, downloaded by name" if tokenizer.kind == "pretrained"
+                    else "the built-in byte-level tokenizer")
+            raise UsageError(f"--tokenizer-dir {tokenizer_dir}: this run uses {what}, which needs no tokenizer "
+                             "folder: leave it out")
+        if tokenizer_in_model and model_dir is not None:
+            raise UsageError(f"--tokenizer-dir {tokenizer_dir}: this run's tokenizer is in its model folder, which "
+                             "--model-dir gives already: leave --tokenizer-dir out")
+        tokenizer = tokenizer.model_copy(update={"name": str(Path(tokenizer_dir).expanduser().resolve())})
+    elif local_tokenizer is not None and not (tokenizer_in_model and model_dir is not None) \
+            and not os.path.isdir(os.path.expanduser(local_tokenizer)):
+        flag = "--model-dir DIR (the tokenizer is in the model folder)" if tokenizer_in_model else "--tokenizer-dir DIR"
+        raise UsageError(f"this run's tokenizer is the folder {local_tokenizer} of the organiser's machine, which this "
+                         f"machine does not have: get a copy of that folder and pass it with {flag}")
+    return recipe.model_copy(update={"model": model, "tokenizer": tokenizer})

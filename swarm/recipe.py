@@ -166,7 +166,8 @@ class ModelConfig(_Section):
         default_factory=dict, description="Keyword arguments of the architecture's config class (sizes, dropout)."
     )
     pretrained: str | None = Field(
-        None, description="Continue from a checkpoint: a local folder or a Hub model id. Replaces architecture/config."
+        None, description="Continue from a checkpoint: a local folder (relative to the recipe's folder) or a Hub model "
+                          "id. Replaces architecture/config."
     )
     revision: str | None = Field(None, description="Hub revision of `pretrained` (branch, tag or commit).")
     init_seed: int = Field(0, description="Seed of the random initialisation; every peer must use the same.")
@@ -239,7 +240,8 @@ class TokenizerConfig(_Section):
     kind: Literal["byte", "pretrained"] = Field(
         "byte", description="`byte`: built-in byte-level tokenizer (no download); `pretrained`: load `name`."
     )
-    name: str | None = Field(None, description="tokenizers/transformers name or local path, for kind=pretrained.")
+    name: str | None = Field(None, description="tokenizers/transformers name or local folder (relative to the recipe's "
+                                                  "folder), for kind=pretrained.")
 
     @_cross_check("kind", "name")
     def _name_for_pretrained(self) -> Problems:
@@ -261,7 +263,8 @@ class DataConfig(_Section):
     )
     format: Literal["text", "jsonl"] = Field("text", description="File format, for source=files.")
     text_field: str = Field("text", description="Field holding the text, for jsonl files and hub datasets.")
-    dataset: str | None = Field(None, description="`datasets` name or local path, for source=hub.")
+    dataset: str | None = Field(None, description="`datasets` name or local folder (relative to the recipe's folder), "
+                                                     "for source=hub.")
     dataset_config: str | None = Field(None, description="`datasets` configuration name, for source=hub.")
     split: str = Field("train", description="`datasets` split, for source=hub.")
     revision: str | None = Field(None, description="Dataset revision (commit), for source=hub; pin it.")
@@ -708,7 +711,7 @@ def _check_paths(data: dict[str, Any], base_dir: Path) -> list[RecipeProblem]:
     if data_section.get("source") == "hub":
         local_paths.append(("data.dataset", data_section.get("dataset")))
     for key, value in local_paths:
-        if isinstance(value, str) and value and looks_like_local_path(value):
+        if isinstance(value, str) and value and is_local_path(value, base_dir):
             if not os.path.exists(_resolve(base_dir, value)):
                 problems.append(
                     RecipeProblem(
@@ -721,6 +724,13 @@ def _check_paths(data: dict[str, Any], base_dir: Path) -> list[RecipeProblem]:
 def looks_like_local_path(value: str) -> bool:
     """Whether a model, tokenizer or dataset name is a local path: a Hub id is "name" or "namespace/name"."""
     return value.startswith((".", "/", "~")) or value.count("/") > 1
+
+
+def is_local_path(value: str, base_dir: Path) -> bool:
+    """Whether a recipe's model, tokenizer or dataset name found in `base_dir` (the recipe's folder) means a folder:
+    a path, or a name that could be a Hub id but is a folder next to the recipe (as transformers prefers a local
+    folder to the Hub)."""
+    return looks_like_local_path(value) or (base_dir / value).is_dir()
 
 
 _WHAT_IT_IS = {"list": "a list", "str": "plain text", "int": "a number", "float": "a number", "bool": "true/false"}
@@ -833,7 +843,7 @@ def load_recipe(path: str | os.PathLike) -> Recipe:
     for section_name, key, applies in local_paths:
         section = getattr(recipe, section_name)
         value = getattr(section, key, None)
-        if applies and isinstance(value, str) and value and looks_like_local_path(value):
+        if applies and isinstance(value, str) and value and is_local_path(value, base):
             section = section.model_copy(update={key: str(_resolve(base, value))})
             recipe = recipe.model_copy(update={section_name: section})
     return recipe

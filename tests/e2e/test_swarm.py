@@ -200,6 +200,51 @@ def test_a_volunteer_on_another_machine_trains_on_its_own_copy_of_the_organisers
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
+def test_a_volunteer_on_another_machine_starts_from_its_own_copy_of_the_organisers_model_folder(
+        swarm_factory, recipe_writer, tmp_path):
+    """A run that fine-tunes the organiser's local model (its tokenizer in the same folder) is published with the
+    organiser's path: elsewhere, transformers failed on it with a traceback."""
+    import shutil
+
+    import yaml
+    from swarm.model import build_model
+    from swarm.recipe import ModelConfig
+    from swarm.tokenizer import ByteTokenizer
+
+    organiser = tmp_path / "organiser"
+    organiser.mkdir()
+    path = recipe_writer(organiser / "recipe.yaml", "e2e-local-model", max_epochs=1000)
+    recipe = yaml.safe_load(path.read_text())
+    tokenizer = ByteTokenizer()
+    build_model(ModelConfig(architecture="gpt2", config=recipe["model"]["config"]), tokenizer.vocab_size,
+                tokenizer.eos_id, tokenizer.pad_id).save_pretrained(organiser / "base")
+    tokenizer.save_pretrained(organiser / "base")
+    recipe["model"] = {"pretrained": "base"}
+    recipe["tokenizer"] = {"kind": "pretrained", "name": "base"}
+    path.write_text(yaml.safe_dump(recipe))
+    swarm = swarm_factory()
+    coordinator = swarm.launch(path)
+    coordinator.wait_for(r"The model starts from the folder .*--model-dir", timeout_s=60)
+    assert "--tokenizer-dir" not in coordinator.output  # the tokenizer is in the model folder
+
+    copy = tmp_path / "volunteer" / "my-copy"
+    shutil.copytree(organiser / "base", copy)
+    (organiser / "base").rename(organiser / "elsewhere")  # as on another machine: the organiser's paths are not here
+    lost = swarm.join("lost")
+    assert lost.wait(timeout_s=120) == 2, lost.output[-3000:]
+    assert (f"the model folder {organiser / 'base'} of the organiser's machine, which this machine does not have"
+            in lost.output and "--model-dir DIR" in lost.output and "Traceback" not in lost.output), lost.output[-3000:]
+
+    volunteer = swarm.join("with-copy", "--model-dir", str(copy))
+    volunteer.wait_for(r"Data: .*matches the swarm", timeout_s=120)
+    volunteer.wait_for(r"epoch \d+ \(", timeout_s=120)
+    volunteer.interrupt()
+    assert volunteer.wait(timeout_s=90) == 0, volunteer.output[-3000:]
+    assert swarm.stats("with-copy")["samples"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
 def test_a_volunteer_at_the_runs_end_says_its_coordinator_is_stopped_and_waits_for_a_relaunch(
         swarm_factory, recipe_writer, tmp_path):
     swarm = swarm_factory()

@@ -29,6 +29,8 @@ def _unused_address() -> str:
     (["--threads", "0"], "--threads must be at least 1"),
     (["--device", "tpu"], "--device"),
     (["--from-checkpoint", "./does/not/exist"], "--from-checkpoint ./does/not/exist: no such folder"),
+    (["--model-dir", "./does/not/exist"], "--model-dir does/not/exist: no such folder"),
+    (["--tokenizer-dir", "./does/not/exist"], "--tokenizer-dir does/not/exist: no such folder"),
 ])
 def test_a_bad_local_flag_is_named_before_connecting(tmp_path, flags, named):
     completed = subprocess.run(

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
 from swarm.errors import UsageError
-from swarm.model import build_model, count_parameters
-from swarm.recipe import ModelConfig, TokenizerConfig
+from swarm.model import build_model, count_parameters, with_local_model
+from swarm.recipe import ModelConfig, Recipe, TokenizerConfig
 from swarm.tokenizer import build_tokenizer
 
 TINY_GPT2 = {"n_layer": 1, "n_embd": 16, "n_head": 2, "n_positions": 32}
@@ -130,6 +132,110 @@ def test_pretrained_model_with_a_smaller_vocabulary_than_the_tokenizer_is_refuse
     small.save_pretrained(tmp_path / "small")
     with pytest.raises(UsageError, match=r"vocabulary \(100\) is smaller than the tokenizer's \(259\)"):
         build_model(ModelConfig(pretrained=str(tmp_path / "small")), vocab_size=tokenizer.vocab_size)
+
+
+def test_a_pretrained_model_that_cannot_be_loaded_is_blamed_on_model_pretrained_not_a_traceback(tokenizer, tmp_path):
+    with pytest.raises(UsageError, match=r"model.pretrained: the folder '.*/gone' does not exist: fix the path"):
+        build_model(ModelConfig(pretrained=str(tmp_path / "gone")), vocab_size=tokenizer.vocab_size)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UsageError, match=r"model.pretrained: the folder '.*/empty' has no config.json"):
+        build_model(ModelConfig(pretrained=str(tmp_path / "empty")), vocab_size=tokenizer.vocab_size)
+    (tmp_path / "empty" / "config.json").write_text('{"model_type": "gpt2"}')  # weights missing
+    with pytest.raises(UsageError, match=r"model.pretrained: cannot load '.*/empty' \(.*\): set it to a model folder "
+                                         r"with config.json and weights"):
+        build_model(ModelConfig(pretrained=str(tmp_path / "empty")), vocab_size=tokenizer.vocab_size)
+
+
+def test_a_pretrained_model_without_a_causal_lm_head_is_refused_by_name(tokenizer, tmp_path):
+    import transformers
+
+    encoder = transformers.DistilBertModel(transformers.DistilBertConfig(dim=16, n_layers=1, n_heads=2,
+                                                                         hidden_dim=32))
+    encoder.save_pretrained(tmp_path / "encoder")
+    with pytest.raises(UsageError, match=r"model.pretrained '.*/encoder' has no causal-LM head"):
+        build_model(ModelConfig(pretrained=str(tmp_path / "encoder")), vocab_size=tokenizer.vocab_size)
+
+
+# --- a published recipe on another machine: the organiser's model and tokenizer folders are not there ---------
+
+
+def _published(model_folder: Path, tokenizer: dict | None = None) -> Recipe:
+    """A recipe as a volunteer receives it: the organiser's absolute paths, checked nowhere."""
+    return Recipe.model_validate({"run": {"id": "local-model"}, "model": {"pretrained": str(model_folder)},
+                                  "tokenizer": tokenizer or {"kind": "byte"}})
+
+
+@pytest.fixture
+def organiser_model(tokenizer, tmp_path) -> Path:
+    folder = tmp_path / "organiser" / "model"
+    build(tokenizer, init_seed=11).save_pretrained(folder)
+    build_tokenizer(TokenizerConfig(kind="byte")).save_pretrained(folder)
+    return folder
+
+
+def test_a_volunteer_without_the_organisers_model_folder_is_told_to_copy_it_and_pass_model_dir(organiser_model):
+    recipe = _published(organiser_model.parent / "moved-away")
+    with pytest.raises(UsageError, match=r"the model folder .*/moved-away of the organiser's machine, which this "
+                                         r"machine does not have: get a copy of that folder and pass it with "
+                                         r"--model-dir DIR"):
+        with_local_model(recipe, None, None)
+    assert with_local_model(_published(organiser_model), None, None).model.pretrained == str(organiser_model)
+
+
+def test_model_dir_points_the_model_and_a_tokenizer_in_the_same_folder_at_this_machines_copy(
+        organiser_model, tokenizer, tmp_path):
+    import shutil
+
+    copy = Path(shutil.copytree(organiser_model, tmp_path / "volunteer" / "copy"))
+    gone = organiser_model.parent / "moved-away"
+    recipe = _published(gone, tokenizer={"kind": "pretrained", "name": str(gone)})
+    with pytest.raises(UsageError, match=r"model folder .*moved-away.*--model-dir DIR"):
+        with_local_model(recipe, None, None)
+    mine = with_local_model(recipe, copy, None)
+    assert mine.model.pretrained == mine.tokenizer.name == str(copy.resolve())
+    assert (mine.run, mine.data, mine.optimizer) == (recipe.run, recipe.data, recipe.optimizer)
+    loaded = build_model(mine.model, vocab_size=tokenizer.vocab_size)
+    original = build(tokenizer, init_seed=11).state_dict()
+    assert all(torch.equal(original[name], tensor) for name, tensor in loaded.state_dict().items())
+    assert build_tokenizer(mine.tokenizer).identity() == build_tokenizer(recipe.tokenizer.model_copy(
+        update={"name": str(organiser_model)})).identity()
+    with pytest.raises(UsageError, match=r"--tokenizer-dir .*: this run's tokenizer is in its model folder, which "
+                                         r"--model-dir gives already"):
+        with_local_model(recipe, copy, copy)
+
+
+def test_a_tokenizer_folder_of_its_own_needs_tokenizer_dir(organiser_model, tmp_path):
+    gone = tmp_path / "organiser" / "tokenizer"
+    recipe = _published(organiser_model, tokenizer={"kind": "pretrained", "name": str(gone)})
+    with pytest.raises(UsageError, match=r"this run's tokenizer is the folder .*/tokenizer of the organiser's "
+                                         r"machine, .* pass it with --tokenizer-dir DIR"):
+        with_local_model(recipe, None, None)
+    assert with_local_model(recipe, None, organiser_model).tokenizer.name == str(organiser_model.resolve())
+
+
+@pytest.mark.parametrize("model_section, tokenizer_section, flags, refused", [
+    ({"architecture": "gpt2"}, {"kind": "byte"}, ("MODEL", None),
+     r"--model-dir .*: this run's model comes from model.config \(random weights.*leave it out"),
+    ({"pretrained": "gpt2"}, {"kind": "byte"}, ("MODEL", None),
+     r"--model-dir .*: this run's model comes from the Hub model 'gpt2', downloaded by name.*leave it out"),
+    ({"architecture": "gpt2"}, {"kind": "byte"}, (None, "MODEL"),
+     r"--tokenizer-dir .*: this run uses the built-in byte-level tokenizer, which needs no tokenizer folder"),
+    ({"architecture": "gpt2"}, {"kind": "pretrained", "name": "gpt2"}, (None, "MODEL"),
+     r"--tokenizer-dir .*: this run uses the Hub tokenizer 'gpt2'"),
+])
+def test_a_folder_flag_the_run_has_no_use_for_is_refused(organiser_model, model_section, tokenizer_section, flags,
+                                                         refused):
+    recipe = Recipe.model_validate({"run": {"id": "hub"}, "model": model_section, "tokenizer": tokenizer_section})
+    model_dir, tokenizer_dir = (organiser_model if flag else None for flag in flags)
+    with pytest.raises(UsageError, match=refused):
+        with_local_model(recipe, model_dir, tokenizer_dir)
+
+
+def test_a_model_dir_without_a_config_is_refused_naming_the_organisers_folder(organiser_model, tmp_path):
+    (tmp_path / "wrong").mkdir()
+    with pytest.raises(UsageError, match=r"--model-dir .*/wrong: no config.json in it; give your copy of the "
+                                         r"organiser's model folder .*/organiser/model"):
+        with_local_model(_published(organiser_model), tmp_path / "wrong", None)
 
 
 def test_vocabulary_padding_rounds_the_embedding_and_output_rows_up_and_keeps_the_tokenizers_ids(tokenizer):

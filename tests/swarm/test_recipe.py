@@ -121,6 +121,23 @@ def test_a_relative_local_dataset_is_read_from_the_recipes_folder_whatever_the_w
     assert load_recipe(recipe_path).data.dataset == str(tmp_path / "run" / "dataset")
 
 
+def test_a_bare_name_that_is_a_folder_next_to_the_recipe_is_that_folder_not_a_hub_id(tmp_path, monkeypatch):
+    """`pretrained: base` beside a `base/` folder was looked up on the Hub (30 s of retries offline, then an error
+    about the Hub); transformers itself prefers a local folder, and the recipe's folder is where paths start."""
+    (tmp_path / "run" / "base").mkdir(parents=True)
+    (tmp_path / "run" / "org" / "tok").mkdir(parents=True)
+    recipe_path = tmp_path / "run" / "local.yaml"
+    recipe_path.write_text("run: {id: local}\nmodel: {pretrained: base}\n"
+                           "tokenizer: {kind: pretrained, name: org/tok}\n")
+    monkeypatch.chdir(tmp_path)
+    recipe = load_recipe(recipe_path)
+    assert recipe.model.pretrained == str(tmp_path / "run" / "base")
+    assert recipe.tokenizer.name == str(tmp_path / "run" / "org" / "tok")
+    recipe_path.write_text("run: {id: hub}\nmodel: {pretrained: gpt2}\ntokenizer: {kind: pretrained, name: org/name}\n")
+    recipe = load_recipe(recipe_path)  # no such folders: Hub ids, left as they are
+    assert (recipe.model.pretrained, recipe.tokenizer.name) == ("gpt2", "org/name")
+
+
 # --- broken recipes --------------------------------------------------------------------------------------------
 
 
