@@ -12,9 +12,12 @@ initialisation is seeded from the recipe and never from the process.
 
 from __future__ import annotations
 
+import contextlib
+import difflib
+import inspect
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import torch
 import transformers
@@ -24,6 +27,70 @@ from swarm.recipe import ModelConfig, looks_like_local_path
 
 if TYPE_CHECKING:
     from swarm.recipe import Recipe
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """transformers logs a warning per default config it builds (a GPT-2 token id outside a smaller vocabulary...)."""
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+
+
+# Size keys that architectures name differently, and the name transformers' configs share (or map to their own)
+_GENERIC_NAMES = {
+    "n_embd": "hidden_size", "d_model": "hidden_size", "n_layer": "num_hidden_layers",
+    "num_layers": "num_hidden_layers", "n_head": "num_attention_heads", "num_heads": "num_attention_heads",
+    "n_positions": "max_position_embeddings", "n_ctx": "max_position_embeddings", "n_inner": "intermediate_size",
+    "ffn_dim": "intermediate_size", "d_ff": "intermediate_size",
+}
+
+
+def architecture_problems(architecture: str, config: dict[str, Any]) -> Iterator[tuple[str, str]]:
+    """(key, message) for what is wrong with building `architecture` from `config`, found without building it.
+
+    An architecture transformers does not know, one without a causal-LM head, and keys its config class ignores:
+    transformers keeps an unknown key as a plain attribute, so `n_embd` under llama left llama's default width of
+    4096 in place and built a 6.5B-parameter model without a word. A key counts as known when the config class
+    takes it, or when passing it changes the config (an old name transformers still maps, such as `rope_theta`).
+    """
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    if architecture not in transformers.CONFIG_MAPPING:
+        close = difflib.get_close_matches(architecture, list(transformers.CONFIG_MAPPING), n=1)
+        yield "architecture", (f"{architecture!r} is not a transformers model type"
+                               + (f": did you mean {close[0]!r}?" if close else " (for example gpt2, llama, gpt_neox)"))
+        return
+    if architecture not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        yield "architecture", (f"{architecture!r} has no causal-LM head: use a decoder model type such as gpt2 or "
+                               "llama")
+        return
+    config_class = transformers.CONFIG_MAPPING[architecture]
+    with _quiet_transformers():
+        try:
+            defaults = vars(config_class())
+        except Exception:  # noqa: BLE001 - a config class that needs arguments: the build reports what is wrong
+            return
+        known = set(inspect.signature(config_class.__init__).parameters) | set(defaults)
+        known |= set(getattr(config_class, "attribute_map", {}))
+        for key, value in config.items():
+            if key in known:
+                continue
+            try:
+                changed = dict(vars(config_class(**{key: value})))
+            except Exception:  # noqa: BLE001 - a value of the wrong kind: the build names it
+                continue
+            changed.pop(key, None)
+            if changed != defaults:
+                continue
+            names = sorted(name for name in known if not name.startswith("_") and name != "self")
+            generic = _GENERIC_NAMES.get(key)
+            close = ([generic] if generic in known else []) or difflib.get_close_matches(key, names, n=1, cutoff=0.5)
+            yield f"config.{key}", (f"not a setting of {architecture} ({config_class.__name__}), which would ignore it "
+                                    "and keep its default" + (f": did you mean {close[0]!r}?" if close else ""))
 
 
 def _from_pretrained(load: Callable[..., Any], cfg: ModelConfig, **options: Any) -> Any:
@@ -95,7 +162,31 @@ def build_model(cfg: ModelConfig, vocab_size: int, eos_id: int | None = None, pa
             f"the model's vocabulary ({model.get_input_embeddings().weight.shape[0]}) is smaller than the "
             f"tokenizer's ({vocab_size}): use the model's own tokenizer or a matching model.config.vocab_size"
         )
+    if not _is_causal(model, vocab_size):
+        what = (f"model.pretrained {cfg.pretrained!r} ({model.config.model_type})" if cfg.pretrained
+                else f"model.architecture {cfg.architecture!r}")
+        raise UsageError(f"{what} lets each position see the tokens after it (an encoder), so it would learn to copy "
+                         "the next token rather than predict it: use a decoder such as gpt2 or llama (an encoder "
+                         "that can run as a decoder, such as bert, needs model.config.is_decoder: true)")
     return model
+
+
+def _is_causal(model: torch.nn.Module, vocab_size: int, length: int = 8) -> bool:
+    """Whether the model's output at a position ignores the tokens after it: two inputs that differ only in their
+    last token must give the same logits everywhere before it. AutoModelForCausalLM builds encoders such as bert
+    (BertLMHeadModel) without complaint, with attention over the whole sequence."""
+    generator = torch.Generator().manual_seed(0)
+    first = torch.randint(0, min(vocab_size, 256), (1, length), generator=generator)
+    second = first.clone()
+    second[0, -1] = (first[0, -1] + 1) % min(vocab_size, 256)
+    training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            logits = model(input_ids=torch.cat([first, second])).logits.float()
+    finally:
+        model.train(training)
+    return torch.allclose(logits[0, :-1], logits[1, :-1], rtol=1e-4, atol=1e-5)
 
 
 def count_parameters(model: torch.nn.Module) -> int:

@@ -211,6 +211,23 @@ class ModelConfig(_Section):
             yield f"config.{width_key}", (f"{width} is not a multiple of {heads_key} ({heads}): each attention head "
                                           f"gets {width_key} / {heads_key} dimensions; change one of them")
 
+    @_cross_check("architecture", "pretrained", "config")
+    def _config_fits_the_architecture(self) -> Problems:
+        """`architecture` is a transformers model type with a causal-LM head, and every key of `config` is a setting
+        of its config class (transformers would keep a misspelt or foreign key, such as gpt2's `n_embd` under llama,
+        and build the architecture's default size). With `pretrained`, the config comes with the weights: `config`
+        stays empty."""
+        if self.pretrained is not None:
+            if self.config:
+                yield "config", ("applies to models built from model.architecture; a pretrained model's config comes "
+                                 "with its weights: remove it")
+            return
+        if not self.architecture:
+            return
+        from swarm.model import architecture_problems
+
+        yield from architecture_problems(self.architecture, self.config)
+
     @field_validator("config")
     @classmethod
     def _config_is_plain_data(cls, value: dict[str, Any]) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -79,15 +80,76 @@ def test_other_causal_architectures_build_too(tokenizer):
     assert type(model).__name__ == "LlamaForCausalLM" and model.config.vocab_size == 259
 
 
-def test_unknown_architecture_is_a_usage_error(tokenizer):
+def unvalidated(architecture: str, config: dict) -> ModelConfig:
+    """A model section that skipped the recipe's checks, as code that builds one by hand could pass it."""
+    return ModelConfig.model_construct(architecture=architecture, config=config, pretrained=None, revision=None,
+                                       init_seed=0, pad_vocab_to_multiple_of=None)
+
+
+def test_unknown_architecture_is_refused_by_the_recipe_and_by_the_build(tokenizer):
+    with pytest.raises(ValueError, match=r"architecture\n.*'llamma' is not a transformers model type: did you mean "
+                                         r"'llama'\?"):
+        ModelConfig(architecture="llamma", config={})
     with pytest.raises(UsageError, match=r"model.architecture 'gpt9' is not a transformers model type"):
-        build(tokenizer, architecture="gpt9", config={})
+        build_model(unvalidated("gpt9", {}), vocab_size=tokenizer.vocab_size)
 
 
-def test_architecture_without_a_causal_lm_head_is_a_usage_error(tokenizer):
+def test_architecture_without_a_causal_lm_head_is_refused_by_the_recipe_and_by_the_build(tokenizer):
+    t5 = {"d_model": 16, "num_layers": 1, "num_heads": 2, "d_ff": 32, "d_kv": 8}
+    with pytest.raises(ValueError, match=r"architecture\n.*'t5' has no causal-LM head"):
+        ModelConfig(architecture="t5", config=t5)
     with pytest.raises(UsageError, match=r"model.architecture 't5' has no causal-LM head"):
-        build(tokenizer, architecture="t5",
-              config={"d_model": 16, "num_layers": 1, "num_heads": 2, "d_ff": 32, "d_kv": 8})
+        build_model(unvalidated("t5", t5), vocab_size=tokenizer.vocab_size)
+
+
+def test_a_key_the_architecture_ignores_is_refused_with_the_name_it_has_there():
+    """tiny-stdlib's gpt2 keys under llama built llama's default 6.5B-parameter model, the keys kept as attributes."""
+    with pytest.raises(ValueError) as refused:
+        ModelConfig(architecture="llama", config={"n_layer": 2, "n_embd": 64, "hidden_size": 64, "n_head": 2})
+    message = str(refused.value)
+    assert re.search(r"config.n_embd\n.*not a setting of llama \(LlamaConfig\), which would ignore it", message)
+    assert "config.n_layer" in message and "config.n_head" in message and "config.hidden_size" not in message
+    with pytest.raises(ValueError, match=r"config.n_layers\n.*not a setting of gpt2 .*did you mean 'n_layer'\?"):
+        ModelConfig(architecture="gpt2", config={"n_layers": 2})
+
+
+def test_old_names_transformers_still_maps_and_the_shipped_recipes_keys_are_accepted():
+    ModelConfig(architecture="llama", config={"hidden_size": 64, "rope_theta": 500000.0, "num_hidden_layers": 1,
+                                              "num_attention_heads": 2, "attn_implementation": "eager"})
+    ModelConfig(architecture="gpt2", config={**TINY_GPT2, "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0})
+
+
+def test_an_encoder_that_sees_later_tokens_is_refused_unless_it_runs_as_a_decoder(tokenizer, tmp_path):
+    """bert built as a causal LM attended to the whole sequence: the logit at position 5 changed with token 10."""
+    bert = {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32}
+    with pytest.raises(UsageError, match=r"model.architecture 'bert' lets each position see the tokens after it .*"
+                                         r"needs model.config.is_decoder: true"):
+        build(tokenizer, architecture="bert", config=bert)
+    decoder = build(tokenizer, architecture="bert", config={**bert, "is_decoder": True})
+    decoder.save_pretrained(tmp_path / "bert-decoder")
+    decoder.config.is_decoder = False
+    decoder.save_pretrained(tmp_path / "bert-encoder")
+    with pytest.raises(UsageError, match=r"model.pretrained '.*bert-encoder' \(bert\) lets each position see"):
+        build_model(ModelConfig(pretrained=str(tmp_path / "bert-encoder")), vocab_size=tokenizer.vocab_size)
+    build_model(ModelConfig(pretrained=str(tmp_path / "bert-decoder")), vocab_size=tokenizer.vocab_size)
+
+
+@pytest.mark.parametrize("architecture, config", [
+    ("gpt2", TINY_GPT2),
+    ("llama", {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32}),
+    ("gpt_neox", {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32}),
+])
+def test_decoders_pass_the_causality_check_with_the_process_random_state_untouched(tokenizer, architecture, config):
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    build(tokenizer, architecture=architecture, config=config)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_a_pretrained_model_takes_no_config():
+    with pytest.raises(ValueError, match=r"model.config|config\n.*a pretrained model's config comes with its weights"):
+        ModelConfig(pretrained="gpt2", config={"n_layer": 2})
 
 
 def test_model_config_keys_that_are_not_text_are_refused(tokenizer):
@@ -101,9 +163,7 @@ def test_model_config_keys_that_are_not_text_are_refused(tokenizer):
 
 
 def unvalidated_gpt2(config: dict) -> ModelConfig:
-    """A model section that skipped the recipe's checks, as code that builds one by hand could pass it."""
-    return ModelConfig.model_construct(architecture="gpt2", config=config, pretrained=None, revision=None,
-                                       init_seed=0, pad_vocab_to_multiple_of=None)
+    return unvalidated("gpt2", config)
 
 
 def test_model_config_value_of_the_wrong_type_is_a_usage_error_naming_the_key(tokenizer):
