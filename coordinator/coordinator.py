@@ -37,7 +37,7 @@ from hivemind.utils import get_dht_time
 
 import swarm
 from swarm import records
-from swarm.data import build_data, files_layout
+from swarm.data import build_data, data_copy_note
 from swarm.errors import SwarmError, UsageError
 from swarm.evaluation import validation_loss
 from swarm.identity import Identity
@@ -367,14 +367,9 @@ class Coordinator:
         self.join_command = f"swarm join --initial-peers {addresses[0]}"
         lines = [f"Swarm for run {self.recipe.run.id!r} is up. Volunteers join with:", ""]
         lines += [f"    {self.join_command}", ""]
-        data = self.recipe.data
-        if data.source == "files":
-            root, layout = files_layout(data.files)
-            lines += [f"The data are files in {root} ({', '.join(layout)}): a volunteer on another machine needs a "
-                      "copy of that folder, passed with --data-dir <the copy>.", ""]
-        elif data.source == "hub" and data.dataset and looks_like_local_path(data.dataset):
-            lines += [f"The data are the dataset folder {data.dataset}: a volunteer on another machine needs a copy "
-                      "of it, passed with --data-dir <the copy>.", ""]
+        note = data_copy_note(self.recipe.data)
+        if note:
+            lines += [note, ""]
         model, tokenizer = self.recipe.model, self.recipe.tokenizer
         if model.pretrained and looks_like_local_path(model.pretrained):
             lines += [f"The model starts from the folder {model.pretrained}: a volunteer on another machine needs a "

@@ -38,6 +38,7 @@ import json
 import logging
 import os
 import platform
+import re
 import sysconfig
 import tempfile
 import time
@@ -69,6 +70,11 @@ STDLIB_EXCLUDED_DIRS = frozenset(
 
 # File suffixes of a local dataset folder (source=hub with a path) and the `datasets` builder that reads them.
 LOCAL_DATASET_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv", ".txt": "text"}
+# What a local source=hub dataset may be, said in every error about one.
+LOCAL_DATASET_LAYOUTS = (
+    f"a folder of {', '.join(LOCAL_DATASET_BUILDERS)} files (one kind per folder), one such file, or a folder "
+    "written by `datasets`' save_to_disk (a Dataset or a DatasetDict)"
+)
 
 _ENCODE_BATCH_DOCUMENTS = 256  # documents per encode_batch call: enough for the Rust tokenizers to use every core
 
@@ -162,16 +168,58 @@ def _matches_a_file(pattern: str) -> bool:
     return True
 
 
+def _dataset_file_name(dataset: str) -> str | None:
+    """The name of a local source=hub dataset that is one file (such as train.jsonl); None for a folder.
+
+    On a volunteer's machine the organiser's path does not exist, and a data file's suffix says it is a file.
+    """
+    path = Path(os.path.expanduser(dataset))
+    if path.exists():
+        return path.name if path.is_file() else None
+    return path.name if path.suffix.lower() in LOCAL_DATASET_BUILDERS else None
+
+
+def _is_local_hub_dataset(cfg: "DataConfig") -> bool:
+    from swarm.recipe import looks_like_local_path
+
+    return cfg.source == "hub" and bool(cfg.dataset) and looks_like_local_path(cfg.dataset or "")
+
+
+def data_copy_note(cfg: "DataConfig") -> str | None:
+    """What a volunteer on another machine must copy to join a run on the organiser's own data and how to pass it
+    (`swarm launch` prints it); None where every machine gets the data by itself (stdlib, a Hub dataset id).
+
+    >>> from swarm.recipe import DataConfig
+    >>> print(data_copy_note(DataConfig(source="hub", dataset="/srv/run/train.jsonl")))  # doctest: +ELLIPSIS
+    The data are the dataset file /srv/run/train.jsonl: ... needs a folder holding a copy of train.jsonl, ...
+
+    The folder that `with_local_data` takes as --data-dir is the one this note describes.
+    """
+    if cfg.source == "files":
+        root, layout = files_layout(cfg.files)
+        return (f"The data are files in {root} ({', '.join(layout)}): a volunteer on another machine needs a copy of "
+                "that folder, passed with --data-dir <the copy>.")
+    if not _is_local_hub_dataset(cfg):
+        return None
+    file_name = _dataset_file_name(cfg.dataset or "")
+    if file_name:
+        return (f"The data are the dataset file {cfg.dataset}: a volunteer on another machine needs a folder holding "
+                f"a copy of {file_name}, passed with --data-dir <that folder>.")
+    return (f"The data are the dataset folder {cfg.dataset}: a volunteer on another machine needs a copy of it, "
+            "passed with --data-dir <the copy>.")
+
+
 def with_local_data(cfg: "DataConfig", data_dir: str | os.PathLike | None) -> "DataConfig":
     """The data section of a recipe published by a coordinator, pointed at this machine's copy of the data.
 
-    A coordinator publishes the paths of its own machine. `data_dir` (a volunteer's `--data-dir`) is this machine's
-    copy of the folder they share (`files_layout`) for source=files, or of the dataset folder for a local source=hub
-    dataset. Without it, those paths must exist here. Raises UsageError saying what to copy where.
+    A coordinator publishes the paths of its own machine. `data_dir` (a volunteer's `--data-dir`) is always a folder
+    (what `data_copy_note` describes): this machine's copy of the folder the data files share (`files_layout`) for
+    source=files, of the dataset folder for a local source=hub dataset, or a folder holding a copy of the dataset
+    file for a source=hub dataset that is one file (train.jsonl). Without it, those paths must exist here. Raises
+    UsageError saying what to copy where.
     """
-    from swarm.recipe import looks_like_local_path
-
-    local_hub = cfg.source == "hub" and bool(cfg.dataset) and looks_like_local_path(cfg.dataset)
+    local_hub = _is_local_hub_dataset(cfg)
+    file_name = _dataset_file_name(cfg.dataset or "") if local_hub else None
     if data_dir is None:
         if cfg.source == "files":
             missing = [pattern for pattern in cfg.files if not _matches_a_file(pattern)]
@@ -181,12 +229,25 @@ def with_local_data(cfg: "DataConfig", data_dir: str | os.PathLike | None) -> "D
                     f"this run trains on data files from the organiser's folder {root}, which this machine does not "
                     f"have ({missing[0]} matches nothing here): get a copy of that folder and pass it with "
                     f"--data-dir DIR (DIR must hold {', '.join(layout)})")
-        elif local_hub and not os.path.exists(os.path.expanduser(cfg.dataset)):
+        elif local_hub and not os.path.exists(os.path.expanduser(cfg.dataset or "")):
+            if file_name:
+                raise UsageError(
+                    f"this run trains on the dataset file {cfg.dataset} of the organiser's machine, which this "
+                    f"machine does not have: put a copy of {file_name} in a folder and pass that folder with "
+                    f"--data-dir DIR (DIR must hold {file_name})")
             raise UsageError(
                 f"this run trains on the dataset folder {cfg.dataset} of the organiser's machine, which this machine "
                 "does not have: get a copy of that folder and pass it with --data-dir DIR")
         return cfg
+    if cfg.source != "files" and not local_hub:
+        what = ("this Python's standard library" if cfg.source == "stdlib"
+                else f"the Hub dataset {cfg.dataset!r}, downloaded by name")
+        raise UsageError(f"--data-dir {data_dir}: this run trains on {what}, which needs no data folder: leave it out")
     folder = Path(data_dir).expanduser().resolve()
+    if not folder.is_dir():
+        problem = "is a file, not a folder" if folder.is_file() else "no such folder"
+        wanted = f"a folder holding your copy of {file_name}" if file_name else "your copy of the run's data folder"
+        raise UsageError(f"--data-dir {data_dir}: {problem}; give {wanted}")
     if cfg.source == "files":
         _, layout = files_layout(cfg.files)
         rebased = [str(folder / pattern) for pattern in layout]
@@ -195,11 +256,14 @@ def with_local_data(cfg: "DataConfig", data_dir: str | os.PathLike | None) -> "D
             raise UsageError(f"--data-dir {data_dir}: {missing[0]} matches no file in it; this run's data folder "
                              f"holds {', '.join(layout)}")
         return cfg.model_copy(update={"files": rebased})
-    if local_hub:
-        return cfg.model_copy(update={"dataset": str(folder)})
-    what = ("this Python's standard library" if cfg.source == "stdlib"
-            else f"the Hub dataset {cfg.dataset!r}, downloaded by name")
-    raise UsageError(f"--data-dir {data_dir}: this run trains on {what}, which needs no data folder: leave it out")
+    # A dataset folder whose name looks like a file's (corpus.txt/) is known by its copy's name, which cp -r keeps.
+    if file_name and folder.name != file_name:
+        copy = folder / file_name
+        if not copy.is_file():
+            raise UsageError(f"--data-dir {data_dir}: it holds no {file_name}; this run's dataset is the file "
+                             f"{file_name}: put your copy of it in that folder")
+        return cfg.model_copy(update={"dataset": str(copy)})
+    return cfg.model_copy(update={"dataset": str(folder)})
 
 
 def _read_text(path: Path) -> str:
@@ -232,9 +296,37 @@ def _iter_jsonl(path: Path, name: str, text_field: str) -> Iterator[tuple[str, s
             yield f"{name}:{line_number}", text
 
 
-def _local_dataset(dataset: str) -> Path | None:
+@dataclass(frozen=True)
+class LocalDataset:
+    """A source=hub dataset on this machine: where it is, how it is read and the files that define its rows.
+
+    `layout` is "save_to_disk" for a folder written by `Dataset.save_to_disk` or `DatasetDict.save_to_disk` (read
+    with `datasets.load_from_disk`), else the `datasets` builder of its data files: json, parquet, csv or text.
+    `files` are (path relative to `path`, path) in reading order: what the data identity hashes.
+    """
+
+    path: Path
+    layout: str
+    files: list[tuple[str, Path]]
+
+
+def _local_dataset(dataset: str) -> LocalDataset | None:
+    """The local dataset that data.dataset names, or None for a Hub id (no such path here).
+
+    Raises UsageError, naming data.dataset and the layouts that work, for a path swarm cannot read.
+    """
     path = Path(os.path.expanduser(dataset))
-    return path if path.exists() else None
+    if not path.exists():
+        return None
+    saved = _saved_dataset_files(path)
+    if saved is not None:
+        return LocalDataset(path, "save_to_disk", saved)
+    builder, files = _local_dataset_files(path)
+    return LocalDataset(path, builder, files)
+
+
+def _unreadable_dataset(path: Path, problem: str, fix: str = "") -> UsageError:
+    return UsageError(f"data.dataset: {str(path)!r} {problem}: swarm reads {LOCAL_DATASET_LAYOUTS}{fix}")
 
 
 def _local_dataset_files(folder: Path) -> tuple[str, list[tuple[str, Path]]]:
@@ -249,47 +341,157 @@ def _local_dataset_files(folder: Path) -> tuple[str, list[tuple[str, Path]]]:
         )
     files = [(name, path) for name, path in candidates if path.suffix.lower() in LOCAL_DATASET_BUILDERS]
     builders = {LOCAL_DATASET_BUILDERS[path.suffix.lower()] for _, path in files}
-    if not files:
-        raise UsageError(
-            f"data.dataset: {str(folder)!r} holds no {', '.join(LOCAL_DATASET_BUILDERS)} files: point it at a "
-            "folder of data files or use a Hub dataset id"
+    if folder.is_file() and not files:
+        raise _unreadable_dataset(folder, "is not a data file")
+    if any(path.suffix.lower() == ".arrow" for _, path in candidates):
+        # Most likely a save_to_disk folder that lost its state.json, or a sub-folder of one: its .json metadata
+        # would otherwise be read as the data.
+        raise _unreadable_dataset(
+            folder, "holds .arrow files without the state.json (or dataset_dict.json) that save_to_disk writes",
+            ": copy the whole folder that save_to_disk wrote"
         )
+    if not files:
+        raise _unreadable_dataset(folder, "holds no data files", ", or a Hub dataset id")
     if len(builders) > 1:
-        raise UsageError(
-            f"data.dataset: {str(folder)!r} mixes file kinds ({', '.join(sorted(builders))}): keep one kind per folder"
+        raise _unreadable_dataset(
+            folder, f"mixes file kinds ({', '.join(sorted(builders))})", ": keep one kind per folder"
         )
     return builders.pop(), files
 
 
-def _load_hub_dataset(cfg: "DataConfig", streaming: bool, hf_cache_dir: str | os.PathLike | None = None) -> Any:
-    """`datasets.load_dataset` for source=hub: a Hub id, or a local folder read with the builder of its files."""
+def _saved_dataset_files(path: Path) -> list[tuple[str, Path]] | None:
+    """The (relative path, path) data files of a folder written by `save_to_disk`, as its state.json lists them;
+    None for any other path.
+
+    A Dataset folder holds state.json, dataset_info.json and data-*.arrow files; a DatasetDict folder holds
+    dataset_dict.json and one such folder per split. Only the .arrow files define the rows: the metadata holds a
+    fingerprint that differs between two saves of the same rows, and `datasets` may add cache files next to them.
+    """
+    if (path / "dataset_dict.json").is_file():
+        splits = _saved_metadata(path, path / "dataset_dict.json").get("splits")
+        if not isinstance(splits, list) or not all(isinstance(split, str) for split in splits):
+            raise _unreadable_dataset(path, "has a dataset_dict.json without a list of splits")
+        folders = [path / split for split in splits]
+    elif (path / "state.json").is_file() and (path / "dataset_info.json").is_file():
+        folders = [path]
+    else:
+        return None
+    files = []
+    for folder in folders:
+        state = _saved_metadata(path, folder / "state.json")
+        entries = state.get("_data_files")
+        if not isinstance(entries, list) or not all(isinstance(entry, dict) for entry in entries):
+            raise _unreadable_dataset(path, f"has a {_relative(folder / 'state.json', path)} without _data_files")
+        for entry in entries:
+            file = folder / str(entry.get("filename"))
+            if not file.is_file():
+                raise _unreadable_dataset(
+                    path, f"lacks {_relative(file, path)}, which its state.json lists",
+                    ": copy the whole folder that save_to_disk wrote"
+                )
+            files.append((_relative(file, path), file))
+    return files
+
+
+def _relative(path: Path, root: Path) -> str:
+    return path.relative_to(root).as_posix()
+
+
+def _saved_metadata(root: Path, path: Path) -> dict:
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise _unreadable_dataset(root, f"lacks {_relative(path, root)}, which save_to_disk writes") from None
+    except (OSError, ValueError) as error:
+        raise _unreadable_dataset(root, f"has an unreadable {_relative(path, root)} ({error})") from None
+    if not isinstance(content, dict):
+        raise _unreadable_dataset(root, f"has a {_relative(path, root)} that is not a JSON object")
+    return content
+
+
+def _builder_data_files(local: LocalDataset) -> list[str] | dict[str, list[str]]:
+    """The data files of a local folder for its `datasets` builder, by split as `datasets` names them (train-*.jsonl
+    and test.jsonl are two splits; files without a split name are "train"), without the other files it would
+    otherwise hand the builder too (a LICENSE, a notes.pdf)."""
+    from datasets.data_files import DataFilesDict, get_data_patterns
+
+    if local.path.is_file():
+        return [str(local.path)]
+    wanted = {os.path.realpath(path) for _, path in local.files}
+    resolved = DataFilesDict.from_patterns(get_data_patterns(str(local.path)), base_path=str(local.path))
+    by_split = {
+        str(split): [file for file in files if os.path.realpath(file) in wanted] for split, files in resolved.items()
+    }
+    by_split = {split: files for split, files in by_split.items() if files}
+    # Only other files named a split (a test-notes.md next to data.jsonl): the data files are the one split, train.
+    return by_split or {"train": [str(path) for _, path in local.files]}
+
+
+def _load_saved_dataset(local: LocalDataset, split: str, streaming: bool) -> Any:
+    """`split` of a save_to_disk folder (slices such as train[:10%] work as in `load_dataset`), as an iterable
+    dataset with one shard per .arrow file when `streaming`."""
     import datasets
+
+    saved = datasets.load_from_disk(str(local.path))
+    if isinstance(saved, datasets.DatasetDict):
+        splits = dict(saved)
+    else:
+        # A saved Dataset is one split: the one it was loaded as, or "train" (as for a folder of files whose names
+        # name no split) when that was not recorded or was a slice such as train[:10%].
+        recorded = str(saved.split) if saved.split is not None else ""
+        splits = {recorded if re.fullmatch(r"\w+(\.\w+)*", recorded) else "train": saved}
+    # ReadInstruction raises ValueError('Unknown split "x". Should be one of [...]') as load_dataset does.
+    lengths = {name: len(dataset) for name, dataset in splits.items()}
+    instructions = datasets.ReadInstruction.from_spec(split).to_absolute(lengths)
+    parts = [
+        whole if (part.from_, part.to) == (0, len(whole)) else whole.select(range(part.from_, part.to))
+        for part in instructions
+        for whole in [splits[part.splitname]]
+    ]
+    dataset = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+    if not streaming:
+        return dataset
+    return dataset.to_iterable_dataset(num_shards=max(1, min(len(dataset.cache_files), len(dataset))))
+
+
+def _load_hub_dataset(cfg: "DataConfig", streaming: bool, hf_cache_dir: str | os.PathLike | None = None) -> Any:
+    """The dataset of a source=hub recipe: a Hub id read with `datasets.load_dataset`, a save_to_disk folder read with
+    `datasets.load_from_disk`, or a local folder (or file) read with the builder of its files."""
+    import datasets
+    import pyarrow
 
     assert cfg.dataset is not None  # the recipe refuses source=hub without a dataset
     cache = str(hf_cache_dir) if hf_cache_dir is not None else None
     local = _local_dataset(cfg.dataset)
     try:
+        if local is not None and local.layout == "save_to_disk":
+            return _load_saved_dataset(local, cfg.split, streaming)
         if local is not None:
-            builder, files = _local_dataset_files(local)
-            extra = {"sample_by": "document"} if builder == "text" else {}  # one .txt file = one document
-            location = {"data_files": [str(local)]} if local.is_file() else {"data_dir": str(local)}
-            return datasets.load_dataset(
-                builder, split=cfg.split, streaming=streaming, cache_dir=cache, **location, **extra
-            )
+            extra = {"sample_by": "document"} if local.layout == "text" else {}  # one .txt file = one document
+            try:
+                return datasets.load_dataset(
+                    local.layout, data_files=_builder_data_files(local), split=cfg.split, streaming=streaming,
+                    cache_dir=cache, **extra,
+                )
+            except datasets.exceptions.DatasetGenerationError as error:
+                raise _unreadable_rows(cfg.dataset, error.__cause__ or error) from None
+            except pyarrow.ArrowException as error:  # parquet reads each file's schema up front, even streamed
+                raise _unreadable_rows(cfg.dataset, error) from None
         return datasets.load_dataset(
             cfg.dataset, cfg.dataset_config, split=cfg.split, revision=cfg.revision, streaming=streaming,
             cache_dir=cache,
         )
     except ValueError as error:
-        if "split" in str(error).lower():
-            raise UsageError(f"data.split: {error}: set data.split to one of the dataset's splits") from None
+        if "split" in str(error).lower() or "instruction" in str(error).lower():
+            message = str(error).rstrip(".")
+            raise UsageError(f"data.split: {message}: set data.split to one of the dataset's splits") from None
         raise
 
 
 def _hub_text_field(cfg: "DataConfig") -> str:
     # The text builder (a folder of .txt files) always names its column "text".
     local = _local_dataset(cfg.dataset or "")
-    if local is not None and _local_dataset_files(local)[0] == "text":
+    if local is not None and local.layout == "text":
         return "text"
     return cfg.text_field
 
@@ -309,6 +511,25 @@ def _hub_text(example: dict, text_field: str, dataset: str, doc_id: str) -> str:
             "set data.text_field to a field with strings"
         )
     return text
+
+
+def _streamed_documents(dataset: Any, file_index: int, text_field: str, name: str) -> Iterator[tuple[str, str]]:
+    """The documents of file `file_index` of a streamed dataset, with ids "file/row"."""
+    import pyarrow
+
+    try:
+        for row, example in enumerate(dataset.shard(num_shards=dataset.num_shards, index=file_index)):
+            doc_id = f"{file_index}/{row}"
+            yield doc_id, _hub_text(example, text_field, name, doc_id)
+    # A file that is not what its name says: pyarrow's ArrowInvalid (JSON, parquet) and pandas' ParserError (CSV)
+    # are both ValueErrors. Streaming reads lazily, so they surface here rather than in load_dataset.
+    except (pyarrow.ArrowException, ValueError) as error:
+        raise _unreadable_rows(name, error) from None
+
+
+def _unreadable_rows(name: str, error: BaseException) -> UsageError:
+    # `datasets` logs the file's name at ERROR level when it knows it; the exception does not carry it.
+    return UsageError(f"data.dataset: {name!r} has a file that `datasets` cannot read ({error}): fix or remove it")
 
 
 def iter_documents(cfg: "DataConfig", hf_cache_dir: str | os.PathLike | None = None) -> Iterator[tuple[str, str]]:
@@ -334,9 +555,7 @@ def iter_documents(cfg: "DataConfig", hf_cache_dir: str | os.PathLike | None = N
         dataset = _load_hub_dataset(cfg, streaming=True, hf_cache_dir=hf_cache_dir)
         text_field = _hub_text_field(cfg)
         for file_index in range(dataset.num_shards):
-            for row, example in enumerate(dataset.shard(num_shards=dataset.num_shards, index=file_index)):
-                doc_id = f"{file_index}/{row}"
-                yield doc_id, _hub_text(example, text_field, cfg.dataset or "", doc_id)
+            yield from _streamed_documents(dataset, file_index, text_field, cfg.dataset or "")
     else:
         dataset = _load_hub_dataset(cfg, streaming=False, hf_cache_dir=hf_cache_dir)
         text_field = _hub_text_field(cfg)
@@ -437,12 +656,16 @@ def data_identity(cfg: "DataConfig", tokenizer: Tokenizer) -> DataIdentity:
         local = _local_dataset(cfg.dataset or "")
         num_documents = None
         if local is not None:
-            _, files = _local_dataset_files(local)
-            hashes = [(name, _sha256_file(path)[0]) for name, path in files]
-            num_bytes = sum(path.stat().st_size for _, path in files)
-            # The folder's content, not its path: the same files elsewhere on another machine agree.
+            hashes = [(name, _sha256_file(path)[0]) for name, path in local.files]
+            num_bytes = sum(path.stat().st_size for _, path in local.files)
+            # The folder's content, not its path: the same files elsewhere on another machine agree. (A save_to_disk
+            # folder's .arrow files cannot be a builder folder's data files, so the two layouts never collide.)
             defining["dataset"] = {"local_files": hashes}
-            what = f"local dataset {local.name!r} ({len(files)} files, {_megabytes(num_bytes)}), split {cfg.split}"
+            layout = "save_to_disk, " if local.layout == "save_to_disk" else ""
+            what = (
+                f"local dataset {local.path.name!r} ({layout}{len(local.files)} files, {_megabytes(num_bytes)}), "
+                f"split {cfg.split}"
+            )
         else:
             num_bytes = None
             defining.update(dataset=cfg.dataset, revision=cfg.revision)
@@ -844,10 +1067,7 @@ class StreamingBlocks:
         return self._dataset
 
     def _file_documents(self, file_index: int) -> Iterator[tuple[str, str]]:
-        dataset = self._load()
-        for row, example in enumerate(dataset.shard(num_shards=dataset.num_shards, index=file_index)):
-            doc_id = f"{file_index}/{row}"
-            yield doc_id, _hub_text(example, self._text_field, self.cfg.dataset or "", doc_id)
+        return _streamed_documents(self._load(), file_index, self._text_field, self.cfg.dataset or "")
 
     def _tokens(self, documents: Iterable[tuple[str, str]]) -> Iterator[np.ndarray]:
         eos = np.array([self.tokenizer.eos_id], dtype=self.dtype)

@@ -23,6 +23,7 @@ from swarm.data import (  # noqa: E402
     TokenBlocks,
     build_data,
     check_identity,
+    data_copy_note,
     data_identity,
     data_files,
     epoch_permutation,
@@ -501,6 +502,235 @@ def test_streamed_validation_is_the_same_for_every_peer(jsonl_dataset, tmp_path)
     }
     assert _doc_ids(torch.cat(batches_a)) <= held_out
     assert data_a.identity == data_b.identity
+
+
+# --- local datasets: save_to_disk folders, unreadable layouts, one-file datasets ----------------------------------
+
+
+def _rows(tag: str, count: int) -> dict[str, list]:
+    return {"content": [f"<{tag}/{row}> " * 6 for row in range(count)], "n": list(range(count))}
+
+
+@pytest.fixture
+def saved_dataset(tmp_path):
+    """A folder written by `Dataset.save_to_disk`: two .arrow files, state.json and dataset_info.json."""
+    import datasets
+
+    folder = tmp_path / "saved"
+    datasets.Dataset.from_dict(_rows("s", 60)).save_to_disk(str(folder), num_shards=2)
+    return folder
+
+
+@pytest.fixture
+def saved_dataset_dict(tmp_path):
+    """A folder written by `DatasetDict.save_to_disk`: dataset_dict.json and one sub-folder per split."""
+    import datasets
+
+    folder = tmp_path / "saved-dict"
+    splits = {name: datasets.Dataset.from_dict(_rows(name, count)) for name, count in (("train", 40), ("test", 8))}
+    datasets.DatasetDict(splits).save_to_disk(str(folder))
+    return folder
+
+
+def _one_line_usage_error(cfg: DataConfig, tmp_path: Path) -> str:
+    with pytest.raises(UsageError) as raised:
+        data = build_data(cfg, TOKENIZER, b"peer-a", cache_dir=tmp_path / "cache", hf_cache_dir=tmp_path / "hf")
+        data.next_batch(0, 1)  # a streamed dataset is only read here
+    message = str(raised.value)
+    assert "\n" not in message
+    return message
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_a_save_to_disk_folder_is_read_with_load_from_disk(saved_dataset, tmp_path, streaming):
+    assert sorted(path.name for path in saved_dataset.iterdir()) == [
+        "data-00000-of-00002.arrow", "data-00001-of-00002.arrow", "dataset_info.json", "state.json"]
+    cfg = _hub_cfg(saved_dataset, streaming=streaming)
+    documents = list(iter_documents(cfg))
+    assert [text for _, text in documents] == _rows("s", 60)["content"]
+    # Row numbers when downloaded; "file/row" when streamed, one file per .arrow file as for other layouts.
+    expected_ids = [f"{row // 30}/{row % 30}" if streaming else str(row) for row in range(60)]
+    assert [doc_id for doc_id, _ in documents] == expected_ids
+    data = build_data(cfg, TOKENIZER, b"peer-a", cache_dir=tmp_path / "cache")
+    assert isinstance(data.train, StreamingBlocks if streaming else PeerSampler)
+    assert data.next_batch(0, 4).shape == (4, 16)
+    assert sum(batch.shape[0] for batch in data.validation_batches(4)) > 0
+    assert "local dataset 'saved' (save_to_disk, 2 files" in data.identity.description
+
+
+def test_a_save_to_disk_folder_has_one_identity_wherever_it_is_and_whatever_datasets_adds_to_it(
+        saved_dataset, tmp_path):
+    import shutil
+
+    import datasets
+
+    digest = data_identity(_hub_cfg(saved_dataset), TOKENIZER).digest
+    copy = tmp_path / "volunteer" / "copy"
+    shutil.copytree(saved_dataset, copy)
+    assert data_identity(_hub_cfg(copy), TOKENIZER).digest == digest
+    # The same rows made another way: state.json holds another fingerprint, but the rows, and the identity, agree.
+    again = tmp_path / "saved-again"
+    datasets.Dataset.from_dict(_rows("s", 60)).map(lambda row: row).save_to_disk(str(again), num_shards=2)
+    assert (again / "state.json").read_text() != (saved_dataset / "state.json").read_text()
+    assert data_identity(_hub_cfg(again), TOKENIZER).digest == digest
+    # `map` on a dataset loaded from the folder writes a cache file into it, which load_from_disk does not read.
+    datasets.load_from_disk(str(copy)).map(lambda row: {"n": row["n"] + 1})
+    assert any(path.name.startswith("cache-") for path in copy.iterdir())
+    assert data_identity(_hub_cfg(copy), TOKENIZER).digest == digest
+    changed = tmp_path / "changed"
+    datasets.Dataset.from_dict(_rows("x", 60)).save_to_disk(str(changed), num_shards=2)
+    assert data_identity(_hub_cfg(changed), TOKENIZER).digest != digest
+    assert data_identity(_hub_cfg(saved_dataset, streaming=False), TOKENIZER).digest != digest
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_a_saved_dataset_dict_gives_the_recipes_split(saved_dataset_dict, tmp_path, streaming):
+    assert (saved_dataset_dict / "dataset_dict.json").is_file()
+    test_split = list(iter_documents(_hub_cfg(saved_dataset_dict, split="test", streaming=streaming)))
+    assert [text for _, text in test_split] == _rows("test", 8)["content"]
+    train = list(iter_documents(_hub_cfg(saved_dataset_dict, streaming=streaming)))
+    assert [text for _, text in train] == _rows("train", 40)["content"]
+    sliced = list(iter_documents(_hub_cfg(saved_dataset_dict, split="train[:3]+test[-1:]", streaming=streaming)))
+    assert [text for _, text in sliced] == _rows("train", 3)["content"] + _rows("test", 8)["content"][-1:]
+    message = _one_line_usage_error(_hub_cfg(saved_dataset_dict, split="validation", streaming=streaming), tmp_path)
+    assert message.startswith("data.split: Unknown split \"validation\"") and "'train', 'test'" in message
+    train_digest = data_identity(_hub_cfg(saved_dataset_dict), TOKENIZER).digest
+    assert data_identity(_hub_cfg(saved_dataset_dict, split="test"), TOKENIZER).digest != train_digest
+
+
+def test_a_saved_dataset_is_the_split_it_was_loaded_as(tmp_path):
+    import datasets
+
+    folder = tmp_path / "validation-only"
+    datasets.Dataset.from_dict(_rows("v", 10), split="validation").save_to_disk(str(folder))
+    message = _one_line_usage_error(_hub_cfg(folder), tmp_path)
+    assert "data.split: Unknown split \"train\"" in message and "'validation'" in message
+    assert len(list(iter_documents(_hub_cfg(folder, split="validation")))) == 10
+
+
+def test_a_save_to_disk_folder_without_its_text_field_says_so(saved_dataset, tmp_path):
+    for streaming in (False, True):
+        message = _one_line_usage_error(_hub_cfg(saved_dataset, text_field="body", streaming=streaming), tmp_path)
+        assert "'body'" in message and "data.text_field" in message
+
+
+def test_layouts_swarm_cannot_read_are_one_line_usage_errors_naming_what_works(saved_dataset, tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(saved_dataset, broken)
+    (broken / "state.json").unlink()  # .arrow shards and dataset_info.json: once read as JSON, with a traceback
+    _write(tmp_path / "notes" / "README.md", "# not data\n")
+    _write(tmp_path / "mixed" / "a.jsonl", '{"content": "x"}\n')
+    _write(tmp_path / "mixed" / "b.csv", "content\nx\n")
+    _write(tmp_path / "arrow.arrow", "")
+    lost_shard = tmp_path / "lost-shard"
+    shutil.copytree(saved_dataset, lost_shard)
+    (lost_shard / "data-00001-of-00002.arrow").unlink()
+    cases = {
+        broken: "holds .arrow files without the state.json",
+        tmp_path / "notes": "holds no data files",
+        tmp_path / "mixed": "mixes file kinds (csv, json)",
+        tmp_path / "arrow.arrow": "is not a data file",
+        lost_shard: "lacks data-00001-of-00002.arrow, which its state.json lists",
+    }
+    for path, problem in cases.items():
+        for streaming in (False, True):
+            message = _one_line_usage_error(_hub_cfg(path, streaming=streaming), tmp_path)
+            assert message.startswith(f"data.dataset: {str(path)!r} {problem}")
+            assert "save_to_disk" in message and ".jsonl, .json, .parquet, .csv, .txt" in message
+        with pytest.raises(UsageError):
+            data_identity(_hub_cfg(path), TOKENIZER)
+
+
+def test_a_saved_dataset_dict_missing_a_split_folder_is_a_usage_error(saved_dataset_dict, tmp_path):
+    import shutil
+
+    shutil.rmtree(saved_dataset_dict / "test")
+    message = _one_line_usage_error(_hub_cfg(saved_dataset_dict), tmp_path)
+    assert message.startswith(f"data.dataset: {str(saved_dataset_dict)!r} lacks test/state.json")
+
+
+def test_other_files_in_a_dataset_folder_are_not_read_as_data(jsonl_dataset, tmp_path):
+    _write(jsonl_dataset / "LICENSE", "MIT License\n")
+    _write(jsonl_dataset / "test-notes.md", "# about these files\n")  # named like a test split
+    _write(tmp_path / "unnamed" / "data.jsonl", json.dumps({"content": "only"}) + "\n")
+    _write(tmp_path / "unnamed" / "test-notes.md", "# the only file named like a split\n")
+    for streaming in (False, True):
+        documents = list(iter_documents(_hub_cfg(jsonl_dataset, streaming=streaming), hf_cache_dir=tmp_path / "hf"))
+        assert len(documents) == 100
+        unnamed = _hub_cfg(tmp_path / "unnamed", streaming=streaming)
+        assert [text for _, text in iter_documents(unnamed, hf_cache_dir=tmp_path / "hf")] == ["only"]
+
+
+@pytest.mark.parametrize("name, content", [
+    ("train.jsonl", '{"content": "ok"}\n{"content": broken\n'),
+    ("train.parquet", "not parquet at all"),
+    ("train.csv", 'content,n\n"never closed,1\n'),
+])
+def test_a_local_data_file_that_datasets_cannot_parse_is_a_usage_error(tmp_path, name, content):
+    _write(tmp_path / "bad" / name, content)
+    for streaming in (False, True):
+        message = _one_line_usage_error(_hub_cfg(tmp_path / "bad", streaming=streaming, val_fraction=0.0), tmp_path)
+        assert message.startswith(f"data.dataset: {str(tmp_path / 'bad')!r} has a file that `datasets` cannot read")
+
+
+def test_a_volunteer_gives_a_folder_holding_its_copy_of_a_one_file_dataset(tmp_path):
+    organiser_file = _write(tmp_path / "organiser" / "ds" / "train.jsonl",
+                            "".join(json.dumps({"content": f"<f/{row}> " * 6}) + "\n" for row in range(30)))
+    published = _hub_cfg(organiser_file)
+    note = data_copy_note(published)
+    assert note == (f"The data are the dataset file {organiser_file}: a volunteer on another machine needs a folder "
+                    "holding a copy of train.jsonl, passed with --data-dir <that folder>.")
+    digest = data_identity(published, TOKENIZER).digest
+    assert with_local_data(published, None) is published  # the organiser's machine
+
+    # What the note says works: a folder holding a copy of train.jsonl (next to other files, which are not read).
+    copy_folder = tmp_path / "volunteer" / "data"
+    _write(copy_folder / "train.jsonl", organiser_file.read_text())
+    _write(copy_folder / "other.jsonl", '{"content": "not this run\'s"}\n')
+    organiser_file.rename(tmp_path / "moved-away.jsonl")  # the volunteer's machine lacks the organiser's file
+    with pytest.raises(UsageError) as missing:
+        with_local_data(published, None)
+    assert (f"the dataset file {organiser_file} of the organiser's machine" in str(missing.value)
+            and "put a copy of train.jsonl in a folder and pass that folder with --data-dir DIR (DIR must hold "
+                "train.jsonl)" in str(missing.value))
+    local = with_local_data(published, copy_folder)
+    assert local.dataset == str(copy_folder / "train.jsonl")
+    assert data_identity(local, TOKENIZER).digest == digest
+    assert len(list(iter_documents(local, hf_cache_dir=tmp_path / "hf"))) == 30
+
+    with pytest.raises(UsageError, match=r"is a file, not a folder; give a folder holding your copy of train\.jsonl"):
+        with_local_data(published, copy_folder / "train.jsonl")
+    with pytest.raises(UsageError, match=r"it holds no train\.jsonl; this run's dataset is the file train\.jsonl"):
+        with_local_data(published, _write(tmp_path / "empty" / "x.txt", "").parent)
+
+
+def test_the_data_copy_note_describes_the_folder_that_data_dir_takes(saved_dataset, tmp_path):
+    import shutil
+
+    assert data_copy_note(DataConfig(source="stdlib")) is None
+    assert data_copy_note(DataConfig(source="hub", dataset="org/corpus")) is None
+    assert data_copy_note(_files_cfg(tmp_path / "corpus")) == (
+        f"The data are files in {tmp_path / 'corpus'} (**/*.txt): a volunteer on another machine needs a copy of "
+        "that folder, passed with --data-dir <the copy>.")
+    published = _hub_cfg(saved_dataset)
+    assert data_copy_note(published) == (
+        f"The data are the dataset folder {saved_dataset}: a volunteer on another machine needs a copy of it, "
+        "passed with --data-dir <the copy>.")
+    copy = tmp_path / "copy"
+    shutil.copytree(saved_dataset, copy)
+    local = with_local_data(published, copy)
+    assert local.dataset == str(copy)
+    assert data_identity(local, TOKENIZER).digest == data_identity(published, TOKENIZER).digest
+    # A dataset folder whose name looks like a file's is still a folder, on both machines.
+    odd = tmp_path / "organiser" / "corpus.txt"
+    _write(odd / "a.txt", "alpha")
+    assert data_copy_note(_hub_cfg(odd)).startswith(f"The data are the dataset folder {odd}:")
+    odd_copy = tmp_path / "volunteer" / "corpus.txt"
+    shutil.copytree(odd, odd_copy)
+    shutil.rmtree(odd)
+    assert with_local_data(_hub_cfg(odd), odd_copy).dataset == str(odd_copy)
 
 
 # --- the facade -----------------------------------------------------------------------------------------------------
