@@ -57,6 +57,14 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.uint32)
 
 
+def _byte_level_chars() -> dict[int, str]:
+    """The visible character `tokenizers`' ByteLevel pre-tokenizer writes for each byte value: itself when it is a
+    printable Latin-1 character, else the next unused code point from U+0100 up (GPT-2's convention)."""
+    visible = {*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAC + 1), *range(0xAE, 0xFF + 1)}
+    spare = iter(range(0x100, 0x200))
+    return {byte: chr(byte) if byte in visible else chr(next(spare)) for byte in range(256)}
+
+
 class ByteTokenizer:
     """Byte-level tokenizer with the ids of `transformers.ByT5Tokenizer(extra_ids=0)`: nothing to download.
 
@@ -70,7 +78,7 @@ class ByteTokenizer:
     >>> tokenizer.decode(tokenizer.encode("naïve €"))
     'naïve €'
 
-    Checkpoints call `save_pretrained(folder)`, which writes a ByT5 tokenizer that
+    Checkpoints call `save_pretrained(folder)`, which writes a tokenizer with these ids that
     `transformers.AutoTokenizer.from_pretrained(folder)` loads, so published models are usable without swarm.
     """
 
@@ -92,13 +100,36 @@ class ByteTokenizer:
         return byte_ids.astype(np.uint8).tobytes().decode("utf-8", errors="replace")
 
     def to_transformers(self) -> Any:
-        """The equivalent `transformers.ByT5Tokenizer`, for checkpoints and for anyone outside swarm."""
-        from transformers import ByT5Tokenizer
+        """The equivalent fast `transformers` tokenizer (a `tokenizers` word-level model over the 256 byte values),
+        for checkpoints and for anyone outside swarm.
 
-        return ByT5Tokenizer(extra_ids=0)
+        Not `ByT5Tokenizer`, although it has the same ids: a checkpoint names its tokenizer class, and for some
+        model types (qwen2, mistral, phi3, ...) `AutoTokenizer` overrides the named class with the model type's own,
+        which read a ByT5 folder as an empty vocabulary or failed. Every class loads a `tokenizer.json`. Unlike
+        ByT5, it appends no eos to what it encodes, which is what a prompt for generation wants.
+        """
+        from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+        from transformers import PreTrainedTokenizerFast
+
+        vocab = {"<pad>": self.pad_id, "</s>": self.eos_id, "<unk>": self.unk_id}
+        vocab.update({char: byte + self.byte_offset for byte, char in _byte_level_chars().items()})
+        backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+        # ByteLevel writes each UTF-8 byte as one visible character, which Split isolates: one token per byte
+        backend.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            pre_tokenizers.Split(Regex("."), "isolated"),
+        ])
+        backend.decoder = decoders.ByteLevel()
+        return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="</s>", pad_token="<pad>",
+                                       unk_token="<unk>")
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         self.to_transformers().save_pretrained(str(directory))
+        # transformers 5 names the class TokenizersBackend, which transformers 4 lacks; both load this name
+        config_path = Path(directory) / "tokenizer_config.json"
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+        config["tokenizer_class"] = "PreTrainedTokenizerFast"
+        config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
     def identity(self) -> str:
         return f"byte-{self.vocab_size}"

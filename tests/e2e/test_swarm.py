@@ -59,6 +59,11 @@ def test_two_volunteers_average_with_each_other_and_the_loss_goes_down(swarm_fac
     model = transformers.AutoModelForCausalLM.from_pretrained(swarm.folder / "final")
     assert model.config.n_layer == 2
     assert torch.isfinite(next(model.parameters())).all()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(swarm.folder / "final")
+    prompt = tokenizer("def ", return_tensors="pt")
+    assert prompt["input_ids"].tolist() == [[103, 104, 105, 35]]  # bytes + 3, no eos: ready to continue
+    generated = model.generate(**prompt, max_new_tokens=8, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    assert generated.shape[1] > 4 and tokenizer.decode(generated[0], skip_special_tokens=True).startswith("def ")
 
     # every published version is kept, loads, and its model card names the ledger root it was published with,
     # which is the root of the ledger copy it carries, and that copy verifies

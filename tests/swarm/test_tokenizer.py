@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -71,14 +72,24 @@ def test_byte_tokenizer_encodes_megabytes_quickly():
     assert elapsed_s < 1.0, f"encoding 5 MB took {elapsed_s:.2f} s: it must be vectorised"
 
 
-def test_byte_tokenizer_checkpoint_loads_with_autotokenizer(tmp_path):
+@pytest.mark.parametrize("model_type", [None, "gpt2", "llama", "gpt_neox", "qwen2", "mistral", "phi3"])
+def test_byte_tokenizer_checkpoint_loads_with_autotokenizer_next_to_any_model_type(tmp_path, model_type):
+    """A checkpoint holds config.json too; AutoTokenizer let qwen2's tokenizer class override a ByT5 folder (every
+    text encoded to []) and failed for mistral and phi3."""
     from transformers import AutoTokenizer
 
     tokenizer = ByteTokenizer()
     tokenizer.save_pretrained(tmp_path)
+    if model_type is not None:
+        (tmp_path / "config.json").write_text(json.dumps({"model_type": model_type}))
     loaded = AutoTokenizer.from_pretrained(str(tmp_path))
-    text = TEXTS["multi_byte"]
-    assert loaded(text)["input_ids"] == tokenizer.encode(text).tolist() + [tokenizer.eos_id]
+    assert len(loaded) == tokenizer.vocab_size
+    assert (loaded.pad_token_id, loaded.eos_token_id) == (tokenizer.pad_id, tokenizer.eos_id)
+    for text in TEXTS.values():
+        ids = tokenizer.encode(text).tolist()
+        assert loaded(text)["input_ids"] == ids
+        assert loaded.decode(ids) == text
+    assert loaded.decode([tokenizer.eos_id, 107, 108, tokenizer.pad_id], skip_special_tokens=True) == "hi"
 
 
 def test_build_tokenizer_defaults_to_bytes():
