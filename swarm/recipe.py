@@ -262,9 +262,12 @@ class TokenizerConfig(_Section):
 
     @_cross_check("kind", "name")
     def _name_for_pretrained(self) -> Problems:
-        """`name` is set when `kind` is `pretrained`."""
+        """`name` is set when `kind` is `pretrained`, and only then."""
         if self.kind == "pretrained" and not self.name:
             yield "name", "required when tokenizer.kind is 'pretrained': set a name such as 'gpt2' or a path"
+        if self.kind == "byte" and self.name:
+            yield "name", ("only read with tokenizer.kind 'pretrained' (the kind is 'byte', the built-in byte-level "
+                           "tokenizer): add kind: pretrained to use it, or remove the name")
 
 
 class DataConfig(_Section):
@@ -301,15 +304,21 @@ class DataConfig(_Section):
 
     @_cross_check("source", "files")
     def _files_for_files(self) -> Problems:
-        """`files` is not empty for source=files, and each entry matches a file."""
+        """`files` is not empty for source=files, and each entry matches a file; other sources have no `files`."""
         if self.source == "files" and not self.files:
             yield "files", "empty but data.source is 'files': list paths or glob patterns, e.g. [corpus/*.txt]"
+        if self.source != "files" and self.files:
+            yield "files", (f"only read with data.source 'files', and the source is {self.source!r}: set "
+                            "data.source: files to train on them, or remove data.files")
 
     @_cross_check("source", "dataset")
     def _dataset_for_hub(self) -> Problems:
-        """`dataset` is set for source=hub."""
+        """`dataset` is set for source=hub, and only then."""
         if self.source == "hub" and not self.dataset:
             yield "dataset", "required when data.source is 'hub': set a `datasets` name or a local path"
+        if self.source != "hub" and self.dataset:
+            yield "dataset", (f"only read with data.source 'hub', and the source is {self.source!r}: set "
+                              "data.source: hub to train on it, or remove data.dataset")
 
 
 class ScheduleConfig(_Section):
