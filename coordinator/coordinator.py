@@ -176,6 +176,7 @@ class Coordinator:
     def _setup(self) -> None:
         recipe, s = self.recipe, self.settings
         # everything the user gave is checked before anything is written or started
+        self._follow_the_runs_folders()
         self._check_settings()
         remembered = self._load_run_state()
         if s.dashboard_port is not None:  # a port that is taken fails now, not after the data and the DHT are up
@@ -326,6 +327,38 @@ class Coordinator:
                         f"{self.last_checkpoint_epoch}): if nobody is training now, volunteers start from that "
                         f"version at epoch {last + 1}, the first one not credited yet")
 
+    def _follow_the_runs_folders(self) -> None:
+        """A relaunch with the run's --state-dir uses the checkpoint and ledger folders the run has used so far.
+
+        checkpoint.dir is relative to the working folder (runs/<run id>/checkpoints by default): launched again from
+        another folder, the coordinator opened an empty ledger there with the run's own signing key, and started
+        the run over at epoch 0, which forked its credit. A folder given explicitly that differs is refused.
+        """
+        try:
+            state = json.loads((self.state_dir / "run.json").read_bytes().decode("utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError):
+            return  # no state yet, or a damaged one that _load_run_state names
+        folders = state.get("folders") if isinstance(state, dict) else None
+        if not isinstance(folders, dict):
+            return  # written before the folders were recorded
+        for attribute, flag, what in (("checkpoint_dir", "--checkpoint-dir", "published versions"),
+                                      ("ledger_dir", "--ledger-dir", "ledger")):
+            recorded, current = folders.get(attribute), getattr(self, attribute)
+            if not isinstance(recorded, str) or Path(recorded) == current.resolve():
+                continue
+            if getattr(self.settings, attribute):
+                raise UsageError(
+                    f"{flag} {current}: the run of the state folder {self.state_dir} keeps its {what} in {recorded}, "
+                    f"and a second {what} folder would fork the run: pass {flag} {recorded}, or leave {flag} out (a "
+                    "new run needs a new --state-dir)")
+            if not Path(recorded).exists():
+                logger.warning(f"The run's {what} folder {recorded} (recorded in {self.state_dir / 'run.json'}) is "
+                               f"gone; using {current.resolve()}")
+                continue
+            logger.info(f"The run keeps its {what} in {recorded} (recorded in {self.state_dir / 'run.json'}), "
+                        f"not in {current.resolve()}: following it there")
+            setattr(self, attribute, Path(recorded))
+
     def _load_run_state(self) -> list[str]:
         """After a restart: keep the run's start time, and re-join through the peers seen last time."""
         path = self.state_dir / "run.json"
@@ -359,8 +392,9 @@ class Coordinator:
         addresses = []
         for row in sorted(self.view.peers.values(), key=lambda m: -m.time):
             addresses += [a for a in row.addresses if "/p2p/" in a][:2]
+        folders = dict(checkpoint_dir=str(self.checkpoint_dir.resolve()), ledger_dir=str(self.ledger_dir.resolve()))
         _write_json(self.state_dir / "run.json", dict(started_at=self.started_at, fingerprint=self.recipe.fingerprint,
-                                                      peer_addresses=addresses[:MAX_REMEMBERED_PEERS]))
+                                                      peer_addresses=addresses[:MAX_REMEMBERED_PEERS], folders=folders))
 
     def _print_join_command(self) -> None:
         addresses = join_addresses(self.dht)

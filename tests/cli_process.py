@@ -75,7 +75,8 @@ class CliProcess:
     pseudo-terminal of its own, as a shell does, so that `press_ctrl_c` acts as a person's Ctrl-C.
     """
 
-    def __init__(self, args: list[str], log_path: Path, prefix: tuple[str, ...] = (), terminal: bool = False):
+    def __init__(self, args: list[str], log_path: Path, prefix: tuple[str, ...] = (), terminal: bool = False,
+                 cwd: Path = REPO):
         env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
         env.pop("SWARM_VERBOSE", None)  # the tests read the normal output
         self.log_path = log_path
@@ -87,7 +88,7 @@ class CliProcess:
             self._terminal, stdin = os.openpty()
             command = [sys.executable, "-c", TAKE_THE_TERMINAL, *command]
         self.popen = subprocess.Popen(command, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                      text=True, env=env, cwd=REPO, start_new_session=True)
+                                      text=True, env=env, cwd=cwd, start_new_session=True)
         if terminal:
             os.close(stdin)
         self._reader = threading.Thread(target=self._read, daemon=True)

@@ -13,7 +13,7 @@ import re
 
 import pytest
 from coordinator_process import RunFolder, get_json, join, launch, read_announcement, tree_digest
-from cli_process import write_test_recipe
+from cli_process import CliProcess, write_test_recipe
 
 
 @pytest.mark.timeout(240)
@@ -51,6 +51,48 @@ def test_a_relaunched_coordinator_announces_the_newest_version_and_goes_on_from_
     assert json.loads(run.summary.read_text())["status"] == "stopped"
     assert tree_digest(run.checkpoints / "epoch-000010") | tree_digest(run.checkpoints / "epoch-000005") == published
     assert sorted(p.name for p in run.checkpoints.iterdir()) == ["epoch-000005", "epoch-000010", "latest"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_relaunch_from_another_working_folder_follows_the_runs_versions_and_ledger(tmp_path):
+    """checkpoint.dir is relative to the working folder: relaunched from another one with the run's --state-dir,
+    the coordinator opened an empty ledger there with the run's signing key and started over at epoch 0."""
+    first_folder, other_folder = tmp_path / "organiser", tmp_path / "elsewhere"
+    other_folder.mkdir()
+    run = RunFolder(first_folder / "runs" / "restart-cwd")  # where the recipe's relative checkpoint.dir points
+    recipe = write_test_recipe(tmp_path / "recipe.yaml", "restart-cwd", max_epochs=200)
+    run.publish_versions(recipe, [5, 10])
+    run.credit_epochs("restart-cwd", range(0, 9))
+    state = ["--state-dir", str(run.state), "--summary-file", str(run.summary)]
+
+    def launch_from(folder: Path, *extra: str) -> CliProcess:
+        number = len(list((run.root / "logs").glob("coordinator-*.log")))
+        return CliProcess(["launch", str(recipe), "--host", "127.0.0.1", "--port", "0", "--dashboard-port", "-1",
+                           *state, *extra], run.root / "logs" / f"coordinator-{number}.log", cwd=folder)
+
+    for folder in (first_folder, other_folder):
+        coordinator = launch_from(folder)
+        try:
+            address = coordinator.wait_for(r"swarm join --initial-peers (\S+)", timeout_s=180).group(1)
+            announcement = read_announcement(address, "restart-cwd")
+            assert (announcement.latest_version_epoch, announcement.ledger_epoch) == (10, 8), coordinator.output
+            coordinator.interrupt()
+            assert coordinator.wait(timeout_s=45) == 0, coordinator.output[-3000:]
+        finally:
+            coordinator.stop()
+    assert f"The run keeps its ledger in {run.ledger} " in coordinator.output, coordinator.output[-3000:]
+    assert not (other_folder / "runs").exists()  # nothing forked there
+    assert sorted(p.name for p in run.checkpoints.iterdir()) == ["epoch-000005", "epoch-000010", "latest"]
+
+    forked = launch_from(other_folder, "--ledger-dir", str(other_folder / "ledger"))
+    try:
+        assert forked.wait(timeout_s=120) == 2, forked.output[-3000:]
+    finally:
+        forked.stop()
+    assert (f"--ledger-dir {other_folder / 'ledger'}: the run of the state folder {run.state} keeps its ledger in "
+            f"{run.ledger}, and a second ledger folder would fork the run" in forked.output), forked.output[-3000:]
+    assert "Traceback" not in forked.output and not (other_folder / "ledger").exists()
 
 
 @pytest.mark.timeout(240)
