@@ -511,9 +511,18 @@ class Coordinator:
 
     def _refresh_view(self) -> None:
         run_id = self.recipe.run.id
+        now = get_dht_time()
+        # metrics first: a peer's metrics (every 5 s) tell that it died long before its progress record expires
+        metrics = records.parse_metrics(self._dht_call("the peers' metrics", lambda: self.dht.get(
+            records.metrics_key(run_id), latest=True, return_future=True)))
+        for peer_id, row in metrics.items():
+            known = self.view.peers.get(peer_id)
+            if known is None or row.time >= known.time:
+                self.view.peers[peer_id] = row
+            if now - row.time < PEER_ALIVE_S:
+                self.accounting.observe_peer(peer_id)
         progress = self._dht_call("the training progress", lambda: self.dht.get(f"{run_id}_progress", latest=True,
                                                                                  return_future=True))
-        now = get_dht_time()
         alive, epochs, samples, rate = 0, [0], 0, 0.0
         if progress is not None and isinstance(progress.value, dict):
             for item in progress.value.values():
@@ -523,7 +532,14 @@ class Coordinator:
                     continue
                 if item.expiration_time < now:
                     continue
-                self.accounting.observe_peer(PeerID(peer.peer_id).to_base58())
+                peer_id = PeerID(peer.peer_id).to_base58()
+                row = self.view.peers.get(peer_id)
+                # a peer killed without a word keeps its progress record for a minute (hivemind's expiration): not
+                # alive once its metrics are stale, as the peers table says, and its rate is not the swarm's
+                last_heard = row.time if row is not None else peer.time  # no metrics yet: its progress report's
+                if now - last_heard >= PEER_ALIVE_S:
+                    continue
+                self.accounting.observe_peer(peer_id)
                 alive += 1
                 epochs.append(peer.epoch)
                 rate += peer.samples_per_second
@@ -540,14 +556,6 @@ class Coordinator:
         self.view.alive_peers, self.view.samples_accumulated, self.view.samples_per_second = alive, samples, rate
         if alive:
             self.accounting.observe_epoch(self.view.epoch, samples, rate)
-        metrics = records.parse_metrics(self._dht_call("the peers' metrics", lambda: self.dht.get(
-            records.metrics_key(run_id), latest=True, return_future=True)))
-        for peer_id, row in metrics.items():
-            known = self.view.peers.get(peer_id)
-            if known is None or row.time >= known.time:
-                self.view.peers[peer_id] = row
-            if now - row.time < PEER_ALIVE_S:
-                self.accounting.observe_peer(peer_id)
         contributions = self._dht_call("the peers' claims", lambda: self.dht.get(
             records.contributions_key(run_id), latest=True, return_future=True))
         for record in records.parse_contributions(contributions):
@@ -785,7 +793,7 @@ class Coordinator:
             peers=[dict(peer_id=m.peer_id, name=m.name, team=m.team, epoch=m.epoch, samples_total=m.samples_total,
                         samples_per_second=m.samples_per_second, loss=m.loss, averaged_rounds=m.averaged_rounds,
                         last_group_size=m.last_group_size, device=m.device, last_seen=m.time,
-                        alive=now - m.time < 3 * 5.0)
+                        alive=now - m.time < PEER_ALIVE_S)
                    for m in sorted(self.view.peers.values(), key=lambda m: m.name)],
             epochs=list(self.epoch_history),
             leaderboard=dict(

@@ -338,6 +338,35 @@ def _ledger_epochs(folder) -> dict[int, set[str]]:
     return epochs
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_the_dashboard_stops_counting_a_killed_peer_as_soon_as_its_peers_table_does(swarm_factory, recipe_writer,
+                                                                                      tmp_path):
+    """A peer killed with SIGKILL kept its progress record for a minute: /api/status and swarm_alive_peers said 2
+    peers and added its rate to the swarm's for ~60 s, while /api/peers marked it dead after ~20 s."""
+    import urllib.request
+
+    from swarm.processes import kill_session
+
+    def api(path: str) -> dict:
+        with urllib.request.urlopen(dashboard + path, timeout=10) as response:
+            return json.loads(response.read())
+
+    swarm = swarm_factory()
+    coordinator = swarm.launch(recipe_writer(tmp_path / "recipe.yaml", "e2e-killed", max_epochs=10_000))
+    dashboard = coordinator.wait_for(r"Dashboard: (http://\S+/) ", timeout_s=180).group(1)
+    stayer, killed = swarm.join("stayer"), swarm.join("killed")
+    _wait_until(lambda: api("api/status")["alive_peers"] == 2 and sum(peer["alive"] for peer in api("api/peers")) == 2,
+                180, "both peers alive")
+    kill_session(killed.popen.pid)
+    killed_at = time.monotonic()
+    _wait_until(lambda: api("api/status")["alive_peers"] == 1, 40, "one peer alive")
+    counted_for_s = time.monotonic() - killed_at
+    alive = [peer["name"] for peer in api("api/peers") if peer["alive"]]
+    assert counted_for_s < 35 and alive == ["stayer"], (counted_for_s, alive)
+    assert stayer.popen.poll() is None
+
+
 def _wait_until(condition, timeout_s: float, what: str):
     import time
 
