@@ -269,7 +269,9 @@ class Coordinator:
             self.model.load_state_dict(loaded.state_dict())
             metadata = json.loads((newest / "swarm.json").read_text(encoding="utf-8"))
         except Exception as error:  # a version of another model (the recipe changed), or damaged files
-            problem = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+            # load_state_dict says "Error(s) in loading state_dict for X:" first, and the mismatch on the next lines
+            lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+            problem = " ".join(lines[:2])[:300] if lines else repr(error)
             raise UsageError(f"the newest published version {newest} does not load into this recipe's model "
                              f"({problem[:300]}): launch the run with the recipe it was published with, or give this "
                              "recipe its own run.id or checkpoint folder (--checkpoint-dir)") from None
