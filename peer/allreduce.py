@@ -171,9 +171,22 @@ class ChurnSafeAllReduce(DecentralizedAverager):
         super().__init__(*args, **kwargs)
 
     async def _step(self, *, step: StepControl, future_for_init):
+        """hivemind's round, whose errors reach the training process through `step` only.
+
+        hivemind runs each round as a task that nobody awaits, and re-raises from it what it has set on `step`: asyncio
+        then printed "Task exception was never retrieved" with a traceback at every round that ended in an error not
+        on hivemind's list (an all-reduce past `allreduce_timeout`). A round called off while its all-reduce ran (the
+        training process read the stage just before the group formed, or gave up waiting at its timeout) finishes
+        anyway, and hivemind's `step.set_result` on the cancelled future raised `InvalidStateError` the same way. The
+        training process has the error, or called the round off: only what `step` does not hold goes on here.
+        """
         self._rounds_in_flight.add(step)
         try:
             await super()._step(step=step, future_for_init=future_for_init)
+        except Exception as error:
+            if not step.done():
+                raise
+            logger.debug(f"Averaging round ended with {error!r} ({'called off' if step.cancelled() else 'reported'})")
         finally:
             self._rounds_in_flight.discard(step)
             # A round that ended without registering its group (called off as the group formed) never will: wake the

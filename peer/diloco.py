@@ -9,7 +9,7 @@ receives) 2(n-1)/n of the pseudo-gradient per peer and round, in the recipe's `c
 `uint8`, one byte per value.
 
 `DiLoCoOptimizer` has the surface the volunteer loop uses (`step`, `zero_grad`, `local_epoch`, `tracker`,
-`rounds`, `load_state_from_peers`, `shutdown`); one swarm epoch is one outer round:
+`rounds`, `load_state_from_peers`, `finish_rounds`, `shutdown`); one swarm epoch is one outer round:
 
 >>> opt = build_diloco_optimizer(dht, model, recipe, identity, micro_batch_size=16)    # doctest: +SKIP
 >>> loss = model(input_ids=batch, labels=batch).loss; loss.backward()                  # doctest: +SKIP
@@ -29,7 +29,7 @@ How a round forms (hivemind 1.1.12 matches groups by key and time only, so the e
   all-reduce runs (compressed as the recipe says). Without `overlap_communication` the peer waits for it and
   then applies the outer step; with it, training goes on and the result is applied when it arrives, on top of
   the local progress made meanwhile (the all-reduce time is hidden; the update lags by those steps, at most a
-  round).
+  round). At the run's end `finish_rounds` applies the last one before the final state is served.
 - A peer that finds itself behind the swarm (it missed a round's group, or joined without loading) downloads the
   current outer state and keeps its own progress as a delta on top of it; a peer alone in the swarm (checked
   against a fresh read of the progress records) applies its own pseudo-gradient.
@@ -326,6 +326,24 @@ class DiLoCoOptimizer:
             self._reset_model_to_outer(keep_local_progress=False)
             self._steps_in_round = self._samples_in_round = 0
 
+    def finish_rounds(self) -> None:
+        """Apply every round this peer has closed, and close the one whose group already formed: call it before this
+        peer's state is served as the run's final version.
+
+        With `overlap_communication` a round's outer step comes at a later `step()`, once its all-reduce has arrived,
+        and at the run's end no step comes: the state served to the coordinator lacked the last round (a run that
+        ended at epoch 6 published epoch 5). A round whose group formed but whose pseudo-gradient this peer has not
+        sent yet (the swarm reached its end first) is closed with the steps taken, as its group waits for them.
+        Waits at most `averaging_timeout_s` for each round. The round's averaging of the outer parameters is waited for
+        only if its group has formed by the time the pseudo-gradients arrive (the two groups form together): one still
+        looking then has no partner left, and waiting out its timeout would keep the older state served meanwhile.
+        """
+        if self._forming is not None and self._group_formed(self._forming):
+            self._close_round()
+        if self._in_flight is not None:
+            self._finish_round(wait=True, last=True)
+        self._settle_rounds()
+
     def outer_parameters(self) -> list[torch.Tensor]:
         """Copies of the outer parameters (the swarm's agreed model), in `swarm.optim.parameter_order`."""
         with self.state_averager.lock_averaged_tensors:
@@ -398,8 +416,9 @@ class DiLoCoOptimizer:
         self._another_peer_is_waiting()  # collects a finished read, starts the next
         return self._waiting_read_at >= due and not self._waiting_peers
 
-    def _peers_in_progress_records(self) -> tuple[bool, bool] | None:
-        """(someone is ahead of us, someone is at our epoch) from a fresh read; None until the read is done."""
+    def _peers_in_progress_records(self) -> tuple[int | None, bool] | None:
+        """(the newest epoch of a peer ahead of us or None, someone is at our epoch) from a fresh read; None until the
+        read is done."""
         if self._progress_read is None or self._progress_read[0] != self._epoch:
             future = self.dht.get(self.tracker.training_progress_key, latest=True, return_future=True)
             self._progress_read = (self._epoch, future)
@@ -412,7 +431,7 @@ class DiLoCoOptimizer:
             found = future.result()
         except Exception as error:
             logger.debug(f"Reading the progress records failed: {error!r}")
-            return False, False
+            return None, False
         own, now, epochs = self._own_id, get_dht_time(), []
         if found is not None and isinstance(found.value, dict):
             for entry in found.value.values():
@@ -420,7 +439,8 @@ class DiLoCoOptimizer:
                 if isinstance(record, dict) and record.get("peer_id") != own and entry.expiration_time > now:
                     if isinstance(record.get("epoch"), int):
                         epochs.append(record["epoch"])
-        return any(epoch > self._epoch for epoch in epochs), any(epoch == self._epoch for epoch in epochs)
+        ahead = max((epoch for epoch in epochs if epoch > self._epoch), default=None)
+        return ahead, any(epoch == self._epoch for epoch in epochs)
 
     def _expect_everyone(self) -> None:
         """Let this round's group form once every peer this one knows of has joined, not at the window's end.
@@ -452,9 +472,9 @@ class DiLoCoOptimizer:
             others = self._peers_in_progress_records()
             if others is None:
                 return  # the read is under way: train on, decide at a later step
-            someone_ahead, someone_alongside = others
-            if someone_ahead:
-                self._catch_up()
+            epoch_ahead, someone_alongside = others
+            if epoch_ahead is not None:
+                self._catch_up(epoch_ahead)  # the tracker may not have seen that peer's epoch yet
                 return
             if not someone_alongside:
                 self._close_round()
@@ -536,8 +556,11 @@ class DiLoCoOptimizer:
     def _round_arrived(closed: _Round) -> bool:
         return all(control is None or control.done() for control in (closed.control, closed.parameters_round))
 
-    def _finish_round(self, wait: bool = False) -> None:
-        """Apply a closed round: outer step on the (averaged) pseudo-gradient, then move the model onto it."""
+    def _finish_round(self, wait: bool = False, last: bool = False) -> None:
+        """Apply a closed round: outer step on the (averaged) pseudo-gradient, then move the model onto it.
+
+        `last`: no round follows (the run is over), so a parameters round still looking for its group is called off.
+        """
         closed, self._in_flight = self._in_flight, None
         group_size, broke = 1, None
         if closed.control is not None:
@@ -554,7 +577,7 @@ class DiLoCoOptimizer:
                     closed.control.cancel()
                 broke = f"averaging round {closed.epoch} failed ({error!r})"
         # the members of this round's group average their outer parameters too: wait for that group to form
-        self._settle(closed.parameters_round, call_off_if_looking=group_size < 2)
+        self._settle(closed.parameters_round, call_off_if_looking=group_size < 2 or last)
         self._check_parameters_round(closed.parameters_round, had_group=group_size >= 2)
         if broke is not None:  # after the parameters round: this round's own outer step parts the members again
             self._parted(broke)
@@ -645,12 +668,17 @@ class DiLoCoOptimizer:
         self._settle(forming_parameters)
 
     # ---------------------------------------------------------------- catching up with the swarm
-    def _catch_up(self) -> None:
-        """Behind the swarm: take its outer state, keep this peer's unaveraged progress on top of it."""
+    def _catch_up(self, swarm_epoch: int = 0) -> None:
+        """Behind the swarm: take its outer state, keep this peer's unaveraged progress on top of it.
+
+        `swarm_epoch`: the epoch of a peer ahead, seen in a fresh read of the progress records (the tracker's
+        `global_epoch` lags that read by up to its refresh period).
+        """
         if time.monotonic() < self._next_catch_up_s:
             return
         self._settle_rounds()
-        logger.info(f"Behind the swarm (epoch {self._epoch} < {self.tracker.global_epoch}): loading its state, "
+        swarm_epoch = max(swarm_epoch, self.tracker.global_epoch)
+        logger.info(f"Behind the swarm (epoch {self._epoch} < {swarm_epoch}): loading its state, "
                     "keeping this peer's progress since the last round on top")
         if self._download_outer_state():
             self._reset_model_to_outer(keep_local_progress=True)

@@ -501,6 +501,9 @@ class Volunteer:
 
     def _serve_final_state(self, timeout_s: float = 120.0) -> None:
         """Stay reachable until the coordinator has fetched the final version (it downloads it from peers)."""
+        finish_rounds = getattr(self.optimizer, "finish_rounds", None)  # DiLoCo: an overlapped round's step is pending
+        if finish_rounds is not None:
+            finish_rounds()
         logger.info("Waiting for the coordinator to save the final version (serving this peer's state)")
         self._training_over.set()
         deadline = time.monotonic() + timeout_s

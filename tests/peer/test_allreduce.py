@@ -7,6 +7,7 @@ daemon included, after sending part of its data. The survivors are real hivemind
 from __future__ import annotations
 
 import asyncio
+import multiprocessing as mp
 import os
 import queue
 import signal
@@ -335,6 +336,61 @@ def test_a_group_whose_member_called_its_round_off_as_the_group_formed_averages_
         agree = results[0] == results[1]
         assert agree.float().mean() > 0.6  # the two shards the stayers reduced were averaged between them
         assert set(results[0][agree].unique().tolist()) == {sum(fills) / 2}
+    finally:
+        for averager in averagers:
+            averager.shutdown()
+        for node in nodes:
+            node.shutdown()
+
+
+class _CalledOffAsItsAllreduceEnds(SwarmAverager):
+    """A real averager whose round is called off as its all-reduce returns, before hivemind sets the round's result:
+    the training process gave up on the round while it ran (at its timeout, or it read the stage just before the group
+    formed and called off a round it took for one still looking). The round's future is cancelled here, in the
+    averager's process, at that moment. Counts, in shared memory, the rounds that ended and the errors that ended
+    them: hivemind runs each round as a task that nobody awaits, so asyncio prints such an error as "Task exception was
+    never retrieved" (seen in a DiLoCo volunteer's log, with InvalidStateError)."""
+
+    def __init__(self, *args, **kwargs):
+        self.rounds_ended, self.errors_escaped = mp.Value("i", 0), mp.Value("i", 0)
+        super().__init__(*args, **kwargs)
+
+    async def _step(self, *, step, future_for_init):
+        aggregate = self._aggregate_with_group
+
+        async def aggregate_then_call_off(*args, **kwargs):
+            outcome = await aggregate(*args, **kwargs)
+            MPFuture.cancel(step)
+            return outcome
+
+        self._aggregate_with_group = aggregate_then_call_off
+        try:
+            await super()._step(step=step, future_for_init=future_for_init)
+        except BaseException:
+            self.errors_escaped.value += 1
+            raise
+        finally:
+            self.rounds_ended.value += 1
+
+
+def test_a_round_called_off_while_its_allreduce_runs_ends_without_an_unretrieved_error():
+    options = dict(AVERAGER_OPTIONS, target_group_size=2, next_chunk_timeout=15.0, allreduce_timeout=30.0)
+    nodes, averagers = [], []
+    try:
+        nodes.append(create_dht([], host="127.0.0.1"))
+        nodes.append(create_dht(join_addresses(nodes[0]), host="127.0.0.1"))
+        averagers = [averager_class([torch.full((4,), fill)], dht, prefix="called_off_mid_round", start=True, **options)
+                     for averager_class, fill, dht in zip((_CalledOffAsItsAllreduceEnds, SwarmAverager), (1.0, 3.0),
+                                                          nodes)]
+        controls = [averager.step(wait=False, timeout=options["allreduce_timeout"]) for averager in averagers]
+        assert len(controls[1].result(timeout=60)) == 2  # the other member's round is not affected
+        deadline = time.monotonic() + 10
+        while (averagers[0].rounds_ended.value == 0 or not controls[0].done()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert averagers[0].rounds_ended.value == 1
+        assert controls[0].cancelled()  # the training process sees the round as called off, as it asked
+        # hivemind 1.1.12 set the result on the cancelled future, and the InvalidStateError ended the round's task
+        assert averagers[0].errors_escaped.value == 0
     finally:
         for averager in averagers:
             averager.shutdown()

@@ -266,6 +266,59 @@ def test_a_peer_joining_later_catches_up_loads_the_outer_state_and_serves_it_to_
         third.close()
 
 
+@pytest.mark.timeout(180)
+def test_with_overlapped_rounds_the_state_served_at_the_runs_end_holds_the_last_round(tmp_path):
+    """A volunteer stops at the step that closes the run's last round (limits.max_epochs) and serves its state to the
+    coordinator. With overlap, that round's outer step waited for a next step that never came: a run that ended at
+    epoch 6 published epoch 5 (swarm launch, 2 volunteers)."""
+    recipe = make_recipe("diloco-final", overlap_communication=True)
+    first = start_peer(tmp_path, "first", recipe)
+    second = start_peer(tmp_path, "second", recipe, initial_peers=join_addresses(first.dht))
+    last_epoch = 3
+    try:
+        initial = first.opt.outer_parameters()
+        train_together([first, second], until=lambda peer: peer.opt.local_epoch >= last_epoch, budget_s=90)
+        assert first.opt.local_epoch == second.opt.local_epoch == last_epoch
+        in_flight = [peer.name for peer in (first, second) if peer.opt._in_flight is not None]
+        assert in_flight, "the last round averaged with the other peer is still in flight as training stops"
+
+        for peer in (first, second):  # what the volunteer does before it serves its final state
+            peer.opt.finish_rounds()
+        for peer in (first, second):
+            assert peer.opt.state_averager.local_epoch == last_epoch, peer.name
+            # the outer step is applied and the model moved onto it (no inner step since the round closed)
+            assert max_difference([p.detach() for p in peer.opt.model_parameters], peer.opt.outer_parameters()) == 0.0
+        first_outer, second_outer = first.opt.outer_parameters(), second.opt.outer_parameters()
+        assert distance(first_outer, second_outer) < 1e-3 * distance(first_outer, initial)  # both took the last step
+
+        fetcher = StateFetcher(first.dht, recipe.run.id)  # the coordinator's download of the final version
+        try:
+            fresh = build_model(recipe.model, vocab_size=VOCAB)
+            assert fetcher.fetch_into(fresh, timeout_s=30) == last_epoch
+        finally:
+            fetcher.shutdown()
+        named = dict(fresh.named_parameters())
+        fetched = [named[name].detach() for name in parameter_order(fresh)]
+        assert min(max_difference(fetched, outer) for outer in (first_outer, second_outer)) == 0.0
+    finally:
+        for peer in (second, first):
+            peer.close()
+
+
+@pytest.mark.timeout(120)
+def test_catching_up_names_the_epoch_of_the_peer_ahead_before_the_tracker_has_seen_it(tmp_path, caplog):
+    """A fresh read of the progress records showed a peer ahead while the tracker, which refreshes every few seconds,
+    still said epoch 0: the volunteer logged "Behind the swarm (epoch 0 < 0)"."""
+    peer = start_peer(tmp_path, "lone", make_recipe("diloco-behind"))
+    try:
+        assert peer.opt.tracker.global_epoch == 0
+        with caplog.at_level("INFO", logger="peer.diloco"):
+            peer.opt._catch_up(2)  # the epoch `_join_round` read in the records (nobody serves a state here)
+        assert "Behind the swarm (epoch 0 < 2)" in caplog.text
+    finally:
+        peer.close()
+
+
 class WrappedCodec(CompressionBase):
     """A codec that delegates to `inner`; subclasses watch or break `compress` in the averager's process."""
 
