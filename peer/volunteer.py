@@ -46,7 +46,7 @@ from swarm.errors import SwarmError, UsageError
 from swarm.hardware import TrainingForward, background_torch_on_one_thread, pick_hardware, pick_micro_batch_size
 from swarm.identity import Identity
 from swarm.model import build_model, count_parameters, with_local_model
-from swarm.network import create_dht, parse_initial_peers
+from swarm.network import JOIN_PORT_FIX, check_listen_port, create_dht, parse_initial_peers
 from swarm.processes import shared_memory_advice, shared_memory_problem
 from swarm.recipe import Recipe, recipe_from_json
 from swarm.tokenizer import build_tokenizer
@@ -106,6 +106,32 @@ class LocalStats:
     sync_s: float = 0.0
     longest_pause_s: float = 0.0
     non_finite_losses: int = 0  # micro-steps whose loss was NaN or infinite: the model this peer holds diverged
+
+
+def _make_folder(flag: str, folder: Path, fix: str, of: str | None = None) -> None:
+    """Create the folder a flag names (or that holds the file it names, `of`): a flag that cannot be used fails now
+    with its name and the fix, not as a traceback (or a silent loss) once the swarm is joined."""
+    given = of if of is not None else folder
+    if folder.exists() and not folder.is_dir():
+        where = "is a file" if of is None else f"is in {folder}, which is a file"
+        raise UsageError(f"{flag} {given}: {where}; {fix}")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        blocker = next((parent for parent in folder.parents if parent.exists()), None)
+        if isinstance(error, (FileExistsError, NotADirectoryError)) and blocker is not None and not blocker.is_dir():
+            raise UsageError(f"{flag} {given}: cannot create {folder}, as {blocker} is a file; {fix}") from None
+        raise UsageError(f"{flag} {given}: cannot create {folder} ({error.strerror or error}); {fix}") from None
+
+
+def _capped_micro_batch_size(micro_batch_size: int, requested: int | None, target_batch_size: int) -> int:
+    """A micro-batch never exceeds the swarm's target batch: the epoch would end inside it."""
+    if micro_batch_size <= target_batch_size:
+        return micro_batch_size
+    if requested is not None:  # the owner asked for it: say why they get less (a picked size is lowered silently)
+        logger.info(f"--micro-batch-size {requested} is larger than the run's whole batch (collaboration."
+                    f"target_batch_size, {target_batch_size} samples per epoch): using {target_batch_size}")
+    return target_batch_size
 
 
 async def _rebootstrap(_dht, node, initial_peers: list[str]) -> None:
@@ -225,10 +251,17 @@ class Volunteer:
             raise UsageError(f"--display {s.display!r}: use auto, rich, log or none")
         if s.compile not in ("auto", "on", "off"):
             raise UsageError(f"--compile {s.compile!r}: use auto, on or off")
+        # not `<= 0`: NaN compares false with everything, and meant "never stop"; inf is accepted as no limit
+        if s.max_runtime_s is not None and not s.max_runtime_s > 0:
+            raise UsageError(f"--max-runtime {s.max_runtime_s:g}: must be a positive number of seconds (leave it out "
+                             "for no limit)")
         for flag, folder, what in (("--data-dir", s.data_dir, "data"), ("--model-dir", s.model_dir, "model"),
                                    ("--tokenizer-dir", s.tokenizer_dir, "tokenizer")):
-            if folder and not Path(folder).expanduser().is_dir():
-                raise UsageError(f"{flag} {folder}: no such folder; give your copy of the run's {what} folder")
+            if not folder or Path(folder).expanduser().is_dir():
+                continue
+            problem = "is a file, not a folder" if Path(folder).expanduser().exists() else "no such folder"
+            raise UsageError(f"{flag} {folder}: {problem}; give your copy of the run's {what} folder, or leave {flag} "
+                             "out if the run needs none")
         if s.stats_file and Path(s.stats_file).is_dir():
             raise UsageError(f"--stats-file {s.stats_file}: is a folder; give a file path (e.g. "
                              f"{Path(s.stats_file) / 'stats.json'})")
@@ -240,6 +273,14 @@ class Volunteer:
                 raise UsageError(f"--from-checkpoint {s.from_checkpoint}: no such folder; give a published version's "
                                  "folder (checkpoints/epoch-NNNNNN) or a Hub repository as org/name[@revision]")
         self.hardware = pick_hardware(s.device, s.threads)  # checks --device and --threads
+        if not s.client_mode:  # a taken --port is named now, not as "could not reach any initial peer"
+            check_listen_port(s.host, s.port, JOIN_PORT_FIX)
+        # last, as they create folders: a folder that cannot be made was a traceback mid-join (--cache-dir) or no
+        # stats at all, without a word (--stats-file)
+        if s.cache_dir:
+            _make_folder("--cache-dir", Path(s.cache_dir), "give a folder")
+        if s.stats_file:
+            _make_folder("--stats-file", Path(s.stats_file).parent, "give a file path in a folder", of=s.stats_file)
 
     def _setup(self) -> None:
         s = self.settings
@@ -253,7 +294,7 @@ class Volunteer:
                     + (f" (team {self.identity.team})" if self.identity.team else ""))
         self.dht = create_dht(initial_peers, host=s.host, port=s.port, identity=self.identity,
                               client_mode=s.client_mode, announce_host=s.announce_host,
-                              startup_timeout_s=s.connect_timeout_s)
+                              startup_timeout_s=s.connect_timeout_s, port_fix=JOIN_PORT_FIX)
         self.announcement = self._fetch_announcement()
         self.recipe: Recipe = recipe_from_json(self.announcement.recipe_json, source="the recipe published by the coordinator")
         self.recipe = self.recipe.model_copy(update={"data": with_local_data(self.recipe.data, s.data_dir)})
@@ -284,7 +325,8 @@ class Volunteer:
             self.recipe.collaboration.micro_batch_size if isinstance(self.recipe.collaboration.micro_batch_size, int)
             else pick_micro_batch_size(self.model, self.hardware, self.recipe.data.seq_len,
                                        self.recipe.collaboration.max_micro_batch_size, self.tokenizer.vocab_size))
-        self.micro_batch_size = min(self.micro_batch_size, self.recipe.collaboration.target_batch_size)
+        self.micro_batch_size = _capped_micro_batch_size(self.micro_batch_size, s.micro_batch_size,
+                                                         self.recipe.collaboration.target_batch_size)
         logger.info(f"Model: {count_parameters(self.model) / 1e6:.2f}M parameters on {self.hardware.description}, "
                     f"{self.hardware.precision}, micro-batch {self.micro_batch_size} x {self.recipe.data.seq_len} tokens")
         self.forward = TrainingForward(self.model, self.hardware, s.compile)

@@ -91,11 +91,12 @@ def launch(
 ):
     """Start the coordinator of a run: the first DHT node, recipe publisher, monitor and checkpointer."""
     from swarm.logs import setup_logging
-    from swarm.network import listen_addresses, parse_initial_peers
+    from swarm.network import check_listen_port, listen_addresses, parse_initial_peers
     from swarm.recipe import load_recipe
 
     setup_logging(verbose)
     listen_addresses(host, port, announce_host)  # a bad flag fails now, not after the model and data are built
+    check_listen_port(host, port)  # a taken --port too (checked again when hivemind starts)
     loaded = load_recipe(recipe)
     from coordinator.coordinator import Coordinator, CoordinatorSettings
 

@@ -31,7 +31,8 @@ def pick_hardware(device: str = "auto", threads: int | None = None) -> Hardware:
     """CUDA with bf16 where the GPU supports it, else MPS, else CPU; `threads` caps CPU use (owner's limit)."""
     cpu_count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if threads is not None and threads < 1:
-        raise UsageError("--threads must be at least 1")
+        raise UsageError(f"--threads (or SWARM_THREADS) must be at least 1, not {threads}: leave it out to use "
+                         f"all {cpu_count} CPU cores")
     threads = min(threads or cpu_count, cpu_count)
     torch.set_num_threads(threads)
     # torch gives each thread the process-wide count when it first asks for one; asking now fixes this thread's count,

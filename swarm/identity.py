@@ -72,11 +72,7 @@ class Identity:
                        team: str | None = None) -> "Identity":
         """Open the identity folder (creating keys on first use); a given name/team is saved for next time."""
         folder = Path(folder or DEFAULT_IDENTITY_DIR).expanduser()
-        try:
-            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        except OSError as error:
-            raise UsageError(f"cannot create the identity folder {folder}: {error.strerror}; "
-                             "pass --identity DIR") from None
+        _make_identity_folder(folder)
         name, team = _check_label("name", name), _check_label("team", team)
         # every file already there is checked before anything is written: a damaged one stops here, untouched
         _check_p2p_key(folder / "p2p.key")
@@ -92,6 +88,20 @@ class Identity:
         if updated != profile:
             _write_atomically(profile_path, (json.dumps(updated, indent=2) + "\n").encode(), mode=0o644)
         return cls(folder=folder, signing_key=signing_key, name=updated["name"], team=updated["team"])
+
+
+def _make_identity_folder(folder: Path) -> None:
+    fix = "pass --identity DIR with a folder, new or holding an identity"
+    if folder.exists() and not folder.is_dir():  # a file, /dev/null, ...: mkdir would say "File exists"
+        raise UsageError(f"the identity folder {folder} is a file, not a folder: {fix}")
+    try:
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as error:
+        blocker = next((parent for parent in folder.parents if parent.exists()), None)
+        if isinstance(error, (FileExistsError, NotADirectoryError)) and blocker is not None and not blocker.is_dir():
+            raise UsageError(f"cannot create the identity folder {folder}: {blocker} is a file, not a folder; "
+                             f"{fix}") from None
+        raise UsageError(f"cannot create the identity folder {folder}: {error.strerror or error}; {fix}") from None
 
 
 def _load_or_create_signing_key(path: Path) -> bytes:

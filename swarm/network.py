@@ -7,6 +7,7 @@ True
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import logging
 import re
@@ -123,6 +124,44 @@ def _multiaddr(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int) -> 
     return f"/ip{ip.version}/{ip}/tcp/{port}"
 
 
+# what to do about a taken --port, for `swarm launch` (its default port is fixed) and `swarm join` (any free port)
+LAUNCH_PORT_FIX = "pick another port, or --port 0 for any free port"
+JOIN_PORT_FIX = "pick another port or leave --port out (any free port)"
+
+
+def _port_in_use(port: int, fix: str) -> UsageError:
+    return UsageError(f"--port {port} is already in use on this machine (by another program): {fix}")
+
+
+def check_listen_port(host: str, port: int, fix: str = LAUNCH_PORT_FIX) -> None:
+    """Fail with the flag and the fix when --port is taken: bind it once and let it go, as the p2p daemon will.
+
+    hivemind's p2p daemon binds with SO_REUSEPORT, so on the port of another libp2p node (a coordinator on this
+    machine) it starts without a word and then cannot reach that node ("could not reach any initial peer"); on a
+    port that any other program holds it fails with "bind: address already in use", naming no flag. A plain bind
+    (SO_REUSEADDR only, so connections of an earlier run still in TIME_WAIT do not count) fails in both cases.
+    With port 0 it checks only that `host` is an address of this machine.
+    """
+    listen_addresses(host, port)  # a malformed --host or --port is named as such
+    listen_ip = ipaddress.ip_address(host.strip("[]"))
+    family = socket.AF_INET6 if listen_ip.version == 6 else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:  # as the daemon (Go) listens on /ip6/: an IPv4 user of the port is no clash
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            probe.bind((str(listen_ip), port))
+    except OSError as error:
+        if error.errno == errno.EADDRINUSE:
+            raise _port_in_use(port, fix) from None
+        if error.errno == errno.EADDRNOTAVAIL:
+            raise UsageError(f"--host {host} is not an address of this machine: use 0.0.0.0 to listen on every "
+                             "interface, or one of this machine's own addresses") from None
+        if error.errno == errno.EACCES:
+            raise UsageError(f"--port {port}: ports below 1024 need administrator rights; {fix}") from None
+        # anything else: let the p2p daemon try, and report what it says
+
+
 def create_dht(
     initial_peers: Sequence[str],
     host: str = "0.0.0.0",
@@ -133,9 +172,14 @@ def create_dht(
     announce_host: str | None = None,
     startup_timeout_s: float = 60.0,
     require_bootstrap: bool = True,
+    port_fix: str = LAUNCH_PORT_FIX,
 ) -> hivemind.DHT:
-    """Start this process's DHT node. With `identity`, the peer id and record signatures survive restarts."""
+    """Start this process's DHT node. With `identity`, the peer id and record signatures survive restarts.
+
+    `port_fix` is what the error of a taken `port` tells the user to do (it differs between launch and join)."""
     host_maddrs, announce_maddrs = listen_addresses(host, port, announce_host, client_mode)
+    if not client_mode:  # a client-mode node listens on nothing
+        check_listen_port(host, port, port_fix)
     raise_fd_limit()
     removed, freed = swarm.processes.remove_orphaned_shared_memory()
     if removed:
@@ -170,12 +214,14 @@ def create_dht(
         return hivemind.DHT(**kwargs)
     except Exception as error:
         text = str(error)
+        if "address already in use" in text.lower() and port != 0:  # taken since check_listen_port
+            raise _port_in_use(port, port_fix) from None
         if initial_peers and not require_bootstrap:
             # hivemind's p2p daemon refuses to start when no bootstrap peer answers, whatever
             # ensure_bootstrap_success says: remembered peers being gone means starting alone
             logger.warning(f"None of {len(initial_peers)} remembered peer(s) answered; starting as the first node")
             return create_dht([], host, port, identity, client_mode, record_validators, announce_host,
-                              startup_timeout_s)
+                              startup_timeout_s, port_fix=port_fix)
         if initial_peers and any(word in text.lower() for word in ("failed to connect", "bootstrap", "timeout")):
             reason = text.splitlines()[0] if text else repr(error)
             raise SwarmError(

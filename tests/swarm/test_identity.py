@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import stat
 
@@ -160,6 +161,19 @@ def test_an_unusable_identity_folder_is_a_usage_error(tmp_path):
     blocker.write_text("not a folder")
     with pytest.raises(UsageError, match="--identity DIR"):
         Identity.load_or_create(blocker / "id")
+
+
+def test_an_identity_folder_that_is_a_file_is_named_as_a_file(tmp_path):
+    # it said "cannot create the identity folder idfile: File exists; pass --identity DIR"
+    blocker = tmp_path / "idfile"
+    blocker.write_text("not a folder")
+    path = re.escape(str(blocker))
+    with pytest.raises(UsageError, match=rf"the identity folder {path} is a file, not a folder: pass --identity DIR"):
+        Identity.load_or_create(blocker)
+    with pytest.raises(UsageError, match=rf"cannot create the identity folder {path}/id: {path} is a file, not a "
+                                         "folder; pass --identity DIR"):
+        Identity.load_or_create(blocker / "id")
+    assert blocker.read_text() == "not a folder"
 
 
 DAMAGED_PROFILES = {

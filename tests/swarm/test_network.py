@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import resource
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from hivemind.utils import get_dht_time
 
 from swarm.errors import SwarmError, UsageError
 from swarm.identity import Identity
-from swarm.network import create_dht, join_addresses, listen_addresses, parse_initial_peers, raise_fd_limit
+from swarm.network import (JOIN_PORT_FIX, check_listen_port, create_dht, join_addresses, listen_addresses,
+                           parse_initial_peers, raise_fd_limit)
 
 PEER_ID = "QmYgMpCT1p8dQ5dCJxfaQZutoNA9Dp2wZYhTQa3RFr6JMu"
 PEER_ID_ED25519 = "12D3KooWGzh2yCMkP9vBj3R3n1GNLy9aT7rW6bQxZ5pA8cdEfUvX"
@@ -199,6 +204,53 @@ def test_port_outside_0_to_65535_is_refused(port):
     # -5 used to listen on 65531, 70000 to fail in the p2p daemon
     with pytest.raises(UsageError, match=rf"--port {port}: use a TCP port from 1 to 65535, or 0 for any free port"):
         create_dht([], host="127.0.0.1", port=port)
+
+
+def test_a_port_another_program_listens_on_is_named_with_the_fix():
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        message = rf"--port {port} is already in use on this machine \(by another program\): "
+        with pytest.raises(UsageError, match=message + r"pick another port, or --port 0 for any free port"):
+            create_dht([], host="0.0.0.0", port=port)  # the wildcard address clashes with 127.0.0.1 too
+        with pytest.raises(UsageError, match=message + r"pick another port or leave --port out \(any free port\)"):
+            check_listen_port("127.0.0.1", port, JOIN_PORT_FIX)
+        check_listen_port("127.0.0.1", 0)  # any free port
+    check_listen_port("127.0.0.1", port)  # free again
+
+
+def test_the_port_of_another_hivemind_node_is_named_as_in_use(first_node):
+    # hivemind's p2p daemon binds with SO_REUSEPORT: on another node's port it started, then could not reach that
+    # node and said "could not reach any initial peer ... check that `swarm launch` is still running"
+    dht, _ = first_node
+    address = next(a for a in join_addresses(dht) if a.startswith("/ip4/127.0.0.1/"))
+    port = int(address.split("/")[4])
+    with pytest.raises(UsageError, match=rf"--port {port} is already in use on this machine"):
+        create_dht([address], host="127.0.0.1", port=port, startup_timeout_s=10)
+
+
+def test_a_host_that_is_not_this_machine_s_address_is_named_before_hivemind_starts():
+    # 203.0.113.0/24 is reserved for documentation: no machine has it
+    with pytest.raises(UsageError, match=r"--host 203.0.113.5 is not an address of this machine: use 0.0.0.0"):
+        create_dht([], host="203.0.113.5", port=0)
+
+
+def test_launch_refuses_a_taken_port_before_it_builds_anything(tmp_path):
+    root = Path(__file__).resolve().parents[2]
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        completed = subprocess.run(
+            [sys.executable, "-m", "swarm.cli", "launch", str(root / "recipes" / "tiny-stdlib.yaml"), "--host",
+             "127.0.0.1", "--port", str(port), "--dashboard-port", "-1", "--state-dir", str(tmp_path / "state")],
+            cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(root)), capture_output=True, text=True, timeout=120)
+    output = completed.stdout + completed.stderr
+    assert completed.returncode == 2, output
+    assert (f"error: --port {port} is already in use on this machine (by another program): pick another port, or "
+            "--port 0 for any free port") in output, output
+    assert "Traceback" not in output and list(tmp_path.iterdir()) == [], output
 
 
 def test_announce_host_needs_a_fixed_port():
