@@ -134,6 +134,15 @@ def _capped_micro_batch_size(micro_batch_size: int, requested: int | None, targe
     return target_batch_size
 
 
+def _version_metadata(folder: Path) -> dict:
+    """The swarm.json of a published version (epoch, recipe); empty if it has none or it cannot be read."""
+    try:
+        metadata = json.loads((folder / "swarm.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return metadata if isinstance(metadata, dict) else {}
+
+
 async def _rebootstrap(_dht, node, initial_peers: list[str]) -> None:
     """Re-ping the initial peers and re-walk the DHT around our own id: heals a routing table that split."""
     peers = {PeerID.from_base58(Multiaddr(address)["p2p"]) for address in initial_peers}
@@ -375,6 +384,18 @@ class Volunteer:
         if not Path(path).exists() and path.count("/") != 1:
             logger.info(f"The published version {source} is not reachable from here; starting from the recipe's weights")
             return 0
+        epoch = self.announcement.latest_version_epoch or 0
+        metadata = _version_metadata(Path(path))
+        version_run = ((metadata.get("recipe") or {}).get("run") or {}).get("id")
+        if version_run is not None and version_run != self.recipe.run.id:
+            # its epoch would become this run's: the schedule, the limits and the ledger would jump to it
+            mismatch = f"{source} is a version of run {version_run!r}, not of this run {self.recipe.run.id!r}"
+            if self.settings.from_checkpoint:
+                raise UsageError(f"--from-checkpoint {mismatch}: give one of this run's versions (a new run starts "
+                                 "from another run's model with model.pretrained in its recipe)")
+            logger.warning(f"The published version {mismatch}; starting from the recipe's weights")
+            return 0
+        epoch = int(metadata.get("epoch", epoch))
         try:
             import transformers
 
@@ -385,10 +406,6 @@ class Volunteer:
                 raise UsageError(f"--from-checkpoint {source}: cannot load it ({error})") from None
             logger.warning(f"Could not load the published version {source} ({error}); starting from the recipe's weights")
             return 0
-        epoch = self.announcement.latest_version_epoch or 0
-        metadata = Path(path) / "swarm.json"
-        if metadata.exists():
-            epoch = int(json.loads(metadata.read_text()).get("epoch", epoch))
         logger.info(f"Nobody is training: starting from the published version of epoch {epoch} ({source})")
         return epoch
 

@@ -80,10 +80,10 @@ def launch(run: RunFolder, recipe: Path, *extra: str, port: int = 0, dashboard_p
     return CliProcess(args, run.root / "logs" / f"{name}-{number}.log")
 
 
-def join(run: RunFolder, address: str, name: str) -> CliProcess:
+def join(run: RunFolder, address: str, name: str, *extra: str) -> CliProcess:
     """A volunteer on this machine (one thread), with its identity under the run folder."""
     args = ["join", "--initial-peers", address, "--identity", str(run.root / name / "identity"), "--name", name,
-            "--team", "tests", "--threads", "1", "--host", "127.0.0.1", "--display", "log"]
+            "--team", "tests", "--threads", "1", "--host", "127.0.0.1", "--display", "log", *extra]
     number = len(list((run.root / "logs").glob(f"{name}-*.log")))
     return CliProcess(args, run.root / "logs" / f"{name}-{number}.log")
 

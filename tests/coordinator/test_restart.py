@@ -139,6 +139,30 @@ def test_a_volunteer_alone_starts_past_the_epochs_the_ledger_credited_already(tm
     assert all(credited[epoch]["peer_id"] != "12D3KooWVolunteer" for epoch in range(9, 13)), credited
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_from_checkpoint_refuses_a_version_of_another_run(tmp_path):
+    """A fresh run jumped to the other run's epoch 120 (schedule, limits and ledger with it) and published 125."""
+    other = RunFolder(tmp_path / "other")
+    versions = other.publish_versions(write_test_recipe(tmp_path / "other.yaml", "other-run", max_epochs=200), [120])
+    run = RunFolder(tmp_path / "run")
+    coordinator = launch(run, write_test_recipe(tmp_path / "recipe.yaml", "this-run", max_epochs=200))
+    volunteer = None
+    try:
+        address = coordinator.wait_for(r"swarm join --initial-peers (\S+)", timeout_s=180).group(1)
+        volunteer = join(run, address, "ada", "--from-checkpoint", str(versions[120]))
+        assert volunteer.wait(timeout_s=180) == 2, volunteer.output[-3000:]
+        coordinator.interrupt()
+        assert coordinator.wait(timeout_s=45) == 0, coordinator.output[-3000:]
+    finally:
+        if volunteer is not None:
+            volunteer.stop()
+        coordinator.stop()
+    assert (f"--from-checkpoint {versions[120]} is a version of run 'other-run', not of this run 'this-run': give "
+            "one of this run's versions" in volunteer.output), volunteer.output[-3000:]
+    assert "Traceback" not in volunteer.output and "epoch 120" not in coordinator.output
+
+
 def test_saving_an_epoch_that_is_already_published_keeps_the_published_version(tmp_path):
     from coordinator.checkpoint import VersionExistsError, latest_version
 
