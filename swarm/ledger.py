@@ -1309,6 +1309,14 @@ class _Verification:
             return
         assert self.public_key is not None
         if not trusted.signature_verifies(self.public_key):
+            if trusted.key_id == self.key_id:
+                # the same key: the file saved as trusted was altered after `swarm ledger checkpoint` wrote it
+                raise _Problem(
+                    "trusted_bad_signature",
+                    f"the trusted checkpoint names this ledger's key ({_short(trusted.key_id)}) but its signature "
+                    "does not verify: the trusted file was altered or damaged since it was saved; save a new one "
+                    "with `swarm ledger checkpoint` from a copy you trust",
+                )
             raise _Problem(
                 "trusted_bad_signature",
                 f"the trusted checkpoint (key {_short(trusted.key_id)}) does not verify with {PUBLIC_KEY_FILE} "
@@ -1457,6 +1465,21 @@ def audit_ledger(
     report, verification, snapshot = _verify(source, trusted_checkpoint, pinned_key, count_totals=True)
     totals = verification.totals if report.ok else _totals_of_readable_entries(snapshot)
     return LedgerAudit(report, totals)
+
+
+def stale_summaries(source: str | Path, totals: LedgerTotals) -> list[str]:
+    """The summary files (totals.csv, teams.csv) of a ledger that differ from `totals`, the sums of its verified
+    entries: edited, or not yet rewritten after the newest checkpoint. They are derived and not signed, so `verify`
+    cannot vouch for them, but a reader of the CSV alone would take edited numbers for verified ones."""
+    differing = []
+    for name, expected in ((TOTALS_FILE, totals.peers_csv()), (TEAMS_FILE, totals.teams_csv())):
+        try:
+            actual = _read_from(source, name)
+        except LedgerSourceError:
+            continue  # not there: nothing to mislead anyone
+        if actual.decode("utf-8", errors="replace") != expected:
+            differing.append(name)
+    return differing
 
 
 def latest_checkpoint(

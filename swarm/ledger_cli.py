@@ -25,8 +25,8 @@ from swarm.ledger import (
     audit_ledger,
     build_inclusion_proof,
     latest_checkpoint,
+    stale_summaries,
     verify_inclusion_proof,
-    verify_ledger,
 )
 
 ledger_app = typer.Typer(
@@ -103,7 +103,9 @@ def verify(
         elif source is None:
             _fail("give the ledger folder or URL to verify (or --proof FILE with --public-key PEM)", 2)
         else:
-            report = verify_ledger(source, trusted, pinned_key=public_key)
+            audit = audit_ledger(source, trusted, pinned_key=public_key)
+            report = audit.report
+            stale = stale_summaries(source, audit.totals) if report.ok else []
     except SwarmError as error:
         _failed(error, verbose)
     if as_json:
@@ -112,6 +114,11 @@ def verify(
         _fail(f"does not verify: {report.problem}", 1)
     if not as_json:
         typer.echo(f"ok: {report.summary()}")
+    if proof is None and stale:
+        verb = "differs" if len(stale) == 1 else "differ"
+        typer.echo(f"note: {' and '.join(stale)} {verb} from the sums of the verified entries: these summaries are "
+                   "not signed (the coordinator rewrites them within 5 s of each checkpoint), so read the totals "
+                   "with `swarm ledger show`, which sums the verified entries", err=True)
 
 
 @ledger_app.command()

@@ -725,7 +725,16 @@ def test_trusted_checkpoint_accepts_a_grown_log_and_rejects_a_rewritten_one(tmp_
     truncated = write_ledger(tmp_path / "truncated", key, epochs=2)
     assert verify_ledger(truncated, saved).problem_kind == "trusted_ahead"
     other_key = write_ledger(tmp_path / "other-key", Ed25519PrivateKey.generate(), epochs=4)
-    assert verify_ledger(other_key, saved).problem_kind == "trusted_bad_signature"
+    report = verify_ledger(other_key, saved)
+    assert report.problem_kind == "trusted_bad_signature" and "the coordinator's key changed" in report.problem
+
+    forged = json.loads(saved.read_text())  # the same key, a size edited in the saved file: not a key change
+    forged["tree_size"] = 8
+    (tmp_path / "forged.json").write_text(json.dumps(forged))
+    report = verify_ledger(folder, tmp_path / "forged.json")
+    assert report.problem_kind == "trusted_bad_signature"
+    assert "names this ledger's key" in report.problem and "the trusted file was altered" in report.problem
+    assert "key changed" not in report.problem
 
 
 def test_inclusion_proofs_of_every_entry_verify_and_tampered_ones_do_not(ledger_folder: Path, key: Ed25519PrivateKey):
@@ -773,6 +782,23 @@ def test_cli_verify_exit_codes_and_json(cli: CliRunner, ledger_folder: Path, tmp
     assert result.exit_code == 1
     assert json.loads(result.stdout)["problem_kind"] == "entry_deleted"
     assert "error: does not verify: entries.jsonl line 1" in result.stderr
+
+
+def test_cli_verify_says_when_the_unsigned_summaries_differ_from_the_verified_entries(cli: CliRunner,
+                                                                                        ledger_folder: Path):
+    """An edited totals.csv passed `verify` without a word, while a reader of the CSV took its numbers as verified."""
+    result = run_cli(cli, "verify", str(ledger_folder))
+    assert result.exit_code == 0 and "note:" not in result.stderr, result.stderr
+    totals = (ledger_folder / TOTALS_FILE).read_text()
+    header, first, *rest = totals.splitlines()
+    fields = first.split(",")
+    column = header.split(",").index("granted_samples")
+    fields[column] = str(int(fields[column]) + 9000)
+    (ledger_folder / TOTALS_FILE).write_text("\n".join([header, ",".join(fields), *rest]) + "\n")
+    result = run_cli(cli, "verify", str(ledger_folder))
+    assert result.exit_code == 0 and result.stdout.startswith("ok: "), result.output  # the signed log holds
+    assert "note: totals.csv differs from the sums of the verified entries" in result.stderr, result.stderr
+    assert "teams.csv" not in result.stderr
 
 
 def test_cli_checkpoint_then_verify_trusted(cli: CliRunner, tmp_path: Path, key: Ed25519PrivateKey):
