@@ -1008,7 +1008,8 @@ def validation_batches(blocks: TokenBlocks, num_samples: int, batch_size: int) -
     if available == 0:
         raise SwarmError(
             f"The validation split is empty ({len(blocks.val_tokens):,} tokens, less than one sample of seq_len "
-            f"{blocks.seq_len}): raise data.val_fraction or add files"
+            f"{blocks.seq_len}): raise data.val_fraction, add files, or try another data.seed (whole documents are "
+            "held out, picked by the seed: with few documents, none may be)"
         )
     count = min(num_samples, available)
     # Evenly spaced rather than the first ones: with sorted files, the first samples would all be a few modules.

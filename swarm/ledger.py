@@ -910,6 +910,9 @@ def _read_from(source: str | Path, name: str) -> bytes:
 
 
 def _local_folder(source: str | Path) -> Path:
+    if isinstance(source, str) and re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", source):
+        raise LedgerSourceError(f"{source}: a ledger is read from a folder or an http(s):// URL, not "
+                                f"{source.split('://')[0]}://")
     path = Path(source)
     if path.is_file() and path.name in (ENTRIES_FILE, CHECKPOINTS_FILE, PUBLIC_KEY_FILE):
         return path.parent
@@ -1286,7 +1289,8 @@ class _Verification:
         raise _Problem(
             "entries_uncovered",
             f"{ENTRIES_FILE} line {number}{_describe(entry)}: not covered by any signed checkpoint ({newest}); "
-            f"{_plural(uncovered, 'line was', 'lines were')} appended without a signature",
+            f"{_plural(uncovered, 'line was', 'lines were')} appended without a signature, or the checkpoint that "
+            "signed them was removed",
         )
 
     def _check_consistency(self) -> None:

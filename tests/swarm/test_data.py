@@ -361,7 +361,7 @@ def test_validation_batches_are_fixed_and_only_from_held_out_documents(small_blo
 def test_empty_validation_split_says_what_to_change(tmp_path):
     _write(tmp_path / "a.txt", "some training text " * 10)
     blocks = TokenBlocks(_files_cfg(tmp_path), TOKENIZER, cache_dir=tmp_path / "cache")
-    with pytest.raises(SwarmError, match="raise data.val_fraction or add files"):
+    with pytest.raises(SwarmError, match="raise data.val_fraction, add files, or try another data.seed"):
         validation_batches(blocks, 4, 2)
 
 

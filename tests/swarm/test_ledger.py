@@ -776,6 +776,8 @@ def test_cli_verify_exit_codes_and_json(cli: CliRunner, ledger_folder: Path, tmp
     assert result.exit_code == 0 and json.loads(result.stdout)["ok"] is True
     result = run_cli(cli, "verify", str(tmp_path / "missing"))
     assert result.exit_code == 2 and "does not exist" in result.stderr and "Traceback" not in result.output
+    result = run_cli(cli, "verify", "ftp://127.0.0.1/ledger")  # was read as the local folder ftp:/127.0.0.1/ledger
+    assert result.exit_code == 2 and "not ftp://" in result.stderr and "http(s)://" in result.stderr, result.output
     lines = lines_of(ledger_folder / ENTRIES_FILE)
     write_lines(ledger_folder / ENTRIES_FILE, lines[1:])
     result = run_cli(cli, "verify", str(ledger_folder), "--json")
