@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import sys
 import traceback
+import warnings
 from typing import Annotated
 
 import typer
@@ -39,10 +41,15 @@ def setup_logging(verbose: bool = False, libraries: bool = True) -> None:
     from hivemind.utils.logging import get_logger
 
     get_logger("hivemind").setLevel(logging.DEBUG if verbose else logging.WARNING)
-    if not verbose:  # installed before hivemind forks its DHT process, which inherits it
-        dht_logger = get_logger("hivemind.dht.dht")
-        if not any(isinstance(f, _CommandsFromExitedProcesses) for f in dht_logger.filters):
-            dht_logger.addFilter(_CommandsFromExitedProcesses())
+    if not verbose:  # installed before hivemind forks its DHT and averager processes, which inherit them
+        for logger, noise_filter in ((get_logger("hivemind.dht.dht"), _CommandsFromExitedProcesses),
+                                     (logging.getLogger("asyncio"), _HarmlessAsyncioReports)):
+            if not any(isinstance(f, noise_filter) for f in logger.filters):
+                logger.addFilter(noise_filter())
+        # hivemind's state averager steps the scheduler up to the loaded epoch before any optimizer step, on every
+        # state load: the schedule is right, and torch warns all the same. Anyone else's misordered step still warns.
+        warnings.filterwarnings("ignore", r"Detected call of `lr_scheduler\.step\(\)` before `optimizer\.step\(\)`",
+                                UserWarning, r"hivemind\.")
     # transformers warns about every config default it fills in; none of it is actionable for a volunteer
     import transformers
 
@@ -63,3 +70,34 @@ class _CommandsFromExitedProcesses(logging.Filter):
             return True
         frames = traceback.walk_tb(record.exc_info[2])
         return not any(frame.f_code.co_filename.endswith("resource_sharer.py") for frame, _ in frames)
+
+
+class _HarmlessAsyncioReports(logging.Filter):
+    """Leave out asyncio's reports of what hivemind's p2p daemon client leaves behind in a healthy run; any other
+    asyncio error is shown.
+
+    Every process with a hivemind p2p node (the DHT and averager processes too) serves the streams that its p2p daemon
+    opens, one local connection each. When the daemon opens one and closes it before sending the stream's header,
+    reading the header fails with IncompleteReadError (or a reset) and asyncio logs a 13-line traceback under
+    "Unhandled exception in client_connected_cb". A volunteer logged 4 to 8 of them each time a peer or the
+    coordinator downloaded its state. "RuntimeError: cannot reuse already awaited coroutine" is reported the same way
+    for such a handler, right after its task was reported destroyed while pending (seen on a state load). "Task was
+    destroyed but it is pending!" is a task still waiting when its event loop is dropped, as hivemind leaves some at
+    almost every exit; it carries no error.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message.startswith("Task was destroyed but it is pending!"):
+            return False
+        if not message.startswith("Unhandled exception in client_connected_cb") or not record.exc_info:
+            return True
+        error = record.exc_info[1]
+        if isinstance(error, RuntimeError) and str(error) == "cannot reuse already awaited coroutine":
+            return False
+        if not isinstance(error, (asyncio.IncompleteReadError, ConnectionError)):
+            return True
+        codes = [frame.f_code for frame, _ in traceback.walk_tb(record.exc_info[2])]
+        in_the_header = (len(codes) >= 2 and codes[0].co_name == "_handler" and codes[1].co_name == "read_pbmsg_safe"
+                         and codes[0].co_filename.endswith(os.path.join("p2p_daemon_bindings", "control.py")))
+        return not in_the_header
