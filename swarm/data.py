@@ -126,6 +126,8 @@ def data_files(patterns: Sequence[str]) -> list[tuple[str, Path]]:
         expanded = os.path.expanduser(pattern)
         matches = glob.glob(expanded, recursive=True) if glob.has_magic(expanded) else [expanded]
         matches = [match for match in matches if os.path.exists(match)]
+        if not matches and os.path.isfile(expanded):  # a file whose name holds [ or ]: the pattern is the name
+            matches = [expanded]
         if not matches:
             raise UsageError(f"data.files: nothing matches {pattern!r}: fix the path or pattern")
         for match in matches:

@@ -722,7 +722,7 @@ def _check_paths(data: dict[str, Any], base_dir: Path) -> list[RecipeProblem]:
             if not isinstance(pattern, str):
                 continue  # the schema reports it
             full = str(_resolve(base_dir, pattern)) if pattern else ""
-            if not any(os.path.isfile(match) for match in glob.glob(full, recursive=True)):
+            if not os.path.isfile(full) and not any(os.path.isfile(match) for match in glob.glob(full, recursive=True)):
                 problems.append(
                     RecipeProblem(
                         path=f"data.files.{index}",

@@ -744,3 +744,18 @@ def test_build_data_over_the_stdlib_gives_a_peer_stream_and_shared_validation(tm
     assert peer_a.next_batch(0, 8).shape == (8, 32)
     assert all(torch.equal(a, b) for a, b in zip(peer_a.validation_batches(4), peer_b.validation_batches(4)))
     assert sum(batch.shape[0] for batch in peer_a.validation_batches(4)) == 10
+
+
+def test_a_file_whose_name_holds_brackets_is_found_by_its_literal_path(tmp_path):
+    """`corpus/set[1]/a.txt` was taken for a glob (a character class) that matches nothing."""
+    from swarm.recipe import load_recipe
+
+    (tmp_path / "corpus" / "set[1]").mkdir(parents=True)
+    (tmp_path / "corpus" / "set[1]" / "a.txt").write_text("hello\n")
+    (tmp_path / "corpus" / "set1").mkdir()
+    (tmp_path / "corpus" / "set1" / "b.txt").write_text("not this one\n")
+    recipe_path = tmp_path / "recipe.yaml"
+    recipe_path.write_text("run: {id: brackets}\ndata: {source: files, files: ['corpus/set[1]/a.txt']}\n")
+    recipe = load_recipe(recipe_path)
+    assert [name for name, _ in data_files(recipe.data.files)] == ["a.txt"]
+    assert data_files([str(tmp_path / "corpus" / "set[1]" / "*.txt")])[0][1] == tmp_path / "corpus" / "set1" / "b.txt"
