@@ -58,6 +58,7 @@ logger = logging.getLogger("swarm.peer")
 
 METRICS_PERIOD_S = 5.0
 SOLO_ROUNDS_BEFORE_RECONNECT = 3
+ANOTHER_RUN_GRACE_S = 10.0  # how long a swarm that serves other runs gets to show the one asked for
 
 
 @dataclass
@@ -433,9 +434,16 @@ class Volunteer:
                 return next(iter(runs.values()))
             if self.settings.run_id is None and len(runs) > 1:
                 raise UsageError(f"this swarm serves several runs ({', '.join(sorted(runs))}): pick one with --run-id")
+            if runs:
+                # the swarm answers and serves other runs: a few seconds for an announcement still spreading through
+                # the DHT, not the whole connection timeout (a mistyped --run-id waited a minute)
+                deadline = min(deadline, time.monotonic() + ANOTHER_RUN_GRACE_S)
             if time.monotonic() > deadline:
                 wanted = f"run {self.settings.run_id!r}" if self.settings.run_id else "any run"
                 seen = f" (it serves: {', '.join(sorted(runs))})" if runs else ""
+                if runs and self.settings.run_id is not None:
+                    raise UsageError(f"--run-id {self.settings.run_id}: this swarm serves {', '.join(sorted(runs))}, "
+                                     "not that run: pick one of those, or leave --run-id out")
                 raise SwarmError(f"connected, but found no announcement of {wanted} in the swarm{seen}. "
                                  "Check that `swarm launch` is running and that the address is the one it printed.")
             time.sleep(1.0)

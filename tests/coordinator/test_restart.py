@@ -141,7 +141,7 @@ def test_a_volunteer_alone_starts_past_the_epochs_the_ledger_credited_already(tm
 
 @pytest.mark.slow
 @pytest.mark.timeout(240)
-def test_from_checkpoint_refuses_a_version_of_another_run(tmp_path):
+def test_from_checkpoint_refuses_a_version_of_another_run_and_run_id_one_the_swarm_does_not_serve(tmp_path):
     """A fresh run jumped to the other run's epoch 120 (schedule, limits and ledger with it) and published 125."""
     other = RunFolder(tmp_path / "other")
     versions = other.publish_versions(write_test_recipe(tmp_path / "other.yaml", "other-run", max_epochs=200), [120])
@@ -152,6 +152,11 @@ def test_from_checkpoint_refuses_a_version_of_another_run(tmp_path):
         address = coordinator.wait_for(r"swarm join --initial-peers (\S+)", timeout_s=180).group(1)
         volunteer = join(run, address, "ada", "--from-checkpoint", str(versions[120]))
         assert volunteer.wait(timeout_s=180) == 2, volunteer.output[-3000:]
+        # a mistyped --run-id waited the whole connection timeout (60 s) for a run the swarm does not serve
+        mistyped = join(run, address, "bob", "--run-id", "this-rnu")
+        assert mistyped.wait(timeout_s=90) == 2, mistyped.output[-3000:]
+        assert ("--run-id this-rnu: this swarm serves this-run, not that run" in mistyped.output
+                and "Traceback" not in mistyped.output), mistyped.output[-3000:]
         coordinator.interrupt()
         assert coordinator.wait(timeout_s=45) == 0, coordinator.output[-3000:]
     finally:
