@@ -37,17 +37,25 @@ class ContributionLog:
         if not self.path.exists():
             return
         public_key = self.identity.signing_key.get_public_key()
+        unsigned = []
         for number, line in enumerate(self.path.read_text().splitlines(), start=1):
             try:
                 row = json.loads(line)
                 body = json.dumps(row["work"], sort_keys=True, separators=(",", ":")).encode()
                 if not public_key.verify(body, bytes.fromhex(row["signature"])):
-                    raise ValueError("signature does not verify")
+                    unsigned.append(number)
+                    continue
                 work = EpochWork.parse_obj(row["work"])
             except Exception as error:  # a torn last line after a crash, or an edited file: skip, say so
                 logger.warning(f"{self.path}:{number}: skipping an unreadable contribution line ({error})")
                 continue
             self.closed[work.epoch] = work
+        if unsigned:
+            # one line for all: a replaced signing key (its file deleted, so a new one was made) fails every old line
+            lines = f"line {unsigned[0]}" if len(unsigned) == 1 else f"{len(unsigned)} lines ({unsigned[0]}-{unsigned[-1]})"
+            logger.warning(f"{self.path}: skipping {lines} whose signature does not verify with this identity's signing "
+                           f"key ({self.identity.folder / 'signing_key.der'}): it was replaced since they were written, "
+                           "or they were edited. Their epochs are not re-published; the ledger keeps what was credited")
 
     def add(self, epoch: int, samples: int, compute_s: float) -> None:
         work = self.open.get(epoch) or self.closed.get(epoch)

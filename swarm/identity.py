@@ -16,6 +16,7 @@ Stored in one folder (default `~/.swarm/identity`, or `--identity DIR` / `SWARM_
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -29,6 +30,8 @@ from hivemind.p2p import PeerID
 from hivemind.utils.crypto import RSAPrivateKey
 
 from swarm.errors import UsageError
+
+logger = logging.getLogger("swarm.identity")
 
 DEFAULT_IDENTITY_DIR = Path("~/.swarm/identity")
 _NAME_PATTERN = re.compile(r"[\w .@+-]{1,40}")
@@ -78,6 +81,10 @@ class Identity:
         _check_p2p_key(folder / "p2p.key")
         profile_path = folder / "profile.json"
         profile = _read_profile(profile_path)
+        if not (folder / "signing_key.der").exists() and (folder / "p2p.key").exists():
+            logger.warning(f"{folder / 'signing_key.der'} is missing from this identity: making a new signing key. "
+                           "Records signed with the old one (this peer's unsent contribution lines) no longer verify; "
+                           "restore the file from a backup instead to keep them")
         der = _load_or_create_signing_key(folder / "signing_key.der")
         signing_key = RSAPrivateKey.__new__(RSAPrivateKey)
         signing_key.__setstate__({"_private_key": der})  # hivemind's own pickle path: accepts DER bytes
