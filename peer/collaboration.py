@@ -134,12 +134,20 @@ class SwarmProgressTracker(ProgressTracker):
                 if local_progress.samples_accumulated > 0:
                     self._active_epoch = max(self._active_epoch, self.global_epoch)
                 if self._active_epoch >= self.global_epoch - 1:  # as hivemind: only a peer that is in sync reports
-                    store_task = asyncio.create_task(asyncio.wait_for(
-                        self.dht.store(key=self.training_progress_key, subkey=self._local_public_key,
-                                       value=local_progress.dict(),
-                                       expiration_time=last_report_time + self.metadata_expiration,
-                                       return_future=True),
-                        timeout=self.metadata_expiration))
+                    try:
+                        stored = self.dht.store(key=self.training_progress_key, subkey=self._local_public_key,
+                                                value=local_progress.dict(),
+                                                expiration_time=last_report_time + self.metadata_expiration,
+                                                return_future=True)
+                    except (RuntimeError, OSError) as error:
+                        # a signal to all of this peer's processes (systemd's default stop) killed the DHT and torch's
+                        # shared-memory manager too ("Broken pipe"): the volunteer sees it and leaves; no traceback
+                        if self.shutdown_triggered.is_set() or not self.dht.is_alive():
+                            logger.debug(f"Progress reporter stops: the DHT is gone ({error!r})")
+                            return
+                        logger.warning(f"Could not store this peer's progress ({error}); trying again later")
+                        continue
+                    store_task = asyncio.create_task(asyncio.wait_for(stored, timeout=self.metadata_expiration))
         finally:
             if store_task is not None:
                 store_task.cancel()
