@@ -16,6 +16,7 @@ log says "The coordinator's DHT process ... has exited"), it saves the ledger an
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import math
@@ -403,17 +404,8 @@ class Coordinator:
         self.join_command = f"swarm join --initial-peers {addresses[0]}"
         lines = [f"Swarm for run {self.recipe.run.id!r} is up. Volunteers join with:", ""]
         lines += [f"    {self.join_command}", ""]
-        note = data_copy_note(self.recipe.data)
-        if note:
+        for note in volunteer_notes(self.recipe):
             lines += [note, ""]
-        model, tokenizer = self.recipe.model, self.recipe.tokenizer
-        if model.pretrained and looks_like_local_path(model.pretrained):
-            lines += [f"The model starts from the folder {model.pretrained}: a volunteer on another machine needs a "
-                      "copy of it, passed with --model-dir <the copy>.", ""]
-        if (tokenizer.kind == "pretrained" and tokenizer.name and looks_like_local_path(tokenizer.name)
-                and tokenizer.name != model.pretrained):
-            lines += [f"The tokenizer is the folder {tokenizer.name}: a volunteer on another machine needs a copy of "
-                      "it, passed with --tokenizer-dir <the copy>.", ""]
         if self.dashboard is not None:
             lines += [f"Dashboard: {self.dashboard.url} (Prometheus metrics at {self.dashboard.url}metrics)", ""]
         if len(addresses) > 1:
@@ -850,6 +842,24 @@ class Coordinator:
             self.fetcher.shutdown()
         if self.dht is not None and self.dht.is_alive():
             self.dht.shutdown()
+
+
+def volunteer_notes(recipe: Recipe) -> list[str]:
+    """What a volunteer of this run must bring beyond `swarm join`, said at launch: copies of the organiser's own
+    data, model and tokenizer folders (with the flag that takes each), and bitsandbytes for blockwise8."""
+    notes = [note for note in [data_copy_note(recipe.data)] if note]
+    model, tokenizer = recipe.model, recipe.tokenizer
+    if model.pretrained and looks_like_local_path(model.pretrained):
+        notes.append(f"The model starts from the folder {model.pretrained}: a volunteer on another machine needs a "
+                     "copy of it, passed with --model-dir <the copy>.")
+    if (tokenizer.kind == "pretrained" and tokenizer.name and looks_like_local_path(tokenizer.name)
+            and tokenizer.name != model.pretrained):
+        notes.append(f"The tokenizer is the folder {tokenizer.name}: a volunteer on another machine needs a copy of "
+                     "it, passed with --tokenizer-dir <the copy>.")
+    if recipe.collaboration.compression == "blockwise8" and importlib.util.find_spec("bitsandbytes") is None:
+        notes.append("collaboration.compression is blockwise8, which needs bitsandbytes (pip install bitsandbytes, "
+                     "on GPU machines): a volunteer without it is refused. Use uint8 to welcome CPU volunteers.")
+    return notes
 
 
 def _write_json(path: Path, data: dict) -> None:

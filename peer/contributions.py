@@ -52,10 +52,12 @@ class ContributionLog:
             self.closed[work.epoch] = work
         if unsigned:
             # one line for all: a replaced signing key (its file deleted, so a new one was made) fails every old line
-            lines = f"line {unsigned[0]}" if len(unsigned) == 1 else f"{len(unsigned)} lines ({unsigned[0]}-{unsigned[-1]})"
-            logger.warning(f"{self.path}: skipping {lines} whose signature does not verify with this identity's signing "
-                           f"key ({self.identity.folder / 'signing_key.der'}): it was replaced since they were written, "
-                           "or they were edited. Their epochs are not re-published; the ledger keeps what was credited")
+            lines = (f"line {unsigned[0]}" if len(unsigned) == 1
+                     else f"{len(unsigned)} lines ({unsigned[0]}-{unsigned[-1]})")
+            logger.warning(f"{self.path}: skipping {lines} whose signature does not verify with this identity's "
+                           f"signing key ({self.identity.folder / 'signing_key.der'}): it was replaced since they were "
+                           "written, or they were edited. Their epochs are not re-published; the ledger keeps what "
+                           "was credited")
 
     def add(self, epoch: int, samples: int, compute_s: float) -> None:
         work = self.open.get(epoch) or self.closed.get(epoch)

@@ -86,3 +86,33 @@ def test_a_dashboard_port_out_of_range_is_refused(tmp_path, port):
                                            dashboard_port=port)
     assert error == (f"error: --dashboard-port {port} is not a TCP port: use 1-65535, 0 for any free port, or -1 for "
                      "no dashboard")
+
+
+def test_launch_names_what_a_volunteer_must_bring_beyond_swarm_join(tmp_path):
+    """Copies of the organiser's own data, model and tokenizer folders, each with its flag; bitsandbytes for
+    blockwise8, which refused CPU volunteers while the launch said nothing."""
+    import importlib.util
+
+    from coordinator.coordinator import volunteer_notes
+    from swarm.recipe import Recipe
+
+    assert volunteer_notes(Recipe.model_validate({"run": {"id": "plain"}})) == []  # the stdlib and a built model
+    (tmp_path / "corpus").mkdir()
+    local = Recipe.model_validate({
+        "run": {"id": "local"}, "model": {"pretrained": str(tmp_path / "base")},
+        "tokenizer": {"kind": "pretrained", "name": str(tmp_path / "tok")},
+        "data": {"source": "files", "files": [str(tmp_path / "corpus" / "*.txt")]},
+        "collaboration": {"compression": "blockwise8"},
+    })
+    notes = volunteer_notes(local)
+    assert notes[0] == (f"The data are files in {tmp_path / 'corpus'} (*.txt): a volunteer on another machine needs a "
+                        "copy of that folder, passed with --data-dir <the copy>.")
+    assert f"The model starts from the folder {tmp_path / 'base'}" in notes[1] and "--model-dir" in notes[1]
+    assert f"The tokenizer is the folder {tmp_path / 'tok'}" in notes[2] and "--tokenizer-dir" in notes[2]
+    if importlib.util.find_spec("bitsandbytes") is None:
+        assert "blockwise8, which needs bitsandbytes" in notes[3] and "Use uint8" in notes[3]
+    else:
+        assert len(notes) == 3
+    in_the_model = local.tokenizer.model_copy(update={"name": str(tmp_path / "base")})
+    same_folder = local.model_copy(update={"tokenizer": in_the_model})
+    assert not any("--tokenizer-dir" in note for note in volunteer_notes(same_folder))
