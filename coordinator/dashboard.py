@@ -136,6 +136,7 @@ class _Handler(BaseHTTPRequestHandler):
     do_HEAD = do_GET
 
     def _route(self, path: str):
+        path = path.rstrip("/") or "/"  # /api/status/ is /api/status
         if path == "/healthz":
             return _json(HTTPStatus.OK, {"status": "ok"})
         if path == "/":

@@ -161,8 +161,8 @@ def _print_totals(totals: LedgerTotals, by: GroupBy, as_json: bool, as_csv: bool
     table = Table(title=f"Credit per {'volunteer' if by is GroupBy.peer else 'team'}")
     table.add_column("#", justify="right")
     if by is GroupBy.peer:
-        table.add_column("volunteer")
-        table.add_column("peer id")
+        table.add_column("volunteer", overflow="fold")  # default names differ at their end: never cut them
+        table.add_column("peer id", no_wrap=True)
         table.add_column("team")
     else:
         table.add_column("team")
@@ -182,7 +182,8 @@ def _print_totals(totals: LedgerTotals, by: GroupBy, as_json: bool, as_csv: bool
             str(row["epochs"]),
         ]
         table.add_row(str(rank), *names, *numbers)
-    Console(file=sys.stdout).print(table)
+    # rich lays out 80 columns when the output is a file or a pipe: the names were cut to "voluntee…" there
+    Console(file=sys.stdout, width=None if sys.stdout.isatty() else 160).print(table)
 
 
 @ledger_app.command()

@@ -155,6 +155,11 @@ def test_api_ignores_query_strings(server, run_snapshot):
     assert status == 200 and strict_json(body)["epoch"] == run_snapshot["status"]["epoch"]
 
 
+def test_a_trailing_slash_names_the_same_page(server, run_snapshot):
+    status, _, body = request(server.url + "api/status/")  # was a 404
+    assert status == 200 and strict_json(body) == run_snapshot["status"]
+
+
 @pytest.mark.parametrize("path", ["nope", "api", "api/", "api/status/extra", "api/STATUS", "index.html",
                                   "metrics/x", "%2e%2e/%2e%2e/etc/passwd"])
 def test_unknown_paths_answer_404_json(server, path):

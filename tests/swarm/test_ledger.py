@@ -861,6 +861,10 @@ def test_cli_show_leaderboards(cli: CliRunner, tmp_path: Path, key: Ed25519Priva
     csv_text = run_cli(cli, "show", str(folder), "--by", "team", "--csv").stdout
     assert csv_text == (folder / TEAMS_FILE).read_text()
     assert run_cli(cli, "show", str(folder), "--json", "--csv").exit_code == 2
+    with Ledger.open(folder, key, run_id=RUN) as ledger:  # default names differ only at their end
+        ledger.commit_epoch([entry(3, "peer-d", name="volunteer-3f9a2c", team="", granted_samples=10,
+                                   claimed_samples=10)])
+    assert "volunteer-3f9a2c" in run_cli(cli, "show", str(folder)).stdout  # was cut to "voluntee…" in a pipe
 
 
 def test_cli_show_and_checkpoint_of_a_tampered_ledger_say_so(cli: CliRunner, ledger_folder: Path):
