@@ -60,6 +60,7 @@ logger = logging.getLogger("swarm.coordinator")
 ANNOUNCE_PERIOD_S = 20.0
 MONITOR_PERIOD_S = 2.0
 FINAL_STATE_TIMEOUT_S = 90.0
+FINAL_LAST_EPOCH_WAIT_S = 30.0  # how long the final fetch asks again for a state of the run's last epoch
 # every DHT request has a deadline: hivemind's own calls wait forever, and on a DHT process that has died (a SIGTERM
 # to all the coordinator's processes, the OOM killer) they never return. A get of the run's keys takes well under a
 # second on a LAN; a dead process is noticed within DHT_POLL_S.
@@ -606,15 +607,20 @@ class Coordinator:
         return None
 
     # ---------------------------------------------------------------- checkpoints
-    def _publish_checkpoint(self, timeout_s: float = 60.0) -> Path | None:
+    def _publish_checkpoint(self, timeout_s: float = 60.0, min_epoch: int | None = None) -> Path | None:
         """Fetch the swarm's state and publish it as a version; returns its folder (an existing one if that epoch
-        was published already: a version is never replaced), or None if no good state arrived."""
+        was published already: a version is never replaced), or None if no good state arrived (or only one older
+        than `min_epoch`)."""
         if not self.fetcher.is_alive():
             logger.warning("The state-downloader process has exited: no version can be fetched from the peers")
             return None
         epoch = self.fetcher.fetch_into(self.model, timeout_s=timeout_s)
         if epoch is None:
             logger.warning("No peer sent its state for the checkpoint; trying again shortly")
+            return None
+        if min_epoch is not None and epoch < min_epoch:
+            logger.info(f"A peer sent its state of epoch {epoch}, before the run's last epoch {min_epoch} (its last "
+                        "round may still be finishing): asking again")
             return None
         existing = self.checkpoint_dir / version_name(epoch)
         if existing.exists():  # a restarted coordinator, or the final fetch of an epoch just published
@@ -724,8 +730,13 @@ class Coordinator:
             logger.info(f"No peer is alive to send its state: {newest}")
             return None
         deadline = time.monotonic() + FINAL_STATE_TIMEOUT_S
+        # at the run's limit the peers stop at its last epoch: a state from before it (a DiLoCo peer still applying
+        # its last overlapped round) is waited past for a while, then taken rather than nothing
+        last_epoch = self.view.epoch if self.outcome == FINISHED else None
+        wait_for_last_until = time.monotonic() + FINAL_LAST_EPOCH_WAIT_S
         while not self._forced:
-            path = self._publish_checkpoint(timeout_s=max(5.0, min(30.0, deadline - time.monotonic())))
+            path = self._publish_checkpoint(timeout_s=max(5.0, min(30.0, deadline - time.monotonic())),
+                                            min_epoch=last_epoch if time.monotonic() < wait_for_last_until else None)
             if path is not None:
                 return path
             if self.diverged_at_epoch is not None:
