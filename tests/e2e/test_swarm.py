@@ -186,17 +186,27 @@ def test_a_volunteer_on_another_machine_trains_on_its_own_copy_of_the_organisers
     coordinator.wait_for(r"The data are files in (.*) \(\*\*/\*\.py\)", timeout_s=30)
     assert f"The data are files in {organiser / 'corpus'} (**/*.py)" in coordinator.output
 
-    copy = tmp_path / "volunteer" / "my-copy"
-    shutil.copytree(organiser / "corpus", copy)
-    (organiser / "corpus").rename(organiser / "elsewhere")  # as on another machine: the organiser's paths are not here
+    _a_volunteer_elsewhere_trains_only_with_its_copy(
+        swarm, organiser / "corpus", tmp_path / "volunteer" / "my-copy", "--data-dir",
+        refusal=[f"the organiser's folder {organiser / 'corpus'}, which this machine does not have",
+                 "--data-dir DIR (DIR must hold **/*.py)"],
+        data=r"Data: 60 text files.*matches the swarm")
+
+
+def _a_volunteer_elsewhere_trains_only_with_its_copy(swarm, original, copy, flag: str, refusal: list[str],
+                                                     data: str = r"Data: .*matches the swarm") -> None:
+    """`original` moves away, as on another machine where the organiser's paths do not exist: a volunteer without
+    `flag` is refused, naming the folder and the flag (exit 2); one given `flag <a copy>` trains."""
+    import shutil
+
+    shutil.copytree(original, copy)
+    original.rename(original.parent / "elsewhere")
     lost = swarm.join("lost")
     assert lost.wait(timeout_s=120) == 2, lost.output[-3000:]
-    assert (f"the organiser's folder {organiser / 'corpus'}, which this machine does not have" in lost.output
-            and "--data-dir DIR (DIR must hold **/*.py)" in lost.output and "Traceback" not in lost.output), \
-        lost.output[-3000:]
+    assert all(part in lost.output for part in refusal) and "Traceback" not in lost.output, lost.output[-3000:]
 
-    volunteer = swarm.join("with-copy", "--data-dir", str(copy))
-    volunteer.wait_for(r"Data: 60 text files.*matches the swarm", timeout_s=120)
+    volunteer = swarm.join("with-copy", flag, str(copy))
+    volunteer.wait_for(data, timeout_s=120)
     volunteer.wait_for(r"epoch \d+ \(", timeout_s=120)
     volunteer.interrupt()
     assert volunteer.wait(timeout_s=90) == 0, volunteer.output[-3000:]
@@ -209,8 +219,6 @@ def test_a_volunteer_on_another_machine_starts_from_its_own_copy_of_the_organise
         swarm_factory, recipe_writer, tmp_path):
     """A run that fine-tunes the organiser's local model (its tokenizer in the same folder) is published with the
     organiser's path: elsewhere, transformers failed on it with a traceback."""
-    import shutil
-
     import yaml
     from swarm.model import build_model
     from swarm.recipe import ModelConfig
@@ -232,20 +240,10 @@ def test_a_volunteer_on_another_machine_starts_from_its_own_copy_of_the_organise
     coordinator.wait_for(r"The model starts from the folder .*--model-dir", timeout_s=60)
     assert "--tokenizer-dir" not in coordinator.output  # the tokenizer is in the model folder
 
-    copy = tmp_path / "volunteer" / "my-copy"
-    shutil.copytree(organiser / "base", copy)
-    (organiser / "base").rename(organiser / "elsewhere")  # as on another machine: the organiser's paths are not here
-    lost = swarm.join("lost")
-    assert lost.wait(timeout_s=120) == 2, lost.output[-3000:]
-    assert (f"the model folder {organiser / 'base'} of the organiser's machine, which this machine does not have"
-            in lost.output and "--model-dir DIR" in lost.output and "Traceback" not in lost.output), lost.output[-3000:]
-
-    volunteer = swarm.join("with-copy", "--model-dir", str(copy))
-    volunteer.wait_for(r"Data: .*matches the swarm", timeout_s=120)
-    volunteer.wait_for(r"epoch \d+ \(", timeout_s=120)
-    volunteer.interrupt()
-    assert volunteer.wait(timeout_s=90) == 0, volunteer.output[-3000:]
-    assert swarm.stats("with-copy")["samples"] > 0
+    _a_volunteer_elsewhere_trains_only_with_its_copy(
+        swarm, organiser / "base", tmp_path / "volunteer" / "my-copy", "--model-dir",
+        refusal=[f"the model folder {organiser / 'base'} of the organiser's machine, which this machine does not "
+                 "have", "--model-dir DIR"])
 
 
 @pytest.mark.slow
