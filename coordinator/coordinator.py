@@ -191,8 +191,9 @@ class Coordinator:
         # which left each of them a stale private copy of it (swarm.processes.share_with_forked_processes)
         share_with_forked_processes(self.model.parameters())
         self.initial_val_loss = validation_loss(self.model, self.val_batches)
+        origin = f" from {recipe.model.pretrained}" if recipe.model.pretrained else ""
         logger.info(f"Run {recipe.run.id!r}: {count_parameters(self.model) / 1e6:.2f}M-parameter "
-                    f"{recipe.model.architecture or recipe.model.pretrained}, data {self.data.identity.description}, "
+                    f"{self.model.config.model_type}{origin}, data {self.data.identity.description}, "
                     f"initial validation loss {self.initial_val_loss:.4f}")
         self._resume_from_published_version()
         self.state_dir.mkdir(parents=True, exist_ok=True)

@@ -701,7 +701,8 @@ def _shown(value: Any) -> str:
 
 def _resolve(base_dir: Path, value: str) -> Path:
     path = Path(value).expanduser()
-    return path if path.is_absolute() else base_dir / path
+    # normalised: messages and `recipe show` said /srv/run/recipes/../corpus for ../corpus
+    return Path(os.path.normpath(path if path.is_absolute() else base_dir / path))
 
 
 def _check_paths(data: dict[str, Any], base_dir: Path) -> list[RecipeProblem]:

@@ -133,6 +133,9 @@ def test_a_bare_name_that_is_a_folder_next_to_the_recipe_is_that_folder_not_a_hu
     recipe = load_recipe(recipe_path)
     assert recipe.model.pretrained == str(tmp_path / "run" / "base")
     assert recipe.tokenizer.name == str(tmp_path / "run" / "org" / "tok")
+    (tmp_path / "shared" / "base").mkdir(parents=True)
+    recipe_path.write_text("run: {id: up}\nmodel: {pretrained: ../shared/base}\n")
+    assert load_recipe(recipe_path).model.pretrained == str(tmp_path / "shared" / "base")  # not run/../shared/base
     recipe_path.write_text("run: {id: hub}\nmodel: {pretrained: gpt2}\ntokenizer: {kind: pretrained, name: org/name}\n")
     recipe = load_recipe(recipe_path)  # no such folders: Hub ids, left as they are
     assert (recipe.model.pretrained, recipe.tokenizer.name) == ("gpt2", "org/name")
