@@ -60,7 +60,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import (  # noqa: E402
-    RECIPES_DIR, REPO_ROOT, RESULTS_DIR, describe_machine, load_average, machine, process_tree, timestamp,
+    add_results_dir_option,
+    parse_benchmark_args,
+    RECIPES_DIR, REPO_ROOT, describe_machine, load_average, machine, process_tree, timestamp,
     write_results,
 )
 
@@ -925,10 +927,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="Groups form only at the end of their matchmaking window (collaboration."
                         "close_groups_early: false), for an A/B against the default.")
     parser.add_argument("--name", default="churn", help="Results file stem.")
-    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    add_results_dir_option(parser)
     parser.add_argument("--work-dir", default=None, help="Keep the runs' files (logs, ledger) in this folder.")
     parser.add_argument("--keep-work-dir", action="store_true", help="Do not delete the temporary work folder.")
-    args = parser.parse_args(argv)
+    args = parse_benchmark_args(parser, argv)
     args.peers = args.peers if args.peers is not None else (2 if args.quick else 4)
     args.duration = args.duration if args.duration is not None else (30.0 if args.quick else 300.0)
     args.period_s = args.period_s if args.period_s is not None else (15.0 if args.quick else 30.0)

@@ -27,8 +27,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import (  # noqa: E402
+    add_results_dir_option,
+    parse_benchmark_args,
     RECIPES_DIR,
-    RESULTS_DIR,
     describe_machine,
     machine,
     timestamp,
@@ -153,8 +154,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="Steps 0 and 3 only (smoke test).")
     parser.add_argument("--name", default="codecs", help="Results file stem.")
-    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
-    run(parser.parse_args(argv))
+    add_results_dir_option(parser)
+    run(parse_benchmark_args(parser, argv))
 
 
 if __name__ == "__main__":

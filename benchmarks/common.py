@@ -12,6 +12,7 @@ taken under a load above the core count is slower than the machine can do.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -27,6 +28,9 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
+# --quick runs write here unless given --results-dir: a smoke test must never replace the committed full results
+# (scaling.py reads convergence.json from RESULTS_DIR). Git ignores it.
+QUICK_RESULTS_DIR = RESULTS_DIR / "quick"
 RECIPES_DIR = REPO_ROOT / "recipes"
 
 
@@ -101,6 +105,20 @@ def run_worker(argv: Sequence[str], result_file: Path, timeout_s: float, env: di
         tail = "\n".join((process.stdout + process.stderr).splitlines()[-30:])
         raise RuntimeError(f"worker {' '.join(argv)} failed with exit code {process.returncode}:\n{tail}")
     return json.loads(result_file.read_text())
+
+
+def add_results_dir_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--results-dir", type=Path, default=None,
+                        help="Folder for the JSON, markdown and plot (default benchmarks/results; with --quick, "
+                             "benchmarks/results/quick).")
+
+
+def parse_benchmark_args(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
+    """`parser.parse_args(argv)`, with the default results folder of a quick run or a full one."""
+    args = parser.parse_args(argv)
+    if getattr(args, "results_dir", RESULTS_DIR) is None:
+        args.results_dir = QUICK_RESULTS_DIR if getattr(args, "quick", False) else RESULTS_DIR
+    return args
 
 
 def write_results(

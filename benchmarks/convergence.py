@@ -55,8 +55,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import (  # noqa: E402
+    add_results_dir_option,
+    parse_benchmark_args,
     RECIPES_DIR,
-    RESULTS_DIR,
     describe_machine,
     load_average,
     machine,
@@ -826,13 +827,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--targets-from", type=Path, default=None,
                         help="Reuse the 1-peer rows (and targets) of an earlier convergence.json: run only the swarms.")
     parser.add_argument("--name", default="convergence", help="Results file stem.")
-    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    add_results_dir_option(parser)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--plain-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--config", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--peer-index", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--result-file", type=Path, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    args = parse_benchmark_args(parser, argv)
     if args.plain_worker:
         config = json.loads(args.config.read_text())
         (run_plain_loop if config["mode"] == "dedloc" else run_diloco_plain_loop)(config, args.result_file)

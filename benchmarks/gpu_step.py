@@ -28,7 +28,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import RECIPES_DIR, RESULTS_DIR, machine, run_worker, timestamp, write_results  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    RECIPES_DIR,
+    add_results_dir_option,
+    machine,
+    parse_benchmark_args,
+    run_worker,
+    timestamp,
+    write_results,
+)
 
 # (name, micro-batch, pad_vocab_to_multiple_of, loss)
 GPU_VARIANTS = (
@@ -182,13 +190,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=None, help="Measured seconds per variant (default 10).")
     parser.add_argument("--variant-timeout-s", type=float, default=240.0)
     parser.add_argument("--name", default=None, help="Results file stem (default gpu-step, or gpu-step-quick).")
-    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    add_results_dir_option(parser)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--micro-batch", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--pad", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--loss", choices=("model", "bf16-logits"), default="model", help=argparse.SUPPRESS)
     parser.add_argument("--result-file", type=Path, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    args = parse_benchmark_args(parser, argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     args.seconds = args.seconds or (1.0 if args.quick else 10.0)
     args.name = args.name or ("gpu-step-quick" if args.quick else "gpu-step")

@@ -55,9 +55,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import (  # noqa: E402
+    add_results_dir_option,
+    parse_benchmark_args,
     RECIPES_DIR,
     REPO_ROOT,
-    RESULTS_DIR,
     describe_machine,
     load_average,
     machine,
@@ -631,8 +632,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--epoch-timeout-s", type=float, default=120.0, help="Allowance per warm-up epoch.")
     parser.add_argument("--join-timeout-s", type=float, default=1800.0, help="Allowance for the joiner.")
     parser.add_argument("--name", default="join", help="Results file stem.")
-    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
-    args = parser.parse_args(argv)
+    add_results_dir_option(parser)
+    args = parse_benchmark_args(parser, argv)
     args.models = args.models or (["tiny"] if args.quick else list(MODELS))
     args.links = args.links or ["loopback"]
     if args.rows:

@@ -44,7 +44,15 @@ import cryptography  # noqa: E402
 import pydantic  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
 
-from benchmarks.common import describe_machine, load_average, machine, timestamp, write_results  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    add_results_dir_option,
+    describe_machine,
+    load_average,
+    machine,
+    parse_benchmark_args,
+    timestamp,
+    write_results,
+)
 from swarm.ledger import (  # noqa: E402
     CHECKPOINTS_FILE,
     ENTRIES_FILE,
@@ -489,8 +497,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="Reuse this many RSA keys round-robin instead of one per peer (faster set-up).")
     parser.add_argument("--folder", type=Path, default=None, help="Where to write the ledgers (default: a temp dir).")
     parser.add_argument("--name", default="ledger", help="Results file stem.")
-    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
-    args = parser.parse_args(argv)
+    add_results_dir_option(parser)
+    args = parse_benchmark_args(parser, argv)
     args.entries = args.entries or (5_000 if args.quick else 100_000)
     args.peers = args.peers or (50 if args.quick else 1000)
     args.epochs = args.epochs or (2 if args.quick else 5)

@@ -35,7 +35,15 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from benchmarks.common import RECIPES_DIR, RESULTS_DIR, describe_machine, machine, timestamp, write_results  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    RECIPES_DIR,
+    add_results_dir_option,
+    describe_machine,
+    machine,
+    parse_benchmark_args,
+    timestamp,
+    write_results,
+)
 from swarm.processes import kill_session  # noqa: E402
 
 ARMS = ("stock", "churn-safe")
@@ -250,11 +258,11 @@ def main() -> None:
     parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
     parser.add_argument("--seed", type=int, default=1, help="Seeds the kill delays, shared by the arms.")
     parser.add_argument("--name", default="member_loss", help="Results file stem.")
-    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    add_results_dir_option(parser)
     parser.add_argument("--member", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--arm", choices=ARMS, default=None, help=argparse.SUPPRESS)
     parser.add_argument("addresses", nargs="*", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parse_benchmark_args(parser)
     if args.member is not None:
         run_member(args.arm, args.member, args.numel, args.addresses)
         return

@@ -43,8 +43,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import (  # noqa: E402
+    add_results_dir_option,
+    parse_benchmark_args,
     RECIPES_DIR,
-    RESULTS_DIR,
     describe_machine,
     machine,
     timestamp,
@@ -235,8 +236,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ratio-micro-batches", type=int, nargs="+", default=[4, 16],
                         help="Micro-batch sizes of the predicted step ratios (default 4 16).")
     parser.add_argument("--name", default="noise_scale", help="Results file stem.")
-    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
-    args = parser.parse_args(argv)
+    add_results_dir_option(parser)
+    args = parse_benchmark_args(parser, argv)
     args.steps = args.steps if args.steps is not None else (40 if args.quick else 1920)
     args.measure_every = args.measure_every or (20 if args.quick else 160)
     args.probe_batches = args.probe_batches or (8 if args.quick else 32)

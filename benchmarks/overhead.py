@@ -59,8 +59,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import (  # noqa: E402
+    add_results_dir_option,
+    parse_benchmark_args,
     RECIPES_DIR,
-    RESULTS_DIR,
     describe_machine,
     load_average,
     machine,
@@ -717,7 +718,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="torch.compile the forward in plain and swarm arms (auto: on CUDA only, as the volunteer).")
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="The GPU's dense bf16 peak for MFU (default: known GPUs by name, e.g. H100 989).")
-    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    add_results_dir_option(parser)
     parser.add_argument("--from-json", type=Path, default=None,
                         help="Re-summarise the runs recorded in an earlier overhead.json (no new measurement).")
     parser.add_argument("--profile", action="store_true", help="Add one cProfile'd swarm run to the results.")
@@ -727,7 +728,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--name", default="overhead", help="Results file stem in benchmarks/results.")
     parser.add_argument("--worker", choices=ARMS, help=argparse.SUPPRESS)
     parser.add_argument("--result-file", type=Path, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    args = parse_benchmark_args(parser, argv)
     if args.diloco_inner_steps is not None and args.diloco_inner_steps < 1:
         parser.error("--diloco-inner-steps must be at least 1")
     args.threads = args.threads or len(os.sched_getaffinity(0))

@@ -58,8 +58,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import (  # noqa: E402
+    add_results_dir_option,
+    parse_benchmark_args,
     RECIPES_DIR,
-    RESULTS_DIR,
     describe_machine,
     load_average,
     machine,
@@ -969,7 +970,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="convergence.py results that give time_to_target_s "
                              "(default RESULTS_DIR/convergence.json).")
     parser.add_argument("--name", default="scaling", help="Results file stem.")
-    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    add_results_dir_option(parser)
     parser.add_argument("--keep-work-dir", type=Path, default=None,
                         help="Keep each row's peer logs in a new folder under this one (default: deleted).")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -982,7 +983,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--announce-host", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    args = parse_benchmark_args(parser, argv)
     if args.bootstrap:
         run_bootstrap(args)
         return

@@ -61,6 +61,23 @@ def _run_quick(name: str, folder: Path, timeout_s: float, *options: str) -> dict
     return document
 
 
+def test_a_quick_run_writes_beside_the_committed_results_not_over_them():
+    """`python benchmarks/<name>.py --quick`, as the README shows it, replaced benchmarks/results/<name>.json (a
+    committed full run; scaling.py reads convergence.json from there)."""
+    import argparse
+
+    from benchmarks.common import QUICK_RESULTS_DIR, RESULTS_DIR, add_results_dir_option, parse_benchmark_args
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true")
+    add_results_dir_option(parser)
+    assert parse_benchmark_args(parser, []).results_dir == RESULTS_DIR
+    assert parse_benchmark_args(parser, ["--quick"]).results_dir == QUICK_RESULTS_DIR != RESULTS_DIR
+    assert parse_benchmark_args(parser, ["--quick", "--results-dir", "elsewhere"]).results_dir == Path("elsewhere")
+    ignored = subprocess.run(["git", "check-ignore", "-q", str(QUICK_RESULTS_DIR / "overhead.json")], cwd=REPO_ROOT)
+    assert ignored.returncode == 0, "quick results are never committed"
+
+
 def test_overhead_quick_mode_reports_the_throughput_ratio_of_both_arms(quick_results):
     document = quick_results["overhead"]
     _check_common(document)
