@@ -37,6 +37,7 @@ from benchmarks.common import (  # noqa: E402
     timestamp,
     write_results,
 )
+from swarm.errors import SwarmError  # noqa: E402
 
 # (name, micro-batch, pad_vocab_to_multiple_of, loss)
 GPU_VARIANTS = (
@@ -139,6 +140,9 @@ def measure_variant(args: argparse.Namespace) -> dict:
 def run(args: argparse.Namespace) -> dict:
     import torch
 
+    from swarm.hardware import resolve_device
+
+    resolve_device(args.device)  # a device this machine cannot name fails here, not in every worker
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("gpu_step: no CUDA GPU is visible; run it on a GPU machine, or use --quick --device cpu",
               file=sys.stderr)
@@ -204,7 +208,10 @@ def main(argv: list[str] | None = None) -> None:
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         args.result_file.write_text(json.dumps(measure_variant(args)))
         return
-    run(args)
+    try:
+        run(args)
+    except SwarmError as error:  # no GPU here, or a --device this machine does not have
+        parser.exit(2, f"gpu_step.py: error: {error}\n")
 
 
 if __name__ == "__main__":

@@ -499,6 +499,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--name", default="ledger", help="Results file stem.")
     add_results_dir_option(parser)
     args = parse_benchmark_args(parser, argv)
+    if args.entries is not None and args.entries < 1:
+        parser.error(f"--entries {args.entries}: at least 1 (leave it out for 100000)")
     args.entries = args.entries or (5_000 if args.quick else 100_000)
     args.peers = args.peers or (50 if args.quick else 1000)
     args.epochs = args.epochs or (2 if args.quick else 5)

@@ -267,6 +267,8 @@ def main() -> None:
         run_member(args.arm, args.member, args.numel, args.addresses)
         return
 
+    if args.kills is not None and args.kills < 1:
+        parser.error(f"--kills {args.kills}: at least 1 kill per arm (leave it out for 10)")
     kills = args.kills or (2 if args.quick else 10)
     numel = args.numel or (3_000_000 if args.quick else 30_000_000)
     delay_range_s = (0.0, 0.1) if args.quick else (0.0, 0.8)

@@ -732,6 +732,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.diloco_inner_steps is not None and args.diloco_inner_steps < 1:
         parser.error("--diloco-inner-steps must be at least 1")
     args.threads = args.threads or len(os.sched_getaffinity(0))
+    if args.rounds is not None and args.rounds < 1:
+        parser.error(f"--rounds {args.rounds}: at least 1 A/B round (leave it out for 5)")
+    if args.seconds is not None and not args.seconds > 0:
+        parser.error(f"--seconds {args.seconds:g}: a positive window (leave it out for 20)")
     args.rounds = args.rounds or (1 if args.quick else 5)
     args.seconds = args.seconds or (3.0 if args.quick else 20.0)
     args.warmup_seconds = args.warmup_seconds if args.warmup_seconds is not None else (0.0 if args.quick else 3.0)

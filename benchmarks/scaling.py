@@ -996,6 +996,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.average_state_every is not None and (args.mode != "dedloc" or args.average_state_every < 1):
         parser.error(f"--average-state-every {args.average_state_every}: a period of 1 or more epochs, in --mode "
                      "dedloc only (DiLoCo averages its outer state every diloco.average_parameters_every rounds)")
+    if args.step_time_s is not None and not args.step_time_s > 0:
+        parser.error(f"--step-time-s {args.step_time_s:g}: a positive time per micro-step (leave it out to measure it)")
     if any(peers < 1 for peers in (args.peers or [])):
         parser.error(f"--peers {' '.join(map(str, args.peers))}: each peer count must be at least 1")
     args.inner_steps = args.inner_steps or 50
