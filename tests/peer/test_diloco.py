@@ -540,7 +540,9 @@ def test_a_peer_whose_partner_was_killed_keeps_making_outer_steps_alone(tmp_path
         stop.set()
         partner.close()
         survivor.close()
-    assert survivor.opt.rounds.averaged >= 2, survivor.opt.rounds
+    # the partner dies as soon as its second round is done: the survivor may still be waiting for the partner's
+    # part of that round then (seen once, on a loaded machine), and counts it solo
+    assert survivor.opt.rounds.averaged >= 1 and survivor.opt.rounds.group_sizes[2] >= 1, survivor.opt.rounds
     epoch_at_kill = outer_steps_at(outer_steps, killed_at)
     after = [(when - killed_at, epoch) for when, epoch in outer_steps if when >= killed_at]
     assert after and after[-1][1] >= epoch_at_kill + 6, (epoch_at_kill, after)
