@@ -699,7 +699,7 @@ def plot(summary: dict, settings: dict, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="1 round x 4 s per arm (smoke test).")
+    parser.add_argument("--quick", action="store_true", help="1 round x 3 s per arm (smoke test).")
     parser.add_argument("--rounds", type=int, default=None, help="A/B rounds (default 5; 1 with --quick).")
     parser.add_argument("--seconds", type=float, default=None, help="Measured seconds per arm (default 20).")
     parser.add_argument("--warmup-seconds", type=float, default=None, help="Warm-up per arm (default 3).")

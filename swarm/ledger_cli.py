@@ -167,7 +167,9 @@ def _print_totals(totals: LedgerTotals, by: GroupBy, as_json: bool, as_csv: bool
     else:
         table.add_column("team")
         table.add_column("volunteers", justify="right")
-    for column in ("granted samples", "claimed samples", "compute (h)", "epochs"):
+    # a team's epochs are its volunteers' epochs added up (3 volunteers in 10 epochs: 30)
+    for column in ("granted samples", "claimed samples", "compute (h)",
+                   "epochs" if by is GroupBy.peer else "volunteer-epochs"):
         table.add_column(column, justify="right")
     for rank, row in enumerate(rows, 1):
         names = (
