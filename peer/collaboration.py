@@ -78,6 +78,10 @@ class RoundStats:
             self.consecutive_solo += 1
 
 
+class _TrackerCannotGoOn(Exception):
+    """The DHT or torch's shared-memory manager is gone under the progress tracker: its thread ends."""
+
+
 class SwarmProgressTracker(ProgressTracker):
     """hivemind's ProgressTracker with its DHT stores rate-limited to one per `report_period_s`.
 
@@ -97,6 +101,21 @@ class SwarmProgressTracker(ProgressTracker):
         self._gone: dict[bytes, float] = {}
         self.last_records: dict = {}  # the progress records of the last read, as stored (subkey -> entry)
         super().__init__(*args, **kwargs)  # starts the reporter thread: the fields above must exist first
+
+    def run(self):
+        try:
+            super().run()
+        except _TrackerCannotGoOn as stopped:  # no thread traceback: the volunteer reports its processes' end
+            error = stopped.args[0]
+            # kept for the life of the process: freeing what the failed request half-made (a shared tensor) asks the
+            # dead shared-memory manager to take it back, and torch aborts the process when it cannot (SIGABRT)
+            self._stopped_by = stopped
+            if self.shutdown_triggered.is_set() or not self.dht.is_alive():
+                logger.debug(f"Progress tracker stops: the DHT is gone ({error!r})")
+            else:
+                logger.warning(f"This peer's progress can no longer be stored ({error}): the others will not count "
+                               "it; restart `swarm join` if it keeps training")
+            self.shutdown_complete.set()
 
     def report_local_progress(self, local_epoch: int, samples_accumulated: int, update_global_samples: bool = True):
         epoch_changed = local_epoch != self.local_progress.epoch
@@ -141,12 +160,10 @@ class SwarmProgressTracker(ProgressTracker):
                                                 return_future=True)
                     except (RuntimeError, OSError) as error:
                         # a signal to all of this peer's processes (systemd's default stop) killed the DHT and torch's
-                        # shared-memory manager too ("Broken pipe"): the volunteer sees it and leaves; no traceback
-                        if self.shutdown_triggered.is_set() or not self.dht.is_alive():
-                            logger.debug(f"Progress reporter stops: the DHT is gone ({error!r})")
-                            return
-                        logger.warning(f"Could not store this peer's progress ({error}); trying again later")
-                        continue
+                        # shared-memory manager too ("Broken pipe"): the volunteer sees it and leaves. The whole
+                        # tracker stops here, the progress fetcher included: its next request would ask the dead
+                        # manager for shared memory again, and torch aborts the process (SIGABRT) when that fails
+                        raise _TrackerCannotGoOn(error) from None
                     store_task = asyncio.create_task(asyncio.wait_for(stored, timeout=self.metadata_expiration))
         finally:
             if store_task is not None:
