@@ -46,7 +46,7 @@ from swarm.errors import SwarmError, UsageError
 from swarm.hardware import TrainingForward, background_torch_on_one_thread, pick_hardware, pick_micro_batch_size
 from swarm.identity import Identity
 from swarm.model import build_model, count_parameters, with_local_model
-from swarm.network import JOIN_PORT_FIX, check_listen_port, create_dht, parse_initial_peers
+from swarm.network import JOIN_PORT_FIX, create_dht, parse_initial_peers
 from swarm.processes import shared_memory_advice, shared_memory_problem
 from swarm.recipe import Recipe, recipe_from_json
 from swarm.tokenizer import build_tokenizer
@@ -283,8 +283,6 @@ class Volunteer:
                 raise UsageError(f"--from-checkpoint {s.from_checkpoint}: no such folder; give a published version's "
                                  "folder (checkpoints/epoch-NNNNNN) or a Hub repository as org/name[@revision]")
         self.hardware = pick_hardware(s.device, s.threads)  # checks --device and --threads
-        if not s.client_mode:  # a taken --port is named now, not as "could not reach any initial peer"
-            check_listen_port(s.host, s.port, JOIN_PORT_FIX)
         # last, as they create folders: a folder that cannot be made was a traceback mid-join (--cache-dir) or no
         # stats at all, without a word (--stats-file)
         if s.cache_dir:
