@@ -43,10 +43,10 @@ from swarm.errors import SwarmError, UsageError
 from swarm.evaluation import validation_loss
 from swarm.identity import Identity
 from swarm.ledger import Ledger, key_fingerprint, load_or_create_signing_key
-from swarm.model import build_model, count_parameters
+from swarm.model import build_model, count_parameters, organiser_folders
 from swarm.network import create_dht, join_addresses
 from swarm.processes import share_with_forked_processes
-from swarm.recipe import Recipe, looks_like_local_path
+from swarm.recipe import Recipe
 from swarm.tokenizer import build_tokenizer
 from coordinator.accounting import Accounting
 from coordinator.checkpoint import (VersionExistsError, VersionInfo, latest_version, published_epoch, save_version,
@@ -860,13 +860,12 @@ def volunteer_notes(recipe: Recipe) -> list[str]:
     """What a volunteer of this run must bring beyond `swarm join`, said at launch: copies of the organiser's own
     data, model and tokenizer folders (with the flag that takes each), and bitsandbytes for blockwise8."""
     notes = [note for note in [data_copy_note(recipe.data)] if note]
-    model, tokenizer = recipe.model, recipe.tokenizer
-    if model.pretrained and looks_like_local_path(model.pretrained):
-        notes.append(f"The model starts from the folder {model.pretrained}: a volunteer on another machine needs a "
+    model_folder, tokenizer_folder = organiser_folders(recipe)
+    if model_folder:
+        notes.append(f"The model starts from the folder {model_folder}: a volunteer on another machine needs a "
                      "copy of it, passed with --model-dir <the copy>.")
-    if (tokenizer.kind == "pretrained" and tokenizer.name and looks_like_local_path(tokenizer.name)
-            and tokenizer.name != model.pretrained):
-        notes.append(f"The tokenizer is the folder {tokenizer.name}: a volunteer on another machine needs a copy of "
+    if tokenizer_folder and tokenizer_folder != model_folder:
+        notes.append(f"The tokenizer is the folder {tokenizer_folder}: a volunteer on another machine needs a copy of "
                      "it, passed with --tokenizer-dir <the copy>.")
     if recipe.collaboration.compression == "blockwise8" and importlib.util.find_spec("bitsandbytes") is None:
         notes.append("collaboration.compression is blockwise8, which needs bitsandbytes (pip install bitsandbytes, "

@@ -193,6 +193,16 @@ def count_parameters(model: torch.nn.Module) -> int:
     return sum(parameter.numel() for parameter in model.parameters())
 
 
+def organiser_folders(recipe: "Recipe") -> tuple[str | None, str | None]:
+    """The organiser's own model and tokenizer folders that a recipe names (None where it names a Hub id or
+    nothing): what a volunteer on another machine must copy."""
+    model, tokenizer = recipe.model, recipe.tokenizer
+    local_model = model.pretrained if model.pretrained and looks_like_local_path(model.pretrained) else None
+    local_tokenizer = (tokenizer.name if tokenizer.kind == "pretrained" and tokenizer.name
+                       and looks_like_local_path(tokenizer.name) else None)
+    return local_model, local_tokenizer
+
+
 def with_local_model(recipe: "Recipe", model_dir: str | os.PathLike | None,
                      tokenizer_dir: str | os.PathLike | None) -> "Recipe":
     """A recipe published by a coordinator, its model and tokenizer folders pointed at this machine's copies.
@@ -203,9 +213,7 @@ def with_local_model(recipe: "Recipe", model_dir: str | os.PathLike | None,
     and how to pass it when a folder the run needs is missing here, or a flag has nothing to point at.
     """
     model, tokenizer = recipe.model, recipe.tokenizer
-    local_model = model.pretrained if model.pretrained and looks_like_local_path(model.pretrained) else None
-    local_tokenizer = (tokenizer.name if tokenizer.kind == "pretrained" and tokenizer.name
-                       and looks_like_local_path(tokenizer.name) else None)
+    local_model, local_tokenizer = organiser_folders(recipe)
     tokenizer_in_model = local_tokenizer is not None and local_tokenizer == local_model
     if model_dir is not None:
         if local_model is None:
