@@ -154,8 +154,10 @@ class PretrainedTokenizer:
     def __init__(self, name: str, revision: str | None = None):
         from transformers import AutoTokenizer
 
+        from swarm.recipe import looks_like_local_path
+
         self.name = name
-        if name.startswith((".", "/", "~")) and not os.path.exists(name):
+        if looks_like_local_path(name) and not os.path.exists(name):
             raise UsageError(f"tokenizer.name: {name!r} does not exist: fix the path or use a Hub id such as 'gpt2'")
         try:
             self.hf = AutoTokenizer.from_pretrained(name, revision=revision)

@@ -169,3 +169,11 @@ def test_pretrained_tokenizer_without_eos_is_refused(tmp_path):
 def test_missing_tokenizer_folder_is_a_usage_error(tmp_path):
     with pytest.raises(UsageError, match="does not exist"):
         build_tokenizer(TokenizerConfig(kind="pretrained", name=str(tmp_path / "missing")))
+
+
+@pytest.mark.parametrize("name", ["./tok", "assets/tokenizers/bytes"])
+def test_a_missing_relative_tokenizer_path_is_named_not_looked_up_on_the_hub(name, tmp_path, monkeypatch):
+    # "assets/tokenizers/bytes" cannot be a Hub id (a Hub id has at most one slash): it is a path, as in the recipe.
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UsageError, match=rf"tokenizer.name: '{name}' does not exist"):
+        PretrainedTokenizer(name)
