@@ -1058,6 +1058,13 @@ def _describe(entry: LedgerEntry | None) -> str:
     return f" (run {entry.run_id}, epoch {entry.epoch}, peer {entry.peer_id})" if entry else ""
 
 
+def _describe_window(first: LedgerEntry | None, last: LedgerEntry | None) -> str:
+    if first is None or last is None:
+        return ""
+    epochs = f"epoch {first.epoch}" if first.epoch == last.epoch else f"epochs {first.epoch}-{last.epoch}"
+    return f" (run {first.run_id}, {epochs})"
+
+
 def _plural(count: int, singular: str, plural: str | None = None) -> str:
     return f"{count} {singular if count == 1 else plural or singular + 's'}"
 
@@ -1179,7 +1186,7 @@ class _Verification:
         window_first: LedgerEntry | None = None  # first entry after the last checkpoint that matched
         previous: LedgerEntry | None = None
         while next_checkpoint < len(checkpoints) and checkpoints[next_checkpoint].tree_size == 0:
-            self._check_root(next_checkpoint, None, len(lines))
+            self._check_root(next_checkpoint, None, None, len(lines))
             next_checkpoint += 1
         for number, line in enumerate(lines, 1):
             if number > signed_size:
@@ -1213,7 +1220,7 @@ class _Verification:
             if self.count_totals:
                 self.totals.add(entry)
             while next_checkpoint < len(checkpoints) and checkpoints[next_checkpoint].tree_size == number:
-                self._check_root(next_checkpoint, window_first, len(lines))
+                self._check_root(next_checkpoint, window_first, entry, len(lines))
                 next_checkpoint += 1
                 window_first = None
         if next_checkpoint < len(checkpoints):
@@ -1246,33 +1253,36 @@ class _Verification:
             )
         return entry
 
-    def _check_root(self, index: int, window_first: LedgerEntry | None, line_count: int) -> None:
+    def _check_root(
+        self, index: int, window_first: LedgerEntry | None, window_last: LedgerEntry | None, line_count: int
+    ) -> None:
         checkpoint = self.checkpoints[index]
         recomputed = self.tree.root().hex()
         if recomputed == checkpoint.root_hash:
             return
         size = checkpoint.tree_size
         first_line = (self.checkpoints[index - 1].tree_size if index else 0) + 1
+        # The roots say which checkpoint's window broke, not which line in it: name the window, not one line of it.
         lines = f"line {size}" if first_line == size else f"lines {first_line}-{size}"
-        message = (
-            f"{ENTRIES_FILE} line {first_line}{_describe(window_first)}: the root over the first "
-            f"{_plural(size, 'entry', 'entries')} does not match checkpoint {index + 1} "
+        where = f"{ENTRIES_FILE} {lines}{_describe_window(window_first, window_last)}"
+        roots = (
+            f"the root over the first {_plural(size, 'entry', 'entries')} does not match checkpoint {index + 1} "
             f"(signed root {_short(checkpoint.root_hash)}, recomputed {_short(recomputed)})"
         )
         signed_size = self.checkpoints[-1].tree_size
         if line_count < signed_size:
             raise _Problem(
                 "entry_deleted",
-                f"{message}: the file holds {line_count} entries and checkpoint {len(self.checkpoints)} signed "
-                f"{signed_size}, so an entry among {lines} was deleted",
+                f"{where}: an entry among them was deleted: {roots}, and the file holds {line_count} entries where "
+                f"checkpoint {len(self.checkpoints)} signed {signed_size}",
             )
         if line_count > signed_size:
             raise _Problem(
                 "entry_inserted",
-                f"{message}: the file holds {line_count} entries and checkpoint {len(self.checkpoints)} signed "
-                f"{signed_size}, so an entry was inserted among {lines}",
+                f"{where}: an entry was inserted among them: {roots}, and the file holds {line_count} entries where "
+                f"checkpoint {len(self.checkpoints)} signed {signed_size}",
             )
-        raise _Problem("entry_changed", f"{message}: an entry among {lines} was changed after it was signed")
+        raise _Problem("entry_changed", f"{where}: an entry among them was changed after it was signed: {roots}")
 
     def _report_uncovered(self, number: int, line: bytes, uncovered: int) -> None:
         try:
