@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 from coordinator_process import RunFolder, get_json, join, launch, read_announcement, tree_digest
