@@ -152,6 +152,9 @@ class Coordinator:
         self.dht_lost: DHTLostError | None = None
         self._forced = False
         self._stop_signal: str | None = None
+        # the organiser ends the run early (SIGUSR1): the peers finish the epoch in progress, which becomes the last
+        self._end_requested = False
+        self.end_epoch: int | None = None
 
     # ---------------------------------------------------------------- lifecycle
     def run(self) -> dict:
@@ -298,8 +301,10 @@ class Coordinator:
         self.stop_reason = f"{reason}, reached before this launch"
         version = (f"its newest version is epoch {self.last_checkpoint_epoch} in {self.checkpoint_dir}"
                    if self.last_checkpoint_epoch >= 0 else "it published no version")
+        how = (f"delete ended_at_epoch from {self.state_dir / 'run.json'}" if self.end_epoch is not None
+               else "raise the limit in the recipe")
         logger.info(f"Run {self.recipe.run.id!r} already reached {reason} before this launch ({version}): nothing "
-                    "more to train. To train on, raise the limit in the recipe and launch it again.")
+                    f"more to train. To train on, {how} and launch it again.")
 
     def _join_existing_run(self) -> None:
         """A second coordinator of a running run: same recipe required, and the run's clock is the first one's."""
@@ -388,6 +393,12 @@ class Coordinator:
             logger.warning(f"{path} belongs to another version of the recipe; starting the run clock anew")
             return []
         self.started_at = float(started_at)
+        ended_at = state.get("ended_at_epoch")
+        if ended_at is not None:
+            if not isinstance(ended_at, int) or isinstance(ended_at, bool) or ended_at < 0:
+                raise UsageError(f"{path}: ended_at_epoch is {ended_at!r}, not an epoch number: delete that key to "
+                                 f"train the run on, or restore the file from a backup")
+            self.end_epoch = ended_at
         addresses = [a for a in addresses if "/p2p/" in a][:MAX_REMEMBERED_PEERS]
         logger.info(f"Resuming run {self.recipe.run.id!r} started {time.time() - self.started_at:.0f} s ago; "
                     f"re-joining through {len(addresses)} remembered peer address(es)")
@@ -398,8 +409,11 @@ class Coordinator:
         for row in sorted(self.view.peers.values(), key=lambda m: -m.time):
             addresses += [a for a in row.addresses if "/p2p/" in a][:2]
         folders = dict(checkpoint_dir=str(self.checkpoint_dir.resolve()), ledger_dir=str(self.ledger_dir.resolve()))
-        _write_json(self.state_dir / "run.json", dict(started_at=self.started_at, fingerprint=self.recipe.fingerprint,
-                                                      peer_addresses=addresses[:MAX_REMEMBERED_PEERS], folders=folders))
+        state = dict(started_at=self.started_at, fingerprint=self.recipe.fingerprint,
+                     peer_addresses=addresses[:MAX_REMEMBERED_PEERS], folders=folders)
+        if self.end_epoch is not None:
+            state["ended_at_epoch"] = self.end_epoch
+        _write_json(self.state_dir / "run.json", state)
 
     def _print_join_command(self) -> None:
         addresses = join_addresses(self.dht)
@@ -410,6 +424,8 @@ class Coordinator:
             lines += [note, ""]
         if self.dashboard is not None:
             lines += [f"Dashboard: {self.dashboard.url} (Prometheus metrics at {self.dashboard.url}metrics)", ""]
+        lines += [f"To end the run before its limits, run `kill -USR1 {os.getpid()}`: the volunteers finish the epoch in "
+                  "progress, then the final version is saved and every epoch credited.", ""]
         if len(addresses) > 1:
             lines += ["Other addresses of this coordinator (use one another machine can reach):"]
             lines += [f"    {address}" for address in addresses[1:]]
@@ -430,7 +446,7 @@ class Coordinator:
             run_id=self.recipe.run.id, recipe_json=self.recipe.to_json(), recipe_fingerprint=self.recipe.fingerprint,
             data_digest=self.data.identity.digest, data_description=self.data.identity.description,
             swarm_version=swarm.__version__, coordinator_peer_id=self.peer_id,
-            started_at=self.started_at, status=status, final_epoch=final_epoch,
+            started_at=self.started_at, status=status, final_epoch=final_epoch, end_epoch=self.end_epoch,
             ledger_epoch=self.accounting.committed_epoch, latest_version=self._latest_version_ref(),
             latest_version_epoch=self.last_checkpoint_epoch if self.last_checkpoint_epoch >= 0 else None)
         subkey = records.announcement_subkey(self.recipe.run.id, self.peer_id)
@@ -489,9 +505,11 @@ class Coordinator:
                     self._save_run_state()
                 self._credit(self._finalizable_epoch())
                 self._update_snapshot()
+                if self._end_requested and self.end_epoch is None:
+                    self._set_end_epoch()
                 reached = self._limit_reached()
                 if reached is not None:  # before a due checkpoint: the final version is published once, by _finish
-                    logger.info(f"Run limit reached: {reached}")
+                    logger.info(f"Run ended: {reached}" if self.end_epoch is not None else f"Run limit reached: {reached}")
                     self.stop_reason = reached
                     return FINISHED
                 if self._checkpoint_due():
@@ -597,8 +615,19 @@ class Coordinator:
         last_tried = max(self.last_checkpoint_epoch, self.diverged_at_epoch or 0, 0)
         return self.view.epoch > 0 and self.view.epoch // every > last_tried // every
 
+    def _set_end_epoch(self) -> None:
+        """The organiser's request to end the run: the epoch in progress is the last one (now, if nobody trains)."""
+        self.end_epoch = self.view.epoch + 1 if self._peers_alive() else self.view.epoch
+        self._save_run_state()
+        self._announce()
+        if self.end_epoch > self.view.epoch:
+            logger.info(f"Ending the run: the volunteers finish epoch {self.view.epoch}, then the final version is "
+                        "saved and every epoch credited (press Ctrl-C to stop the coordinator at once instead)")
+
     def _limit_reached(self) -> str | None:
         limits = self.recipe.limits
+        if self.end_epoch is not None and (self.view.epoch >= self.end_epoch or not self._peers_alive()):
+            return f"the end the organiser set at epoch {self.end_epoch}"
         if limits.max_epochs is not None and self.view.epoch >= limits.max_epochs:
             return f"limits.max_epochs = {limits.max_epochs}"
         if limits.max_samples is not None and self.view.epoch * self.recipe.collaboration.target_batch_size >= limits.max_samples:
@@ -840,8 +869,14 @@ class Coordinator:
                         "Ctrl-C again to skip it)")
             self.stop_event.set()
 
+        def end_run(signum, _frame):
+            if not self._end_requested:
+                self._end_requested = True
+                logger.info(f"{signal.Signals(signum).name}: ending the run after the epoch in progress")
+
         signal.signal(signal.SIGINT, handle)
         signal.signal(signal.SIGTERM, handle)
+        signal.signal(signal.SIGUSR1, end_run)
 
     def _close(self) -> None:
         if self.hub is not None:

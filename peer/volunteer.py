@@ -600,6 +600,9 @@ class Volunteer:
 
     def _stop_reason(self) -> str | None:
         limits, epoch = self.recipe.limits, self.optimizer.tracker.global_epoch
+        end_epoch = self.announcement.end_epoch
+        if end_epoch is not None and max(epoch, self.optimizer.local_epoch) >= end_epoch:
+            return f"the run was ended by its organiser at epoch {end_epoch}"
         if limits.max_epochs is not None and max(epoch, self.optimizer.local_epoch) >= limits.max_epochs:
             return f"the run reached limits.max_epochs ({limits.max_epochs})"
         if limits.max_samples is not None and epoch * self.recipe.collaboration.target_batch_size >= limits.max_samples:

@@ -36,6 +36,7 @@ logger = logging.getLogger("swarm.demo")
 PEER_START_STAGGER_S = 3.0  # peers started at the same instant have been seen to split the DHT (hivemind #624)
 SHUTDOWN_GRACE_S = 150.0
 STOP_TIMEOUT_S = 150.0  # after Ctrl-C, for the coordinator's final version (its fetch gives up after 90 s)
+VOLUNTEERS_LEAVE_S = 30.0  # after the final version: volunteers see it within a few seconds and leave
 
 
 def _free_port() -> int:
@@ -110,6 +111,7 @@ def run_demo(recipe_path: Path, num_peers: int = 2, epochs: int = 40, max_durati
     threads = max(1, (os.cpu_count() or 2) // num_peers)
     port = _free_port()
     processes: list[subprocess.Popen] = []
+    found: dict = {}  # the coordinator's join address, once it is up
     logger.info(f"Demo: coordinator + {num_peers} volunteer(s) on loopback, {epochs} epochs (at most "
                 f"{max_duration_s:.0f} s); output in {folder}")
     try:
@@ -121,7 +123,6 @@ def run_demo(recipe_path: Path, num_peers: int = 2, epochs: int = 40, max_durati
                            *(["--verbose"] if verbose else [])),
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, process_group=0)
         processes.append(coordinator)
-        found: dict = {}
         follower = threading.Thread(
             target=_follow, daemon=True,
             args=(coordinator.stdout, folder / "logs" / "coordinator.log", "[coordinator]", found,
@@ -161,7 +162,7 @@ def run_demo(recipe_path: Path, num_peers: int = 2, epochs: int = 40, max_durati
     except subprocess.TimeoutExpired:
         raise SwarmError(f"the demo did not finish in time; logs are in {folder / 'logs'}") from None
     except KeyboardInterrupt:
-        _stop(processes, folder)
+        _stop(processes, folder, coordinator_up="address" in found)
         raise
     finally:
         for process in processes:
@@ -181,25 +182,46 @@ def run_demo(recipe_path: Path, num_peers: int = 2, epochs: int = 40, max_durati
     return folder
 
 
-def _stop(processes: list[subprocess.Popen], folder: Path) -> None:
-    """Ctrl-C: the coordinator first, so that it saves a final version from the volunteers while they train, then the
-    volunteers. Another Ctrl-C while this waits ends it (the caller stops the processes at once)."""
+def _stop(processes: list[subprocess.Popen], folder: Path, coordinator_up: bool) -> None:
+    """Ctrl-C: the demo's swarm is the whole run, so the run is ended as at a limit: the coordinator (SIGUSR1) lets
+    the volunteers finish the epoch in progress, credits every epoch and saves the final version, and the volunteers
+    leave once it is saved. Another Ctrl-C stops every process at once."""
     coordinator, volunteers = processes[:1], processes[1:]
-    logger.info("Stopping: the coordinator saves a final version, then the volunteers finish their epoch "
-                "(press Ctrl-C again to stop at once)")
-    for group in (coordinator, volunteers):
-        for process in group:
-            if process.poll() is None:
-                process.send_signal(signal.SIGINT)
-        for process in group:
-            try:
-                process.wait(timeout=STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                pass
+    try:
+        if coordinator_up and coordinator[0].poll() is None:
+            logger.info("Ending the run: the volunteers finish the epoch in progress, then the coordinator credits "
+                        "every epoch and saves the final version (press Ctrl-C again to stop at once)")
+            coordinator[0].send_signal(signal.SIGUSR1)
+            _wait_all(coordinator, STOP_TIMEOUT_S)
+            _wait_all(volunteers, VOLUNTEERS_LEAVE_S)  # they leave once they see the final version saved
+        for group in (coordinator, volunteers):  # what is still running: stopped as `swarm launch`/`join` stop
+            _signal_all(group, signal.SIGINT)
+            _wait_all(group, STOP_TIMEOUT_S)
+    except KeyboardInterrupt:
+        logger.info(f"Stopping every process at once; what was saved so far is in {folder}")
+        for _ in range(2):  # a second Ctrl-C each: the coordinator skips its final version, volunteers leave now
+            _signal_all(processes, signal.SIGINT)
+            time.sleep(0.3)
+        raise
     summary_path = folder / "summary.json"
     if summary_path.exists():
         _print_summary(json.loads(summary_path.read_text()))
     logger.info(f"Stopped. What the swarm trained is in {folder}")
+
+
+def _signal_all(processes: list[subprocess.Popen], signum: int) -> None:
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signum)
+
+
+def _wait_all(processes: list[subprocess.Popen], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    for process in processes:
+        try:
+            process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
 
 
 def _print_summary(summary: dict) -> None:

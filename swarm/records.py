@@ -61,6 +61,8 @@ class RunAnnouncement(BaseModelV2):
     # "stopped": the coordinator was stopped before the run's end (it can be launched again)
     status: str = "running"
     final_epoch: int | None = None
+    # set when the organiser ends the run before its limits: peers stop once this epoch is reached, as at a limit
+    end_epoch: int | None = None
     # the last epoch the coordinator's ledger has committed; peers re-publish their work for later epochs
     ledger_epoch: int = -1
     # the newest published version: a local folder or "<hub repo>@<revision>"; a volunteer who finds nobody
@@ -84,8 +86,9 @@ def read_announcements(found) -> dict[str, "RunAnnouncement"]:
     """{run_id: announcement} from a `dht.get(RUNS_KEY, latest=True)` value, merging a run's coordinators.
 
     The merged view keeps the earliest start (the run's wall-time limit counts from it), the lowest ledger
-    epoch (peers re-publish their work until every coordinator's ledger has it), and a status: "finished" once any
-    coordinator has saved the final version, "stopped" when every coordinator was stopped, else "running".
+    epoch (peers re-publish their work until every coordinator's ledger has it), the earliest end an organiser set,
+    and a status: "finished" once any coordinator has saved the final version, "stopped" when every coordinator was
+    stopped, else "running".
     Unreadable rows are skipped.
     """
     by_run: dict[str, list[RunAnnouncement]] = {}
@@ -104,7 +107,8 @@ def read_announcements(found) -> dict[str, "RunAnnouncement"]:
             started_at=min(a.started_at for a in announcements),
             ledger_epoch=min(a.ledger_epoch for a in announcements),
             status=_merged_status([a.status for a in announcements]),
-            final_epoch=max((a.final_epoch for a in announcements if a.final_epoch is not None), default=None)))
+            final_epoch=max((a.final_epoch for a in announcements if a.final_epoch is not None), default=None),
+            end_epoch=min((a.end_epoch for a in announcements if a.end_epoch is not None), default=None)))
     return merged
 
 

@@ -264,30 +264,50 @@ def test_a_volunteer_at_the_runs_end_says_its_coordinator_is_stopped_and_waits_f
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_ctrl_c_typed_in_the_demos_terminal_saves_a_final_version_and_stops_every_process(tmp_path):
-    """The demo got the terminal's Ctrl-C along with its coordinator and volunteers, then sent them SIGTERM at once,
-    which they took for a second Ctrl-C: the coordinator's final version was cut short, and nothing was said."""
+def test_ctrl_c_typed_in_the_demos_terminal_ends_the_run_with_every_epoch_credited_and_a_final_version(tmp_path):
+    """The demo's swarm is the whole run, so Ctrl-C ends it as a limit would. It used to stop the coordinator first
+    (SIGINT), which credits only epochs whose claims had 12 s to arrive: a demo stopped early had an empty ledger,
+    and the volunteers' last epochs were never credited."""
     output = tmp_path / "demo"
     demo = CliProcess(["demo", "--output", str(output), "--peers", "1", "--epochs", "500"], tmp_path / "demo.log",
                       terminal=True)
     try:
-        demo.wait_for(r"\[coordinator\] .*Published version epoch", timeout_s=240)
+        demo.wait_for(r"\[coordinator\] .*swarm epoch [1-9]", timeout_s=240)
         processes = process_tree(demo.popen.pid)
         demo.press_ctrl_c()
         assert demo.wait(timeout_s=120) == 130, demo.output[-3000:]
     finally:
         demo.stop()
-    assert "Stopping: the coordinator saves a final version" in demo.output, demo.output[-3000:]
+    assert "Ending the run: the volunteers finish the epoch in progress" in demo.output, demo.output[-3000:]
     coordinator_log = (output / "logs" / "coordinator.log").read_text()
-    stopping = coordinator_log.split("Stopping (SIGINT)")[-1]
-    assert re.search(FINAL_VERSION_SAVED, stopping), coordinator_log[-3000:]
-    assert "No peer sent its state" not in stopping, coordinator_log[-3000:]
-    assert "Left the swarm after" in (output / "logs" / "peer-0.log").read_text()
-    assert re.search(r"1 peer\(s\) trained \d+ epochs", demo.output), demo.output[-3000:]
+    end_epoch = int(re.search(r"Run ended: the end the organiser set at epoch (\d+)", coordinator_log).group(1))
+    assert re.search(rf"Published version epoch {end_epoch} ", coordinator_log), coordinator_log[-3000:]
+    peer_log = (output / "logs" / "peer-0.log").read_text()
+    assert f"Stopping: the run was ended by its organiser at epoch {end_epoch}" in peer_log, peer_log[-3000:]
+    assert "The coordinator saved the final version" in peer_log and "Left the swarm after" in peer_log
+    # every epoch the volunteer trained is in the ledger, which verifies
+    entries = [json.loads(line) for line in (output / "ledger" / "entries.jsonl").read_text().splitlines()]
+    assert sorted({entry["epoch"] for entry in entries}) == list(range(end_epoch)), entries
+    summary = json.loads((output / "summary.json").read_text())
+    assert (summary["status"], summary["epochs"], summary["final_checkpoint_epoch"]) == ("finished", end_epoch,
+                                                                                          end_epoch)
+    assert re.search(rf"1 peer\(s\) trained {end_epoch} epochs", demo.output), demo.output[-3000:]
     assert f"Stopped. What the swarm trained is in {output}" in demo.output
     assert "Traceback" not in demo.output + coordinator_log
     time.sleep(2.0)
     assert [pid for pid in processes if is_running(pid)] == []
+    assert json.loads((output / "coordinator" / "run.json").read_text())["ended_at_epoch"] == end_epoch
+
+    # launched again, the run is over: nothing is trained, and the organiser is told how to train on
+    again = CliProcess(["launch", str(output / "recipe.yaml"), "--host", "127.0.0.1", "--port", "0",
+                        "--state-dir", str(output / "coordinator"), "--checkpoint-dir", str(output / "checkpoints"),
+                        "--ledger-dir", str(output / "ledger"), "--dashboard-port", "-1"], tmp_path / "again.log")
+    try:
+        assert again.wait(timeout_s=120) == 0, again.output[-3000:]
+    finally:
+        again.stop()
+    assert f"already reached the end the organiser set at epoch {end_epoch} before this launch" in again.output
+    assert "delete ended_at_epoch from" in again.output
 
 
 @pytest.mark.slow

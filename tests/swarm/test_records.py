@@ -225,9 +225,10 @@ def test_run_announcement_round_trips_through_bytes():
     assert isinstance(data, bytes)
     assert records.RunAnnouncement.from_bytes(data) == announcement
     minimal = {key: value for key, value in announcement.model_dump().items()
-               if key not in ("status", "final_epoch", "ledger_epoch")}
-    defaults = records.RunAnnouncement.from_bytes(json.dumps(minimal).encode())
-    assert (defaults.status, defaults.final_epoch, defaults.ledger_epoch) == ("running", None, -1)
+               if key not in ("status", "final_epoch", "ledger_epoch", "end_epoch")}
+    defaults = records.RunAnnouncement.from_bytes(json.dumps(minimal).encode())  # as older coordinators publish
+    assert (defaults.status, defaults.final_epoch, defaults.ledger_epoch, defaults.end_epoch) == (
+        "running", None, -1, None)
 
 
 def test_a_runs_coordinators_merge_into_one_announcement_with_the_earliest_start_and_lowest_ledger_epoch():
@@ -249,6 +250,11 @@ def test_a_runs_coordinators_merge_into_one_announcement_with_the_earliest_start
     stopped, finished = coordinator("QmA", 1.0, "stopped", 1, 2), coordinator("QmB", 1.0, "finished", 1, 2)
     assert merged(stopped, coordinator("QmB", 1.0, "stopped", 1, 2)).status == "stopped"
     assert merged(stopped, finished).status == "finished"
+    assert merged(stopped, finished).end_epoch is None
+    # an organiser ended the run through one coordinator: the peers stop at the earliest end any coordinator set
+    ending = [coordinator(name, 1.0, "running", 1, 2).model_copy(update={"end_epoch": end})
+              for name, end in (("QmA", 9), ("QmB", None), ("QmC", 7))]
+    assert merged(*ending).end_epoch == 7
     assert records.read_announcements(None) == {}
 
 
