@@ -157,16 +157,10 @@ def join(
     verbose: VerboseOption = False,
 ):
     """Volunteer this machine: fetch the run's recipe from the swarm, load the latest state, train with peers."""
-    from swarm.hardware import resolve_device
+    from peer.settings import VolunteerSettings, check_local_settings
     from swarm.logs import setup_logging
-    from swarm.network import listen_addresses
 
-    setup_logging(verbose)
-    # bad flags fail now, before this peer joins the swarm
-    listen_addresses(host, port, announce_host, client_mode=client_mode)
-    resolve_device(device)
-    from peer.volunteer import Volunteer, VolunteerSettings
-
+    setup_logging(verbose, libraries=False)  # hivemind's and transformers' logs once they are imported, below
     settings = VolunteerSettings(
         initial_peers=initial_peers, run_id=run_id, identity_dir=str(identity) if identity else None, name=name,
         team=team, host=host, port=port, announce_host=announce_host, client_mode=client_mode, device=device,
@@ -175,6 +169,16 @@ def join(
         display=display, from_checkpoint=from_checkpoint, compile=compile,
         data_dir=str(data_dir) if data_dir else None, model_dir=str(model_dir) if model_dir else None,
         tokenizer_dir=str(tokenizer_dir) if tokenizer_dir else None)
+    # bad flags fail now, before this peer joins the swarm; most before torch and hivemind are imported (seconds)
+    check_local_settings(settings)
+    from swarm.hardware import resolve_device
+    from swarm.network import listen_addresses
+
+    setup_logging(verbose)
+    listen_addresses(host, port, announce_host, client_mode=client_mode)
+    resolve_device(device)
+    from peer.volunteer import Volunteer
+
     Volunteer(settings).run()
 
 

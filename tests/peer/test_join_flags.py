@@ -49,6 +49,19 @@ def test_a_bad_local_flag_is_named_before_connecting(tmp_path, flags, named):
     assert "could not reach" not in output and "Traceback" not in output, output
 
 
+def test_a_bad_local_flag_is_named_before_torch_and_hivemind_are_imported(tmp_path):
+    # they take seconds to import: a mistyped flag was named only after them
+    completed = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "swarm.cli", "join", "--initial-peers", _unused_address(),
+         "--identity", str(tmp_path / "identity"), "--display", "bogus"],
+        cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 2 and "--display 'bogus'" in completed.stderr, completed.stderr[-2000:]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in completed.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert "typer" in imported, "no import times: the check below would prove nothing"
+    assert not imported & {"torch", "hivemind", "transformers"}, sorted(imported & {"torch", "hivemind", "transformers"})
+
+
 def test_a_stats_file_that_is_a_folder_is_refused_before_connecting(tmp_path):
     folder = tmp_path / "stats"
     folder.mkdir()
