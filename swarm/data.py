@@ -21,8 +21,9 @@ How the parts fit:
 - **Split.** A document is held out for validation when a keyed hash of its id falls below `val_fraction`:
   the same documents on every peer, in every process, without coordination.
 - **Blocks.** `TokenBlocks` tokenises every document once (eos after each), cuts the stream into samples of
-  `seq_len` tokens and caches the arrays as .npy under `~/.cache/swarm/data/<digest>/`; a restart maps them
-  back in milliseconds.
+  `seq_len` tokens and caches the arrays as .npy under `$XDG_CACHE_HOME/swarm/data/<digest>/` (by default
+  `~/.cache/swarm/data/`); a restart maps them back in milliseconds. The cache is an optimisation: where it cannot
+  be written (a full disk, a read-only home) the peer says so once and trains without it.
 - **Sharding.** Each epoch (one global step) all peers agree on a permutation of the training samples, cut
   into `num_shards` contiguous shards; a peer reads the shard that a hash of its id and the epoch picks, and
   on into the next shards if it needs more. Peers therefore rarely read the same samples in one step.
@@ -32,6 +33,8 @@ How the parts fit:
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import io
 import json
@@ -39,6 +42,7 @@ import logging
 import os
 import platform
 import re
+import shutil
 import sysconfig
 import tempfile
 import time
@@ -80,8 +84,11 @@ _ENCODE_BATCH_DOCUMENTS = 256  # documents per encode_batch call: enough for the
 
 
 def default_cache_dir() -> Path:
-    """Root of the token caches: `~/.cache/swarm/data`, one sub-folder per data digest."""
-    return Path.home() / ".cache" / "swarm" / "data"
+    """Root of the token caches: `$XDG_CACHE_HOME/swarm/data` (`~/.cache/swarm/data` without it), one sub-folder
+    per data digest. A relative XDG_CACHE_HOME is ignored, as the XDG base directory specification says."""
+    xdg_cache_home = os.environ.get("XDG_CACHE_HOME", "")
+    root = Path(xdg_cache_home) if os.path.isabs(xdg_cache_home) else Path.home() / ".cache"
+    return root / "swarm" / "data"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -813,6 +820,15 @@ def _save_atomically(path: Path, write: Callable[[io.BufferedWriter], None]) -> 
         raise
 
 
+def _free_bytes(path: Path) -> float:
+    """Free space on the file system that holds `path` (or its nearest existing parent); infinite if unknown."""
+    folder = next((folder for folder in (path, *path.parents) if folder.exists()), None)
+    try:
+        return shutil.disk_usage(folder).free if folder is not None else float("inf")
+    except OSError:
+        return float("inf")
+
+
 class TokenBlocks:
     """Every document tokenised once, as training and validation samples of `seq_len` tokens, cached on disk.
 
@@ -847,10 +863,11 @@ class TokenBlocks:
         arrays = self._load_cache()
         if arrays is None:
             arrays = self._tokenise(cfg, tokenizer, hf_cache_dir)
-            self._save_cache(*arrays)
+            cached = self._save_cache(*arrays)
             logger.info(
                 f"Tokenised {self.identity.description} into {len(arrays[0]):,} training and {len(arrays[1]):,} "
-                f"validation tokens in {time.perf_counter() - started:.1f} s; cached in {self.cache_path}"
+                f"validation tokens in {time.perf_counter() - started:.1f} s; "
+                + (f"cached in {self.cache_path}" if cached else "not cached")
             )
         else:
             logger.info(
@@ -899,18 +916,40 @@ class TokenBlocks:
             np.concatenate(parts[True]) if parts[True] else empty,
         )
 
-    def _save_cache(self, train: np.ndarray, val: np.ndarray) -> None:
-        self.cache_path.mkdir(parents=True, exist_ok=True)
-        for name, array in (("train.npy", train), ("val.npy", val)):
-            _save_atomically(self.cache_path / name, lambda out, array=array: np.save(out, array))
+    def _save_cache(self, train: np.ndarray, val: np.ndarray) -> bool:
+        """Write the cache; False, after one warning, where it cannot be written: the tokens are in memory already,
+        so a full disk or a read-only home costs the next start its tokenising time, not this start its run."""
         meta = {
             "identity": self.identity.model_dump(),
             "dtype": self.dtype.str,
             "train_tokens": len(train),
             "val_tokens": len(val),
         }
-        # Written last: a folder without meta.json is an interrupted build and is rebuilt.
-        _save_atomically(self.cache_path / "meta.json", lambda out: out.write(json.dumps(meta, indent=1).encode()))
+        existed = self.cache_path.is_dir()
+        written: list[Path] = []
+        try:
+            self.cache_path.mkdir(parents=True, exist_ok=True)
+            for name, array in (("train.npy", train), ("val.npy", val)):
+                _save_atomically(self.cache_path / name, lambda out, array=array: np.save(out, array))
+                written.append(self.cache_path / name)
+            # Written last: a folder without meta.json is an interrupted build and is rebuilt.
+            _save_atomically(self.cache_path / "meta.json",
+                             lambda out: out.write(json.dumps(meta, indent=1).encode()))
+        except OSError as error:
+            for path in written:  # a cache without its meta.json is of no use, and holds the space that ran out
+                path.unlink(missing_ok=True)
+            if not existed:
+                with contextlib.suppress(OSError):
+                    self.cache_path.rmdir()
+            no_space = error.errno in (errno.ENOSPC, errno.EDQUOT) or (
+                # numpy's own writer says only "N requested and M written" (or "Not enough free space ...")
+                error.errno is None and _free_bytes(self.cache_path) < train.nbytes + val.nbytes)
+            fix = "free space or pass --cache-dir" if no_space else "pass --cache-dir with a writable folder"
+            reason = "No space left on device" if no_space else (error.strerror or str(error))
+            logger.warning(f"cannot write the data cache in {self.cache_path} ({reason}): training on without it; "
+                           f"{fix}")
+            return False
+        return True
 
     def _load_cache(self) -> tuple[np.ndarray, np.ndarray] | None:
         try:
@@ -1180,9 +1219,9 @@ def build_data(
     True
 
     Streamed hub datasets give a `StreamingBlocks`; everything else a `PeerSampler` over cached `TokenBlocks`
-    (`cache_dir` defaults to ~/.cache/swarm/data). The coordinator, which reads no training samples, may pass
-    any peer_id: nothing is read before `next_batch`. Compare `identity` with the swarm's via `check_identity`
-    before training.
+    (`cache_dir` defaults to `default_cache_dir()`: $XDG_CACHE_HOME/swarm/data, or ~/.cache/swarm/data). The
+    coordinator, which reads no training samples, may pass any peer_id: nothing is read before `next_batch`.
+    Compare `identity` with the swarm's via `check_identity` before training.
     """
     identity = data_identity(cfg, tokenizer)
     train: PeerSampler | StreamingBlocks

@@ -26,6 +26,7 @@ from swarm.data import (  # noqa: E402
     data_copy_note,
     data_identity,
     data_files,
+    default_cache_dir,
     epoch_permutation,
     files_layout,
     is_validation,
@@ -39,6 +40,7 @@ from swarm.data import (  # noqa: E402
 from swarm.errors import SwarmError, UsageError  # noqa: E402
 from swarm.recipe import DataConfig  # noqa: E402
 from swarm.tokenizer import ByteTokenizer  # noqa: E402
+from small_disk import small_disk  # noqa: E402
 
 TOKENIZER = ByteTokenizer()
 
@@ -131,6 +133,64 @@ def test_corrupt_cache_is_rebuilt(tmp_path):
     rebuilt = TokenBlocks(cfg, TOKENIZER, cache_dir=tmp_path)
     assert np.array_equal(rebuilt.train_tokens, first.train_tokens)
     assert json.loads(meta_path.read_text())["train_tokens"] == len(first.train_tokens)
+
+
+def _split_sized_files(folder: Path, big_split: str) -> DataConfig:
+    """Text files whose `big_split` ("train" or "val") holds ~200 KB of tokens and the other split ~4 KB."""
+    cfg = _files_cfg(folder / "corpus", val_fraction=0.3)
+    for number in range(40):
+        _write(folder / "corpus" / f"doc-{number:02d}.txt", "placeholder")
+    for doc_id, _ in list(iter_documents(cfg)):
+        split = "val" if is_validation(doc_id, cfg.seed, cfg.val_fraction) else "train"
+        _write(folder / "corpus" / doc_id, ("big " * 1250) if split == big_split else ("small " * 20))
+    return cfg
+
+
+@pytest.mark.parametrize("big_split", ["train", "val"], ids=["train-npy-does-not-fit", "only-val-npy-does-not-fit"])
+def test_a_cache_on_a_full_disk_is_one_warning_and_no_file(tmp_path, caplog, big_split):
+    """The cache is an optimisation: a full disk crashed `swarm join` with a 40-line OSError traceback."""
+    cfg = _split_sized_files(tmp_path, big_split)
+    with small_disk(tmp_path / "disk", size="64k") as disk, caplog.at_level(logging.INFO, logger="swarm.data"):
+        blocks = TokenBlocks(cfg, TOKENIZER, cache_dir=disk / "cache")
+        left = sorted(path.relative_to(disk).as_posix() for path in disk.rglob("*"))
+    expected = (f"cannot write the data cache in {disk / 'cache' / blocks.identity.digest} (No space left on "
+                "device): training on without it; free space or pass --cache-dir")
+    warnings = [record.getMessage() for record in caplog.records if record.levelno >= logging.WARNING]
+    assert warnings == [expected]
+    assert "not cached" in caplog.text and "Traceback" not in caplog.text
+    assert left == ["cache"]  # neither a temporary nor a complete .npy file holds the space that ran out
+    reference = TokenBlocks(cfg, TOKENIZER, cache_dir=tmp_path / "roomy")
+    assert np.array_equal(blocks.train_blocks, reference.train_blocks)
+    assert np.array_equal(blocks.val_tokens, reference.val_tokens)
+
+
+def test_a_read_only_default_cache_folder_is_one_warning_and_training_goes_on(tmp_path, monkeypatch, caplog):
+    """A read-only HOME (or XDG_CACHE_HOME) crashed `swarm join --identity elsewhere` with a traceback."""
+    cfg = DataConfig(source="stdlib", stdlib_max_files=5, seq_len=16)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    with small_disk(tmp_path / "read-only", read_only=True) as read_only:
+        monkeypatch.setenv("XDG_CACHE_HOME", str(read_only / "cache"))
+        with caplog.at_level(logging.WARNING, logger="swarm.data"):
+            blocks = TokenBlocks(cfg, TOKENIZER)
+    assert [record.getMessage() for record in caplog.records] == [
+        f"cannot write the data cache in {read_only / 'cache' / 'swarm' / 'data' / blocks.identity.digest} "
+        "(Read-only file system): training on without it; pass --cache-dir with a writable folder"]
+    assert blocks.num_train_blocks > 0
+    assert not (tmp_path / "home").exists()
+
+
+def test_the_default_cache_follows_xdg_cache_home_and_ignores_a_relative_one(tmp_path, monkeypatch):
+    cfg = DataConfig(source="stdlib", stdlib_max_files=5, seq_len=16)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
+    blocks = TokenBlocks(cfg, TOKENIZER)
+    assert (tmp_path / "xdg-cache" / "swarm" / "data" / blocks.identity.digest / "meta.json").is_file()
+    assert default_cache_dir() == tmp_path / "xdg-cache" / "swarm" / "data"
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/cache")  # invalid by the XDG specification
+    assert default_cache_dir() == tmp_path / "home" / ".cache" / "swarm" / "data"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert default_cache_dir() == tmp_path / "home" / ".cache" / "swarm" / "data"
+    assert TokenBlocks(cfg, TOKENIZER, cache_dir=tmp_path / "given").cache_path.parent == tmp_path / "given"
 
 
 # --- local files ------------------------------------------------------------------------------------------------------
