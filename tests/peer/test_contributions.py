@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 
+import pytest
 from hivemind.p2p import P2P
+from small_disk import fill, small_disk
 
 from peer.contributions import ContributionLog
 from swarm.identity import Identity
@@ -41,3 +43,81 @@ def test_a_replaced_signing_key_is_said_once_not_once_per_line(tmp_path, caplog)
     assert "signing_key.der is missing from this identity: making a new signing key" in warnings[0]
     assert "skipping 28 lines (1-28) whose signature does not verify with this identity's signing key" in warnings[1]
     assert reopened.closed == {}
+
+
+def _warnings(caplog) -> list[str]:
+    return [record.getMessage() for record in caplog.records if record.levelno >= logging.WARNING]
+
+
+@pytest.mark.parametrize("earlier_log", [False, True], ids=["first-run", "log-of-an-earlier-run"])
+def test_a_read_only_identity_folder_is_one_warning_and_claims_are_published_from_memory(tmp_path, caplog,
+                                                                                          earlier_log):
+    """Keys provisioned read-only (an admin, a container's secret mount) gave a traceback once the peer had joined."""
+    def provision(disk):
+        identity = Identity.load_or_create(disk / "identity")
+        P2P.generate_identity(str(identity.p2p_key_path))
+        if earlier_log:
+            _log_with_epochs(identity, disk / "identity" / "runs" / "r", range(2))
+
+    with small_disk(tmp_path / "disk", read_only=True, before_read_only=provision) as disk:
+        identity = Identity.load_or_create(disk / "identity")
+        with caplog.at_level(logging.INFO, logger="swarm.peer"):
+            log = ContributionLog(disk / "identity" / "runs" / "r", identity)
+            for epoch in (2, 3):
+                log.add(epoch, samples=16, compute_s=0.5)
+                log.close_epochs_before(epoch + 1)
+            log.close_all()
+        path = disk / "identity" / "runs" / "r" / "contributions.jsonl"
+        assert _warnings(caplog) == [
+            f"cannot write the contribution log {path} (Read-only file system): this peer's claims are kept in "
+            "memory and still published, but those the ledger has not credited when it leaves are lost; make "
+            f"{path.parent} writable (or pass --identity with a writable copy of {disk / 'identity'}) to keep a "
+            "record on disk"]
+        assert [work.epoch for work in log.unpublished(ledger_epoch=-1)] == ([0, 1, 2, 3] if earlier_log else [2, 3])
+        assert log.unsaved_epochs == [2, 3]
+
+
+def test_a_disk_that_fills_mid_run_is_one_warning_and_the_log_catches_up_once_there_is_space(tmp_path, caplog):
+    """A full disk killed the volunteer with three chained tracebacks at the next epoch boundary."""
+    identity = Identity.load_or_create(tmp_path / "identity")
+    with small_disk(tmp_path / "disk", size="64k") as disk:
+        path = disk / "runs" / "r" / "contributions.jsonl"
+        log = ContributionLog(path.parent, identity)
+        for epoch in range(3):
+            log.add(epoch, samples=16, compute_s=0.5)
+            log.close_epochs_before(epoch + 1)
+        filler = fill(disk)
+        with caplog.at_level(logging.INFO, logger="swarm.peer"):
+            # the log's last page still has room for a line or more: the first epoch that does not fit is found
+            epoch = 3
+            while not log.unsaved_epochs:
+                log.add(epoch, samples=16, compute_s=0.5)
+                log.close_epochs_before(epoch + 1)
+                epoch += 1
+                assert epoch < 40, "the full disk took every line"
+            first_unsaved = log.unsaved_epochs[0]
+            for more in range(epoch, epoch + 3):
+                log.add(more, samples=16, compute_s=0.5)
+                log.close_epochs_before(more + 1)
+        assert _warnings(caplog) == [
+            f"cannot write the contribution log {path} (No space left on device): this peer's claims for epoch "
+            f"{first_unsaved} on are kept in memory and still published; free space to keep a record on disk"]
+        assert log.unsaved_epochs == list(range(first_unsaved, epoch + 3))
+        assert [work.epoch for work in log.unpublished(ledger_epoch=-1)] == list(range(epoch + 3))
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="swarm.peer"):  # a torn last line would be skipped here
+            on_disk = ContributionLog(path.parent, identity)
+        assert sorted(on_disk.closed) == list(range(first_unsaved)) and _warnings(caplog) == []
+
+        filler.unlink()
+        with caplog.at_level(logging.INFO, logger="swarm.peer"):
+            log.add(epoch + 3, samples=16, compute_s=0.5)
+            log.close_all()
+        assert f"The contribution log {path} is written again: {epoch + 4 - first_unsaved} epochs kept in memory " \
+               "are saved" in caplog.text
+        assert log.unsaved_epochs == []
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="swarm.peer"):
+            reopened = ContributionLog(path.parent, identity)
+        assert sorted(reopened.closed) == list(range(epoch + 4)) and _warnings(caplog) == []
+        assert reopened.closed == log.closed
