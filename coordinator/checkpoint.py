@@ -112,6 +112,7 @@ def save_version(folder: Path, model: torch.nn.Module, tokenizer, recipe: Recipe
         write_model_files(tmp, model, tokenizer, recipe, info)
         if ledger_dir is not None and Path(ledger_dir).is_dir():
             shutil.copytree(ledger_dir, tmp / "ledger", ignore=shutil.ignore_patterns("*.lock", ".*"))
+        _apply_umask(tmp)
         # rename(2) of a folder onto an existing empty folder would replace it: look once more right before
         if final.exists():
             raise VersionExistsError(f"version {name} is already published in {folder}; it is kept as is")
@@ -133,6 +134,29 @@ def write_model_files(target: Path, model: torch.nn.Module, tokenizer, recipe: R
     (target / "README.md").write_text(_model_card(recipe, info))
     metadata = dict(asdict(info), recipe=json.loads(recipe.to_json()))
     (target / "swarm.json").write_text(json.dumps(metadata, indent=2, sort_keys=True))
+
+
+def _apply_umask(folder: Path) -> None:
+    """Give every file and folder of a version the mode a plain open() or mkdir() gives (0666 or 0777 less the
+    umask). transformers writes the weights through a private temporary file (mode 0600), so a web server serving
+    checkpoints/ as another user, or another user's `--from-checkpoint`, was refused the weights only."""
+    mask = _umask()
+    for path in (folder, *folder.rglob("*")):
+        if not path.is_symlink():
+            os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
+
+
+def _umask() -> int:
+    """The process umask, read without setting it (os.umask sets it, for a moment, for every thread)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def published_epoch(version: Path) -> int | None:
