@@ -12,7 +12,9 @@ A ledger folder holds:
   peer id, at most one entry per peer per epoch;
 - `checkpoints.jsonl`: every signed checkpoint, oldest first (all kept, so any two can be compared);
 - `public_key.pem`: the coordinator's Ed25519 public key;
-- `totals.csv`, `teams.csv`: sums per volunteer and per team (derived: rewritten within 5 s of a checkpoint);
+- `totals.csv`, `teams.csv`: sums per volunteer and per team (derived: rewritten within 5 s of a checkpoint). Names
+  and teams are the volunteers' own words: in these files a control character is written as its escape (`\x1b`)
+  and a cell starting with = + - @ gets a leading ' (a spreadsheet then shows it as text, not a formula);
 - `README.txt`: what these are and how to verify them (`swarm ledger verify FOLDER`).
 
 Writing, in the coordinator (one writer per folder; a second `Ledger.open` of the same folder is refused):
@@ -45,6 +47,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import http.client
 import io
 import json
 import logging
@@ -532,14 +535,41 @@ class LedgerTotals:
         return _csv(self.team_leaderboard(), TeamTotal)
 
 
+def visible_text(text: str) -> str:
+    """`text` with each character a terminal or editor would not show as itself written as its Python escape.
+
+    Names and teams in a ledger are chosen by volunteers (and entries written before the records' schema checked
+    them may hold anything): an ESC, a carriage return or a bidi override would recolour, overwrite or reorder what
+    an auditor reads.
+
+    >>> visible_text("ada\x1b[31m\u202e")
+    'ada\\x1b[31m\\u202e'
+    """
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
+
+
+# OWASP's CSV injection advice: a spreadsheet evaluates a cell starting with one of these as a formula
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _csv_cell(value: object) -> object:
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    if not isinstance(value, str):
+        return value
+    text = visible_text(value)
+    return f"'{text}" if text.startswith(_FORMULA_STARTS) else text
+
+
 def _csv(rows: Sequence[PeerTotal | TeamTotal], row_type: type) -> str:
     columns = [column.name for column in fields(row_type)]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(columns)
     for row in rows:
-        values = [getattr(row, column) for column in columns]
-        writer.writerow([f"{value:.3f}" if isinstance(value, float) else value for value in values])
+        writer.writerow([_csv_cell(getattr(row, column)) for column in columns])
     return buffer.getvalue()
 
 
@@ -883,19 +913,7 @@ def _is_url(source: str | Path) -> bool:
 
 def _read_from(source: str | Path, name: str) -> bytes:
     if _is_url(source):
-        base = str(source) if str(source).endswith("/") else f"{source}/"
-        url = urllib.parse.urljoin(base, name)
-        request = urllib.request.Request(url, headers={"User-Agent": f"swarm-ledger/{__version__}"})
-        try:
-            with urllib.request.urlopen(request, timeout=_HTTP_TIMEOUT_S) as response:
-                return response.read()
-        except urllib.error.HTTPError as error:
-            raise LedgerSourceError(
-                f"{url}: HTTP {error.code} {error.reason}; is this the ledger folder's URL?"
-            ) from None
-        except (urllib.error.URLError, OSError) as error:
-            reason = getattr(error, "reason", error)
-            raise LedgerSourceError(f"cannot fetch {url}: {reason}") from None
+        return _fetch(str(source), name)
     folder = _local_folder(source)
     path = folder / name
     try:
@@ -907,6 +925,48 @@ def _read_from(source: str | Path, name: str) -> bytes:
         ) from None
     except OSError as error:
         raise LedgerSourceError(f"cannot read {path}: {error.strerror}") from None
+
+
+def _fetch(source: str, name: str) -> bytes:
+    """One file of a ledger folder served at `source`. Whatever keeps it from arriving whole is a
+    `LedgerSourceError` (exit code 2): exit code 1 says the ledger does not verify, and a flaky proxy is not
+    tampering."""
+    try:
+        url = urllib.parse.urljoin(source if source.endswith("/") else f"{source}/", name)
+        request = urllib.request.Request(url, headers={"User-Agent": f"swarm-ledger/{__version__}"})
+        with urllib.request.urlopen(request, timeout=_HTTP_TIMEOUT_S) as response:
+            body = response.read()
+            content_type = response.headers.get_content_type()
+    except urllib.error.HTTPError as error:
+        raise LedgerSourceError(f"{url}: HTTP {error.code} {error.reason}; is this the ledger folder's URL?") from None
+    except http.client.IncompleteRead as error:  # the server announced more bytes than it sent
+        received = len(error.partial)
+        size = f"{received} of {received + error.expected}" if error.expected is not None else f"{received}"
+        raise LedgerSourceError(f"cannot fetch {url}: the connection closed after {size} bytes, before the end of "
+                                "the file; try again (a server or proxy cut the transfer short)") from None
+    except (urllib.error.URLError, OSError) as error:
+        reason = getattr(error, "reason", error)
+        raise LedgerSourceError(f"cannot fetch {url}: {reason or type(error).__name__}") from None
+    except (ValueError, http.client.InvalidURL) as error:  # a malformed URL: "http://[::1", "http://host:port"
+        raise LedgerSourceError(f"{source} is not a valid URL: {error}") from None
+    except http.client.HTTPException as error:  # not OSError: a status line or header that is not HTTP, ...
+        detail = visible_text(str(error).strip())  # BadStatusLine quotes the line it got, "\r\n" included
+        raise LedgerSourceError(f"cannot fetch {url}: the answer is not valid HTTP ({type(error).__name__}"
+                                f"{f': {detail}' if detail else ''})") from None
+    if _is_web_page(body, content_type):
+        raise LedgerSourceError(f"{source}: this URL does not serve a ledger folder (got an HTML page for {name}): "
+                                "is this the ledger folder's URL?")
+    return body
+
+
+def _is_web_page(body: bytes, content_type: str) -> bool:
+    """A body that is plainly a web page, not a ledger file: what a catch-all server (a single-page app, a CDN's
+    error page) answers with status 200 for every path. No ledger file starts with `<`; a real ledger file that a
+    misconfigured server labels text/html still starts with `{` (JSON lines), `-` (PEM) or is empty."""
+    start = body.lstrip(b"\xef\xbb\xbf \t\r\n")[:1]
+    if start == b"<":
+        return True
+    return content_type in ("text/html", "application/xhtml+xml") and start not in (b"{", b"-", b"")
 
 
 def _local_folder(source: str | Path) -> Path:
@@ -1055,14 +1115,16 @@ def _short(value: str, length: int = 16) -> str:
 
 def _describe(entry: LedgerEntry | None) -> str:
     # The whole peer id: ids share their first characters ("12D3KooW..."), so a prefix may name two peers.
-    return f" (run {entry.run_id}, epoch {entry.epoch}, peer {entry.peer_id})" if entry else ""
+    if entry is None:
+        return ""
+    return f" (run {visible_text(entry.run_id)}, epoch {entry.epoch}, peer {visible_text(entry.peer_id)})"
 
 
 def _describe_window(first: LedgerEntry | None, last: LedgerEntry | None) -> str:
     if first is None or last is None:
         return ""
     epochs = f"epoch {first.epoch}" if first.epoch == last.epoch else f"epochs {first.epoch}-{last.epoch}"
-    return f" (run {first.run_id}, {epochs})"
+    return f" (run {visible_text(first.run_id)}, {epochs})"
 
 
 def _plural(count: int, singular: str, plural: str | None = None) -> str:

@@ -1,7 +1,11 @@
 """`swarm ledger ...`: verify a credit ledger, show its leaderboard, prove an entry, save a checkpoint.
 
 Every command takes the ledger folder or its http(s) URL. Exit codes: 0 all good, 1 the ledger (or proof)
-does not verify, 2 unusable input (a missing folder, file or URL). The logic lives in `swarm.ledger`.
+does not verify, 2 unusable input (a missing folder, file or URL, a server that cuts a file short or answers with
+a web page). The logic lives in `swarm.ledger`.
+
+Names and teams are the volunteers' own words: what reaches the terminal shows each control character as its
+escape (`\x1b`) and never as rich markup.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Annotated, NoReturn
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from swarm.errors import SwarmError
 from swarm.logs import VerboseOption, setup_logging
@@ -27,6 +32,7 @@ from swarm.ledger import (
     latest_checkpoint,
     stale_summaries,
     verify_inclusion_proof,
+    visible_text,
 )
 
 ledger_app = typer.Typer(
@@ -56,7 +62,9 @@ class GroupBy(StrEnum):
 
 
 def _fail(message: str, exit_code: int) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
+    # a problem may quote a tampered file's run id or peer id: its escapes must not reach the terminal
+    typer.echo("\n".join(f"error: {visible_text(line)}" if number == 0 else visible_text(line)
+                         for number, line in enumerate(message.split("\n"))), err=True)
     raise typer.Exit(exit_code)
 
 
@@ -72,7 +80,12 @@ def _start(verbose: bool) -> None:
 
 
 def _print_json(value: object) -> None:
-    typer.echo(json.dumps(value, indent=2, ensure_ascii=False))
+    text = json.dumps(value, indent=2, ensure_ascii=False)
+    if not text.replace("\n", "").isprintable():
+        # json escapes C0 controls only: a C1 control or a bidi override in a name still reached the terminal. Any
+        # such character is inside a string, where its \uXXXX escape reads back as the same text.
+        text = "".join(char if char.isprintable() or char == "\n" else json.dumps(char)[1:-1] for char in text)
+    typer.echo(text)
 
 
 @ledger_app.command()
@@ -113,7 +126,7 @@ def verify(
     if not report.ok:
         _fail(f"does not verify: {report.problem}", 1)
     if not as_json:
-        typer.echo(f"ok: {report.summary()}")
+        typer.echo(f"ok: {visible_text(report.summary())}")
     if proof is None and stale:
         verb = "differs" if len(stale) == 1 else "differ"
         typer.echo(f"note: {' and '.join(stale)} {verb} from the sums of the verified entries: these summaries are "
@@ -133,8 +146,11 @@ def show(
 ) -> None:
     """Leaderboard: claimed and granted samples, compute time and epochs, per volunteer or per team.
 
-    The ledger is verified first; if it does not verify, the rows are still printed, with the problem on
-    stderr, and the exit code is 1.
+    The ledger is verified first. If it does not verify, the exit code is 1 and the problem is on stderr; the
+    table is still shown, titled NOT VERIFIED, to look at what the readable entries claim, but --json and --csv
+    print nothing: a script that publishes their output never publishes unproven totals.
+    In --csv, as in totals.csv, a name starting with = + - @ gets a leading ' (so no spreadsheet runs it as a
+    formula); --json gives the names exactly.
     """
     _start(verbose)
     if as_json and as_csv:
@@ -143,12 +159,15 @@ def show(
         audit = audit_ledger(source, pinned_key=public_key)
     except SwarmError as error:
         _failed(error, verbose)
-    _print_totals(audit.totals, by, as_json, as_csv, top)
+    if not audit.report.ok and (as_json or as_csv):
+        _fail(f"does not verify, so no totals are printed: {audit.report.problem}", 1)
+    _print_totals(audit.totals, by, as_json, as_csv, top, verified=audit.report.ok)
     if not audit.report.ok:
         _fail(f"does not verify, so these totals are not proven: {audit.report.problem}", 1)
 
 
-def _print_totals(totals: LedgerTotals, by: GroupBy, as_json: bool, as_csv: bool, top: int | None) -> None:
+def _print_totals(totals: LedgerTotals, by: GroupBy, as_json: bool, as_csv: bool, top: int | None,
+                  verified: bool) -> None:
     rows = [asdict(row) for row in (totals.peer_leaderboard() if by is GroupBy.peer else totals.team_leaderboard())]
     rows = rows[:top] if top else rows
     if as_json:
@@ -158,7 +177,10 @@ def _print_totals(totals: LedgerTotals, by: GroupBy, as_json: bool, as_csv: bool
         text = totals.peers_csv() if by is GroupBy.peer else totals.teams_csv()
         typer.echo("".join(text.splitlines(keepends=True)[: (top + 1) if top else None]), nl=False)
         return
-    table = Table(title=f"Credit per {'volunteer' if by is GroupBy.peer else 'team'}")
+    title = f"Credit per {'volunteer' if by is GroupBy.peer else 'team'}"
+    if not verified:
+        title = f"NOT VERIFIED: the ledger does not verify, so these totals are not proven\n{title}"
+    table = Table(title=title, title_style="bold red" if not verified else None)
     table.add_column("#", justify="right")
     if by is GroupBy.peer:
         table.add_column("volunteer", overflow="fold")  # default names differ at their end: never cut them
@@ -172,10 +194,12 @@ def _print_totals(totals: LedgerTotals, by: GroupBy, as_json: bool, as_csv: bool
                    "epochs" if by is GroupBy.peer else "volunteer-epochs"):
         table.add_column(column, justify="right")
     for rank, row in enumerate(rows, 1):
+        # Text, not str: rich would read "[link=...]" in a name as markup
         names = (
-            [row["name"], row["peer_id"][:16], row["team"] or "-"]
+            [Text(visible_text(row["name"])), Text(visible_text(row["peer_id"][:16])),
+             Text(visible_text(row["team"]) or "-")]
             if by is GroupBy.peer
-            else [row["team"] or "(no team)", str(row["volunteers"])]
+            else [Text(visible_text(row["team"]) or "(no team)"), str(row["volunteers"])]
         )
         numbers = [
             f"{row['granted_samples']:,}",

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import csv
 import functools
 import hashlib
 import http.server
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
 import textwrap
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -677,19 +680,24 @@ class QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def served(ledger_folder: Path):
-    server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(ledger_folder.parent))
-    )
+@contextmanager
+def serving(folder: Path, handler: type[http.server.SimpleHTTPRequestHandler] = QuietHandler):
+    """A real HTTP server on 127.0.0.1 over `folder`'s parent; yields the URL of `folder`."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(folder.parent)))
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/{ledger_folder.name}"
+        yield f"http://127.0.0.1:{server.server_address[1]}/{folder.name}"
     finally:
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+@pytest.fixture
+def served(ledger_folder: Path):
+    with serving(ledger_folder) as url:
+        yield url
 
 
 def test_a_ledger_verifies_over_http(served: str, ledger_folder: Path):
@@ -874,9 +882,15 @@ def test_cli_show_and_checkpoint_of_a_tampered_ledger_say_so(cli: CliRunner, led
     write_lines(
         ledger_folder / ENTRIES_FILE, [lines[0].replace(b'"granted_samples":256', b'"granted_samples":999')] + lines[1:]
     )
-    result = run_cli(cli, "show", str(ledger_folder), "--json")
+    # a script that publishes `show --json` without looking at the exit code published the inflated totals
+    for machine_readable in ("--json", "--csv"):
+        result = run_cli(cli, "show", str(ledger_folder), machine_readable)
+        assert result.exit_code == 1 and result.stdout == "", (machine_readable, result.stdout)
+        assert result.stderr.startswith("error: does not verify, so no totals are printed: entries.jsonl lines 1-4")
+    result = run_cli(cli, "show", str(ledger_folder))  # a person may look at what the readable entries claim
     assert result.exit_code == 1 and "these totals are not proven" in result.stderr
-    assert sum(row["granted_samples"] for row in json.loads(result.stdout)) == 20 * 256 + 999 - 256
+    assert result.stdout.lstrip().startswith("NOT VERIFIED")
+    assert "volunteer 00" in result.stdout and f"{5 * 256 - 256 + 999:,}" in result.stdout
     result = run_cli(cli, "checkpoint", str(ledger_folder))
     assert result.exit_code == 1 and result.stdout == "" and "none of its checkpoints is worth saving" in result.stderr
 
@@ -928,3 +942,197 @@ def test_the_real_cli_exits_with_the_documented_codes_and_never_a_traceback(ledg
         assert result.stderr.startswith("error: ")
     for result in (run("verify", str(ledger_folder)), run("show", str(tmp_path / "nowhere"))):
         assert "Traceback" not in result.stderr + result.stdout
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Servers that do not hand over a ledger folder: exit code 2 (unusable input), never 1 (does not verify)
+
+
+class CutShortHandler(QuietHandler):
+    """Announces the whole file, sends half of it and closes: a proxy or server that died mid-transfer."""
+
+    def do_GET(self) -> None:
+        path = Path(self.translate_path(self.path))
+        if not path.is_file():
+            self.send_error(404)
+            return
+        data = path.read_bytes()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data[: len(data) // 2])
+        self.close_connection = True
+
+
+class HangUpHandler(QuietHandler):
+    """Reads the request and closes the connection without a word."""
+
+    def do_GET(self) -> None:
+        self.close_connection = True
+
+
+class NotHttpHandler(QuietHandler):
+    """Answers with something that is not HTTP (another service on the port)."""
+
+    def do_GET(self) -> None:
+        self.wfile.write(b"SSH-2.0-OpenSSH_9.6\r\n")
+        self.close_connection = True
+
+
+class CatchAllHandler(QuietHandler):
+    """A single-page app or CDN: status 200 and the same HTML page for every path."""
+
+    content_type = "text/html"
+
+    def do_GET(self) -> None:
+        body = b"<!doctype html>\n<html><body>Welcome to nginx! Page not found</body></html>\n"
+        self.send_response(200)
+        self.send_header("Content-Type", self.content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+class UnlabelledPageHandler(CatchAllHandler):
+    content_type = "application/octet-stream"
+
+
+class LedgerAsHtmlHandler(QuietHandler):
+    """Serves the real files, each labelled text/html (a misconfigured server)."""
+
+    def guess_type(self, path) -> str:  # type: ignore[no-untyped-def, override]
+        return "text/html"
+
+
+@pytest.mark.parametrize(
+    ("handler", "reason"),
+    [
+        (CutShortHandler, r"the connection closed after (\d+) of (\d+) bytes, before the end of the file"),
+        (HangUpHandler, "Remote end closed connection without response"),
+        (NotHttpHandler, r"the answer is not valid HTTP \(BadStatusLine"),
+    ],
+    ids=["cut-short", "hang-up", "not-http"],
+)
+def test_a_server_that_fails_mid_answer_is_a_fetch_error_with_exit_code_2(
+    cli: CliRunner, ledger_folder: Path, handler: type, reason: str
+):
+    """An IncompleteRead or BadStatusLine escaped as a traceback with exit code 1, the code of a tampered ledger."""
+    with serving(ledger_folder, handler) as url:
+        with pytest.raises(LedgerSourceError, match=f"^cannot fetch {url}/checkpoints.jsonl: {reason}"):
+            verify_ledger(url)
+        for command in ("verify", "show"):
+            result = run_cli(cli, command, url)
+            assert result.exit_code == 2, (command, result.exception, result.output)
+            assert result.stderr.startswith(f"error: cannot fetch {url}/checkpoints.jsonl: ")
+            assert result.stderr.count("\n") == 1 and result.stdout == ""
+    if handler is CutShortHandler:
+        received, size = map(int, re.search(reason, result.stderr).groups())  # type: ignore[union-attr]
+        assert size == len((ledger_folder / CHECKPOINTS_FILE).read_bytes()) and received == size // 2
+
+
+@pytest.mark.parametrize("handler", [CatchAllHandler, UnlabelledPageHandler], ids=["text-html", "unlabelled"])
+def test_a_catch_all_web_page_is_not_a_ledger_folder_and_exits_2(cli: CliRunner, ledger_folder: Path, handler: type):
+    with serving(ledger_folder, handler) as url:
+        expected = (f"{url}: this URL does not serve a ledger folder (got an HTML page for checkpoints.jsonl): is "
+                    "this the ledger folder's URL?")
+        with pytest.raises(LedgerSourceError) as raised:
+            verify_ledger(url)
+        assert str(raised.value) == expected
+        for command in ("verify", "show"):
+            result = run_cli(cli, command, url)
+            assert result.exit_code == 2 and result.stderr == f"error: {expected}\n" and result.stdout == ""
+
+
+def test_a_real_ledger_labelled_html_still_verifies_and_real_tampering_still_exits_1(cli: CliRunner,
+                                                                                     ledger_folder: Path):
+    lines = lines_of(ledger_folder / ENTRIES_FILE)
+    with serving(ledger_folder, LedgerAsHtmlHandler) as url:
+        result = run_cli(cli, "verify", url)
+        assert result.exit_code == 0 and result.stdout.startswith("ok: "), result.output
+        write_lines(ledger_folder / ENTRIES_FILE, [lines[0].replace(b'"granted_samples":256', b'"granted_samples":999')]
+                    + lines[1:])
+        result = run_cli(cli, "verify", url)
+        assert result.exit_code == 1 and "does not match checkpoint 1" in result.stderr, result.output
+    with serving(ledger_folder) as url:
+        write_lines(ledger_folder / ENTRIES_FILE, lines[:5] + [b"<entry/>"] + lines[6:])  # one line made markup
+        result = run_cli(cli, "verify", url)
+        assert result.exit_code == 1, result.output
+        assert result.stderr == "error: does not verify: entries.jsonl line 6 is not valid JSON\n"
+        (ledger_folder / PUBLIC_KEY_FILE).write_bytes(b"an edited key\n")
+        result = run_cli(cli, "verify", url)
+        assert result.exit_code == 1 and "public_key.pem is not a PEM public key" in result.stderr
+
+
+def test_a_malformed_url_is_a_usage_error(cli: CliRunner):
+    for url in ("http://[::1/ledger", "http://127.0.0.1:port/ledger"):
+        result = run_cli(cli, "verify", url)
+        assert result.exit_code == 2, (url, result.exception)
+        assert result.stderr == f"error: {url.removesuffix('/ledger')}/ledger is not a valid URL: " + (
+            "Invalid IPv6 URL\n" if "[" in url else "nonnumeric port: 'port'\n")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Names chosen by volunteers: a ledger may hold anything (entries written before the records' schema checked them)
+
+HOSTILE_NAMES = [
+    "\x1b[31mRED\x1b[0m\rrewritten",
+    '=HYPERLINK("http://evil.example","x")',
+    "[link=https://e.example]hi[/link]",
+    "\u202eevil",
+    "+cmd|' /C calc'!A0",
+    "@SUM(1+1)",
+    "-2+3",
+    "\tindented",
+]
+
+
+def hostile_ledger(folder: Path, key: Ed25519PrivateKey) -> Path:
+    with Ledger.open(folder, key, run_id=RUN) as ledger:
+        ledger.commit_epoch([
+            entry(1, f"{PEER}{index:02d}", name=name, team=name, granted_samples=100 + index)
+            for index, name in enumerate(HOSTILE_NAMES)
+        ])
+    return folder
+
+
+def test_hostile_names_keep_the_ledger_verifying_and_reach_the_csvs_as_inert_text(tmp_path: Path,
+                                                                                   key: Ed25519PrivateKey):
+    folder = hostile_ledger(tmp_path / "ledger", key)
+    assert verify_ledger(folder).ok  # the signed entries hold the names exactly
+    names = {LedgerEntry.model_validate_json(line).name for line in lines_of(folder / ENTRIES_FILE)}
+    assert names == set(HOSTILE_NAMES)
+    for summary, column in ((TOTALS_FILE, "name"), (TEAMS_FILE, "team")):
+        data = (folder / summary).read_text()
+        assert not any(char in data for char in "\x1b\r\t\u202e"), summary
+        cells = [row[column] for row in csv.DictReader(data.splitlines())]
+        assert len(cells) == len(HOSTILE_NAMES)
+        assert not [cell for cell in cells if cell.startswith(("=", "+", "-", "@", "\t", "\r"))], cells
+        assert "'=HYPERLINK(\"http://evil.example\",\"x\")" in cells and "'-2+3" in cells and "\\tindented" in cells
+        assert "\\x1b[31mRED\\x1b[0m\\rrewritten" in cells and "\\u202eevil" in cells
+    ordinary = write_ledger(tmp_path / "ordinary", key, epochs=1)
+    assert (ordinary / TOTALS_FILE).read_text().splitlines()[1].split(",")[1] == "volunteer 00"
+
+
+def test_cli_show_writes_hostile_names_as_inert_text(cli: CliRunner, tmp_path: Path, key: Ed25519PrivateKey):
+    folder = hostile_ledger(tmp_path / "ledger", key)
+    for by in ("peer", "team"):
+        result = run_cli(cli, "show", str(folder), "--by", by)
+        assert result.exit_code == 0, result.output
+        assert not any(char in result.stdout for char in "\x1b\r\t\u202e"), repr(result.stdout)
+        assert "\\x1b[31mRED" in result.stdout and "\\u202eevil" in result.stdout
+        assert "[link=https://e.example]hi[/link]" in result.stdout  # shown, not read as rich markup
+        assert run_cli(cli, "show", str(folder), "--by", by, "--csv").stdout == (
+            folder / (TOTALS_FILE if by == "peer" else TEAMS_FILE)).read_text()
+    result = run_cli(cli, "show", str(folder), "--json")
+    assert not any(char in result.stdout for char in "\x1b\r\t\u202e")
+    assert {row["name"] for row in json.loads(result.stdout)} == set(HOSTILE_NAMES)  # exact, for scripts
+
+
+def test_cli_errors_quoting_a_tampered_run_id_show_its_escapes(cli: CliRunner, ledger_folder: Path):
+    lines = lines_of(ledger_folder / ENTRIES_FILE)
+    hostile = json.loads(lines[2])
+    hostile["run_id"] = "\x1b]0;pwned\x07\x1b[2J"
+    write_lines(ledger_folder / ENTRIES_FILE, lines[:2] + [canonical_json(hostile)] + lines[3:])
+    result = run_cli(cli, "verify", str(ledger_folder))
+    assert result.exit_code == 1 and "\x1b" not in result.stderr and "\x07" not in result.stderr
+    assert "\\x1b]0;pwned\\x07" in result.stderr
