@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,11 +29,11 @@ from hivemind.p2p import PeerID
 from hivemind.utils.crypto import RSAPrivateKey
 
 from swarm.errors import UsageError
+from swarm.records import is_valid_name, is_valid_team
 
 logger = logging.getLogger("swarm.identity")
 
 DEFAULT_IDENTITY_DIR = Path("~/.swarm/identity")
-_NAME_PATTERN = re.compile(r"[\w .@+-]{1,40}")
 
 
 def _write_atomically(path: Path, data: bytes, mode: int = 0o600) -> None:
@@ -54,7 +53,8 @@ def _check_label(kind: str, value: str | None) -> str | None:
     value = value.strip()
     if not value and kind == "name":
         return None  # a blank name is no name: keep the saved one (an empty team leaves the team)
-    if value and not _NAME_PATTERN.fullmatch(value):
+    # the rule every node's schema applies to the records (swarm.records): a name it refuses would never be credited
+    if value and not is_valid_name(value):
         raise UsageError(f"--{kind} {value!r}: use 1-40 letters, digits, spaces or . @ + - _")
     return value
 
@@ -167,8 +167,7 @@ def _read_profile(path: Path) -> dict:
         raise UsageError(f"{path} holds {kind}, not a profile: {fix}")
     for key in ("name", "team"):
         value = profile.get(key, "-")
-        valid = isinstance(value, str) and (_NAME_PATTERN.fullmatch(value) or key == "team" and value == "")
-        if not valid:
+        if not (is_valid_name(value) if key == "name" else is_valid_team(value)):
             raise UsageError(f"{path}: {key} {json.dumps(value)} is not a {key} (text of 1-40 letters, digits, "
                              f"spaces or . @ + - _): {fix}")
     return profile

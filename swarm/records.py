@@ -13,7 +13,10 @@ Keys (every key of a run starts with its run id, so runs sharing a DHT never mix
   delays credit but loses none.
 - `<run_id>_progress`: hivemind.Optimizer's own progress records (same signing key).
 
-Every field has a size bound: an oversized value fails the schema and is rejected by every node.
+Every field has a size bound: an oversized value fails the schema and is rejected by every node. A peer's name
+and team follow `LABEL_RULE` (the rule the volunteer's own CLI applies to `--name` and `--team`) and its id is
+plain ASCII: they reach the ledger, its CSVs, terminals, /metrics and every version's model card, so a modified
+client must not be able to put terminal escapes, formulas or markup there through any honest node.
 
 A node checks every entry of every response to a `dht.get` of a dictionary key, and the same entries come back
 read after read until their owners store new ones: with n peers reading n progress records every few seconds,
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import threading
 from collections import OrderedDict
 from typing import Dict, Optional
@@ -43,6 +47,29 @@ ANNOUNCEMENT_TTL_S = 60.0  # re-published every 20 s by the coordinator
 METRICS_TTL_S = 120.0
 CONTRIBUTIONS_TTL_S = 600.0
 MAX_EPOCHS_PER_RECORD = 128  # ~10 KB per record; older unpublished epochs follow once the ledger catches up
+
+# A volunteer's display name or team: letters and digits of any script, spaces and . @ + - _, at most 40. So no
+# control character (terminal escapes), no markup (< [ | `) and no leading = (a spreadsheet formula). An empty team
+# is no team.
+LABEL_RULE = r"[\w .@+-]{1,40}"
+_LABEL_PATTERN = re.compile(LABEL_RULE)
+
+
+def is_valid_name(value: object) -> bool:
+    return isinstance(value, str) and _LABEL_PATTERN.fullmatch(value) is not None
+
+
+def is_valid_team(value: object) -> bool:
+    return value == "" or is_valid_name(value)
+
+
+# pydantic v1 matches a `regex` at the start only (re.match): hence ^...\Z ($ would let a final newline through)
+_Name = constr(regex=rf"^{LABEL_RULE}\Z", strict=True)
+_Team = constr(regex=rf"^(?:{LABEL_RULE})?\Z", strict=True)
+# a base58 libp2p peer id from honest peers; tests and tools use short ASCII ids
+_PeerId = constr(regex=r"^[A-Za-z0-9_.+-]{1,128}\Z", strict=True)
+# free text a peer describes itself with (device, version, addresses): printable, no C0/C1 controls or bidi overrides
+_PLAIN_TEXT = r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]*\Z"
 
 
 class RunAnnouncement(BaseModelV2):
@@ -119,11 +146,14 @@ def _merged_status(statuses: list[str]) -> str:
 
 
 class PeerMetrics(BaseModel):
-    """A peer's live status, re-published every few seconds (strict types: hivemind's schema validator is pydantic v1)."""
+    """A peer's live status, re-published every few seconds.
 
-    peer_id: constr(max_length=128, strict=True)
-    name: constr(max_length=64, strict=True)
-    team: constr(max_length=64, strict=True)
+    Strict types: hivemind's schema validator is pydantic v1.
+    """
+
+    peer_id: _PeerId
+    name: _Name
+    team: _Team
     epoch: conint(ge=0, strict=True)
     samples_total: conint(ge=0, strict=True)
     samples_per_second: confloat(ge=0.0, strict=True)
@@ -131,12 +161,12 @@ class PeerMetrics(BaseModel):
     averaged_rounds: conint(ge=0, strict=True)
     solo_rounds: conint(ge=0, strict=True)
     last_group_size: conint(ge=0, strict=True)
-    device: constr(max_length=64, strict=True)
-    version: constr(max_length=32, strict=True)
+    device: constr(max_length=64, strict=True, regex=_PLAIN_TEXT)
+    version: constr(max_length=32, strict=True, regex=_PLAIN_TEXT)
     time: StrictFloat
     client_mode: StrictBool
     # where other nodes can reach this peer: a restarted coordinator re-joins the swarm through these
-    addresses: conlist(constr(max_length=256, strict=True), max_items=8)
+    addresses: conlist(constr(max_length=256, strict=True, regex=_PLAIN_TEXT), max_items=8)
 
 
 class EpochWork(BaseModel):
@@ -149,10 +179,10 @@ class EpochWork(BaseModel):
 
 
 class ContributionRecord(BaseModel):
-    peer_id: constr(max_length=128, strict=True)
-    name: constr(max_length=64, strict=True)
-    team: constr(max_length=64, strict=True)
-    version: constr(max_length=32, strict=True)
+    peer_id: _PeerId
+    name: _Name
+    team: _Team
+    version: constr(max_length=32, strict=True, regex=_PLAIN_TEXT)
     epochs: conlist(EpochWork, max_items=MAX_EPOCHS_PER_RECORD)
     time: StrictFloat
 

@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from hivemind.p2p import P2P
 
+from swarm import records
 from swarm.errors import UsageError
 from swarm.identity import Identity
 from swarm.network import create_dht
@@ -129,6 +130,37 @@ def test_invalid_team_is_refused_and_nothing_is_saved(existing):
     with pytest.raises(UsageError, match="--team"):
         Identity.load_or_create(folder, team="bad;team")
     assert Identity.load_or_create(folder).team == "good"
+
+
+LABEL_SAMPLES = ["ada", "José 深度", "volunteer-3f9a2c", "a.l@x+1_y-z", "x" * 40, "x" * 41, "-2+3", "=1+1",
+                 "ada\x1b[31m", "[x](https://evil.example)", "a | b", "<b>", "emoji 🚀", "tab\there", "\u202eevil"]
+
+
+def test_the_clis_rule_for_names_and_teams_is_the_one_every_node_applies_to_the_records(existing):
+    """One rule: a name the CLI accepts is never refused by the swarm's schema, and what the CLI refuses (a modified
+    client may still send it) is refused by every honest node."""
+    def accepted_by_cli(**label: str) -> bool:
+        try:
+            Identity.load_or_create(existing, **label)
+        except UsageError:
+            return False
+        return True
+
+    def accepted_by_schema(**label: str) -> bool:
+        row = dict(peer_id="QmAda", name="ada", team="", epoch=0, samples_total=0, samples_per_second=0.0, loss=None,
+                   averaged_rounds=0, solo_rounds=0, last_group_size=0, device="cpu", version="0.1.0", time=0.0,
+                   client_mode=False, addresses=[])
+        try:
+            records.PeerMetrics.parse_obj(dict(row, **label))
+        except ValueError:
+            return False
+        return True
+
+    for value in LABEL_SAMPLES:
+        for field in ("name", "team"):
+            assert accepted_by_cli(**{field: value}) == accepted_by_schema(**{field: value}), (field, value)
+    assert accepted_by_cli(team="") and accepted_by_schema(team="")
+    assert sum(accepted_by_schema(name=value) for value in LABEL_SAMPLES) == 6
 
 
 @pytest.mark.parametrize("damage", ["empty", "garbage", "truncated"])

@@ -214,6 +214,69 @@ def test_contributions_that_do_not_match_the_schema_are_refused(swarm, bad_epoch
     assert not store(bob, bob_key, row, key=records.contributions_key(RUN_ID))
 
 
+# A modified client skips the CLI's --name/--team check; before the schema applied the same rule these reached signed
+# ledger entries, totals.csv (a formula), the terminal of `swarm ledger show`, /metrics and every model card.
+HOSTILE_LABELS = {
+    "escape": "ada\x1b[31mRED\x1b[0m",
+    "carriage-return": "ada\rbob",
+    "formula": '=HYPERLINK("http://evil.example","x")',
+    "markdown-link": "[Claim your prize](https://evil.example)",
+    "markdown-image": "![](https://tracker.example/p.gif)",
+    "pipe": "a | b",
+    "html": "<script>alert(1)</script>",
+    "bidi-override": "\u202eevil",
+    "final-newline": "ada\n",
+    "too-long": "x" * 41,
+}
+
+
+@pytest.mark.parametrize("field", ["name", "team"])
+@pytest.mark.parametrize("label", HOSTILE_LABELS.values(), ids=HOSTILE_LABELS)
+def test_names_and_teams_outside_the_clis_rule_are_refused_by_every_node(swarm, field, label):
+    alice, bob, (_, bob_key) = swarm
+    peer = bob.peer_id.to_base58()
+    assert not store(bob, bob_key, metrics_row(peer, **{field: label}))
+    assert not store(bob, bob_key, contribution_row(peer, **{field: label}), key=records.contributions_key(RUN_ID))
+    assert all(getattr(row, field) != label for row in read_metrics(alice).values())
+    assert all(getattr(record, field) != label for record in read_contributions(alice))
+
+
+def test_names_of_any_script_default_names_and_no_team_are_accepted():
+    accepted = (("José 深度", "lovelace"), ("volunteer-3f9a2c", ""), ("a.l@x+1_y-z", "uni lab"), ("x" * 40, ""))
+    for name, team in accepted:
+        assert records.PeerMetrics.parse_obj(metrics_row("QmGood", name=name, team=team)).name == name
+        assert records.ContributionRecord.parse_obj(contribution_row("QmGood", name=name, team=team)).team == team
+    with pytest.raises(ValueError):
+        records.PeerMetrics.parse_obj(metrics_row("QmGood", name=""))  # a name is never empty
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [dict(peer_id="Qm\x1b[2J"), dict(peer_id="Qm|x"), dict(peer_id=""), dict(device="cpu\x1b]0;pwned\x07"),
+     dict(version="0.1.0\n"), dict(addresses=["/ip4/127.0.0.1/tcp/1\r"])],
+    ids=["escape-in-peer-id", "pipe-in-peer-id", "empty-peer-id", "escape-in-device", "newline-in-version",
+         "return-in-address"],
+)
+def test_peer_ids_and_self_descriptions_with_control_characters_are_refused(changes):
+    with pytest.raises(ValueError):
+        records.PeerMetrics.parse_obj(dict(metrics_row("QmGood"), **changes))
+    contribution_changes = {key: value for key, value in changes.items() if key in ("peer_id", "version")}
+    if contribution_changes:
+        with pytest.raises(ValueError):
+            records.ContributionRecord.parse_obj(dict(contribution_row("QmGood"), **contribution_changes))
+
+
+def test_a_rogue_nodes_rows_with_hostile_names_are_skipped_when_read():
+    expiration = get_dht_time() + 60
+    rows = {b"good": metrics_row("QmGood"), b"evil": metrics_row("QmEvil", team=HOSTILE_LABELS["formula"])}
+    entries = ValueWithExpiration({key: ValueWithExpiration(row, expiration) for key, row in rows.items()}, expiration)
+    assert list(records.parse_metrics(entries)) == ["QmGood"]
+    claims = {b"good": contribution_row("QmGood"), b"evil": contribution_row("QmEvil", name=HOSTILE_LABELS["escape"])}
+    entries = ValueWithExpiration({key: ValueWithExpiration(row, expiration) for key, row in claims.items()},
+                                  expiration)
+    assert [record.peer_id for record in records.parse_contributions(entries)] == ["QmGood"]
+
+
 def test_run_announcement_round_trips_through_bytes():
     announcement = records.RunAnnouncement(
         run_id="tiny", recipe_json='{"run": {"id": "tiny"}}', recipe_fingerprint="0123456789abcdef",
