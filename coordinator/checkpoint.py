@@ -26,6 +26,7 @@ import torch
 
 import swarm
 from swarm.errors import SwarmError
+from swarm.ledger import visible_text
 from swarm.recipe import Recipe
 
 _VERSION_NAME = re.compile(r"epoch-(\d{6,})")
@@ -78,11 +79,26 @@ Load it with `transformers.AutoModelForCausalLM.from_pretrained("<this folder>")
 """
 
 
+# Backslash-escaped in a name: markup (links, images, HTML, code, emphasis, math), the table's | and what makes an
+# autolink (www. , @ of an e-mail, : of a scheme). CommonMark renders any backslash-escaped ASCII punctuation as is.
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()<>#!|~&.@:$])")
+
+
+def _markdown_cell(text: str) -> str:
+    """A volunteer's name or team as the text of a Markdown table cell: shown as typed, never rendered.
+
+    Names come from volunteers, and the model card is the run's page on the Hub: "[prize](https://evil.example)"
+    or "![](https://tracker.example/p.gif)" would be a live link or image there, and a | would break the table.
+    """
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", visible_text(text))
+
+
 def _contributors(info: VersionInfo) -> str:
     if not info.top_contributors:
         return "No credit committed yet."
     rows = ["| volunteer | team | granted samples |", "|---|---|---|"]
-    rows += [f"| {c['name']} | {c['team'] or '-'} | {c['granted_samples']} |" for c in info.top_contributors]
+    rows += [f"| {_markdown_cell(c['name'])} | {_markdown_cell(c['team']) or '-'} | {int(c['granted_samples'])} |"
+             for c in info.top_contributors]
     return "\n".join(rows)
 
 
