@@ -146,11 +146,11 @@ def show(
 ) -> None:
     """Leaderboard: claimed and granted samples, compute time and epochs, per volunteer or per team.
 
-    The ledger is verified first. If it does not verify, the exit code is 1 and the problem is on stderr; the
-    table is still shown, titled NOT VERIFIED, to look at what the readable entries claim, but --json and --csv
-    print nothing: a script that publishes their output never publishes unproven totals.
-    In --csv, as in totals.csv, a name starting with = + - @ gets a leading ' (so no spreadsheet runs it as a
-    formula); --json gives the names exactly.
+    If the ledger does not verify: exit code 1, the problem on stderr, and the table titled NOT VERIFIED.
+
+    --json and --csv then print nothing, so a script that publishes their output never publishes unproven totals.
+
+    --csv, like totals.csv, puts ' before a name starting with = + - @ (never a spreadsheet formula); --json is exact.
     """
     _start(verbose)
     if as_json and as_csv:
