@@ -3,16 +3,22 @@
 The repo root always holds the newest version, so `from_pretrained("<org>/<name>")` loads it, and every
 published version stays loadable by its tag: `from_pretrained("<org>/<name>", revision="epoch-000050")`.
 The local checkpoint folder is only read; a failed upload leaves it as it was.
+
+A repo holds one run: each version's `swarm.json` names its run id and recipe fingerprint, and a version of
+another run (on `main` or under a tag) is never replaced. A new run pointed at a used repo fails at launch.
 """
 
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 import os
+import tempfile
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -43,13 +49,46 @@ def version_tag(epoch: int) -> str:
     return f"epoch-{epoch:06d}"
 
 
+@dataclass(frozen=True)
+class RunMark:
+    """Which run a version belongs to, as its `swarm.json` says (None where it says nothing readable)."""
+
+    run_id: str | None
+    recipe_fingerprint: str | None
+
+    def is_run(self, other: RunMark | None) -> bool:
+        """Whether `other` is this same run; a mark that names no run is no run's."""
+        return other is not None and self.run_id is not None and self == other
+
+    def __str__(self) -> str:
+        if self.run_id is None:
+            return "a version whose swarm.json names no run"
+        return f"run {self.run_id!r}, recipe fingerprint {(self.recipe_fingerprint or '?')[:16]}"
+
+    @classmethod
+    def of_metadata(cls, text: str) -> RunMark:
+        """From the text of a swarm.json (coordinator/checkpoint.py writes it: VersionInfo plus the recipe)."""
+        try:
+            metadata = json.loads(text)
+            return cls(str(metadata["recipe"]["run"]["id"]), str(metadata["recipe_fingerprint"]))
+        except (ValueError, KeyError, TypeError):
+            return cls(None, None)
+
+
+class HubRunConflictError(SwarmError):
+    """The Hub repo holds another run's versions: publishing would replace them, which swarm never does."""
+
+
 class HubPublisher:
     """Uploads each published version to a Hub model repo, as one commit on `main` plus a tag `epoch-NNNNNN`.
 
     The repo is created on the first publish if it does not exist (private if `private=True`). Each commit
     makes the repo root equal to the version folder: files the version lacks are deleted in the same commit
     (`.gitattributes` stays), so `main` never mixes two versions. Publishing an epoch again moves its tag to
-    the new commit (the coordinator never does: a published version is kept as it is).
+    the new commit only if the tag's version is of the same run (run id and recipe fingerprint in its
+    swarm.json: a coordinator restarted without its checkpoint folder). A repo whose `main` or tag holds another
+    run's version is refused with `HubRunConflictError`, before anything is uploaded: pass `run_id` and
+    `recipe_fingerprint` to `ensure_repo` to be refused at launch, and give each run a repo of its own.
 
         publisher = HubPublisher("my-org/tiny-stdlib")          # token from HF_TOKEN, endpoint from HF_ENDPOINT
         future = publisher.publish_async(Path("runs/tiny/checkpoints/epoch-000050"), epoch=50)
@@ -102,13 +141,28 @@ class HubPublisher:
 
     # ---- blocking API -----------------------------------------------------------------------------------------
 
-    def ensure_repo(self) -> None:
-        """Create the repo if it does not exist yet (a no-op after the first success); raises SwarmError."""
+    def ensure_repo(self, run_id: str | None = None, recipe_fingerprint: str | None = None) -> None:
+        """Create the repo if it does not exist yet (a no-op after the first success); raises SwarmError.
+
+        With `run_id` and `recipe_fingerprint`, also refuse (`HubRunConflictError`) a repo whose `main` holds a
+        version of another run, whose tags this run's versions would otherwise take over.
+        """
         self._require_token("create")
         try:
             self._ensure_repo()
+            if run_id is None:
+                return
+            ours = RunMark(run_id, recipe_fingerprint)
+            theirs = self._run_at(self._api.model_info(self.repo_id, revision="main"))
         except Exception as error:
             raise self._explain(error, "create") from error
+        if theirs is not None and not ours.is_run(theirs):
+            namespace = self.repo_id.split("/")[0]
+            raise HubRunConflictError(
+                f"the Hub repo {self.repo_id} holds versions of another run ({theirs}; this one is {ours}), and a "
+                f"published version is never replaced: set checkpoint.hub_repo_id in the recipe to a repo of this "
+                f"run's own (e.g. {namespace}/{run_id}), or remove it to publish locally only"
+            )
 
     def publish(self, version_dir: Path, epoch: int, message: str | None = None) -> str:
         """Upload `version_dir` as one commit on `main`, tag it `epoch-NNNNNN`, and return the commit id."""
@@ -121,6 +175,8 @@ class HubPublisher:
             started = time.monotonic()
             try:
                 commit_id = self._publish(version_dir, files, tag, message)
+            except HubRunConflictError:
+                raise
             except Exception as error:
                 raise self._explain(error, f"publish {tag} to", version_dir) from error
         logger.info(
@@ -164,11 +220,17 @@ class HubPublisher:
         tag = version_tag(epoch)
         try:
             return self.publish(version_dir, epoch, message)
+        except HubRunConflictError as error:  # the same answer on a retry: said once, loudly
+            logger.warning("%s", error)
+            raise
         except SwarmError as error:
             logger.warning("Hub upload of %s failed, retrying once in %.0f s: %s", tag, self.retry_delay_s, error)
         self._closing.wait(self.retry_delay_s)
         try:
             return self.publish(version_dir, epoch, message)
+        except HubRunConflictError as error:
+            logger.warning("%s", error)
+            raise
         except SwarmError as error:
             logger.error("Hub upload of %s failed again, giving up on it: %s", tag, error)
             raise
@@ -187,12 +249,50 @@ class HubPublisher:
             self._api.create_repo(self.repo_id, private=self.private, exist_ok=True)
             self._repo_ready = True
 
+    def _run_at(self, revision_info) -> RunMark | None:
+        """The run of the version at one revision (a `model_info` answer), from its swarm.json; None without one."""
+        if "swarm.json" not in {sibling.rfilename for sibling in revision_info.siblings or []}:
+            return None
+        with tempfile.TemporaryDirectory(prefix="swarm-hub-") as cache_dir:  # read once, not kept in HF_HOME
+            path = self._api.hf_hub_download(self.repo_id, "swarm.json", revision=revision_info.sha,
+                                             cache_dir=cache_dir)
+            return RunMark.of_metadata(Path(path).read_text(encoding="utf-8", errors="replace"))
+
+    def _check_tag(self, version_dir: Path, tag: str, ours: RunMark) -> None:
+        """Refuse a `tag` that exists and holds a version of another run (or one swarm did not publish)."""
+        from huggingface_hub.errors import RevisionNotFoundError
+
+        try:
+            tagged = self._api.model_info(self.repo_id, revision=tag)
+        except RevisionNotFoundError:
+            return
+        theirs = self._run_at(tagged)
+        if not ours.is_run(theirs):
+            raise self._conflict(version_dir, tag, f"its tag {tag}", theirs, ours)
+
+    def _conflict(self, version_dir: Path, tag: str, where: str, theirs: RunMark | None,
+                  ours: RunMark) -> HubRunConflictError:
+        owner = theirs if theirs is not None else "a model swarm did not publish (no swarm.json)"
+        return HubRunConflictError(
+            f"not publishing {tag} to the Hub repo {self.repo_id}: {where} holds a version of another run "
+            f"({owner}; this one is {ours}), and a published version is never replaced. The version stays "
+            f"published in {version_dir}; set checkpoint.hub_repo_id to a repo of this run's own"
+        )
+
     def _publish(self, version_dir: Path, files: list[str], tag: str, message: str | None) -> str:
         from huggingface_hub import CommitOperationAdd, CommitOperationDelete
         from huggingface_hub.errors import HfHubHTTPError
 
         self._ensure_repo()
+        local = version_dir / "swarm.json"
+        ours = RunMark.of_metadata(local.read_text(encoding="utf-8", errors="replace")) if local.is_file() \
+            else RunMark(None, None)
         head = self._api.model_info(self.repo_id, revision="main")
+        # checked before the commit: main, then the tag, must not hold another run's version
+        on_main = self._run_at(head)
+        if on_main is not None and not ours.is_run(on_main):
+            raise self._conflict(version_dir, tag, "its main", on_main, ours)
+        self._check_tag(version_dir, tag, ours)
         in_repo = {sibling.rfilename for sibling in head.siblings or []}
         stale = sorted(in_repo - set(files) - _KEEP_IN_REPO)
         operations: list = [CommitOperationAdd(name, path_or_fileobj=str(version_dir / name)) for name in files]
@@ -210,7 +310,9 @@ class HubPublisher:
         except HfHubHTTPError as error:
             if error.response is None or error.response.status_code != 409:
                 raise
-            # The same epoch published again (a restarted coordinator): the newer version takes the tag.
+            # The same run's epoch published again (a coordinator restarted without its checkpoint folder): the
+            # newer version takes the tag. Asked again: the tag may have been made since it was checked above.
+            self._check_tag(version_dir, tag, ours)
             self._api.delete_tag(self.repo_id, tag=tag)
             self._api.create_tag(self.repo_id, tag=tag, revision=commit.oid, tag_message=message or tag)
         return commit.oid

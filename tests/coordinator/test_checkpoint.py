@@ -13,7 +13,7 @@ from swarm.recipe import Recipe
 from swarm.tokenizer import ByteTokenizer
 
 
-@pytest.mark.parametrize("umask", [0o022, 0o027])
+@pytest.mark.parametrize("umask", [0o022, 0o027], ids=["umask-022", "umask-027"])
 def test_every_file_of_a_version_has_the_mode_the_umask_gives(tmp_path, umask):
     """model.safetensors was 0600 (transformers writes it through a private temporary file) while every other file
     was 0644: a web server serving checkpoints/ as another user was refused the weights only."""

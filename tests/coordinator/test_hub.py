@@ -18,7 +18,7 @@ import transformers
 from fake_hub import READ_TOKEN, FakeHub
 
 from coordinator.checkpoint import VersionInfo, save_version
-from coordinator.hub import HubPublisher, hub_token_from_env, version_tag
+from coordinator.hub import HubPublisher, HubRunConflictError, hub_token_from_env, version_tag
 from swarm.errors import SwarmError
 from swarm.recipe import Recipe
 from swarm.tokenizer import ByteTokenizer
@@ -223,8 +223,11 @@ def test_read_only_token_is_told_to_use_a_write_token(hub, versions):
         HubPublisher(REPO_ID, token=READ_TOKEN, endpoint=hub.url).publish(versions[0][0], epoch=1)
 
 
-def test_unreachable_hub_gives_a_swarm_error_naming_the_endpoint(versions):
+def test_unreachable_hub_gives_a_swarm_error_naming_the_endpoint(versions, monkeypatch):
     version_dir, _ = versions[0]
+    # no fake Hub here: undo what a test module imported before this one may have set (tests/swarm/test_data.py)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     before = snapshot(version_dir)
     # a port bound but not listening refuses connections, and stays ours while the test runs (a port closed again
     # was once taken by another test's p2p daemon in a full run, which answered)
@@ -277,3 +280,100 @@ def test_publish_async_gives_up_after_one_retry_with_the_swarm_error(hub, versio
     publisher.close()
     levels = [record.levelno for record in log_records]
     assert levels.count(logging.WARNING) == 1 and levels.count(logging.ERROR) == 1
+
+
+# --- one repo, one run: a published version is never replaced -----------------------------------------------------
+
+
+def uploads_and_tag_changes(hub: FakeHub) -> list[tuple[str, str]]:
+    """The requests that upload (preupload, LFS, commit) or create or delete a tag; creating the repo is none."""
+    return [(method, path) for method, path in hub.requests
+            if method in ("PUT", "DELETE") or (method == "POST" and path != "/api/repos/create")]
+
+
+@pytest.fixture(scope="module")
+def other_run_versions(tmp_path_factory):
+    """Versions of another run ("other", another recipe fingerprint) at epochs 3 and 6, as an earlier run left them."""
+    config = transformers.GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=259, n_positions=32)
+    recipe = Recipe(run={"id": "other"})
+    folder = tmp_path_factory.mktemp("other-checkpoints")
+    return {epoch: save_version(folder, transformers.GPT2LMHeadModel(config), ByteTokenizer().to_transformers(),
+                                recipe, VersionInfo(epoch=epoch, samples_seen=64, val_loss=None,
+                                                    recipe_fingerprint=recipe.fingerprint, data_digest="1" * 64,
+                                                    data_description="other bytes"))
+            for epoch in (3, 6)}
+
+
+@pytest.fixture
+def repo_of_another_run(hub, other_run_versions):
+    with HubPublisher(REPO_ID, token=hub.write_token, endpoint=hub.url, retry_delay_s=0.2) as other:
+        for epoch, version_dir in sorted(other_run_versions.items()):
+            other.publish(version_dir, epoch=epoch)
+    return dict(hub.repos[REPO_ID].tags), hub.history(REPO_ID)
+
+
+def test_a_version_is_never_published_over_another_runs_repo(hub, publisher, versions, repo_of_another_run,
+                                                             log_records):
+    """A new run pointed at a used repo deleted the other run's epoch-000003 tag and took it over, and main mixed
+    the two runs."""
+    tags, history = repo_of_another_run
+    version_dir, _ = versions[0]
+    before = snapshot(version_dir)
+    hub.requests.clear()
+
+    future = publisher.publish_async(version_dir, epoch=3)
+    with pytest.raises(HubRunConflictError) as raised:
+        future.result(timeout=20)
+
+    message = str(raised.value)
+    assert f"not publishing epoch-000003 to the Hub repo {REPO_ID}: its main holds a version of another run " \
+           f"(run 'other', recipe fingerprint {Recipe(run={'id': 'other'}).fingerprint[:16]}" in message
+    assert f"The version stays published in {version_dir}" in message and "checkpoint.hub_repo_id" in message
+    assert [(record.levelno, record.getMessage()) for record in log_records] == [(logging.WARNING, message)]
+    assert hub.repos[REPO_ID].tags == tags and hub.history(REPO_ID) == history
+    assert uploads_and_tag_changes(hub) == []
+    assert snapshot(version_dir) == before
+
+
+def test_a_tag_of_another_run_is_never_moved_even_when_main_is_free(hub, publisher, versions, repo_of_another_run):
+    tags, _ = repo_of_another_run
+    api = huggingface_hub.HfApi(endpoint=hub.url, token=hub.write_token)
+    emptied = api.create_commit(REPO_ID, commit_message="Start afresh", operations=[
+        huggingface_hub.CommitOperationDelete(path_in_repo=name)
+        for name in hub.files(REPO_ID) if name != ".gitattributes"])  # the tags still hold the other run's versions
+    hub.requests.clear()
+
+    with pytest.raises(HubRunConflictError, match=r"its tag epoch-000003 holds a version of another run \(run "
+                                                  r"'other'"):
+        publisher.publish(versions[0][0], epoch=3)
+
+    assert hub.repos[REPO_ID].tags == tags and hub.resolve(REPO_ID, "main").oid == emptied.oid
+    assert uploads_and_tag_changes(hub) == []
+    assert publisher.publish(versions[0][0], epoch=4) == hub.resolve(REPO_ID, "epoch-000004").oid  # a free tag
+
+
+def test_ensure_repo_refuses_at_launch_a_repo_that_holds_another_run(hub, repo_of_another_run):
+    publisher = HubPublisher(REPO_ID, token=hub.write_token, endpoint=hub.url)
+    ours = Recipe(run={"id": "t"})
+
+    with pytest.raises(HubRunConflictError) as raised:
+        publisher.ensure_repo(run_id="t", recipe_fingerprint=ours.fingerprint)
+
+    assert str(raised.value) == (
+        f"the Hub repo {REPO_ID} holds versions of another run (run 'other', recipe fingerprint "
+        f"{Recipe(run={'id': 'other'}).fingerprint[:16]}; this one is run 't', recipe fingerprint "
+        f"{ours.fingerprint[:16]}), and a published version is never replaced: set checkpoint.hub_repo_id in the "
+        "recipe to a repo of this run's own (e.g. swarm-test/t), or remove it to publish locally only")
+    other = Recipe(run={"id": "other"})
+    publisher.ensure_repo(run_id="other", recipe_fingerprint=other.fingerprint)  # the same run, relaunched
+    changed = Recipe(run={"id": "other"}, limits={"max_epochs": 7})
+    assert changed.fingerprint != other.fingerprint
+    with pytest.raises(HubRunConflictError, match="run 'other'"):  # the same id with another recipe is another run
+        publisher.ensure_repo(run_id="other", recipe_fingerprint=changed.fingerprint)
+
+
+def test_ensure_repo_takes_a_new_or_empty_repo_for_any_run(hub):
+    publisher = HubPublisher(REPO_ID, token=hub.write_token, endpoint=hub.url)
+    publisher.ensure_repo(run_id="t", recipe_fingerprint=Recipe(run={"id": "t"}).fingerprint)
+    publisher.ensure_repo(run_id="u", recipe_fingerprint=Recipe(run={"id": "u"}).fingerprint)  # only .gitattributes
+    assert list(hub.files(REPO_ID)) == [".gitattributes"]
