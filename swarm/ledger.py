@@ -536,14 +536,14 @@ class LedgerTotals:
 
 
 def visible_text(text: str) -> str:
-    """`text` with each character a terminal or editor would not show as itself written as its Python escape.
+    r"""`text` with each character a terminal or editor would not show as itself written as its Python escape.
 
     Names and teams in a ledger are chosen by volunteers (and entries written before the records' schema checked
     them may hold anything): an ESC, a carriage return or a bidi override would recolour, overwrite or reorder what
     an auditor reads.
 
-    >>> visible_text("ada\x1b[31m\u202e")
-    'ada\\x1b[31m\\u202e'
+    >>> print(visible_text("ada\x1b[31m\u202e"))
+    ada\x1b[31m\u202e
     """
     if text.isprintable():
         return text
