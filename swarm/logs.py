@@ -43,7 +43,8 @@ def setup_logging(verbose: bool = False, libraries: bool = True) -> None:
     get_logger("hivemind").setLevel(logging.DEBUG if verbose else logging.WARNING)
     if not verbose:  # installed before hivemind forks its DHT and averager processes, which inherit them
         for logger, noise_filter in ((get_logger("hivemind.dht.dht"), _CommandsFromExitedProcesses),
-                                     (logging.getLogger("asyncio"), _HarmlessAsyncioReports)):
+                                     (logging.getLogger("asyncio"), _HarmlessAsyncioReports),
+                                     *((get_logger(name), _HivemindInOneLine) for name in _HIVEMIND_IN_ONE_LINE)):
             if not any(isinstance(f, noise_filter) for f in logger.filters):
                 logger.addFilter(noise_filter())
         # hivemind's state averager steps the scheduler up to the loaded epoch before any optimizer step, on every
@@ -54,6 +55,38 @@ def setup_logging(verbose: bool = False, libraries: bool = True) -> None:
     import transformers
 
     transformers.logging.set_verbosity_error()
+
+
+_HIVEMIND_IN_ONE_LINE = ("hivemind.averaging.averager", "hivemind.averaging.partition", "hivemind.dht.dht")
+
+
+class _HivemindInOneLine(logging.Filter):
+    """hivemind's reports of what swarm reports itself, in its own words, or that need no traceback.
+
+    On a slow or flaky link a healthy volunteer's log got hivemind's tracebacks for a round that failed ("Unable to
+    run All-Reduce:" with an empty reason, then 30 lines) and for a state download from a busy peer, plus "Reducer:
+    received 50.0% of input tensors" next to swarm's own warning about the same partial round. They read as crashes.
+    A failed round or download stays one line (with its error), partial rounds and hivemind's slow shutdowns of its
+    own processes at exit are left to swarm's messages; `--verbose` shows everything.
+    """
+
+    _LEFT_OUT = ("Reducer: received", "Averaging: received", "DHT did not shut down within the grace period",
+                 "Averager did not shut down within the grace period")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message.startswith(self._LEFT_OUT):
+            return False
+        if record.exc_info and record.exc_info[1] is not None and (
+                message.startswith(("Unable to run All-Reduce", "Failed to download state from"))
+                or isinstance(record.exc_info[1], (asyncio.CancelledError, ConnectionError, TimeoutError))):
+            error = record.exc_info[1]
+            cause = error.__cause__ or error.__context__
+            reason = str(error) if str(error).rstrip(": ") != "Unable to run All-Reduce" else (
+                f"Unable to run All-Reduce: {type(cause).__name__ if cause is not None else type(error).__name__}")
+            record.msg, record.args = (message if not message.endswith(": ") else reason), None
+            record.exc_info, record.exc_text = None, None
+        return True
 
 
 class _CommandsFromExitedProcesses(logging.Filter):
@@ -90,6 +123,12 @@ class _HarmlessAsyncioReports(logging.Filter):
         message = record.getMessage()
         if message.startswith("Task was destroyed but it is pending!"):
             return False
+        if message.startswith(("Future exception was never retrieved", "Task exception was never retrieved")) and (
+                record.exc_info):
+            # a p2p stream whose peer hung up (a member left mid-round, a slow link reset): nobody awaited its reply
+            error, codes = record.exc_info[1], [frame.f_code for frame, _ in traceback.walk_tb(record.exc_info[2])]
+            in_p2p = any(os.path.join("hivemind", "p2p") in code.co_filename for code in codes)
+            return not (isinstance(error, (asyncio.IncompleteReadError, ConnectionError)) and in_p2p)
         if not message.startswith("Unhandled exception in client_connected_cb") or not record.exc_info:
             return True
         error = record.exc_info[1]

@@ -130,3 +130,72 @@ def test_hivemind_stream_closes_pending_tasks_and_state_load_warning_hidden_unle
     else:
         assert not [line for line in noise if line in run.stderr] and warned == 1, run.stderr[-3000:]
         assert run.stderr.count("Unhandled exception in client_connected_cb") == 1, run.stderr[-3000:]
+
+
+# What a volunteer on a slow or flaky link logged, through hivemind's own loggers and calls, in a process forked after
+# the logging setup as hivemind's averagers are: a round cut short, a state download that failed, a partial round,
+# a reply nobody awaited from a peer that hung up; next to them, a hivemind error of another kind.
+HIVEMIND_ON_A_FLAKY_LINK = """
+import asyncio, multiprocessing, sys
+from swarm.logs import setup_logging
+setup_logging(verbose=sys.argv[1] == "verbose")
+from hivemind.averaging.matchmaking import MatchmakingException
+from hivemind.p2p import P2P
+from hivemind.proto import dht_pb2
+from hivemind.utils.logging import get_logger
+
+averager, partition = get_logger("hivemind.averaging.averager"), get_logger("hivemind.averaging.partition")
+
+async def a_reply_from_a_peer_that_hung_up():
+    reader = asyncio.StreamReader()
+    reader.set_exception(ConnectionResetError(104, "Connection reset by peer"))
+    reply = asyncio.get_running_loop().create_future()
+    try:
+        await P2P.receive_protobuf(dht_pb2.PingResponse, reader)
+    except ConnectionResetError as error:
+        reply.set_exception(error)
+    del reply  # never awaited: asyncio reports it when it is collected
+
+def hivemind_process():
+    try:  # as hivemind's averager reports a round whose all-reduce was cancelled
+        try:
+            raise asyncio.CancelledError()
+        except asyncio.CancelledError as error:
+            raise MatchmakingException(f"Unable to run All-Reduce: {error}")
+    except MatchmakingException as error:
+        averager.exception(error)
+    try:
+        raise TimeoutError()
+    except TimeoutError as error:
+        averager.exception(f"Failed to download state from QmPeer - {repr(error)}")
+    partition.warning("Reducer: received 50.0% of input tensors")
+    asyncio.run(a_reply_from_a_peer_that_hung_up())
+    try:
+        raise ValueError("an averager bug")
+    except ValueError as error:
+        averager.exception(error)
+    print("the process exited normally", file=sys.stderr)
+
+process = multiprocessing.get_context("fork").Process(target=hivemind_process)
+process.start()
+process.join()
+print("exit code", process.exitcode)
+"""
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("verbose", [False, True])
+def test_a_flaky_links_round_and_download_failures_are_one_line_each_unless_verbose(verbose):
+    run = subprocess.run([sys.executable, "-c", HIVEMIND_ON_A_FLAKY_LINK, "verbose" if verbose else "normal"],
+                         cwd=REPO, capture_output=True, text=True, timeout=100)
+    assert "exit code 0" in run.stdout and "the process exited normally" in run.stderr, run.stderr[-3000:]
+    log = run.stderr
+    assert "an averager bug" in log and "ValueError: an averager bug" in log, log  # another error keeps its traceback
+    if verbose:
+        assert "Reducer: received 50.0%" in log and "Future exception was never retrieved" in log, log
+        assert log.count("Traceback") >= 4, log
+        return
+    assert "Unable to run All-Reduce: CancelledError" in log, log
+    assert "Failed to download state from QmPeer - TimeoutError()" in log, log
+    assert log.count("Traceback") == 1, log  # the averager bug's
+    assert "Reducer: received" not in log and "never retrieved" not in log and "ConnectionResetError" not in log, log
