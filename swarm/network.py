@@ -67,6 +67,12 @@ def listen_addresses(host: str = "0.0.0.0", port: int = 0, announce_host: str | 
 
     >>> listen_addresses("0.0.0.0", 31337, "127.0.0.1")
     (['/ip4/0.0.0.0/tcp/31337'], ['/ip4/127.0.0.1/tcp/31337'])
+
+    `::` listens on every interface of both families, as the kernel's own default for `::` does: the p2p daemon's
+    IPv6 socket alone would take no IPv4 volunteer.
+
+    >>> listen_addresses("::", 31337)
+    (['/ip6/::/tcp/31337', '/ip4/0.0.0.0/tcp/31337'], [])
     """
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
         raise UsageError(f"--port {port}: use a TCP port from 1 to 65535, or 0 for any free port")
@@ -74,8 +80,10 @@ def listen_addresses(host: str = "0.0.0.0", port: int = 0, announce_host: str | 
         listen_ip = ipaddress.ip_address(host.strip("[]"))
     except ValueError:
         raise UsageError(f"--host {host!r} is not an IP address: use 0.0.0.0 to listen on every IPv4 interface (:: "
-                         "on every IPv6 one), or one of this machine's addresses") from None
+                         "on every interface, IPv6 and IPv4), or one of this machine's addresses") from None
     listen = [_multiaddr(listen_ip, port)]
+    if listen_ip == ipaddress.IPv6Address("::"):
+        listen.append(_multiaddr(ipaddress.IPv4Address("0.0.0.0"), port))
     if not announce_host:
         return listen, []
     if client_mode:
@@ -144,22 +152,24 @@ def check_listen_port(host: str, port: int, fix: str = LAUNCH_PORT_FIX) -> None:
     """
     listen_addresses(host, port)  # a malformed --host or --port is named as such
     listen_ip = ipaddress.ip_address(host.strip("[]"))
-    family = socket.AF_INET6 if listen_ip.version == 6 else socket.AF_INET
-    try:
-        with socket.socket(family, socket.SOCK_STREAM) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:  # as the daemon (Go) listens on /ip6/: an IPv4 user of the port is no clash
-                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            probe.bind((str(listen_ip), port))
-    except OSError as error:
-        if error.errno == errno.EADDRINUSE:
-            raise _port_in_use(port, fix) from None
-        if error.errno == errno.EADDRNOTAVAIL:
-            raise UsageError(f"--host {host} is not an address of this machine: use 0.0.0.0 to listen on every "
-                             "interface, or one of this machine's own addresses") from None
-        if error.errno == errno.EACCES:
-            raise UsageError(f"--port {port}: ports below 1024 need administrator rights; {fix}") from None
-        # anything else: let the p2p daemon try, and report what it says
+    ips = [listen_ip] + ([ipaddress.IPv4Address("0.0.0.0")] if listen_ip == ipaddress.IPv6Address("::") else [])
+    for ip in ips:  # `::` listens on both families (listen_addresses)
+        family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+        try:
+            with socket.socket(family, socket.SOCK_STREAM) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:  # as the daemon (Go) listens on /ip6/: an IPv4 user is no clash
+                    probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                probe.bind((str(ip), port))
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                raise _port_in_use(port, fix) from None
+            if error.errno == errno.EADDRNOTAVAIL:
+                raise UsageError(f"--host {host} is not an address of this machine: use 0.0.0.0 to listen on every "
+                                 "interface, or one of this machine's own addresses") from None
+            if error.errno == errno.EACCES:
+                raise UsageError(f"--port {port}: ports below 1024 need administrator rights; {fix}") from None
+            # anything else: let the p2p daemon try, and report what it says
 
 
 def create_dht(
@@ -249,3 +259,40 @@ def join_addresses(dht: hivemind.DHT) -> list[str]:
         return 3 if ip.is_loopback else 2 if ip.is_private else 0
 
     return sorted(dict.fromkeys(addresses), key=rank)
+
+
+async def recontact(_dht, node, addresses: Sequence[str], timeout_s: float = 15.0) -> int:
+    """Dial each address (`/ip4/.../tcp/.../p2p/<id>`) again, ping it into the routing table, then re-walk the DHT
+    around this node's id; returns how many answered. Run with `dht.run_coroutine(partial(recontact, addresses=...))`.
+
+    A link down for a minute empties a DHT node's routing table (every request to every node fails), and hivemind
+    never bootstraps again by itself: once the link is back, the node knows nobody, and nobody's requests tell it
+    about the others. The dial goes through the p2p daemon with the addresses themselves, as its own records of them
+    may be gone too.
+    """
+    import asyncio
+
+    from hivemind.p2p import PeerID
+
+    by_peer: dict = {}
+    for address in addresses:
+        try:
+            multiaddr = Multiaddr(address)
+            peer = PeerID.from_base58(multiaddr["p2p"])
+            by_peer.setdefault(peer, []).append(multiaddr.decapsulate(Multiaddr(f"/p2p/{multiaddr['p2p']}")))
+        except Exception:  # not a full peer address: nothing to dial
+            continue
+    if not by_peer:
+        return 0
+
+    async def one(peer, multiaddrs) -> bool:
+        try:  # hivemind exposes no dial; its daemon client does
+            await asyncio.wait_for(node.p2p._client.connect(peer, multiaddrs), timeout_s)
+        except Exception as error:
+            logger.debug(f"Dialling {peer} failed: {error!r}")
+        return await node.protocol.call_ping(peer) is not None
+
+    answered = sum(await asyncio.gather(*(one(peer, multiaddrs) for peer, multiaddrs in by_peer.items())))
+    if answered:
+        await node.find_nearest_nodes([node.node_id])
+    return answered

@@ -7,6 +7,7 @@ import resource
 import socket
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from hivemind.utils import get_dht_time
 from swarm.errors import SwarmError, UsageError
 from swarm.identity import Identity
 from swarm.network import (JOIN_PORT_FIX, check_listen_port, create_dht, join_addresses, listen_addresses,
-                           parse_initial_peers, raise_fd_limit)
+                           parse_initial_peers, raise_fd_limit, recontact)
 
 PEER_ID = "QmYgMpCT1p8dQ5dCJxfaQZutoNA9Dp2wZYhTQa3RFr6JMu"
 PEER_ID_ED25519 = "12D3KooWGzh2yCMkP9vBj3R3n1GNLy9aT7rW6bQxZ5pA8cdEfUvX"
@@ -123,6 +124,31 @@ def test_join_addresses_name_the_peer_and_work_for_joining(first_node, tmp_path)
         assert second.peer_id != dht.peer_id
         second.store("network-test", "hello", expiration_time=get_dht_time() + 30)
         assert dht.get("network-test", latest=True).value == "hello"
+    finally:
+        second.shutdown()
+
+
+async def _forget_every_node(_dht, node) -> int:
+    """What a link down for a minute does to a DHT node: every request fails, and every node is dropped."""
+    table = node.protocol.routing_table
+    for node_id in list(table.uid_to_peer_id):
+        del table[node_id]
+    return len(table.uid_to_peer_id)
+
+
+def test_a_node_that_forgot_every_other_finds_the_swarm_again_by_recontacting_its_initial_peers(first_node, tmp_path):
+    dht, _ = first_node
+    second = create_dht(join_addresses(dht)[:1], host="127.0.0.1", identity=Identity.load_or_create(tmp_path / "b"))
+    try:
+        # as after a cut: each side dropped the other (else the first node's store would reach the second)
+        assert second.run_coroutine(_forget_every_node) == 0 and dht.run_coroutine(_forget_every_node) == 0
+        dht.store("after-the-cut", "hello", expiration_time=get_dht_time() + 30)
+        assert second.get("after-the-cut", latest=True) is None  # it knows nobody, and hivemind leaves it so
+        unreachable = f"/ip4/127.0.0.1/tcp/{free_port()}/p2p/{PEER_ID}"
+        assert second.run_coroutine(partial(recontact, addresses=[unreachable], timeout_s=5.0)) == 0
+        assert second.run_coroutine(partial(recontact, addresses=join_addresses(dht)[:1] + [unreachable],
+                                            timeout_s=5.0)) == 1
+        assert second.get("after-the-cut", latest=True).value == "hello"
     finally:
         second.shutdown()
 
@@ -267,7 +293,8 @@ def test_announce_host_is_refused_in_client_mode():
 def test_an_ip_v6_announce_host_needs_an_ip_v6_listener():
     with pytest.raises(UsageError, match=r"is IPv6 but --host listens on IPv4: pass --host ::"):
         listen_addresses("0.0.0.0", 31337, "2001:db8::1")
-    assert listen_addresses("::", 31337, "[2001:db8::1]") == (["/ip6/::/tcp/31337"], ["/ip6/2001:db8::1/tcp/31337"])
+    assert listen_addresses("::", 31337, "[2001:db8::1]") == (["/ip6/::/tcp/31337", "/ip4/0.0.0.0/tcp/31337"],
+                                                               ["/ip6/2001:db8::1/tcp/31337"])
 
 
 def _a_node_joining_through(address: str, host: str, reaches) -> None:
@@ -310,5 +337,19 @@ def test_ip_v6_addresses_listen_announce_and_join_as_ip6():
         address = f"/ip6/::1/tcp/{port}/p2p/{dht.peer_id.to_base58()}"
         assert address in join_addresses(dht)
         _a_node_joining_through(address, "::1", reaches=dht)
+    finally:
+        dht.shutdown()
+
+
+@pytest.mark.skipif(not _has_ipv6_loopback(), reason="this machine has no IPv6 loopback")
+def test_a_node_on_host_double_colon_takes_ip_v4_and_ip_v6_peers():
+    """`--host ::` listened on IPv6 alone: its banner showed only /ip6/ addresses, and IPv4 volunteers could not
+    reach it, though `::` means every interface of both families to the kernel."""
+    dht = create_dht([], host="::", port=free_port())
+    try:
+        addresses = join_addresses(dht)
+        for family, loopback in (("/ip4/", "127.0.0.1"), ("/ip6/", "::1")):
+            address = next(a for a in addresses if a.startswith(f"{family}{loopback}/"))
+            _a_node_joining_through(address, loopback, reaches=dht)
     finally:
         dht.shutdown()
