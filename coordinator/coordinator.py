@@ -28,6 +28,7 @@ import threading
 import time
 import types
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -44,8 +45,8 @@ from swarm.evaluation import validation_loss
 from swarm.identity import Identity
 from swarm.ledger import Ledger, key_fingerprint, load_or_create_signing_key
 from swarm.model import build_model, count_parameters, organiser_folders
-from swarm.network import create_dht, join_addresses
-from swarm.processes import share_with_forked_processes
+from swarm.network import create_dht, join_addresses, recontact
+from swarm.processes import keeping_ctrl_c, share_with_forked_processes
 from swarm.recipe import Recipe
 from swarm.tokenizer import build_tokenizer
 from coordinator.accounting import Accounting
@@ -73,6 +74,9 @@ LAST_CLAIMS_WAIT_S = 6.0
 # claims arrived, leaving whole epochs uncredited.
 FINALIZE_LAG_S = 12.0
 MAX_REMEMBERED_PEERS = 16
+MAX_PEERS_LEAVING_AT_ONCE = 4  # the coordinator looks for leaving peers only when this few are alive
+RECONTACT_AFTER_S = 30.0  # with no live peer for this long, the coordinator dials the peers it saw last...
+RECONTACT_PERIOD_S = 30.0  # ...and again at this period, until one reports
 PEER_ALIVE_S = 3 * 5.0  # a peer whose metrics are fresher than this is alive (peers publish every 5 s)
 
 # how the coordinator's watch ended
@@ -155,6 +159,13 @@ class Coordinator:
         # the organiser ends the run early (SIGUSR1): the peers finish the epoch in progress, which becomes the last
         self._end_requested = False
         self.end_epoch: int | None = None
+        self._remembered_addresses: list[str] = []  # peers' addresses from the state folder (run.json)
+        self._blind_since: float | None = None  # when the view last had no live peer (monotonic)
+        self._last_recontact = 0.0
+        self._said_last_leaving = False
+        self._hold_credit_until = 0.0  # no epoch is credited before this time (unix seconds): claims are on their way
+        self._samples_at_launch = 0  # the ledger's claimed samples when this coordinator opened it
+        self._samples_seen = 0  # samples the peers reported since (restarted peers' counts added, not subtracted)
 
     # ---------------------------------------------------------------- lifecycle
     def run(self) -> dict:
@@ -162,8 +173,8 @@ class Coordinator:
 
         Raises `SwarmError` if the coordinator's DHT process died under it (after saving what it could)."""
         try:
-            self._setup()
-            # after _setup: hivemind's averagers set SIGINT to SIG_IGN in this process when they start
+            with keeping_ctrl_c():  # until its handlers are installed, Ctrl-C raises KeyboardInterrupt: it stops at once
+                self._setup()
             self._install_signal_handlers()
             over = self._limit_reached()
             if over is not None:
@@ -184,6 +195,7 @@ class Coordinator:
         self._follow_the_runs_folders()
         self._check_settings()
         remembered = self._load_run_state()
+        self._remembered_addresses = list(remembered)
         if s.dashboard_port is not None:  # a port that is taken fails now, not after the data and the DHT are up
             self._check_dashboard_address()
         self.tokenizer = build_tokenizer(recipe.tokenizer)
@@ -212,7 +224,8 @@ class Coordinator:
         self._open_ledger()
         self.hub = HubPublisher.from_config(recipe.checkpoint)
         if self.hub is not None:
-            self.hub.ensure_repo()  # a missing token or repo fails now, not at the first checkpoint
+            # a missing token or repo, or a repo that holds another run's versions, fails now, not at the first version
+            self.hub.ensure_repo(run_id=recipe.run.id, recipe_fingerprint=recipe.fingerprint)
         self._announce()
         self._save_run_state()
         self._update_snapshot()
@@ -329,9 +342,11 @@ class Coordinator:
         self.ledger = Ledger.open(self.ledger_dir, key, run_id=self.recipe.run.id)
         last = self.ledger.last_epoch
         self.accounting.committed_epoch = -1 if last is None else last
+        self._samples_at_launch = sum(peer.claimed_samples for peer in self.ledger.totals.peers.values())
         logger.info(f"Ledger at {self.ledger_dir}: {self.ledger.tree_size} entries"
                     + (f", credited up to epoch {last}" if last is not None else "")
-                    + f" (key {key_fingerprint(key.public_key())[:16]})")
+                    + f"; its key's fingerprint, which auditors pin with `swarm ledger verify --public-key`, is "
+                      f"{key_fingerprint(key.public_key())}")
         if last is not None and 0 <= self.last_checkpoint_epoch < last:
             logger.info(f"The ledger credits epochs up to {last}, past the newest version (epoch "
                         f"{self.last_checkpoint_epoch}): if nobody is training now, volunteers start from that "
@@ -499,6 +514,7 @@ class Coordinator:
                 if time.monotonic() - self._last_announce > ANNOUNCE_PERIOD_S:
                     self._announce()
                 self._refresh_view()
+                self._recontact_if_blind()
                 if self.view.epoch != last_logged_epoch:
                     last_logged_epoch = self.view.epoch
                     self._log_progress()
@@ -512,7 +528,7 @@ class Coordinator:
                     logger.info(f"Run ended: {reached}" if self.end_epoch is not None else f"Run limit reached: {reached}")
                     self.stop_reason = reached
                     return FINISHED
-                if self._checkpoint_due():
+                if self._checkpoint_due() or self._last_peers_leaving():
                     self._publish_checkpoint()
                 self._write_status()
                 self.stop_event.wait(MONITOR_PERIOD_S)
@@ -523,6 +539,38 @@ class Coordinator:
             return DHT_LOST
         return STOPPED
 
+    def _recontact_if_blind(self) -> None:
+        """No peer has reported for a while: every volunteer left, or this machine's link was down long enough for
+        the DHT node to forget every other node, which it never finds again by itself (seen after a one-minute cut:
+        the coordinator stayed blind, with no credit and no versions, while the swarm trained on). Dial the peers it
+        saw last now and then; once one answers, the DHT shows the swarm again."""
+        now = time.monotonic()
+        if self._peers_alive():
+            if self._blind_since is not None and now - self._blind_since > RECONTACT_AFTER_S:
+                logger.info("Peers report again")
+                # the claims of the epochs that passed meanwhile come back with them: give them time to arrive
+                self._hold_credit_until = time.time() + FINALIZE_LAG_S
+            self._blind_since = None
+            return
+        if self._blind_since is None:
+            self._blind_since = now
+        if now - self._blind_since < RECONTACT_AFTER_S or now - self._last_recontact < RECONTACT_PERIOD_S:
+            return
+        addresses = []
+        for row in sorted(self.view.peers.values(), key=lambda m: -m.time):
+            addresses += [a for a in row.addresses if "/p2p/" in a][:2]
+        addresses = list(dict.fromkeys(addresses + self._remembered_addresses + list(self.settings.initial_peers)))
+        if not addresses:
+            return
+        if self._last_recontact == 0.0:
+            logger.info(f"No peer has reported for {now - self._blind_since:.0f} s: dialling the {len(addresses)} "
+                        f"address(es) seen last every {RECONTACT_PERIOD_S:.0f} s (if this machine's network dropped, "
+                        "the DHT forgot the swarm)")
+        self._last_recontact = now
+        answered = self._dht_call("the re-contacted peers", lambda: self.dht.run_coroutine(
+            partial(recontact, addresses=addresses[:MAX_REMEMBERED_PEERS]), return_future=True), timeout_s=30.0)
+        logger.debug(f"Re-contacted peers: {answered or 0} of {len(addresses)} answered")
+
     def _refresh_view(self) -> None:
         run_id = self.recipe.run.id
         now = get_dht_time()
@@ -532,6 +580,7 @@ class Coordinator:
         for peer_id, row in metrics.items():
             known = self.view.peers.get(peer_id)
             if known is None or row.time >= known.time:
+                self._count_new_samples(known, row)
                 self.view.peers[peer_id] = row
             if now - row.time < PEER_ALIVE_S:
                 self.accounting.observe_peer(peer_id)
@@ -591,6 +640,8 @@ class Coordinator:
         later epoch it did see; -1 while nothing is old enough.
         """
         now = time.time()
+        if now < self._hold_credit_until:
+            return self.accounting.committed_epoch
         settled = [epoch for epoch, window in self.accounting.windows.items() if now - window.first_seen >= FINALIZE_LAG_S]
         return min(max(settled, default=0) - 1, self.view.epoch - 1)
 
@@ -623,6 +674,27 @@ class Coordinator:
         if self.end_epoch > self.view.epoch:
             logger.info(f"Ending the run: the volunteers finish epoch {self.view.epoch}, then the final version is "
                         "saved and every epoch credited (press Ctrl-C to stop the coordinator at once instead)")
+
+    def _last_peers_leaving(self) -> bool:
+        """Every peer still training is leaving and waits for its state to be saved (records.LeavingRecord): the
+        swarm's progress since the newest version would otherwise leave with it."""
+        now = get_dht_time()
+        alive = [row.peer_id for row in self.view.peers.values() if now - row.time < PEER_ALIVE_S]
+        if not alive or len(alive) > MAX_PEERS_LEAVING_AT_ONCE:  # a swarm that large does not end with them
+            self._said_last_leaving = False
+            return False
+        leaving = records.parse_leaving(self._dht_call("the leaving peers", lambda: self.dht.get(
+            records.leaving_key(self.recipe.run.id), latest=True, return_future=True)), now)
+        if not all(peer in leaving for peer in alive):
+            self._said_last_leaving = False
+            return False
+        epoch = max(leaving[peer].epoch for peer in alive)  # theirs: a newcomer's progress is not in their state
+        if epoch <= self.last_checkpoint_epoch:
+            return False
+        if not self._said_last_leaving:
+            self._said_last_leaving = True
+            logger.info(f"The last peer training is leaving: saving its state (epoch {epoch}) as a version")
+        return True
 
     def _limit_reached(self) -> str | None:
         limits = self.recipe.limits
@@ -700,8 +772,21 @@ class Coordinator:
                            ledger_root=checkpoint.root_hash if checkpoint else None,
                            ledger_tree_size=checkpoint.tree_size if checkpoint else 0, top_contributors=top)
 
+    def _count_new_samples(self, known: records.PeerMetrics | None, row: records.PeerMetrics) -> None:
+        """A peer's `samples_total` counts from its process's start: one that restarted reports fewer, and its new
+        count is all new work. Summing the rows made the run's total fall at every restart (a counter that went
+        down, which Prometheus read as a burst of work) and forget whatever was trained before this launch."""
+        if known is None:  # first seen by this launch: its work so far is in the ledger's claims if it has any there
+            self._samples_seen += 0 if self.ledger is not None and row.peer_id in self.ledger.totals.peers else (
+                row.samples_total)
+            return
+        self._samples_seen += row.samples_total - known.samples_total if row.samples_total >= known.samples_total \
+            else row.samples_total
+
     def samples_total(self) -> int:
-        return sum(row.samples_total for row in self.view.peers.values())
+        """Samples the swarm trained: the ledger's claims as of this launch, plus what peers reported since. Only
+        grows while this coordinator runs."""
+        return self._samples_at_launch + self._samples_seen
 
     # ---------------------------------------------------------------- the end
     def _finish(self, outcome: str, already_over: bool = False) -> dict:

@@ -3,8 +3,9 @@
 Every value is a copy of what the snapshot says at scrape time; nothing is accumulated here. So the totals that
 only grow while one coordinator process runs (`swarm_samples_total`, `swarm_peer_samples_total`,
 `swarm_granted_samples_total`, ...) are exported as *counters* from a custom collector: `rate()` works on them,
-and a coordinator restart (or a peer that restarts and reports fewer samples) reads to Prometheus as a counter
-reset, which `rate()` already handles. Everything that can go up and down is a gauge.
+and a coordinator restart (or, for `swarm_peer_samples_total`, a peer that restarts and reports fewer samples) reads
+to Prometheus as a counter reset, which `rate()` already handles; the run's `swarm_samples_total` adds a restarted
+peer's new count rather than falling. Everything that can go up and down is a gauge.
 
 A value the snapshot does not have yet (a loss before the first report, a run without a ledger) is left out
 rather than exported as NaN, so a Grafana panel shows a gap instead of a misleading line.

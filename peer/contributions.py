@@ -38,6 +38,7 @@ class ContributionLog:
         self.open: dict[int, EpochWork] = {}
         self._unsaved: dict[int, str] = {}  # epoch -> its signed line, closed but not on disk yet
         self._write_error: OSError | None = None  # why the last write failed; None while the disk takes them
+        self._never_published: set[int] = set()  # epochs closed in this session that no record has carried yet
         self._load()
         self._check_writable()
 
@@ -117,6 +118,7 @@ class ContributionLog:
         signature = self.identity.signing_key.sign(body.encode()).hex()
         self._unsaved[work.epoch] = json.dumps({"work": work.dict(), "signature": signature}, sort_keys=True) + "\n"
         self.closed[work.epoch] = work  # published from memory whether or not the disk takes it
+        self._never_published.add(work.epoch)
         self._write_unsaved()
 
     def _write_unsaved(self) -> None:
@@ -158,8 +160,17 @@ class ContributionLog:
 
     def unpublished(self, ledger_epoch: int) -> list[EpochWork]:
         """Closed epochs the ledger has not committed, oldest first, as many as fit one DHT record."""
-        pending = [self.closed[e] for e in sorted(self.closed) if e > ledger_epoch]
-        return pending[:MAX_EPOCHS_PER_RECORD]
+        pending = [self.closed[e] for e in sorted(self.closed) if e > ledger_epoch][:MAX_EPOCHS_PER_RECORD]
+        self._never_published.difference_update(work.epoch for work in pending)
+        return pending
+
+    def missed(self, ledger_epoch: int) -> list[EpochWork]:
+        """Epochs closed in this session that no record carried before the ledger committed them: the coordinator
+        credited those epochs without this peer's claim (the machine was paused or cut off as they ended), and a
+        signed ledger never reopens an epoch. Each is returned once."""
+        missed = [self.closed[e] for e in sorted(self._never_published) if e <= ledger_epoch and e in self.closed]
+        self._never_published.difference_update(work.epoch for work in missed)
+        return missed
 
 
 def _is_full(error: OSError) -> bool:

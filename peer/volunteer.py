@@ -17,8 +17,8 @@ Tuning from the logs:
 
 from __future__ import annotations
 
-import asyncio
 import collections
+import contextlib
 import itertools
 import json
 import logging
@@ -28,6 +28,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -35,9 +36,7 @@ from pathlib import Path
 import hivemind
 import torch
 from hivemind.dht.crypto import RSASignatureValidator
-from hivemind.p2p import PeerID
 from hivemind.utils import get_dht_time
-from hivemind.utils.multiaddr import Multiaddr
 
 import swarm
 from swarm import records
@@ -46,8 +45,8 @@ from swarm.errors import SwarmError, UsageError
 from swarm.hardware import TrainingForward, background_torch_on_one_thread, pick_hardware, pick_micro_batch_size
 from swarm.identity import Identity
 from swarm.model import build_model, count_parameters, with_local_model
-from swarm.network import JOIN_PORT_FIX, create_dht, parse_initial_peers
-from swarm.processes import shared_memory_advice, shared_memory_problem
+from swarm.network import JOIN_PORT_FIX, create_dht, parse_initial_peers, recontact
+from swarm.processes import keeping_ctrl_c, shared_memory_advice, shared_memory_problem
 from swarm.recipe import Recipe, recipe_from_json
 from swarm.tokenizer import build_tokenizer
 from peer.collaboration import SwarmOptimizer, build_swarm_optimizer, shared_memory_needed
@@ -59,6 +58,8 @@ logger = logging.getLogger("swarm.peer")
 
 METRICS_PERIOD_S = 5.0
 SOLO_ROUNDS_BEFORE_RECONNECT = 3
+HAND_OVER_S = 60.0  # how long the last peer training waits, as it leaves, for the coordinator to save its state
+RECONTACT_PERIOD_S = 30.0  # how often a peer alone with an empty-looking swarm dials its initial peers again
 ANOTHER_RUN_GRACE_S = 10.0  # how long a swarm that serves other runs gets to show the one asked for
 
 
@@ -101,13 +102,6 @@ def _version_metadata(folder: Path) -> dict:
     return metadata if isinstance(metadata, dict) else {}
 
 
-async def _rebootstrap(_dht, node, initial_peers: list[str]) -> None:
-    """Re-ping the initial peers and re-walk the DHT around our own id: heals a routing table that split."""
-    peers = {PeerID.from_base58(Multiaddr(address)["p2p"]) for address in initial_peers}
-    await asyncio.gather(*(node.protocol.call_ping(peer) for peer in peers), return_exceptions=True)
-    await node.find_nearest_nodes([node.node_id])
-
-
 class Volunteer:
     """One volunteer process: `run()` returns when the run is over, the owner's limit is reached, or on a signal."""
 
@@ -117,11 +111,18 @@ class Volunteer:
         self._stop_requested = threading.Event()
         self._force_stop = threading.Event()
         self._reporter_stop = threading.Event()
+        self._epoch_closed = threading.Event()  # wakes the reporter to publish the claim of an epoch just closed
         self._resync_requested = threading.Event()
         self._training_over = threading.Event()  # set once the loop has stopped: no reconnects or re-syncs after it
         self._closed = threading.Event()  # run() has left the swarm
         self._closing = False
+        # until hivemind is up, Ctrl-C leaves at once (there is no epoch to finish), except while hivemind starts:
+        # interrupted there, it leaves threads and processes that keep the interpreter from exiting
+        self._starting = True
+        self._hivemind_starting = False
         self._said_hivemind_died = False
+        self._last_recontact = time.monotonic()  # the first re-contact of a lone peer comes a period after the start
+        self._said_cut_off = False
         self._addresses: list[str] = []
         self.dht: hivemind.DHT | None = None
         self.optimizer: SwarmOptimizer | None = None
@@ -133,12 +134,14 @@ class Volunteer:
     # ---------------------------------------------------------------- the whole life of a volunteer
     def run(self) -> LocalStats:
         try:
-            self._setup()
-            # after _setup: hivemind's averagers set SIGINT to SIG_IGN in this process when they start
-            self._install_signal_handlers()
+            self._install_signal_handlers()  # start-up (data, model, the state download) can take minutes
+            with keeping_ctrl_c():  # hivemind's averagers would drop it while they start
+                self._setup()
             threading.Thread(target=self._watch_hivemind_processes, name="swarm-process-watch", daemon=True).start()
+            self._starting = False
             self._sync_with_swarm()
             self._train()
+            self._hand_over_state()
         finally:
             self._close()
         return self.stats
@@ -272,9 +275,10 @@ class Volunteer:
         if problem is not None:
             raise SwarmError(problem)
         try:
-            self.optimizer = build_swarm_optimizer(self.dht, self.model, self.recipe, self.identity,
-                                                   self.micro_batch_size, client_mode=s.client_mode,
-                                                   reuse_grad_buffers=True)
+            with self._hivemind_starts():
+                self.optimizer = build_swarm_optimizer(self.dht, self.model, self.recipe, self.identity,
+                                                       self.micro_batch_size, client_mode=s.client_mode,
+                                                       reuse_grad_buffers=True)
         except RuntimeError as error:  # the estimate fell a little short, or something else filled /dev/shm
             if "shared memory" not in str(error):
                 raise
@@ -397,6 +401,8 @@ class Volunteer:
             logger.warning(f"Loading the swarm's state (attempt {attempt}) left this peer at epoch "
                            f"{self.optimizer.local_epoch}, the swarm is at {tracker.global_epoch}: trying again")
             time.sleep(2.0)
+        if self._stop_requested.is_set():
+            return
         logger.warning(f"Could not load the swarm's state within {self.recipe.collaboration.load_state_timeout_s:.0f} s "
                        "(collaboration.load_state_timeout_s): training from this peer's own weights; the next epoch "
                        "check tries again")
@@ -416,7 +422,12 @@ class Volunteer:
                 done.set()
 
         threading.Thread(target=load, name="load-state", daemon=True).start()
-        if not done.wait(timeout_s):
+        deadline = time.monotonic() + timeout_s
+        while not done.wait(min(0.5, max(0.0, deadline - time.monotonic()))):
+            if self._stop_requested.is_set():  # Ctrl-C while the state downloads: the owner need not wait for it
+                return False
+            if time.monotonic() < deadline:
+                continue
             logger.warning(f"No peer sent its state within {timeout_s:.0f} s (collaboration.load_state_timeout_s); "
                            "training on from the current weights")
             return False
@@ -431,6 +442,9 @@ class Volunteer:
             if self._stop_requested.is_set() and finishing_epoch is None:
                 finishing_epoch = self.optimizer.local_epoch
                 self._finish_deadline = time.monotonic() + self._finish_budget_s()
+                if self.stats.micro_steps == 0:
+                    logger.info("Stopping before training began: leaving now")
+                    break
                 logger.info("Stopping: finishing the current epoch so this peer's samples reach the swarm "
                             "(press Ctrl-C again to leave at once)")
             if finishing_epoch is not None and (self.optimizer.local_epoch > finishing_epoch
@@ -438,11 +452,14 @@ class Volunteer:
                                                 or self.optimizer.tracker.local_progress.samples_accumulated == 0):
                 break
             reason = self._stop_reason()
-            if reason:
+            if reason and reason.startswith("the run"):
                 logger.info(f"Stopping: {reason}")
-                if reason.startswith("the run"):
-                    self._serve_final_state()
+                self._serve_final_state()
                 break
+            if reason and not self._stop_requested.is_set():  # the owner's limit: leave as after Ctrl-C, the epoch
+                logger.info(f"Stopping: {reason}")  # in progress finished first (the other peers' round needs it)
+                self._stop_requested.set()
+                continue
             if self._resync_requested.is_set():
                 self._resync_requested.clear()
                 loading = time.perf_counter()
@@ -474,6 +491,7 @@ class Volunteer:
         self.contributions.add(epoch, batch.shape[0], elapsed)
         if self.optimizer.local_epoch != epoch:
             self.contributions.close_epochs_before(self.optimizer.local_epoch)
+            self._epoch_closed.set()
         if self.view is not None:
             self.view.on_step(self._snapshot)  # a callable: built only when the view actually refreshes
 
@@ -487,6 +505,45 @@ class Volunteer:
         if seconds > timeout:
             logger.info(f"Training waited {seconds:.0f} s for {cause}, longer than collaboration.averaging_timeout_s "
                         f"({timeout:g} s): peers or links were slow or gone")
+
+    def _hand_over_state(self) -> None:
+        """The last peer training leaves (Ctrl-C, --max-runtime): the swarm's progress since the newest version lives
+        only in its state, and the next volunteer would start from that older version, its epochs credited but
+        their training lost. Serve the state until the coordinator has saved it as a version, for a while."""
+        if self._force_stop.is_set() or self.stats.micro_steps == 0 or self._training_over.is_set():
+            return  # the run's end serves its final state already
+        try:
+            announcement = self._current_announcement()
+            alone = self._other_live_peers() == 0
+        except Exception as error:
+            logger.debug(f"Could not tell whether other peers train: {error!r}")
+            return
+        epoch = self.optimizer.local_epoch
+        newest = announcement.latest_version_epoch if announcement is not None else None
+        if not alone or announcement is None or announcement.status != "running" or (newest or -1) >= epoch:
+            return
+        logger.info(f"No other peer is training: waiting up to {HAND_OVER_S:.0f} s for the coordinator to save this "
+                    f"peer's state (epoch {epoch}) as a version, so the next volunteer starts from it (press Ctrl-C "
+                    "again to leave at once)")
+        deadline = time.monotonic() + HAND_OVER_S
+        leaving = records.LeavingRecord(peer_id=self.peer_id.to_base58(), epoch=epoch, time=float(get_dht_time()))
+        while time.monotonic() < deadline and not self._force_stop.is_set():
+            try:
+                self.dht.store(records.leaving_key(self.recipe.run.id), subkey=self._public_key,
+                               value=leaving.copy(update=dict(time=float(get_dht_time()))).dict(),
+                               expiration_time=get_dht_time() + 2 * HAND_OVER_S, return_future=True)
+                announcement = self._current_announcement()
+            except Exception as error:
+                logger.debug(f"Handing over the state: {error!r}")
+                announcement = None
+            newest = announcement.latest_version_epoch if announcement is not None else None
+            if newest is not None and newest >= epoch:
+                logger.info(f"The coordinator saved this peer's state as the version of epoch {newest}")
+                return
+            self._force_stop.wait(3.0)
+        if not self._force_stop.is_set():
+            logger.info("The coordinator did not save this peer's state in time: the next volunteer starts from the "
+                        "newest published version")
 
     def _serve_final_state(self, timeout_s: float = 120.0) -> None:
         """Stay reachable until the coordinator has fetched the final version (it downloads it from peers)."""
@@ -583,8 +640,17 @@ class Volunteer:
     def _report_periodically(self) -> None:
         """Background thread: DHT reads and writes can take seconds on real links; the training loop never waits."""
         background_torch_on_one_thread()  # its loss reads must not start a second OpenMP team (swarm.hardware)
-        while not self._reporter_stop.wait(METRICS_PERIOD_S):
+        next_report = time.monotonic() + METRICS_PERIOD_S
+        while not self._reporter_stop.is_set():
+            closed = self._epoch_closed.wait(max(0.0, next_report - time.monotonic()))
+            if self._reporter_stop.is_set():
+                break
             try:
+                if closed:  # its claim goes out now: a machine paused before the next report lost that credit
+                    self._epoch_closed.clear()
+                    self._publish_contributions()
+                    continue
+                next_report = time.monotonic() + METRICS_PERIOD_S
                 self._report()
                 self._check_not_alone()
             except Exception as error:
@@ -613,12 +679,22 @@ class Volunteer:
         announcement = self._current_announcement()
         if announcement is not None:
             self.announcement = announcement
+        self._say_missed_credit(self.contributions.missed(self.announcement.ledger_epoch))
         pending = self.contributions.unpublished(self.announcement.ledger_epoch)
         record = records.ContributionRecord(peer_id=self.peer_id.to_base58(), name=self.identity.name,
                                             team=self.identity.team, version=swarm.__version__,
                                             epochs=pending, time=float(get_dht_time()))
         self.dht.store(records.contributions_key(self.recipe.run.id), subkey=self._public_key, value=record.dict(),
                        expiration_time=get_dht_time() + records.CONTRIBUTIONS_TTL_S, return_future=True)
+
+    def _say_missed_credit(self, missed: list) -> None:
+        if not missed:
+            return
+        epochs = (f"epoch {missed[0].epoch}" if len(missed) == 1
+                  else f"epochs {', '.join(str(work.epoch) for work in missed)}")
+        logger.warning(f"This peer's work in {epochs} ({sum(work.samples for work in missed)} samples) reached the "
+                       f"swarm only after the coordinator had credited {'it' if len(missed) == 1 else 'them'}: this "
+                       "machine was paused or cut off as the epoch ended, so that work is not credited")
 
     def _current_announcement(self) -> records.RunAnnouncement | None:
         return records.read_announcements(self.dht.get(records.RUNS_KEY, latest=True)).get(self.recipe.run.id)
@@ -633,22 +709,47 @@ class Volunteer:
     def _check_not_alone(self) -> None:
         """hivemind swarms started at the same moment have been seen to split and train apart silently."""
         rounds = self.optimizer.rounds
-        if rounds.consecutive_solo < SOLO_ROUNDS_BEFORE_RECONNECT or self._training_over.is_set():
+        solo = rounds.consecutive_solo  # read once: the training thread resets it when a round averages
+        if solo < SOLO_ROUNDS_BEFORE_RECONNECT or self._training_over.is_set():
             return
         others = self._other_live_peers()
         if others == 0:
+            self._recontact_when_cut_off()
             return
-        logger.warning(f"Training alone for {rounds.consecutive_solo} rounds while the swarm has {others} other "
+        logger.warning(f"Training alone for {solo} rounds while the swarm has {others} other "
                        "peer(s): reconnecting to the initial peers and re-syncing the state")
         self.stats.reconnects += 1
         rounds.consecutive_solo = 0
         try:
-            self.dht.run_coroutine(partial(_rebootstrap, initial_peers=self.initial_peers))
+            self.dht.run_coroutine(partial(recontact, addresses=self.initial_peers))
         except Exception as error:
             logger.warning(f"Reconnecting failed ({error!r}); will retry after the next rounds")
             return
         if self.optimizer.tracker.global_epoch > self.optimizer.local_epoch:
             self._resync_requested.set()  # the training thread loads the state between micro-steps
+
+    def _recontact_when_cut_off(self) -> None:
+        """Alone, and the DHT shows no other peer: the swarm may have emptied, or this peer's link was down long
+        enough for its DHT node to forget every other node, which it never finds again by itself (seen after a
+        one-minute cut: the peer trained alone for good, with no word). Dial the initial peers now and then; once
+        they answer, the DHT shows the others, and the check above re-syncs with them."""
+        now = time.monotonic()
+        if now - self._last_recontact < RECONTACT_PERIOD_S:
+            return
+        self._last_recontact = now
+        try:
+            answered = self.dht.run_coroutine(partial(recontact, addresses=self.initial_peers))
+        except Exception as error:
+            logger.debug(f"Re-contacting the initial peers failed: {error!r}")
+            answered = 0
+        if answered == 0 and not self._said_cut_off:
+            self._said_cut_off = True
+            logger.warning(f"Training alone, and none of the initial peers answers: this machine's network may be "
+                           f"down, or the swarm has no one else now. Trying them again every {RECONTACT_PERIOD_S:.0f} "
+                           "s meanwhile")
+        elif answered and self._said_cut_off:
+            self._said_cut_off = False
+            logger.info(f"{answered} initial peer(s) answer again: looking for the swarm's other peers")
 
     def _write_stats(self) -> None:
         if not self.settings.stats_file:
@@ -669,11 +770,36 @@ class Volunteer:
         os.replace(tmp, path)
 
     # ---------------------------------------------------------------- leaving
+    @contextlib.contextmanager
+    def _hivemind_starts(self) -> Iterator[None]:
+        """A Ctrl-C during start-up waits for the end of this block: hivemind interrupted while it builds its optimizer
+        leaves threads and processes behind that keep the interpreter from exiting."""
+        self._hivemind_starting = True
+        try:
+            yield
+        finally:
+            self._hivemind_starting = False
+        if self._stop_requested.is_set():
+            raise KeyboardInterrupt
+
     def _install_signal_handlers(self) -> None:
         if threading.current_thread() is not threading.main_thread():
             return
 
         def handle(signum, _frame):
+            if self._starting:
+                name = signal.Signals(signum).name
+                if self._stop_requested.is_set():
+                    logger.info(f"{name} again: leaving at once")
+                    logging.shutdown()
+                    os._exit(130)  # hivemind's processes die with this one (swarm.processes)
+                self._stop_requested.set()
+                if self._hivemind_starting:
+                    logger.info(f"Stopping ({name}) during start-up: leaving as soon as hivemind has started, in a "
+                                "few seconds (press Ctrl-C again to leave at once)")
+                    return
+                logger.info(f"Stopping ({name}) during start-up: nothing is trained yet, so this peer leaves now")
+                raise KeyboardInterrupt
             if self._stop_requested.is_set():
                 self._force_stop.set()
                 raise KeyboardInterrupt
@@ -686,6 +812,7 @@ class Volunteer:
         dead = self._dead_hivemind_processes() if self.optimizer is not None else {}
         self._closing = True  # the averagers and the DHT shut down now: the process watch must not take it for death
         self._reporter_stop.set()
+        self._epoch_closed.set()
         if dead:  # hivemind's calls and its threads would wait on the dead processes forever
             self._say_hivemind_died(dead)
             self._leave_now()

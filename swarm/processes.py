@@ -30,6 +30,7 @@ frees the tensor and cannot unlink the file, very likely what killed a CI run of
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import functools
@@ -40,6 +41,7 @@ import shutil
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 _PR_SET_PDEATHSIG = 1
@@ -62,9 +64,44 @@ def _leave_the_terminals_job() -> None:
         pass
 
 
+def _signals_as_hivemind_expects() -> None:
+    """A forked child ignores Ctrl-C (its parent stops it through hivemind's shutdown) and dies of SIGTERM, whatever
+    handlers its parent had installed: a child of a volunteer that set its handlers before starting hivemind would
+    otherwise run them."""
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    except (ValueError, OSError):  # forked from a thread that is not the interpreter's main thread
+        pass
+
+
 def _after_fork_in_child() -> None:
     _die_with_parent()
     _leave_the_terminals_job()
+    _signals_as_hivemind_expects()
+
+
+@contextlib.contextmanager
+def keeping_ctrl_c() -> Iterator[None]:
+    """While hivemind starts its averagers in this process, keep its Ctrl-C handler.
+
+    `DecentralizedAverager.run_in_background` sets SIGINT to SIG_IGN in the parent so that the forked averager
+    inherits it, and never sets it back: a Ctrl-C from then until the caller installed its handlers again (the rest
+    of a volunteer's start-up) was dropped without a word. Forked children ignore SIGINT anyway
+    (`_signals_as_hivemind_expects`), so that setting is skipped here.
+    """
+    original, pid = signal.signal, os.getpid()
+
+    def guarded(signum, handler):
+        if signum == signal.SIGINT and handler is signal.SIG_IGN and os.getpid() == pid:
+            return signal.getsignal(signal.SIGINT)
+        return original(signum, handler)
+
+    signal.signal = guarded
+    try:
+        yield
+    finally:
+        signal.signal = original
 
 
 if sys.platform.startswith("linux"):

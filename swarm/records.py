@@ -169,6 +169,19 @@ class PeerMetrics(BaseModel):
     addresses: conlist(constr(max_length=256, strict=True, regex=_PLAIN_TEXT), max_items=8)
 
 
+class LeavingRecord(BaseModel):
+    """Published by the last peer training as it leaves: it serves its state (of `epoch`) until the coordinator has
+    saved it as a version, since it holds the swarm's progress since the newest one.
+
+    A record of its own rather than a field of PeerMetrics: hivemind's schema check compares a row with its parsed
+    form, so a new field, even with a default, would make every node refuse the rows of older peers.
+    """
+
+    peer_id: _PeerId
+    epoch: conint(ge=0, strict=True)
+    time: StrictFloat
+
+
 class EpochWork(BaseModel):
     """What one peer did in one swarm epoch (its claim; the coordinator decides what is granted)."""
 
@@ -190,6 +203,7 @@ class ContributionRecord(BaseModel):
 class _RunSchema(BaseModel):
     metrics: Dict[BytesWithPublicKey, Optional[PeerMetrics]]
     contributions: Dict[BytesWithPublicKey, Optional[ContributionRecord]]
+    leaving: Dict[BytesWithPublicKey, Optional[LeavingRecord]]
 
 
 def metrics_key(run_id: str) -> str:
@@ -198,6 +212,25 @@ def metrics_key(run_id: str) -> str:
 
 def contributions_key(run_id: str) -> str:
     return f"{run_id}_contributions"
+
+
+def leaving_key(run_id: str) -> str:
+    return f"{run_id}_leaving"
+
+
+def parse_leaving(entries, now: float, max_age_s: float = 30.0) -> dict[str, LeavingRecord]:
+    """{peer_id: record} of the peers that said they are leaving within `max_age_s`; bad rows are skipped."""
+    result = {}
+    if entries is None or not isinstance(getattr(entries, "value", None), dict):
+        return result
+    for item in entries.value.values():
+        try:
+            record = LeavingRecord.parse_obj(item.value)
+        except Exception:
+            continue
+        if now - record.time < max_age_s:
+            result[record.peer_id] = record
+    return result
 
 
 class _VerdictCache:

@@ -28,6 +28,25 @@ def test_closed_epochs_are_read_back_after_a_restart(tmp_path):
     assert [work.epoch for work in reopened.unpublished(ledger_epoch=0)] == [1, 2]
 
 
+def test_an_epoch_the_ledger_committed_before_any_record_carried_its_claim_is_named_once(tmp_path):
+    """A volunteer paused (a laptop's lid closed) between closing an epoch and publishing its claim found, on
+    resume, the ledger past that epoch: the claim was dropped without a word while its log counted the samples."""
+    identity = Identity.load_or_create(tmp_path / "identity")
+    log = ContributionLog(tmp_path / "run", identity)
+    for epoch in range(4):
+        log.add(epoch, samples=16, compute_s=0.5)
+    log.close_epochs_before(2)
+    assert [work.epoch for work in log.unpublished(ledger_epoch=-1)] == [0, 1]  # published in time
+    log.close_epochs_before(4)  # epochs 2 and 3 close; the machine sleeps before its next report
+    assert log.missed(ledger_epoch=1) == []  # the ledger has not reached them: they still go out
+    assert [(work.epoch, work.samples) for work in log.missed(ledger_epoch=2)] == [(2, 16)]
+    assert log.missed(ledger_epoch=2) == []  # named once
+    assert [work.epoch for work in log.unpublished(ledger_epoch=2)] == [3]
+    assert log.missed(ledger_epoch=9) == []  # 3 was carried by a record: whatever became of it, it was not late
+    # epochs read back after a restart were published by the session that closed them
+    assert ContributionLog(tmp_path / "run", identity).missed(ledger_epoch=9) == []
+
+
 def test_a_replaced_signing_key_is_said_once_not_once_per_line(tmp_path, caplog):
     """Deleting signing_key.der made a new key without a word, then one warning per old line (thousands on a long
     run), none of which said that the key had changed."""

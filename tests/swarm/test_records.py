@@ -460,3 +460,16 @@ def test_a_peer_that_withdrew_its_progress_row_is_not_counted_as_live(swarm):
     # a peer that comes back reports progress again, and counts again
     assert store(alice, alice_key, dict(epoch=4), key=progress_key)
     assert set(live_seen_by(bob)) == {alice.peer_id.to_base58(), bob.peer_id.to_base58()}
+
+
+def test_a_leaving_peers_signed_record_is_read_while_fresh_and_cannot_be_forged(swarm):
+    alice, bob, (alice_key, bob_key) = swarm
+    key = records.leaving_key(RUN_ID)
+    now = float(get_dht_time())
+    row = dict(peer_id=alice.peer_id.to_base58(), epoch=21, time=now)
+    assert store(alice, alice_key, row, key=key)
+    assert not store(bob, alice_key, dict(row, epoch=99), key=key), "only alice's key writes under alice's subkey"
+    assert not store(bob, bob_key, dict(row, epoch=-1), key=key), "the schema holds"
+    leaving = records.parse_leaving(bob.get(key, latest=True), now=now + 1)
+    assert leaving == {alice.peer_id.to_base58(): records.LeavingRecord(**row)}
+    assert records.parse_leaving(bob.get(key, latest=True), now=now + 60) == {}  # stale: it has left since

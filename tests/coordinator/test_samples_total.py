@@ -1,0 +1,51 @@
+"""The run's sample count, as the dashboard, /metrics (a counter) and the summary show it."""
+
+from __future__ import annotations
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from coordinator.coordinator import Coordinator
+from swarm import records
+from swarm.ledger import Ledger, LedgerEntry
+
+
+def _row(peer_id: str, samples_total: int, time: float) -> records.PeerMetrics:
+    return records.PeerMetrics(
+        peer_id=peer_id, name="ada", team="t", epoch=3, samples_total=samples_total, samples_per_second=40.0, loss=2.5,
+        averaged_rounds=2, solo_rounds=0, last_group_size=2, device="cpu", version="0.1.0", time=time,
+        client_mode=False, addresses=[])
+
+
+def _counting_coordinator(ledger: Ledger) -> Coordinator:
+    coordinator = Coordinator.__new__(Coordinator)  # the counting alone: no DHT, data or model
+    coordinator.ledger = ledger
+    coordinator._samples_at_launch = sum(peer.claimed_samples for peer in ledger.totals.peers.values())
+    coordinator._samples_seen = 0
+    return coordinator
+
+
+def test_a_restarted_peers_new_count_adds_to_the_total_instead_of_lowering_it(tmp_path):
+    """The total summed the peers' own counts, which restart at 0 with their process: it fell from 1360 to 768 when
+    a volunteer restarted, and Prometheus read the fall as a counter reset, a burst of 768 samples."""
+    coordinator = _counting_coordinator(Ledger.open(tmp_path / "ledger", Ed25519PrivateKey.generate(), run_id="r"))
+    rows, seen = {}, []
+    for peer, samples, time in [("QmAda", 100, 1.0), ("QmBob", 50, 1.0), ("QmAda", 400, 2.0), ("QmBob", 90, 2.0),
+                                ("QmAda", 16, 3.0),  # ada restarted: 16 new samples
+                                ("QmAda", 64, 4.0)]:
+        row = _row(peer, samples, time)
+        coordinator._count_new_samples(rows.get(peer), row)
+        rows[peer] = row
+        seen.append(coordinator.samples_total())
+    assert seen == [100, 150, 450, 490, 506, 554]
+
+
+def test_a_relaunched_coordinator_counts_on_from_the_ledgers_claims(tmp_path):
+    key = Ed25519PrivateKey.generate()
+    ledger = Ledger.open(tmp_path / "ledger", key, run_id="r")
+    ledger.commit_epoch([LedgerEntry(run_id="r", epoch=0, peer_id="QmAda", name="ada", team="t", claimed_samples=256,
+                                     granted_samples=256, reason="", compute_s=3.0, timestamp=1.7e9)])
+    coordinator = _counting_coordinator(ledger)
+    coordinator._count_new_samples(None, _row("QmAda", 300, 1.0))  # its first 256 are the ledger's claim already
+    assert coordinator.samples_total() == 256
+    coordinator._count_new_samples(None, _row("QmNew", 40, 1.0))  # a peer the ledger has never credited
+    assert coordinator.samples_total() == 296
