@@ -132,7 +132,7 @@ def join(
     announce_host: Optional[str] = typer.Option(
         None, envvar="SWARM_ANNOUNCE_HOST",
         help="Public IP address or host name to advertise (needs a fixed --port; a name is resolved at start)."),
-    client_mode: bool = typer.Option(False, envvar="SWARM_CLIENT_MODE",
+    client_mode: bool = typer.Option(False, "--client-mode", envvar="SWARM_CLIENT_MODE",
                                      help="Behind NAT/firewall: only connect out (others cannot reach this peer)."),
     cache_dir: Optional[Path] = typer.Option(None, envvar="SWARM_CACHE_DIR", help="Tokenised data cache."),
     data_dir: Optional[Path] = typer.Option(
@@ -189,7 +189,7 @@ def demo(
     max_duration: float = typer.Option(540.0, min=10, help="Stop training after this many seconds even if the "
                                                            "epochs are not done (slow or busy machines)."),
     recipe: Path = typer.Option(Path(__file__).resolve().parent.parent / "recipes" / "tiny-stdlib.yaml",
-                                help="Recipe to run (default: the embedded tiny-stdlib)."),
+                                show_default=False, help="Recipe to run (default: the embedded tiny-stdlib)."),
     output: Optional[Path] = typer.Option(None, help="Output folder, new or empty (default: demo-output/<time>)."),
     verbose: VerboseOption = False,
 ):

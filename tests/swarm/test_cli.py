@@ -228,3 +228,15 @@ def test_verbose_shows_the_traceback_of_an_error_that_is_otherwise_one_line(tmp_
     for completed in (verbose, top_level):
         assert completed.returncode == 2
         assert "Traceback" in completed.stderr and f"error: no ledger at {missing}" in completed.stderr
+
+
+@pytest.mark.parametrize("command", ["join", "launch", "demo", "ledger verify", "ledger show", "recipe validate"])
+def test_help_on_an_80_column_terminal_cuts_no_flag_or_environment_variable_name(command):
+    """At 80 columns `swarm join --help` showed `--micro-batch-s…` and `SWARM_INITIAL_PEE…`: the names to type were
+    unreadable (a `--no-client-mode` column took the width)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "80"}
+    completed = subprocess.run([sys.executable, "-m", "swarm.cli", *command.split(), "--help"], cwd=ROOT, env=env,
+                               capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0, completed.stderr
+    assert max(len(line) for line in completed.stdout.splitlines()) <= 80, completed.stdout
+    assert "…" not in completed.stdout, completed.stdout
