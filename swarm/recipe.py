@@ -488,7 +488,9 @@ class CollaborationConfig(_Section):
 class CheckpointConfig(_Section):
     """Where and how often the coordinator publishes the averaged model."""
 
-    dir: str = Field("runs/{run_id}/checkpoints", description="Local folder of published versions ({run_id} expands).")
+    dir: str = Field("runs/{run_id}/checkpoints",
+                     description="Local folder of published versions ({run_id} expands); a relative path starts at "
+                                 "the folder `swarm launch` runs in (`--checkpoint-dir` overrides it).")
     every_epochs: int = Field(50, ge=1, description="Publish a version every N swarm epochs (and at the end).")
     hub_repo_id: str | None = Field(None, description="Also upload each version to this Hub repo (needs HF_TOKEN).")
 
