@@ -74,6 +74,8 @@ LAST_CLAIMS_WAIT_S = 6.0
 # claims arrived, leaving whole epochs uncredited.
 FINALIZE_LAG_S = 12.0
 MAX_REMEMBERED_PEERS = 16
+HISTORY_FILE = "history.json"  # in the state folder: the dashboard's curves, across restarts
+HISTORY_SAVE_PERIOD_S = 10.0
 MAX_PEERS_LEAVING_AT_ONCE = 4  # the coordinator looks for leaving peers only when this few are alive
 RECONTACT_AFTER_S = 30.0  # with no live peer for this long, the coordinator dials the peers it saw last...
 RECONTACT_PERIOD_S = 30.0  # ...and again at this period, until one reports
@@ -163,7 +165,8 @@ class Coordinator:
         self._blind_since: float | None = None  # when the view last had no live peer (monotonic)
         self._last_recontact = 0.0
         self._said_last_leaving = False
-        self._hold_credit_until = 0.0  # no epoch is credited before this time (unix seconds): claims are on their way
+        self._hold_credit_until = 0.0
+        self._history_saved_at = 0.0  # no epoch is credited before this time (unix seconds): claims are on their way
         self._samples_at_launch = 0  # the ledger's claimed samples when this coordinator opened it
         self._samples_seen = 0  # samples the peers reported since (restarted peers' counts added, not subtracted)
 
@@ -408,6 +411,7 @@ class Coordinator:
             logger.warning(f"{path} belongs to another version of the recipe; starting the run clock anew")
             return []
         self.started_at = float(started_at)
+        self._load_history()
         ended_at = state.get("ended_at_epoch")
         if ended_at is not None:
             if not isinstance(ended_at, int) or isinstance(ended_at, bool) or ended_at < 0:
@@ -418,6 +422,26 @@ class Coordinator:
         logger.info(f"Resuming run {self.recipe.run.id!r} started {time.time() - self.started_at:.0f} s ago; "
                     f"re-joining through {len(addresses)} remembered peer address(es)")
         return addresses
+
+    def _save_history(self, now: bool = False) -> None:
+        """The dashboard's loss and throughput curves, kept in the state folder (at most every few seconds): a
+        restarted coordinator (an upgrade, a crash, systemd) showed them from its own start only."""
+        if not now and time.monotonic() - self._history_saved_at < HISTORY_SAVE_PERIOD_S:
+            return
+        self._history_saved_at = time.monotonic()
+        try:
+            _write_json(self.state_dir / HISTORY_FILE, self.epoch_history)
+        except OSError as error:
+            logger.debug(f"Could not save the dashboard's history: {error!r}")
+
+    def _load_history(self) -> None:
+        try:
+            rows = json.loads((self.state_dir / HISTORY_FILE).read_bytes())
+        except (OSError, ValueError):
+            return  # none yet, or unreadable: the curves start now
+        if isinstance(rows, list):
+            self.epoch_history = [row for row in rows if isinstance(row, dict) and isinstance(row.get("epoch"), int)
+                                  and isinstance(row.get("time"), (int, float))][-2000:]
 
     def _save_run_state(self) -> None:
         addresses = []
@@ -519,6 +543,7 @@ class Coordinator:
                     last_logged_epoch = self.view.epoch
                     self._log_progress()
                     self._save_run_state()
+                    self._save_history()
                 self._credit(self._finalizable_epoch())
                 self._update_snapshot()
                 if self._end_requested and self.end_epoch is None:
@@ -820,6 +845,7 @@ class Coordinator:
         if path is not None and self.settings.final_model_dir:
             _copy_version_files(path, Path(self.settings.final_model_dir))
         self._update_snapshot()
+        self._save_history(now=True)
         summary = self.summary()
         summary_file = Path(self.settings.summary_file) if self.settings.summary_file else None
         if summary_file is not None and not (already_over and summary_file.exists()):  # keep the run's own summary
@@ -993,7 +1019,7 @@ def volunteer_notes(recipe: Recipe) -> list[str]:
     return notes
 
 
-def _write_json(path: Path, data: dict) -> None:
+def _write_json(path: Path, data: dict | list) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True))

@@ -7,6 +7,7 @@ import os
 import re
 import signal
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -468,6 +469,11 @@ def test_a_coordinator_killed_mid_run_restarts_its_ledger_and_credits_the_epochs
 
     restarted = swarm.launch(recipe, port=swarm.port)
     restarted.wait_for(r"Resuming run 'e2e-outage'", timeout_s=60)
+    # the dashboard's curves go on from before the outage (they were lost at every restart)
+    url = restarted.wait_for(r"Dashboard at (http://\S+/) ", timeout_s=60).group(1)
+    with urllib.request.urlopen(url + "api/epochs", timeout=10) as response:
+        epochs = json.loads(response.read())
+    assert epochs and min(row["epoch"] for row in epochs) < credited_before, epochs[:5]
     assert restarted.wait(timeout_s=400) == 0, restarted.output[-3000:]
 
     report = verify_ledger(swarm.folder / "ledger")
