@@ -58,6 +58,7 @@ logger = logging.getLogger("swarm.peer")
 
 METRICS_PERIOD_S = 5.0
 SOLO_ROUNDS_BEFORE_RECONNECT = 3
+DHT_GET_TIMEOUT_S = 15.0  # the reporting thread's reads of the DHT give up after this
 HAND_OVER_S = 60.0  # how long the last peer training waits, as it leaves, for the coordinator to save its state
 RECONTACT_PERIOD_S = 30.0  # how often a peer alone with an empty-looking swarm dials its initial peers again
 ANOTHER_RUN_GRACE_S = 10.0  # how long a swarm that serves other runs gets to show the one asked for
@@ -667,12 +668,14 @@ class Volunteer:
             last_group_size=snapshot["last_group_size"], device=self.hardware.description[:64],
             version=swarm.__version__, time=float(get_dht_time()), client_mode=self.settings.client_mode,
             addresses=self._addresses)
-        self.dht.store(records.metrics_key(self.recipe.run.id), subkey=self._public_key, value=metrics.dict(),
-                       expiration_time=get_dht_time() + records.METRICS_TTL_S, return_future=True)
-        self._publish_contributions()
+        # the owner's display and stats first: the DHT calls below can wait on an unresponsive node (a coordinator
+        # stopped with SIGSTOP froze this peer's progress lines for as long, while it trained on)
         if self.view is not None:
             self.view.on_report(snapshot)
         self._write_stats()
+        self.dht.store(records.metrics_key(self.recipe.run.id), subkey=self._public_key, value=metrics.dict(),
+                       expiration_time=get_dht_time() + records.METRICS_TTL_S, return_future=True)
+        self._publish_contributions()
 
     def _publish_contributions(self) -> None:
         """Re-publish every closed epoch the coordinator's ledger has not committed yet."""
@@ -696,13 +699,24 @@ class Volunteer:
                        f"swarm only after the coordinator had credited {'it' if len(missed) == 1 else 'them'}: this "
                        "machine was paused or cut off as the epoch ended, so that work is not credited")
 
+    def _dht_get(self, key: str, timeout_s: float = DHT_GET_TIMEOUT_S):
+        """`dht.get(key, latest=True)`, or None after `timeout_s`: a node that stopped answering (a coordinator
+        stopped with SIGSTOP) held the reporting thread for as long as it was stopped."""
+        future = self.dht.get(key, latest=True, return_future=True)
+        try:
+            return future.result(timeout=timeout_s)
+        except TimeoutError:
+            future.cancel()
+            logger.debug(f"The DHT did not answer for {key} within {timeout_s:.0f} s")
+            return None
+
     def _current_announcement(self) -> records.RunAnnouncement | None:
-        return records.read_announcements(self.dht.get(records.RUNS_KEY, latest=True)).get(self.recipe.run.id)
+        return records.read_announcements(self._dht_get(records.RUNS_KEY)).get(self.recipe.run.id)
 
     def _other_live_peers(self) -> int:
         """Peers of this run that published metrics recently and have not left, as seen through the DHT."""
-        found = self.dht.get(records.metrics_key(self.recipe.run.id), latest=True)
-        progress = self.dht.get(f"{self.recipe.run.id}_progress", latest=True)
+        found = self._dht_get(records.metrics_key(self.recipe.run.id))
+        progress = self._dht_get(f"{self.recipe.run.id}_progress")
         live = records.live_peers(found, progress, get_dht_time(), max_age_s=3 * METRICS_PERIOD_S)
         return len([peer for peer in live if peer != self.peer_id.to_base58()])
 
