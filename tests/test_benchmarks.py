@@ -78,6 +78,7 @@ def test_a_quick_run_writes_beside_the_committed_results_not_over_them():
     assert ignored.returncode == 0, "quick results are never committed"
 
 
+@pytest.mark.slow
 def test_overhead_quick_mode_reports_the_throughput_ratio_of_both_arms(quick_results):
     document = quick_results["overhead"]
     _check_common(document)
@@ -110,6 +111,7 @@ def test_overhead_in_diloco_mode_compares_a_lone_diloco_peer_with_a_loop_steppin
 
 
 @pytest.mark.timeout(420)
+@pytest.mark.slow
 def test_scaling_quick_mode_writes_simulated_rows_with_real_averaging(quick_results):
     document = quick_results["scaling"]
     _check_common(document)
@@ -270,6 +272,7 @@ def test_the_perfect_diloco_swarm_applies_one_nesterov_step_to_the_mean_of_its_r
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.slow
 def test_codecs_quick_mode_measures_every_recipe_wire_format_on_real_gradients(tmp_path):
     document = _run_quick("codecs", tmp_path, timeout_s=280)
     rows = document["results"]["rows"]
@@ -426,6 +429,7 @@ def test_join_refuses_an_unknown_model_or_a_malformed_row_with_a_usage_error():
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.slow
 def test_ledger_quick_mode_accounts_signed_records_of_simulated_peers(tmp_path):
     # 5k ledger entries, 50 peers with their own RSA keys x 2 epochs: ~5 s idle, ~15 s at a load of 7 on 2 cores
     document = _run_quick("ledger", tmp_path, timeout_s=110)
@@ -443,6 +447,7 @@ def test_ledger_quick_mode_accounts_signed_records_of_simulated_peers(tmp_path):
     assert all(row["first_read_ms"] > 0 and row["repeat_read_ms"] > 0 for row in reads)
 
 
+@pytest.mark.slow
 def test_gpu_step_quick_mode_measures_each_variant_with_its_padded_vocabulary(tmp_path):
     process = subprocess.run([sys.executable, "benchmarks/gpu_step.py", "--quick", "--device", "cpu",
                               "--results-dir", str(tmp_path)], cwd=REPO_ROOT, capture_output=True, text=True,
@@ -526,6 +531,7 @@ def test_the_noise_scale_estimates_recover_a_known_gradient_mean_and_per_sample_
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.slow
 def test_noise_scale_quick_mode_measures_a_finite_noise_scale_on_the_real_recipe(tmp_path):
     document = _run_quick("noise_scale", tmp_path, timeout_s=280)
     rows = document["results"]["rows"]
