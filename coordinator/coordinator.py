@@ -46,7 +46,8 @@ from swarm.identity import Identity
 from swarm.ledger import Ledger, key_fingerprint, load_or_create_signing_key
 from swarm.model import build_model, count_parameters, organiser_folders
 from swarm.network import create_dht, join_addresses, recontact
-from swarm.processes import keeping_ctrl_c, share_with_forked_processes
+from swarm.processes import (keeping_ctrl_c, share_with_forked_processes,
+                             start_shared_memory_manager)
 from swarm.recipe import Recipe
 from swarm.tokenizer import build_tokenizer
 from coordinator.accounting import Accounting
@@ -176,6 +177,7 @@ class Coordinator:
 
         Raises `SwarmError` if the coordinator's DHT process died under it (after saving what it could)."""
         try:
+            start_shared_memory_manager()  # before hivemind's first shared tensor: a SIGTERM to all must spare it
             with keeping_ctrl_c():  # until its handlers are installed, Ctrl-C raises KeyboardInterrupt: it stops at once
                 self._setup()
             self._install_signal_handlers()
@@ -469,8 +471,12 @@ class Coordinator:
             lines += ["Other addresses of this coordinator (use one another machine can reach):"]
             lines += [f"    {address}" for address in addresses[1:]]
         if all("/127.0.0.1/" in a or "/ip6/::1/" in a for a in addresses):
-            lines += ["(Only a loopback address is visible: other machines need --host 0.0.0.0 and "
-                      "--announce-host <this machine's public IP>.)"]
+            if self.settings.announce_host:
+                lines += [f"(--announce-host {self.settings.announce_host} is a loopback address, which other "
+                          "machines cannot dial: give this machine's public IP address or host name.)"]
+            else:
+                lines += ["(Only a loopback address is visible: other machines need --host 0.0.0.0 and "
+                          "--announce-host <this machine's public IP>.)"]
         print("\n".join(lines), flush=True)
 
     def _latest_version_ref(self) -> str | None:

@@ -46,7 +46,8 @@ from swarm.hardware import TrainingForward, background_torch_on_one_thread, pick
 from swarm.identity import Identity
 from swarm.model import build_model, count_parameters, with_local_model
 from swarm.network import JOIN_PORT_FIX, create_dht, parse_initial_peers, recontact
-from swarm.processes import keeping_ctrl_c, shared_memory_advice, shared_memory_problem
+from swarm.processes import (keeping_ctrl_c, shared_memory_advice, shared_memory_problem,
+                             start_shared_memory_manager)
 from swarm.recipe import Recipe, recipe_from_json
 from swarm.tokenizer import build_tokenizer
 from peer.collaboration import SwarmOptimizer, build_swarm_optimizer, shared_memory_needed
@@ -58,6 +59,7 @@ logger = logging.getLogger("swarm.peer")
 
 METRICS_PERIOD_S = 5.0
 SOLO_ROUNDS_BEFORE_RECONNECT = 3
+MIN_REPORT_GAP_S = 2.5  # an epoch's end brings the next report forward, to no sooner than this after the last
 DHT_GET_TIMEOUT_S = 15.0  # the reporting thread's reads of the DHT give up after this
 HAND_OVER_S = 60.0  # how long the last peer training waits, as it leaves, for the coordinator to save its state
 RECONTACT_PERIOD_S = 30.0  # how often a peer alone with an empty-looking swarm dials its initial peers again
@@ -135,6 +137,7 @@ class Volunteer:
     # ---------------------------------------------------------------- the whole life of a volunteer
     def run(self) -> LocalStats:
         try:
+            start_shared_memory_manager()  # before hivemind's first shared tensor: a SIGTERM to all must spare it
             self._install_signal_handlers()  # start-up (data, model, the state download) can take minutes
             with keeping_ctrl_c():  # hivemind's averagers would drop it while they start
                 self._setup()
@@ -641,17 +644,19 @@ class Volunteer:
     def _report_periodically(self) -> None:
         """Background thread: DHT reads and writes can take seconds on real links; the training loop never waits."""
         background_torch_on_one_thread()  # its loss reads must not start a second OpenMP team (swarm.hardware)
-        next_report = time.monotonic() + METRICS_PERIOD_S
+        last_report = time.monotonic()
         while not self._reporter_stop.is_set():
-            closed = self._epoch_closed.wait(max(0.0, next_report - time.monotonic()))
+            closed = self._epoch_closed.wait(max(0.0, last_report + METRICS_PERIOD_S - time.monotonic()))
             if self._reporter_stop.is_set():
                 break
+            if closed:  # its claim goes out now, not up to a period later (a machine paused meanwhile lost it)...
+                self._epoch_closed.clear()
+                # ...but not more often than this: short epochs made a DHT request storm, and with it hivemind's
+                # shared-memory futures, which abort the process when torch's shared-memory manager is gone
+                if self._reporter_stop.wait(max(0.0, last_report + MIN_REPORT_GAP_S - time.monotonic())):
+                    break
+            last_report = time.monotonic()
             try:
-                if closed:  # its claim goes out now: a machine paused before the next report lost that credit
-                    self._epoch_closed.clear()
-                    self._publish_contributions()
-                    continue
-                next_report = time.monotonic() + METRICS_PERIOD_S
                 self._report()
                 self._check_not_alone()
             except Exception as error:

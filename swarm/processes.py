@@ -40,6 +40,7 @@ import re
 import shutil
 import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -106,6 +107,30 @@ def keeping_ctrl_c() -> Iterator[None]:
 
 if sys.platform.startswith("linux"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def start_shared_memory_manager() -> None:
+    """Start torch's shared-memory manager now, immune to SIGTERM and SIGINT; call it before hivemind's first use.
+
+    hivemind's processes share tensors (and its futures' state) through torch's `file_system` strategy, whose
+    torch_shm_manager process torch starts on first use. A SIGTERM to every process of a volunteer (systemd's
+    default stop, a container stop) killed the manager with the rest, and the volunteer, still finishing its epoch,
+    aborted ("terminate called after throwing an instance of 'std::system_error' what(): Broken pipe") when it next
+    freed a shared tensor. Signals ignored at the manager's start stay ignored in it (it is forked and exec'd by
+    torch), and it exits by itself once the last process using it has gone.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    import torch.multiprocessing
+
+    if torch.multiprocessing.get_sharing_strategy() != "file_system":
+        return
+    previous = {signum: signal.signal(signum, signal.SIG_IGN) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        torch.empty(1).share_memory_()  # the first shared tensor of this process starts the manager
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 SHARED_MEMORY_DIR = Path("/dev/shm")
