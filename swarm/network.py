@@ -44,7 +44,7 @@ def parse_initial_peers(addresses: Sequence[str]) -> list[str]:
             except Exception:
                 raise UsageError(
                     f"--initial-peers {part!r} is not a multiaddr: copy the whole address that `swarm launch` "
-                    f"printed, like /ip4/203.0.113.5/tcp/31337/p2p/12D3KooW..."
+                    f"printed, like /ip4/203.0.113.5/tcp/31337/p2p/QmXyz..."
                 ) from None
             if "/p2p/" not in str(maddr):
                 raise UsageError(f"--initial-peers {part!r} lacks the /p2p/<peer id> part: copy the whole address")

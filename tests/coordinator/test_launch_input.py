@@ -116,3 +116,22 @@ def test_launch_names_what_a_volunteer_must_bring_beyond_swarm_join(tmp_path):
     in_the_model = local.tokenizer.model_copy(update={"name": str(tmp_path / "base")})
     same_folder = local.model_copy(update={"tokenizer": in_the_model})
     assert not any("--tokenizer-dir" in note for note in volunteer_notes(same_folder))
+
+
+def test_a_loopback_announce_host_is_named_in_the_banner_with_the_fix(tmp_path):
+    """With `--announce-host localhost` the banner said to pass --announce-host, which the organiser had done."""
+    run = RunFolder(tmp_path / "run")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    coordinator = launch(run, write_test_recipe(tmp_path / "recipe.yaml", "loopback-announce"), "--announce-host",
+                         "localhost", port=port)
+    try:
+        coordinator.wait_for(r"swarm join --initial-peers /ip4/127\.0\.0\.1/", timeout_s=120)
+        coordinator.wait_for(r"--announce-host localhost is a loopback address, which other machines cannot dial: "
+                             r"give this machine's public IP address or host name", timeout_s=10)
+        # and how to end the run early, with this coordinator's own pid
+        coordinator.wait_for(rf"run `kill -USR1 {coordinator.popen.pid}`", timeout_s=10)
+    finally:
+        coordinator.stop()
+    assert "Only a loopback address is visible" not in coordinator.output

@@ -840,7 +840,8 @@ def test_a_peer_whose_partner_was_killed_trains_on_alone_without_waiting_for_it(
         survivor.shutdown()
         partner.close()
     assert trainer.error is None, repr(trainer.error)
-    assert survivor.rounds.averaged >= 3, survivor.rounds
+    # the partner averaged 3 rounds; the kill right after its third can cut that round short on the survivor's side
+    assert survivor.rounds.averaged >= 2, survivor.rounds
     took_s, reached = epochs_after_kill[-1]
     # alone, an epoch of 8 micro-steps takes well under a second; the one round called off: two 1 s windows
     assert reached >= epoch_at_kill + 10 and took_s < 20, (epoch_at_kill, epochs_after_kill[-1])

@@ -47,6 +47,15 @@ def test_a_command_whose_sender_exited_before_the_dht_read_it_shows_no_traceback
         assert "Traceback" not in run.stderr and "ERROR" not in run.stderr, run.stderr[-3000:]
 
 
+def _in_a_forked_process(script: str, verbose: bool) -> subprocess.CompletedProcess:
+    """Run `script`'s `hivemind_process()` in a process forked after the logging setup, as hivemind's DHT and averager
+    processes are; "exit code N" on stdout is the forked process's."""
+    forked = ('\nprocess = multiprocessing.get_context("fork").Process(target=hivemind_process)\n'
+              'process.start()\nprocess.join()\nprint("exit code", process.exitcode)\n')
+    return subprocess.run([sys.executable, "-c", script + forked, "verbose" if verbose else "normal"], cwd=REPO,
+                          capture_output=True, text=True, timeout=100)
+
+
 # What hivemind leaves behind in a healthy run, made for real in a process forked after the logging setup, as hivemind's
 # DHT and averager processes are; next to it, an asyncio error and a scheduler warning of someone else's.
 HIVEMIND_NOISE_IN_A_FORKED_PROCESS = """
@@ -104,18 +113,13 @@ def hivemind_process():
     misordered_scheduler().step()  # anyone else's misordered step
     print("the process exited normally", file=sys.stderr)
 
-process = multiprocessing.get_context("fork").Process(target=hivemind_process)
-process.start()
-process.join()
-print("exit code", process.exitcode)
 """
 
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("verbose", [False, True])
 def test_hivemind_stream_closes_pending_tasks_and_state_load_warning_hidden_unless_verbose_even_after_fork(verbose):
-    run = subprocess.run([sys.executable, "-c", HIVEMIND_NOISE_IN_A_FORKED_PROCESS, "verbose" if verbose else "normal"],
-                         cwd=REPO, capture_output=True, text=True, timeout=100)
+    run = _in_a_forked_process(HIVEMIND_NOISE_IN_A_FORKED_PROCESS, verbose)
     assert run.returncode == 0 and "exit code 0" in run.stdout, run.stderr[-3000:]
     assert "the process exited normally" in run.stderr, run.stderr[-3000:]
     # other asyncio errors, and the same warning from anyone but hivemind's state averager, are shown either way
@@ -176,18 +180,13 @@ def hivemind_process():
         averager.exception(error)
     print("the process exited normally", file=sys.stderr)
 
-process = multiprocessing.get_context("fork").Process(target=hivemind_process)
-process.start()
-process.join()
-print("exit code", process.exitcode)
 """
 
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("verbose", [False, True])
 def test_a_flaky_links_round_and_download_failures_are_one_line_each_unless_verbose(verbose):
-    run = subprocess.run([sys.executable, "-c", HIVEMIND_ON_A_FLAKY_LINK, "verbose" if verbose else "normal"],
-                         cwd=REPO, capture_output=True, text=True, timeout=100)
+    run = _in_a_forked_process(HIVEMIND_ON_A_FLAKY_LINK, verbose)
     assert "exit code 0" in run.stdout and "the process exited normally" in run.stderr, run.stderr[-3000:]
     log = run.stderr
     assert "an averager bug" in log and "ValueError: an averager bug" in log, log  # another error keeps its traceback
