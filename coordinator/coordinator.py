@@ -166,8 +166,8 @@ class Coordinator:
         self._blind_since: float | None = None  # when the view last had no live peer (monotonic)
         self._last_recontact = 0.0
         self._said_last_leaving = False
-        self._hold_credit_until = 0.0
-        self._history_saved_at = 0.0  # no epoch is credited before this time (unix seconds): claims are on their way
+        self._hold_credit_until = 0.0  # no epoch is credited before this time (unix seconds): claims are on their way
+        self._history_saved_at = 0.0
         self._samples_at_launch = 0  # the ledger's claimed samples when this coordinator opened it
         self._samples_seen = 0  # samples the peers reported since (restarted peers' counts added, not subtracted)
 
@@ -178,7 +178,7 @@ class Coordinator:
         Raises `SwarmError` if the coordinator's DHT process died under it (after saving what it could)."""
         try:
             start_shared_memory_manager()  # before hivemind's first shared tensor: a SIGTERM to all must spare it
-            with keeping_ctrl_c():  # until its handlers are installed, Ctrl-C raises KeyboardInterrupt: it stops at once
+            with keeping_ctrl_c():  # until its handlers are installed, Ctrl-C raises KeyboardInterrupt: a stop at once
                 self._setup()
             self._install_signal_handlers()
             over = self._limit_reached()
@@ -465,8 +465,8 @@ class Coordinator:
             lines += [note, ""]
         if self.dashboard is not None:
             lines += [f"Dashboard: {self.dashboard.url} (Prometheus metrics at {self.dashboard.url}metrics)", ""]
-        lines += [f"To end the run before its limits, run `kill -USR1 {os.getpid()}`: the volunteers finish the epoch in "
-                  "progress, then the final version is saved and every epoch credited.", ""]
+        lines += [f"To end the run before its limits, run `kill -USR1 {os.getpid()}`: the volunteers finish the epoch "
+                  "in progress, then the final version is saved and every epoch credited.", ""]
         if len(addresses) > 1:
             lines += ["Other addresses of this coordinator (use one another machine can reach):"]
             lines += [f"    {address}" for address in addresses[1:]]
@@ -556,7 +556,7 @@ class Coordinator:
                     self._set_end_epoch()
                 reached = self._limit_reached()
                 if reached is not None:  # before a due checkpoint: the final version is published once, by _finish
-                    logger.info(f"Run ended: {reached}" if self.end_epoch is not None else f"Run limit reached: {reached}")
+                    logger.info(f"{'Run ended' if self.end_epoch is not None else 'Run limit reached'}: {reached}")
                     self.stop_reason = reached
                     return FINISHED
                 if self._checkpoint_due() or self._last_peers_leaving():
@@ -581,6 +581,7 @@ class Coordinator:
                 logger.info("Peers report again")
                 # the claims of the epochs that passed meanwhile come back with them: give them time to arrive
                 self._hold_credit_until = time.time() + FINALIZE_LAG_S
+                self._last_recontact = 0.0  # a later outage is said again
             self._blind_since = None
             return
         if self._blind_since is None:
@@ -710,16 +711,18 @@ class Coordinator:
         """Every peer still training is leaving and waits for its state to be saved (records.LeavingRecord): the
         swarm's progress since the newest version would otherwise leave with it."""
         now = get_dht_time()
-        alive = [row.peer_id for row in self.view.peers.values() if now - row.time < PEER_ALIVE_S]
+        alive = [row for row in self.view.peers.values() if now - row.time < PEER_ALIVE_S]
         if not alive or len(alive) > MAX_PEERS_LEAVING_AT_ONCE:  # a swarm that large does not end with them
             self._said_last_leaving = False
             return False
+        if max(row.epoch for row in alive) <= self.last_checkpoint_epoch:
+            return False  # nothing a newest version lacks: no need to ask the DHT who is leaving
         leaving = records.parse_leaving(self._dht_call("the leaving peers", lambda: self.dht.get(
             records.leaving_key(self.recipe.run.id), latest=True, return_future=True)), now)
-        if not all(peer in leaving for peer in alive):
+        if not all(row.peer_id in leaving for row in alive):
             self._said_last_leaving = False
             return False
-        epoch = max(leaving[peer].epoch for peer in alive)  # theirs: a newcomer's progress is not in their state
+        epoch = max(leaving[row.peer_id].epoch for row in alive)  # theirs: a newcomer's progress is not in their state
         if epoch <= self.last_checkpoint_epoch:
             return False
         if not self._said_last_leaving:
@@ -808,11 +811,11 @@ class Coordinator:
         count is all new work. Summing the rows made the run's total fall at every restart (a counter that went
         down, which Prometheus read as a burst of work) and forget whatever was trained before this launch."""
         if known is None:  # first seen by this launch: its work so far is in the ledger's claims if it has any there
-            self._samples_seen += 0 if self.ledger is not None and row.peer_id in self.ledger.totals.peers else (
-                row.samples_total)
+            credited = self.ledger is not None and row.peer_id in self.ledger.totals.peers
+            self._samples_seen += 0 if credited else row.samples_total
             return
-        self._samples_seen += row.samples_total - known.samples_total if row.samples_total >= known.samples_total \
-            else row.samples_total
+        grown = row.samples_total - known.samples_total
+        self._samples_seen += grown if grown >= 0 else row.samples_total
 
     def samples_total(self) -> int:
         """Samples the swarm trained: the ledger's claims as of this launch, plus what peers reported since. Only

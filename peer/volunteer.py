@@ -651,8 +651,7 @@ class Volunteer:
                 break
             if closed:  # its claim goes out now, not up to a period later (a machine paused meanwhile lost it)...
                 self._epoch_closed.clear()
-                # ...but not more often than this: short epochs made a DHT request storm, and with it hivemind's
-                # shared-memory futures, which abort the process when torch's shared-memory manager is gone
+                # ...but not more often than this: epochs of a fraction of a second made a storm of DHT requests
                 if self._reporter_stop.wait(max(0.0, last_report + MIN_REPORT_GAP_S - time.monotonic())):
                     break
             last_report = time.monotonic()

@@ -7,6 +7,7 @@ True
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import ipaddress
 import logging
@@ -16,6 +17,7 @@ import socket
 from typing import Sequence
 
 import hivemind
+from hivemind.p2p import PeerID
 from hivemind.utils.multiaddr import Multiaddr
 
 import swarm.processes  # noqa: F401  (hivemind's child processes must not outlive a killed parent)
@@ -270,11 +272,7 @@ async def recontact(_dht, node, addresses: Sequence[str], timeout_s: float = 15.
     about the others. The dial goes through the p2p daemon with the addresses themselves, as its own records of them
     may be gone too.
     """
-    import asyncio
-
-    from hivemind.p2p import PeerID
-
-    by_peer: dict = {}
+    by_peer: dict[PeerID, list[Multiaddr]] = {}
     for address in addresses:
         try:
             multiaddr = Multiaddr(address)
