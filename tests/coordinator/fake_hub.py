@@ -12,6 +12,11 @@ tree, so any past commit, branch or tag stays downloadable.
         ...
         hub.files("org/model", "main")  # {path: bytes} at that revision
 
+Outages, for the tests of what a client does when the Hub is away: `go_down()` refuses every connection (the
+port stays reserved), `go_down(503)` answers every request with that status, `answer_delay_s` holds each answer
+(a Hub that does not answer in time), `fail_next` fails the next few requests, `fail_containing` fails every
+request whose body holds some bytes (one version's commit, say); `come_back()` ends an outage.
+
 What it does not do: Xet storage (the client must run with `HF_HUB_DISABLE_XET`; `patch_client` sets it),
 pull requests, branches other than `main`, dataset and Space repos, multipart LFS uploads, `Range` requests
 (the client accepts a full 200 answer). Unknown routes answer 404, so a test sees what the client called.
@@ -26,6 +31,7 @@ import hashlib
 import json
 import re
 import secrets
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -124,6 +130,12 @@ class FakeHub:
         self.repos: dict[str, Repo] = {}
         self.requests: list[tuple[str, str]] = []  # (method, path) of every request, in arrival order
         self.fail_next: list[int] = []  # statuses to answer the next requests with, whatever they ask (an outage)
+        self.fail_containing: dict[bytes, int] = {}  # a request whose body holds these bytes gets this status
+        self.down_with: int | None = None  # while set, every request is answered with this status (go_down)
+        self.answer_delay_s = 0.0  # each answer waits this long first: a Hub that does not answer in time
+        self._unreachable = False  # go_down(): connections are refused, and kept-alive ones closed unanswered
+        self._address: tuple[str, int] | None = None
+        self._port_holder: socket.socket | None = None
         self._lfs_tickets: dict[str, tuple[str, str, int]] = {}  # upload ticket -> (repo_id, sha256, size)
         self._commit_counter = 0
         self._lock = threading.RLock()
@@ -138,15 +150,17 @@ class FakeHub:
 
     @property
     def url(self) -> str:
-        if self._server is None:
+        if self._address is None:
             raise RuntimeError("FakeHub is not started")
-        host, port = self._server.server_address[:2]
+        host, port = self._address
         return f"http://{host}:{port}"
 
     def start(self) -> FakeHub:
         self.root.mkdir(parents=True, exist_ok=True)
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        # the same port when it comes back: a client keeps the URL it was given
+        self._server = ThreadingHTTPServer(self._address or ("127.0.0.1", 0), _Handler)
         self._server.hub = self  # type: ignore[attr-defined]
+        self._address = self._server.server_address[:2]
         # a short poll interval: `stop` waits for the serving loop to notice, once per test
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-hub", daemon=True
@@ -160,6 +174,36 @@ class FakeHub:
             self._server.server_close()
             self._thread.join(timeout=5)
             self._server = None
+        if self._port_holder is not None:
+            self._port_holder.close()
+            self._port_holder = None
+
+    def go_down(self, status: int | None = None) -> None:
+        """An outage until `come_back()`. With `status` (503, say) every request is answered with it; without,
+        the Hub is unreachable: new connections are refused and kept-alive ones closed without an answer."""
+        if status is not None:
+            self.down_with = status
+            return
+        self._unreachable = True
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._thread.join(timeout=5)
+            self._server = None
+            # bound but not listening: connections are refused, and the port stays this Hub's for come_back
+            self._port_holder = socket.socket()
+            self._port_holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self._port_holder.bind(self._address)
+
+    def come_back(self) -> None:
+        """End an outage: answer again, on the same address."""
+        self.down_with = None
+        self._unreachable = False
+        if self._server is None and self._address is not None:
+            if self._port_holder is not None:
+                self._port_holder.close()
+                self._port_holder = None
+            self.start()
 
     def __enter__(self) -> FakeHub:
         return self.start()
@@ -318,9 +362,17 @@ class _Handler(BaseHTTPRequestHandler):
         parts = urlsplit(self.path)
         self.query = parse_qs(parts.query)
         segments = [unquote(segment) for segment in parts.path.split("/")[1:]]
+        if self.hub._unreachable:  # a connection kept alive from before the outage: closed without an answer
+            self.close_connection = True
+            return
+        if self.hub.answer_delay_s:
+            time.sleep(self.hub.answer_delay_s)
         with self.hub._lock:
             self.hub.requests.append((method, parts.path))
-            outage = self.hub.fail_next.pop(0) if self.hub.fail_next else None
+            outage = self.hub.fail_next.pop(0) if self.hub.fail_next else self.hub.down_with
+            if outage is None:
+                outage = next((status for marker, status in self.hub.fail_containing.items() if marker in self.body),
+                              None)
         try:
             if outage is not None:
                 raise HubError(outage, f"the fake Hub was told to fail this request with {outage}")
