@@ -157,6 +157,7 @@ class SimulatedPeer:
     name: str
     team: str
     signer: object  # hivemind RSASignatureValidator holding the peer's own signing key
+    signed_as: str  # the peer id of that key: every node refuses a row naming another (swarm.records)
 
 
 def simulated_peers(count: int, key_pool: int | None) -> tuple[list[SimulatedPeer], dict]:
@@ -168,8 +169,13 @@ def simulated_peers(count: int, key_pool: int | None) -> tuple[list[SimulatedPee
     start = time.perf_counter()
     signers = [RSASignatureValidator(RSAPrivateKey()) for _ in range(keys_needed)]
     keygen_s = time.perf_counter() - start
-    peers = [SimulatedPeer(peer_id=f"Qm{index:044d}", name=f"volunteer-{index}", team=f"team-{index % 10}",
-                           signer=signers[index % keys_needed]) for index in range(count)]
+    from swarm.records import owner_peer_id
+
+    owners = [owner_peer_id(signer.local_public_key) for signer in signers]
+    # peers sharing a pooled key sign rows under that key's peer id; the accounting tells them apart by their own
+    peers = [SimulatedPeer(peer_id=owners[index] if keys_needed == count else f"Qm{index:044d}",
+                           name=f"volunteer-{index}", team=f"team-{index % 10}", signer=signers[index % keys_needed],
+                           signed_as=owners[index % keys_needed]) for index in range(count)]
     return peers, {"rsa_keys": keys_needed, "keys_shared": keys_needed < count, "keygen_s": round(keygen_s, 2),
                    "keygen_ms_per_key": round(1000 * keygen_s / keys_needed, 1)}
 
@@ -191,7 +197,7 @@ def signed_records(peers: list[SimulatedPeer], epoch: int, now: float) -> tuple[
         compute_s = 0.001 if index % 97 == 0 else 20.0 + index % 13
         work = [EpochWork(epoch=e, samples=SAMPLES_PER_PEER_EPOCH, micro_steps=4, compute_s=compute_s)
                 for e in (epoch - 1, epoch) if e >= 0]
-        record = ContributionRecord(peer_id=peer.peer_id, name=peer.name, team=peer.team, version="0.1.0",
+        record = ContributionRecord(peer_id=peer.signed_as, name=peer.name, team=peer.team, version="0.1.0",
                                     epochs=work, time=now)
         dht_record = DHTRecord(key_bytes, MSGPackSerializer.dumps(peer.signer.local_public_key),
                                MSGPackSerializer.dumps(record.dict()), now + CONTRIBUTIONS_TTL_S)
@@ -259,6 +265,8 @@ def benchmark_accounting(peers_count: int, epochs: int, key_pool: int | None, fo
             stages["parse_records"].append(time.perf_counter() - start)
             if len(parsed) != peers_count:
                 raise SystemExit(f"parsed {len(parsed)} of {peers_count} records")
+            if keys["keys_shared"]:  # in the order stored
+                parsed = [record.copy(update={"peer_id": peer.peer_id}) for record, peer in zip(parsed, peers)]
 
             start = time.perf_counter()  # one refresh's worth of observations, the claims, then this epoch's grant
             accounting.observe_epoch(epoch, peers_count * SAMPLES_PER_PEER_EPOCH, peers_count * 3.0,

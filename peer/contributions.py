@@ -67,7 +67,7 @@ class ContributionLog:
     def _load(self) -> None:
         if not self.path.exists():
             return
-        public_key = self.identity.signing_key.get_public_key()
+        public_keys = (self.identity.signing_key.get_public_key(), *self.identity.previous_keys)
         unsigned = []
         try:
             text = self.path.read_text()
@@ -79,7 +79,8 @@ class ContributionLog:
             try:
                 row = json.loads(line)
                 body = json.dumps(row["work"], sort_keys=True, separators=(",", ":")).encode()
-                if not public_key.verify(body, bytes.fromhex(row["signature"])):
+                signature = bytes.fromhex(row["signature"])
+                if not any(key.verify(body, signature) for key in public_keys):
                     unsigned.append(number)
                     continue
                 work = EpochWork.parse_obj(row["work"])
@@ -88,11 +89,11 @@ class ContributionLog:
                 continue
             self.closed[work.epoch] = work
         if unsigned:
-            # one line for all: a replaced signing key (its file deleted, so a new one was made) fails every old line
+            # one line for all: a replaced key (its file deleted, so a new one was made) fails every old line
             lines = (f"line {unsigned[0]}" if len(unsigned) == 1
                      else f"{len(unsigned)} lines ({unsigned[0]}-{unsigned[-1]})")
             logger.warning(f"{self.path}: skipping {lines} whose signature does not verify with this identity's "
-                           f"signing key ({self.identity.folder / 'signing_key.der'}): it was replaced since they were "
+                           f"key ({self.identity.p2p_key_path}): it was replaced since they were "
                            "written, or they were edited. Their epochs are not re-published; the ledger keeps what "
                            "was credited")
 

@@ -2,11 +2,13 @@
 
 Stored in one folder (default `~/.swarm/identity`, or `--identity DIR` / `SWARM_IDENTITY`):
 
-- `p2p.key`: the libp2p key; hivemind derives the peer id from it (`DHT(identity_path=...)`).
-- `signing_key.der`: the RSA key that signs this peer's DHT records (progress, metrics, contributions).
-  hivemind 1.1.12 makes a fresh one per process and has no loader, so records of a restarted peer would
-  otherwise look like a stranger's.
+- `p2p.key`: the peer's RSA key, in libp2p's format. hivemind derives the peer id from it
+  (`DHT(identity_path=...)`), and the same key signs the peer's DHT records (progress, metrics, contributions), so
+  every node can check that a record naming a peer id was signed by that peer (`swarm.records.owner_peer_id`).
+  hivemind 1.1.12 would sign with a fresh key per process.
 - `profile.json`: display name and team, shown on the leaderboard.
+- `signing_key.previous.der`: only in identities made before records were signed with the peer's own key (they had
+  a second key, `signing_key.der`). Kept so that the contribution log lines it signed still verify.
 
 >>> identity = Identity.load_or_create("/tmp/swarm-id-example", name="ada", team="lovelace")
 >>> identity.name
@@ -26,10 +28,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from google.protobuf.message import DecodeError
 from hivemind.p2p import PeerID
-from hivemind.utils.crypto import RSAPrivateKey
+from hivemind.proto import crypto_pb2
+from hivemind.utils.crypto import RSAPrivateKey, RSAPublicKey
 
 from swarm.errors import UsageError
-from swarm.records import is_valid_name, is_valid_team
+from swarm.records import is_valid_name, is_valid_team, peer_id_of
 
 logger = logging.getLogger("swarm.identity")
 
@@ -62,13 +65,19 @@ def _check_label(kind: str, value: str | None) -> str | None:
 @dataclass
 class Identity:
     folder: Path
-    signing_key: RSAPrivateKey
+    signing_key: RSAPrivateKey  # the key in p2p.key: the peer id is derived from it
     name: str
     team: str
+    previous_keys: tuple[RSAPublicKey, ...] = ()  # keys that signed this peer's older contribution log lines
 
     @property
     def p2p_key_path(self) -> Path:
         return self.folder / "p2p.key"
+
+    @property
+    def peer_id(self) -> str:
+        """The base58 libp2p peer id the DHT gets from `p2p.key`."""
+        return peer_id_of(serialization.load_der_private_key(self.signing_key.to_bytes(), password=None).public_key())
 
     @classmethod
     def load_or_create(cls, folder: str | os.PathLike | None = None, name: str | None = None,
@@ -81,20 +90,20 @@ class Identity:
         _check_p2p_key(folder / "p2p.key")
         profile_path = folder / "profile.json"
         profile = _read_profile(profile_path)
-        if not (folder / "signing_key.der").exists() and (folder / "p2p.key").exists():
-            logger.warning(f"{folder / 'signing_key.der'} is missing from this identity: making a new signing key. "
-                           "Records signed with the old one (this peer's unsent contribution lines) no longer verify; "
-                           "restore the file from a backup instead to keep them")
-        der = _load_or_create_signing_key(folder / "signing_key.der")
-        signing_key = RSAPrivateKey.__new__(RSAPrivateKey)
-        signing_key.__setstate__({"_private_key": der})  # hivemind's own pickle path: accepts DER bytes
+        if profile and not any((folder / name).exists() for name in ("p2p.key", "signing_key.der")):
+            logger.warning(f"{folder / 'p2p.key'} is missing from this identity: making a new key, so this peer gets a "
+                           "new peer id. Credit already granted stays with the old one, and the contribution lines "
+                           "the old key signed no longer verify; restore the file from a backup instead to keep them")
+        der, previous = _peer_key(folder)
+        signing_key = _private_key(der)
 
         updated = dict(profile, **{k: v for k, v in (("name", name), ("team", team)) if v is not None})
         updated.setdefault("name", f"volunteer-{der[-6:].hex()}")
         updated.setdefault("team", "")
         if updated != profile:
             _write_atomically(profile_path, (json.dumps(updated, indent=2) + "\n").encode(), mode=0o644)
-        return cls(folder=folder, signing_key=signing_key, name=updated["name"], team=updated["team"])
+        return cls(folder=folder, signing_key=signing_key, name=updated["name"], team=updated["team"],
+                   previous_keys=tuple(_private_key(key).get_public_key() for key in previous))
 
 
 def _make_identity_folder(folder: Path) -> None:
@@ -111,20 +120,58 @@ def _make_identity_folder(folder: Path) -> None:
         raise UsageError(f"cannot create the identity folder {folder}: {error.strerror or error}; {fix}") from None
 
 
-def _load_or_create_signing_key(path: Path) -> bytes:
-    """The DER bytes of the RSA key that signs this peer's records, made on first use."""
-    if path.exists():
-        try:
-            der = path.read_bytes()
-            if not isinstance(serialization.load_der_private_key(der, password=None), rsa.RSAPrivateKey):
-                raise ValueError("not an RSA key")
-        except (OSError, ValueError, TypeError, UnsupportedAlgorithm) as error:
-            raise UsageError(f"{path} is not a readable key ({error}); move it away to make a new identity") from None
-        return der
-    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    der = private.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.TraditionalOpenSSL,
-                                serialization.NoEncryption())
-    _write_atomically(path, der)
+def _private_key(der: bytes) -> RSAPrivateKey:
+    key = RSAPrivateKey.__new__(RSAPrivateKey)
+    key.__setstate__({"_private_key": der})  # hivemind's own pickle path: accepts DER bytes
+    return key
+
+
+def _peer_key(folder: Path) -> tuple[bytes, list[bytes]]:
+    """The DER bytes of the peer's key (made on first use), and those of keys that signed its older log lines.
+
+    An identity made before records were signed with the peer's own key has a second key, `signing_key.der`: the
+    peer keeps its peer id (and the credit under it), signs with the key of `p2p.key` from now on, and the old key
+    is kept as `signing_key.previous.der` for the log lines it signed. An identity that has only `signing_key.der`
+    (made, never started) gets its peer id from that key.
+    """
+    p2p_path, old_path = folder / "p2p.key", folder / "signing_key.der"
+    previous_path = folder / "signing_key.previous.der"
+    old = _read_der_key(old_path) if old_path.exists() else None
+    previous = [_read_der_key(previous_path)] if previous_path.exists() else []
+    if p2p_path.exists():  # checked by _check_p2p_key already
+        der = crypto_pb2.PrivateKey.FromString(p2p_path.read_bytes()).data
+    else:
+        if old is not None:
+            der = old
+        else:
+            private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+            der = private.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.TraditionalOpenSSL,
+                                        serialization.NoEncryption())
+        _write_atomically(p2p_path, crypto_pb2.PrivateKey(key_type=crypto_pb2.RSA, data=der).SerializeToString())
+    if old is None:
+        return der, previous
+    if old != der:
+        previous.append(old)
+    try:
+        if old == der:
+            old_path.unlink()  # the same key as p2p.key now holds
+        elif not previous_path.exists():
+            os.replace(old_path, previous_path)
+            logger.info(f"{folder}: this peer now signs its records with the key of its peer id (p2p.key), so every "
+                        "node can check they are its own; the old signing key is kept as signing_key.previous.der")
+    except OSError:
+        pass  # a read-only folder: the files stay as they are, and are read the same way next time
+    return der, previous
+
+
+def _read_der_key(path: Path) -> bytes:
+    try:
+        der = path.read_bytes()
+        if not isinstance(serialization.load_der_private_key(der, password=None), rsa.RSAPrivateKey):
+            raise ValueError("not an RSA key")
+    except (OSError, ValueError, TypeError, UnsupportedAlgorithm) as error:
+        raise UsageError(f"{path} is not a readable key ({error}); move it away (the contribution log lines it "
+                         "signed will no longer verify)") from None
     return der
 
 
@@ -132,8 +179,8 @@ def _check_p2p_key(path: Path) -> None:
     """hivemind makes `p2p.key` at the first start; a damaged one must not surface as a protobuf error later."""
     if not path.exists():
         return
-    fix = ("move it away to start with a new peer id (your name, team and signing key stay), or restore it from a "
-           "backup")
+    fix = ("move it away to start with a new peer id and key (your name and team stay; credit already granted stays "
+           "with the old id), or restore it from a backup")
     try:
         PeerID.from_identity(path.read_bytes())
     except IsADirectoryError:

@@ -13,6 +13,10 @@ Keys (every key of a run starts with its run id, so runs sharing a DHT never mix
   delays credit but loses none.
 - `<run_id>_progress`: hivemind.Optimizer's own progress records (same signing key).
 
+Every row's `peer_id` must be the libp2p id of the key that owns its subkey (and so signed it): a volunteer's peer id
+is derived from the same RSA key (`swarm.identity`), and every node refuses a row that names another peer. Without
+that a modified client could file claims under another volunteer's id, and replace or inflate its credit.
+
 Every field has a size bound: an oversized value fails the schema and is rejected by every node. A peer's name
 and team follow `LABEL_RULE` (the rule the volunteer's own CLI applies to `--name` and `--team`) and its id is
 plain ASCII: they reach the ledger, its CSVs, terminals, /metrics and every version's model card, so a modified
@@ -35,9 +39,15 @@ import threading
 from collections import OrderedDict
 from typing import Dict, Optional
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from hivemind.dht.crypto import RSASignatureValidator
+from hivemind.dht.protocol import DHTProtocol
+from hivemind.dht.routing import DHTID
 from hivemind.dht.schema import BytesWithPublicKey, SchemaValidator
 from hivemind.dht.validation import DHTRecord
+from hivemind.p2p import PeerID
+from hivemind.proto import crypto_pb2
 from hivemind.utils import MSGPackSerializer
 from pydantic import BaseModel as BaseModelV2
 from pydantic.v1 import BaseModel, StrictBool, StrictFloat, confloat, conint, conlist, constr
@@ -233,6 +243,29 @@ def parse_leaving(entries, now: float, max_age_s: float = 30.0) -> dict[str, Lea
     return result
 
 
+def peer_id_of(public_key: rsa.RSAPublicKey) -> str:
+    """The base58 libp2p peer id of an RSA public key (libp2p's peer-id spec: the SHA-256 multihash of the key's
+    protobuf encoding), as hivemind's p2p daemon derives it from a node's `p2p.key`."""
+    der = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    encoded = crypto_pb2.PublicKey(key_type=crypto_pb2.RSA, data=der).SerializeToString()
+    return PeerID(b"\x12\x20" + hashlib.sha256(encoded).digest()).to_base58()  # multihash 0x12: sha2-256, 32 bytes
+
+
+_OWNER = re.compile(RSASignatureValidator.PUBLIC_KEY_REGEX)
+
+
+def owner_peer_id(subkey: bytes) -> str | None:
+    """The peer id of the key named in a protected subkey (`[owner:ssh-rsa ...]`), or None if it names none."""
+    found = _OWNER.search(subkey)
+    if found is None:
+        return None
+    try:
+        public_key = serialization.load_ssh_public_key(found.group(1))
+    except (ValueError, TypeError):
+        return None
+    return peer_id_of(public_key) if isinstance(public_key, rsa.RSAPublicKey) else None
+
+
 class _VerdictCache:
     """Remembers a validator's verdict per exact record (key, subkey, value, expiration), most recent first.
 
@@ -295,22 +328,39 @@ class CachingSignatureValidator(_VerdictCache, RSASignatureValidator):
 
 
 class CachingSchemaValidator(_VerdictCache, SchemaValidator):
-    """hivemind's `SchemaValidator`, each record checked once.
+    """hivemind's `SchemaValidator`, each record checked once; rows under `bound_keys` must also name as their
+    `peer_id` the peer whose key owns their subkey (`owner_peer_id`).
 
     A verdict also depends on the schemas: merging another schema validator in (hivemind's progress tracker adds
     its own) clears the cache.
     """
 
-    def __init__(self, schema, allow_extra_keys: bool = True, prefix: str | None = None, cache_size: int = 16384):
+    def __init__(self, schema, allow_extra_keys: bool = True, prefix: str | None = None, cache_size: int = 16384,
+                 bound_keys: tuple[str, ...] = ()):
         super().__init__(schema, allow_extra_keys=allow_extra_keys, prefix=prefix)
+        self._bound_key_ids = {DHTID.generate(source=key).to_bytes() for key in bound_keys}
         self._init_cache(cache_size)
 
     def validate(self, record: DHTRecord) -> bool:
-        return self._cached_verdict(record, super().validate)
+        return self._cached_verdict(record, self._check)
+
+    def _check(self, record: DHTRecord) -> bool:
+        return super().validate(record) and self._names_its_owner(record)
+
+    def _names_its_owner(self, record: DHTRecord) -> bool:
+        if record.key not in self._bound_key_ids or record.subkey in DHTProtocol.RESERVED_SUBKEYS:
+            return True
+        value = DHTProtocol.serializer.loads(record.value)  # the schema check above has decoded it once already
+        if value is None:  # a withdrawn row
+            return True
+        subkey = DHTProtocol.serializer.loads(record.subkey)
+        owner = owner_peer_id(subkey) if isinstance(subkey, bytes) else None
+        return owner is not None and isinstance(value, dict) and value.get("peer_id") == owner
 
     def merge_with(self, other) -> bool:
         merged = super().merge_with(other)
         if merged:
+            self._bound_key_ids |= getattr(other, "_bound_key_ids", set())
             self._forget_verdicts()
         return merged
 
@@ -321,7 +371,8 @@ def schema_validators(run_id: str) -> list:
     Add them before hivemind's optimiser adds its own schema (as the volunteer and coordinator do): the first
     schema validator absorbs later ones, and only this one caches its verdicts.
     """
-    return [CachingSchemaValidator(_RunSchema, prefix=run_id)]
+    return [CachingSchemaValidator(_RunSchema, prefix=run_id,
+                                   bound_keys=(metrics_key(run_id), contributions_key(run_id), leaving_key(run_id)))]
 
 
 def parse_contributions(entries) -> list[ContributionRecord]:

@@ -47,25 +47,41 @@ def test_an_epoch_the_ledger_committed_before_any_record_carried_its_claim_is_na
     assert ContributionLog(tmp_path / "run", identity).missed(ledger_epoch=9) == []
 
 
-def test_a_replaced_signing_key_is_said_once_not_once_per_line(tmp_path, caplog):
-    """Deleting signing_key.der made a new key without a word, then one warning per old line (thousands on a long
-    run), none of which said that the key had changed."""
+def test_a_replaced_key_is_said_once_not_once_per_line(tmp_path, caplog):
+    """Deleting the key made a new one without a word, then one warning per old line (thousands on a long run), none
+    of which said that the key had changed."""
     identity = Identity.load_or_create(tmp_path / "identity")
-    P2P.generate_identity(str(identity.p2p_key_path))  # as hivemind leaves it once the peer has run
     _log_with_epochs(identity, tmp_path / "run", range(28))
-    (tmp_path / "identity" / "signing_key.der").unlink()
+    identity.p2p_key_path.unlink()
     with caplog.at_level(logging.WARNING):
         replaced = Identity.load_or_create(tmp_path / "identity")
         reopened = ContributionLog(tmp_path / "run", replaced)
     warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
     assert len(warnings) == 2, warnings
-    assert "signing_key.der is missing from this identity: making a new signing key" in warnings[0]
-    assert "skipping 28 lines (1-28) whose signature does not verify with this identity's signing key" in warnings[1]
+    assert "p2p.key is missing from this identity: making a new key, so this peer gets a new peer id" in warnings[0]
+    assert "skipping 28 lines (1-28) whose signature does not verify with this identity's key" in warnings[1]
     assert reopened.closed == {}
 
 
 def _warnings(caplog) -> list[str]:
     return [record.getMessage() for record in caplog.records if record.levelno >= logging.WARNING]
+
+
+def test_lines_signed_by_an_identitys_previous_key_still_count(tmp_path):
+    """Identities made before records were signed with the peer id's key had a second key; its lines stay valid."""
+    folder = tmp_path / "identity"
+    identity = Identity.load_or_create(folder)
+    identity.p2p_key_path.unlink()
+    (folder / "signing_key.der").write_bytes(identity.signing_key.to_bytes())  # as the old key
+    P2P.generate_identity(str(identity.p2p_key_path))  # and hivemind's own p2p.key beside it
+    _log_with_epochs(identity, tmp_path / "run", range(3))
+    migrated = Identity.load_or_create(folder)
+    assert migrated.signing_key.to_bytes() != identity.signing_key.to_bytes()
+    log = ContributionLog(tmp_path / "run", migrated)
+    assert sorted(log.closed) == [0, 1, 2]
+    log.add(3, samples=16, compute_s=0.5)
+    log.close_all()
+    assert sorted(ContributionLog(tmp_path / "run", Identity.load_or_create(folder)).closed) == [0, 1, 2, 3]
 
 
 @pytest.mark.parametrize("earlier_log", [False, True], ids=["first-run", "log-of-an-earlier-run"])
@@ -74,7 +90,6 @@ def test_a_read_only_identity_folder_is_one_warning_and_claims_are_published_fro
     """Keys provisioned read-only (an admin, a container's secret mount) gave a traceback once the peer had joined."""
     def provision(disk):
         identity = Identity.load_or_create(disk / "identity")
-        P2P.generate_identity(str(identity.p2p_key_path))
         if earlier_log:
             _log_with_epochs(identity, disk / "identity" / "runs" / "r", range(2))
 

@@ -6,15 +6,22 @@ import json
 import re
 import shutil
 import stat
+from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from hivemind.p2p import P2P
+from cryptography.hazmat.primitives.asymmetric import rsa
+from hivemind.dht.crypto import RSASignatureValidator
+from hivemind.p2p import P2P, PeerID
+from hivemind.proto import crypto_pb2
+from hivemind.utils.crypto import RSAPrivateKey
+
+from small_disk import small_disk
 
 from swarm import records
 from swarm.errors import UsageError
-from swarm.identity import Identity
+from swarm.identity import Identity, _private_key
 from swarm.network import create_dht
 
 
@@ -39,7 +46,9 @@ def existing(made_folder, tmp_path):
 def test_signing_key_is_the_same_after_reloading(tmp_path):
     first = Identity.load_or_create(tmp_path / "id")
     second = Identity.load_or_create(tmp_path / "id")
-    assert (tmp_path / "id" / "signing_key.der").read_bytes() == first.signing_key.to_bytes()
+    assert first.p2p_key_path.read_bytes() == crypto_pb2.PrivateKey(
+        key_type=crypto_pb2.RSA, data=first.signing_key.to_bytes()).SerializeToString()
+    assert not (tmp_path / "id" / "signing_key.der").exists(), "one key: the peer id's"
     assert public_key_bytes(first) == public_key_bytes(second)
     # a record signed before a restart verifies with the key loaded after it
     signature = first.signing_key.sign(b"epoch 7")
@@ -78,7 +87,7 @@ def test_peer_id_survives_a_restart_of_the_dht(tmp_path, existing):
 def test_secret_files_are_readable_by_the_owner_only(tmp_path):
     folder = tmp_path / "id"
     identity = Identity.load_or_create(folder)
-    key_mode = stat.S_IMODE((folder / "signing_key.der").stat().st_mode)
+    key_mode = stat.S_IMODE(identity.p2p_key_path.stat().st_mode)
     assert key_mode == 0o600
     assert stat.S_IMODE(folder.stat().st_mode) & 0o077 == 0
     dht = create_dht([], host="127.0.0.1", identity=identity)
@@ -164,8 +173,8 @@ def test_the_clis_rule_for_names_and_teams_is_the_one_every_node_applies_to_the_
 
 
 @pytest.mark.parametrize("damage", ["empty", "garbage", "truncated"])
-def test_a_corrupt_key_file_gives_a_usage_error_naming_the_file(existing, damage):
-    folder = existing
+def test_a_corrupt_old_signing_key_gives_a_usage_error_naming_the_file(old_identity, damage):
+    folder = old_identity
     key_path = folder / "signing_key.der"
     good = key_path.read_bytes()
     damaged = {"empty": b"", "garbage": b"not a key at all", "truncated": good[: len(good) // 2]}[damage]
@@ -177,7 +186,7 @@ def test_a_corrupt_key_file_gives_a_usage_error_naming_the_file(existing, damage
     assert key_path.read_bytes() == damaged, "the broken key is left for the user to inspect, not replaced"
 
 
-def test_a_key_file_that_is_not_rsa_gives_a_usage_error_naming_the_file(tmp_path):
+def test_an_old_signing_key_that_is_not_rsa_gives_a_usage_error_naming_the_file(tmp_path):
     folder = tmp_path / "id"
     folder.mkdir()
     key = ec.generate_private_key(ec.SECP256R1())
@@ -231,7 +240,7 @@ def test_a_damaged_profile_is_an_error_naming_the_file_and_is_never_replaced(exi
         message = str(error.value)
         assert str(profile) in message and "move it away and pass --name and --team again" in message
     assert profile.read_bytes() == content
-    assert sorted(path.name for path in existing.iterdir()) == ["profile.json", "signing_key.der"]
+    assert sorted(path.name for path in existing.iterdir()) == ["p2p.key", "profile.json"]
 
 
 def test_a_folder_named_profile_json_is_an_error_naming_it(existing):
@@ -260,9 +269,74 @@ def p2p_key(tmp_path_factory) -> bytes:
     return path.read_bytes()
 
 
-def test_a_p2p_key_written_by_hivemind_is_accepted(existing, p2p_key):
+def test_a_p2p_key_written_by_hivemind_is_accepted_as_the_peers_key(existing, p2p_key):
     (existing / "p2p.key").write_bytes(p2p_key)
-    assert Identity.load_or_create(existing).p2p_key_path.read_bytes() == p2p_key
+    identity = Identity.load_or_create(existing)
+    assert identity.p2p_key_path.read_bytes() == p2p_key
+    assert identity.peer_id == PeerID.from_identity(p2p_key).to_base58()
+
+
+def test_the_records_a_peer_signs_name_its_peer_id_as_their_owner(tmp_path):
+    """Every node checks a row's peer_id against the key that signed it (swarm.records): the key is the peer id's."""
+    identity = Identity.load_or_create(tmp_path / "id")
+    dht = create_dht([], host="127.0.0.1", identity=identity)
+    try:
+        assert dht.peer_id.to_base58() == identity.peer_id
+    finally:
+        dht.shutdown()
+    subkey = RSASignatureValidator(identity.signing_key).local_public_key
+    assert records.owner_peer_id(subkey) == identity.peer_id
+    assert records.owner_peer_id(RSASignatureValidator(RSAPrivateKey()).local_public_key) != identity.peer_id
+    assert records.owner_peer_id(b"no owner here") is None
+
+
+@pytest.fixture
+def old_identity(tmp_path, p2p_key) -> Path:
+    """An identity as earlier versions left it: hivemind's p2p.key, and a second RSA key that signed the records."""
+    folder = tmp_path / "old"
+    folder.mkdir(mode=0o700)
+    (folder / "p2p.key").write_bytes(p2p_key)
+    old = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    (folder / "signing_key.der").write_bytes(old.private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()))
+    (folder / "profile.json").write_text('{"name": "ada", "team": "lovelace"}')
+    return folder
+
+
+def test_an_old_identity_keeps_its_peer_id_and_signs_with_its_key_from_now_on(old_identity, p2p_key):
+    old_der = (old_identity / "signing_key.der").read_bytes()
+    identity = Identity.load_or_create(old_identity)
+    assert identity.peer_id == PeerID.from_identity(p2p_key).to_base58(), "the credit under the peer id stays its own"
+    assert records.owner_peer_id(RSASignatureValidator(identity.signing_key).local_public_key) == identity.peer_id
+    assert (identity.name, identity.team) == ("ada", "lovelace")
+    assert not (old_identity / "signing_key.der").exists()
+    assert (old_identity / "signing_key.previous.der").read_bytes() == old_der
+    signature = _private_key(old_der).sign(b"epoch 3")
+    assert [key.verify(b"epoch 3", signature) for key in identity.previous_keys] == [True]
+
+    again = Identity.load_or_create(old_identity)
+    assert again.peer_id == identity.peer_id and len(again.previous_keys) == 1
+
+
+def test_an_old_read_only_identity_is_used_as_it_is(old_identity, p2p_key, tmp_path):
+    before = {path.name: path.read_bytes() for path in old_identity.iterdir()}
+
+    def provision(disk):
+        shutil.copytree(old_identity, disk / "id")
+
+    with small_disk(tmp_path / "disk", read_only=True, before_read_only=provision) as disk:
+        identity = Identity.load_or_create(disk / "id")
+        assert identity.peer_id == PeerID.from_identity(p2p_key).to_base58() and len(identity.previous_keys) == 1
+        assert {path.name: path.read_bytes() for path in (disk / "id").iterdir()} == before
+
+
+def test_an_old_identity_never_started_gets_its_peer_id_from_its_signing_key(old_identity):
+    (old_identity / "p2p.key").unlink()
+    der = (old_identity / "signing_key.der").read_bytes()
+    identity = Identity.load_or_create(old_identity)
+    assert identity.signing_key.to_bytes() == der and identity.previous_keys == ()
+    assert identity.peer_id == PeerID.from_identity(identity.p2p_key_path.read_bytes()).to_base58()
+    assert sorted(path.name for path in old_identity.iterdir()) == ["p2p.key", "profile.json"]
 
 
 @pytest.mark.parametrize("damage", ["empty", "garbage", "truncated", "folder"])
@@ -270,6 +344,7 @@ def test_a_damaged_p2p_key_is_an_error_naming_the_file_and_what_to_do(existing, 
     # it surfaced as "could not start the DHT node: Error parsing message with type 'crypto.pb.PrivateKey'"
     key_path = existing / "p2p.key"
     if damage == "folder":
+        key_path.unlink()
         key_path.mkdir()
     else:
         key_path.write_bytes({"empty": b"", "garbage": b"not a key at all", "truncated": p2p_key[:100]}[damage])
