@@ -6,6 +6,12 @@ The local checkpoint folder is only read; a failed upload leaves it as it was.
 
 A repo holds one run: each version's `swarm.json` names its run id and recipe fingerprint, and a version of
 another run (on `main` or under a tag) is never replaced. A new run pointed at a used repo fails at launch.
+
+The Hub may be away (no network, 5xx, no answer): a version is saved in the local checkpoint folder first, and its
+upload is retried until it succeeds, with a delay that doubles up to a cap. A launch during an outage warns and
+goes on; the repo is checked (same rules) before the first upload. A configuration error (no token, a token
+refused, a repo not found) or another run's repo stops the uploads: retrying cannot fix those. Whatever is not
+uploaded is named when the coordinator stops, with the command that uploads it later (`publish_versions`).
 """
 
 from __future__ import annotations
@@ -14,16 +20,17 @@ import importlib
 import json
 import logging
 import os
+import shlex
 import tempfile
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from concurrent.futures import Future
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import swarm
-from swarm.errors import SwarmError
+from swarm.errors import SwarmError, UsageError
 
 if TYPE_CHECKING:
     from swarm.recipe import CheckpointConfig
@@ -33,6 +40,13 @@ logger = logging.getLogger("swarm.coordinator")
 # Files of the repo that a version does not carry but that must survive each publish: the Hub creates
 # .gitattributes with the repo, and it routes large files through LFS/Xet storage.
 _KEEP_IN_REPO = frozenset({".gitattributes"})
+
+RETRY_DELAY_S = 60.0  # a failed upload is tried again after this, then after twice as long each time...
+MAX_RETRY_DELAY_S = 600.0  # ...up to this: a Hub outage of hours costs a few requests every 10 min
+# huggingface_hub's HTTP client waits for ever by default (create_repo and create_commit take no timeout): a Hub that
+# accepts the connection and never answers hung the launch, and every later upload behind it. Per socket operation
+# (connect, each read or write), not per request: a large upload that keeps moving is never cut.
+REQUEST_TIMEOUT_S = 120.0
 
 
 def hub_token_from_env() -> str | None:
@@ -79,27 +93,59 @@ class HubRunConflictError(SwarmError):
     """The Hub repo holds another run's versions: publishing would replace them, which swarm never does."""
 
 
+class HubConfigError(UsageError):
+    """The Hub answered that the token or repo is wrong (no token, 401, 403, 404, offline mode): retrying cannot
+    help; the fix is HF_TOKEN or checkpoint.hub_repo_id (exit code 2)."""
+
+
+class HubUnavailableError(SwarmError):
+    """The Hub was not reached, did not answer in time, or answered 408, 429 or 5xx: an outage, retried later."""
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason  # "could not reach it (ConnectError: ...)", "the Hub answered 503": for one-line logs
+
+
+@dataclass
+class _Upload:
+    """One queued version: tried until it is uploaded, or until the publisher stops."""
+
+    epoch: int
+    version_dir: Path
+    message: str | None
+    future: Future = field(default_factory=Future)
+    attempts: int = 0
+    due_at: float = 0.0  # time.monotonic() of the next try
+    tried_at_close: bool = False
+    error: BaseException | None = None
+
+
 class HubPublisher:
     """Uploads each published version to a Hub model repo, as one commit on `main` plus a tag `epoch-NNNNNN`.
 
     The repo is created on the first publish if it does not exist (private if `private=True`). Each commit
     makes the repo root equal to the version folder: files the version lacks are deleted in the same commit
-    (`.gitattributes` stays), so `main` never mixes two versions. Publishing an epoch again moves its tag to
-    the new commit only if the tag's version is of the same run (run id and recipe fingerprint in its
-    swarm.json: a coordinator restarted without its checkpoint folder). A repo whose `main` or tag holds another
-    run's version is refused with `HubRunConflictError`, before anything is uploaded: pass `run_id` and
-    `recipe_fingerprint` to `ensure_repo` to be refused at launch, and give each run a repo of its own.
+    (`.gitattributes` stays), so `main` never mixes two versions; a version uploaded after a newer one (a retry
+    that succeeded late) is tagged, and `main` is given the newer one back from its folder next to it. Publishing
+    an epoch again moves its tag to the new commit only if the tag's version is of the same run (run id and recipe
+    fingerprint in its swarm.json: a coordinator restarted without its checkpoint folder). A repo whose `main` or
+    tag holds another run's version is refused with `HubRunConflictError`, before anything is uploaded: pass
+    `run_id` and `recipe_fingerprint` to `check_at_launch` to be refused at launch, and give each run a repo of its
+    own.
 
         publisher = HubPublisher("my-org/tiny-stdlib")          # token from HF_TOKEN, endpoint from HF_ENDPOINT
+        publisher.check_at_launch(run_id, fingerprint)           # raises on a wrong token or repo; an outage warns
         future = publisher.publish_async(Path("runs/tiny/checkpoints/epoch-000050"), epoch=50)
         ...                                                      # the monitor loop goes on meanwhile
         commit_id = future.result()                              # or let the log line report it
-        publisher.close()
+        publisher.close()                                        # names what was not uploaded, and how to
 
-    `publish` blocks and raises `SwarmError` with the fix in words; `publish_async` runs uploads one at a
-    time in a background thread, retries a failed one once after `retry_delay_s`, and logs the outcome. If
-    the log says "set HF_TOKEN", create a token with write access at <endpoint>/settings/tokens; if it says
-    "could not reach", check the network (or HF_ENDPOINT) - the version is safe in the local folder either way.
+    `publish` blocks and raises `SwarmError` with the fix in words; `publish_async` queues the upload for a
+    background thread that retries it after `retry_delay_s`, twice as long each time up to `max_retry_delay_s`,
+    while newer versions go ahead. If the log says "set HF_TOKEN", create a token with write access at
+    <endpoint>/settings/tokens and relaunch; if it says "could not reach" or "the Hub answered 5xx", nothing is
+    needed: the version is safe in the local folder and the upload is retried. If the coordinator stops first,
+    its last log line is the `swarm checkpoint publish` command that uploads the rest.
     """
 
     def __init__(
@@ -108,16 +154,20 @@ class HubPublisher:
         token: str | None = None,
         endpoint: str | None = None,
         private: bool = False,
-        retry_delay_s: float = 60.0,
+        retry_delay_s: float = RETRY_DELAY_S,
+        max_retry_delay_s: float = MAX_RETRY_DELAY_S,
+        request_timeout_s: float = REQUEST_TIMEOUT_S,
     ):
         from huggingface_hub import HfApi, constants
 
         self.repo_id = repo_id
         self.private = private
         self.retry_delay_s = retry_delay_s
+        self.max_retry_delay_s = max(max_retry_delay_s, retry_delay_s)
         # huggingface_hub reads HF_ENDPOINT once, at import; read it again in case it was set since.
         self.endpoint = (endpoint or os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
         self._token = token if token is not None else hub_token_from_env()
+        _bound_request_time(request_timeout_s)
         self._api = HfApi(
             endpoint=self.endpoint,
             # False, not None, without a token: None makes HfApi fall back to one saved by `hf auth login`
@@ -127,8 +177,13 @@ class HubPublisher:
         )
         self._repo_ready = False
         self._publish_lock = threading.Lock()  # one commit at a time: each is built on the current head of main
-        self._executor: ThreadPoolExecutor | None = None
         self._closing = threading.Event()
+        self._queue_changed = threading.Condition()
+        self._queued: dict[int, _Upload] = {}  # by epoch: waiting for its (next) try
+        self._given_up: dict[int, _Upload] = {}  # not uploaded and no longer tried (the publisher stopped)
+        self._run_to_check: RunMark | None = None  # the launch's run check, put off by an outage
+        self._stopped_by: SwarmError | None = None  # a refused token or another run's repo: nothing more is tried
+        self._worker: threading.Thread | None = None
 
     @classmethod
     def from_config(cls, config: CheckpointConfig) -> HubPublisher | None:
@@ -145,7 +200,8 @@ class HubPublisher:
         """Create the repo if it does not exist yet (a no-op after the first success); raises SwarmError.
 
         With `run_id` and `recipe_fingerprint`, also refuse (`HubRunConflictError`) a repo whose `main` holds a
-        version of another run, whose tags this run's versions would otherwise take over.
+        version of another run, whose tags this run's versions would otherwise take over. An outage raises
+        `HubUnavailableError`; a wrong token or repo `HubConfigError`.
         """
         self._require_token("create")
         try:
@@ -164,8 +220,31 @@ class HubPublisher:
                 f"run's own (e.g. {namespace}/{run_id}), or remove it to publish locally only"
             )
 
+    def check_at_launch(self, run_id: str, recipe_fingerprint: str) -> bool:
+        """`ensure_repo` at launch, which a Hub outage does not stop: True if the repo was checked now.
+
+        A missing or refused token, a repo not found, and a repo of another run raise (the launch stops with the
+        fix). If the Hub cannot be reached or answers 5xx, a one-line warning says so and this returns False: the
+        run starts, versions are saved locally, and the repo is checked by the same rules before the first upload.
+        """
+        try:
+            self.ensure_repo(run_id=run_id, recipe_fingerprint=recipe_fingerprint)
+        except HubUnavailableError as error:
+            self._run_to_check = RunMark(run_id, recipe_fingerprint)
+            logger.warning(
+                f"The Hub repo {self.repo_id} could not be checked at launch ({error.reason}): the run starts "
+                "anyway. Versions are saved in the checkpoint folder first; their uploads will be retried, the "
+                "repo checked first, once the Hub answers"
+            )
+            return False
+        return True
+
     def publish(self, version_dir: Path, epoch: int, message: str | None = None) -> str:
-        """Upload `version_dir` as one commit on `main`, tag it `epoch-NNNNNN`, and return the commit id."""
+        """Upload `version_dir` as one commit on `main`, tag it `epoch-NNNNNN`, and return the commit id.
+
+        If `main` held a newer version of this run, that version is published again from its folder next to
+        `version_dir` (a late upload never leaves `main` behind); without that folder, a warning says so.
+        """
         version_dir = Path(version_dir)
         tag = version_tag(epoch)
         files = _version_files(version_dir)
@@ -174,8 +253,10 @@ class HubPublisher:
         with self._publish_lock:
             started = time.monotonic()
             try:
-                commit_id = self._publish(version_dir, files, tag, message)
-            except HubRunConflictError:
+                commit_id, newer_on_main = self._publish(version_dir, files, tag, message)
+                if newer_on_main is not None and newer_on_main > epoch:
+                    self._give_main_back(version_dir, epoch, newer_on_main)
+            except SwarmError:  # a conflict, or already explained
                 raise
             except Exception as error:
                 raise self._explain(error, f"publish {tag} to", version_dir) from error
@@ -190,25 +271,76 @@ class HubPublisher:
         )
         return commit_id
 
+    def tag_exists(self, epoch: int) -> bool:
+        """Whether the repo has the tag of `epoch` (False when the repo does not exist yet)."""
+        from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+
+        try:
+            self._api.model_info(self.repo_id, revision=version_tag(epoch))
+        except (RevisionNotFoundError, RepositoryNotFoundError):
+            return False
+        except Exception as error:
+            raise self._explain(error, "read") from error
+        return True
+
+    def epoch_on_main(self) -> int | None:
+        """The epoch of the version `main` holds (from its swarm.json); None without one."""
+        try:
+            found = self._version_at(self._api.model_info(self.repo_id, revision="main"))
+        except Exception as error:
+            raise self._explain(error, "read") from error
+        return found[1] if found is not None else None
+
     # ---- background API ---------------------------------------------------------------------------------------
 
     def publish_async(self, version_dir: Path, epoch: int, message: str | None = None) -> Future[str]:
-        """Queue `publish` in a background thread and return at once; the future's result is the commit id.
+        """Queue `publish` for the background thread and return at once; the future's result is the commit id.
 
-        Uploads run one at a time in the order they were queued. A failure is logged and retried once after
-        `retry_delay_s`; if the retry fails too, it is logged as an error and the future raises the SwarmError.
+        The oldest version due goes first. A failure is logged (WARNING) and tried again after `retry_delay_s`,
+        twice as long each time up to `max_retry_delay_s`, while the versions behind it go ahead; when one upload
+        succeeds, those that failed because the Hub was away are tried at once. A refused token or another run's
+        repo stops every upload (logged once, as an ERROR, with the fix); their futures raise the SwarmError.
         """
         if self._closing.is_set():
             raise SwarmError(f"the Hub publisher for {self.repo_id} is closed; create a new one to publish")
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hub-publish")
-        return self._executor.submit(self._publish_with_retry, Path(version_dir), epoch, message)
+        upload = _Upload(epoch=epoch, version_dir=Path(version_dir), message=message)
+        with self._queue_changed:
+            if self._stopped_by is not None:
+                self._give_up(upload, self._stopped_by)
+                return upload.future
+            queued = self._queued.get(epoch)
+            if queued is not None:  # the same epoch again: one upload, of the newest folder given
+                queued.version_dir, queued.message, queued.due_at = upload.version_dir, message, 0.0
+                return queued.future
+            self._given_up.pop(epoch, None)
+            self._queued[epoch] = upload
+            if self._worker is None:
+                self._worker = threading.Thread(target=self._work, name="hub-publish", daemon=True)
+                self._worker.start()
+            self._queue_changed.notify_all()
+        return upload.future
+
+    def not_uploaded(self) -> list[int]:
+        """Epochs queued that are not on the Hub (yet): waiting for a retry, or given up at close."""
+        with self._queue_changed:
+            return sorted({*self._queued, *self._given_up})
 
     def close(self, wait: bool = True) -> None:
-        """Stop taking uploads; with `wait`, finish the queued ones first (a pending retry starts right away)."""
+        """Stop taking uploads. With `wait`, every queued version gets one more try now (not after its delay),
+        and the upload in progress is finished. Then one ERROR line names the versions that were not uploaded and
+        the command that uploads them later."""
         self._closing.set()
-        if self._executor is not None:
-            self._executor.shutdown(wait=wait)
+        with self._queue_changed:
+            self._queue_changed.notify_all()
+        try:
+            if wait and self._worker is not None:
+                self._worker.join()
+        finally:
+            with self._queue_changed:
+                for upload in list(self._queued.values()):
+                    if not self._worker or not self._worker.is_alive() or not wait:
+                        self._give_up(upload, upload.error or SwarmError("the coordinator stopped first"))
+            self._say_not_uploaded()
 
     def __enter__(self) -> HubPublisher:
         return self
@@ -216,30 +348,108 @@ class HubPublisher:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _publish_with_retry(self, version_dir: Path, epoch: int, message: str | None) -> str:
-        tag = version_tag(epoch)
+    def _work(self) -> None:
+        """The background thread: one upload at a time, the oldest due first, until closed."""
+        while True:
+            with self._queue_changed:
+                upload = self._next_due()
+                while upload is None:
+                    if self._closing.is_set() and not any(not u.tried_at_close for u in self._queued.values()):
+                        return
+                    due = [u.due_at for u in self._queued.values()]
+                    timeout = None if not due or self._closing.is_set() else max(0.0, min(due) - time.monotonic())
+                    self._queue_changed.wait(timeout if timeout is None else min(timeout, 1.0))
+                    upload = self._next_due()
+                if self._closing.is_set():
+                    upload.tried_at_close = True
+            self._try(upload)
+
+    def _next_due(self) -> _Upload | None:
+        if self._closing.is_set():  # one last try for each, at once
+            waiting = [u for u in self._queued.values() if not u.tried_at_close]
+        else:
+            now = time.monotonic()
+            waiting = [u for u in self._queued.values() if u.due_at <= now]
+        return min(waiting, key=lambda u: u.epoch, default=None)
+
+    def _try(self, upload: _Upload) -> None:
+        tag = version_tag(upload.epoch)
         try:
-            return self.publish(version_dir, epoch, message)
-        except HubRunConflictError as error:  # the same answer on a retry: said once, loudly
-            logger.warning("%s", error)
-            raise
-        except SwarmError as error:
-            logger.warning("Hub upload of %s failed, retrying once in %.0f s: %s", tag, self.retry_delay_s, error)
-        self._closing.wait(self.retry_delay_s)
-        try:
-            return self.publish(version_dir, epoch, message)
-        except HubRunConflictError as error:
-            logger.warning("%s", error)
-            raise
-        except SwarmError as error:
-            logger.error("Hub upload of %s failed again, giving up on it: %s", tag, error)
-            raise
+            if self._run_to_check is not None:
+                self._check_run_put_off()
+            commit_id = self.publish(upload.version_dir, upload.epoch, upload.message)
+        except (HubRunConflictError, HubConfigError) as error:
+            self._stop_uploads(error)
+            return
+        except Exception as error:  # SwarmError from the Hub; OSError from a folder changed under us
+            upload.attempts += 1
+            upload.error = error
+            with self._queue_changed:
+                if self._closing.is_set():
+                    self._give_up(upload, error)
+                    return
+                delay_s = min(self.retry_delay_s * 2 ** (upload.attempts - 1), self.max_retry_delay_s)
+                upload.due_at = time.monotonic() + delay_s
+            logger.warning(f"Hub upload of {tag} failed (try {upload.attempts}), retrying in {delay_s:g} s; "
+                           f"newer versions go ahead meanwhile: {error}")
+            return
+        with self._queue_changed:
+            self._queued.pop(upload.epoch, None)
+            for waiting in self._queued.values():  # the Hub answers again: what the outage held goes now
+                if isinstance(waiting.error, HubUnavailableError):
+                    waiting.due_at = 0.0
+            self._queue_changed.notify_all()
+        if upload.attempts:
+            logger.info(f"Hub upload of {tag} succeeded after {upload.attempts} failed tr"
+                        f"{'y' if upload.attempts == 1 else 'ies'}")
+        upload.future.set_result(commit_id)
+
+    def _check_run_put_off(self) -> None:
+        """The launch's check of the repo, which an outage put off: done once, before the first upload."""
+        mark = self._run_to_check
+        self.ensure_repo(run_id=mark.run_id, recipe_fingerprint=mark.recipe_fingerprint)
+        self._run_to_check = None
+        logger.info(f"The Hub repo {self.repo_id} answers again and is this run's: uploading the queued versions")
+
+    def _stop_uploads(self, error: SwarmError) -> None:
+        """A refused token, a repo not found, or another run's repo: no retry can fix it, so none is made."""
+        with self._queue_changed:
+            if self._stopped_by is None:
+                self._stopped_by = error
+                logger.error(f"{error}. Until that is fixed and the coordinator launched again, no more versions are "
+                             "uploaded to the Hub; they are kept in the checkpoint folder")
+            for upload in list(self._queued.values()):
+                self._give_up(upload, error)
+
+    def _give_up(self, upload: _Upload, error: BaseException) -> None:
+        """With `_queue_changed` held: the version is not uploaded, and its future says why."""
+        self._queued.pop(upload.epoch, None)
+        self._given_up[upload.epoch] = upload
+        upload.error = error
+        if not upload.future.done():
+            upload.future.set_exception(error)
+
+    def _say_not_uploaded(self) -> None:
+        with self._queue_changed:
+            missed = sorted(self._given_up.values(), key=lambda u: u.epoch)
+        if not missed:
+            return
+        folders = sorted({str(u.version_dir.parent) for u in missed})
+        tags = ", ".join(version_tag(u.epoch) for u in missed)
+        commands = " and ".join(
+            f"swarm checkpoint publish --checkpoint-dir {shlex.quote(folder)} --repo {self.repo_id} --all-missing"
+            for folder in folders)
+        when = "once the Hub answers" if self._stopped_by is None else "once the error above is fixed"
+        several = len(missed) > 1
+        logger.error(f"{len(missed)} version{'s were' if several else ' was'} not uploaded to the Hub repo "
+                     f"{self.repo_id}: {tags}. {'They are' if several else 'It is'} kept in {', '.join(folders)}; "
+                     f"upload {'them' if several else 'it'} {when} with: {commands}")
 
     # ---- internals --------------------------------------------------------------------------------------------
 
     def _require_token(self, action: str) -> None:
         if not self._token:
-            raise SwarmError(
+            raise HubConfigError(
                 f"cannot {action} the Hub repo {self.repo_id}: no token. Set HF_TOKEN to a write token for "
                 f"{self.repo_id} (create one at {self.endpoint}/settings/tokens)"
             )
@@ -251,12 +461,22 @@ class HubPublisher:
 
     def _run_at(self, revision_info) -> RunMark | None:
         """The run of the version at one revision (a `model_info` answer), from its swarm.json; None without one."""
+        found = self._version_at(revision_info)
+        return found[0] if found is not None else None
+
+    def _version_at(self, revision_info) -> tuple[RunMark, int | None] | None:
+        """The run and epoch of the version at one revision, from its swarm.json; None without one."""
         if "swarm.json" not in {sibling.rfilename for sibling in revision_info.siblings or []}:
             return None
         with tempfile.TemporaryDirectory(prefix="swarm-hub-") as cache_dir:  # read once, not kept in HF_HOME
             path = self._api.hf_hub_download(self.repo_id, "swarm.json", revision=revision_info.sha,
                                              cache_dir=cache_dir)
-            return RunMark.of_metadata(Path(path).read_text(encoding="utf-8", errors="replace"))
+            text = Path(path).read_text(encoding="utf-8", errors="replace")
+        try:
+            epoch = json.loads(text).get("epoch")
+        except (ValueError, AttributeError):
+            epoch = None
+        return RunMark.of_metadata(text), epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else None
 
     def _check_tag(self, version_dir: Path, tag: str, ours: RunMark) -> None:
         """Refuse a `tag` that exists and holds a version of another run (or one swarm did not publish)."""
@@ -279,7 +499,8 @@ class HubPublisher:
             f"published in {version_dir}; set checkpoint.hub_repo_id to a repo of this run's own"
         )
 
-    def _publish(self, version_dir: Path, files: list[str], tag: str, message: str | None) -> str:
+    def _publish(self, version_dir: Path, files: list[str], tag: str, message: str | None) -> tuple[str, int | None]:
+        """The commit and tag; returns the commit id and the epoch of this run's version `main` held before."""
         from huggingface_hub import CommitOperationAdd, CommitOperationDelete
         from huggingface_hub.errors import HfHubHTTPError
 
@@ -289,7 +510,8 @@ class HubPublisher:
             else RunMark(None, None)
         head = self._api.model_info(self.repo_id, revision="main")
         # checked before the commit: main, then the tag, must not hold another run's version
-        on_main = self._run_at(head)
+        found = self._version_at(head)
+        on_main, epoch_on_main = found if found is not None else (None, None)
         if on_main is not None and not ours.is_run(on_main):
             raise self._conflict(version_dir, tag, "its main", on_main, ours)
         self._check_tag(version_dir, tag, ours)
@@ -315,7 +537,20 @@ class HubPublisher:
             self._check_tag(version_dir, tag, ours)
             self._api.delete_tag(self.repo_id, tag=tag)
             self._api.create_tag(self.repo_id, tag=tag, revision=commit.oid, tag_message=message or tag)
-        return commit.oid
+        return commit.oid, epoch_on_main
+
+    def _give_main_back(self, version_dir: Path, epoch: int, newer: int) -> None:
+        """`version_dir` (epoch `epoch`) was uploaded after the newer version `newer`, which main held: publish that
+        one again from its folder next to it, so that main and `from_pretrained(repo)` stay on the newest."""
+        newer_dir = version_dir.parent / version_tag(newer)
+        if not (newer_dir / "swarm.json").is_file():
+            logger.warning(f"{version_tag(epoch)} was uploaded after {version_tag(newer)}, and main now holds it; "
+                           f"{newer_dir} is not here to put back: publish {version_tag(newer)} again to restore main")
+            return
+        message = f"Publish {version_tag(newer)} again: {version_tag(epoch)} was uploaded after it"
+        self._publish(newer_dir, _version_files(newer_dir), version_tag(newer), message)
+        logger.info(f"{version_tag(epoch)} was uploaded after {version_tag(newer)}: main holds "
+                    f"{version_tag(newer)} again")
 
     def _explain(self, error: Exception, action: str, version_dir: Path | None = None) -> SwarmError:
         """The SwarmError a user can act on, for an exception raised by huggingface_hub."""
@@ -324,35 +559,35 @@ class HubPublisher:
         what = f"cannot {action} the Hub repo {self.repo_id} at {self.endpoint}"
         kept = f"; the version stays in {version_dir}" if version_dir is not None else ""
         if isinstance(error, OfflineModeIsEnabled):
-            return SwarmError(f"{what}: HF_HUB_OFFLINE is set; unset it to publish{kept}")
+            return HubConfigError(f"{what}: HF_HUB_OFFLINE is set; unset it to publish{kept}")
         if isinstance(error, HfHubHTTPError):
             status = error.response.status_code if error.response is not None else None
             said = f" (the Hub said: {error.server_message})" if error.server_message else ""
             if status == 401:
-                return SwarmError(
+                return HubConfigError(
                     f"{what}: the token was refused (401){said}. Set HF_TOKEN to a valid write token for "
                     f"{self.repo_id} (create one at {self.endpoint}/settings/tokens){kept}"
                 )
             if status == 403:
-                return SwarmError(
+                return HubConfigError(
                     f"{what}: the token may not write there (403){said}. Set HF_TOKEN to a token with write "
                     f"access to {self.repo_id}, or pick a namespace you own in checkpoint.hub_repo_id{kept}"
                 )
             if status == 404:
-                return SwarmError(
+                return HubConfigError(
                     f"{what}: not found (404){said}. Check checkpoint.hub_repo_id and that the HF_TOKEN "
                     f"account can see and create repos in that namespace{kept}"
                 )
             if status in (409, 412):
                 return SwarmError(f"{what}: main changed during the upload ({status}){said}; publish again{kept}")
-            if status is not None and (status == 429 or status >= 500):
-                return SwarmError(f"{what}: the Hub answered {status}{said}; try again later{kept}")
+            if status is not None and (status in (408, 429) or status >= 500):
+                reason = f"the Hub answered {status}"
+                return HubUnavailableError(f"{what}: {reason}{said}; try again later{kept}", reason)
             return SwarmError(f"{what}: the Hub refused the request ({status}){said}{kept}")
         if isinstance(error, _network_errors()):
-            return SwarmError(
-                f"{what}: could not reach it ({type(error).__name__}: {error}). Check the network, or "
-                f"HF_ENDPOINT if you use a mirror{kept}"
-            )
+            reason = f"could not reach it ({type(error).__name__}: {error})"
+            return HubUnavailableError(f"{what}: {reason}. Check the network, or HF_ENDPOINT if you use a mirror{kept}",
+                                       reason)
         return SwarmError(f"{what}: {type(error).__name__}: {error}{kept}")
 
 
@@ -380,3 +615,98 @@ def _network_errors() -> tuple[type[BaseException], ...]:
         except (ImportError, AttributeError):
             pass
     return tuple(types)
+
+
+_request_timeout_s: float | None = None
+
+
+def _bound_request_time(timeout_s: float) -> None:
+    """Give huggingface_hub's shared HTTP client a timeout per connect, read and write (it has none by default).
+
+    Done through its own hook (`set_client_factory`), and only while nobody chose another client factory.
+    """
+    global _request_timeout_s
+    import httpx2
+    from huggingface_hub import set_client_factory
+    from huggingface_hub.utils import _http
+
+    if timeout_s == _request_timeout_s:
+        return
+    ours = getattr(_http, "_GLOBAL_CLIENT_FACTORY", None)
+    if ours is not _http.default_client_factory and not getattr(ours, "swarm_timeout", False):
+        return  # the program set its own client: its timeouts are its own
+
+    def client_with_timeouts() -> httpx2.Client:
+        client = _http.default_client_factory()
+        client.timeout = httpx2.Timeout(_request_timeout_s, connect=min(_request_timeout_s, 30.0))
+        return client
+
+    client_with_timeouts.swarm_timeout = True  # type: ignore[attr-defined]
+    _request_timeout_s = timeout_s
+    set_client_factory(client_with_timeouts)  # closes the current client: the next request makes one with these
+
+
+@dataclass
+class PublishReport:
+    """What `publish_versions` did: epochs uploaded now, and epochs the repo had already (same run)."""
+
+    repo_id: str
+    uploaded: list[int]
+    already_there: list[int]
+
+
+def publish_versions(checkpoint_dir: Path, epochs: list[int] | None = None, repo_id: str | None = None,
+                     endpoint: str | None = None, request_timeout_s: float = REQUEST_TIMEOUT_S) -> PublishReport:
+    """Upload a run's versions from its checkpoint folder to its Hub repo: what `swarm checkpoint publish` runs.
+
+    `epochs` None (`--all-missing`): every version of the folder whose tag the repo lacks. With `epochs`
+    (`--epoch N`, repeatable): those versions, uploaded again if their tag is there already (same run only). The
+    repo is `checkpoint.hub_repo_id` of the newest version's recipe (its swarm.json) unless `repo_id` is given; the
+    token comes from HF_TOKEN. Oldest first; `main` ends on the newest version of the folder. The same safety rules
+    as the coordinator's: a repo or tag of another run is never written to.
+
+        report = publish_versions(Path("runs/tiny/checkpoints"))        # after "N versions were not uploaded"
+        print(report.uploaded)                                           # [50, 100]
+
+    Raises UsageError (no version, an epoch the folder lacks, no repo), HubConfigError (token, repo),
+    HubRunConflictError, or HubUnavailableError (the Hub is still away: run it again later).
+    """
+    from coordinator.checkpoint import latest_version, published_epoch
+
+    checkpoint_dir = Path(checkpoint_dir)
+    try:
+        local = {epoch: path for path in checkpoint_dir.iterdir() if (epoch := published_epoch(path)) is not None}
+    except OSError:
+        local = {}
+    if not local:
+        raise UsageError(f"--checkpoint-dir {checkpoint_dir} holds no version (epoch-NNNNNN/ folders with weights and "
+                         "swarm.json): give the run's checkpoint folder (checkpoint.dir in its recipe)")
+    listed = ", ".join(str(epoch) for epoch in sorted(local))
+    for epoch in epochs or []:
+        if epoch not in local:
+            raise UsageError(f"--epoch {epoch}: {checkpoint_dir} has no version {version_tag(epoch)}; it has epochs "
+                             f"{listed}")
+    newest = latest_version(checkpoint_dir)
+    metadata = json.loads((newest / "swarm.json").read_text(encoding="utf-8", errors="replace"))
+    mark = RunMark.of_metadata(json.dumps(metadata))
+    if repo_id is None:
+        try:
+            repo_id = metadata["recipe"]["checkpoint"]["hub_repo_id"]
+        except (KeyError, TypeError):
+            repo_id = None
+        if not repo_id:
+            raise UsageError(f"the recipe of {newest / 'swarm.json'} names no Hub repo (checkpoint.hub_repo_id): pass "
+                             "--repo <namespace/name>")
+    publisher = HubPublisher(repo_id, endpoint=endpoint, request_timeout_s=request_timeout_s)
+    publisher.ensure_repo(run_id=mark.run_id, recipe_fingerprint=mark.recipe_fingerprint)
+    if epochs:
+        wanted, there = sorted(set(epochs)), []
+    else:
+        there = [epoch for epoch in sorted(local) if publisher.tag_exists(epoch)]
+        wanted = [epoch for epoch in sorted(local) if epoch not in there]
+    for epoch in wanted:
+        publisher.publish(local[epoch], epoch)
+    newest_epoch = max(local)
+    if newest_epoch not in wanted and publisher.epoch_on_main() != newest_epoch:
+        publisher.publish(local[newest_epoch], newest_epoch)  # a restore of main that an outage cut short
+    return PublishReport(repo_id=repo_id, uploaded=wanted, already_there=there)

@@ -261,17 +261,19 @@ def test_publish_async_returns_at_once_and_resolves_to_the_commit_id(hub, publis
     assert commit == hub.resolve(REPO_ID, version_tag(1)).oid
 
 
-def test_publish_async_retries_a_failed_upload_once(hub, publisher, versions, log_records):
+def test_publish_async_retries_a_failed_upload(hub, publisher, versions, log_records):
     hub.fail_next.append(503)  # the first request of the first try (create_repo, which the client does not retry)
 
     future = publisher.publish_async(versions[0][0], epoch=1)
 
     assert future.result(timeout=20) == hub.resolve(REPO_ID, "epoch-000001").oid
     warnings = [record.getMessage() for record in log_records if record.levelno == logging.WARNING]
-    assert len(warnings) == 1 and "retrying once" in warnings[0] and "503" in warnings[0]
+    assert len(warnings) == 1 and "retrying in 0.2 s" in warnings[0] and "503" in warnings[0]
+    assert publisher.not_uploaded() == []
 
 
-def test_publish_async_gives_up_after_one_retry_with_the_swarm_error(hub, versions, log_records):
+def test_publish_async_does_not_retry_a_refused_token(hub, versions, log_records):
+    """No retry can fix a token the Hub refuses: said once, and the version named at close."""
     publisher = HubPublisher(REPO_ID, token="hf_not_a_real_token", endpoint=hub.url, retry_delay_s=0.1)
     future = publisher.publish_async(versions[0][0], epoch=1)
 
@@ -279,7 +281,8 @@ def test_publish_async_gives_up_after_one_retry_with_the_swarm_error(hub, versio
         future.result(timeout=20)
     publisher.close()
     levels = [record.levelno for record in log_records]
-    assert levels.count(logging.WARNING) == 1 and levels.count(logging.ERROR) == 1
+    assert levels.count(logging.WARNING) == 0 and levels.count(logging.ERROR) == 2  # the refusal, then the list
+    assert "1 version was not uploaded" in log_records[-1].getMessage()
 
 
 # --- one repo, one run: a published version is never replaced -----------------------------------------------------
@@ -329,7 +332,9 @@ def test_a_version_is_never_published_over_another_runs_repo(hub, publisher, ver
     assert f"not publishing epoch-000003 to the Hub repo {REPO_ID}: its main holds a version of another run " \
            f"(run 'other', recipe fingerprint {Recipe(run={'id': 'other'}).fingerprint[:16]}" in message
     assert f"The version stays published in {version_dir}" in message and "checkpoint.hub_repo_id" in message
-    assert [(record.levelno, record.getMessage()) for record in log_records] == [(logging.WARNING, message)]
+    assert [(record.levelno, record.getMessage()) for record in log_records] == [
+        (logging.ERROR, f"{message}. Until that is fixed and the coordinator launched again, no more versions are "
+                        "uploaded to the Hub; they are kept in the checkpoint folder")]
     assert hub.repos[REPO_ID].tags == tags and hub.history(REPO_ID) == history
     assert uploads_and_tag_changes(hub) == []
     assert snapshot(version_dir) == before
