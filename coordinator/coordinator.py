@@ -229,8 +229,9 @@ class Coordinator:
         self._open_ledger()
         self.hub = HubPublisher.from_config(recipe.checkpoint)
         if self.hub is not None:
-            # a missing token or repo, or a repo that holds another run's versions, fails now, not at the first version
-            self.hub.ensure_repo(run_id=recipe.run.id, recipe_fingerprint=recipe.fingerprint)
+            # a missing token or repo, or a repo that holds another run's versions, fails now, not at the first version;
+            # a Hub outage does not: versions are saved locally first, and the repo is checked before the first upload
+            self.hub.check_at_launch(run_id=recipe.run.id, recipe_fingerprint=recipe.fingerprint)
         self._announce()
         self._save_run_state()
         self._update_snapshot()

@@ -1,0 +1,71 @@
+"""`swarm launch` of a run that publishes to the Hub, while the Hub is away or refuses it (the fake Hub, on 127.0.0.1).
+
+Seen before these tests: a Hub that did not answer when the coordinator started stopped the launch, though versions are
+saved in the local checkpoint folder first and can be uploaded later.
+"""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+from coordinator_process import RunFolder, launch
+from cli_process import write_test_recipe
+from fake_hub import FakeHub
+
+REPO_ID = "swarm-test/launch-outage"
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    """The fake Hub, and the environment a coordinator launched now finds it by (HF_ENDPOINT, HF_TOKEN)."""
+    with FakeHub(tmp_path / "fake-hub") as fake:
+        monkeypatch.setenv("HF_ENDPOINT", fake.url)
+        monkeypatch.setenv("HF_TOKEN", fake.write_token)
+        monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")  # the fake speaks LFS
+        monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+        yield fake
+
+
+def hub_recipe(tmp_path, run_id: str):
+    path = write_test_recipe(tmp_path / "recipe.yaml", run_id, max_epochs=100)
+    recipe = yaml.safe_load(path.read_text())
+    recipe["checkpoint"]["hub_repo_id"] = REPO_ID
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("outage", ["unreachable", "503"])
+def test_a_hub_outage_at_launch_is_a_warning_and_the_run_starts(hub, tmp_path, outage):
+    hub.go_down(None if outage == "unreachable" else 503)
+    run = RunFolder(tmp_path / "run")
+    coordinator = launch(run, hub_recipe(tmp_path, "hub-outage"), dashboard_port=None)
+    try:
+        coordinator.wait_for(r"swarm join --initial-peers", timeout_s=180)
+        coordinator.interrupt()
+        assert coordinator.wait(timeout_s=45) == 0, coordinator.output[-3000:]
+    finally:
+        coordinator.stop()
+    warnings = [line for line in coordinator.output.splitlines() if f"The Hub repo {REPO_ID} could not be checked" in line]
+    assert len(warnings) == 1, coordinator.output[-3000:]
+    reason = "could not reach it" if outage == "unreachable" else "the Hub answered 503"
+    assert f"at launch ({reason}" in warnings[0] and "uploads will be retried" in warnings[0], warnings[0]
+    assert "Traceback" not in coordinator.output
+
+
+@pytest.mark.timeout(240)
+def test_a_token_the_hub_refuses_at_launch_stops_it_with_the_fix(hub, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_not_a_real_token")
+    run = RunFolder(tmp_path / "run")
+    coordinator = launch(run, hub_recipe(tmp_path, "hub-refused"), dashboard_port=None)
+    try:
+        assert coordinator.wait(timeout_s=180) == 2, coordinator.output[-3000:]  # a usage error: the token
+    finally:
+        coordinator.stop()
+    assert (f"error: cannot create the Hub repo {REPO_ID} at {hub.url}: the token was refused (401)"
+            in coordinator.output), coordinator.output[-3000:]
+    assert "Set HF_TOKEN to a valid write token" in coordinator.output
+    assert "Traceback" not in coordinator.output and "hf_not_a_real_token" not in coordinator.output
+    assert "swarm join" not in coordinator.output
