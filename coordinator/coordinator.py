@@ -161,7 +161,9 @@ class Coordinator:
         self._stop_signal: str | None = None
         # the organiser ends the run early (SIGUSR1): the peers finish the epoch in progress, which becomes the last
         self._end_requested = False
-        self.end_epoch: int | None = None
+        self.end_epoch: int | None = None  # the run's end: the one set while the run ends, then the one reached
+        self.end_set_at_epoch: int | None = None  # the end the organiser set (volunteers may finish one more epoch)
+        self._ended: dict = {}  # once the run ended there: its final version and credit, for run.json
         self._remembered_addresses: list[str] = []  # peers' addresses from the state folder (run.json)
         self._blind_since: float | None = None  # when the view last had no live peer (monotonic)
         self._last_recontact = 0.0
@@ -320,6 +322,8 @@ class Coordinator:
         self.stop_reason = f"{reason}, reached before this launch"
         version = (f"its newest version is epoch {self.last_checkpoint_epoch} in {self.checkpoint_dir}"
                    if self.last_checkpoint_epoch >= 0 else "it published no version")
+        if self.end_epoch is not None and self.end_epoch != self.end_set_at_epoch:
+            version = f"it ended at epoch {self.end_epoch}; {version}"
         how = (f"delete ended_at_epoch from {self.state_dir / 'run.json'}" if self.end_epoch is not None
                else "raise the limit in the recipe")
         logger.info(f"Run {self.recipe.run.id!r} already reached {reason} before this launch ({version}): nothing "
@@ -417,10 +421,16 @@ class Coordinator:
         self._load_history()
         ended_at = state.get("ended_at_epoch")
         if ended_at is not None:
-            if not isinstance(ended_at, int) or isinstance(ended_at, bool) or ended_at < 0:
-                raise UsageError(f"{path}: ended_at_epoch is {ended_at!r}, not an epoch number: delete that key to "
-                                 f"train the run on, or restore the file from a backup")
+            # ended_at_epoch is where the run ended (or, while it ends, the end set); end_set_at_epoch, the end the
+            # organiser set, is only there as the record of it: a run.json without ended_at_epoch trains on
+            for key in ("ended_at_epoch", "end_set_at_epoch"):
+                value = state.get(key, ended_at)
+                if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                    raise UsageError(f"{path}: {key} is {value!r}, not an epoch number: delete ended_at_epoch and "
+                                     f"end_set_at_epoch to train the run on, or restore the file from a backup")
             self.end_epoch = ended_at
+            self.end_set_at_epoch = state.get("end_set_at_epoch", ended_at)  # written before it was recorded: the same
+            self._ended = {key: state[key] for key in ("final_version_epoch", "credited_up_to_epoch") if key in state}
         addresses = [a for a in addresses if "/p2p/" in a][:MAX_REMEMBERED_PEERS]
         logger.info(f"Resuming run {self.recipe.run.id!r} started {time.time() - self.started_at:.0f} s ago; "
                     f"re-joining through {len(addresses)} remembered peer address(es)")
@@ -454,7 +464,7 @@ class Coordinator:
         state = dict(started_at=self.started_at, fingerprint=self.recipe.fingerprint,
                      peer_addresses=addresses[:MAX_REMEMBERED_PEERS], folders=folders)
         if self.end_epoch is not None:
-            state["ended_at_epoch"] = self.end_epoch
+            state.update(ended_at_epoch=self.end_epoch, end_set_at_epoch=self.end_set_at_epoch, **self._ended)
         _write_json(self.state_dir / "run.json", state)
 
     def _print_join_command(self) -> None:
@@ -702,6 +712,7 @@ class Coordinator:
     def _set_end_epoch(self) -> None:
         """The organiser's request to end the run: the epoch in progress is the last one (now, if nobody trains)."""
         self.end_epoch = self.view.epoch + 1 if self._peers_alive() else self.view.epoch
+        self.end_set_at_epoch = self.end_epoch
         self._save_run_state()
         self._announce()
         if self.end_epoch > self.view.epoch:
@@ -734,7 +745,7 @@ class Coordinator:
     def _limit_reached(self) -> str | None:
         limits = self.recipe.limits
         if self.end_epoch is not None and (self.view.epoch >= self.end_epoch or not self._peers_alive()):
-            return f"the end the organiser set at epoch {self.end_epoch}"
+            return f"the end the organiser set at epoch {self.end_set_at_epoch}"
         if limits.max_epochs is not None and self.view.epoch >= limits.max_epochs:
             return f"limits.max_epochs = {limits.max_epochs}"
         if limits.max_samples is not None and self.view.epoch * self.recipe.collaboration.target_batch_size >= limits.max_samples:
@@ -854,6 +865,8 @@ class Coordinator:
             logger.warning(f"{self.dht_lost} The final version and announcement are skipped.")
         if path is not None and self.settings.final_model_dir:
             _copy_version_files(path, Path(self.settings.final_model_dir))
+        if outcome == FINISHED and self.end_epoch is not None and not already_over:
+            self._record_the_end()
         self._update_snapshot()
         self._save_history(now=True)
         summary = self.summary()
@@ -872,6 +885,24 @@ class Coordinator:
                         f"over: volunteers train on without it. Restart `swarm launch` with the same --state-dir to "
                         f"follow it again (no credit is lost meanwhile). {losses}")
         return summary
+
+    def _record_the_end(self) -> None:
+        """The organiser ended the run: run.json keeps the epoch it really ended at, its final version and credit,
+        next to the end that was set. Volunteers learn of the end from the announcement, every few seconds: with short
+        epochs they finish one more, and the final version is of that one (or of an earlier one, if they all left)."""
+        ended = max(self.view.epoch, self.last_checkpoint_epoch, 0)
+        self._ended = dict(final_version_epoch=self.last_checkpoint_epoch if self.last_checkpoint_epoch >= 0 else None,
+                           credited_up_to_epoch=self.accounting.committed_epoch
+                           if self.accounting.committed_epoch >= 0 else None)
+        if ended != self.end_set_at_epoch:
+            logger.info(f"The run ended at epoch {ended}, not at the end set at epoch {self.end_set_at_epoch}: "
+                        + ("the volunteers finished the epoch they were in when they learned of it"
+                           if ended > (self.end_set_at_epoch or 0) else "every volunteer left before it"))
+        self.end_epoch = ended
+        try:
+            self._save_run_state()
+        except OSError as error:
+            logger.warning(f"Could not record the run's end in {self.state_dir / 'run.json'}: {error}")
 
     def _final_version(self) -> Path | None:
         """The peers' final state as a version (an existing version if that epoch is published already)."""

@@ -122,6 +122,34 @@ def test_a_relaunched_coordinator_of_a_run_that_reached_its_limit_says_so_and_tr
     assert run.status()["status"] == "finished" and run.status()["last_checkpoint_epoch"] == 10
 
 
+@pytest.mark.timeout(240)
+def test_a_relaunch_of_a_run_the_organiser_ended_names_the_epoch_it_really_ended_at(tmp_path):
+    """Ended at epoch 10 (kill -USR1), the run ended at 11: its volunteer finished the epoch it was in. run.json said
+    ended_at_epoch 10, and a relaunch said the run had ended at 10 while its final version was of epoch 11."""
+    from swarm.recipe import load_recipe
+
+    run = RunFolder(tmp_path / "run")
+    recipe = write_test_recipe(tmp_path / "recipe.yaml", "ended-past", max_epochs=200)
+    run.publish_versions(recipe, [5, 11])
+    run.credit_epochs("ended-past", range(0, 11))
+    run.state.mkdir(parents=True, exist_ok=True)  # credit_epochs made it for the signing key
+    ended = dict(ended_at_epoch=11, end_set_at_epoch=10, final_version_epoch=11, credited_up_to_epoch=10)
+    (run.state / "run.json").write_text(json.dumps(dict(started_at=1.0, fingerprint=load_recipe(recipe).fingerprint,
+                                                        peer_addresses=[], **ended)))
+
+    coordinator = launch(run, recipe)
+    try:
+        assert coordinator.wait(timeout_s=180) == 0, coordinator.output[-3000:]
+    finally:
+        coordinator.stop()
+    assert re.search(r"Run 'ended-past' already reached the end the organiser set at epoch 10 before this launch \(it "
+                     r"ended at epoch 11; its newest version is epoch 11 in \S+\): nothing more to train. To train on, "
+                     r"delete ended_at_epoch from \S+run.json", coordinator.output), coordinator.output[-3000:]
+    assert "swarm join" not in coordinator.output and "Traceback" not in coordinator.output
+    state = json.loads((run.state / "run.json").read_text())
+    assert {key: state.get(key) for key in ended} == ended  # kept as the run left them
+
+
 @pytest.mark.timeout(300)
 def test_a_volunteer_alone_starts_past_the_epochs_the_ledger_credited_already(tmp_path):
     """A coordinator stopped after crediting epochs 0-8 while its newest version was epoch 5, and everyone left. A
