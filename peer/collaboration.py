@@ -32,7 +32,7 @@ from peer.allreduce import ChurnSafeAllReduce
 from swarm.compat import make_compression
 from swarm.hardware import background_torch_on_one_thread
 from swarm.identity import Identity
-from swarm.optim import build_optimizer_factories, parameter_groups
+from swarm.optim import all_finite, build_optimizer_factories, parameter_groups
 from swarm.processes import share_with_forked_processes, trim_heap
 from swarm.recipe import CollaborationConfig, Recipe
 
@@ -398,10 +398,31 @@ class SwarmGradientAverager(AllreduceOutcome, ChurnSafeAllReduce, ClosesFullGrou
     kept going when a member dies mid-round (`ChurnSafeAllReduce`), formed once all expected peers joined
     (`ClosesFullGroups`)."""
 
+    withheld_rounds = 0  # epochs whose local gradient was not finite, sent with weight 0
+
     def _parent_tensors(self):
         yield from self.parameters
         yield from (param.grad for param in self.parameters)  # with reuse_grad_buffers, the accumulators
         yield from self._local_accumulators or ()
+
+    @torch.no_grad()
+    def load_accumulators_into_averager_(self):
+        """Load this epoch's mean gradient for the round; one that is not finite is sent as zeros with weight 0.
+
+        An all-reduce averages whatever each member sends: one member's NaN makes the whole group's average NaN (the
+        optimiser then skips that epoch's step on every member, `swarm.optim.skip_non_finite_steps`). With weight 0
+        the others average as if this peer had sat the round out.
+        """
+        super().load_accumulators_into_averager_()
+        with self.get_tensors() as averaged:
+            if all_finite(list(averaged)):
+                return
+            for tensor in averaged:
+                tensor.zero_()
+        self.local_samples_accumulated = 0  # the round's weight (GradientAverager.step reads it next)
+        self.withheld_rounds += 1
+        logger.warning("This peer's gradient this epoch holds NaN or infinite values (its backward overflowed, or its "
+                       "hardware is faulty): it sends none to the round, so the other peers are not harmed")
 
     def load_state_from_peers(self, wait: bool = True, timeout: float | None = None):
         """Download nothing: hivemind.Optimizer.load_state_from_peers calls this after loading the training state,

@@ -10,12 +10,15 @@ module returns callables:
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Callable, Iterable
 
 import torch
 
 from swarm.recipe import OptimConfig, ScheduleConfig
+
+logger = logging.getLogger("swarm.optim")
 
 
 class Lamb(torch.optim.Optimizer):
@@ -105,6 +108,7 @@ def build_optimizer_factories(cfg: OptimConfig) -> tuple[Callable, Callable]:
         else:
             fused = all(p.is_cuda for group in groups for p in group["params"])  # fused AdamW needs CUDA tensors
             optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, fused=fused or None)
+        skip_non_finite_steps(optimizer)  # first: clipping a NaN gradient makes every entry NaN
         if cfg.clip_grad_norm is not None:
             # hivemind applies the step to the swarm-averaged gradients inside Optimizer.step, so clipping has
             # to happen there too, not on the local micro-batch gradients
@@ -120,6 +124,43 @@ def build_optimizer_factories(cfg: OptimConfig) -> tuple[Callable, Callable]:
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(cfg.schedule))
 
     return make_optimizer, make_scheduler
+
+
+def all_finite(tensors: list[torch.Tensor]) -> bool:
+    """Whether every entry of every tensor is finite: one host sync for all of them."""
+    return not tensors or bool(torch.stack([torch.isfinite(tensor).all() for tensor in tensors]).all())
+
+
+def skip_non_finite_steps(optimizer: torch.optim.Optimizer) -> None:
+    """Make a step on a gradient holding NaN or inf leave the parameters and the optimiser's state as they were.
+
+    The gradient an epoch steps on is the swarm's average: one peer whose backward overflowed, or whose hardware is
+    flaky, would otherwise turn every parameter of every peer in its group into NaN at once, and the run could only
+    be restarted from its last version. The optimiser skips parameters without a gradient, so the gradients are
+    held back for the step and put back (zeroed) after it; `optimizer.skipped_steps` counts such steps.
+    """
+    params = [param for group in optimizer.param_groups for param in group["params"]]
+    held: list[tuple[torch.nn.Parameter, torch.Tensor]] = []
+    optimizer.skipped_steps = 0
+
+    def hold_back_non_finite(*_):
+        grads = [param.grad for param in params if param.grad is not None]
+        if all_finite(grads):
+            return
+        held.extend((param, param.grad) for param in params if param.grad is not None)
+        for param, _grad in held:
+            param.grad = None
+        optimizer.skipped_steps += 1
+        logger.warning("This epoch's gradient holds NaN or infinite values (a peer's backward overflowed, or its "
+                       "hardware is faulty): skipped its update, the parameters stay as they were")
+
+    def put_back(*_):
+        for param, grad in held:
+            param.grad = grad.zero_()
+        held.clear()
+
+    optimizer.register_step_pre_hook(hold_back_non_finite)
+    optimizer.register_step_post_hook(put_back)
 
 
 def lr_multiplier(cfg: ScheduleConfig) -> Callable[[int], float]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import math
 import threading
 import time
 from pathlib import Path
@@ -83,8 +84,10 @@ class Trainer(threading.Thread):
     """Runs micro-steps of a regression loss through one peer's optimiser until told to stop."""
 
     def __init__(self, optimizer: SwarmOptimizer, model: torch.nn.Module, seed: int, true_weight: torch.Tensor,
-                 stop: threading.Event, wait_for_peers: int = 1, deadline_s: float = 40.0, zero_grad: bool = True):
+                 stop: threading.Event, wait_for_peers: int = 1, deadline_s: float = 40.0, zero_grad: bool = True,
+                 poison_epoch: int | None = None):
         super().__init__(daemon=True)
+        self.poison_epoch = poison_epoch  # in this epoch, one micro-step's loss (so its gradient) is NaN
         self.optimizer, self.model, self.true_weight, self.stop = optimizer, model, true_weight, stop
         self.generator = torch.Generator().manual_seed(seed)
         self.wait_for_peers, self.deadline = wait_for_peers, time.monotonic() + deadline_s
@@ -102,6 +105,8 @@ class Trainer(threading.Thread):
                 epoch = self.optimizer.local_epoch
                 inputs, targets = regression_batch(self.generator, self.true_weight)
                 loss = torch.nn.functional.mse_loss(self.model(inputs), targets)
+                if epoch == self.poison_epoch:
+                    self.poison_epoch, loss = None, loss * float("nan")
                 loss.backward()
                 stepping = time.monotonic()
                 self.optimizer.step()
@@ -192,6 +197,48 @@ def test_two_peers_average_their_rounds_and_end_with_the_same_weights(two_nodes,
     weight_gap = (models[0].weight - models[1].weight).abs().max().item()
     bias_gap = (models[0].bias - models[1].bias).abs().max().item()
     assert weight_gap < 0.1 * initial_gap and bias_gap < 0.1 * initial_gap, (initial_gap, weight_gap, bias_gap)
+
+
+@pytest.mark.timeout(120)
+def test_a_peer_whose_gradient_turns_nan_harms_neither_itself_nor_its_partner(two_nodes):
+    """A NaN from one peer's backward (an fp16 overflow, a faulty GPU) went into the all-reduce: the group's average
+    was NaN, and so was every parameter of every member after the step, for the rest of the run."""
+    recipe = small_recipe("collab-nan")
+    true_weight = torch.randn(2, 8, generator=torch.Generator().manual_seed(0))
+    _, models = same_start(seed=5)
+    optimizers = [build_swarm_optimizer(dht, model, recipe, identity, micro_batch_size=MICRO_BATCH,
+                                        reuse_grad_buffers=True)
+                  for (dht, identity), model in zip(two_nodes, models)]
+    stop = threading.Event()
+    trainers = [Trainer(optimizer, model, seed, true_weight, stop, wait_for_peers=2, zero_grad=False,
+                        poison_epoch=2 if seed == 0 else None)
+                for seed, (optimizer, model) in enumerate(zip(optimizers, models))]
+    try:
+        for trainer in trainers:
+            trainer.start()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (trainers[0].poison_epoch is None
+                                                   and min(opt.local_epoch for opt in optimizers) >= 5
+                                                   and all(opt.rounds.averaged >= 2 for opt in optimizers)):
+            time.sleep(0.1)
+        stop.set()
+        for trainer in trainers:
+            trainer.join(timeout=30)
+    finally:
+        stop.set()
+        shut_down(optimizers)
+    assert all(trainer.error is None for trainer in trainers), [repr(trainer.error) for trainer in trainers]
+    assert trainers[0].poison_epoch is None, "the NaN micro-step ran"
+    assert any(math.isnan(loss) for loss in trainers[0].losses)
+    for model in models:
+        assert all(torch.isfinite(param).all() for param in model.parameters())
+    withheld = [opt.grad_averager.withheld_rounds for opt in optimizers]
+    skipped = [opt.state_averager.optimizer.skipped_steps for opt in optimizers]
+    # averaged, the NaN was sent as zeros with weight 0; alone, the peer skipped its own step: the partner never
+    # stepped on it either way
+    assert withheld[1] == 0 and skipped[1] == 0, (withheld, skipped)
+    assert withheld[0] + skipped[0] >= 1, (withheld, skipped)
+    assert all(opt.rounds.averaged >= 2 for opt in optimizers)
 
 
 @pytest.mark.timeout(120)

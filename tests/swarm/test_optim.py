@@ -224,3 +224,30 @@ def test_small_gradients_are_not_touched_by_clipping():
     delta_free, _ = _step_with(OptimConfig(clip_grad_norm=None, eps=1.0), small)
     assert torch.equal(grad, small)
     assert torch.equal(delta_clipped, delta_free)
+
+
+@pytest.mark.parametrize("name", ["adamw", "lamb"])
+@pytest.mark.parametrize("clip", [1.0, None], ids=["clipped", "unclipped"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")], ids=["nan", "inf"])
+def test_a_step_on_a_non_finite_gradient_leaves_weights_and_state_as_they_were(name, clip, bad):
+    """One peer's overflowed backward made the swarm's averaged gradient NaN, and the step turned every weight NaN."""
+    make_optimizer, _ = build_optimizer_factories(OptimConfig(name=name, lr=0.1, weight_decay=0.1, clip_grad_norm=clip))
+    weight, bias = torch.nn.Parameter(torch.ones(4, 4)), torch.nn.Parameter(torch.zeros(4))
+    optimizer = make_optimizer([weight, bias])
+    weight.grad, bias.grad = torch.full((4, 4), 0.5), torch.full((4,), 0.5)
+    optimizer.step()  # a good step first: the optimiser has state to keep
+    before = [weight.detach().clone(), bias.detach().clone()]
+    state = {key: value.clone() for key, value in optimizer.state[weight].items()}
+
+    gradient = torch.full((4, 4), 0.5)
+    gradient[1, 2] = bad
+    weight.grad, bias.grad = gradient, torch.full((4,), 0.5)
+    optimizer.step()
+    assert torch.equal(weight, before[0]) and torch.equal(bias, before[1]), "no parameter moved, finite ones neither"
+    assert all(torch.equal(optimizer.state[weight][key], value) for key, value in state.items())
+    assert optimizer.skipped_steps == 1
+    assert weight.grad is gradient and torch.equal(weight.grad, torch.zeros(4, 4)), "the same buffer, zeroed"
+
+    weight.grad, bias.grad = torch.full((4, 4), 0.5), torch.full((4,), 0.5)
+    optimizer.step()
+    assert not torch.equal(weight, before[0]) and torch.isfinite(weight).all() and optimizer.skipped_steps == 1
