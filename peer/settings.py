@@ -6,10 +6,28 @@ mistyped flag is named at once.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+import os
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from peer.schedule import TrainingHours, parse_hours
 from swarm.errors import UsageError
+
+# When the first `swarm join` of this process started: set by the process itself as it runs `swarm join` again between
+# two --hours windows (peer.volunteer.join_again), so that --max-runtime counts from the owner's start. Not a setting.
+JOINED_AT_ENV = "_SWARM_JOINED_AT"
+
+
+def _joined_at() -> float:
+    """Now, or when the `swarm join` that this process re-ran started."""
+    now = time.time()
+    try:
+        joined = float(os.environ.get(JOINED_AT_ENV, ""))
+    except ValueError:
+        return now
+    return joined if math.isfinite(joined) and joined <= now else now
 
 
 @dataclass
@@ -28,7 +46,8 @@ class VolunteerSettings:
     device: str = "auto"
     threads: int | None = None
     micro_batch_size: int | None = None
-    max_runtime_s: float | None = None
+    max_runtime_s: float | None = None  # counted from joined_at_s: waits outside --hours included
+    hours: str | None = None  # --hours: windows of local time to train in, "22:00-07:00" or "12:00-13:00,22:00-07:00"
     cache_dir: str | None = None
     data_dir: str | None = None  # this machine's copy of the run's data folder (source=files, a local dataset)
     model_dir: str | None = None  # this machine's copy of the organiser's model folder (a local model.pretrained)
@@ -38,7 +57,11 @@ class VolunteerSettings:
     connect_timeout_s: float = 60.0
     from_checkpoint: str | None = None  # a folder or "<hub repo>[@revision]"; default: the run's latest version
     compile: str = "auto"  # torch.compile the forward: auto (CUDA only) | on | off
+    joined_at_s: float = field(default_factory=_joined_at)  # when `swarm join` started (time.time())
 
+    @property
+    def training_hours(self) -> TrainingHours | None:
+        return parse_hours(self.hours) if self.hours is not None else None
 
 
 def _make_folder(flag: str, folder: Path, fix: str, of: str | None = None) -> None:
@@ -73,6 +96,8 @@ def check_local_settings(s: VolunteerSettings) -> None:
     if s.max_runtime_s is not None and not s.max_runtime_s > 0:
         raise UsageError(f"--max-runtime {s.max_runtime_s:g}: must be a positive number of seconds (leave it out "
                          "for no limit)")
+    if s.hours is not None:
+        parse_hours(s.hours)  # names the flag, the bad part and the form
     for flag, folder, what in (("--data-dir", s.data_dir, "data"), ("--model-dir", s.model_dir, "model"),
                                ("--tokenizer-dir", s.tokenizer_dir, "tokenizer")):
         if not folder or Path(folder).expanduser().is_dir():

@@ -26,12 +26,14 @@ import math
 import multiprocessing
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import NoReturn
 
 import hivemind
 import torch
@@ -53,7 +55,8 @@ from swarm.tokenizer import build_tokenizer
 from peer.collaboration import SwarmOptimizer, build_swarm_optimizer, shared_memory_needed
 from peer.contributions import ContributionLog
 from peer.progress import ProgressView
-from peer.settings import VolunteerSettings, check_local_settings, make_local_folders
+from peer.schedule import Departure, departure
+from peer.settings import JOINED_AT_ENV, VolunteerSettings, check_local_settings, make_local_folders
 
 logger = logging.getLogger("swarm.peer")
 
@@ -64,6 +67,7 @@ DHT_GET_TIMEOUT_S = 15.0  # the reporting thread's reads of the DHT give up afte
 HAND_OVER_S = 60.0  # how long the last peer training waits, as it leaves, for the coordinator to save its state
 RECONTACT_PERIOD_S = 30.0  # how often a peer alone with an empty-looking swarm dials its initial peers again
 ANOTHER_RUN_GRACE_S = 10.0  # how long a swarm that serves other runs gets to show the one asked for
+CHILDREN_EXIT_S = 30.0  # how long hivemind's processes get to exit before `swarm join` runs again (join_again)
 
 
 @dataclass
@@ -127,6 +131,8 @@ class Volunteer:
         self._last_recontact = time.monotonic()  # the first re-contact of a lone peer comes a period after the start
         self._said_cut_off = False
         self._addresses: list[str] = []
+        self._departure: Departure | None = None  # when the owner's limits (--hours, --max-runtime) end training
+        self._back_at_s: float | None = None
         self.dht: hivemind.DHT | None = None
         self.optimizer: SwarmOptimizer | None = None
         self.view: ProgressView | None = None
@@ -136,6 +142,8 @@ class Volunteer:
 
     # ---------------------------------------------------------------- the whole life of a volunteer
     def run(self) -> LocalStats:
+        s = self.settings
+        self._departure = departure(s.training_hours, s.max_runtime_s, s.joined_at_s, time.time())
         try:
             start_shared_memory_manager()  # before hivemind's first shared tensor: a SIGTERM to all must spare it
             self._install_signal_handlers()  # start-up (data, model, the state download) can take minutes
@@ -149,6 +157,12 @@ class Volunteer:
         finally:
             self._close()
         return self.stats
+
+    @property
+    def comes_back_at_s(self) -> float | None:
+        """When the next --hours window opens, if training stopped at the end of one (not for a signal, nor for the
+        run's end): `swarm join` then waits for it and joins again (`join_again`)."""
+        return None if self._force_stop.is_set() else self._back_at_s
 
     def _hivemind_processes(self) -> dict[str, multiprocessing.Process]:
         """hivemind's child processes this peer cannot train in the swarm without: the DHT node and the averagers."""
@@ -462,6 +476,7 @@ class Volunteer:
                 break
             if reason and not self._stop_requested.is_set():  # the owner's limit: leave as after Ctrl-C, the epoch
                 logger.info(f"Stopping: {reason}")  # in progress finished first (the other peers' round needs it)
+                self._back_at_s = self._departure.back_at_s
                 self._stop_requested.set()
                 continue
             if self._resync_requested.is_set():
@@ -594,8 +609,8 @@ class Volunteer:
             return f"the run reached limits.max_samples ({limits.max_samples})"
         if limits.max_wall_time_s is not None and time.time() - self.announcement.started_at >= limits.max_wall_time_s:
             return f"the run reached limits.max_wall_time_s ({limits.max_wall_time_s:.0f} s)"
-        if self.settings.max_runtime_s is not None and time.time() - self.stats.started_at >= self.settings.max_runtime_s:
-            return f"this volunteer's --max-runtime ({self.settings.max_runtime_s:.0f} s) is used up"
+        if self._departure is not None and time.time() >= self._departure.at_s:  # --max-runtime, --hours
+            return self._departure.reason
         return None
 
     # ---------------------------------------------------------------- reporting and health
@@ -851,3 +866,29 @@ class Volunteer:
             logger.info(f"Left the swarm after {self.stats.samples} samples in {self.stats.micro_steps} micro-steps; "
                         f"averaged {self.optimizer.rounds.averaged} rounds with other peers")
         self._closed.set()
+
+
+def join_again(joined_at_s: float) -> NoReturn:
+    """Run this `swarm join` again, in this process, after an --hours window ended: like a fresh start, it waits for
+    the next window, then joins the swarm anew and loads its latest state.
+
+    Not a new Volunteer in the same interpreter: torch would keep its memory while it waits, on a GPU its CUDA
+    context too (hundreds of MB of the owner's GPU memory, all day), and hivemind keeps threads and state per process
+    that a second DHT and optimizer would find. A process that replaces itself keeps its id, so a terminal's Ctrl-C,
+    `kill PID` and a service manager reach it as before; only the --max-runtime start is carried over. hivemind's
+    processes are gone first: one left over would hold this peer's identity and port when it joins again.
+    """
+    deadline = time.monotonic() + CHILDREN_EXIT_S
+    while multiprocessing.active_children() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for child in multiprocessing.active_children():
+        logger.warning(f"hivemind's process {child.name} (pid {child.pid}) did not exit within {CHILDREN_EXIT_S:.0f} "
+                       "s of leaving: stopping it")
+        child.kill()
+        child.join(5.0)
+    os.environ[JOINED_AT_ENV] = repr(joined_at_s)
+    for handler in logging.getLogger("swarm").handlers:
+        handler.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])

@@ -31,6 +31,7 @@ def _usual_ctrl_c(installed: bool) -> None:
 _IMPORTING = _quiet_ctrl_c()
 
 import os  # noqa: E402  (after the Ctrl-C handler, like everything below)
+import time  # noqa: E402
 import traceback  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import List, Optional  # noqa: E402
@@ -126,7 +127,12 @@ def join(
     micro_batch_size: Optional[int] = typer.Option(
         None, envvar="SWARM_MICRO_BATCH_SIZE", help="Samples per forward/backward (default: picked for the hardware)."),
     max_runtime: Optional[float] = typer.Option(
-        None, envvar="SWARM_MAX_RUNTIME", help="Leave after this many seconds (finishing the epoch in progress)."),
+        None, envvar="SWARM_MAX_RUNTIME",
+        help="Leave after this many seconds (finishing the epoch in progress); waits outside --hours count."),
+    hours: Optional[str] = typer.Option(
+        None, envvar="SWARM_HOURS",
+        help="Train only in these windows of local time, e.g. 22:00-07:00 or 12:00-13:00,22:00-07:00; outside them "
+             "wait, using nothing."),
     host: str = typer.Option("0.0.0.0", envvar="SWARM_HOST", help="Interface to listen on."),
     port: int = typer.Option(0, envvar="SWARM_PORT", help="TCP port for other peers (0: any free port)."),
     announce_host: Optional[str] = typer.Option(
@@ -164,22 +170,63 @@ def join(
     settings = VolunteerSettings(
         initial_peers=initial_peers, run_id=run_id, identity_dir=str(identity) if identity else None, name=name,
         team=team, host=host, port=port, announce_host=announce_host, client_mode=client_mode, device=device,
-        threads=threads, micro_batch_size=micro_batch_size, max_runtime_s=max_runtime,
+        threads=threads, micro_batch_size=micro_batch_size, max_runtime_s=max_runtime, hours=hours,
         cache_dir=str(cache_dir) if cache_dir else None, stats_file=str(stats_file) if stats_file else None,
         display=display, from_checkpoint=from_checkpoint, compile=compile,
         data_dir=str(data_dir) if data_dir else None, model_dir=str(model_dir) if model_dir else None,
         tokenizer_dir=str(tokenizer_dir) if tokenizer_dir else None)
     # bad flags fail now, before this peer joins the swarm; most before torch and hivemind are imported (seconds)
     check_local_settings(settings)
-    from swarm.hardware import resolve_device
-    from swarm.network import listen_addresses
 
-    setup_logging(verbose)
-    listen_addresses(host, port, announce_host, client_mode=client_mode)
-    resolve_device(device)
-    from peer.volunteer import Volunteer
+    def check_with_torch_and_hivemind() -> None:
+        from swarm.hardware import resolve_device
+        from swarm.network import listen_addresses
 
-    Volunteer(settings).run()
+        setup_logging(verbose)
+        listen_addresses(host, port, announce_host, client_mode=client_mode)
+        resolve_device(device)
+
+    hours = settings.training_hours
+    if hours is not None and hours.stretch_at(time.time()) is None:
+        _check_in_a_child(check_with_torch_and_hivemind)  # a bad --device is named now, not when the window opens
+    try:  # outside --hours: sleep before importing torch and hivemind, which take memory the owner keeps meanwhile
+        from peer.schedule import wait_for_training_hours
+
+        if not wait_for_training_hours(hours, settings.max_runtime_s, settings.joined_at_s):
+            return
+    except KeyboardInterrupt:
+        _exit_interrupted()
+    check_with_torch_and_hivemind()
+    from peer.volunteer import Volunteer, join_again
+
+    volunteer = Volunteer(settings)
+    volunteer.run()
+    if volunteer.comes_back_at_s is not None:  # an --hours window ended: wait for the next one, then train again
+        join_again(settings.joined_at_s)
+
+
+def _check_in_a_child(check) -> None:
+    """Run `check` in a forked child, so that what it imports (torch, hivemind: hundreds of MB) stays out of this
+    process, which then waits for hours; a SwarmError there is this command's error (message, exit code)."""
+    from swarm.errors import SwarmError
+
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            check()
+        except SwarmError as error:
+            print(f"error: {error}", file=sys.stderr)
+            code = error.exit_code
+        except BaseException:  # noqa: BLE001 - a child must never return into the parent's code
+            traceback.print_exc()
+            code = 1
+        finally:
+            sys.stderr.flush()
+            os._exit(code)
+    code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    if code != 0:
+        sys.exit(code if code > 0 else 1)
 
 
 @app.command()

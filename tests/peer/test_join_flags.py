@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -37,6 +39,13 @@ def _unused_address() -> str:
     (["--tokenizer-dir", "./does/not/exist"], "--tokenizer-dir does/not/exist: no such folder"),
     (["--data-dir", "/does/not/exist"], "--data-dir /does/not/exist: no such folder; give your copy of the run's data "
                                         "folder, or leave --data-dir out if the run needs none"),
+    (["--hours", "22:00-7am"], "--hours 22:00-7am (or SWARM_HOURS): '7am' is not a time of day as HH:MM; give windows "
+                               "of local time as HH:MM-HH:MM, 24-hour, e.g. --hours 22:00-07:00, or --hours "
+                               "12:00-13:00,22:00-07:00 for several"),
+    (["--hours", "22:00"], "--hours 22:00 (or SWARM_HOURS): '22:00' is not a window from one time to another; give"),
+    (["--hours", "12:00-13:00,,22:00-07:00"], "--hours 12:00-13:00,,22:00-07:00 (or SWARM_HOURS): an empty window;"),
+    (["--hours", "00:00-24:00"], "--hours 00:00-24:00 (or SWARM_HOURS): '00:00-24:00' ends where it starts (leave "
+                                 "--hours out to train at any time)"),
 ])
 def test_a_bad_local_flag_is_named_before_connecting(tmp_path, flags, named):
     completed = subprocess.run(
@@ -49,13 +58,15 @@ def test_a_bad_local_flag_is_named_before_connecting(tmp_path, flags, named):
     assert "could not reach" not in output and "Traceback" not in output, output
 
 
-def test_a_bad_local_flag_is_named_before_torch_and_hivemind_are_imported(tmp_path):
+@pytest.mark.parametrize("flag, value, named", [("--display", "bogus", "--display 'bogus'"),
+                                                ("--hours", "10pm-7am", "--hours 10pm-7am (or SWARM_HOURS)")])
+def test_a_bad_local_flag_is_named_before_torch_and_hivemind_are_imported(tmp_path, flag, value, named):
     # they take seconds to import: a mistyped flag was named only after them
     completed = subprocess.run(
         [sys.executable, "-X", "importtime", "-m", "swarm.cli", "join", "--initial-peers", _unused_address(),
-         "--identity", str(tmp_path / "identity"), "--display", "bogus"],
+         "--identity", str(tmp_path / "identity"), flag, value],
         cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=120)
-    assert completed.returncode == 2 and "--display 'bogus'" in completed.stderr, completed.stderr[-2000:]
+    assert completed.returncode == 2 and f"error: {named}" in completed.stderr, completed.stderr[-2000:]
     imported = {line.rsplit("|", 1)[-1].strip() for line in completed.stderr.splitlines()
                 if line.startswith("import time:")}
     assert "typer" in imported, "no import times: the check below would prove nothing"
@@ -148,6 +159,59 @@ def test_the_port_of_the_coordinator_it_joins_is_named_not_taken_for_an_unreacha
     finally:
         coordinator.shutdown()
     _refused(completed, f"--port {port} is already in use on this machine (by another program): pick another port")
+
+
+def test_swarm_hours_set_wrong_is_named_with_the_flag(tmp_path):
+    _refused(_join(tmp_path, env={"SWARM_HOURS": "9-17"}),
+             "--hours 9-17 (or SWARM_HOURS): '9' is not a time of day as HH:MM; give windows of local time as "
+             "HH:MM-HH:MM, 24-hour, e.g. --hours 22:00-07:00")
+
+
+def _closed_window() -> str:
+    """An --hours window of this machine's local time that opens in about two hours: closed for the whole test."""
+    now = time.localtime()
+    start = (now.tm_hour * 60 + now.tm_min + 120) % (24 * 60)
+    end = (start + 60) % (24 * 60)
+    return f"{start // 60:02d}:{start % 60:02d}-{end // 60:02d}:{end % 60:02d}"
+
+
+def test_a_flag_that_needs_torch_is_named_at_once_not_when_the_hours_window_opens(tmp_path):
+    _refused(_join(tmp_path, "--hours", _closed_window(), "--device", "tpu"),
+             "--device 'tpu': use auto, cpu, cuda, cuda:N or mps")
+
+
+def test_outside_its_hours_a_volunteer_says_when_it_starts_and_waits_holding_nothing(tmp_path):
+    window = _closed_window()
+    waiting = subprocess.Popen(
+        [sys.executable, "-m", "swarm.cli", "join", "--initial-peers", _unused_address(), "--identity",
+         str(tmp_path / "identity"), "--hours", window],
+        cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, start_new_session=True)
+    try:
+        line = waiting.stdout.readline()
+        assert f"[INFO] Outside --hours {window}: training starts at {window[:5]} (in 1 h 59 min)" in line or (
+            "(in 2 h)" in line), line  # the minute may turn between the two clocks
+        time.sleep(1.0)
+        assert waiting.poll() is None, waiting.stdout.read()
+        maps = Path(f"/proc/{waiting.pid}/maps").read_text()
+        assert "libtorch" not in maps and "hivemind" not in maps, "torch or hivemind loaded while waiting"
+        children = Path(f"/proc/{waiting.pid}/task/{waiting.pid}/children").read_text().split()
+        assert children == [], children
+        started = time.monotonic()
+        waiting.send_signal(signal.SIGINT)  # Ctrl-C
+        assert waiting.wait(timeout=10) == 130
+        assert time.monotonic() - started < 2.0
+        assert waiting.stdout.read().strip() == "interrupted"
+    finally:
+        if waiting.poll() is None:
+            waiting.kill()
+            waiting.wait()
+
+
+def test_a_max_runtime_that_ends_before_the_hours_open_leaves_at_once(tmp_path):
+    completed = _join(tmp_path, "--hours", _closed_window(), "--max-runtime", "3600")
+    assert completed.returncode == 0, completed.stderr
+    assert "after this volunteer's --max-runtime (3600 s) ends: nothing to train, leaving" in completed.stderr
 
 
 def _checked(tmp_path: Path, **settings) -> None:
