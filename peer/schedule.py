@@ -238,14 +238,15 @@ def waiting(hours: TrainingHours | None, max_runtime_s: float | None, joined_at_
 
 
 def wait_for_training_hours(hours: TrainingHours | None, max_runtime_s: float | None, joined_at_s: float) -> bool:
-    """Sleep until a window opens, saying when (False: it opens only after --max-runtime ends). Cheap: the caller
-    imports neither torch nor hivemind before this returns; Ctrl-C raises KeyboardInterrupt at once."""
-    wait = waiting(hours, max_runtime_s, joined_at_s, time.time())
-    if wait is None:
-        return True
-    logger.info(wait.message)
-    if wait.until_s is None:
-        return False
-    while (left_s := wait.until_s - time.time()) > 0:
-        time.sleep(min(left_s, NAP_S))
+    """Sleep until a window opens, saying when, and until when it lasts (False: it opens only after --max-runtime
+    ends). Cheap: the caller imports neither torch nor hivemind before this returns; Ctrl-C raises KeyboardInterrupt
+    at once."""
+    while (wait := waiting(hours, max_runtime_s, joined_at_s, time.time())) is not None:
+        logger.info(wait.message)
+        if wait.until_s is None:
+            return False
+        if wait.until_s <= time.time():
+            return True
+        while (left_s := wait.until_s - time.time()) > 0:
+            time.sleep(min(left_s, NAP_S))
     return True

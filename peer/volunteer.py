@@ -875,9 +875,21 @@ def join_again(joined_at_s: float) -> NoReturn:
     Not a new Volunteer in the same interpreter: torch would keep its memory while it waits, on a GPU its CUDA
     context too (hundreds of MB of the owner's GPU memory, all day), and hivemind keeps threads and state per process
     that a second DHT and optimizer would find. A process that replaces itself keeps its id, so a terminal's Ctrl-C,
-    `kill PID` and a service manager reach it as before; only the --max-runtime start is carried over. hivemind's
-    processes are gone first: one left over would hold this peer's identity and port when it joins again.
+    `kill PID` and a service manager reach it as before; only the --max-runtime start is carried over.
     """
+    _end_child_processes()
+    os.environ[JOINED_AT_ENV] = repr(joined_at_s)
+    for handler in logging.getLogger("swarm").handlers:
+        handler.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+
+
+def _end_child_processes() -> None:
+    """Before this process runs `swarm join` again: hivemind's processes end (one left over would hold this peer's
+    identity and port when it joins again), and so does torch's shared-memory manager, which lives as long as a process
+    holds its socket: libshm opens it inheritable, and each re-run kept one more manager (about 100 MB each)."""
     deadline = time.monotonic() + CHILDREN_EXIT_S
     while multiprocessing.active_children() and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -886,9 +898,40 @@ def join_again(joined_at_s: float) -> NoReturn:
                        "s of leaving: stopping it")
         child.kill()
         child.join(5.0)
-    os.environ[JOINED_AT_ENV] = repr(joined_at_s)
-    for handler in logging.getLogger("swarm").handlers:
-        handler.flush()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+    for fd in _inheritable_sockets():
+        os.close(fd)
+    deadline = time.monotonic() + 10.0
+    for pid in _child_process_ids():  # the manager, which exits a few seconds after its last client has gone
+        while not _has_exited(pid):
+            if time.monotonic() > deadline:
+                logger.debug(f"Child process {pid} still runs as `swarm join` starts again")
+                break
+            time.sleep(0.1)
+
+
+def _has_exited(pid: int) -> bool:
+    """Whether a child process has exited (it is reaped then)."""
+    try:
+        return os.waitpid(pid, os.WNOHANG)[0] != 0
+    except ChildProcessError:
+        return True
+
+
+def _inheritable_sockets() -> list[int]:
+    found = []
+    with contextlib.suppress(OSError):  # no /proc (macOS): nothing to close
+        for name in os.listdir("/proc/self/fd"):
+            fd = int(name)
+            with contextlib.suppress(OSError):
+                if fd > 2 and os.readlink(f"/proc/self/fd/{fd}").startswith("socket:") and os.get_inheritable(fd):
+                    found.append(fd)
+    return found
+
+
+def _child_process_ids() -> list[int]:
+    found = []
+    with contextlib.suppress(OSError):
+        for task in Path("/proc/self/task").iterdir():
+            with contextlib.suppress(OSError):
+                found += [int(pid) for pid in (task / "children").read_text().split()]
+    return found
