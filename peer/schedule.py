@@ -201,8 +201,8 @@ def departure(hours: TrainingHours | None, max_runtime_s: float | None, joined_a
     if leave is not None and leave.at_s <= end_s:
         return leave
     back_at_s = hours.next_start_s(end_s, tz)
-    label = stretch.label if stretch is not None else f"hours {hours}"
-    ended = f"the --hours {label} ended at {clock(end_s, tz)}"
+    ended = (f"the --hours {stretch.label} ended at {clock(end_s, tz)}" if stretch is not None
+             else f"this machine is outside --hours {hours}")
     if leave is not None and leave.at_s <= back_at_s:
         return Departure(end_s, f"{ended}, and --max-runtime ({max_runtime_s:.0f} s) ends before the next one opens")
     return Departure(end_s, f"{ended}; back at {clock(back_at_s, tz)}", back_at_s)

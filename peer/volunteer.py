@@ -162,7 +162,7 @@ class Volunteer:
     def comes_back_at_s(self) -> float | None:
         """When the next --hours window opens, if training stopped at the end of one (not for a signal, nor for the
         run's end): `swarm join` then waits for it and joins again (`join_again`)."""
-        return None if self._force_stop.is_set() else self._back_at_s
+        return None if self._force_stop.is_set() or self._training_over.is_set() else self._back_at_s
 
     def _hivemind_processes(self) -> dict[str, multiprocessing.Process]:
         """hivemind's child processes this peer cannot train in the swarm without: the DHT node and the averagers."""

@@ -187,11 +187,11 @@ def join(
         resolve_device(device)
 
     hours = settings.training_hours
-    if hours is not None and hours.stretch_at(time.time()) is None:
-        _check_in_a_child(check_with_torch_and_hivemind)  # a bad --device is named now, not when the window opens
     try:  # outside --hours: sleep before importing torch and hivemind, which take memory the owner keeps meanwhile
         from peer.schedule import wait_for_training_hours
 
+        if hours is not None and hours.stretch_at(time.time()) is None:
+            _check_in_a_child(check_with_torch_and_hivemind)  # a bad --device is named now, not when the window opens
         if not wait_for_training_hours(hours, settings.max_runtime_s, settings.joined_at_s):
             return
     except KeyboardInterrupt:
@@ -218,6 +218,8 @@ def _check_in_a_child(check) -> None:
         except SwarmError as error:
             print(f"error: {error}", file=sys.stderr)
             code = error.exit_code
+        except KeyboardInterrupt:  # Ctrl-C reaches the whole job: the parent says so
+            code = 130
         except BaseException:  # noqa: BLE001 - a child must never return into the parent's code
             traceback.print_exc()
             code = 1

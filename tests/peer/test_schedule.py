@@ -145,6 +145,13 @@ def test_the_volunteer_leaves_at_the_window_s_end_and_says_when_it_is_back():
     assert leave.reason == "the --hours window 22:00-07:00 ended at 07:00; back at 12:00"
 
 
+def test_a_volunteer_started_outside_its_hours_leaves_at_once():
+    # `swarm join` waits for the window first; a Volunteer run directly outside it trains nothing
+    leave = departure(parse_hours("22:00-07:00"), None, 0.0, at(UTC, 12, 7, 9), UTC)
+    assert (leave.at_s, leave.back_at_s) == (at(UTC, 12, 7, 9), at(UTC, 12, 7, 22))
+    assert leave.reason == "this machine is outside --hours 22:00-07:00; back at 22:00"
+
+
 def test_max_runtime_counts_from_the_join_and_wins_over_the_window():
     hours, joined = parse_hours("22:00-07:00"), at(UTC, 12, 6, 21)  # joined outside, waited an hour
     assert departure(None, 40.0, joined, joined + 10, UTC) == peer.schedule.Departure(
