@@ -255,12 +255,14 @@ def demo(
 
 
 def _register_groups() -> None:
-    """Add `swarm recipe ...` and `swarm ledger ...` (once, however often it is called)."""
+    """Add `swarm recipe ...`, `swarm checkpoint ...` and `swarm ledger ...` (once, however often it is called)."""
     if any(group.name == "recipe" for group in app.registered_groups):
         return
+    from swarm.checkpoint_cli import checkpoint_app
     from swarm.recipe_cli import recipe_app
 
     app.add_typer(recipe_app, name="recipe")
+    app.add_typer(checkpoint_app, name="checkpoint")
     try:
         from swarm.ledger_cli import ledger_app
     except ImportError:  # pragma: no cover - the ledger module is optional during development

@@ -242,3 +242,27 @@ def test_publish_versions_during_an_outage_says_to_try_again_later(hub, checkpoi
     hub.go_down()
     with pytest.raises(HubUnavailableError, match="could not reach it"):
         publish_versions(checkpoint_folder, endpoint=hub.url, request_timeout_s=2.0)
+
+
+def test_swarm_checkpoint_publish_uploads_the_missing_versions_and_names_bad_flags(hub, checkpoint_folder, tmp_path):
+    """The command a stopped coordinator's last line gives, run as the organiser runs it."""
+    import os
+    import subprocess
+    import sys
+
+    environment = dict(os.environ, HF_ENDPOINT=hub.url, HF_TOKEN=hub.write_token, HF_HUB_DISABLE_XET="1",
+                       HF_HUB_DISABLE_TELEMETRY="1", HF_HOME=str(tmp_path / "hf-home"))
+    environment.pop("HF_HUB_OFFLINE", None)
+
+    def swarm(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "swarm.cli", "checkpoint", "publish", *args], env=environment,
+                              capture_output=True, text=True, timeout=120)
+
+    done = swarm("--checkpoint-dir", str(checkpoint_folder), "--all-missing")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"Uploaded epoch-000005, epoch-000010, epoch-000015 to {REPO_ID}" in done.stdout
+    assert all(tagged(hub, epoch) for epoch in (5, 10, 15)) and epoch_on_main(hub) == 15
+    # the other messages: test_publish_versions_says_what_is_wrong_with_the_folder_or_the_epoch
+    refused = swarm("--checkpoint-dir", str(checkpoint_folder))
+    assert refused.returncode == 2 and "error: give --epoch N (repeatable) or --all-missing" in refused.stderr
+    assert "Traceback" not in refused.stderr

@@ -326,7 +326,8 @@ def test_ctrl_c_typed_in_the_demos_terminal_ends_the_run_with_every_epoch_credit
     assert "Traceback" not in demo.output + coordinator_log
     time.sleep(2.0)
     assert [pid for pid in processes if is_running(pid)] == []
-    assert json.loads((output / "coordinator" / "run.json").read_text())["ended_at_epoch"] == end_epoch
+    run_state = json.loads((output / "coordinator" / "run.json").read_text())
+    assert (run_state["ended_at_epoch"], run_state["end_set_at_epoch"]) == (final, end_epoch), run_state
 
     # launched again, the run is over: nothing is trained, and the organiser is told how to train on
     again = CliProcess(["launch", str(output / "recipe.yaml"), "--host", "127.0.0.1", "--port", "0",
