@@ -520,6 +520,21 @@ class SwarmOptimizer(hivemind.Optimizer):
         self._peers_expected_from: frozenset | None = None  # the tracker's peer set the rounds expect (or None)
         super().__init__(*args, **kwargs)
         self.rounds = RoundStats()
+        # epochs whose gradient this peer did not give the swarm (not finite: sent with weight 0, or alone, its step
+        # skipped), so whose samples it does not claim
+        self.unsent_epochs: set[int] = set()
+
+    def step(self, *args, **kwargs):
+        epoch = self.local_epoch
+        withheld = getattr(self.grad_averager, "withheld_rounds", 0)
+        skipped = getattr(self.state_averager.optimizer, "skipped_steps", 0)
+        result = super().step(*args, **kwargs)
+        if self.local_epoch != epoch and (
+                getattr(self.grad_averager, "withheld_rounds", 0) != withheld
+                or (getattr(self.state_averager.optimizer, "skipped_steps", 0) != skipped
+                    and self.rounds.last_group_size <= 1)):
+            self.unsent_epochs.add(epoch)
+        return result
 
     def _make_progress_tracker(self, target_batch_size: int, **kwargs) -> ProgressTracker:
         return SwarmProgressTracker(dht=self.dht, prefix=self.run_id, target_batch_size=target_batch_size,

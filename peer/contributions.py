@@ -105,6 +105,11 @@ class ContributionLog:
                                      compute_s=float(work.compute_s + compute_s))
         self.closed.pop(epoch, None)
 
+    def drop(self, epoch: int) -> int:
+        """Claim nothing for an open `epoch` (its gradient never reached the swarm); returns its samples."""
+        work = self.open.pop(epoch, None)
+        return work.samples if work is not None else 0
+
     def close_epochs_before(self, epoch: int) -> None:
         """Persist every open epoch older than `epoch` (the peer has moved past them)."""
         for done in sorted(e for e in self.open if e < epoch):

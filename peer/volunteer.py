@@ -509,6 +509,7 @@ class Volunteer:
             self._write_stats()
         self.contributions.add(epoch, batch.shape[0], elapsed)
         if self.optimizer.local_epoch != epoch:
+            self._drop_unsent_epochs()
             self.contributions.close_epochs_before(self.optimizer.local_epoch)
             self._epoch_closed.set()
         if self.view is not None:
@@ -612,6 +613,16 @@ class Volunteer:
         if self._departure is not None and time.time() >= self._departure.at_s:  # --max-runtime, --hours
             return self._departure.reason
         return None
+
+    def _drop_unsent_epochs(self) -> None:
+        """Work whose gradient never reached the swarm (it was not finite) is not claimed: it added nothing."""
+        unsent = getattr(self.optimizer, "unsent_epochs", None)
+        while unsent:
+            epoch = unsent.pop()
+            samples = self.contributions.drop(epoch)
+            if samples:
+                logger.warning(f"Epoch {epoch}: this peer's gradient was not finite, so it gave the swarm nothing; its "
+                               f"{samples} samples are not claimed")
 
     # ---------------------------------------------------------------- reporting and health
     def _update_loss_ema(self) -> float | None:

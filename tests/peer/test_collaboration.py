@@ -238,6 +238,8 @@ def test_a_peer_whose_gradient_turns_nan_harms_neither_itself_nor_its_partner(tw
     # stepped on it either way
     assert withheld[1] == 0 and skipped[1] == 0, (withheld, skipped)
     assert withheld[0] + skipped[0] >= 1, (withheld, skipped)
+    # the NaN epoch's work gave the swarm nothing: the volunteer claims none of it (peer/volunteer.py)
+    assert (optimizers[0].unsent_epochs, optimizers[1].unsent_epochs) == ({2}, set())
     assert all(opt.rounds.averaged >= 2 for opt in optimizers)
 
 

@@ -155,3 +155,16 @@ def test_a_disk_that_fills_mid_run_is_one_warning_and_the_log_catches_up_once_th
             reopened = ContributionLog(path.parent, identity)
         assert sorted(reopened.closed) == list(range(epoch + 4)) and _warnings(caplog) == []
         assert reopened.closed == log.closed
+
+
+def test_an_epoch_dropped_before_it_closes_is_never_claimed(tmp_path):
+    """An epoch whose gradient was not finite gave the swarm nothing: its samples are not claimed, now or later."""
+    identity = Identity.load_or_create(tmp_path / "identity")
+    log = ContributionLog(tmp_path / "run", identity)
+    for epoch in (4, 5):
+        log.add(epoch, samples=16, compute_s=0.5)
+        log.add(epoch, samples=16, compute_s=0.5)
+    assert log.drop(4) == 32 and log.drop(4) == 0
+    log.close_epochs_before(6)
+    assert [work.epoch for work in log.unpublished(ledger_epoch=-1)] == [5]
+    assert sorted(ContributionLog(tmp_path / "run", identity).closed) == [5]
