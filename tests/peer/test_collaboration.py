@@ -144,11 +144,14 @@ def shut_down(optimizers) -> None:
         optimizer.shutdown()
 
 
-def train_together(optimizers, models, true_weight, until, within_s: float, **trainer_options) -> list[Trainer]:
-    """Train every peer in its own thread until `until()` holds or `within_s` passes, then shut the peers down."""
+def train_together(optimizers, models, true_weight, until, within_s: float, each_peer: list[dict] | None = None,
+                   **trainer_options) -> list[Trainer]:
+    """Train every peer in its own thread until `until()` holds or `within_s` passes, then shut the peers down.
+    `each_peer`: more Trainer options, one dict per peer."""
     stop = threading.Event()
-    trainers = [Trainer(optimizer, model, seed, true_weight, stop, **trainer_options)
-                for seed, (optimizer, model) in enumerate(zip(optimizers, models))]
+    each_peer = each_peer or [{} for _ in optimizers]
+    trainers = [Trainer(optimizer, model, seed, true_weight, stop, **trainer_options, **extra)
+                for seed, (optimizer, model, extra) in enumerate(zip(optimizers, models, each_peer))]
     try:
         for trainer in trainers:
             trainer.start()
@@ -209,25 +212,11 @@ def test_a_peer_whose_gradient_turns_nan_harms_neither_itself_nor_its_partner(tw
     optimizers = [build_swarm_optimizer(dht, model, recipe, identity, micro_batch_size=MICRO_BATCH,
                                         reuse_grad_buffers=True)
                   for (dht, identity), model in zip(two_nodes, models)]
-    stop = threading.Event()
-    trainers = [Trainer(optimizer, model, seed, true_weight, stop, wait_for_peers=2, zero_grad=False,
-                        poison_epoch=2 if seed == 0 else None)
-                for seed, (optimizer, model) in enumerate(zip(optimizers, models))]
-    try:
-        for trainer in trainers:
-            trainer.start()
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not (trainers[0].poison_epoch is None
-                                                   and min(opt.local_epoch for opt in optimizers) >= 5
-                                                   and all(opt.rounds.averaged >= 2 for opt in optimizers)):
-            time.sleep(0.1)
-        stop.set()
-        for trainer in trainers:
-            trainer.join(timeout=30)
-    finally:
-        stop.set()
-        shut_down(optimizers)
-    assert all(trainer.error is None for trainer in trainers), [repr(trainer.error) for trainer in trainers]
+    trainers = train_together(optimizers, models, true_weight,
+                              lambda: (optimizers[0].unsent_epochs and min(opt.local_epoch for opt in optimizers) >= 5
+                                       and all(opt.rounds.averaged >= 2 for opt in optimizers)),
+                              within_s=60, wait_for_peers=2, zero_grad=False,
+                              each_peer=[dict(poison_epoch=2), dict(poison_epoch=None)])
     assert trainers[0].poison_epoch is None, "the NaN micro-step ran"
     assert any(math.isnan(loss) for loss in trainers[0].losses)
     for model in models:
