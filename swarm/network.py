@@ -174,6 +174,39 @@ def check_listen_port(host: str, port: int, fix: str = LAUNCH_PORT_FIX) -> None:
             # anything else: let the p2p daemon try, and report what it says
 
 
+class _CommandPipe:
+    """The DHT process's end of the pipe its owner sends commands through, reading a command whose sender has exited
+    as the ConnectionError hivemind expects.
+
+    A command carries its sender's reply pipe, which the DHT process fetches from the sender as it reads the command
+    (multiprocessing's resource sharer). hivemind's loop takes a failed fetch (OSError, ConnectionError) in its stride,
+    but not EOFError, which it raises when the sender exited cleanly meanwhile (an averager's last store as its peer
+    leaves): the DHT process then died with a 20-line traceback. The original traceback is kept, so the log filter
+    for such commands (swarm.logs) recognises it.
+    """
+
+    def __init__(self, pipe):
+        self._pipe = pipe
+
+    def recv(self):
+        try:
+            return self._pipe.recv()
+        except EOFError as error:
+            raise ConnectionError("the process that sent this command exited before it was read").with_traceback(
+                error.__traceback__) from None
+
+    def __getattr__(self, name):
+        return getattr(self._pipe, name)
+
+
+class SwarmDHT(hivemind.DHT):
+    """hivemind's DHT, whose process outlives a command from a process that has exited (`_CommandPipe`)."""
+
+    def run(self) -> None:
+        self._inner_pipe = _CommandPipe(self._inner_pipe)
+        super().run()
+
+
 def create_dht(
     initial_peers: Sequence[str],
     host: str = "0.0.0.0",
@@ -223,7 +256,7 @@ def create_dht(
     if identity is not None:
         kwargs["identity_path"] = str(identity.p2p_key_path)
     try:
-        return hivemind.DHT(**kwargs)
+        return SwarmDHT(**kwargs)
     except Exception as error:
         text = str(error)
         if "address already in use" in text.lower() and port != 0:  # taken since check_listen_port

@@ -112,6 +112,7 @@ def test_host_that_is_not_an_ip_is_a_usage_error():
 
 
 def test_join_addresses_name_the_peer_and_work_for_joining(first_node, tmp_path):
+    assert type(first_node[0]).__name__ == "SwarmDHT"  # whose process survives commands of exited senders (below)
     dht, _ = first_node
     addresses = join_addresses(dht)
     assert addresses
@@ -353,3 +354,22 @@ def test_a_node_on_host_double_colon_takes_ip_v4_and_ip_v6_peers():
             _a_node_joining_through(address, loopback, reaches=dht)
     finally:
         dht.shutdown()
+
+
+def test_a_command_whose_sender_exited_reads_as_the_connection_error_hivemind_takes_in_its_stride():
+    """hivemind's DHT loop survives OSError and ConnectionError while reading a command, not EOFError: a volunteer's
+    Ctrl-C printed the DHT process's traceback (an averager's last store, its sender gone) and the process died."""
+    import multiprocessing
+    import traceback
+
+    from swarm.network import _CommandPipe
+
+    reader, writer = multiprocessing.Pipe(duplex=False)
+    writer.send(("get", [], {}))
+    pipe = _CommandPipe(reader)
+    assert pipe.poll() and pipe.recv() == ("get", [], {})
+    writer.close()  # the sender is gone
+    with pytest.raises(ConnectionError) as raised:
+        pipe.recv()
+    # the frames where the read failed are kept: swarm.logs recognises the resource sharer's among them
+    assert [frame.f_code.co_name for frame, _ in traceback.walk_tb(raised.value.__traceback__)][-1] == "_recv"
