@@ -132,6 +132,8 @@ class Volunteer:
         self._said_cut_off = False
         self._addresses: list[str] = []
         self._departure: Departure | None = None  # when the owner's limits (--hours, --max-runtime) end training
+        self._signal_name: str | None = None  # the last SIGINT/SIGTERM received
+        self.interrupted = False  # a signal stopped this peer before it trained: `swarm join` exits 130
         self._back_at_s: float | None = None
         self.dht: hivemind.DHT | None = None
         self.optimizer: SwarmOptimizer | None = None
@@ -461,7 +463,10 @@ class Volunteer:
                 finishing_epoch = self.optimizer.local_epoch
                 self._finish_deadline = time.monotonic() + self._finish_budget_s()
                 if self.stats.micro_steps == 0:
-                    logger.info("Stopping before training began: leaving now")
+                    # Ctrl-C while the swarm's state loads is still the start-up (as the README says): exit code 130
+                    self.interrupted = self._signal_name is not None
+                    logger.info(f"Stopping{f' ({self._signal_name})' if self.interrupted else ''} before training "
+                                "began: leaving now")
                     break
                 logger.info("Stopping: finishing the current epoch so this peer's samples reach the swarm "
                             "(press Ctrl-C again to leave at once)")
@@ -831,6 +836,7 @@ class Volunteer:
             return
 
         def handle(signum, _frame):
+            self._signal_name = signal.Signals(signum).name
             if self._starting:
                 name = signal.Signals(signum).name
                 if self._stop_requested.is_set():

@@ -201,6 +201,8 @@ def join(
 
     volunteer = Volunteer(settings)
     volunteer.run()
+    if volunteer.interrupted:
+        _exit_interrupted()
     if volunteer.comes_back_at_s is not None:  # an --hours window ended: wait for the next one, then train again
         join_again(settings.joined_at_s)
 

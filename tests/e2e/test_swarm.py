@@ -162,7 +162,8 @@ def test_ctrl_c_typed_in_a_terminal_stops_a_volunteer_and_the_coordinator_as_it_
     hasty.wait_for(r"Model: ", timeout_s=180)
     hasty.press_ctrl_c()
     assert hasty.wait(timeout_s=60) == 130, hasty.output[-3000:]
-    assert "Stopping (SIGINT) during start-up" in hasty.output, hasty.output[-3000:]
+    # hivemind starts in well under a second here: the Ctrl-C may land as the swarm's state loads, also start-up
+    assert re.search(r"Stopping \(SIGINT\) (during start-up|before training began)", hasty.output), hasty.output[-3000:]
     assert "Traceback" not in hasty.output and "First samples" not in hasty.output, hasty.output[-3000:]
     time.sleep(2.0)  # its hivemind processes and p2p daemons (named by its identity folder) are gone too
     assert _processes_mentioning(str(swarm.folder / "hasty")) == []
