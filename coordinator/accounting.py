@@ -70,6 +70,7 @@ class Accounting:
     windows: dict[int, EpochWindow] = field(default_factory=dict)
     sightings: dict[str, list[list[float]]] = field(default_factory=dict)  # peer -> [[from, to], ...]
     claims: dict[int, dict[str, Claim]] = field(default_factory=dict)  # epoch -> peer -> claim
+    contributors: dict[int, set[str]] = field(default_factory=dict)  # epoch -> peers whose progress showed samples
 
     # ---------------------------------------------------------------- observations
     def observe_epoch(self, epoch: int, samples_accumulated: int, samples_per_second: float = 0.0,
@@ -91,6 +92,15 @@ class Accounting:
             intervals[-1][1] = now
         else:
             intervals.append([now, now])
+
+    def observe_contributor(self, epoch: int, peer_id: str) -> None:
+        """The peer's progress record showed samples accumulated in `epoch`: a claim of it is to be expected."""
+        if epoch > self.committed_epoch:
+            self.contributors.setdefault(epoch, set()).add(peer_id)
+
+    def unclaimed(self, epoch: int) -> set[str]:
+        """The peers seen contributing to `epoch` whose claim of it has not arrived."""
+        return self.contributors.get(epoch, set()) - set(self.claims.get(epoch, {}))
 
     def add_claims(self, record: ContributionRecord) -> None:
         """Take the newest claim per (peer, epoch); epochs the ledger already committed are final."""
@@ -179,8 +189,27 @@ class Accounting:
         if up_to_epoch > self.committed_epoch:
             for epoch in [e for e in self.claims if e <= up_to_epoch]:
                 del self.claims[epoch]
+            for epoch in [e for e in self.contributors if e <= up_to_epoch]:
+                del self.contributors[epoch]
             self.committed_epoch = up_to_epoch
+            self._forget_the_committed()
         return result
+
+    def _forget_the_committed(self) -> None:
+        """Drop what no later grant reads: the windows of committed epochs but the few nearest (an epoch nobody watched
+        takes their rate) and the sightings that ended before the oldest window left. Both grew for the whole run."""
+        committed = sorted(e for e in self.windows if e <= self.committed_epoch)
+        for epoch in committed[:-NEAREST_WATCHED_EPOCHS]:
+            del self.windows[epoch]
+        if not self.windows:
+            return
+        horizon = min(window.first_seen for window in self.windows.values()) - SEEN_SLACK_S
+        for peer_id in list(self.sightings):
+            kept = [interval for interval in self.sightings[peer_id] if interval[1] >= horizon]
+            if kept:
+                self.sightings[peer_id] = kept
+            else:
+                del self.sightings[peer_id]
 
 
 def _micro_batch(work: EpochWork) -> int:

@@ -74,6 +74,10 @@ LAST_CLAIMS_WAIT_S = 6.0
 # later": peers publish every METRICS_PERIOD_S (5 s), and a fast swarm (1 s epochs) finalized epochs before their
 # claims arrived, leaving whole epochs uncredited.
 FINALIZE_LAG_S = 12.0
+# An epoch whose progress showed samples of a peer that has not sent its claim yet is held up to this long after it
+# ended: a volunteer killed as the epoch closed (before its claim went out) restarts with the claim in its log, and
+# start-up alone took about 25 s in a long run with churn. An organiser's ledger lags by at most this much.
+CLAIM_GRACE_S = 60.0
 MAX_REMEMBERED_PEERS = 16
 HISTORY_FILE = "history.json"  # in the state folder: the dashboard's curves, across restarts
 HISTORY_SAVE_PERIOD_S = 10.0
@@ -172,6 +176,10 @@ class Coordinator:
         self._history_saved_at = 0.0
         self._samples_at_launch = 0  # the ledger's claimed samples when this coordinator opened it
         self._samples_seen = 0  # samples the peers reported since (restarted peers' counts added, not subtracted)
+        self._samples_floor = 0  # the run's total as the previous launch last showed it (status.json)
+        self._samples_high = 0  # the largest total shown: it never falls
+        # per peer, what its earlier processes (before a restart) reported: samples, averaged and solo rounds
+        self._earlier: dict[str, tuple[int, int, int]] = {}
 
     # ---------------------------------------------------------------- lifecycle
     def run(self) -> dict:
@@ -353,6 +361,7 @@ class Coordinator:
         last = self.ledger.last_epoch
         self.accounting.committed_epoch = -1 if last is None else last
         self._samples_at_launch = sum(peer.claimed_samples for peer in self.ledger.totals.peers.values())
+        self._samples_floor = _previous_samples_total(self.state_dir / "status.json")
         logger.info(f"Ledger at {self.ledger_dir}: {self.ledger.tree_size} entries"
                     + (f", credited up to epoch {last}" if last is not None else "")
                     + f"; its key's fingerprint, which auditors pin with `swarm ledger verify --public-key`, is "
@@ -639,6 +648,8 @@ class Coordinator:
                 if item.expiration_time < now:
                     continue
                 peer_id = PeerID(peer.peer_id).to_base58()
+                if peer.samples_accumulated > 0:  # alive or not: a killed peer's claim may come back with it
+                    self.accounting.observe_contributor(peer.epoch, peer_id)
                 row = self.view.peers.get(peer_id)
                 # a peer killed without a word keeps its progress record for a minute (hivemind's expiration): not
                 # alive once its metrics are stale, as the peers table says, and its rate is not the swarm's
@@ -685,8 +696,17 @@ class Coordinator:
         now = time.time()
         if now < self._hold_credit_until:
             return self.accounting.committed_epoch
-        settled = [epoch for epoch, window in self.accounting.windows.items() if now - window.first_seen >= FINALIZE_LAG_S]
-        return min(max(settled, default=0) - 1, self.view.epoch - 1)
+        windows = self.accounting.windows
+        settled = [epoch for epoch, window in windows.items() if now - window.first_seen >= FINALIZE_LAG_S]
+        up_to = min(max(settled, default=0) - 1, self.view.epoch - 1)
+        for epoch in range(self.accounting.committed_epoch + 1, up_to + 1):
+            waiting = self.accounting.unclaimed(epoch)
+            ended = min((window.first_seen for later, window in windows.items() if later > epoch), default=now)
+            if waiting and now - ended < CLAIM_GRACE_S:
+                logger.debug(f"Holding the credit of epoch {epoch} until {len(waiting)} peer(s) that trained in it "
+                             f"send their claim (at most {CLAIM_GRACE_S:.0f} s after it ended)")
+                return epoch - 1
+        return up_to
 
     def _credit(self, up_to_epoch: int, announce: bool = True) -> None:
         """Grant and commit every epoch up to `up_to_epoch` into the ledger, then tell peers how far it goes."""
@@ -828,11 +848,30 @@ class Coordinator:
             return
         grown = row.samples_total - known.samples_total
         self._samples_seen += grown if grown >= 0 else row.samples_total
+        if grown < 0:  # a new process: what the old one reported stays the peer's
+            samples, averaged, solo = self._earlier.get(row.peer_id, (0, 0, 0))
+            self._earlier[row.peer_id] = (samples + known.samples_total, averaged + known.averaged_rounds,
+                                          solo + known.solo_rounds)
 
     def samples_total(self) -> int:
-        """Samples the swarm trained: the ledger's claims as of this launch, plus what peers reported since. Only
-        grows while this coordinator runs."""
-        return self._samples_at_launch + self._samples_seen
+        """Samples the swarm trained, as the dashboard, /metrics (a counter) and the summary show it: never less than
+        before, in this launch or the previous one.
+
+        The largest of: the ledger's claims as of this launch plus what peers reported since; the samples the ledger
+        has granted by now, which catches up with what was trained while this coordinator was down (no peer's report
+        brings that back); and what the previous launch last showed (status.json). A relaunch lowered the total
+        (60,720 to 59,984 in a long run), which Prometheus reads as a counter reset, and it ended 3% below the
+        ledger's."""
+        granted = sum(peer.granted_samples for peer in self.ledger.totals.peers.values()) if self.ledger else 0
+        self._samples_high = max(self._samples_high, self._samples_floor,
+                                 self._samples_at_launch + self._samples_seen, granted)
+        return self._samples_high
+
+    def _run_counts(self, row: records.PeerMetrics) -> tuple[int, int, int]:
+        """A peer's samples, averaged and solo rounds over all its processes this coordinator saw (its metrics row
+        counts from its process's start)."""
+        samples, averaged, solo = self._earlier.get(row.peer_id, (0, 0, 0))
+        return samples + row.samples_total, averaged + row.averaged_rounds, solo + row.solo_rounds
 
     # ---------------------------------------------------------------- the end
     def _finish(self, outcome: str, already_over: bool = False) -> dict:
@@ -946,18 +985,25 @@ class Coordinator:
             initial_val_loss=self.initial_val_loss,
             final_val_loss=self.final_val_loss,
             diverged_at_epoch=self.diverged_at_epoch,
-            # every such round had >= 2 peers; counted by the peer that took part in most of them
-            averaged_rounds=max((row.averaged_rounds for row in peers), default=0),
-            solo_rounds=max((row.solo_rounds for row in peers), default=0),
+            # every such round had >= 2 peers; counted by the peer that took part in most of them (over its restarts)
+            averaged_rounds=max((self._run_counts(row)[1] for row in peers), default=0),
+            solo_rounds=max((self._run_counts(row)[2] for row in peers), default=0),
             final_checkpoint_epoch=self.last_checkpoint_epoch if self.last_checkpoint_epoch >= 0 else None,
             granted_samples=sum(p.granted_samples for p in self.ledger.totals.peers.values()),
             claimed_samples=sum(p.claimed_samples for p in self.ledger.totals.peers.values()),
             ledger_dir=str(self.ledger_dir),
             ledger_root=self.ledger.root_hash if self.ledger.tree_size else None,
             checkpoint_dir=str(self.checkpoint_dir),
-            volunteers=[dict(peer_id=row.peer_id, name=row.name, team=row.team, samples=row.samples_total,
-                             averaged_rounds=row.averaged_rounds, device=row.device) for row in peers],
+            # what each trained in the run: its ledger claims, or what its processes reported if that is more (the
+            # ledger lags by an epoch or two); its metrics row alone counts from its last restart
+            volunteers=[dict(peer_id=row.peer_id, name=row.name, team=row.team,
+                             samples=max(self._run_counts(row)[0], self._ledger_claimed(row.peer_id)),
+                             averaged_rounds=self._run_counts(row)[1], device=row.device) for row in peers],
         )
+
+    def _ledger_claimed(self, peer_id: str) -> int:
+        totals = self.ledger.totals.peers.get(peer_id) if self.ledger is not None else None
+        return totals.claimed_samples if totals is not None else 0
 
     # ---------------------------------------------------------------- dashboard
     def snapshot(self) -> dict:
@@ -1058,6 +1104,15 @@ def volunteer_notes(recipe: Recipe) -> list[str]:
         notes.append("collaboration.compression is blockwise8, which needs bitsandbytes (pip install bitsandbytes, "
                      "on GPU machines): a volunteer without it is refused. Use uint8 to welcome CPU volunteers.")
     return notes
+
+
+def _previous_samples_total(path: Path) -> int:
+    """The run's sample total the previous launch last wrote to status.json; 0 if there is none to read."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8")).get("samples_total")
+    except (OSError, ValueError, AttributeError):
+        return 0
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
 
 def _write_json(path: Path, data: dict | list) -> None:

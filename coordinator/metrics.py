@@ -1,11 +1,12 @@
 """Prometheus metrics of a run, computed from the coordinator's snapshot (`GET /metrics` on the dashboard).
 
 Every value is a copy of what the snapshot says at scrape time; nothing is accumulated here. So the totals that
-only grow while one coordinator process runs (`swarm_samples_total`, `swarm_peer_samples_total`,
-`swarm_granted_samples_total`, ...) are exported as *counters* from a custom collector: `rate()` works on them,
-and a coordinator restart (or, for `swarm_peer_samples_total`, a peer that restarts and reports fewer samples) reads
-to Prometheus as a counter reset, which `rate()` already handles; the run's `swarm_samples_total` adds a restarted
-peer's new count rather than falling. Everything that can go up and down is a gauge.
+only grow (`swarm_samples_total`, `swarm_peer_samples_total`, `swarm_granted_samples_total`, ...) are exported as
+*counters* from a custom collector, and `rate()` works on them. The run's `swarm_samples_total` never falls, not even
+across a coordinator restart (it starts from what the last launch showed, and follows the ledger's credit of what
+was trained meanwhile), so a restart is no counter reset to Prometheus. `swarm_peer_samples_total` counts from the
+peer's process start: a peer that restarts reads as a reset of its series, which `rate()` handles. Everything that
+can go up and down is a gauge.
 
 A value the snapshot does not have yet (a loss before the first report, a run without a ledger) is left out
 rather than exported as NaN, so a Grafana panel shows a gap instead of a misleading line.

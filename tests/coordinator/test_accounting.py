@@ -158,3 +158,62 @@ def test_entries_are_sorted_by_peer_as_the_ledger_requires():
         accounting.add_claims(record(peer, (0, 50, 1.0)))
     [(_, entries)] = accounting.finalize(0, now=1010.0)
     assert [e.peer_id for e in entries] == ["amy", "kim", "zed"]
+
+
+def test_a_peer_that_trained_in_an_epoch_is_awaited_until_its_claim_arrives():
+    accounting = Accounting(run_id="r", credit=CreditConfig(), target_batch_size=256)
+    watched(accounting, 7, 1000.0, 256, 0.0, "a", "b")
+    for peer in ("a", "b", "a"):
+        accounting.observe_contributor(7, peer)
+    accounting.add_claims(record("a", (7, 128, 2.0)))
+    assert accounting.unclaimed(7) == {"b"} and accounting.unclaimed(8) == set()
+    accounting.add_claims(record("b", (7, 128, 2.0)))
+    assert accounting.unclaimed(7) == set()
+    accounting.finalize(7, now=1100.0)
+    accounting.observe_contributor(7, "late")  # a progress record read after the epoch was committed
+    assert accounting.contributors == {} and accounting.unclaimed(7) == set()
+
+
+def test_what_no_later_grant_reads_is_forgotten_as_epochs_are_committed():
+    """The windows of every epoch and every sighting were kept for the whole run (1,000 epochs a day and more)."""
+    accounting = Accounting(run_id="r", credit=CreditConfig(), target_batch_size=256)
+    for epoch in range(20):
+        watched(accounting, epoch, 1000.0 + 10 * epoch, 256, 50.0, "a")
+    accounting.observe_peer("gone", now=1000.0)  # seen only at the start
+    accounting.add_claims(record("a", *[(epoch, 128, 2.0) for epoch in range(20)]))
+    accounting.finalize(14, now=1300.0)
+    assert sorted(accounting.windows) == [12, 13, 14, 15, 16, 17, 18, 19]  # the 3 nearest committed ones stay
+    assert "gone" not in accounting.sightings and "a" in accounting.sightings
+    # an epoch nobody watched still takes the rate of the nearest watched ones, and is granted as before
+    accounting.add_claims(record("a", (25, 128, 2.0)))
+    [(_, [entry])] = accounting.finalize(25, now=1400.0)[-1:]
+    assert entry.epoch == 25 and entry.granted_samples == 128
+
+
+def test_the_ledger_holds_an_epoch_for_a_claim_from_a_peer_that_trained_in_it_for_at_most_the_grace():
+    """A volunteer killed as an epoch closed, before its claim went out, restarted 31 s later with the claim in its
+    log: the coordinator had committed the epoch 15 s after the kill, without it, and nothing said so."""
+    import time
+
+    from coordinator.coordinator import CLAIM_GRACE_S, FINALIZE_LAG_S, Coordinator, SwarmView
+
+    coordinator = Coordinator.__new__(Coordinator)  # the timing alone: no DHT, data or model
+    coordinator._hold_credit_until, coordinator.view = 0.0, SwarmView()
+    coordinator.accounting = Accounting(run_id="r", credit=CreditConfig(), target_batch_size=256)
+    now = time.time()
+    for epoch in range(4):  # epochs 0-3, 5 s each, the last ended FINALIZE_LAG_S + 5 s ago; 4 in progress
+        watched(coordinator.accounting, epoch, now - 40 + 5 * epoch, 256, 50.0, "a", "b")
+        coordinator.accounting.observe_contributor(epoch, "a")
+        coordinator.accounting.add_claims(record("a", (epoch, 128, 2.0)))
+    watched(coordinator.accounting, 4, now - FINALIZE_LAG_S - 5, 256, 50.0, "a")
+    coordinator.view.epoch = 4
+    assert coordinator._finalizable_epoch() == 3
+    coordinator.accounting.observe_contributor(2, "b")  # b trained in epoch 2, and its claim has not come
+    assert coordinator._finalizable_epoch() == 1
+    coordinator.accounting.add_claims(record("b", (2, 96, 2.0)))  # b, restarted, sends it from its log
+    assert coordinator._finalizable_epoch() == 3
+    coordinator.accounting.observe_contributor(3, "gone")  # a peer that never comes back holds epoch 3 no longer
+    assert coordinator._finalizable_epoch() == 2  # than CLAIM_GRACE_S after it ended
+    for window in coordinator.accounting.windows.values():
+        window.first_seen -= CLAIM_GRACE_S
+    assert coordinator._finalizable_epoch() == 3

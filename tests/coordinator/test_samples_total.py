@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from coordinator.coordinator import Coordinator
+from coordinator.coordinator import Coordinator, _previous_samples_total
 from swarm import records
 from swarm.ledger import Ledger, LedgerEntry
 
@@ -20,8 +20,14 @@ def _counting_coordinator(ledger: Ledger) -> Coordinator:
     coordinator = Coordinator.__new__(Coordinator)  # the counting alone: no DHT, data or model
     coordinator.ledger = ledger
     coordinator._samples_at_launch = sum(peer.claimed_samples for peer in ledger.totals.peers.values())
-    coordinator._samples_seen = 0
+    coordinator._samples_seen = coordinator._samples_floor = coordinator._samples_high = 0
+    coordinator._earlier = {}
     return coordinator
+
+
+def _entry(epoch: int, peer: str, samples: int) -> LedgerEntry:
+    return LedgerEntry(run_id="r", epoch=epoch, peer_id=peer, name=peer[2:].lower(), team="t", claimed_samples=samples,
+                       granted_samples=samples, reason="", compute_s=3.0, timestamp=1.7e9)
 
 
 def test_a_restarted_peers_new_count_adds_to_the_total_instead_of_lowering_it(tmp_path):
@@ -49,3 +55,40 @@ def test_a_relaunched_coordinator_counts_on_from_the_ledgers_claims(tmp_path):
     assert coordinator.samples_total() == 256
     coordinator._count_new_samples(None, _row("QmNew", 40, 1.0))  # a peer the ledger has never credited
     assert coordinator.samples_total() == 296
+
+
+def test_a_relaunch_never_lowers_the_total_and_catches_up_with_what_the_ledger_credits_of_the_outage(tmp_path):
+    """A long run's relaunch lowered the total (60,720 to 59,984: a counter reset, to Prometheus, and a spike of
+    rate()), and the work trained while the coordinator was down never came back into it: it ended 3% below the
+    ledger."""
+    ledger = Ledger.open(tmp_path / "ledger", Ed25519PrivateKey.generate(), run_id="r")
+    ledger.commit_epoch([_entry(0, "QmAda", 256)])
+    (tmp_path / "status.json").write_text('{"samples_total": 300}')  # the last launch had seen 44 more, uncredited
+    coordinator = _counting_coordinator(ledger)
+    coordinator._samples_floor = _previous_samples_total(tmp_path / "status.json")
+    assert coordinator.samples_total() == 300
+    coordinator._count_new_samples(None, _row("QmAda", 400, 1.0))  # credited already: its work so far is in the ledger
+    assert coordinator.samples_total() == 300
+    for epoch in (1, 2, 3):  # the epochs trained meanwhile are credited from the peers' claims
+        ledger.commit_epoch([_entry(epoch, "QmAda", 256)])
+    assert coordinator.samples_total() == 1024
+    coordinator._count_new_samples(_row("QmAda", 400, 1.0), _row("QmAda", 500, 2.0))
+    assert coordinator.samples_total() == 1024  # 256 + 100 reported since this launch: the ledger says more
+    ledger.commit_epoch([_entry(4, "QmAda", 256)])
+    assert coordinator.samples_total() == 1280
+
+
+def test_a_damaged_or_missing_status_file_gives_no_floor(tmp_path):
+    assert _previous_samples_total(tmp_path / "missing.json") == 0
+    for text in ("{", "[1, 2]", '{"samples_total": -5}', '{"samples_total": true}', '{"samples_total": "9"}'):
+        (tmp_path / "status.json").write_text(text)
+        assert _previous_samples_total(tmp_path / "status.json") == 0, text
+
+
+def test_a_peers_counts_over_its_restarts_are_its_own(tmp_path):
+    """The summary gave a volunteer the samples of its last process: 5,856 where the ledger had 47,072."""
+    coordinator = _counting_coordinator(Ledger.open(tmp_path / "ledger", Ed25519PrivateKey.generate(), run_id="r"))
+    first, second = _row("QmAda", 400, 1.0), _row("QmAda", 30, 2.0)  # ada restarted in between
+    coordinator._count_new_samples(None, first)
+    coordinator._count_new_samples(first, second)
+    assert coordinator._run_counts(second) == (430, 4, 0)  # samples, averaged rounds (2 + 2), solo rounds
