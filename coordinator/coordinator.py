@@ -81,6 +81,7 @@ CLAIM_GRACE_S = 60.0
 MAX_REMEMBERED_PEERS = 16
 HISTORY_FILE = "history.json"  # in the state folder: the dashboard's curves, across restarts
 HISTORY_SAVE_PERIOD_S = 10.0
+MAX_HISTORY_ROWS = 2000  # per-epoch rows the dashboard's curves keep (thinned_history)
 MAX_PEERS_LEAVING_AT_ONCE = 4  # the coordinator looks for leaving peers only when this few are alive
 RECONTACT_AFTER_S = 30.0  # with no live peer for this long, the coordinator dials the peers it saw last...
 RECONTACT_PERIOD_S = 30.0  # ...and again at this period, until one reports
@@ -463,7 +464,8 @@ class Coordinator:
             return  # none yet, or unreadable: the curves start now
         if isinstance(rows, list):
             self.epoch_history = [row for row in rows if isinstance(row, dict) and isinstance(row.get("epoch"), int)
-                                  and isinstance(row.get("time"), (int, float))][-2000:]
+                                  and isinstance(row.get("time"), (int, float))]
+            self.epoch_history = thinned_history(self.epoch_history)
 
     def _save_run_state(self) -> None:
         addresses = []
@@ -680,7 +682,7 @@ class Coordinator:
         if self.view.epoch != previous_epoch or not self.epoch_history:
             self.epoch_history.append(dict(epoch=self.view.epoch, time=time.time(), samples_per_second=rate,
                                            alive_peers=alive, mean_loss=self.view.mean_loss, val_loss=None))
-            del self.epoch_history[:-2000]
+            self.epoch_history = thinned_history(self.epoch_history)
 
     def _peers_alive(self) -> bool:
         """Whether any peer reported recently (training progress, or metrics while it serves its final state)."""
@@ -1104,6 +1106,19 @@ def volunteer_notes(recipe: Recipe) -> list[str]:
         notes.append("collaboration.compression is blockwise8, which needs bitsandbytes (pip install bitsandbytes, "
                      "on GPU machines): a volunteer without it is refused. Use uint8 to welcome CPU volunteers.")
     return notes
+
+
+def thinned_history(rows: list[dict], keep: int = MAX_HISTORY_ROWS) -> list[dict]:
+    """The dashboard's per-epoch rows within `keep`: the older half loses every other row, as often as needed, and
+    rows with a validation loss (one per version) stay. The run's whole curve stays, coarser where it is older; it
+    used to keep only the last 2,000 epochs (2.5 hours of a fast run)."""
+    while len(rows) > keep:
+        half = len(rows) // 2
+        older = [row for index, row in enumerate(rows[:half]) if index % 2 == 0 or row.get("val_loss") is not None]
+        if len(older) == half:  # nothing left to thin there (every row has a validation loss): the newest stay
+            return rows[-keep:]
+        rows = older + rows[half:]
+    return rows
 
 
 def _previous_samples_total(path: Path) -> int:

@@ -92,3 +92,22 @@ def test_a_peers_counts_over_its_restarts_are_its_own(tmp_path):
     coordinator._count_new_samples(None, first)
     coordinator._count_new_samples(first, second)
     assert coordinator._run_counts(second) == (430, 4, 0)  # samples, averaged rounds (2 + 2), solo rounds
+
+
+def test_the_dashboards_history_keeps_the_whole_run_coarser_where_older_and_every_validation_point():
+    """It kept the last 2,000 epochs only: a fast run's first hours vanished from the loss curve."""
+    from coordinator.coordinator import thinned_history
+
+    rows = []
+    for epoch in range(10_000):
+        rows.append(dict(epoch=epoch, time=float(epoch), val_loss=1.0 if epoch % 250 == 0 else None))
+        rows = thinned_history(rows, keep=500)
+    epochs = [row["epoch"] for row in rows]
+    assert len(rows) <= 500 and epochs == sorted(epochs)
+    assert epochs[0] == 0 and epochs[-1] == 9_999
+    assert epochs[-100:] == list(range(9_900, 10_000)), "the newest epochs keep every row"
+    assert [row["epoch"] for row in rows if row["val_loss"] is not None] == list(range(0, 10_000, 250))
+    spans = [later - earlier for earlier, later in zip(epochs, epochs[1:])]
+    assert max(spans[:50]) > max(spans[-50:]) == 1  # coarser at the start
+    assert thinned_history([dict(epoch=e, time=0.0, val_loss=1.0) for e in range(10)], keep=4) == [
+        dict(epoch=e, time=0.0, val_loss=1.0) for e in range(6, 10)]
