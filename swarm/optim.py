@@ -127,8 +127,15 @@ def build_optimizer_factories(cfg: OptimConfig) -> tuple[Callable, Callable]:
 
 
 def all_finite(tensors: list[torch.Tensor]) -> bool:
-    """Whether every entry of every tensor is finite: one host sync for all of them."""
-    return not tensors or bool(torch.stack([torch.isfinite(tensor).all() for tensor in tensors]).all())
+    """Whether every entry of every tensor is finite: one host sync for all of them.
+
+    A NaN or an infinity makes the tensor's sum NaN or infinite, and a sum needs no temporary the size of the tensor
+    (`isfinite(tensor)` made one per tensor: 8 MB for a 2048x4096 gradient, which the allocator kept). Summed in
+    fp32, a finite fp16 tensor does not overflow; a finite fp32 one only beyond 3e38, where skipping is right anyway.
+    """
+    if not tensors:
+        return True
+    return bool(torch.isfinite(torch.stack([tensor.sum(dtype=torch.float32) for tensor in tensors])).all())
 
 
 def skip_non_finite_steps(optimizer: torch.optim.Optimizer) -> None:

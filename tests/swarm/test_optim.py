@@ -251,3 +251,17 @@ def test_a_step_on_a_non_finite_gradient_leaves_weights_and_state_as_they_were(n
     weight.grad, bias.grad = torch.full((4, 4), 0.5), torch.full((4,), 0.5)
     optimizer.step()
     assert not torch.equal(weight, before[0]) and torch.isfinite(weight).all() and optimizer.skipped_steps == 1
+
+
+def test_the_finiteness_check_sees_nan_and_infinities_and_no_overflow_of_large_finite_half_tensors():
+    from swarm.optim import all_finite
+
+    large = torch.full((10_000,), 60_000.0, dtype=torch.float16)  # its fp16 sum would overflow to inf
+    assert all_finite([large, torch.ones(3, dtype=torch.bfloat16), torch.zeros(0)]) and all_finite([])
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        broken = large.clone()
+        broken[17] = bad
+        assert not all_finite([torch.ones(3), broken])
+    opposite = torch.ones(4)
+    opposite[0], opposite[1] = float("inf"), -float("inf")  # they would cancel to NaN, not to a finite sum
+    assert not all_finite([opposite])
