@@ -81,7 +81,7 @@ from peer import collaboration  # the module, not RoundStats: collaboration.py m
 from peer.allreduce import ChurnSafeAllReduce
 from swarm.compat import make_compression
 from swarm.identity import Identity
-from swarm.optim import build_optimizer_factories, lr_multiplier, parameter_groups, parameter_order
+from swarm.optim import all_finite, build_optimizer_factories, lr_multiplier, parameter_groups, parameter_order
 from swarm.processes import share_with_forked_processes
 from swarm.recipe import DiLoCoConfig, Recipe
 
@@ -132,6 +132,7 @@ class _Round:
     control: StepControl | None  # None: nobody to average with, the local pseudo-gradient is the result
     parameters_round: StepControl | None  # averaging of the outer parameters themselves, on some rounds
     started: float
+    sent_nothing: bool = False  # this peer's pseudo-gradient was not finite: it sent zeros, and restarts from outer
 
 
 class DiLoCoOptimizer:
@@ -186,6 +187,7 @@ class DiLoCoOptimizer:
         self.matchmaking_time_s, self.averaging_timeout_s = matchmaking_time_s, averaging_timeout_s
         self.load_state_timeout_s = load_state_timeout_s
         self.rounds = collaboration.RoundStats()
+        self.unsent_epochs: set[int] = set()  # rounds whose pseudo-gradient was not finite (samples not claimed)
         # hivemind warns (and can deadlock in rare cases) when a request may outlive the matchmaking window
         request_timeout_s = min(3.0, matchmaking_time_s / 2)
 
@@ -520,10 +522,11 @@ class DiLoCoOptimizer:
         logger.debug(f"Round {self._epoch}: capturing the pseudo-gradient of {self._steps_in_round} inner steps "
                      f"({'group formed' if control is not None else 'alone'})")
         self._capture_pseudo_gradient()
+        sent_nothing = not self._pseudo_gradient_is_finite()
         if control is not None:
-            control.weight = float(self._steps_in_round) or TINY_WEIGHT
+            control.weight = TINY_WEIGHT if sent_nothing else (float(self._steps_in_round) or TINY_WEIGHT)
             control.allow_allreduce()
-        self._in_flight = _Round(self._epoch, control, parameters_round, time.perf_counter())
+        self._in_flight = _Round(self._epoch, control, parameters_round, time.perf_counter(), sent_nothing)
         self._advance_epoch(self._epoch + 1)
         if control is None or not self.diloco.overlap_communication:
             with self.tracker.pause_updates():  # waiting is not compute: keep it out of samples_per_second
@@ -534,6 +537,22 @@ class DiLoCoOptimizer:
         # hivemind also awaits the trigger when matchmaking gave up at the deadline, so the stage alone says little
         return (not control.done() and control.stage == AveragingStage.AWAITING_TRIGGER
                 and get_dht_time() < control.deadline)
+
+    @torch.no_grad()
+    def _pseudo_gradient_is_finite(self) -> bool:
+        """A round whose inner steps went non-finite (an fp16 overflow, a faulty GPU) sends zeros that weigh nothing:
+        one NaN member made its whole group's round NaN, which every member then discarded. This peer restarts from
+        the outer parameters once the round is applied, and does not claim the round's samples."""
+        with self.averager.get_tensors():
+            if all_finite(self._buffers):
+                return True
+            for buffer in self._buffers:
+                buffer.zero_()
+        self.unsent_epochs.add(self._epoch)
+        logger.warning(f"Round {self._epoch}: this peer's weights went NaN or infinite in its inner steps (an "
+                       "overflow, or faulty hardware): it sends nothing to the round and restarts from the swarm's "
+                       "outer parameters")
+        return False
 
     @torch.no_grad()
     def _capture_pseudo_gradient(self) -> None:
@@ -592,7 +611,9 @@ class DiLoCoOptimizer:
         self.state_averager.local_epoch = max(self.state_averager.local_epoch, closed.epoch + 1)
         if not self.client_mode:
             self.state_averager.state_sharing_priority = self.state_averager.local_epoch
-        self._reset_model_to_outer(keep_local_progress=usable)
+        self._reset_model_to_outer(keep_local_progress=usable and not closed.sent_nothing)
+        if closed.sent_nothing:  # Adam's moments went non-finite with the weights: they start afresh
+            self.inner_optimizer.state.clear()
         self.rounds.record(group_size)
         logger.debug(f"Round {closed.epoch}: group of {group_size}, applied after "
                      f"{time.perf_counter() - closed.started:.2f} s")
@@ -742,7 +763,8 @@ def build_diloco_optimizer(
     micro-batch is an inner step and `step()` clears the gradients, with or without a zero_grad call after it.
     """
     collab = recipe.collaboration
-    make_inner_optimizer, _ = build_optimizer_factories(recipe.optimizer)
+    # no check per inner step (a host sync each): the round's pseudo-gradient is checked (`_close_round`)
+    make_inner_optimizer, _ = build_optimizer_factories(recipe.optimizer, skip_non_finite=False)
     return DiLoCoOptimizer(
         dht=dht,
         run_id=recipe.run.id,

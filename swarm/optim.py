@@ -98,8 +98,12 @@ def _as_groups(params: Iterable, weight_decay: float) -> list[dict]:
     return [dict(params=params, weight_decay=weight_decay)]
 
 
-def build_optimizer_factories(cfg: OptimConfig) -> tuple[Callable, Callable]:
-    """(params -> optimiser, optimiser -> LR scheduler), for `hivemind.Optimizer(optimizer=..., scheduler=...)`."""
+def build_optimizer_factories(cfg: OptimConfig, skip_non_finite: bool = True) -> tuple[Callable, Callable]:
+    """(params -> optimiser, optimiser -> LR scheduler), for `hivemind.Optimizer(optimizer=..., scheduler=...)`.
+
+    `skip_non_finite`: the optimiser skips a step on a non-finite gradient (`skip_non_finite_steps`), at the cost of a
+    host sync per step: right for DeDLOC's one step per epoch; DiLoCo checks its pseudo-gradient per round instead.
+    """
 
     def make_optimizer(params):
         groups = _as_groups(params, cfg.weight_decay)
@@ -108,7 +112,8 @@ def build_optimizer_factories(cfg: OptimConfig) -> tuple[Callable, Callable]:
         else:
             fused = all(p.is_cuda for group in groups for p in group["params"])  # fused AdamW needs CUDA tensors
             optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, fused=fused or None)
-        skip_non_finite_steps(optimizer)  # first: clipping a NaN gradient makes every entry NaN
+        if skip_non_finite:
+            skip_non_finite_steps(optimizer)  # first: clipping a NaN gradient makes every entry NaN
         if cfg.clip_grad_norm is not None:
             # hivemind applies the step to the swarm-averaged gradients inside Optimizer.step, so clipping has
             # to happen there too, not on the local micro-batch gradients

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import multiprocessing as mp
 import threading
 import time
@@ -120,12 +122,15 @@ class Peer:
     opt: DiLoCoOptimizer
     losses: list[float] = field(default_factory=list)
     step_delay_s: float = 0.0  # a slower machine
+    poison_at_step: int | None = None  # this inner step's loss (so its gradient, then the weights) is NaN
 
     def train(self, until, deadline: float, seed: int) -> None:
         generator = torch.Generator().manual_seed(seed)
         while time.monotonic() < deadline and not until(self):
             batch = synthetic_batch(generator)
             loss = self.model(input_ids=batch, labels=batch).loss
+            if len(self.losses) == self.poison_at_step:
+                loss = loss * float("nan")
             loss.backward()
             time.sleep(self.step_delay_s)
             self.opt.step()
@@ -554,3 +559,28 @@ def test_a_peer_whose_partner_was_killed_keeps_making_outer_steps_alone(tmp_path
 def outer_steps_at(outer_steps: list[tuple[float, int]], moment: float) -> int:
     """The epoch the peer was in at `moment`, from its (when, epoch) changes."""
     return max((epoch for when, epoch in outer_steps if when <= moment), default=0)
+
+
+@pytest.mark.timeout(180)
+def test_a_peer_whose_weights_go_nan_in_its_inner_steps_sends_nothing_and_restarts_from_the_outer_ones(tmp_path,
+                                                                                                       caplog):
+    """Its NaN pseudo-gradient made the whole group's round NaN, which every member discarded: the partner lost the
+    round's work, and the broken peer carried on from NaN weights."""
+    recipe = make_recipe("diloco-nan")
+    first = start_peer(tmp_path, "first", recipe)
+    second = start_peer(tmp_path, "second", recipe, initial_peers=join_addresses(first.dht))
+    first.poison_at_step = 12  # within its third round of 5 inner steps
+    try:
+        with caplog.at_level(logging.WARNING):
+            train_together([first, second], lambda p: len(first.opt.unsent_epochs) and p.opt.rounds.averaged >= 4
+                           and first.opt.local_epoch >= 5, budget_s=120)
+        assert not any("averaged to non-finite values" in record.getMessage() for record in caplog.records)
+        for peer in (first, second):
+            assert all(torch.isfinite(param).all() for param in peer.opt.model_parameters), peer.name
+            assert all(torch.isfinite(param).all() for param in peer.opt.outer_parameters()), peer.name
+        assert first.opt.rounds.averaged >= 4 and second.opt.rounds.averaged >= 4
+        assert len(first.opt.unsent_epochs) == 1 and second.opt.unsent_epochs == set()  # the poisoned round only
+        assert any("sends nothing to the round" in record.getMessage() for record in caplog.records)
+    finally:
+        for peer in (first, second):
+            peer.close()
