@@ -36,6 +36,7 @@ def hub_recipe(tmp_path, run_id: str):
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_a_hub_outage_at_launch_is_a_warning_and_the_run_starts(hub, tmp_path):
     # a 5xx at launch takes the same path (check_at_launch: tests/coordinator/test_resilience_hub.py)
@@ -54,6 +55,7 @@ def test_a_hub_outage_at_launch_is_a_warning_and_the_run_starts(hub, tmp_path):
     assert "Traceback" not in coordinator.output
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_a_token_the_hub_refuses_at_launch_stops_it_with_the_fix(hub, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "hf_not_a_real_token")

@@ -186,7 +186,10 @@ def test_outside_its_hours_a_volunteer_says_when_it_starts_and_waits_holding_not
         [sys.executable, "-m", "swarm.cli", "join", "--initial-peers", _unused_address(), "--identity",
          str(tmp_path / "identity"), "--hours", window],
         cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, start_new_session=True)
+        text=True, start_new_session=True,
+        # as from a terminal: a test run started in the background (`&` in a script) ignores SIGINT, and an ignored
+        # signal stays ignored across exec, so the Ctrl-C below did nothing and the test hung
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         line = waiting.stdout.readline()
         assert f"[INFO] Outside --hours {window}: training starts at {window[:5]} (in 1 h 59 min)" in line or (
@@ -199,9 +202,8 @@ def test_outside_its_hours_a_volunteer_says_when_it_starts_and_waits_holding_not
         assert children == [], children
         started = time.monotonic()
         waiting.send_signal(signal.SIGINT)  # Ctrl-C
-        # at once (0.1 s on a quiet machine); a clean-clone run with both cores busy took over 10 s to exit
-        assert waiting.wait(timeout=60) == 130
-        assert time.monotonic() - started < 30.0
+        assert waiting.wait(timeout=30) == 130
+        assert time.monotonic() - started < 5.0
         assert waiting.stdout.read().strip() == "interrupted"
     finally:
         if waiting.poll() is None:
