@@ -182,14 +182,16 @@ def test_a_flag_that_needs_torch_is_named_at_once_not_when_the_hours_window_open
 
 def test_outside_its_hours_a_volunteer_says_when_it_starts_and_waits_holding_nothing(tmp_path):
     window = _closed_window()
+    command = [sys.executable, "-m", "swarm.cli", "join", "--initial-peers", _unused_address(), "--identity",
+               str(tmp_path / "identity"), "--hours", window]
+    # with SIGINT as from a terminal: a test run started in the background (`&` in a script) ignores it, and an
+    # ignored signal stays ignored across exec, so the Ctrl-C below did nothing and the test hung
+    as_from_a_terminal = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+                          "os.execv(sys.argv[1], sys.argv[1:])")
     waiting = subprocess.Popen(
-        [sys.executable, "-m", "swarm.cli", "join", "--initial-peers", _unused_address(), "--identity",
-         str(tmp_path / "identity"), "--hours", window],
+        [sys.executable, "-c", as_from_a_terminal, *command],
         cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, start_new_session=True,
-        # as from a terminal: a test run started in the background (`&` in a script) ignores SIGINT, and an ignored
-        # signal stays ignored across exec, so the Ctrl-C below did nothing and the test hung
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        text=True, start_new_session=True)
     try:
         line = waiting.stdout.readline()
         assert f"[INFO] Outside --hours {window}: training starts at {window[:5]} (in 1 h 59 min)" in line or (
