@@ -626,12 +626,13 @@ def test_a_failed_gradient_round_steps_on_this_peers_own_gradient(two_nodes):
                   for (dht, identity), model in zip(two_nodes, models)]
     first, after_first_epoch = optimizers[0], {}
 
-    def first_epoch_done() -> bool:
-        if first.local_epoch >= 1 and not after_first_epoch:
-            after_first_epoch["weight"] = models[0].weight.detach().clone()
-        return bool(after_first_epoch)
+    def after_first_step(*_):
+        # hivemind counts the epoch before its optimizer step has run: read the weights once that step is over
+        after_first_epoch.setdefault("weight", models[0].weight.detach().clone())
 
-    train_together(optimizers, models, true_weight, first_epoch_done, within_s=60, wait_for_peers=2, zero_grad=False)
+    first.state_averager.optimizer.register_step_post_hook(after_first_step)
+    train_together(optimizers, models, true_weight, lambda: bool(after_first_epoch), within_s=60, wait_for_peers=2,
+                   zero_grad=False)
     assert first.local_epoch >= 1 and after_first_epoch
     assert first.rounds.averaged == 0 and first.rounds.solo >= 1, first.rounds  # its round did fail
     # Adam's first step moves each weight by about lr along its gradient's sign; on a zero gradient, not at all
