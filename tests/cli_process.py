@@ -39,8 +39,10 @@ def write_test_recipe(path: Path, run_id: str, **limits) -> Path:
 
 # Run as the session leader `start_new_session` makes: take stdin (a pseudo-terminal) as the controlling terminal, which
 # makes this process group its foreground job, then become the command
-TAKE_THE_TERMINAL = ("import fcntl, os, sys, termios; fcntl.ioctl(0, termios.TIOCSCTTY, 0); "
-                      "os.execvp(sys.argv[1], sys.argv[1:])")
+# a shell's foreground job: the terminal is its controlling terminal, and SIGINT is not ignored (a test run started in
+# the background ignores it, and an ignored signal stays ignored across exec: a Ctrl-C there did nothing)
+TAKE_THE_TERMINAL = ("import fcntl, os, signal, sys, termios; fcntl.ioctl(0, termios.TIOCSCTTY, 0); "
+                     "signal.signal(signal.SIGINT, signal.SIG_DFL); os.execvp(sys.argv[1], sys.argv[1:])")
 
 
 def process_tree(pid: int) -> list[int]:
