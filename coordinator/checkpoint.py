@@ -3,7 +3,8 @@
 Layout of the checkpoint folder:
 
     checkpoints/
-      epoch-000050/   config.json, model.safetensors, tokenizer files, README.md (model card), swarm.json
+      epoch-000050/   config.json, model.safetensors, tokenizer files, README.md (model card), swarm.json,
+                      ledger/head.json and ledger/public_key.pem (the credit ledger's signed checkpoint then)
       epoch-000100/   ...
       latest          the name of the newest version (one line)
 
@@ -26,7 +27,7 @@ import torch
 
 import swarm
 from swarm.errors import SwarmError
-from swarm.ledger import visible_text
+from swarm.ledger import HEAD_FILE, PUBLIC_KEY_FILE, SignedCheckpoint, visible_text
 from swarm.recipe import Recipe
 
 _VERSION_NAME = re.compile(r"epoch-(\d{6,})")
@@ -73,6 +74,8 @@ tags: [swarm, volunteer-training, {recipe.run.id}]
 {_contributors(info)}
 
 Credit is recorded in the run's public ledger; check it offline with `swarm ledger verify <ledger folder or URL>`.
+`ledger/head.json` is the ledger's signed checkpoint at this version: `swarm ledger verify <ledger> --trusted
+<this folder>` proves that the ledger still holds the credit this version was published with.
 
 Load it with `transformers.AutoModelForCausalLM.from_pretrained("<this folder>")`. The full recipe is in
 `swarm.json`; earlier versions stay published next to this one.
@@ -111,12 +114,14 @@ def version_name(epoch: int) -> str:
 
 
 def save_version(folder: Path, model: torch.nn.Module, tokenizer, recipe: Recipe, info: VersionInfo,
-                 ledger_dir: Path | None = None) -> Path:
+                 ledger_head: SignedCheckpoint | None = None, ledger_public_key: bytes | None = None) -> Path:
     """Write one version atomically as `epoch-NNNNNN/` and point `latest` at it if it is the newest; returns its
     folder. Raises `VersionExistsError` if that epoch is already published: the existing version is kept as is.
 
-    With `ledger_dir`, the version carries a copy of the ledger as it was (in `ledger/`), so wherever the
-    version is hosted (the Hub included) the credit it was published with can be verified.
+    With `ledger_head` (the ledger's newest signed checkpoint) and the ledger's public key, the version carries them
+    in `ledger/`: wherever the version is hosted, `swarm ledger verify <the run's ledger> --trusted <version>` proves
+    that the ledger still holds the credit the version was published with. Not a copy of the ledger: one per
+    version made the checkpoint folder grow with the square of the run's length (the Hub upload adds the ledger).
     """
     folder.mkdir(parents=True, exist_ok=True)
     name = version_name(info.epoch)
@@ -126,8 +131,10 @@ def save_version(folder: Path, model: torch.nn.Module, tokenizer, recipe: Recipe
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         write_model_files(tmp, model, tokenizer, recipe, info)
-        if ledger_dir is not None and Path(ledger_dir).is_dir():
-            shutil.copytree(ledger_dir, tmp / "ledger", ignore=shutil.ignore_patterns("*.lock", ".*"))
+        if ledger_head is not None and ledger_public_key is not None:
+            (tmp / "ledger").mkdir()
+            (tmp / "ledger" / HEAD_FILE).write_bytes(ledger_head.canonical_bytes() + b"\n")
+            (tmp / "ledger" / PUBLIC_KEY_FILE).write_bytes(ledger_public_key)
         _apply_umask(tmp)
         # rename(2) of a folder onto an existing empty folder would replace it: look once more right before
         if final.exists():

@@ -238,7 +238,7 @@ class Coordinator:
         # only now: hivemind forks its DHT and averager processes, which would inherit the ledger's locked file
         # and keep it locked after a SIGKILL of this process, blocking the restarted coordinator
         self._open_ledger()
-        self.hub = HubPublisher.from_config(recipe.checkpoint)
+        self.hub = HubPublisher.from_config(recipe.checkpoint, ledger_dir=self.ledger_dir)
         if self.hub is not None:
             # a missing token or repo, or a repo that holds another run's versions, fails now, not at the first version;
             # a Hub outage does not: versions are saved locally first, and the repo is checked before the first upload
@@ -807,7 +807,7 @@ class Coordinator:
         info = self._version_info(epoch, val_loss)
         try:
             path = save_version(self.checkpoint_dir, self.model, self.tokenizer, self.recipe, info,
-                                ledger_dir=self.ledger_dir)
+                                ledger_head=self.ledger.latest_checkpoint, ledger_public_key=self.ledger.public_key_pem)
         except VersionExistsError:
             return self._kept_version(existing, epoch)
         if self.hub is not None:

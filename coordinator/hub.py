@@ -157,10 +157,14 @@ class HubPublisher:
         retry_delay_s: float = RETRY_DELAY_S,
         max_retry_delay_s: float = MAX_RETRY_DELAY_S,
         request_timeout_s: float = REQUEST_TIMEOUT_S,
+        ledger_dir: Path | None = None,
     ):
         from huggingface_hub import HfApi, constants
 
         self.repo_id = repo_id
+        # The run's ledger folder: each commit carries it as `ledger/` (read when the version is uploaded, so the log
+        # extends the head the version was saved with), so the repo, and each tag, holds a ledger that verifies.
+        self.ledger_dir = Path(ledger_dir) if ledger_dir is not None else None
         self.private = private
         self.retry_delay_s = retry_delay_s
         self.max_retry_delay_s = max(max_retry_delay_s, retry_delay_s)
@@ -186,9 +190,9 @@ class HubPublisher:
         self._worker: threading.Thread | None = None
 
     @classmethod
-    def from_config(cls, config: CheckpointConfig) -> HubPublisher | None:
+    def from_config(cls, config: CheckpointConfig, ledger_dir: Path | None = None) -> HubPublisher | None:
         """The publisher for `checkpoint.hub_repo_id`, or None when the recipe publishes locally only."""
-        return cls(config.hub_repo_id) if config.hub_repo_id else None
+        return cls(config.hub_repo_id, ledger_dir=ledger_dir) if config.hub_repo_id else None
 
     @property
     def repo_url(self) -> str:
@@ -436,9 +440,13 @@ class HubPublisher:
             return
         folders = sorted({str(u.version_dir.parent) for u in missed})
         tags = ", ".join(version_tag(u.epoch) for u in missed)
+        ledger = ""
+        if self.ledger_dir is not None and any((Path(folder).parent / "ledger").resolve() != self.ledger_dir.resolve()
+                                              for folder in folders):
+            ledger = f" --ledger-dir {shlex.quote(str(self.ledger_dir))}"  # not where the command looks by default
         commands = " and ".join(
-            f"swarm checkpoint publish --checkpoint-dir {shlex.quote(folder)} --repo {self.repo_id} --all-missing"
-            for folder in folders)
+            f"swarm checkpoint publish --checkpoint-dir {shlex.quote(folder)}{ledger} --repo {self.repo_id} "
+            "--all-missing" for folder in folders)
         when = "once the Hub answers" if self._stopped_by is None else "once the error above is fixed"
         several = len(missed) > 1
         logger.error(f"{len(missed)} version{'s were' if several else ' was'} not uploaded to the Hub repo "
@@ -515,9 +523,12 @@ class HubPublisher:
         if on_main is not None and not ours.is_run(on_main):
             raise self._conflict(version_dir, tag, "its main", on_main, ours)
         self._check_tag(version_dir, tag, ours)
+        ledger = self._ledger_files(ours)
         in_repo = {sibling.rfilename for sibling in head.siblings or []}
-        stale = sorted(in_repo - set(files) - _KEEP_IN_REPO)
-        operations: list = [CommitOperationAdd(name, path_or_fileobj=str(version_dir / name)) for name in files]
+        stale = sorted(in_repo - set(files) - set(ledger) - _KEEP_IN_REPO)
+        operations: list = [CommitOperationAdd(name, path_or_fileobj=str(version_dir / name)) for name in files
+                            if name not in ledger]
+        operations += [CommitOperationAdd(name, path_or_fileobj=data) for name, data in ledger.items()]
         operations += [CommitOperationDelete(path_in_repo=name) for name in stale]
         commit = self._api.create_commit(
             self.repo_id,
@@ -538,6 +549,26 @@ class HubPublisher:
             self._api.delete_tag(self.repo_id, tag=tag)
             self._api.create_tag(self.repo_id, tag=tag, revision=commit.oid, tag_message=message or tag)
         return commit.oid, epoch_on_main
+
+    def _ledger_files(self, ours: RunMark) -> dict[str, bytes]:
+        """The run's ledger as of its newest checkpoint, as `ledger/...` files of the commit; none without a ledger
+        folder, or with one of another run (a version then carries only its head)."""
+        from swarm.ledger import CHECKPOINTS_FILE, LedgerSourceError, published_ledger_files
+
+        if self.ledger_dir is None:
+            return {}
+        try:
+            files = published_ledger_files(self.ledger_dir)
+        except LedgerSourceError as error:
+            logger.warning(f"The ledger is not uploaded with this version ({error}); the version carries its "
+                           "ledger head only")
+            return {}
+        checkpoints = files[CHECKPOINTS_FILE].splitlines()
+        if checkpoints and ours.run_id is not None and json.loads(checkpoints[-1]).get("run_id") != ours.run_id:
+            logger.warning(f"The ledger in {self.ledger_dir} is not run {ours.run_id!r}'s: not uploaded with its "
+                           "version, which carries its ledger head only")
+            return {}
+        return {f"ledger/{name}": data for name, data in files.items()}
 
     def _give_main_back(self, version_dir: Path, epoch: int, newer: int) -> None:
         """`version_dir` (epoch `epoch`) was uploaded after the newer version `newer`, which main held: publish that
@@ -656,8 +687,12 @@ class PublishReport:
 
 
 def publish_versions(checkpoint_dir: Path, epochs: list[int] | None = None, repo_id: str | None = None,
-                     endpoint: str | None = None, request_timeout_s: float = REQUEST_TIMEOUT_S) -> PublishReport:
+                     endpoint: str | None = None, request_timeout_s: float = REQUEST_TIMEOUT_S,
+                     ledger_dir: Path | None = None) -> PublishReport:
     """Upload a run's versions from its checkpoint folder to its Hub repo: what `swarm checkpoint publish` runs.
+
+    Each commit carries the run's ledger (`ledger_dir`, by default the `ledger` folder next to the checkpoint folder,
+    where the coordinator keeps it) as `ledger/`; without one, the versions go with their ledger heads only.
 
     `epochs` None (`--all-missing`): every version of the folder whose tag the repo lacks. With `epochs`
     (`--epoch N`, repeatable): those versions, uploaded again if their tag is there already (same run only). The
@@ -697,7 +732,16 @@ def publish_versions(checkpoint_dir: Path, epochs: list[int] | None = None, repo
         if not repo_id:
             raise UsageError(f"the recipe of {newest / 'swarm.json'} names no Hub repo (checkpoint.hub_repo_id): pass "
                              "--repo <namespace/name>")
-    publisher = HubPublisher(repo_id, endpoint=endpoint, request_timeout_s=request_timeout_s)
+    if ledger_dir is None:
+        beside = checkpoint_dir.parent / "ledger"
+        ledger_dir = beside if (beside / "entries.jsonl").is_file() else None
+        if ledger_dir is None:
+            logger.warning(f"No ledger next to {checkpoint_dir} ({beside}): the versions are uploaded with their ledger "
+                           "heads only; pass --ledger-dir to upload the run's ledger with them")
+    elif not (Path(ledger_dir) / "entries.jsonl").is_file():
+        raise UsageError(f"--ledger-dir {ledger_dir} is not a ledger folder (it has no entries.jsonl): give the run's "
+                         "ledger folder (next to its checkpoints, or the coordinator's --ledger-dir)")
+    publisher = HubPublisher(repo_id, endpoint=endpoint, request_timeout_s=request_timeout_s, ledger_dir=ledger_dir)
     publisher.ensure_repo(run_id=mark.run_id, recipe_fingerprint=mark.recipe_fingerprint)
     if epochs:
         wanted, there = sorted(set(epochs)), []

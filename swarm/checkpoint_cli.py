@@ -25,6 +25,8 @@ def publish(
     all_missing: bool = typer.Option(False, "--all-missing", help="Upload every version whose tag the repo lacks."),
     repo: Optional[str] = typer.Option(None, envvar="SWARM_HUB_REPO",
                                        help="The Hub repo (default: checkpoint.hub_repo_id of the newest version)."),
+    ledger_dir: Optional[Path] = typer.Option(None, help="The run's ledger folder, uploaded with each version "
+                                              "(default: the `ledger` folder next to --checkpoint-dir)."),
     verbose: VerboseOption = False,
 ):
     """Upload a run's versions to its Hub repo (token from HF_TOKEN): those a stopped coordinator could not."""
@@ -35,7 +37,7 @@ def publish(
         raise UsageError("give --epoch N (repeatable) or --all-missing: one of the two")
     from coordinator.hub import publish_versions
 
-    report = publish_versions(checkpoint_dir, epochs=list(epoch) or None, repo_id=repo)
+    report = publish_versions(checkpoint_dir, epochs=list(epoch) or None, repo_id=repo, ledger_dir=ledger_dir)
     uploaded = ", ".join(f"epoch-{number:06d}" for number in report.uploaded) or "nothing"
     typer.echo(f"Uploaded {uploaded} to {report.repo_id}"
                + (f"; {len(report.already_there)} version(s) were there already" if report.already_there else ""))

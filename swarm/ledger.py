@@ -78,6 +78,9 @@ PUBLIC_KEY_FILE = "public_key.pem"
 TOTALS_FILE = "totals.csv"
 TEAMS_FILE = "teams.csv"
 README_FILE = "README.txt"
+# In a published version's ledger/ folder: the signed checkpoint the version was published with (one line). A version
+# carries this head, not a copy of the log: copies made the checkpoint folder grow with the square of the run's length.
+HEAD_FILE = "head.json"
 
 HASH_SIZE = 32
 EMPTY_ROOT = hashlib.sha256(b"").digest()  # RFC 6962 2.1: the hash of an empty list is the hash of an empty string
@@ -720,6 +723,10 @@ class Ledger:
         return self._checkpoints[-1] if self._checkpoints else None
 
     @property
+    def public_key_pem(self) -> bytes:
+        return public_key_pem(self._signing_key.public_key())
+
+    @property
     def last_epoch(self) -> int | None:
         """Epoch of the last entry written; the coordinator resumes after it."""
         return self._last_key[0] if self._last_key else None
@@ -905,6 +912,7 @@ class _Snapshot:
     public_key_pem: bytes
     checkpoints: bytes
     entries: bytes
+    head: bytes | None = None  # HEAD_FILE, where the folder is a version's ledger (as a Hub repo holds it)
 
 
 def _is_url(source: str | Path) -> bool:
@@ -982,7 +990,20 @@ def _local_folder(source: str | Path) -> Path:
         raise LedgerSourceError(f"{path} is a file; pass the ledger folder (or its URL)")
     if not (path / ENTRIES_FILE).exists() and (path / "ledger" / ENTRIES_FILE).exists():
         return path / "ledger"  # a run's or demo's output folder: the ledger sits next to the checkpoints
+    if not (path / ENTRIES_FILE).exists():
+        for head_folder in (path, path / "ledger"):
+            if (head_folder / HEAD_FILE).is_file():
+                raise LedgerSourceError(_version_head_hint(path, head_folder))
     return path
+
+
+def _version_head_hint(given: Path, head_folder: Path) -> str:
+    version = head_folder.parent if head_folder.name == "ledger" else head_folder
+    return (
+        f"{given} is a published version's ledger head ({head_folder / HEAD_FILE}: the signed checkpoint the version "
+        f"was published with), not a ledger: verify the run's ledger against it with `swarm ledger verify <the run's "
+        f"ledger folder or URL> --trusted {version}`"
+    )
 
 
 def _looks_mid_write(checkpoints: bytes, entries: bytes) -> bool:
@@ -1006,7 +1027,51 @@ def _read_snapshot(source: str | Path) -> _Snapshot:
         if attempt == _SNAPSHOT_ATTEMPTS - 1 or not _looks_mid_write(checkpoints, entries):
             break
         time.sleep(_SNAPSHOT_RETRY_DELAY_S)
-    return _Snapshot(str(source), _read_from(source, PUBLIC_KEY_FILE), checkpoints, entries)
+    return _Snapshot(str(source), _read_from(source, PUBLIC_KEY_FILE), checkpoints, entries,
+                     _read_if_there(source, HEAD_FILE))
+
+
+def _read_if_there(source: str | Path, name: str) -> bytes | None:
+    """A file that a ledger folder may hold; None when it does not (or it cannot be read: the caller does without)."""
+    if not _is_url(source):
+        try:
+            return (_local_folder(source) / name).read_bytes()
+        except OSError:
+            return None
+    try:
+        return _fetch(str(source), name)
+    except LedgerSourceError:
+        return None
+
+
+def published_ledger_files(folder: str | Path) -> dict[str, bytes]:
+    """The files of a ledger folder as of its newest checkpoint, read consistently while its coordinator writes:
+    the checkpoints, the entries the newest one covers, the public key, a README, and totals recomputed from those
+    entries (the folder's own CSVs may lag the checkpoint by 5 s). A version uploaded to a Hub repo carries these as
+    `ledger/`, next to its head. Raises `LedgerSourceError` if the folder is not a ledger."""
+    snapshot = _read_snapshot(folder)
+    checkpoint_lines, complete = _split_lines(snapshot.checkpoints)
+    if not complete:
+        checkpoint_lines.pop()
+    signed_size, run_id = 0, "?"
+    if checkpoint_lines:
+        newest = _parse_head(checkpoint_lines[-1], f"{folder}/{CHECKPOINTS_FILE}")
+        signed_size, run_id = newest.tree_size, newest.run_id
+    entry_lines = _split_lines(snapshot.entries)[0][:signed_size]
+    totals = LedgerTotals()
+    for line in entry_lines:
+        try:
+            totals.add(LedgerEntry.model_validate_json(line))
+        except ValidationError:
+            continue  # the verifier names it; the summaries are not signed
+    return {
+        ENTRIES_FILE: b"".join(line + b"\n" for line in entry_lines),
+        CHECKPOINTS_FILE: b"".join(line + b"\n" for line in checkpoint_lines),
+        PUBLIC_KEY_FILE: snapshot.public_key_pem,
+        README_FILE: _readme(run_id),
+        TOTALS_FILE: totals.peers_csv().encode("utf-8"),
+        TEAMS_FILE: totals.teams_csv().encode("utf-8"),
+    }
 
 
 def _split_lines(data: bytes) -> tuple[list[bytes], bool]:
@@ -1073,6 +1138,9 @@ class VerifyReport(BaseModel):
     trusted_tree_size: int | None = Field(
         None, description="Size of the trusted checkpoint the log was proven to extend."
     )
+    trusted_from: Literal["given", "version head"] | None = Field(
+        None, description=f"Where that checkpoint came from: --trusted, or the folder's {HEAD_FILE} (a version's)."
+    )
 
     def summary(self) -> str:
         if not self.ok:
@@ -1084,11 +1152,11 @@ class VerifyReport(BaseModel):
             )
         if self.latest_checkpoint is None:
             return f"{self.source}: an empty ledger, nothing signed yet"
-        trusted = (
-            f"; it extends the trusted checkpoint of {self.trusted_tree_size} entries"
-            if self.trusted_tree_size is not None
-            else ""
-        )
+        trusted = ""
+        if self.trusted_tree_size is not None:
+            what = f"the version's ledger head ({HEAD_FILE})" if self.trusted_from == "version head" else \
+                "the trusted checkpoint"
+            trusted = f"; it extends {what} of {self.trusted_tree_size} entries"
         return (
             f"{self.source}: ledger of run {self.run_id} verifies: {self.entries} entries, {self.checkpoints} "
             f"signed checkpoints, root {self.root_hash} signed by key {self.key_id}{trusted}"
@@ -1141,12 +1209,16 @@ class _Verification:
     """One pass over a snapshot; raises `_Problem` at the first problem, in file order."""
 
     def __init__(
-        self, snapshot: _Snapshot, pinned_id: str | None, trusted: SignedCheckpoint | None, count_totals: bool = False
+        self, snapshot: _Snapshot, pinned_id: str | None, trusted: SignedCheckpoint | None, count_totals: bool = False,
+        trusted_from: Literal["given", "version head"] = "given",
     ) -> None:
         self.snapshot = snapshot
         self.count_totals = count_totals
         self.pinned_id = pinned_id
         self.trusted = trusted
+        self.trusted_from = trusted_from
+        self.trusted_name = f"the version's ledger head ({HEAD_FILE})" if trusted_from == "version head" else \
+            "the trusted checkpoint"
         self.public_key: Ed25519PublicKey | None = None
         self.key_id: str | None = None
         self.checkpoints: list[SignedCheckpoint] = []
@@ -1172,6 +1244,7 @@ class _Verification:
             key_id=self.key_id,
             latest_checkpoint=latest,
             trusted_tree_size=self.trusted.tree_size if self.trusted else None,
+            trusted_from=self.trusted_from if self.trusted else None,
         )
 
     def _check_public_key(self) -> None:
@@ -1384,7 +1457,14 @@ class _Verification:
         if trusted is None:
             return
         assert self.public_key is not None
+        name = self.trusted_name
         if not trusted.signature_verifies(self.public_key):
+            if self.trusted_from == "version head":
+                raise _Problem(
+                    "trusted_bad_signature",
+                    f"{name} does not verify with {PUBLIC_KEY_FILE} (key {_short(self.key_id or '')}): it was altered, "
+                    "or the version is of another ledger",
+                )
             if trusted.key_id == self.key_id:
                 # the same key: the file saved as trusted was altered after `swarm ledger checkpoint` wrote it
                 raise _Problem(
@@ -1401,13 +1481,13 @@ class _Verification:
         if self.run_id is not None and trusted.run_id != self.run_id:
             raise _Problem(
                 "trusted_run_mismatch",
-                f"the trusted checkpoint is for run {trusted.run_id!r}, this ledger for run {self.run_id!r}",
+                f"{name} is for run {trusted.run_id!r}, this ledger for run {self.run_id!r}",
             )
         size = self.tree.size
         if trusted.tree_size > size:
             raise _Problem(
                 "trusted_ahead",
-                f"the trusted checkpoint signed {trusted.tree_size} entries and the log now has {size}: history was "
+                f"{name} signed {trusted.tree_size} entries and the log now has {size}: history was "
                 "truncated",
             )
         proof = self.tree.consistency_proof(trusted.tree_size, size)
@@ -1415,8 +1495,8 @@ class _Verification:
             prefix_root = self.tree.root(trusted.tree_size).hex()
             raise _Problem(
                 "history_rewritten",
-                f"the log does not extend the trusted checkpoint: its first {trusted.tree_size} entries now hash to "
-                f"{_short(prefix_root)}, and the trusted checkpoint signed {_short(trusted.root_hash)}: history was "
+                f"the log does not extend {name}: its first {trusted.tree_size} entries now hash to "
+                f"{_short(prefix_root)}, and {name} signed {_short(trusted.root_hash)}: history was "
                 "rewritten",
             )
 
@@ -1447,10 +1527,28 @@ def _load_public_key_file(path: str | Path) -> Ed25519PublicKey:
         raise LedgerSourceError(str(error)) from None
 
 
-def load_checkpoint(path: str | Path) -> SignedCheckpoint:
-    """A signed checkpoint saved by an auditor (`swarm ledger checkpoint SOURCE > saved.json`)."""
+def _parse_head(data: bytes, origin: str) -> SignedCheckpoint:
     try:
-        text = Path(path).read_bytes()
+        return SignedCheckpoint.model_validate_json(data)
+    except ValidationError as error:
+        raise LedgerSourceError(f"{origin} is not a signed checkpoint ({_validation_detail(error)}): a version's "
+                                "ledger head is the one line the coordinator wrote; fetch the version again") from None
+
+
+def load_checkpoint(path: str | Path) -> SignedCheckpoint:
+    """A signed checkpoint saved by an auditor (`swarm ledger checkpoint SOURCE > saved.json`), or the ledger head of a
+    published version (its folder, or its `ledger/head.json`)."""
+    path = Path(path)
+    if path.is_dir():
+        heads = [folder / HEAD_FILE for folder in (path / "ledger", path) if (folder / HEAD_FILE).is_file()]
+        if not heads:
+            raise LedgerSourceError(
+                f"{path} is a folder without a version's ledger head (ledger/{HEAD_FILE}): pass a checkpoint saved by "
+                "`swarm ledger checkpoint`, or a published version's folder (epoch-NNNNNN/)"
+            )
+        path = heads[0]
+    try:
+        text = path.read_bytes()
     except OSError as error:
         raise LedgerSourceError(f"cannot read the trusted checkpoint {path}: {error.strerror}") from None
     try:
@@ -1495,7 +1593,12 @@ def _verify(
         trusted_checkpoint = load_checkpoint(trusted_checkpoint)
     pinned_id = _pinned_fingerprint(pinned_key)
     snapshot = _read_snapshot(source)
-    verification = _Verification(snapshot, pinned_id, trusted_checkpoint, count_totals)
+    trusted_from: Literal["given", "version head"] = "given"
+    if trusted_checkpoint is None and snapshot.head is not None:
+        # a version's ledger folder as a Hub repo holds it: the log as uploaded, and the head the version was
+        # published with, which that log must extend
+        trusted_checkpoint, trusted_from = _parse_head(snapshot.head, f"{snapshot.source}/{HEAD_FILE}"), "version head"
+    verification = _Verification(snapshot, pinned_id, trusted_checkpoint, count_totals, trusted_from)
     try:
         return verification.run(), verification, snapshot
     except _Problem as problem:

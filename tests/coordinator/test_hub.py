@@ -382,3 +382,49 @@ def test_ensure_repo_takes_a_new_or_empty_repo_for_any_run(hub):
     publisher.ensure_repo(run_id="t", recipe_fingerprint=Recipe(run={"id": "t"}).fingerprint)
     publisher.ensure_repo(run_id="u", recipe_fingerprint=Recipe(run={"id": "u"}).fingerprint)  # only .gitattributes
     assert list(hub.files(REPO_ID)) == [".gitattributes"]
+
+
+def test_each_commit_carries_the_runs_ledger_as_of_its_newest_checkpoint_and_verifies_at_its_tag(hub, tmp_path,
+                                                                                                   versions):
+    """A version carries only its ledger head; the repo is where the Hub's users find the ledger, so each commit
+    uploads the run's ledger next to it: cut at the newest checkpoint (the coordinator may be mid-epoch), with totals
+    recomputed, and `swarm ledger verify` of the tag's ledger/ proves it extends the version's head."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from swarm.ledger import Ledger, LedgerEntry, verify_ledger
+
+    def credit(epoch: int) -> list[LedgerEntry]:
+        return [LedgerEntry(run_id="t", epoch=epoch, peer_id=f"12D3KooWpeer{n}", name=f"v{n}", team="blue",
+                            claimed_samples=64, granted_samples=64, reason="", compute_s=1.0, timestamp=1.7e9)
+                for n in range(2)]
+
+    (weights_dir, _), _ = versions
+    ledger_dir, checkpoints = tmp_path / "ledger", tmp_path / "checkpoints"
+    with Ledger.open(ledger_dir, Ed25519PrivateKey.generate(), run_id="t") as ledger:
+        for epoch in (1, 2, 3):
+            ledger.commit_epoch(credit(epoch))
+        head = ledger.latest_checkpoint
+        version = checkpoints / "epoch-000003"
+        version.mkdir(parents=True)
+        for path in weights_dir.iterdir():
+            (version / path.name).write_bytes(path.read_bytes())
+        (version / "ledger").mkdir()
+        (version / "ledger" / "head.json").write_bytes(head.canonical_bytes() + b"\n")
+        (version / "ledger" / "public_key.pem").write_bytes(ledger.public_key_pem)
+        for epoch in (4, 5):  # the run goes on before the upload...
+            ledger.commit_epoch(credit(epoch))
+        ledger.append(credit(6))  # ...and is caught between an epoch's entries and its checkpoint
+        with HubPublisher(REPO_ID, token=hub.write_token, endpoint=hub.url, ledger_dir=ledger_dir) as publisher:
+            publisher.publish(version, epoch=3)
+
+    files = hub.files(REPO_ID, "epoch-000003")
+    assert files["ledger/head.json"] == (version / "ledger" / "head.json").read_bytes()
+    assert files["ledger/entries.jsonl"].count(b"\n") == 10  # epochs 1-5; epoch 6 is not signed yet
+    assert files["ledger/checkpoints.jsonl"].count(b"\n") == 5
+    assert b"\n12D3KooWpeer1,v1,blue,320,320,5.000,5\n" in files["ledger/totals.csv"]  # 5 signed epochs of 64
+    assert {"ledger/README.txt", "ledger/teams.csv", "ledger/public_key.pem"} <= set(files)
+    for revision in ("epoch-000003", "main"):
+        report = verify_ledger(f"{hub.url}/{REPO_ID}/resolve/{revision}/ledger")
+        assert report.ok, report.problem
+        assert (report.entries, report.trusted_tree_size, report.trusted_from) == (10, 6, "version head")
+        assert "extends the version's ledger head (head.json) of 6 entries" in report.summary()

@@ -120,6 +120,20 @@ def test_shutdown_names_the_versions_not_uploaded_and_the_command_that_uploads_t
             f"--repo {REPO_ID} --all-missing") in errors[0], errors[0]
 
 
+def test_the_command_that_uploads_them_names_a_ledger_kept_elsewhere(hub, versions, log_records, tmp_path):
+    (first_dir, _), _ = versions
+    hub.go_down()
+    publisher = quick_publisher(hub, retry_delay_s=30.0, ledger_dir=tmp_path / "kept elsewhere")
+    future = publisher.publish_async(first_dir, epoch=1)
+    wait_until(lambda: any("retrying in" in r.getMessage() for r in log_records))
+    publisher.close()
+    with pytest.raises(HubUnavailableError):
+        future.result(timeout=1)
+    error = next(r.getMessage() for r in log_records if r.levelno == logging.ERROR)
+    assert (f"swarm checkpoint publish --checkpoint-dir {first_dir.parent} --ledger-dir '{tmp_path / 'kept elsewhere'}'"
+            f" --repo {REPO_ID} --all-missing") in error, error
+
+
 def test_a_hub_that_does_not_answer_in_time_is_an_outage_not_a_hang(hub, versions, log_records):
     hub.answer_delay_s = 3.0
     publisher = quick_publisher(hub, request_timeout_s=0.5)
@@ -258,10 +272,19 @@ def test_swarm_checkpoint_publish_uploads_the_missing_versions_and_names_bad_fla
         return subprocess.run([sys.executable, "-m", "swarm.cli", "checkpoint", "publish", *args], env=environment,
                               capture_output=True, text=True, timeout=120)
 
+    not_a_ledger = swarm("--checkpoint-dir", str(checkpoint_folder), "--all-missing", "--ledger-dir", str(tmp_path))
+    assert not_a_ledger.returncode == 2 and f"--ledger-dir {tmp_path} is not a ledger folder" in not_a_ledger.stderr
+    assert "Traceback" not in not_a_ledger.stderr and not hub.repos
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from swarm.ledger import Ledger
+    with Ledger.open(checkpoint_folder.parent / "ledger", Ed25519PrivateKey.generate(), run_id="t") as ledger:
+        ledger.commit_epoch([])  # where the coordinator keeps it: uploaded with each version without a flag
     done = swarm("--checkpoint-dir", str(checkpoint_folder), "--all-missing")
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"Uploaded epoch-000005, epoch-000010, epoch-000015 to {REPO_ID}" in done.stdout
     assert all(tagged(hub, epoch) for epoch in (5, 10, 15)) and epoch_on_main(hub) == 15
+    assert hub.files(REPO_ID, "epoch-000005")["ledger/checkpoints.jsonl"].count(b"\n") == 1
     # the other messages: test_publish_versions_says_what_is_wrong_with_the_folder_or_the_epoch
     refused = swarm("--checkpoint-dir", str(checkpoint_folder))
     assert refused.returncode == 2 and "error: give --epoch N (repeatable) or --all-missing" in refused.stderr

@@ -29,6 +29,7 @@ from swarm.ledger import (
     CHECKPOINTS_FILE,
     EMPTY_ROOT,
     ENTRIES_FILE,
+    HEAD_FILE,
     PUBLIC_KEY_FILE,
     README_FILE,
     TEAMS_FILE,
@@ -1136,3 +1137,42 @@ def test_cli_errors_quoting_a_tampered_run_id_show_its_escapes(cli: CliRunner, l
     result = run_cli(cli, "verify", str(ledger_folder))
     assert result.exit_code == 1 and "\x1b" not in result.stderr and "\x07" not in result.stderr
     assert "\\x1b]0;pwned\\x07" in result.stderr
+
+
+def test_cli_verifies_a_ledger_against_a_published_versions_head(cli: CliRunner, tmp_path: Path,
+                                                                  key: Ed25519PrivateKey):
+    """A version carries the ledger's signed head (ledger/head.json), not a copy of the ledger: `--trusted` takes the
+    version's folder, and the version given as the ledger is told apart from a broken ledger (exit 2, what to run)."""
+    folder = write_ledger(tmp_path / "ledger", key, epochs=2)
+    version = tmp_path / "checkpoints" / "epoch-000002"
+    (version / "ledger").mkdir(parents=True)
+    with Ledger.open(folder, key, run_id=RUN) as ledger:
+        (version / "ledger" / HEAD_FILE).write_bytes(ledger.latest_checkpoint.canonical_bytes() + b"\n")
+        (version / "ledger" / PUBLIC_KEY_FILE).write_bytes(ledger.public_key_pem)
+        ledger.commit_epoch(epoch_entries(3))
+    result = run_cli(cli, "verify", str(folder), "--trusted", str(version))
+    assert result.exit_code == 0 and "extends the trusted checkpoint of 8 entries" in result.stdout, result.output
+    for given in (version, version / "ledger"):
+        result = run_cli(cli, "verify", str(given))
+        assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+        assert "a published version's ledger head" in result.stderr
+        assert f"swarm ledger verify <the run's ledger folder or URL> --trusted {version}" in result.stderr
+    result = run_cli(cli, "verify", str(folder), "--trusted", str(tmp_path / "checkpoints"))
+    assert result.exit_code == 2 and "without a version's ledger head" in result.stderr, result.output
+
+    # a head that the ledger does not extend: the ledger was cut back to epoch 1 since
+    write_lines(folder / ENTRIES_FILE, lines_of(folder / ENTRIES_FILE)[:4])
+    write_lines(folder / CHECKPOINTS_FILE, lines_of(folder / CHECKPOINTS_FILE)[:1])
+    result = run_cli(cli, "verify", str(folder), "--trusted", str(version))
+    assert result.exit_code == 1 and "the trusted checkpoint signed 8 entries and the log now has 4" in result.stderr
+
+    # a Hub repo's ledger/ holds the log and the version's head: the head is checked without --trusted
+    (folder / HEAD_FILE).write_bytes((version / "ledger" / HEAD_FILE).read_bytes())
+    result = run_cli(cli, "verify", str(folder))
+    assert result.exit_code == 1 and "the version's ledger head (head.json) signed 8 entries" in result.stderr
+    (folder / HEAD_FILE).write_bytes(lines_of(folder / CHECKPOINTS_FILE)[0] + b"\n")
+    result = run_cli(cli, "verify", str(folder))
+    assert result.exit_code == 0 and "extends the version's ledger head (head.json) of 4 entries" in result.stdout
+    (folder / HEAD_FILE).write_text("not json\n")
+    result = run_cli(cli, "verify", str(folder))
+    assert result.exit_code == 2 and "head.json is not a signed checkpoint" in result.stderr, result.output
