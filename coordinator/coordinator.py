@@ -471,6 +471,9 @@ class Coordinator:
         addresses = []
         for row in sorted(self.view.peers.values(), key=lambda m: -m.time):
             addresses += [a for a in row.addresses if "/p2p/" in a][:2]
+        # a launch writes run.json before it has seen any peer (and an ended run sees none): keep the addresses it
+        # re-joined through, or a coordinator stopped again before the swarm reported had none the next time
+        addresses = list(dict.fromkeys(addresses + self._remembered_addresses))
         folders = dict(checkpoint_dir=str(self.checkpoint_dir.resolve()), ledger_dir=str(self.ledger_dir.resolve()))
         state = dict(started_at=self.started_at, fingerprint=self.recipe.fingerprint,
                      peer_addresses=addresses[:MAX_REMEMBERED_PEERS], folders=folders)

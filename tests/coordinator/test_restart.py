@@ -134,8 +134,10 @@ def test_a_relaunch_of_a_run_the_organiser_ended_names_the_epoch_it_really_ended
     run.credit_epochs("ended-past", range(0, 11))
     run.state.mkdir(parents=True, exist_ok=True)  # credit_epochs made it for the signing key
     ended = dict(ended_at_epoch=11, end_set_at_epoch=10, final_version_epoch=11, credited_up_to_epoch=10)
+    # a peer seen last time (nothing listens there now): a relaunch that sees no peer wrote an empty list
+    seen = ["/ip4/127.0.0.1/tcp/9/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN"]
     (run.state / "run.json").write_text(json.dumps(dict(started_at=1.0, fingerprint=load_recipe(recipe).fingerprint,
-                                                        peer_addresses=[], **ended)))
+                                                        peer_addresses=seen, **ended)))
 
     coordinator = launch(run, recipe)
     try:
@@ -148,6 +150,7 @@ def test_a_relaunch_of_a_run_the_organiser_ended_names_the_epoch_it_really_ended
     assert "swarm join" not in coordinator.output and "Traceback" not in coordinator.output
     state = json.loads((run.state / "run.json").read_text())
     assert {key: state.get(key) for key in ended} == ended  # kept as the run left them
+    assert state["peer_addresses"] == seen
 
 
 @pytest.mark.timeout(300)
