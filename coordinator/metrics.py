@@ -28,6 +28,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 import swarm
 
 PEER_LABELS = ("peer_id", "name", "team")
+# A peer not seen for this long has no series any more: each peer's labels make a series per metric, and a run of
+# months sees many volunteers once. A day keeps a volunteer's nightly gaps on the panels.
+PEER_SERIES_TTL_S = 24 * 3600.0
 # What `render` writes: the classic text format, which every Prometheus (2.x and 3.x) reads. prometheus_client's
 # CONTENT_TYPE_LATEST now names format 1.0.0, which older scrapers don't know.
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
@@ -104,7 +107,7 @@ def _families(snapshot: dict) -> list[Metric]:
     gauge("swarm_last_checkpoint_epoch", "Epoch of the last published version; -1 before the first.",
           status["last_checkpoint_epoch"])
 
-    families += _peer_families(peers)
+    families += _peer_families([peer for peer in peers if status["updated_at"] - peer["last_seen"] < PEER_SERIES_TTL_S])
     families += _team_families(teams)
     gauge("swarm_ledger_entries", "Entries in the contribution ledger (its Merkle tree size).", ledger["tree_size"])
     return families

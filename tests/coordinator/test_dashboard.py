@@ -361,9 +361,14 @@ def test_metrics_leave_out_what_the_snapshot_does_not_know(server):
     metrics = CoordinatorMetrics()
     snapshot = fake_run()
     snapshot["status"].update(mean_training_loss=None, last_val_loss=float("nan"))
+    # a peer gone for more than a day has no series left (a run of months would export every volunteer ever seen)
+    snapshot["peers"][-1]["last_seen"] = snapshot["status"]["updated_at"] - 25 * 3600
     metrics.update(snapshot)
     parsed = {f.name: f for f in text_string_to_metric_families(metrics.render().decode())}
     assert parsed["swarm_training_loss"].samples == [] and parsed["swarm_validation_loss"].samples == []
+    assert not [s for s in parsed["swarm_peer_alive"].samples if s.labels["name"] == "charlie"]
+    assert len(parsed["swarm_peer_alive"].samples) == 4
+    assert _value(parsed, "swarm_team_volunteers", team="eleuther-fans") == 3  # its credit stays in its team's
 
 
 def test_metrics_follow_a_fresh_snapshot_on_each_scrape():
