@@ -1541,6 +1541,18 @@ def load_checkpoint(path: str | Path) -> SignedCheckpoint:
     path = Path(path)
     if path.is_dir():
         heads = [folder / HEAD_FILE for folder in (path / "ledger", path) if (folder / HEAD_FILE).is_file()]
+        copy = path / "ledger" / CHECKPOINTS_FILE
+        if not heads and copy.is_file():  # a version published before heads: it carries a copy of the ledger
+            try:
+                lines, complete = _split_lines(copy.read_bytes())
+            except OSError as error:
+                raise LedgerSourceError(f"cannot read the trusted checkpoint {copy}: {error.strerror}") from None
+            if not complete:
+                lines.pop()
+            if not lines:
+                raise LedgerSourceError(f"{path} was published before any credit was signed ({copy} is empty): "
+                                        "there is nothing it could prove")
+            return _parse_head(lines[-1], str(copy))
         if not heads:
             raise LedgerSourceError(
                 f"{path} is a folder without a version's ledger head (ledger/{HEAD_FILE}): pass a checkpoint saved by "

@@ -7,6 +7,7 @@ import functools
 import hashlib
 import http.server
 import json
+import shutil
 import os
 import random
 import re
@@ -1159,6 +1160,11 @@ def test_cli_verifies_a_ledger_against_a_published_versions_head(cli: CliRunner,
         assert f"swarm ledger verify <the run's ledger folder or URL> --trusted {version}" in result.stderr
     result = run_cli(cli, "verify", str(folder), "--trusted", str(tmp_path / "checkpoints"))
     assert result.exit_code == 2 and "without a version's ledger head" in result.stderr, result.output
+    older = tmp_path / "checkpoints" / "epoch-000001"  # published before heads: a copy of the ledger as it was
+    shutil.copytree(folder, older / "ledger")
+    (older / "ledger" / CHECKPOINTS_FILE).write_bytes(lines_of(folder / CHECKPOINTS_FILE)[0] + b"\n{\"cut")
+    result = run_cli(cli, "verify", str(folder), "--trusted", str(older))
+    assert result.exit_code == 0 and "extends the trusted checkpoint of 4 entries" in result.stdout, result.output
 
     # a head that the ledger does not extend: the ledger was cut back to epoch 1 since
     write_lines(folder / ENTRIES_FILE, lines_of(folder / ENTRIES_FILE)[:4])
