@@ -80,6 +80,7 @@ FINALIZE_LAG_S = 12.0
 CLAIM_GRACE_S = 60.0
 MAX_REMEMBERED_PEERS = 16
 HISTORY_FILE = "history.json"  # in the state folder: the dashboard's curves, across restarts
+HUB_PENDING_FILE = "hub_pending.json"  # in the state folder: versions not uploaded to the Hub yet, for the next launch
 HISTORY_SAVE_PERIOD_S = 10.0
 MAX_HISTORY_ROWS = 2000  # per-epoch rows the dashboard's curves keep (thinned_history)
 MAX_PEERS_LEAVING_AT_ONCE = 4  # the coordinator looks for leaving peers only when this few are alive
@@ -238,11 +239,13 @@ class Coordinator:
         # only now: hivemind forks its DHT and averager processes, which would inherit the ledger's locked file
         # and keep it locked after a SIGKILL of this process, blocking the restarted coordinator
         self._open_ledger()
-        self.hub = HubPublisher.from_config(recipe.checkpoint, ledger_dir=self.ledger_dir)
+        self.hub = HubPublisher.from_config(recipe.checkpoint, ledger_dir=self.ledger_dir,
+                                            pending_file=self.state_dir / HUB_PENDING_FILE)
         if self.hub is not None:
             # a missing token or repo, or a repo that holds another run's versions, fails now, not at the first version;
             # a Hub outage does not: versions are saved locally first, and the repo is checked before the first upload
             self.hub.check_at_launch(run_id=recipe.run.id, recipe_fingerprint=recipe.fingerprint)
+            self.hub.publish_pending()  # what the last launch could not upload (it stopped, or was killed, first)
         self._announce()
         self._save_run_state()
         self._update_snapshot()

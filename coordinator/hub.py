@@ -158,6 +158,7 @@ class HubPublisher:
         max_retry_delay_s: float = MAX_RETRY_DELAY_S,
         request_timeout_s: float = REQUEST_TIMEOUT_S,
         ledger_dir: Path | None = None,
+        pending_file: Path | None = None,
     ):
         from huggingface_hub import HfApi, constants
 
@@ -165,6 +166,8 @@ class HubPublisher:
         # The run's ledger folder: each commit carries it as `ledger/` (read when the version is uploaded, so the log
         # extends the head the version was saved with), so the repo, and each tag, holds a ledger that verifies.
         self.ledger_dir = Path(ledger_dir) if ledger_dir is not None else None
+        # The versions not uploaded yet, kept on disk (even through a kill -9) for the next launch to upload first
+        self.pending_file = Path(pending_file) if pending_file is not None else None
         self.private = private
         self.retry_delay_s = retry_delay_s
         self.max_retry_delay_s = max(max_retry_delay_s, retry_delay_s)
@@ -190,9 +193,50 @@ class HubPublisher:
         self._worker: threading.Thread | None = None
 
     @classmethod
-    def from_config(cls, config: CheckpointConfig, ledger_dir: Path | None = None) -> HubPublisher | None:
+    def from_config(cls, config: CheckpointConfig, ledger_dir: Path | None = None,
+                    pending_file: Path | None = None) -> HubPublisher | None:
         """The publisher for `checkpoint.hub_repo_id`, or None when the recipe publishes locally only."""
-        return cls(config.hub_repo_id, ledger_dir=ledger_dir) if config.hub_repo_id else None
+        if not config.hub_repo_id:
+            return None
+        return cls(config.hub_repo_id, ledger_dir=ledger_dir, pending_file=pending_file)
+
+    def publish_pending(self) -> list[int]:
+        """Queue the versions an earlier publisher with the same `pending_file` and repo did not upload (the
+        coordinator stopped or was killed first); returns their epochs. A version whose folder is gone is skipped
+        with a warning."""
+        if self.pending_file is None:
+            return []
+        try:
+            state = json.loads(self.pending_file.read_bytes())
+            if state.get("repo_id") != self.repo_id:
+                logger.warning(f"{self.pending_file} lists versions not uploaded to {state.get('repo_id')!r}, not to "
+                               f"{self.repo_id}: upload them with `swarm checkpoint publish --repo ...` if needed")
+                return []
+            versions = [(int(v["epoch"]), Path(v["folder"])) for v in state["versions"]]
+        except FileNotFoundError:
+            return []
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+            logger.warning(f"Cannot read the list of versions not uploaded yet ({self.pending_file}: {error!r}); "
+                           "upload them with `swarm checkpoint publish --all-missing` if any")
+            return []
+        queued = []
+        for epoch, folder in sorted(versions):
+            if not (folder / "swarm.json").is_file():
+                logger.warning(f"{version_tag(epoch)} was not uploaded to {self.repo_id} by the last launch, and "
+                               f"{folder} is gone: it cannot be uploaded")
+                continue
+            try:
+                if self.tag_exists(epoch):  # uploaded since, by `swarm checkpoint publish`
+                    continue
+            except SwarmError:
+                pass  # the Hub is away: queued, and retried like any upload
+            self.publish_async(folder, epoch)
+            queued.append(epoch)
+        if queued:
+            logger.info(f"Uploading to {self.repo_id} first what the last launch could not: "
+                        f"{', '.join(version_tag(epoch) for epoch in queued)}")
+        self._write_pending()
+        return queued
 
     @property
     def repo_url(self) -> str:
@@ -322,6 +366,7 @@ class HubPublisher:
                 self._worker = threading.Thread(target=self._work, name="hub-publish", daemon=True)
                 self._worker.start()
             self._queue_changed.notify_all()
+        self._write_pending()
         return upload.future
 
     def not_uploaded(self) -> list[int]:
@@ -399,10 +444,12 @@ class HubPublisher:
             return
         with self._queue_changed:
             self._queued.pop(upload.epoch, None)
+            self._given_up.pop(upload.epoch, None)
             for waiting in self._queued.values():  # the Hub answers again: what the outage held goes now
                 if isinstance(waiting.error, HubUnavailableError):
                     waiting.due_at = 0.0
             self._queue_changed.notify_all()
+        self._write_pending()
         if upload.attempts:
             logger.info(f"Hub upload of {tag} succeeded after {upload.attempts} failed tr"
                         f"{'y' if upload.attempts == 1 else 'ies'}")
@@ -433,7 +480,32 @@ class HubPublisher:
         if not upload.future.done():
             upload.future.set_exception(error)
 
+    def _write_pending(self) -> None:
+        """The versions not uploaded yet into `pending_file` (atomically; an empty list once all are up)."""
+        if self.pending_file is None:
+            return
+        with self._queue_changed:
+            uploads = sorted({**self._given_up, **self._queued}.values(), key=lambda u: u.epoch)
+            if not uploads and not self._pending_file_is_ours():
+                return  # nothing of ours to record, and no list of another repo's is emptied
+            state = dict(repo_id=self.repo_id,
+                         versions=[dict(epoch=u.epoch, folder=str(u.version_dir.resolve())) for u in uploads])
+            try:
+                self.pending_file.parent.mkdir(parents=True, exist_ok=True)
+                temporary = self.pending_file.with_name(f".{self.pending_file.name}.tmp")
+                temporary.write_text(json.dumps(state, indent=1) + "\n")
+                os.replace(temporary, self.pending_file)
+            except OSError as error:
+                logger.warning(f"Cannot record the versions not uploaded yet in {self.pending_file}: {error!r}")
+
+    def _pending_file_is_ours(self) -> bool:
+        try:
+            return json.loads(self.pending_file.read_bytes()).get("repo_id") == self.repo_id
+        except (OSError, ValueError, AttributeError):
+            return False
+
     def _say_not_uploaded(self) -> None:
+        self._write_pending()
         with self._queue_changed:
             missed = sorted(self._given_up.values(), key=lambda u: u.epoch)
         if not missed:
@@ -449,9 +521,10 @@ class HubPublisher:
             "--all-missing" for folder in folders)
         when = "once the Hub answers" if self._stopped_by is None else "once the error above is fixed"
         several = len(missed) > 1
+        relaunch = " (or launch the coordinator again: it uploads them first)" if self.pending_file else ""
         logger.error(f"{len(missed)} version{'s were' if several else ' was'} not uploaded to the Hub repo "
                      f"{self.repo_id}: {tags}. {'They are' if several else 'It is'} kept in {', '.join(folders)}; "
-                     f"upload {'them' if several else 'it'} {when} with: {commands}")
+                     f"upload {'them' if several else 'it'} {when} with: {commands}{relaunch}")
 
     # ---- internals --------------------------------------------------------------------------------------------
 
@@ -736,8 +809,8 @@ def publish_versions(checkpoint_dir: Path, epochs: list[int] | None = None, repo
         beside = checkpoint_dir.parent / "ledger"
         ledger_dir = beside if (beside / "entries.jsonl").is_file() else None
         if ledger_dir is None:
-            logger.warning(f"No ledger next to {checkpoint_dir} ({beside}): the versions are uploaded with their ledger "
-                           "heads only; pass --ledger-dir to upload the run's ledger with them")
+            logger.warning(f"No ledger next to {checkpoint_dir} ({beside}): the versions are uploaded with their "
+                           "ledger heads only; pass --ledger-dir to upload the run's ledger with them")
     elif not (Path(ledger_dir) / "entries.jsonl").is_file():
         raise UsageError(f"--ledger-dir {ledger_dir} is not a ledger folder (it has no entries.jsonl): give the run's "
                          "ledger folder (next to its checkpoints, or the coordinator's --ledger-dir)")

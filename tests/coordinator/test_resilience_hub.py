@@ -7,6 +7,7 @@ tenths of seconds here; an organiser's are minutes (60 s doubling up to 10 min).
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import time
@@ -132,6 +133,44 @@ def test_the_command_that_uploads_them_names_a_ledger_kept_elsewhere(hub, versio
     error = next(r.getMessage() for r in log_records if r.levelno == logging.ERROR)
     assert (f"swarm checkpoint publish --checkpoint-dir {first_dir.parent} --ledger-dir '{tmp_path / 'kept elsewhere'}'"
             f" --repo {REPO_ID} --all-missing") in error, error
+
+
+def test_the_next_launch_uploads_first_what_the_last_one_could_not(hub, versions, log_records, tmp_path):
+    """A coordinator stopped (or killed) during an outage left its versions to a command the organiser had to run;
+    the next launch, with the same state folder, now uploads them first."""
+    (first_dir, _), (second_dir, _) = versions
+    pending = tmp_path / "state" / "hub_pending.json"
+    hub.go_down()
+    publisher = quick_publisher(hub, retry_delay_s=30.0, pending_file=pending)
+    publisher.publish_async(first_dir, epoch=1)
+    publisher.publish_async(second_dir, epoch=2)
+    # on disk as soon as it is queued: a kill -9 loses nothing
+    assert [v["epoch"] for v in json.loads(pending.read_text())["versions"]] == [1, 2]
+    wait_until(lambda: sum("retrying in" in r.getMessage() for r in log_records) >= 2)
+    publisher.close()
+    error = next(r.getMessage() for r in log_records if r.levelno == logging.ERROR)
+    assert error.endswith("(or launch the coordinator again: it uploads them first)"), error
+    assert [v["epoch"] for v in json.loads(pending.read_text())["versions"]] == [1, 2]
+
+    hub.come_back()
+    gone = tmp_path / "gone" / "epoch-000003"  # a version deleted by hand since: said, and skipped
+    state = json.loads(pending.read_text())
+    state["versions"].append(dict(epoch=3, folder=str(gone)))
+    pending.write_text(json.dumps(state))
+    other_repo = quick_publisher(hub, pending_file=pending)
+    other_repo.repo_id = "swarm-test/another-repo"
+    assert other_repo.publish_pending() == []  # the list is of another repo's uploads
+    other_repo.close()
+    quick_publisher(hub).publish(first_dir, epoch=1)  # the organiser ran `swarm checkpoint publish --epoch 1`
+    commits = len(hub.history(REPO_ID))
+    relaunched = quick_publisher(hub, pending_file=pending)
+    assert relaunched.publish_pending() == [2]
+    assert any(f"{gone} is gone: it cannot be uploaded" in r.getMessage() for r in log_records)
+    wait_until(lambda: relaunched.not_uploaded() == [])
+    relaunched.close()
+    assert tagged(hub, 1) and tagged(hub, 2) and epoch_on_main(hub) == 2
+    assert len(hub.history(REPO_ID)) == commits + 1  # epoch 2 only
+    assert json.loads(pending.read_text()) == dict(repo_id=REPO_ID, versions=[])
 
 
 def test_a_hub_that_does_not_answer_in_time_is_an_outage_not_a_hang(hub, versions, log_records):

@@ -70,3 +70,37 @@ def test_a_token_the_hub_refuses_at_launch_stops_it_with_the_fix(hub, tmp_path, 
     assert "Set HF_TOKEN to a valid write token" in coordinator.output
     assert "Traceback" not in coordinator.output and "hf_not_a_real_token" not in coordinator.output
     assert "swarm join" not in coordinator.output
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_a_relaunch_uploads_first_the_versions_the_last_launch_could_not(hub, tmp_path):
+    """The last launch stopped during an outage with epoch 5 not uploaded (its real publisher wrote the list); the
+    organiser had to run `swarm checkpoint publish`. The relaunch does it, ledger included."""
+    from coordinator.hub import HubPublisher
+
+    run = RunFolder(tmp_path / "run")
+    recipe = hub_recipe(tmp_path, "hub-pending")
+    versions = run.publish_versions(recipe, [5])
+    run.credit_epochs("hub-pending", range(0, 5))
+    hub.go_down(None)
+    last_launch = HubPublisher(REPO_ID, token=hub.write_token, endpoint=hub.url, retry_delay_s=30.0,
+                               request_timeout_s=5.0, pending_file=run.state / "hub_pending.json")
+    last_launch.publish_async(versions[5], epoch=5)
+    last_launch.close()
+    assert last_launch.not_uploaded() == [5] and not hub.repos
+    hub.come_back()
+
+    coordinator = launch(run, recipe, dashboard_port=None)
+    try:
+        coordinator.wait_for(rf"Uploading to {REPO_ID} first what the last launch could not: epoch-000005",
+                             timeout_s=180)
+        coordinator.wait_for(r"published \S+epoch-000005 .* tag epoch-000005", timeout_s=60)
+        coordinator.interrupt()
+        assert coordinator.wait(timeout_s=45) == 0, coordinator.output[-3000:]
+    finally:
+        coordinator.stop()
+    files = hub.files(REPO_ID, "epoch-000005")
+    assert files["model.safetensors"] == (versions[5] / "model.safetensors").read_bytes()
+    assert files["ledger/entries.jsonl"].count(b"\n") == 5  # the run's ledger went with it
+    assert "Traceback" not in coordinator.output
