@@ -596,21 +596,22 @@ class HubPublisher:
         if on_main is not None and not ours.is_run(on_main):
             raise self._conflict(version_dir, tag, "its main", on_main, ours)
         self._check_tag(version_dir, tag, ours)
-        ledger = self._ledger_files(ours)
-        in_repo = {sibling.rfilename for sibling in head.siblings or []}
-        stale = sorted(in_repo - set(files) - set(ledger) - _KEEP_IN_REPO)
-        operations: list = [CommitOperationAdd(name, path_or_fileobj=str(version_dir / name)) for name in files
-                            if name not in ledger]
-        operations += [CommitOperationAdd(name, path_or_fileobj=data) for name, data in ledger.items()]
-        operations += [CommitOperationDelete(path_in_repo=name) for name in stale]
-        commit = self._api.create_commit(
-            self.repo_id,
-            operations=operations,
-            commit_message=message or f"Publish {tag}",
-            commit_description=f"Published by swarm {swarm.__version__} from {version_dir.name}.",
-            revision="main",
-            parent_commit=head.sha,  # fail rather than overwrite a commit that landed since we read main
-        )
+        with tempfile.TemporaryDirectory(prefix="swarm-ledger-upload-") as scratch:
+            ledger = self._ledger_files(ours, Path(scratch))
+            in_repo = {sibling.rfilename for sibling in head.siblings or []}
+            stale = sorted(in_repo - set(files) - set(ledger) - _KEEP_IN_REPO)
+            operations: list = [CommitOperationAdd(name, path_or_fileobj=str(version_dir / name)) for name in files
+                                if name not in ledger]
+            operations += [CommitOperationAdd(name, path_or_fileobj=str(path)) for name, path in ledger.items()]
+            operations += [CommitOperationDelete(path_in_repo=name) for name in stale]
+            commit = self._api.create_commit(
+                self.repo_id,
+                operations=operations,
+                commit_message=message or f"Publish {tag}",
+                commit_description=f"Published by swarm {swarm.__version__} from {version_dir.name}.",
+                revision="main",
+                parent_commit=head.sha,  # fail rather than overwrite a commit that landed since we read main
+            )
         try:
             self._api.create_tag(self.repo_id, tag=tag, revision=commit.oid, tag_message=message or tag)
         except HfHubHTTPError as error:
@@ -623,25 +624,24 @@ class HubPublisher:
             self._api.create_tag(self.repo_id, tag=tag, revision=commit.oid, tag_message=message or tag)
         return commit.oid, epoch_on_main
 
-    def _ledger_files(self, ours: RunMark) -> dict[str, bytes]:
-        """The run's ledger as of its newest checkpoint, as `ledger/...` files of the commit; none without a ledger
-        folder, or with one of another run (a version then carries only its head)."""
-        from swarm.ledger import CHECKPOINTS_FILE, LedgerSourceError, published_ledger_files
+    def _ledger_files(self, ours: RunMark, scratch: Path) -> dict[str, Path]:
+        """The run's ledger as of its newest checkpoint, copied into `scratch`, as the `ledger/...` files of the
+        commit; none without a ledger folder, or with one of another run (a version then carries only its head)."""
+        from swarm.ledger import LedgerSourceError, export_signed_ledger
 
         if self.ledger_dir is None:
             return {}
         try:
-            files = published_ledger_files(self.ledger_dir)
+            newest = export_signed_ledger(self.ledger_dir, scratch)
         except LedgerSourceError as error:
             logger.warning(f"The ledger is not uploaded with this version ({error}); the version carries its "
                            "ledger head only")
             return {}
-        checkpoints = files[CHECKPOINTS_FILE].splitlines()
-        if checkpoints and ours.run_id is not None and json.loads(checkpoints[-1]).get("run_id") != ours.run_id:
+        if newest is not None and ours.run_id is not None and newest.run_id != ours.run_id:
             logger.warning(f"The ledger in {self.ledger_dir} is not run {ours.run_id!r}'s: not uploaded with its "
                            "version, which carries its ledger head only")
             return {}
-        return {f"ledger/{name}": data for name, data in files.items()}
+        return {f"ledger/{path.name}": path for path in sorted(scratch.iterdir())}
 
     def _give_main_back(self, version_dir: Path, epoch: int, newer: int) -> None:
         """`version_dir` (epoch `epoch`) was uploaded after the newer version `newer`, which main held: publish that

@@ -1044,34 +1044,38 @@ def _read_if_there(source: str | Path, name: str) -> bytes | None:
         return None
 
 
-def published_ledger_files(folder: str | Path) -> dict[str, bytes]:
-    """The files of a ledger folder as of its newest checkpoint, read consistently while its coordinator writes:
-    the checkpoints, the entries the newest one covers, the public key, a README, and totals recomputed from those
-    entries (the folder's own CSVs may lag the checkpoint by 5 s). A version uploaded to a Hub repo carries these as
-    `ledger/`, next to its head. Raises `LedgerSourceError` if the folder is not a ledger."""
-    snapshot = _read_snapshot(folder)
-    checkpoint_lines, complete = _split_lines(snapshot.checkpoints)
+def export_signed_ledger(folder: str | Path, target: str | Path) -> SignedCheckpoint | None:
+    """Copy a ledger folder into `target` as of its newest checkpoint, consistently while its coordinator writes: the
+    checkpoints, the entries the newest one covers, the public key, a README, and totals recomputed from those entries
+    (the folder's own CSVs may lag the checkpoint by 5 s). Streams the entries: memory stays flat for any size. A
+    version uploaded to a Hub repo carries this as `ledger/`, next to its head. Returns the newest checkpoint (None
+    before the first); raises `LedgerSourceError` if the folder is not a ledger."""
+    folder, target = _local_folder(folder), Path(target)
+    checkpoints = _read_from(folder, CHECKPOINTS_FILE)  # first: every entry it covers was durable before it
+    public_key = _read_from(folder, PUBLIC_KEY_FILE)
+    lines, complete = _split_lines(checkpoints)
     if not complete:
-        checkpoint_lines.pop()
-    signed_size, run_id = 0, "?"
-    if checkpoint_lines:
-        newest = _parse_head(checkpoint_lines[-1], f"{folder}/{CHECKPOINTS_FILE}")
-        signed_size, run_id = newest.tree_size, newest.run_id
-    entry_lines = _split_lines(snapshot.entries)[0][:signed_size]
+        lines.pop()  # being written
+    newest = _parse_head(lines[-1], str(folder / CHECKPOINTS_FILE)) if lines else None
+    signed_size = newest.tree_size if newest is not None else 0
+    target.mkdir(parents=True, exist_ok=True)
     totals = LedgerTotals()
-    for line in entry_lines:
-        try:
-            totals.add(LedgerEntry.model_validate_json(line))
-        except ValidationError:
-            continue  # the verifier names it; the summaries are not signed
-    return {
-        ENTRIES_FILE: b"".join(line + b"\n" for line in entry_lines),
-        CHECKPOINTS_FILE: b"".join(line + b"\n" for line in checkpoint_lines),
-        PUBLIC_KEY_FILE: snapshot.public_key_pem,
-        README_FILE: _readme(run_id),
-        TOTALS_FILE: totals.peers_csv().encode("utf-8"),
-        TEAMS_FILE: totals.teams_csv().encode("utf-8"),
-    }
+    try:
+        with open(folder / ENTRIES_FILE, "rb") as source, open(target / ENTRIES_FILE, "wb") as copy:
+            for _, line in zip(range(signed_size), source):
+                copy.write(line)
+                try:
+                    totals.add(LedgerEntry.model_validate_json(line))
+                except ValidationError:
+                    continue  # the verifier names it; the summaries are not signed
+    except OSError as error:
+        raise LedgerSourceError(f"cannot copy {folder / ENTRIES_FILE}: {error.strerror or error}") from None
+    (target / CHECKPOINTS_FILE).write_bytes(b"".join(line + b"\n" for line in lines))
+    (target / PUBLIC_KEY_FILE).write_bytes(public_key)
+    (target / README_FILE).write_bytes(_readme(newest.run_id if newest is not None else "?"))
+    (target / TOTALS_FILE).write_text(totals.peers_csv(), encoding="utf-8")
+    (target / TEAMS_FILE).write_text(totals.teams_csv(), encoding="utf-8")
+    return newest
 
 
 def _split_lines(data: bytes) -> tuple[list[bytes], bool]:
