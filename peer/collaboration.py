@@ -438,6 +438,49 @@ class SwarmAverager(AllreduceOutcome, ChurnSafeAllReduce, ClosesFullGroups, Back
     (`ClosesFullGroups`)."""
 
 
+class WithholdsNonFiniteState(DecentralizedAverager):
+    """An averager of a training state (parameters, optimiser statistics) that never sends or serves NaN or inf.
+
+    A non-finite gradient never reaches a round (`SwarmGradientAverager`), but memory corruption or a faulty kernel can
+    turn the parameters themselves NaN. An all-reduce adds up every member's values: with two tiny peers averaging
+    their state every epoch, the partner's weights were NaN one epoch after its peer's, and both stayed NaN for good.
+    Here the averager's process checks what it is about to send (fp32 sums, once per round, off its event loop); if a
+    value is not finite, it sends zeros in place of each such tensor, with weight 0. The others average as if this
+    peer had sat the round out, and it receives their average; `withheld_state_rounds` counts such rounds, so that the
+    training process reloads the whole state from the swarm. A peer asking for this peer's state meanwhile gets
+    nothing, and downloads it from the next peer.
+    """
+
+    def __init__(self, *args, **kwargs):
+        self._withheld_state_rounds = mp.RawValue("i", 0)  # written by the averager's process, which __init__ forks
+        super().__init__(*args, **kwargs)
+
+    @property
+    def withheld_state_rounds(self) -> int:
+        """State rounds this peer joined with weight 0, its state not being finite (from any thread or process)."""
+        return self._withheld_state_rounds.value
+
+    async def _run_allreduce_inplace_(self, tensors, group_info, group_id=None, **kwargs):
+        tensors = list(tensors)
+        finite = await asyncio.get_event_loop().run_in_executor(None, all_finite, tensors)
+        if not finite:
+            with torch.no_grad():
+                for tensor in tensors:
+                    if not all_finite([tensor]):
+                        tensor.zero_()
+            kwargs["weight"] = 0.0
+            self._withheld_state_rounds.value += 1
+            logger.debug("This peer's state holds NaN or infinite values: it joins the round with zeros and weight 0")
+        await super()._run_allreduce_inplace_(tensors, group_info, group_id=group_id, **kwargs)
+
+    def get_current_state(self):
+        state = super().get_current_state()
+        if all_finite([tensor.detach() for tensor in state[1]]):
+            return state
+        logger.debug("A peer asked for this peer's state, which holds NaN or infinite values: it gets none")
+        return None, (), None  # hivemind then streams nothing, and the downloader tries its next peer
+
+
 class _RemembersLastRound(DecentralizedAverager):
     """Placed between TrainingStateAverager and DecentralizedAverager in `SwarmStateAverager`'s MRO: every averaging
     round TrainingStateAverager starts (pre-scheduled, or in its background executor) passes through here."""
@@ -451,8 +494,9 @@ class _RemembersLastRound(DecentralizedAverager):
         return control
 
 
-class SwarmStateAverager(HivemindWireNames, ChurnSafeAllReduce, ClosesFullGroups, BackgroundTorchOnOneThread,
-                         TrainingStateAverager, _RemembersLastRound, SharesParentTensorsBeforeFork):
+class SwarmStateAverager(HivemindWireNames, WithholdsNonFiniteState, ChurnSafeAllReduce, ClosesFullGroups,
+                         BackgroundTorchOnOneThread, TrainingStateAverager, _RemembersLastRound,
+                         SharesParentTensorsBeforeFork):
     """hivemind's TrainingStateAverager whose next step does not queue behind a parameter round that found no group.
 
     hivemind averages the state in the background, but on a single-thread executor: the next epoch's optimizer step
@@ -523,18 +567,51 @@ class SwarmOptimizer(hivemind.Optimizer):
         # epochs whose gradient this peer did not give the swarm (not finite: sent with weight 0, or alone, its step
         # skipped), so whose samples it does not claim
         self.unsent_epochs: set[int] = set()
+        self.state_reloads = 0  # times this peer reloaded the swarm's state because its own was not finite
+        self._withheld_state_seen = 0  # the state averager's withheld_state_rounds at the last check
+        self._state_not_finite = False  # said so, and not finite again since
 
     def step(self, *args, **kwargs):
         epoch = self.local_epoch
         withheld = getattr(self.grad_averager, "withheld_rounds", 0)
         skipped = getattr(self.state_averager.optimizer, "skipped_steps", 0)
         result = super().step(*args, **kwargs)
-        if self.local_epoch != epoch and (
-                getattr(self.grad_averager, "withheld_rounds", 0) != withheld
-                or (getattr(self.state_averager.optimizer, "skipped_steps", 0) != skipped
-                    and self.rounds.last_group_size <= 1)):
-            self.unsent_epochs.add(epoch)
+        if self.local_epoch != epoch:
+            if (getattr(self.grad_averager, "withheld_rounds", 0) != withheld
+                    or (getattr(self.state_averager.optimizer, "skipped_steps", 0) != skipped
+                        and self.rounds.last_group_size <= 1)):
+                self.unsent_epochs.add(epoch)
+            self._reload_state_if_not_finite()
         return result
+
+    def _reload_state_if_not_finite(self) -> None:
+        """Once per epoch: a peer whose parameters went NaN or infinite reloads the swarm's state from its peers.
+
+        Its gradients are checked (`SwarmGradientAverager`, `swarm.optim.skip_non_finite_steps`), so what turns the
+        parameters themselves NaN is memory corruption or a faulty kernel. Such a peer computed only NaN gradients
+        from then on, which it withheld, and never recovered. The state averager keeps its state out of the rounds
+        (`WithholdsNonFiniteState`); a round it had to withhold triggers the reload too, as only part of the state
+        may be averaged. One host sync per epoch: fp32 sums of the parameters (`swarm.optim.all_finite`).
+        """
+        withheld = getattr(self.state_averager, "withheld_state_rounds", 0)
+        if withheld == self._withheld_state_seen and all_finite(list(self.state_averager.main_parameters)):
+            self._state_not_finite = False
+            return
+        self._withheld_state_seen = withheld
+        if not self._state_not_finite:
+            self._state_not_finite = True
+            logger.warning(f"Epoch {self.local_epoch}: this peer's parameters hold NaN or infinite values (not from "
+                           "its gradients, which are checked: memory corruption or a faulty kernel). They are kept "
+                           "out of the swarm's averaging, and the peer reloads the swarm's state from its peers; if "
+                           "this happens again, check this machine's memory and GPU")
+        self.load_state_from_peers()
+        self.state_reloads += 1
+        withheld = getattr(self.state_averager, "withheld_state_rounds", 0)  # a round may have ended meanwhile
+        if withheld == self._withheld_state_seen and all_finite(list(self.state_averager.main_parameters)):
+            self._state_not_finite = False
+            logger.info(f"Reloaded the swarm's state: training on from epoch {self.local_epoch}")
+        else:
+            logger.info("No peer served a state to reload yet: this peer tries again at the end of its next epoch")
 
     def _make_progress_tracker(self, target_batch_size: int, **kwargs) -> ProgressTracker:
         return SwarmProgressTracker(dht=self.dht, prefix=self.run_id, target_batch_size=target_batch_size,

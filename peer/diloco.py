@@ -113,10 +113,11 @@ def apply_outer_step(outer_optimizer: torch.optim.Optimizer, pseudo_gradients: S
     outer_optimizer.step()
 
 
-class _OuterStateAverager(collaboration.AllreduceOutcome, ChurnSafeAllReduce, collaboration.ClosesFullGroups,
-                          collaboration.BackgroundTorchOnOneThread, TrainingStateAverager,
-                          collaboration.SharesParentTensorsBeforeFork):
-    """The outer parameters and momentum: served to newcomers, averaged on some rounds (see `AllreduceOutcome`)."""
+class _OuterStateAverager(collaboration.WithholdsNonFiniteState, collaboration.AllreduceOutcome, ChurnSafeAllReduce,
+                          collaboration.ClosesFullGroups, collaboration.BackgroundTorchOnOneThread,
+                          TrainingStateAverager, collaboration.SharesParentTensorsBeforeFork):
+    """The outer parameters and momentum: served to newcomers, averaged on some rounds (see `AllreduceOutcome`); never
+    sent nor served while not finite (`WithholdsNonFiniteState`)."""
 
 
 def epoch_group_bits(epoch: int) -> str:
@@ -188,6 +189,10 @@ class DiLoCoOptimizer:
         self.load_state_timeout_s = load_state_timeout_s
         self.rounds = collaboration.RoundStats()
         self.unsent_epochs: set[int] = set()  # rounds whose pseudo-gradient was not finite (samples not claimed)
+        self.state_reloads = 0  # times this peer reloaded the swarm's state because its outer state was not finite
+        self._withheld_state_seen = 0  # the state averager's withheld_state_rounds at the last check
+        self._outer_not_finite = False  # said so, and not finite again since
+        self._outer_reload_due = False  # the outer state is not finite: reload it at the end of this step
         # hivemind warns (and can deadlock in rare cases) when a request may outlive the matchmaking window
         request_timeout_s = min(3.0, matchmaking_time_s / 2)
 
@@ -304,6 +309,8 @@ class DiLoCoOptimizer:
         elif self._steps_in_round >= self.diloco.inner_steps or (
                 self.tracker.global_progress.num_peers >= 2 and self._another_peer_is_waiting()):
             self._join_round()
+        if self._outer_reload_due:
+            self._reload_outer_state()
 
     @property
     def repair_pending(self) -> bool:
@@ -611,12 +618,63 @@ class DiLoCoOptimizer:
         self.state_averager.local_epoch = max(self.state_averager.local_epoch, closed.epoch + 1)
         if not self.client_mode:
             self.state_averager.state_sharing_priority = self.state_averager.local_epoch
+        self._check_outer_state(closed.epoch)
         self._reset_model_to_outer(keep_local_progress=usable and not closed.sent_nothing)
         if closed.sent_nothing:  # Adam's moments went non-finite with the weights: they start afresh
             self.inner_optimizer.state.clear()
         self.rounds.record(group_size)
         logger.debug(f"Round {closed.epoch}: group of {group_size}, applied after "
                      f"{time.perf_counter() - closed.started:.2f} s")
+
+    def _outer_state_is_finite(self) -> bool:
+        """The outer parameters and momentum hold only finite values, and no round had to withhold them since the last
+        check. fp32 sums on the CPU, once per round."""
+        withheld = self.state_averager.withheld_state_rounds
+        if withheld != self._withheld_state_seen:
+            self._withheld_state_seen = withheld
+            return False
+        momenta = [state["momentum_buffer"] for state in self.outer_optimizer.state.values()
+                   if isinstance(state.get("momentum_buffer"), torch.Tensor)]
+        with self.state_averager.lock_averaged_tensors:
+            return all_finite(self._outer + momenta)
+
+    def _check_outer_state(self, epoch: int) -> None:
+        """Once per round: a peer whose outer parameters (or momentum) went NaN or infinite reloads them from its
+        peers at the end of this step (`_reload_outer_state`), and its model restarts from them.
+
+        No gradient touches the outer state, so memory corruption or a faulty kernel put the NaN there. The model
+        then restarted from NaN after every round, every pseudo-gradient was NaN (and sent as nothing), and the
+        peer never recovered. The averager keeps such a state out of the rounds (`WithholdsNonFiniteState`): a round
+        it had to withhold triggers the reload too, as the parameters round may have replaced only part of it. A
+        model that went NaN over finite outer parameters only restarts from them (`_pseudo_gradient_is_finite`).
+        """
+        if self._outer_state_is_finite():
+            self._outer_not_finite = False
+            return
+        self._outer_reload_due = True
+        if not self._outer_not_finite:
+            self._outer_not_finite = True
+            logger.warning(f"Round {epoch}: this peer's outer parameters hold NaN or infinite values (no gradient "
+                           "touches them: memory corruption or a faulty kernel). They are kept out of the swarm's "
+                           "averaging, and the peer reloads the swarm's state from its peers; if this happens again, "
+                           "check this machine's memory and GPU")
+
+    def _reload_outer_state(self) -> None:
+        """Replace a non-finite outer state by the swarm's (`_check_outer_state`), even one a round older than this
+        peer's; the model restarts from it, without this round's local progress. Outside the tracker's pause, which
+        the download takes."""
+        self._outer_reload_due = False
+        self._settle_rounds()
+        if not self._download_outer_state(accept_older=True):
+            logger.info("No peer served a state to reload yet: this peer tries again at the end of its next round")
+            return
+        self.state_reloads += 1
+        self._reset_model_to_outer(keep_local_progress=False)
+        self._steps_in_round = self._samples_in_round = 0
+        self.inner_optimizer.state.clear()
+        if self._outer_state_is_finite():
+            self._outer_not_finite = False
+            logger.info(f"Reloaded the swarm's state: training on from epoch {self._epoch}")
 
     @torch.no_grad()
     def _relink_averaged_statistics(self) -> None:
@@ -707,8 +765,10 @@ class DiLoCoOptimizer:
             self._next_catch_up_s = time.monotonic() + self.averaging_timeout_s
             self.rounds.record(1)
 
-    def _download_outer_state(self) -> bool:
-        """Load the newest outer state a peer serves; True on success. The epoch follows the swarm's."""
+    def _download_outer_state(self, accept_older: bool = False) -> bool:
+        """Load the newest outer state a peer serves; True on success. The epoch follows the swarm's.
+
+        `accept_older`: also a state older than this peer's (whose own state is lost: it is not finite)."""
         try:
             loaded = DecentralizedAverager.load_state_from_peers(self.state_averager, timeout=self.load_state_timeout_s)
         except Exception as error:
@@ -723,7 +783,7 @@ class DiLoCoOptimizer:
         if not isinstance(epoch, int) or not shapes_fit:
             logger.warning("A peer sent a state that does not fit this recipe's model; ignoring it")
             return False
-        if epoch < self.state_averager.local_epoch:
+        if epoch < self.state_averager.local_epoch and not accept_older:
             logger.info(f"The newest state peers serve is older (epoch {epoch}) than this peer's; keeping ours")
             return False
         with torch.no_grad(), self.state_averager.lock_averaged_tensors:

@@ -7,6 +7,7 @@ handlers) and driven from one thread each.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
@@ -18,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from hivemind.averaging import DecentralizedAverager
 from hivemind.optim.state_averager import TrainingStateAverager, initialize_optimizer_state_
 from hivemind.utils import get_dht_time
 
@@ -29,6 +31,7 @@ from peer.collaboration import (
     SwarmOptimizer,
     SwarmProgressTracker,
     SwarmStateAverager,
+    WithholdsNonFiniteState,
     build_swarm_optimizer,
     call_off_if_looking,
     next_chunk_timeout_s,
@@ -85,9 +88,12 @@ class Trainer(threading.Thread):
 
     def __init__(self, optimizer: SwarmOptimizer, model: torch.nn.Module, seed: int, true_weight: torch.Tensor,
                  stop: threading.Event, wait_for_peers: int = 1, deadline_s: float = 40.0, zero_grad: bool = True,
-                 poison_epoch: int | None = None):
+                 poison_epoch: int | None = None, corrupt_epoch: int | None = None):
         super().__init__(daemon=True)
         self.poison_epoch = poison_epoch  # in this epoch, one micro-step's loss (so its gradient) is NaN
+        # at this epoch's first micro-step, a parameter entry becomes NaN (memory corruption, a bad kernel)
+        self.corrupt_epoch = corrupt_epoch
+        self.averaged_when_corrupted: int | None = None  # the peer's averaged rounds at that moment
         self.optimizer, self.model, self.true_weight, self.stop = optimizer, model, true_weight, stop
         self.generator = torch.Generator().manual_seed(seed)
         self.wait_for_peers, self.deadline = wait_for_peers, time.monotonic() + deadline_s
@@ -103,6 +109,13 @@ class Trainer(threading.Thread):
             first = True
             while not self.stop.is_set() and time.monotonic() < self.deadline:
                 epoch = self.optimizer.local_epoch
+                state_averager = self.optimizer.state_averager
+                if (epoch == self.corrupt_epoch and not state_averager.pending_updates
+                        and not state_averager.finished_averaging_round.is_set()):
+                    # no state round in flight, whose result would overwrite the corruption when it lands
+                    self.corrupt_epoch, self.averaged_when_corrupted = None, self.optimizer.rounds.averaged
+                    with torch.no_grad():
+                        next(self.model.parameters()).view(-1)[0] = float("nan")
                 inputs, targets = regression_batch(self.generator, self.true_weight)
                 loss = torch.nn.functional.mse_loss(self.model(inputs), targets)
                 if epoch == self.poison_epoch:
@@ -145,13 +158,16 @@ def shut_down(optimizers) -> None:
 
 
 def train_together(optimizers, models, true_weight, until, within_s: float, each_peer: list[dict] | None = None,
-                   **trainer_options) -> list[Trainer]:
+                   started: list | None = None, **trainer_options) -> list[Trainer]:
     """Train every peer in its own thread until `until()` holds or `within_s` passes, then shut the peers down.
-    `each_peer`: more Trainer options, one dict per peer."""
+    `each_peer`: more Trainer options, one dict per peer. `started`: a list that gets the trainers as they start,
+    for an `until` that reads them."""
     stop = threading.Event()
     each_peer = each_peer or [{} for _ in optimizers]
     trainers = [Trainer(optimizer, model, seed, true_weight, stop, **trainer_options, **extra)
                 for seed, (optimizer, model, extra) in enumerate(zip(optimizers, models, each_peer))]
+    if started is not None:
+        started[:] = trainers
     try:
         for trainer in trainers:
             trainer.start()
@@ -230,6 +246,45 @@ def test_a_peer_whose_gradient_turns_nan_harms_neither_itself_nor_its_partner(tw
     # the NaN epoch's work gave the swarm nothing: the volunteer claims none of it (peer/volunteer.py)
     assert (optimizers[0].unsent_epochs, optimizers[1].unsent_epochs) == ({2}, set())
     assert all(opt.rounds.averaged >= 2 for opt in optimizers)
+
+
+def all_finite_parameters(model: torch.nn.Module) -> bool:
+    return all(bool(torch.isfinite(param).all()) for param in model.parameters())
+
+
+@pytest.mark.timeout(120)
+def test_a_peer_whose_parameters_turn_nan_spreads_nothing_and_reloads_the_swarms_state(two_nodes, caplog):
+    """Memory corruption (or a bad kernel) turned one peer's weight NaN. Its gradients were then NaN too and were
+    withheld, but the state round that follows every epoch here averaged its NaN parameters into the partner's, and
+    neither peer ever had finite weights again."""
+    recipe = small_recipe("collab-nan-params")
+    assert recipe.collaboration.average_state_every == 1
+    true_weight = torch.randn(2, 8, generator=torch.Generator().manual_seed(0))
+    _, models = same_start(seed=6)
+    optimizers = [build_swarm_optimizer(dht, model, recipe, identity, micro_batch_size=MICRO_BATCH,
+                                        reuse_grad_buffers=True)
+                  for (dht, identity), model in zip(two_nodes, models)]
+    trainers: list[Trainer] = []
+    partner_went_nan = threading.Event()
+
+    def recovered() -> bool:
+        if not all_finite_parameters(models[1]):
+            partner_went_nan.set()
+        corrupted = trainers[0].averaged_when_corrupted if trainers else None
+        return (corrupted is not None and all(all_finite_parameters(model) for model in models)
+                and all(opt.rounds.averaged >= corrupted + 3 for opt in optimizers))
+
+    with caplog.at_level(logging.WARNING):
+        trainers[:] = train_together(optimizers, models, true_weight, recovered, within_s=35, wait_for_peers=2,
+                                     zero_grad=False, each_peer=[dict(corrupt_epoch=2), {}], started=trainers)
+    assert trainers[0].corrupt_epoch is None, "the corruption ran"
+    assert not partner_went_nan.is_set(), "the partner's weights went NaN"
+    for model in models:
+        assert all_finite_parameters(model)
+    corrupted = trainers[0].averaged_when_corrupted
+    assert all(opt.rounds.averaged >= corrupted + 3 for opt in optimizers), [opt.rounds for opt in optimizers]
+    reloads = [record.getMessage() for record in caplog.records if "parameters hold NaN" in record.getMessage()]
+    assert len(reloads) == 1, reloads
 
 
 @pytest.mark.timeout(120)
@@ -519,6 +574,37 @@ def test_state_averaging_keeps_adam_statistics_exact_while_parameters_use_the_re
                 assert (stats > 0).all()
                 expected = (0.1234567 + 0.7654321) / 2
                 assert abs(params[0].item() - expected) < 1e-3  # fp16's precision, not fp32's
+    finally:
+        for averager in averagers:
+            averager.shutdown()
+
+
+class _StateAverager(WithholdsNonFiniteState, DecentralizedAverager):
+    """The non-finite guard of SwarmStateAverager on a plain averager: tensors in, tensors out."""
+
+
+@pytest.mark.timeout(90)
+def test_a_state_that_is_not_finite_joins_rounds_with_weight_zero_and_is_served_to_nobody(two_nodes):
+    """An all-reduce adds up what every member sends: one member's NaN made every member's state NaN."""
+    states = [[torch.full((1000,), float("nan")), torch.full((10,), 3.0)],  # memory corruption in the first tensor
+              [torch.full((1000,), 0.5), torch.full((10,), 1.0)]]
+    averagers = []
+    try:
+        for (dht, _), tensors in zip(two_nodes, states):
+            averagers.append(_StateAverager(tensors, dht, prefix="state-nan", target_group_size=2,
+                                            min_matchmaking_time=2.0, request_timeout=1.0, start=True))
+        controls = [averager.step(wait=False, timeout=30) for averager in averagers]
+        assert all(len(control.result(timeout=60)) == 2 for control in controls)
+        assert [averager.withheld_state_rounds for averager in averagers] == [1, 0]
+        for averager in averagers:  # both hold the healthy peer's state: the broken one sent zeros that weigh nothing
+            with averager.get_tensors() as (first, second):
+                assert torch.equal(first, torch.full((1000,), 0.5)) and torch.equal(second, torch.full((10,), 1.0))
+        _, served = averagers[1].load_state_from_peers(timeout=10)
+        assert torch.equal(served[0], torch.full((1000,), 0.5))
+        with averagers[0].get_tensors() as (first, _):
+            first[7] = float("inf")
+        # the only other peer's state is not finite: it serves none (the download ends with nothing loaded)
+        assert averagers[1].load_state_from_peers(timeout=10) is None
     finally:
         for averager in averagers:
             averager.shutdown()

@@ -123,10 +123,16 @@ class Peer:
     losses: list[float] = field(default_factory=list)
     step_delay_s: float = 0.0  # a slower machine
     poison_at_step: int | None = None  # this inner step's loss (so its gradient, then the weights) is NaN
+    corrupt_outer_at_step: int | None = None  # before this inner step, an outer parameter becomes NaN (bad memory)
+    averaged_when_corrupted: int | None = None
 
     def train(self, until, deadline: float, seed: int) -> None:
         generator = torch.Generator().manual_seed(seed)
         while time.monotonic() < deadline and not until(self):
+            if len(self.losses) == self.corrupt_outer_at_step:
+                self.corrupt_outer_at_step, self.averaged_when_corrupted = None, self.opt.rounds.averaged
+                with torch.no_grad(), self.opt.state_averager.lock_averaged_tensors:
+                    self.opt.outer_optimizer.param_groups[0]["params"][0].view(-1)[0] = float("nan")
             batch = synthetic_batch(generator)
             loss = self.model(input_ids=batch, labels=batch).loss
             if len(self.losses) == self.poison_at_step:
@@ -581,6 +587,43 @@ def test_a_peer_whose_weights_go_nan_in_its_inner_steps_sends_nothing_and_restar
         assert first.opt.rounds.averaged >= 4 and second.opt.rounds.averaged >= 4
         assert len(first.opt.unsent_epochs) == 1 and second.opt.unsent_epochs == set()  # the poisoned round only
         assert any("sends nothing to the round" in record.getMessage() for record in caplog.records)
+    finally:
+        for peer in (first, second):
+            peer.close()
+
+
+def finite(tensors) -> bool:
+    return all(bool(torch.isfinite(tensor).all()) for tensor in tensors)
+
+
+@pytest.mark.timeout(120)
+def test_a_peer_whose_outer_parameters_go_nan_spreads_nothing_and_reloads_them_from_its_partner(tmp_path, caplog):
+    """Memory corruption turned an outer parameter NaN (the swarm's agreed model, which no gradient touches). The
+    round that averages the outer parameters spread it to the partner, and neither peer had finite weights again."""
+    recipe = make_recipe("diloco-nan-outer", average_parameters_every=1)
+    first = start_peer(tmp_path, "first", recipe)
+    second = start_peer(tmp_path, "second", recipe, initial_peers=join_addresses(first.dht))
+    first.corrupt_outer_at_step = 12  # within its third round of 5 inner steps
+    partner_went_nan = threading.Event()
+
+    def recovered(peer: Peer) -> bool:
+        if not finite(second.opt.outer_parameters()):
+            partner_went_nan.set()
+        corrupted = first.averaged_when_corrupted
+        return (corrupted is not None and all(p.opt.rounds.averaged >= corrupted + 3 for p in (first, second))
+                and all(finite(p.opt.outer_parameters()) and finite(p.opt.model_parameters) for p in (first, second)))
+
+    try:
+        with caplog.at_level(logging.WARNING):
+            train_together([first, second], recovered, budget_s=40)
+        assert first.averaged_when_corrupted is not None, "the corruption ran"
+        assert not partner_went_nan.is_set(), "the partner's outer parameters went NaN"
+        for peer in (first, second):
+            assert finite(peer.opt.model_parameters) and finite(peer.opt.outer_parameters()), peer.name
+            assert peer.opt.rounds.averaged >= first.averaged_when_corrupted + 3, (peer.name, peer.opt.rounds)
+        reloads = [record.getMessage() for record in caplog.records
+                   if "outer parameters hold NaN" in record.getMessage()]
+        assert len(reloads) == 1, reloads
     finally:
         for peer in (first, second):
             peer.close()
