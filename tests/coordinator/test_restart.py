@@ -153,6 +153,7 @@ def test_a_relaunch_of_a_run_the_organiser_ended_names_the_epoch_it_really_ended
     assert state["peer_addresses"] == seen
 
 
+@pytest.mark.slow  # 26 s of real training: the opt-in job (.ci/run) runs it
 @pytest.mark.timeout(300)
 def test_a_volunteer_alone_starts_past_the_epochs_the_ledger_credited_already(tmp_path):
     """A coordinator stopped after crediting epochs 0-8 while its newest version was epoch 5, and everyone left. A

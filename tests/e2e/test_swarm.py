@@ -149,6 +149,7 @@ def _processes_mentioning(text: str) -> list[str]:
     return found
 
 
+@pytest.mark.slow  # about a minute of real training: the opt-in job (.ci/run) runs it
 @pytest.mark.timeout(300)
 def test_ctrl_c_typed_in_a_terminal_stops_a_volunteer_and_the_coordinator_as_it_stops_them_alone(
         swarm_factory, recipe_writer, tmp_path):
