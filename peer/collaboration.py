@@ -606,8 +606,9 @@ class SwarmOptimizer(hivemind.Optimizer):
                            "this happens again, check this machine's memory and GPU")
         self.load_state_from_peers()
         self.state_reloads += 1
-        withheld = getattr(self.state_averager, "withheld_state_rounds", 0)  # a round may have ended meanwhile
-        if withheld == self._withheld_state_seen and all_finite(list(self.state_averager.main_parameters)):
+        # hivemind lets the state round in flight end before it downloads: the download replaced what it withheld
+        self._withheld_state_seen = getattr(self.state_averager, "withheld_state_rounds", 0)
+        if all_finite(list(self.state_averager.main_parameters)):
             self._state_not_finite = False
             logger.info(f"Reloaded the swarm's state: training on from epoch {self.local_epoch}")
         else:
