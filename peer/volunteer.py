@@ -68,6 +68,14 @@ HAND_OVER_S = 60.0  # how long the last peer training waits, as it leaves, for t
 RECONTACT_PERIOD_S = 30.0  # how often a peer alone with an empty-looking swarm dials its initial peers again
 ANOTHER_RUN_GRACE_S = 10.0  # how long a swarm that serves other runs gets to show the one asked for
 CHILDREN_EXIT_S = 30.0  # how long hivemind's processes get to exit before `swarm join` runs again (join_again)
+# The stats file's counters of the earlier --hours windows of this `swarm join`, as JSON: join_again puts the stats last
+# written there as the process runs itself again, and the next window's volunteer counts on from them. Not a setting,
+# like peer.settings.JOINED_AT_ENV.
+STATS_SO_FAR_ENV = "_SWARM_STATS_SO_FAR"
+# the stats file's counters that add up over windows (the others are the last window's: epoch, loss, speed, ...)
+WINDOW_TOTALS = ("samples", "micro_steps", "compute_s", "sync_s", "non_finite_losses", "wall_s", "reconnects",
+                 "averaged_rounds", "solo_rounds", "partial_rounds", "repair_rounds")
+_carried_stats: dict = {}  # the stats this process last wrote, which join_again hands on in STATS_SO_FAR_ENV
 
 
 @dataclass
@@ -141,6 +149,7 @@ class Volunteer:
         # losses stay on the device until something displays or reports them: .item() per micro-step is a host sync
         self._pending_losses: collections.deque = collections.deque(maxlen=100_000)
         self._loss_lock = threading.Lock()
+        self._earlier_windows = _stats_so_far()  # the stats file's counters of earlier --hours windows, if any
 
     # ---------------------------------------------------------------- the whole life of a volunteer
     def run(self) -> LocalStats:
@@ -209,7 +218,7 @@ class Volunteer:
         self._said_hivemind_died = True
         codes = ", ".join(f"{name} (exit code {code})" for name, code in dead.items())
         cause = (" with this one (a signal sent to all of this peer's processes: run `swarm join` as a service with "
-                 "KillMode=mixed, see configs/systemd/)" if self._stop_requested.is_set() else "")
+                 "KillMode=mixed, see configs/systemd/)" if self._signal_name is not None else "")
         logger.error(f"hivemind's processes stopped{cause}: {codes}. This peer cannot reach the swarm any more and "
                      f"leaves now; the records of its {self.stats.samples} samples are kept on disk and published at "
                      "its next `swarm join`")
@@ -228,7 +237,14 @@ class Volunteer:
         saver.start()
         saver.join(timeout=5.0)
         logging.shutdown()
-        os._exit(0 if self._stop_requested.is_set() else 1)
+        os._exit(0 if self._was_ending_anyway() else 1)
+
+    def _was_ending_anyway(self) -> bool:
+        """Whether this process was to end for good when hivemind's processes died, so that their death is no failure:
+        a signal asked it to leave (systemd's default stop sends it to them too), or its --max-runtime is used up.
+        At an --hours window's end it was to wait for the next window: it exits 1 then, as in the middle of training,
+        so that a service with Restart=on-failure starts it again (and it waits for the window)."""
+        return self._signal_name is not None or (self._stop_requested.is_set() and self._back_at_s is None)
 
     def _check_local_settings(self) -> None:
         """Settings that need no swarm, checked before connecting (`swarm join` checks the first ones before it
@@ -811,12 +827,37 @@ class Volunteer:
                     wall_s=time.time() - self.stats.started_at, reconnects=self.stats.reconnects,
                     loaded_state_epoch=self.stats.loaded_state_epoch, first_sample_s=self.stats.first_sample_s,
                     micro_batch_size=self.micro_batch_size,
-                    device=self.hardware.description)
+                    device=self.hardware.description, run_id=self.recipe.run.id)
+        data = self._with_earlier_windows(data)
+        _carried_stats.update(data)  # for the next --hours window, if `swarm join` runs again (join_again)
         path = Path(self.settings.stats_file)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(data, indent=2))
         os.replace(tmp, path)
+
+    def _with_earlier_windows(self, data: dict) -> dict:
+        """This window's stats with the counters of the earlier --hours windows of this `swarm join` added in.
+
+        The process runs itself again between windows (`join_again`), and its counters started from zero each time.
+        Only for the same peer in the same run: an organiser may start a new run at the same address meanwhile.
+        `wall_s` and `compute_utilisation` then count the time spent in the windows, not the waits between them.
+        """
+        earlier = self._earlier_windows
+        if not earlier or earlier.get("peer_id") != data["peer_id"] or earlier.get("run_id") != data["run_id"]:
+            return dict(data, windows=1)
+        totals = dict(data, windows=int(earlier.get("windows", 1)) + 1)
+        for key in WINDOW_TOTALS:
+            if isinstance(earlier.get(key), (int, float)) and isinstance(data.get(key), (int, float)):
+                totals[key] = data[key] + earlier[key]
+        totals["longest_pause_s"] = max(data["longest_pause_s"], earlier.get("longest_pause_s") or 0.0)
+        if isinstance(earlier.get("group_sizes"), dict) and "group_sizes" in data:
+            group_sizes = collections.Counter(data["group_sizes"])
+            group_sizes.update(earlier["group_sizes"])
+            totals["group_sizes"] = dict(sorted(group_sizes.items(), key=lambda item: int(item[0])))
+        if "compute_utilisation" in data:
+            totals["compute_utilisation"] = totals["compute_s"] / max(1e-9, totals["wall_s"])
+        return totals
 
     # ---------------------------------------------------------------- leaving
     @contextlib.contextmanager
@@ -892,15 +933,27 @@ def join_again(joined_at_s: float) -> NoReturn:
     Not a new Volunteer in the same interpreter: torch would keep its memory while it waits, on a GPU its CUDA
     context too (hundreds of MB of the owner's GPU memory, all day), and hivemind keeps threads and state per process
     that a second DHT and optimizer would find. A process that replaces itself keeps its id, so a terminal's Ctrl-C,
-    `kill PID` and a service manager reach it as before; only the --max-runtime start is carried over.
+    `kill PID` and a service manager reach it as before; only the --max-runtime start and the --stats-file counters
+    are carried over.
     """
     _end_child_processes()
     os.environ[JOINED_AT_ENV] = repr(joined_at_s)
+    if _carried_stats:
+        os.environ[STATS_SO_FAR_ENV] = json.dumps(_carried_stats)
     for handler in logging.getLogger("swarm").handlers:
         handler.flush()
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+
+
+def _stats_so_far() -> dict:
+    """The counters the previous --hours window's volunteer left in STATS_SO_FAR_ENV ({} in a fresh `swarm join`)."""
+    try:
+        earlier = json.loads(os.environ.get(STATS_SO_FAR_ENV, "{}"))
+    except ValueError:
+        return {}
+    return earlier if isinstance(earlier, dict) else {}
 
 
 def _end_child_processes() -> None:
