@@ -74,12 +74,18 @@ tags: [swarm, volunteer-training, {recipe.run.id}]
 {_contributors(info)}
 
 Credit is recorded in the run's public ledger; check it offline with `swarm ledger verify <ledger folder or URL>`.
-`ledger/head.json` is the ledger's signed checkpoint at this version: `swarm ledger verify <ledger> --trusted
-<this folder>` proves that the ledger still holds the credit this version was published with.
+{_head_note(info)}
 
 Load it with `transformers.AutoModelForCausalLM.from_pretrained("<this folder>")`. The full recipe is in
 `swarm.json`; earlier versions stay published next to this one.
 """
+
+
+def _head_note(info: VersionInfo) -> str:
+    if info.ledger_root is None:
+        return "This version was published before the ledger signed any credit: it carries no ledger head."
+    return ("`ledger/head.json` is the ledger's signed checkpoint at this version: `swarm ledger verify <ledger> "
+            "--trusted\n<this folder>` proves that the ledger still holds the credit this version was published with.")
 
 
 # Backslash-escaped in a name: markup (links, images, HTML, code, emphasis, math), the table's | and what makes an

@@ -1557,6 +1557,11 @@ def load_checkpoint(path: str | Path) -> SignedCheckpoint:
                 raise LedgerSourceError(f"{path} was published before any credit was signed ({copy} is empty): "
                                         "there is nothing it could prove")
             return _parse_head(lines[-1], str(copy))
+        if not heads and (path / "swarm.json").is_file():
+            raise LedgerSourceError(
+                f"{path} was published before the ledger signed any credit (it has no ledger/{HEAD_FILE}): it has no "
+                "credit to check; pass a later version, or a checkpoint saved by `swarm ledger checkpoint`"
+            )
         if not heads:
             raise LedgerSourceError(
                 f"{path} is a folder without a version's ledger head (ledger/{HEAD_FILE}): pass a checkpoint saved by "

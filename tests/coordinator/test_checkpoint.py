@@ -52,8 +52,10 @@ def _entries(epoch: int, peers: int, run_id: str) -> list[LedgerEntry]:
 def _version_with_head(tmp_path, ledger: Ledger, epoch: int):
     config = transformers.GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=259, n_positions=16)
     recipe = Recipe(run={"id": ledger.run_id})
+    head = ledger.latest_checkpoint  # as the coordinator does: the card and the head from the same checkpoint
     info = VersionInfo(epoch=epoch, samples_seen=64, val_loss=None, recipe_fingerprint=recipe.fingerprint,
-                       data_digest="0" * 64, data_description="test bytes")
+                       data_digest="0" * 64, data_description="test bytes", ledger_root=head.root_hash,
+                       ledger_tree_size=head.tree_size)
     return save_version(tmp_path / "checkpoints", transformers.GPT2LMHeadModel(config),
                         ByteTokenizer().to_transformers(), recipe, info, ledger_head=ledger.latest_checkpoint,
                         ledger_public_key=ledger.public_key_pem)
@@ -78,6 +80,7 @@ def test_a_version_carries_the_ledgers_signed_head_not_a_copy_so_the_folder_grow
         return sum(path.stat().st_size for path in (version / "ledger").iterdir())
 
     assert sorted(path.name for path in (late / "ledger").iterdir()) == ["head.json", "public_key.pem"]
+    assert "--trusted\n<this folder>` proves" in (late / "README.md").read_text()
     ledger_size = (tmp_path / "ledger" / "entries.jsonl").stat().st_size
     assert ledger_size > 100_000 and ledger_bytes(late) < 1_000
     assert abs(ledger_bytes(late) - ledger_bytes(early)) <= 4  # the head's numbers are a few digits longer

@@ -1160,6 +1160,11 @@ def test_cli_verifies_a_ledger_against_a_published_versions_head(cli: CliRunner,
         assert f"swarm ledger verify <the run's ledger folder or URL> --trusted {version}" in result.stderr
     result = run_cli(cli, "verify", str(folder), "--trusted", str(tmp_path / "checkpoints"))
     assert result.exit_code == 2 and "without a version's ledger head" in result.stderr, result.output
+    first = tmp_path / "checkpoints" / "epoch-000000"  # published before the first epoch was credited
+    first.mkdir()
+    (first / "swarm.json").write_text('{"ledger_root": null, "ledger_tree_size": 0}')
+    result = run_cli(cli, "verify", str(folder), "--trusted", str(first))
+    assert result.exit_code == 2 and "published before the ledger signed any credit" in result.stderr, result.output
     older = tmp_path / "checkpoints" / "epoch-000001"  # published before heads: a copy of the ledger as it was
     shutil.copytree(folder, older / "ledger")
     (older / "ledger" / CHECKPOINTS_FILE).write_bytes(lines_of(folder / CHECKPOINTS_FILE)[0] + b"\n{\"cut")
