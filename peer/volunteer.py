@@ -417,6 +417,12 @@ class Volunteer:
         while not tracker.fetched_global_progress_this_epoch.is_set() and time.monotonic() < deadline:
             time.sleep(0.2)
         progress = tracker.global_progress
+        over = self._stop_reason()
+        if over is not None and over.startswith("the run"):
+            # nothing left to train: downloading a state to train from would only delay the exit, by up to
+            # load_state_timeout_s when its peers cannot serve it (seen: 5 minutes of retries after a run had ended)
+            logger.info(f"The swarm is at epoch {progress.epoch}: {over} before this peer joined; nothing to train")
+            return
         if progress.epoch <= self.optimizer.local_epoch:
             start = (f"the published version of epoch {self._checkpoint_epoch}" if self._checkpoint_epoch
                      else "the recipe's initial weights" + ("" if self._start_epoch else " (as every peer at epoch 0)"))
@@ -432,12 +438,18 @@ class Volunteer:
                 self.stats.loaded_state_epoch = self.optimizer.local_epoch
                 logger.info(f"Loaded the swarm's state at epoch {self.optimizer.local_epoch}")
                 return
-            if time.monotonic() >= deadline - 1.0 or self._stop_requested.is_set():
+            over = self._stop_reason()
+            if time.monotonic() >= deadline - 1.0 or self._stop_requested.is_set() or over is not None:
                 break
+            pause_s = min(2.0 * 2 ** (attempt - 1), 16.0)  # each try costs the donors a transfer, and logs an error
             logger.warning(f"Loading the swarm's state (attempt {attempt}) left this peer at epoch "
-                           f"{self.optimizer.local_epoch}, the swarm is at {tracker.global_epoch}: trying again")
-            time.sleep(2.0)
+                           f"{self.optimizer.local_epoch}, the swarm is at {tracker.global_epoch}: trying again in "
+                           f"{pause_s:.0f} s")
+            self._stop_requested.wait(pause_s)
         if self._stop_requested.is_set():
+            return
+        if over is not None:
+            logger.info(f"Not loading the swarm's state: {over}")
             return
         logger.warning(f"Could not load the swarm's state within {self.recipe.collaboration.load_state_timeout_s:.0f} s "
                        "(collaboration.load_state_timeout_s): training from this peer's own weights; the next epoch "
@@ -493,7 +505,8 @@ class Volunteer:
             reason = self._stop_reason()
             if reason and reason.startswith("the run"):
                 logger.info(f"Stopping: {reason}")
-                self._serve_final_state()
+                if self.stats.micro_steps > 0:  # a peer that never trained has no state of the run's to serve
+                    self._serve_final_state()
                 break
             if reason and not self._stop_requested.is_set():  # the owner's limit: leave as after Ctrl-C, the epoch
                 logger.info(f"Stopping: {reason}")  # in progress finished first (the other peers' round needs it)

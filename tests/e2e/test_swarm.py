@@ -406,6 +406,36 @@ def test_a_volunteer_at_its_max_runtime_finishes_its_epoch_so_its_partner_averag
     assert stayer.popen.poll() is None and coordinator.popen.poll() is None
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_a_volunteer_that_joins_as_the_run_ends_leaves_without_waiting_for_a_state_it_cannot_get(swarm_factory,
+                                                                                                 recipe_writer,
+                                                                                                 tmp_path):
+    """A newcomer tester's volunteer joined a fast run whose one peer could not serve it the state: it retried the
+    download every 2 s (each an ERROR line from hivemind) after the run had reached its limit, for up to
+    load_state_timeout_s, then waited to serve a state it had never trained. Here the peer that finished the run is
+    frozen (SIGSTOP) while the coordinator waits for its final state."""
+    from cli_process import process_tree
+
+    swarm = swarm_factory()
+    swarm.launch(recipe_writer(tmp_path / "recipe.yaml", "e2e-late-end", max_epochs=25))
+    donor = swarm.join("donor")
+    donor.wait_for(r"Stopping: the run reached limits.max_epochs \(25\)", timeout_s=240)
+    frozen = process_tree(donor.popen.pid)
+    for pid in frozen:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        late = swarm.join("late")
+        assert late.wait(timeout_s=90) == 0, late.output[-3000:]
+    finally:
+        for pid in frozen:
+            os.kill(pid, signal.SIGCONT)
+    assert "the run reached limits.max_epochs (25) before this peer joined; nothing to train" in late.output, \
+        late.output[-3000:]
+    assert "Loading the current state" not in late.output and "Waiting for the coordinator" not in late.output
+    assert "Traceback" not in late.output and swarm.stats("late")["samples"] == 0
+
+
 def _clock_s(line: str) -> int:
     """Seconds since midnight of a log line's HH:MM:SS stamp (volunteers log it first on each line)."""
     hours, minutes, seconds = re.search(r"(\d\d):(\d\d):(\d\d)", line).groups()
