@@ -80,6 +80,8 @@ FINALIZE_LAG_S = 12.0
 CLAIM_GRACE_S = 60.0
 MAX_REMEMBERED_PEERS = 16
 HISTORY_FILE = "history.json"  # in the state folder: the dashboard's curves, across restarts
+SHORT_EPOCH_WINDOW_S = 60.0  # epochs shorter than the matchmaking window over this long are named...
+SHORT_EPOCH_MIN_EPOCHS = 8  # ...once this many went by in it
 HUB_PENDING_FILE = "hub_pending.json"  # in the state folder: versions not uploaded to the Hub yet, for the next launch
 HISTORY_SAVE_PERIOD_S = 10.0
 MAX_HISTORY_ROWS = 2000  # per-epoch rows the dashboard's curves keep (thinned_history)
@@ -164,6 +166,7 @@ class Coordinator:
         self.stop_reason = ""
         self.dht_lost: DHTLostError | None = None
         self._forced = False
+        self._said_short_epochs = False
         self._stop_signal: str | None = None
         # the organiser ends the run early (SIGUSR1): the peers finish the epoch in progress, which becomes the last
         self._end_requested = False
@@ -689,6 +692,32 @@ class Coordinator:
             self.epoch_history.append(dict(epoch=self.view.epoch, time=time.time(), samples_per_second=rate,
                                            alive_peers=alive, mean_loss=self.view.mean_loss, val_loss=None))
             self.epoch_history = thinned_history(self.epoch_history)
+            self._check_epoch_length()
+
+    def _check_epoch_length(self) -> None:
+        """Say once if epochs are too short for peers to average: a group forms only among peers that reach an
+        epoch's end within a matchmaking window of each other, and each sees the others' progress only every second
+        or so. A newcomer's recipe with 0.1-1 s epochs trained two volunteers as separate models, with no warning."""
+        collab = self.recipe.collaboration
+        if self._said_short_epochs or collab.mode != "dedloc":
+            return
+        recent = [row for row in self.epoch_history  # while someone trained: not the wait for the first volunteer
+                  if row["time"] >= time.time() - SHORT_EPOCH_WINDOW_S and row.get("alive_peers", 0) > 0]
+        if len(recent) < 2 or recent[-1]["epoch"] - recent[0]["epoch"] < SHORT_EPOCH_MIN_EPOCHS:
+            return
+        epoch_s = (recent[-1]["time"] - recent[0]["time"]) / (recent[-1]["epoch"] - recent[0]["epoch"])
+        if epoch_s >= collab.matchmaking_time_s:
+            return
+        self._said_short_epochs = True
+        goal_s = max(10.0, 4 * collab.matchmaking_time_s)
+        # peers that train apart each advance the epoch: the swarm's own rate counts all of them
+        rate = max(self.view.samples_per_second, collab.target_batch_size / max(epoch_s, 1e-3))
+        suggested = max(collab.target_batch_size * 2, int(math.ceil(rate * goal_s / 64.0)) * 64)
+        logger.warning(f"Epochs last {epoch_s:.1f} s, less than collaboration.matchmaking_time_s "
+                       f"({collab.matchmaking_time_s:g} s): peers cannot keep in step to average, so most rounds run "
+                       f"alone and the swarm trains separate models. Raise collaboration.target_batch_size (now "
+                       f"{collab.target_batch_size}) to about {suggested}, an epoch of ~{goal_s:.0f} s at the "
+                       f"swarm's {rate:.0f} samples/s")
 
     def _peers_alive(self) -> bool:
         """Whether any peer reported recently (training progress, or metrics while it serves its final state)."""
