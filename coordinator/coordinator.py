@@ -221,7 +221,8 @@ class Coordinator:
         self.tokenizer = build_tokenizer(recipe.tokenizer)
         self.data = build_data(recipe.data, self.tokenizer, peer_id=b"coordinator", cache_dir=s.cache_dir)
         self.val_batches = self.data.validation_batches(batch_size=16)
-        self.model = build_model(recipe.model, self.tokenizer.vocab_size, self.tokenizer.eos_id, self.tokenizer.pad_id)
+        self.model = build_model(recipe.model, self.tokenizer.vocab_size, self.tokenizer.eos_id, self.tokenizer.pad_id,
+                                 seq_len=recipe.data.seq_len)
         # hivemind forks the DHT and state-downloader processes below; every fetched checkpoint rewrites the model,
         # which left each of them a stale private copy of it (swarm.processes.share_with_forked_processes)
         share_with_forked_processes(self.model.parameters())

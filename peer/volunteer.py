@@ -282,7 +282,7 @@ class Volunteer:
         logger.info(f"Data: {self.data.identity.description} (identity {self.data.identity.digest[:12]}, matches the swarm)")
 
         self.model = build_model(self.recipe.model, self.tokenizer.vocab_size, self.tokenizer.eos_id,
-                                 self.tokenizer.pad_id).to(self.hardware.device)
+                                 self.tokenizer.pad_id, seq_len=self.recipe.data.seq_len).to(self.hardware.device)
         self.model.train()
         self._checkpoint_epoch = self._start_epoch = 0
         if self._swarm_is_training():  # this peer loads the others' state (_sync_with_swarm), not a version

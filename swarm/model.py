@@ -140,9 +140,13 @@ def build_model_config(cfg: ModelConfig, vocab_size: int, eos_id: int | None, pa
     return config
 
 
-def build_model(cfg: ModelConfig, vocab_size: int, eos_id: int | None = None, pad_id: int | None = None):
-    """A causal LM, deterministic for a given recipe: same seed, same architecture, same weights on every peer."""
+def build_model(cfg: ModelConfig, vocab_size: int, eos_id: int | None = None, pad_id: int | None = None,
+                seq_len: int | None = None):
+    """A causal LM, deterministic for a given recipe: same seed, same architecture, same weights on every peer.
+    With `seq_len` (data.seq_len), a pretrained model whose learned position table is shorter is refused."""
     config = build_model_config(cfg, vocab_size, eos_id, pad_id)
+    if cfg.pretrained and seq_len is not None:
+        _check_positions(config, cfg.pretrained, seq_len)
     if cfg.pretrained:
         model = _from_pretrained(transformers.AutoModelForCausalLM.from_pretrained, cfg, config=config)
     else:
@@ -169,6 +173,23 @@ def build_model(cfg: ModelConfig, vocab_size: int, eos_id: int | None = None, pa
                          "the next token rather than predict it: use a decoder such as gpt2 or llama (an encoder "
                          "that can run as a decoder, such as bert, needs model.config.is_decoder: true)")
     return model
+
+
+def _check_positions(config, pretrained: str, seq_len: int) -> None:
+    """A pretrained gpt2, gpt_neo or opt has a learned table of positions (rotary models have none): a longer
+    sample failed at the first forward, the validation loss at launch, with an IndexError traceback."""
+    from swarm.recipe import _ARCHITECTURE_SIZES
+
+    if config.model_type not in _ARCHITECTURE_SIZES:
+        return
+    for key in _ARCHITECTURE_SIZES[config.model_type]["positions"][0]:
+        positions = getattr(config, key, None)
+        if isinstance(positions, int) and positions < seq_len:
+            raise UsageError(f"data.seq_len ({seq_len}) is longer than model.pretrained {pretrained!r} takes: its "
+                             f"{key} is {positions} (a learned table of positions); set data.seq_len to {positions} "
+                             "or less")
+        if isinstance(positions, int):
+            return
 
 
 def _is_causal(model: torch.nn.Module, vocab_size: int, length: int = 8) -> bool:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import transformers
 
 from swarm.errors import UsageError
 from swarm.model import build_model, count_parameters, with_local_model
@@ -318,3 +319,15 @@ def test_vocabulary_padding_rounds_the_embedding_and_output_rows_up_and_keeps_th
 def test_vocabulary_that_is_already_a_multiple_is_not_padded(tokenizer):
     assert build(tokenizer, pad_vocab_to_multiple_of=7).config.vocab_size == 259  # 7 x 37
     assert build(tokenizer, pad_vocab_to_multiple_of=1).config.vocab_size == 259
+
+
+def test_a_pretrained_model_whose_position_table_is_shorter_than_the_samples_is_refused(tmp_path):
+    """A published version with n_positions 64 and a recipe with data.seq_len 128: validate said ok, and launch died at
+    the validation loss with an IndexError traceback (found by a newcomer tester)."""
+    config = transformers.GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=259, n_positions=64)
+    transformers.GPT2LMHeadModel(config).save_pretrained(tmp_path / "short")
+    with pytest.raises(UsageError, match=r"data.seq_len \(128\) is longer than model.pretrained '.*short' takes: its "
+                                         r"n_positions is 64 .*set data.seq_len to 64 or less"):
+        build_model(ModelConfig(pretrained=str(tmp_path / "short")), vocab_size=259, seq_len=128)
+    model = build_model(ModelConfig(pretrained=str(tmp_path / "short")), vocab_size=259, seq_len=64)
+    assert model(torch.zeros(1, 64, dtype=torch.long)).logits.shape == (1, 64, 259)  # the longest sample fits
