@@ -486,10 +486,17 @@ def _load_hub_dataset(cfg: "DataConfig", streaming: bool, hf_cache_dir: str | os
                 raise _unreadable_rows(cfg.dataset, error.__cause__ or error) from None
             except pyarrow.ArrowException as error:  # parquet reads each file's schema up front, even streamed
                 raise _unreadable_rows(cfg.dataset, error) from None
-        return datasets.load_dataset(
-            cfg.dataset, cfg.dataset_config, split=cfg.split, revision=cfg.revision, streaming=streaming,
-            cache_dir=cache,
-        )
+        try:
+            return datasets.load_dataset(
+                cfg.dataset, cfg.dataset_config, split=cfg.split, revision=cfg.revision, streaming=streaming,
+                cache_dir=cache,
+            )
+        except (ConnectionError, FileNotFoundError) as error:  # datasets' own ConnectionError subclasses the builtin
+            raise UsageError(
+                f"data.dataset {cfg.dataset!r}: no such dataset here, and the Hub could not give it ({error}). A local "
+                "dataset is a path ('./name', '/data/name') or a folder or file next to the recipe; a Hub id needs "
+                "the network (or HF_DATASETS_OFFLINE=1 with the dataset in the cache)"
+            ) from None
     except ValueError as error:
         if "split" in str(error).lower() or "instruction" in str(error).lower():
             message = str(error).rstrip(".")

@@ -740,7 +740,7 @@ def _check_paths(data: dict[str, Any], base_dir: Path) -> list[RecipeProblem]:
     if data_section.get("source") == "hub":
         local_paths.append(("data.dataset", data_section.get("dataset")))
     for key, value in local_paths:
-        if isinstance(value, str) and value and is_local_path(value, base_dir):
+        if isinstance(value, str) and value and is_local_path(value, base_dir, dataset=key == "data.dataset"):
             if not os.path.exists(_resolve(base_dir, value)):
                 problems.append(
                     RecipeProblem(
@@ -755,11 +755,17 @@ def looks_like_local_path(value: str) -> bool:
     return value.startswith((".", "/", "~")) or value.count("/") > 1
 
 
-def is_local_path(value: str, base_dir: Path) -> bool:
+# A dataset named like a data file ("train.jsonl") is one, next to the recipe: no Hub id ends this way.
+DATA_FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".txt", ".arrow", ".gz", ".zst")
+
+
+def is_local_path(value: str, base_dir: Path, dataset: bool = False) -> bool:
     """Whether a recipe's model, tokenizer or dataset name found in `base_dir` (the recipe's folder) means a folder:
     a path, or a name that could be a Hub id but is a folder next to the recipe (as transformers prefers a local
-    folder to the Hub)."""
-    return looks_like_local_path(value) or (base_dir / value).is_dir()
+    folder to the Hub). With `dataset`, also a file next to the recipe, or a name with a data file's suffix."""
+    if looks_like_local_path(value) or (base_dir / value).is_dir():
+        return True
+    return dataset and ((base_dir / value).is_file() or value.lower().endswith(DATA_FILE_SUFFIXES))
 
 
 _WHAT_IT_IS = {"list": "a list", "str": "plain text", "int": "a number", "float": "a number", "bool": "true/false"}
@@ -872,7 +878,7 @@ def load_recipe(path: str | os.PathLike) -> Recipe:
     for section_name, key, applies in local_paths:
         section = getattr(recipe, section_name)
         value = getattr(section, key, None)
-        if applies and isinstance(value, str) and value and is_local_path(value, base):
+        if applies and isinstance(value, str) and value and is_local_path(value, base, dataset=key == "dataset"):
             section = section.model_copy(update={key: str(_resolve(base, value))})
             recipe = recipe.model_copy(update={section_name: section})
     return recipe

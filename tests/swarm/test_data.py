@@ -819,3 +819,17 @@ def test_a_file_whose_name_holds_brackets_is_found_by_its_literal_path(tmp_path)
     recipe = load_recipe(recipe_path)
     assert [name for name, _ in data_files(recipe.data.files)] == ["a.txt"]
     assert data_files([str(tmp_path / "corpus" / "set[1]" / "*.txt")])[0][1] == tmp_path / "corpus" / "set1" / "b.txt"
+
+
+def test_a_hub_dataset_that_cannot_be_had_is_a_usage_error_naming_the_fix(tmp_path, monkeypatch):
+    """A name the Hub could not give (offline here, as with no network) ended launch with a 60-line traceback."""
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)  # nothing leaves the machine; what no network gives
+    for streaming in (False, True):
+        cfg = DataConfig(source="hub", dataset="swarm-tests/no-such-dataset", text_field="text", seq_len=16,
+                         streaming=streaming)
+        with pytest.raises(UsageError, match=r"data.dataset 'swarm-tests/no-such-dataset': no such dataset here, and "
+                                             r"the Hub could not give it .*a folder or file next to the recipe"):
+            data = build_data(cfg, TOKENIZER, b"peer", cache_dir=tmp_path)
+            list(data.validation_batches(4))  # a streamed dataset is opened when first read

@@ -121,6 +121,21 @@ def test_a_relative_local_dataset_is_read_from_the_recipes_folder_whatever_the_w
     assert load_recipe(recipe_path).data.dataset == str(tmp_path / "run" / "dataset")
 
 
+def test_a_dataset_named_as_a_file_next_to_the_recipe_is_that_file_not_a_hub_id(tmp_path, monkeypatch):
+    """`dataset: data.jsonl` beside the recipe (a one-file dataset, as the README describes it) was taken for a Hub id:
+    launched from another folder it retried huggingface.co and died with a traceback, and a volunteer could neither
+    pass --data-dir nor join without it (found by a newcomer tester)."""
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "data.jsonl").write_text('{"text": "hello"}\n')
+    recipe_path = tmp_path / "run" / "local.yaml"
+    recipe_path.write_text("run: {id: local}\ndata: {source: hub, dataset: data.jsonl}\n")
+    monkeypatch.chdir(tmp_path)
+    assert load_recipe(recipe_path).data.dataset == str(tmp_path / "run" / "data.jsonl")
+    recipe_path.write_text("run: {id: local}\ndata: {source: hub, dataset: missing.jsonl}\n")
+    with pytest.raises(RecipeError, match=r"data.dataset: 'missing.jsonl' does not exist: fix the path"):
+        load_recipe(recipe_path)  # named as a data file: not a Hub id, whatever is next to the recipe
+
+
 def test_a_bare_name_that_is_a_folder_next_to_the_recipe_is_that_folder_not_a_hub_id(tmp_path, monkeypatch):
     """`pretrained: base` beside a `base/` folder was looked up on the Hub (30 s of retries offline, then an error
     about the Hub); transformers itself prefers a local folder, and the recipe's folder is where paths start."""
