@@ -80,8 +80,8 @@ FINALIZE_LAG_S = 12.0
 CLAIM_GRACE_S = 60.0
 MAX_REMEMBERED_PEERS = 16
 HISTORY_FILE = "history.json"  # in the state folder: the dashboard's curves, across restarts
-SHORT_EPOCH_WINDOW_S = 60.0  # epochs shorter than the matchmaking window over this long are named...
-SHORT_EPOCH_MIN_EPOCHS = 8  # ...once this many went by in it
+SHORT_EPOCH_WINDOW_S = 60.0  # the epoch length that goes with it is measured over this long
+SHORT_EPOCH_MIN_ROUNDS = 12  # rounds the alive peers report between two looks at how many ran alone
 HUB_PENDING_FILE = "hub_pending.json"  # in the state folder: versions not uploaded to the Hub yet, for the next launch
 HISTORY_SAVE_PERIOD_S = 10.0
 MAX_HISTORY_ROWS = 2000  # per-epoch rows the dashboard's curves keep (thinned_history)
@@ -167,6 +167,7 @@ class Coordinator:
         self.dht_lost: DHTLostError | None = None
         self._forced = False
         self._said_short_epochs = False
+        self._rounds_seen: dict[str, tuple[int, int]] = {}  # peer id -> (averaged, solo) rounds at the last look
         self._stop_signal: str | None = None
         # the organiser ends the run early (SIGUSR1): the peers finish the epoch in progress, which becomes the last
         self._end_requested = False
@@ -696,29 +697,45 @@ class Coordinator:
             self._check_epoch_length()
 
     def _check_epoch_length(self) -> None:
-        """Say once if epochs are too short for peers to average: a group forms only among peers that reach an
+        """Say once if peers train apart because epochs are too short: a group forms only among peers that reach an
         epoch's end within a matchmaking window of each other, and each sees the others' progress only every second
-        or so. A newcomer's recipe with 0.1-1 s epochs trained two volunteers as separate models, with no warning."""
+        or so. A newcomer's recipe with 0.1 s epochs trained two volunteers as separate models, with no warning.
+        Judged on what the peers report (most of their rounds since the last look alone, while 2+ trained), not on
+        the epoch length alone: peers that meet as soon as all joined average 1.4 s epochs against a 2 s window."""
         collab = self.recipe.collaboration
         if self._said_short_epochs or collab.mode != "dedloc":
             return
+        now = get_dht_time()
+        alive = [row for row in self.view.peers.values() if now - row.time < PEER_ALIVE_S]
+        if len(alive) < 2:
+            return
+        averaged = solo = 0
+        for row in alive:
+            before = self._rounds_seen.setdefault(row.peer_id, (row.averaged_rounds, row.solo_rounds))
+            if row.averaged_rounds < before[0] or row.solo_rounds < before[1]:  # a new process counts from 0
+                self._rounds_seen[row.peer_id] = (row.averaged_rounds, row.solo_rounds)
+                continue
+            averaged, solo = averaged + row.averaged_rounds - before[0], solo + row.solo_rounds - before[1]
+        if averaged + solo < SHORT_EPOCH_MIN_ROUNDS:
+            return
+        self._rounds_seen = {row.peer_id: (row.averaged_rounds, row.solo_rounds) for row in alive}  # the next look
         recent = [row for row in self.epoch_history  # while someone trained: not the wait for the first volunteer
                   if row["time"] >= time.time() - SHORT_EPOCH_WINDOW_S and row.get("alive_peers", 0) > 0]
-        if len(recent) < 2 or recent[-1]["epoch"] - recent[0]["epoch"] < SHORT_EPOCH_MIN_EPOCHS:
+        if solo <= averaged or len(recent) < 2 or recent[-1]["epoch"] == recent[0]["epoch"]:
             return
         epoch_s = (recent[-1]["time"] - recent[0]["time"]) / (recent[-1]["epoch"] - recent[0]["epoch"])
         if epoch_s >= collab.matchmaking_time_s:
-            return
+            return  # rounds alone with long epochs: a network or matchmaking problem (README, Troubleshooting)
         self._said_short_epochs = True
         goal_s = max(10.0, 4 * collab.matchmaking_time_s)
         # peers that train apart each advance the epoch: the swarm's own rate counts all of them
         rate = max(self.view.samples_per_second, collab.target_batch_size / max(epoch_s, 1e-3))
         suggested = max(collab.target_batch_size * 2, int(math.ceil(rate * goal_s / 64.0)) * 64)
-        logger.warning(f"Epochs last {epoch_s:.1f} s, less than collaboration.matchmaking_time_s "
-                       f"({collab.matchmaking_time_s:g} s): peers cannot keep in step to average, so most rounds run "
-                       f"alone and the swarm trains separate models. Raise collaboration.target_batch_size (now "
-                       f"{collab.target_batch_size}) to about {suggested}, an epoch of ~{goal_s:.0f} s at the "
-                       f"swarm's {rate:.0f} samples/s")
+        logger.warning(f"{solo} of the last {solo + averaged} rounds of {len(alive)} peers ran alone: epochs last "
+                       f"{epoch_s:.1f} s, less than collaboration.matchmaking_time_s ({collab.matchmaking_time_s:g} "
+                       "s), too short for peers to keep in step, so the swarm trains separate models. Raise "
+                       f"collaboration.target_batch_size (now {collab.target_batch_size}) to about {suggested}, an "
+                       f"epoch of ~{goal_s:.0f} s at the swarm's {rate:.0f} samples/s")
 
     def _peers_alive(self) -> bool:
         """Whether any peer reported recently (training progress, or metrics while it serves its final state)."""

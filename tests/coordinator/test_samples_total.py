@@ -113,32 +113,39 @@ def test_the_dashboards_history_keeps_the_whole_run_coarser_where_older_and_ever
         dict(epoch=e, time=0.0, val_loss=1.0) for e in range(6, 10)]
 
 
-def test_epochs_shorter_than_the_matchmaking_window_are_named_once_with_a_batch_that_fits(caplog):
+def test_peers_that_train_apart_in_short_epochs_are_named_once_with_a_batch_that_fits(caplog):
     """A newcomer's recipe made 0.1 s epochs: two volunteers trained as separate models (no round with two peers)
-    and nothing said why. The coordinator now says it once, with a target_batch_size that makes ~10 s epochs."""
+    and nothing said why. The coordinator now says it once, from what the peers report, with a target_batch_size
+    for ~10 s epochs; peers that average their short epochs (1.4 s against a 2 s window, seen) are not named."""
     import logging
     import time
+
+    from hivemind.utils import get_dht_time
 
     from swarm.recipe import Recipe
 
     coordinator = Coordinator.__new__(Coordinator)  # the check alone: no DHT, data or model
     coordinator.recipe = Recipe(run={"id": "r"}, collaboration={"target_batch_size": 64, "matchmaking_time_s": 2.0})
-    coordinator.view = type("View", (), {"samples_per_second": 640.0})()
-    coordinator._said_short_epochs = False
+    coordinator.view = type("View", (), {"samples_per_second": 640.0, "peers": {}})()
+    coordinator._said_short_epochs, coordinator._rounds_seen = False, {}
     now = time.time()
-    coordinator.epoch_history = [dict(epoch=epoch, time=now - 30 + 3.0 * epoch, alive_peers=2)  # 3 s each
-                                 for epoch in range(10)]
+    # a long wait for the first volunteer (no one alive) is not an epoch's length; then 0.1 s epochs
+    coordinator.epoch_history = [dict(epoch=0, time=now - 50, alive_peers=0)] + [
+        dict(epoch=epoch, time=now - 3 + 0.1 * epoch, alive_peers=2) for epoch in range(1, 30)]
+
+    def report(averaged: int, solo: int) -> None:
+        for peer in ("12D3KooWada", "12D3KooWbob"):
+            row = _row(peer, 640, get_dht_time())
+            coordinator.view.peers[peer] = row.copy(update=dict(averaged_rounds=averaged, solo_rounds=solo))
+        coordinator._check_epoch_length()
+
     with caplog.at_level(logging.WARNING, logger="swarm.coordinator"):
-        coordinator._check_epoch_length()
-        assert not caplog.records  # 3 s epochs against a 2 s window: peers keep in step
-        # a long wait for the first volunteer (no one alive) is not an epoch's length
-        coordinator.epoch_history = [dict(epoch=0, time=now - 50, alive_peers=0)]
-        coordinator._check_epoch_length()
-        coordinator.epoch_history += [dict(epoch=epoch, time=now - 3 + 0.1 * epoch, alive_peers=2)
-                                      for epoch in range(1, 30)]
-        coordinator._check_epoch_length()
-        coordinator._check_epoch_length()
-    assert [record.getMessage()[:81] for record in caplog.records] == [
-        "Epochs last 0.1 s, less than collaboration.matchmaking_time_s (2 s): peers cannot"]
+        report(0, 0)
+        report(10, 0)  # 20 rounds, every one averaged: short epochs, but the peers keep in step
+        report(11, 9)  # 20 more, 18 of them alone
+        report(11, 15)  # said once
+    assert len(caplog.records) == 1 and caplog.records[0].getMessage().startswith(
+        "18 of the last 20 rounds of 2 peers ran alone: epochs last 0.1 s, less than collaboration.matchmaking_time_s "
+        "(2 s), too short for peers to keep in step")
     assert "Raise collaboration.target_batch_size (now 64) to about 6400, an epoch of ~10 s at the swarm's 640 " \
            "samples/s" in caplog.records[0].getMessage()

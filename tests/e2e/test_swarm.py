@@ -418,14 +418,9 @@ def test_a_volunteer_that_joins_as_the_run_ends_leaves_without_waiting_for_a_sta
     from cli_process import process_tree
 
     swarm = swarm_factory()
-    coordinator = swarm.launch(recipe_writer(tmp_path / "recipe.yaml", "e2e-late-end", max_epochs=25))
+    swarm.launch(recipe_writer(tmp_path / "recipe.yaml", "e2e-late-end", max_epochs=25))
     donor = swarm.join("donor")
     donor.wait_for(r"Stopping: the run reached limits.max_epochs \(25\)", timeout_s=240)
-    # ~0.3 s epochs alone, against a 1.5 s matchmaking window: the organiser is told (a newcomer's 0.1 s epochs
-    # trained two volunteers as separate models, without a word)
-    assert re.search(r"Epochs last 0\.\d s, less than collaboration.matchmaking_time_s \(1.5 s\): .* Raise "
-                     r"collaboration.target_batch_size \(now 256\) to about \d+", coordinator.output), \
-        coordinator.output[-3000:]
     frozen = process_tree(donor.popen.pid)
     for pid in frozen:
         os.kill(pid, signal.SIGSTOP)
