@@ -24,6 +24,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -114,6 +115,7 @@ def run_demo(recipe_path: Path, num_peers: int = 2, epochs: int = 40, max_durati
     found: dict = {}  # the coordinator's join address, once it is up
     logger.info(f"Demo: coordinator + {num_peers} volunteer(s) on loopback, {epochs} epochs (at most "
                 f"{max_duration_s:.0f} s); output in {folder}")
+    restore = _stop_on_termination()
     try:
         coordinator = subprocess.Popen(
             _swarm_command("launch", str(run_recipe), "--host", "127.0.0.1", "--port", str(port),
@@ -173,6 +175,7 @@ def run_demo(recipe_path: Path, num_peers: int = 2, epochs: int = 40, max_durati
                 process.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 process.kill()
+        restore()
 
     summary_path = folder / "summary.json"
     if not summary_path.exists():
@@ -180,6 +183,26 @@ def run_demo(recipe_path: Path, num_peers: int = 2, epochs: int = 40, max_durati
     summary = json.loads(summary_path.read_text())
     _print_summary(summary)
     return folder
+
+
+def _stop_on_termination() -> Callable[[], None]:
+    """SIGTERM (`kill`, `timeout`, a service manager) and SIGHUP (its terminal closed) stop the demo as Ctrl-C does.
+    They killed it at once: its coordinator and volunteers, each in its own process group so that a terminal's
+    Ctrl-C reaches the demo alone, trained on as orphans until --max-duration, their logs lost. Returns the undo."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def interrupt(signum: int, _frame) -> None:
+        logger.info(f"{signal.Signals(signum).name}: stopping the demo as Ctrl-C would")
+        raise KeyboardInterrupt
+
+    previous = {signum: signal.signal(signum, interrupt) for signum in (signal.SIGTERM, signal.SIGHUP)}
+
+    def restore() -> None:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+    return restore
 
 
 def _stop(processes: list[subprocess.Popen], folder: Path, coordinator_up: bool) -> None:

@@ -415,8 +415,6 @@ def test_a_volunteer_that_joins_as_the_run_ends_leaves_without_waiting_for_a_sta
     download every 2 s (each an ERROR line from hivemind) after the run had reached its limit, for up to
     load_state_timeout_s, then waited to serve a state it had never trained. Here the peer that finished the run is
     frozen (SIGSTOP) while the coordinator waits for its final state."""
-    from cli_process import process_tree
-
     swarm = swarm_factory()
     swarm.launch(recipe_writer(tmp_path / "recipe.yaml", "e2e-late-end", max_epochs=25))
     donor = swarm.join("donor")
@@ -434,6 +432,29 @@ def test_a_volunteer_that_joins_as_the_run_ends_leaves_without_waiting_for_a_sta
         late.output[-3000:]
     assert "Loading the current state" not in late.output and "Waiting for the coordinator" not in late.output
     assert "Traceback" not in late.output and swarm.stats("late")["samples"] == 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["sigterm", "sighup"])
+def test_a_demo_sent_sigterm_or_sighup_stops_its_swarm_instead_of_orphaning_it(tmp_path, signum):
+    """`kill`, `timeout` or a closed terminal killed the demo at once: its coordinator and volunteers (each in its own
+    process group) trained on as orphans until --max-duration, their logs lost (found by a newcomer tester)."""
+    output = tmp_path / "demo"
+    demo = CliProcess(["demo", "--output", str(output), "--peers", "1", "--epochs", "500"], tmp_path / "demo.log")
+    try:
+        demo.wait_for(r"\[coordinator\] .*swarm epoch [1-9]", timeout_s=240)
+        processes = process_tree(demo.popen.pid)
+        assert len(processes) > 3, processes  # the demo, the coordinator, the volunteer, their hivemind processes
+        demo.popen.send_signal(signum)
+        assert demo.wait(timeout_s=150) == 130, demo.output[-3000:]
+    finally:
+        demo.stop()
+    assert f"{signal.Signals(signum).name}: stopping the demo as Ctrl-C would" in demo.output, demo.output[-3000:]
+    assert f"Stopped. What the swarm trained is in {output}" in demo.output and "Traceback" not in demo.output
+    time.sleep(2.0)
+    assert [pid for pid in processes if is_running(pid)] == []
+    assert json.loads((output / "summary.json").read_text())["status"] == "finished"
 
 
 def _clock_s(line: str) -> int:
