@@ -307,6 +307,16 @@ class Coordinator:
             return
         epoch = published_epoch(newest)
         try:
+            run_id = json.loads((newest / "swarm.json").read_text(encoding="utf-8"))["recipe"]["run"]["id"]
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+            run_id = None  # an older or damaged swarm.json: loading it below says what is wrong, if anything
+        if isinstance(run_id, str) and run_id != self.recipe.run.id:
+            # a shared checkpoint.dir without {run_id}, or a reused --checkpoint-dir: this run would have trained on
+            # from the other run's weights (or ended at once, at its epoch) and written its versions in among them
+            raise UsageError(f"the checkpoint folder {self.checkpoint_dir} holds versions of run {run_id!r}, not of "
+                             f"{self.recipe.run.id!r} (newest: {newest.name}): give this run its own folder (the "
+                             "default checkpoint.dir runs/{run_id}/checkpoints, or --checkpoint-dir)")
+        try:
             import transformers
 
             loaded = transformers.AutoModelForCausalLM.from_pretrained(newest)

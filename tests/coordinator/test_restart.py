@@ -313,3 +313,22 @@ def test_a_run_whose_limit_is_raised_trains_on_from_its_newest_version_and_keeps
     entries = _ledger_entries(run.ledger)
     assert sum(e["granted_samples"] for e in entries if e["epoch"] >= 7 and e["name"] == "ada") >= 4 * 256, entries
     assert verify_ledger(run.ledger).ok
+
+
+@pytest.mark.timeout(180)
+def test_a_checkpoint_folder_of_another_run_is_refused_not_taken_over(tmp_path):
+    """A new run given another run's checkpoint folder (a shared checkpoint.dir without {run_id}, a reused
+    --checkpoint-dir) resumed from that run's newest version: it ended at once at that run's limit, and with a higher
+    one would have trained on from its weights, writing its versions in among them (found by a newcomer tester)."""
+    run = RunFolder(tmp_path / "run")
+    run.publish_versions(write_test_recipe(tmp_path / "other.yaml", "other-run", max_epochs=60), [5, 60])
+    before = tree_digest(run.checkpoints)
+    coordinator = launch(run, write_test_recipe(tmp_path / "recipe.yaml", "this-run", max_epochs=60),
+                         dashboard_port=None)
+    try:
+        assert coordinator.wait(timeout_s=120) == 2, coordinator.output[-3000:]
+    finally:
+        coordinator.stop()
+    assert (f"error: the checkpoint folder {run.checkpoints} holds versions of run 'other-run', not of 'this-run' "
+            "(newest: epoch-000060): give this run its own folder" in coordinator.output), coordinator.output[-3000:]
+    assert "Traceback" not in coordinator.output and tree_digest(run.checkpoints) == before
