@@ -48,7 +48,7 @@ from swarm.model import build_model, count_parameters, organiser_folders
 from swarm.network import create_dht, join_addresses, recontact
 from swarm.processes import (keeping_ctrl_c, share_with_forked_processes,
                              start_shared_memory_manager)
-from swarm.recipe import Recipe
+from swarm.recipe import Recipe, recipe_changes, training_changes
 from swarm.tokenizer import build_tokenizer
 from coordinator.accounting import Accounting
 from coordinator.checkpoint import (VersionExistsError, VersionInfo, latest_version, published_epoch, save_version,
@@ -82,6 +82,8 @@ MAX_REMEMBERED_PEERS = 16
 HISTORY_FILE = "history.json"  # in the state folder: the dashboard's curves, across restarts
 SHORT_EPOCH_WINDOW_S = 60.0  # the epoch length that goes with it is measured over this long
 SHORT_EPOCH_MIN_ROUNDS = 12  # rounds the alive peers report between two looks at how many ran alone
+RECIPE_CHECK_READS = 10  # reads of the peers' metrics, 2 s apart, before a recipe that changes the training is let go
+# (a relaunched coordinator's DHT node found the volunteers' records only ~13 s after it started)
 HUB_PENDING_FILE = "hub_pending.json"  # in the state folder: versions not uploaded to the Hub yet, for the next launch
 HISTORY_SAVE_PERIOD_S = 10.0
 MAX_HISTORY_ROWS = 2000  # per-epoch rows the dashboard's curves keep (thinned_history)
@@ -167,6 +169,7 @@ class Coordinator:
         self.dht_lost: DHTLostError | None = None
         self._forced = False
         self._said_short_epochs = False
+        self._training_changed: list[str] = []  # keys of the recipe that change the training since the last launch
         self._rounds_seen: dict[str, tuple[int, int]] = {}  # peer id -> (averaged, solo) rounds at the last look
         self._stop_signal: str | None = None
         # the organiser ends the run early (SIGUSR1): the peers finish the epoch in progress, which becomes the last
@@ -240,6 +243,7 @@ class Coordinator:
                               require_bootstrap=bool(s.initial_peers) and not remembered)
         self.peer_id = self.dht.peer_id.to_base58()  # asked once: hivemind caches it, and a dead DHT cannot answer
         self._join_existing_run()
+        self._check_recipe_change()
         self.fetcher = StateFetcher(self.dht, recipe.run.id)
         # only now: hivemind forks its DHT and averager processes, which would inherit the ledger's locked file
         # and keep it locked after a SIGKILL of this process, blocking the restarted coordinator
@@ -374,6 +378,38 @@ class Coordinator:
         self.started_at = min(self.started_at, existing.started_at)
         logger.info(f"Serving run {self.recipe.run.id!r} alongside coordinator {existing.coordinator_peer_id}")
 
+    def _newest_version_recipe(self) -> dict | None:
+        newest = latest_version(self.checkpoint_dir)
+        try:
+            recipe = json.loads((newest / "swarm.json").read_text(encoding="utf-8"))["recipe"] if newest else None
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+            return None
+        return recipe if isinstance(recipe, dict) else None
+
+    def _check_recipe_change(self) -> None:
+        """A relaunch whose recipe changes the training (not only limits, checkpoints, credit) while volunteers train:
+        they run the earlier recipe, and a volunteer joining now would take the new one and average with them (a
+        newcomer tester's lr change: two learning rates in one swarm, and versions labelled with the new one)."""
+        if not self._training_changed:
+            return
+        logger.info(f"Looking for volunteers that train with the earlier recipe (up to {2 * RECIPE_CHECK_READS} s)")
+        training = 0
+        for attempt in range(RECIPE_CHECK_READS):  # a DHT node just started may not reach the peers' records at once
+            metrics = records.parse_metrics(self._dht_call("the peers' metrics", lambda: self.dht.get(
+                records.metrics_key(self.recipe.run.id), latest=True, return_future=True)))
+            now = get_dht_time()
+            training = sum(now - row.time < PEER_ALIVE_S for row in metrics.values())
+            if training or attempt == RECIPE_CHECK_READS - 1:
+                break
+            time.sleep(2.0)
+        if training == 0:
+            return
+        raise UsageError(f"{training} volunteer(s) are training run {self.recipe.run.id!r} with the "
+                         f"recipe it was launched with, and this one changes the training "
+                         f"({', '.join(self._training_changed)}): volunteers joining now would take it and average "
+                         "with them. Launch with the run's recipe (only run.description, limits, checkpoint and "
+                         "credit may change while it runs), or give this recipe a new run.id")
+
     def _open_ledger(self) -> None:
         key = load_or_create_signing_key(self.state_dir / "ledger_signing_key.pem")
         self.ledger = Ledger.open(self.ledger_dir, key, run_id=self.recipe.run.id)
@@ -442,11 +478,24 @@ class Coordinator:
                 or not isinstance(addresses, list) or not all(isinstance(a, str) for a in addresses)):
             raise UsageError(f"{path} is not the run state this coordinator writes (expected an object with a "
                              f"started_at time and a peer_addresses list): {fix}")
+        addresses = [a for a in addresses if "/p2p/" in a][:MAX_REMEMBERED_PEERS]
+        self._load_history()  # the dashboard's curves are the run's, whatever changed in its recipe
         if state.get("fingerprint") != self.recipe.fingerprint:
-            logger.warning(f"{path} belongs to another version of the recipe; starting the run clock anew")
-            return []
+            earlier = state.get("recipe") or self._newest_version_recipe()  # run.json has it since 2026-12
+            changes = (recipe_changes(earlier, json.loads(self.recipe.to_json())) if isinstance(earlier, dict)
+                       else None)
+            if changes is None:
+                logger.warning(f"{path} belongs to another version of the recipe; starting the run clock anew")
+                return addresses
+            if training_changes(changes):
+                # volunteers training now run the earlier recipe: checked once the DHT is up (_check_recipe_change)
+                self._training_changed = training_changes(changes)
+                logger.warning(f"The recipe changes the training since the last launch "
+                               f"({', '.join(self._training_changed)}): starting the run clock anew")
+                return addresses
+            logger.info(f"The recipe changed since the last launch in {', '.join(changes)}: the run goes on with "
+                        "them (its clock, curves and end state kept; volunteers take the new values)")
         self.started_at = float(started_at)
-        self._load_history()
         ended_at = state.get("ended_at_epoch")
         if ended_at is not None:
             # ended_at_epoch is where the run ended (or, while it ends, the end set); end_set_at_epoch, the end the
@@ -459,7 +508,6 @@ class Coordinator:
             self.end_epoch = ended_at
             self.end_set_at_epoch = state.get("end_set_at_epoch", ended_at)  # written before it was recorded: the same
             self._ended = {key: state[key] for key in ("final_version_epoch", "credited_up_to_epoch") if key in state}
-        addresses = [a for a in addresses if "/p2p/" in a][:MAX_REMEMBERED_PEERS]
         logger.info(f"Resuming run {self.recipe.run.id!r} started {time.time() - self.started_at:.0f} s ago; "
                     f"re-joining through {len(addresses)} remembered peer address(es)")
         return addresses
@@ -494,7 +542,8 @@ class Coordinator:
         addresses = list(dict.fromkeys(addresses + self._remembered_addresses))
         folders = dict(checkpoint_dir=str(self.checkpoint_dir.resolve()), ledger_dir=str(self.ledger_dir.resolve()))
         state = dict(started_at=self.started_at, fingerprint=self.recipe.fingerprint,
-                     peer_addresses=addresses[:MAX_REMEMBERED_PEERS], folders=folders)
+                     peer_addresses=addresses[:MAX_REMEMBERED_PEERS], folders=folders,
+                     recipe=json.loads(self.recipe.to_json()))  # what the next launch's recipe is compared with
         if self.end_epoch is not None:
             state.update(ended_at_epoch=self.end_epoch, end_set_at_epoch=self.end_set_at_epoch, **self._ended)
         _write_json(self.state_dir / "run.json", state)

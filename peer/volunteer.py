@@ -50,7 +50,7 @@ from swarm.model import build_model, count_parameters, with_local_model
 from swarm.network import JOIN_PORT_FIX, create_dht, parse_initial_peers, recontact
 from swarm.processes import (keeping_ctrl_c, shared_memory_advice, shared_memory_problem,
                              start_shared_memory_manager)
-from swarm.recipe import Recipe, recipe_from_json
+from swarm.recipe import Recipe, recipe_changes, recipe_from_json, training_changes
 from swarm.tokenizer import build_tokenizer
 from peer.collaboration import SwarmOptimizer, build_swarm_optimizer, shared_memory_needed
 from peer.contributions import ContributionLog
@@ -268,6 +268,7 @@ class Volunteer:
                               startup_timeout_s=s.connect_timeout_s, port_fix=JOIN_PORT_FIX)
         self.announcement = self._fetch_announcement()
         self.recipe: Recipe = recipe_from_json(self.announcement.recipe_json, source="the recipe published by the coordinator")
+        self._announced_recipe = json.loads(self.recipe.to_json())  # as published, before this machine's folders
         self.recipe = self.recipe.model_copy(update={"data": with_local_data(self.recipe.data, s.data_dir)})
         self.recipe = with_local_model(self.recipe, s.model_dir, s.tokenizer_dir)
         self.dht.add_validators(records.schema_validators(self.recipe.run.id))
@@ -746,6 +747,7 @@ class Volunteer:
         announcement = self._current_announcement()
         if announcement is not None:
             self.announcement = announcement
+            self._follow_recipe_changes(announcement)
         self._say_missed_credit(self.contributions.missed(self.announcement.ledger_epoch))
         pending = self.contributions.unpublished(self.announcement.ledger_epoch)
         record = records.ContributionRecord(peer_id=self.peer_id.to_base58(), name=self.identity.name,
@@ -753,6 +755,30 @@ class Volunteer:
                                             epochs=pending, time=float(get_dht_time()))
         self.dht.store(records.contributions_key(self.recipe.run.id), subkey=self._public_key, value=record.dict(),
                        expiration_time=get_dht_time() + records.CONTRIBUTIONS_TTL_S, return_future=True)
+
+    def _follow_recipe_changes(self, announcement: records.RunAnnouncement) -> None:
+        """An organiser who relaunches the coordinator with new limits (to train on past them), checkpoint or credit
+        settings: this peer follows them (it stopped at the old limit while the coordinator expected more). A change
+        to the training is refused at launch while volunteers train; should one appear, it is said, not followed."""
+        try:
+            published = json.loads(recipe_from_json(announcement.recipe_json).to_json())
+        except Exception as error:  # the coordinator's own recipe: validated at launch; never a reason to stop here
+            logger.debug(f"Could not read the announced recipe: {error!r}")
+            return
+        changes = recipe_changes(self._announced_recipe, published)
+        if not changes:
+            return
+        self._announced_recipe = published
+        if training_changes(changes):
+            logger.warning(f"The run's coordinator now publishes a recipe that changes the training "
+                           f"({', '.join(training_changes(changes))}): this peer keeps the one it joined with; "
+                           "leave and join again to take it")
+            return
+        new = recipe_from_json(announcement.recipe_json)
+        self.recipe = self.recipe.model_copy(update=dict(
+            limits=new.limits, checkpoint=new.checkpoint, credit=new.credit,
+            run=self.recipe.run.model_copy(update=dict(description=new.run.description))))
+        logger.info(f"The organiser changed {', '.join(changes)}: this peer follows")
 
     def _say_missed_credit(self, missed: list) -> None:
         if not missed:

@@ -884,6 +884,30 @@ def load_recipe(path: str | os.PathLike) -> Recipe:
     return recipe
 
 
+# What an organiser may change while a run goes on: these steer the run (when it ends, what is published, how work is
+# credited), not the training, so volunteers already in it follow the new values and nothing is averaged across two
+# recipes. Any other change makes a recipe the peers training now do not run.
+RUN_MANAGEMENT_KEYS = ("run.description", "limits", "checkpoint", "credit")
+
+
+def recipe_changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ between two recipes (as `json.loads(recipe.to_json())` gives them)."""
+    changed = []
+    for key in sorted(set(old) | set(new)):
+        path, before, after = f"{prefix}{key}", old.get(key), new.get(key)
+        if isinstance(before, dict) and isinstance(after, dict):
+            changed += recipe_changes(before, after, f"{path}.")
+        elif before != after:
+            changed.append(path)
+    return changed
+
+
+def training_changes(changes: list[str]) -> list[str]:
+    """Those of `changes` that change the training (not under `RUN_MANAGEMENT_KEYS`)."""
+    return [key for key in changes
+            if not any(key == managed or key.startswith(f"{managed}.") for managed in RUN_MANAGEMENT_KEYS)]
+
+
 def recipe_from_json(text: str, source: str = "the swarm") -> Recipe:
     """Rebuild a recipe published by a coordinator (no on-disk checks: paths are the coordinator's)."""
     return parse_recipe(json.loads(text), source=source)

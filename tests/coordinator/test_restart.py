@@ -332,3 +332,62 @@ def test_a_checkpoint_folder_of_another_run_is_refused_not_taken_over(tmp_path):
     assert (f"error: the checkpoint folder {run.checkpoints} holds versions of run 'other-run', not of 'this-run' "
             "(newest: epoch-000060): give this run its own folder" in coordinator.output), coordinator.output[-3000:]
     assert "Traceback" not in coordinator.output and tree_digest(run.checkpoints) == before
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_relaunch_may_change_how_the_run_is_steered_but_not_its_training_while_volunteers_train(tmp_path):
+    """Found by a newcomer tester: (1) relaunched with a new optimizer.lr while a volunteer trained, the coordinator
+    warned and went on: volunteers joining took the new lr and averaged with the one on the old, and versions were
+    labelled with a recipe they were not trained with; (2) relaunched with raised limits (the README's way to train
+    on), it restarted the run's clock and wiped the dashboard's history, and a running volunteer still stopped at the
+    old limit."""
+    import socket
+
+    import yaml
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    run = RunFolder(tmp_path / "run")
+    recipe = write_test_recipe(tmp_path / "recipe.yaml", "steered", max_epochs=400)
+    coordinator = launch(run, recipe, port=port)
+    volunteer = None
+    try:
+        address = coordinator.wait_for(r"swarm join --initial-peers (\S+)", timeout_s=180).group(1)
+        volunteer = join(run, address, "ada")
+        volunteer.wait_for(r"epoch ([3-9]|\d\d) ", timeout_s=180)
+        coordinator.interrupt()
+        assert coordinator.wait(timeout_s=60) == 0, coordinator.output[-3000:]
+        started_at = json.loads((run.state / "run.json").read_text())["started_at"]
+        history = json.loads((run.state / "history.json").read_text())
+        assert len(history) >= 2, history
+
+        changed = yaml.safe_load(recipe.read_text())
+        changed["optimizer"]["lr"] *= 2
+        lr_recipe = tmp_path / "lr.yaml"
+        lr_recipe.write_text(yaml.safe_dump(changed))
+        refused = launch(run, lr_recipe, port=port)
+        assert refused.wait(timeout_s=180) == 2, refused.output[-3000:]
+        assert ("1 volunteer(s) are training run 'steered' with the recipe it was launched with, and this one changes "
+                "the training (optimizer.lr)" in refused.output), refused.output[-3000:]
+        assert "Traceback" not in refused.output and volunteer.popen.poll() is None
+
+        steered = yaml.safe_load(recipe.read_text())
+        steered["limits"]["max_epochs"] = 500
+        steered["run"]["description"] = "trained on for longer"
+        steered_recipe = tmp_path / "steered.yaml"
+        steered_recipe.write_text(yaml.safe_dump(steered))
+        coordinator = launch(run, steered_recipe, port=port)
+        coordinator.wait_for(r"swarm join --initial-peers", timeout_s=180)
+        assert ("The recipe changed since the last launch in limits.max_epochs, run.description: the run goes on"
+                in coordinator.output), coordinator.output[-3000:]
+        volunteer.wait_for(r"The organiser changed limits.max_epochs, run.description: this peer follows",
+                           timeout_s=120)
+        assert json.loads((run.state / "run.json").read_text())["started_at"] == started_at
+        kept = json.loads((run.state / "history.json").read_text())
+        assert kept[:len(history)] == history, (history, kept)
+    finally:
+        coordinator.stop()
+        if volunteer is not None:
+            volunteer.stop()

@@ -483,3 +483,20 @@ def test_a_float_written_with_an_exponent_and_no_dot_is_a_number(tmp_path):
                                                                            "  weight_decay: 1E-2\n"))
     recipe = load_recipe(path)
     assert recipe.optimizer.lr == 0.003 and recipe.optimizer.weight_decay == 0.01
+
+
+def test_recipe_changes_name_the_keys_and_tell_steering_from_training():
+    """A relaunch may change how a run is steered (its end, versions, credit) while volunteers train, not what they
+    train: the coordinator and the volunteers tell the two apart by these keys."""
+    from swarm.recipe import recipe_changes, training_changes
+
+    base = Recipe(run={"id": "r"})
+    steered = Recipe(run={"id": "r", "description": "longer"}, limits={"max_epochs": 500},
+                     checkpoint={"every_epochs": 10})
+    changes = recipe_changes(json.loads(base.to_json()), json.loads(steered.to_json()))
+    assert changes == ["checkpoint.every_epochs", "limits.max_epochs", "run.description"]
+    assert training_changes(changes) == []
+    trained = Recipe(run={"id": "r"}, optimizer={"lr": 0.01}, collaboration={"target_batch_size": 512})
+    changes = recipe_changes(json.loads(base.to_json()), json.loads(trained.to_json()))
+    assert training_changes(changes) == ["collaboration.target_batch_size", "optimizer.lr"] == changes
+    assert training_changes(["run.id", "run.description", "limitsx.y"]) == ["run.id", "limitsx.y"]
