@@ -425,8 +425,10 @@ class Volunteer:
             logger.info(f"The swarm is at epoch {progress.epoch}: {over} before this peer joined; nothing to train")
             return
         if progress.epoch <= self.optimizer.local_epoch:
+            pretrained = self.recipe.model.pretrained
+            initial = f"the pretrained weights of {pretrained}" if pretrained else "the recipe's initial weights"
             start = (f"the published version of epoch {self._checkpoint_epoch}" if self._checkpoint_epoch
-                     else "the recipe's initial weights" + ("" if self._start_epoch else " (as every peer at epoch 0)"))
+                     else initial + ("" if self._start_epoch else " (as every peer at epoch 0)"))
             at = f" at epoch {self._start_epoch}" if self._start_epoch != self._checkpoint_epoch else ""
             logger.info(f"No peer is ahead of this one: starting from {start}{at}")
             return

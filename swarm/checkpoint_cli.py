@@ -21,7 +21,8 @@ checkpoint_app = typer.Typer(help="A run's published versions: upload them to it
 def publish(
     checkpoint_dir: Path = typer.Option(..., envvar="SWARM_CHECKPOINT_DIR",
                                         help="The run's checkpoint folder (checkpoint.dir in its recipe)."),
-    epoch: List[int] = typer.Option([], "--epoch", help="Upload this version (repeatable), again if its tag exists."),
+    epoch: List[int] = typer.Option([], "--epoch", min=0,
+                                    help="Upload this version (repeatable), again if its tag exists."),
     all_missing: bool = typer.Option(False, "--all-missing", help="Upload every version whose tag the repo lacks."),
     repo: Optional[str] = typer.Option(None, envvar="SWARM_HUB_REPO",
                                        help="The Hub repo (default: checkpoint.hub_repo_id of the newest version)."),

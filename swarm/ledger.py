@@ -1462,6 +1462,11 @@ class _Verification:
             return
         assert self.public_key is not None
         name = self.trusted_name
+        if self.run_id is not None and trusted.run_id != self.run_id:  # first: another run's is signed by another key
+            raise _Problem(
+                "trusted_run_mismatch",
+                f"{name} is for run {trusted.run_id!r}, this ledger for run {self.run_id!r}",
+            )
         if not trusted.signature_verifies(self.public_key):
             if self.trusted_from == "version head":
                 raise _Problem(
@@ -1524,7 +1529,8 @@ def _load_public_key_file(path: str | Path) -> Ed25519PublicKey:
     try:
         pem = Path(path).read_bytes()
     except OSError as error:
-        raise LedgerSourceError(f"cannot read the public key {path}: {error.strerror}") from None
+        raise LedgerSourceError(f"cannot read the public key {path}: {error.strerror} (--public-key takes a PEM file or "
+                                "the key's fingerprint, 64 hex digits as `swarm launch` prints it)") from None
     try:
         return parse_public_key(pem, str(path))
     except ValueError as error:

@@ -747,6 +747,11 @@ def test_trusted_checkpoint_accepts_a_grown_log_and_rejects_a_rewritten_one(tmp_
     assert report.problem_kind == "trusted_bad_signature"
     assert "names this ledger's key" in report.problem and "the trusted file was altered" in report.problem
     assert "key changed" not in report.problem
+    with Ledger.open(tmp_path / "another-run", Ed25519PrivateKey.generate(), run_id="another-run") as other:
+        other.commit_epoch([])
+    report = verify_ledger(tmp_path / "another-run", saved)  # another run's: said as such, not as a key change
+    assert report.problem_kind == "trusted_run_mismatch", report.problem
+    assert f"the trusted checkpoint is for run {RUN!r}, this ledger for run 'another-run'" == report.problem
 
 
 def test_inclusion_proofs_of_every_entry_verify_and_tampered_ones_do_not(ledger_folder: Path, key: Ed25519PrivateKey):
