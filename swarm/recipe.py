@@ -494,6 +494,16 @@ class CheckpointConfig(_Section):
     every_epochs: int = Field(50, ge=1, description="Publish a version every N swarm epochs (and at the end).")
     hub_repo_id: str | None = Field(None, description="Also upload each version to this Hub repo (needs HF_TOKEN).")
 
+    @field_validator("dir")
+    @classmethod
+    def _only_run_id_expands(cls, value: str) -> str:
+        """`dir` names no placeholder but {run_id}: another one was kept as is, a literal folder `{run}`."""
+        unknown = sorted(set(re.findall(r"\{[^{}]*\}", value)) - {"{run_id}"})
+        if unknown:
+            raise ValueError(f"{', '.join(unknown)} is not a placeholder: only {{run_id}} expands (for example "
+                             "'runs/{run_id}/checkpoints')")
+        return value
+
     @field_validator("hub_repo_id")
     @classmethod
     def _repo_id_shape(cls, value: str | None) -> str | None:

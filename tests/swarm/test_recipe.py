@@ -500,3 +500,11 @@ def test_recipe_changes_name_the_keys_and_tell_steering_from_training():
     changes = recipe_changes(json.loads(base.to_json()), json.loads(trained.to_json()))
     assert training_changes(changes) == ["collaboration.target_batch_size", "optimizer.lr"] == changes
     assert training_changes(["run.id", "run.description", "limitsx.y"]) == ["run.id", "limitsx.y"]
+
+
+def test_a_checkpoint_dir_placeholder_other_than_run_id_is_refused():
+    """`runs/{run}/ck` validated, and the coordinator made a literal folder named {run} (newcomer tester)."""
+    with pytest.raises(RecipeError, match=r"checkpoint.dir: .*\{run\} is not a placeholder: only \{run_id\} expands"):
+        parse_recipe({"run": {"id": "r"}, "checkpoint": {"dir": "runs/{run}/ck"}})
+    assert parse_recipe({"run": {"id": "r"}, "checkpoint": {"dir": "runs/{run_id}/ck"}}).checkpoint_dir() == \
+        Path("runs/r/ck")
