@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
 
 
 def _exit_interrupted(signum: int | None = None, frame: object = None) -> None:
-    print("interrupted", file=sys.stderr)
+    print("interrupted", file=sys.stderr, flush=True)
+    if signum is not None:
+        # from the handler while modules import: nothing is written yet, and SystemExit raised where the signal
+        # landed can be swallowed (inside a weakref callback of the import lock it printed "Exception ignored ...
+        # Traceback" and went on), so leave at once
+        os._exit(130)
     sys.exit(130)
 
 
@@ -30,8 +36,7 @@ def _usual_ctrl_c(installed: bool) -> None:
 
 _IMPORTING = _quiet_ctrl_c()
 
-import os  # noqa: E402  (after the Ctrl-C handler, like everything below)
-import time  # noqa: E402
+import time  # noqa: E402  (after the Ctrl-C handler, like everything below)
 import traceback  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import List, Optional  # noqa: E402

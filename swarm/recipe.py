@@ -497,7 +497,7 @@ class CheckpointConfig(_Section):
     @field_validator("dir")
     @classmethod
     def _only_run_id_expands(cls, value: str) -> str:
-        """`dir` names no placeholder but {run_id}: another one was kept as is, a literal folder `{run}`."""
+        """`dir` uses no placeholder but {run_id} (another would be taken as part of a folder name)."""
         unknown = sorted(set(re.findall(r"\{[^{}]*\}", value)) - {"{run_id}"})
         if unknown:
             raise ValueError(f"{', '.join(unknown)} is not a placeholder: only {{run_id}} expands (for example "
