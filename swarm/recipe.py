@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import glob
+import decimal
 import hashlib
 import json
 import math
@@ -831,6 +832,14 @@ class _RecipeLoader(yaml.SafeLoader):
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
 
+
+# a whole number written with an exponent (`max_samples: 1e6`): an int, which a count takes and a float field too (a
+# float 1000000.0 was refused as "expected a whole number"). First: PyYAML tries the resolvers in the order added.
+_WHOLE_WITH_EXPONENT = "tag:swarm,2026:whole-with-exponent"
+_RecipeLoader.add_implicit_resolver(_WHOLE_WITH_EXPONENT, re.compile(r"^[-+]?[0-9][0-9_]*[eE]\+?[0-9]+$"),
+                                    list("-+0123456789"))
+_RecipeLoader.add_constructor(_WHOLE_WITH_EXPONENT,
+                              lambda loader, node: int(decimal.Decimal(loader.construct_scalar(node).replace("_", ""))))
 
 # a number with an exponent and no dot, which YAML 1.1 leaves a string and YAML 1.2 reads as a float (`3e-4`, `1E5`);
 # added for this loader only (PyYAML copies the resolver table into the class that adds one)

@@ -508,3 +508,16 @@ def test_a_checkpoint_dir_placeholder_other_than_run_id_is_refused():
         parse_recipe({"run": {"id": "r"}, "checkpoint": {"dir": "runs/{run}/ck"}})
     assert parse_recipe({"run": {"id": "r"}, "checkpoint": {"dir": "runs/{run_id}/ck"}}).checkpoint_dir() == \
         Path("runs/r/ck")
+
+
+def test_a_whole_number_written_with_an_exponent_is_a_whole_number(tmp_path):
+    """`max_samples: 1e6` was refused as "expected a whole number (got 1000000.0)" (newcomer tester); `lr: 3e-4` stays
+    the float it was, and a float field takes a whole number."""
+    path = tmp_path / "recipe.yaml"
+    path.write_text("run: {id: r}\nlimits: {max_samples: 1e6, max_epochs: 2E3}\n"
+                    "optimizer: {lr: 3e-4, weight_decay: 1e0}\n")
+    recipe = load_recipe(path)
+    assert (recipe.limits.max_samples, recipe.limits.max_epochs) == (1_000_000, 2000)
+    assert (recipe.optimizer.lr, recipe.optimizer.weight_decay) == (3e-4, 1.0)
+    path.write_text("run: {id: r}\nlimits: {max_samples: 1e100}\n")
+    assert load_recipe(path).limits.max_samples == 10**100  # exact, not through a float
