@@ -1158,13 +1158,16 @@ class VerifyReport(BaseModel):
             return f"{self.source}: an empty ledger, nothing signed yet"
         trusted = ""
         if self.trusted_tree_size is not None:
-            what = f"the version's ledger head ({HEAD_FILE})" if self.trusted_from == "version head" else \
-                "the trusted checkpoint"
-            trusted = f"; it extends {what} of {self.trusted_tree_size} entries"
+            trusted = f"; it extends {_trusted_name(self.trusted_from)} of {self.trusted_tree_size} entries"
         return (
             f"{self.source}: ledger of run {self.run_id} verifies: {self.entries} entries, {self.checkpoints} "
             f"signed checkpoints, root {self.root_hash} signed by key {self.key_id}{trusted}"
         )
+
+
+def _trusted_name(trusted_from: str | None) -> str:
+    """How messages name the checkpoint a log must extend: given with --trusted, or a version's ledger head."""
+    return f"the version's ledger head ({HEAD_FILE})" if trusted_from == "version head" else "the trusted checkpoint"
 
 
 class _Problem(Exception):
@@ -1221,8 +1224,7 @@ class _Verification:
         self.pinned_id = pinned_id
         self.trusted = trusted
         self.trusted_from = trusted_from
-        self.trusted_name = f"the version's ledger head ({HEAD_FILE})" if trusted_from == "version head" else \
-            "the trusted checkpoint"
+        self.trusted_name = _trusted_name(trusted_from)
         self.public_key: Ed25519PublicKey | None = None
         self.key_id: str | None = None
         self.checkpoints: list[SignedCheckpoint] = []
@@ -1486,11 +1488,6 @@ class _Verification:
                 "trusted_bad_signature",
                 f"the trusted checkpoint (key {_short(trusted.key_id)}) does not verify with {PUBLIC_KEY_FILE} "
                 f"(key {_short(self.key_id or '')}): the coordinator's key changed since you saved it",
-            )
-        if self.run_id is not None and trusted.run_id != self.run_id:
-            raise _Problem(
-                "trusted_run_mismatch",
-                f"{name} is for run {trusted.run_id!r}, this ledger for run {self.run_id!r}",
             )
         size = self.tree.size
         if trusted.tree_size > size:
