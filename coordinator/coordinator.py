@@ -310,10 +310,8 @@ class Coordinator:
         if newest is None:
             return
         epoch = published_epoch(newest)
-        try:
-            run_id = json.loads((newest / "swarm.json").read_text(encoding="utf-8"))["recipe"]["run"]["id"]
-        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
-            run_id = None  # an older or damaged swarm.json: loading it below says what is wrong, if anything
+        # an older or damaged swarm.json names no run: loading it below says what is wrong, if anything
+        run_id = ((self._newest_version_recipe() or {}).get("run") or {}).get("id")
         if isinstance(run_id, str) and run_id != self.recipe.run.id:
             # a shared checkpoint.dir without {run_id}, or a reused --checkpoint-dir: this run would have trained on
             # from the other run's weights (or ended at once, at its epoch) and written its versions in among them
@@ -379,6 +377,7 @@ class Coordinator:
         logger.info(f"Serving run {self.recipe.run.id!r} alongside coordinator {existing.coordinator_peer_id}")
 
     def _newest_version_recipe(self) -> dict | None:
+        """The recipe in the newest version's swarm.json, or None (no version, or not readable)."""
         newest = latest_version(self.checkpoint_dir)
         try:
             recipe = json.loads((newest / "swarm.json").read_text(encoding="utf-8"))["recipe"] if newest else None
@@ -487,9 +486,9 @@ class Coordinator:
             if changes is None:
                 logger.warning(f"{path} belongs to another version of the recipe; starting the run clock anew")
                 return addresses
-            if training_changes(changes):
+            self._training_changed = training_changes(changes)
+            if self._training_changed:
                 # volunteers training now run the earlier recipe: checked once the DHT is up (_check_recipe_change)
-                self._training_changed = training_changes(changes)
                 logger.warning(f"The recipe changes the training since the last launch "
                                f"({', '.join(self._training_changed)}): starting the run clock anew")
                 return addresses
