@@ -1003,7 +1003,7 @@ class Coordinator:
         except DHTLostError:
             if outcome != DHT_LOST:  # else the error that ends the process says it
                 logger.warning(f"{self.dht_lost} Saving the ledger and status without it.")
-        # credit first, so that the final version's model card and ledger copy carry it. A run that goes on
+        # credit first, so that the final version's model card and ledger head carry it. A run that goes on
         # (stopped coordinator) is credited only as far as claims had time to arrive; a restart credits the rest.
         self._credit(self.view.epoch + 1 if outcome == FINISHED else self._finalizable_epoch(), announce=False)
         path = None
@@ -1267,7 +1267,7 @@ def _dashboard_error(host: str, port: int, error: OSError) -> UsageError:
 
 
 def _copy_version_files(version: Path, target: Path) -> None:
-    """The files of a published version (model, config, tokenizer, card; not its ledger copy) into `target`."""
+    """The files of a published version (model, config, tokenizer, card; not its ledger head) into `target`."""
     target.mkdir(parents=True, exist_ok=True)
     for item in version.iterdir():
         if item.is_file():
