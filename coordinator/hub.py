@@ -805,14 +805,16 @@ def publish_versions(checkpoint_dir: Path, epochs: list[int] | None = None, repo
         if not repo_id:
             raise UsageError(f"the recipe of {newest / 'swarm.json'} names no Hub repo (checkpoint.hub_repo_id): pass "
                              "--repo <namespace/name>")
+    from swarm.ledger import ENTRIES_FILE
+
     if ledger_dir is None:
         beside = checkpoint_dir.parent / "ledger"
-        ledger_dir = beside if (beside / "entries.jsonl").is_file() else None
+        ledger_dir = beside if (beside / ENTRIES_FILE).is_file() else None
         if ledger_dir is None:
             logger.warning(f"No ledger next to {checkpoint_dir} ({beside}): the versions are uploaded with their "
                            "ledger heads only; pass --ledger-dir to upload the run's ledger with them")
-    elif not (Path(ledger_dir) / "entries.jsonl").is_file():
-        raise UsageError(f"--ledger-dir {ledger_dir} is not a ledger folder (it has no entries.jsonl): give the run's "
+    elif not (Path(ledger_dir) / ENTRIES_FILE).is_file():
+        raise UsageError(f"--ledger-dir {ledger_dir} is not a ledger folder (it has no {ENTRIES_FILE}): give the run's "
                          "ledger folder (next to its checkpoints, or the coordinator's --ledger-dir)")
     publisher = HubPublisher(repo_id, endpoint=endpoint, request_timeout_s=request_timeout_s, ledger_dir=ledger_dir)
     publisher.ensure_repo(run_id=mark.run_id, recipe_fingerprint=mark.recipe_fingerprint)
