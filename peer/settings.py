@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,13 +65,23 @@ class VolunteerSettings:
         return parse_hours(self.hours) if self.hours is not None else None
 
 
-def _make_folder(flag: str, folder: Path, fix: str, of: str | None = None) -> None:
-    """Create the folder a flag names (or that holds the file it names, `of`): a flag that cannot be used fails now
-    with its name and the fix, not as a traceback (or a silent loss) once the swarm is joined."""
+def _check_folder(flag: str, folder: Path, fix: str, of: str | None = None) -> None:
+    """The folder a flag names (or that holds the file it names, `of`) is one, or can be made where a file does not
+    block it: checked without creating anything."""
     given = of if of is not None else folder
     if folder.exists() and not folder.is_dir():
         where = "is a file" if of is None else f"is in {folder}, which is a file"
         raise UsageError(f"{flag} {given}: {where}; {fix}")
+    blocker = next((parent for parent in folder.parents if parent.exists()), None)
+    if not folder.exists() and blocker is not None and not blocker.is_dir():
+        raise UsageError(f"{flag} {given}: cannot create {folder}, as {blocker} is a file; {fix}")
+
+
+def _make_folder(flag: str, folder: Path, fix: str, of: str | None = None) -> None:
+    """Create the folder a flag names (or that holds the file it names, `of`): a flag that cannot be used fails now
+    with its name and the fix, not as a traceback (or a silent loss) once the swarm is joined."""
+    _check_folder(flag, folder, fix, of)
+    given = of if of is not None else folder
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -83,11 +94,17 @@ def _make_folder(flag: str, folder: Path, fix: str, of: str | None = None) -> No
 def check_local_settings(s: VolunteerSettings) -> None:
     """The flags that need no swarm and no torch; they change nothing on disk. A mistake is reported at once, not
     after the connection (or as "could not reach any initial peer" when the swarm is down, or a crash mid-training).
-    `--device` and `--threads` need torch (`pick_hardware`), and the folders are made after them
-    (`make_local_folders`)."""
+    Whether this machine has the `--device` needs torch (`pick_hardware`), and the folders are made after it
+    (`make_local_folders`); a file in a folder's way is named here."""
     if s.micro_batch_size is not None and s.micro_batch_size < 1:
         raise UsageError(f"--micro-batch-size {s.micro_batch_size}: must be at least 1 (leave it out to pick one "
                          "for this hardware)")
+    if s.threads is not None and s.threads < 1:  # as `pick_hardware` says it, before torch is imported
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        raise UsageError(f"--threads (or SWARM_THREADS) must be at least 1, not {s.threads}: leave it out to use "
+                         f"all {cores} CPU cores")
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", s.device):  # whether this machine has it needs torch
+        raise UsageError(f"--device {s.device!r}: use auto, cpu, cuda, cuda:N or mps")
     if s.display not in ("auto", "rich", "log", "none"):
         raise UsageError(f"--display {s.display!r}: use auto, rich, log or none")
     if s.compile not in ("auto", "on", "off"):
@@ -108,6 +125,10 @@ def check_local_settings(s: VolunteerSettings) -> None:
     if s.stats_file and Path(s.stats_file).is_dir():
         raise UsageError(f"--stats-file {s.stats_file}: is a folder; give a file path (e.g. "
                          f"{Path(s.stats_file) / 'stats.json'})")
+    if s.cache_dir:  # made later (`make_local_folders`): a file in the way is named now, before torch is imported
+        _check_folder("--cache-dir", Path(s.cache_dir), "give a folder")
+    if s.stats_file:
+        _check_folder("--stats-file", Path(s.stats_file).parent, "give a file path in a folder", of=s.stats_file)
     if s.from_checkpoint:
         path, _, revision = s.from_checkpoint.partition("@")
         local = Path(s.from_checkpoint)

@@ -58,10 +58,19 @@ def test_a_bad_local_flag_is_named_before_connecting(tmp_path, flags, named):
     assert "could not reach" not in output and "Traceback" not in output, output
 
 
-@pytest.mark.parametrize("flag, value, named", [("--display", "bogus", "--display 'bogus'"),
-                                                ("--hours", "10pm-7am", "--hours 10pm-7am (or SWARM_HOURS)")])
+@pytest.mark.parametrize("flag, value, named", [
+    ("--display", "bogus", "--display 'bogus'"),
+    ("--hours", "10pm-7am", "--hours 10pm-7am (or SWARM_HOURS)"),
+    ("--threads", "0", "--threads (or SWARM_THREADS) must be at least 1, not 0"),
+    ("--device", "tpu", "--device 'tpu': use auto, cpu, cuda, cuda:N or mps"),
+    ("--cache-dir", "{afile}", "--cache-dir {afile}: is a file; give a folder"),
+    ("--stats-file", "{afile}/stats.json", "--stats-file {afile}/stats.json: is in {afile}, which is a file"),
+])
 def test_a_bad_local_flag_is_named_before_torch_and_hivemind_are_imported(tmp_path, flag, value, named):
     # they take seconds to import: a mistyped flag was named only after them
+    afile = tmp_path / "afile"
+    afile.write_text("not a folder")
+    value, named = value.format(afile=afile), named.format(afile=afile)
     completed = subprocess.run(
         [sys.executable, "-X", "importtime", "-m", "swarm.cli", "join", "--initial-peers", _unused_address(),
          "--identity", str(tmp_path / "identity"), flag, value],
