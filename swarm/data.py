@@ -29,6 +29,8 @@ How the parts fit:
   on into the next shards if it needs more. Peers therefore rarely read the same samples in one step.
 - **Streaming.** `StreamingBlocks` does the same job for a streamed `datasets` dataset that is too big to
   tokenise up front: each peer starts at a dataset file picked from its id and shuffles with its own seed.
+- **Checking.** `check_local_data` reads the first rows of the data through these same readers, for `swarm recipe
+  validate`: a wrong split or text field shows before a launch, not minutes into its tokenising.
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ from swarm.errors import SwarmError, UsageError
 from swarm.tokenizer import Tokenizer, token_dtype
 
 if TYPE_CHECKING:
-    from swarm.recipe import DataConfig
+    from swarm.recipe import DataConfig, RecipeProblem
 
 logger = logging.getLogger(__name__)
 
@@ -1238,3 +1240,226 @@ def build_data(
         blocks = TokenBlocks(cfg, tokenizer, cache_dir=cache_dir, identity=identity, hf_cache_dir=hf_cache_dir)
         train = PeerSampler(blocks, peer_id, cfg)
     return TrainingData(train=train, identity=identity, val_samples=cfg.val_samples)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A look at the data before a launch (`swarm recipe validate`)
+# ---------------------------------------------------------------------------------------------------------------
+
+# Rows `check_local_data` reads to check the text field, then on until one holds text (at most
+# _ROWS_SEARCHED_FOR_TEXT): a wrong text_field or empty data shows in the first rows, and a big corpus costs no more
+# than a small one.
+_ROWS_CHECKED = 20
+_ROWS_SEARCHED_FOR_TEXT = 1000
+
+
+@dataclass(frozen=True)
+class DataCheck:
+    """What `check_local_data` found: `problems` at key paths, each with its fix, as the recipe's own problems are;
+    `checked`, whether the data was looked at; `note`, what was checked or why not (the ok line of `swarm recipe
+    validate` ends with it)."""
+
+    checked: bool
+    note: str
+    problems: list["RecipeProblem"]
+
+
+def check_local_data(cfg: "DataConfig") -> DataCheck:
+    """A quick look at the data a recipe names, where it is on this machine, through the readers `swarm launch`
+    uses, so that a wrong path, split or text field shows before a launch instead of minutes into one.
+
+    >>> from swarm.recipe import DataConfig
+    >>> check_local_data(DataConfig(source="hub", dataset="HuggingFaceFW/fineweb-edu", text_field="text")).note
+    "data not checked: Hub dataset 'HuggingFaceFW/fineweb-edu', read at launch"
+
+    Checks that the files exist and can be read, that the split exists, that the first rows hold `text_field` and
+    that there is text to train on; for this Python's standard library and text files, whose document ids are their
+    names, also that the held-out validation split and the training split both get documents. It reads at most a few
+    rows (a text file's size stands for its text) and tokenises nothing, so problems that only tokenising shows (too
+    little text for one sample of seq_len) still come at launch. A Hub dataset is not fetched: no network call.
+    """
+    from swarm.recipe import RecipeProblem
+
+    problems: list[RecipeProblem] = []
+    if cfg.val_fraction == 0:
+        problems.append(RecipeProblem(path="data.val_fraction", message=(
+            "0 holds out no documents, and a launch measures the validation loss on them: set it above 0, such as "
+            "0.02")))
+    if cfg.source == "stdlib":
+        note = _check_stdlib(cfg, problems)
+    elif cfg.source == "files":
+        note = _check_data_files(cfg, problems)
+    else:
+        try:
+            local = _local_dataset(cfg.dataset or "")
+        except UsageError as error:
+            problems.append(_usage_problem(error, "data.dataset"))
+            return DataCheck(checked=True, note=f"data checked: local dataset {cfg.dataset!r}", problems=problems)
+        if local is None:
+            note = f"data not checked: Hub dataset {cfg.dataset!r}, read at launch"
+            return DataCheck(checked=False, note=note, problems=problems)
+        note = _check_local_dataset(cfg, local, problems)
+    return DataCheck(checked=True, note=note, problems=problems)
+
+
+def _usage_problem(error: UsageError, default_path: str) -> "RecipeProblem":
+    """A UsageError of the data readers as a problem at the key it names: as "data.split: ..." or in its fix ("set
+    data.text_field to ...")."""
+    from swarm.recipe import RecipeProblem
+
+    message = str(error)
+    named = re.match(r"(data\.\w+): ", message)
+    if named:
+        return RecipeProblem(path=named.group(1), message=message[named.end():])
+    fix = re.search(r"\bset (data\.\w+)", message)
+    return RecipeProblem(path=fix.group(1) if fix else default_path, message=message)
+
+
+def _unreadable_file(files: Iterable[tuple[str, Path]], key: str) -> "RecipeProblem | None":
+    from swarm.recipe import RecipeProblem
+
+    for _, path in files:
+        try:
+            descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # non-blocking: a named pipe must not hang this
+        except OSError as error:
+            reason = error.strerror or type(error).__name__
+            return RecipeProblem(path=key, message=f"{str(path)!r} cannot be read ({reason}): give this user read "
+                                                   "access to it (chmod a+r), or leave it out")
+        os.close(descriptor)
+    return None
+
+
+def _split_problem(names: list[str], cfg: "DataConfig") -> "RecipeProblem | None":
+    """Whether the documents named `names` (ids, in a non-empty list) leave both the training and the validation split
+    some: a document is held out whole, by a hash of its id."""
+    from swarm.recipe import RecipeProblem
+
+    held_out = sum(is_validation(name, cfg.seed, cfg.val_fraction) for name in names)
+    if cfg.val_fraction > 0 and held_out == 0:
+        return RecipeProblem(path="data.val_fraction", message=(
+            f"no document is held out for validation ({len(names)} in all; whole documents are, picked by "
+            "data.seed), and a launch measures the validation loss on them: raise data.val_fraction, add files, or "
+            "try another data.seed"))
+    if held_out == len(names):
+        return RecipeProblem(path="data.val_fraction", message=(
+            f"every document is held out for validation ({len(names)} in all; whole documents are, picked by "
+            "data.seed), which leaves none to train on: lower data.val_fraction, add files, or try another data.seed"))
+    return None
+
+
+def _files(count: int, kind: str = "") -> str:
+    return f"{count} {kind + ' ' if kind else ''}file{'' if count == 1 else 's'}"
+
+
+def _rows_with_text(documents: Iterable[tuple[str, str]]) -> tuple[int, bool]:
+    """(rows read, whether one held text): `_ROWS_CHECKED` rows, or on until one holds text."""
+    rows, has_text = 0, False
+    for _, text in documents:
+        rows += 1
+        has_text = has_text or bool(text)
+        if (rows >= _ROWS_CHECKED and has_text) or rows >= _ROWS_SEARCHED_FOR_TEXT:
+            break
+    return rows, has_text
+
+
+def _check_stdlib(cfg: "DataConfig", problems: list["RecipeProblem"]) -> str:
+    from swarm.recipe import RecipeProblem
+
+    listing = stdlib_files(cfg.stdlib_max_files)
+    implementation = platform.python_implementation().replace("CPython", "Python")
+    if not listing:
+        problems.append(RecipeProblem(path="data.source", message=(
+            f"'stdlib' trains on this Python's standard-library sources, and {sysconfig.get_paths()['stdlib']} holds "
+            "none: run swarm under a Python that ships them (from python.org, pyenv or `uv python install`), or set "
+            "data.source to files or hub")))
+    elif cfg.val_fraction > 0:
+        problems += [problem for problem in [_split_problem([name for name, _ in listing], cfg)] if problem]
+    return f"data checked: {implementation} {platform.python_version()} standard library, {_files(len(listing))}"
+
+
+def _check_data_files(cfg: "DataConfig", problems: list["RecipeProblem"]) -> str:
+    from swarm.recipe import RecipeProblem
+
+    try:
+        listing = data_files(cfg.files)
+    except UsageError as error:
+        problems.append(_usage_problem(error, "data.files"))
+        return f"data checked: {cfg.format} files"
+    note = f"data checked: {_files(len(listing), cfg.format)}"
+    unreadable = _unreadable_file(listing, "data.files")
+    if unreadable:
+        problems.append(unreadable)
+        return note
+    if cfg.format == "text":
+        # a text file is one document, and any byte in it is text: its size says whether it is empty, unread
+        names = [name for name, path in listing if path.stat().st_size > 0]
+        if not names:
+            problems.append(RecipeProblem(path="data.files", message=(
+                f"every file it matches is empty ({_files(len(listing))}): the training data would be empty; put "
+                "text in them or point data.files at the files that hold it")))
+        elif cfg.val_fraction > 0:
+            problems += [problem for problem in [_split_problem(names, cfg)] if problem]
+        return note
+    try:
+        rows, has_text = _rows_with_text(iter_documents(cfg))
+    except UsageError as error:
+        problems.append(_usage_problem(error, "data.files"))
+        return note
+    if rows == 0:
+        problems.append(RecipeProblem(path="data.files", message=(
+            f"no file it matches holds a row ({_files(len(listing), 'jsonl')}): the training data would be empty; "
+            "add rows (one JSON object per line) or point data.files at the files that hold them")))
+    elif not has_text and rows < _ROWS_SEARCHED_FOR_TEXT:
+        problems.append(RecipeProblem(path="data.text_field", message=(
+            f"{cfg.text_field!r} is empty in every row of the data ({rows} in all): set data.text_field to the "
+            "field that holds the text")))
+    return f"{note}, field {cfg.text_field!r} in the first rows"
+
+
+def _check_local_dataset(cfg: "DataConfig", local: LocalDataset, problems: list["RecipeProblem"]) -> str:
+    from swarm.recipe import RecipeProblem
+
+    text_field = _hub_text_field(cfg)
+    layout = "save_to_disk" if local.layout == "save_to_disk" else f"{local.layout} files"
+    note = (f"data checked: local dataset {local.path.name!r} ({layout}, {_files(len(local.files))}), split "
+            f"{cfg.split!r}, field {text_field!r} in the first rows")
+    unreadable = _unreadable_file(local.files, "data.dataset")
+    if unreadable:
+        problems.append(unreadable)
+        return note
+    # Streamed even where the recipe says streaming: false (a launch then builds the whole dataset): a stream reads
+    # only the first rows. `datasets` still writes lock files in its cache: a folder of their own goes with the check.
+    with tempfile.TemporaryDirectory(prefix="swarm-check-") as hf_cache_dir:
+        try:
+            dataset = _load_hub_dataset(cfg, streaming=True, hf_cache_dir=hf_cache_dir)
+            documents = (
+                document
+                for file_index in range(dataset.num_shards)
+                for document in _streamed_documents(dataset, file_index, text_field, cfg.dataset or "")
+            )
+            rows, has_text = _rows_with_text(documents)
+        except UsageError as error:
+            problems.append(_usage_problem(error, "data.dataset"))
+            return note
+        except StopIteration:
+            # `datasets`' json builder reads a first table to learn the columns; with no row in the files there is
+            # none (a launch then stops with "generator raised StopIteration")
+            rows, has_text = 0, False
+        except Exception as error:  # whatever `datasets` raises on files it cannot read: a line, not a traceback
+            logger.debug("Reading the dataset failed", exc_info=True)
+            problems.append(RecipeProblem(path="data.dataset", message=(
+                f"{cfg.dataset!r} cannot be read by `datasets` ({type(error).__name__}: {error}): fix or remove the "
+                "file it names")))
+            return note
+    if rows == 0:
+        problems.append(RecipeProblem(path="data.dataset", message=(
+            f"{cfg.dataset!r} has no rows in split {cfg.split!r}: the training data would be empty; add rows, or set "
+            "data.split to a split that has them")))
+    elif not has_text and rows < _ROWS_SEARCHED_FOR_TEXT and local.layout == "text":
+        problems.append(RecipeProblem(path="data.dataset", message=(
+            f"the .txt files of {cfg.dataset!r} are all empty: the training data would be empty; put text in them")))
+    elif not has_text and rows < _ROWS_SEARCHED_FOR_TEXT:
+        problems.append(RecipeProblem(path="data.text_field", message=(
+            f"{text_field!r} is empty in every row of the data ({rows} in all): set data.text_field to the column "
+            "that holds the text")))
+    return note

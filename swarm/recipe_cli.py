@@ -1,7 +1,8 @@
 """`swarm recipe ...`: check recipes before a run, see every default they resolve to, export the schema.
 
 Problems are printed one per line as `FILE: KEY.PATH: what to fix`, all of them in one go, and the command
-exits 2; nothing here prints a traceback, whatever the file holds.
+exits 2; nothing here prints a traceback, whatever the file holds. `validate` also looks at the data a recipe names
+where it is on this machine (`swarm.data.check_local_data`), with the readers a launch uses.
 """
 
 from __future__ import annotations
@@ -20,13 +21,25 @@ recipe_app = typer.Typer(help="Check and inspect recipes.", no_args_is_help=True
 _INVALID = 2  # exit code for invalid input, as everywhere in swarm
 
 
-def check_recipe_file(path: str) -> dict[str, Any]:
-    """One file's validation report: the form `swarm recipe validate --json` prints for each file."""
+def check_recipe_file(path: str, check_data: bool = True) -> dict[str, Any]:
+    """One file's validation report: the form `swarm recipe validate --json` prints for each file.
+
+    A recipe that passes the schema also gets `data`: whether its data was checked and the note that says what was
+    checked or why not; problems with the data make it invalid like any other. `check_data=False` skips the data.
+    """
     try:
         recipe = load_recipe(path)
     except RecipeError as error:
         return {"file": path, "valid": False, "problems": [problem.model_dump() for problem in error.problems]}
-    return {"file": path, "valid": True, "run_id": recipe.run.id, "fingerprint": recipe.fingerprint, "problems": []}
+    if check_data:
+        from swarm.data import check_local_data
+
+        check = check_local_data(recipe.data)
+        data, problems = {"checked": check.checked, "note": check.note}, check.problems
+    else:
+        data, problems = {"checked": False, "note": "data not checked: --no-data"}, []
+    return {"file": path, "valid": not problems, "run_id": recipe.run.id, "fingerprint": recipe.fingerprint,
+            "data": data, "problems": [problem.model_dump() for problem in problems]}
 
 
 def _start(verbose: bool) -> None:
@@ -43,22 +56,27 @@ def _print_problems(source: str, problems: list[RecipeProblem]) -> None:
 def validate(
     files: Annotated[list[str], typer.Argument(help="Recipe files (YAML).", show_default=False)],
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON report for all files on stdout.")] = False,
+    no_data: Annotated[bool, typer.Option("--no-data", help="Check the recipe alone, not the data it names.")] = False,
     verbose: VerboseOption = False,
 ) -> None:
     """Check recipes the way a launch would, reporting every problem of every file at once.
 
-    Valid files print `ok: FILE (run RUN_ID)`; each problem prints `FILE: KEY.PATH: message` on stderr.
-    Exits 0 when every file is valid, 2 otherwise.
+    The data a recipe names is checked too where it is on this machine (files, a local dataset, this Python's
+    standard library), from its first rows: the files can be read, the split exists, `data.text_field` is in the
+    rows, and there is text to train on. A Hub dataset is not fetched: it is read at launch.
+
+    Valid files print `ok: FILE (run RUN_ID); data checked: ...` (or `data not checked: WHY`); each problem prints
+    `FILE: KEY.PATH: message` on stderr. Exits 0 when every file is valid, 2 otherwise.
     """
     _start(verbose)
-    reports = [check_recipe_file(path) for path in files]
+    reports = [check_recipe_file(path, check_data=not no_data) for path in files]
     invalid = [report for report in reports if not report["valid"]]
     if as_json:
         typer.echo(json.dumps({"valid": not invalid, "files": reports}, indent=2))
     else:
         for report in reports:
             if report["valid"]:
-                typer.echo(f"ok: {report['file']} (run {report['run_id']})")
+                typer.echo(f"ok: {report['file']} (run {report['run_id']}); {report['data']['note']}")
             else:
                 _print_problems(report["file"], [RecipeProblem(**problem) for problem in report["problems"]])
         if invalid and len(reports) > 1:

@@ -1,0 +1,284 @@
+"""`swarm recipe validate` looks at the data a recipe names where it is on this machine: a wrong text field, a
+missing split or empty data exits 2 at the key to fix, instead of minutes into `swarm launch`; a Hub dataset is left
+for the launch, without a network call."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
+import pyarrow
+import pyarrow.parquet
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from swarm import data as data_module
+from swarm.recipe_cli import recipe_app
+
+runner = CliRunner()
+
+
+def _recipe(folder: Path, **data) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "run.yaml"
+    path.write_text(yaml.safe_dump({"run": {"id": "data-check"}, "data": {"seq_len": 16, **data}}))
+    return path
+
+
+def _validate(*arguments: str):
+    result = runner.invoke(recipe_app, ["validate", *arguments])
+    assert "Traceback" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    return result
+
+
+def _refused(recipe: Path, key: str, *fragments: str, arguments: tuple[str, ...] = ()) -> str:
+    """The problem line at `key` of a recipe that validate refuses (exit 2), checked for `fragments`."""
+    result = _validate(*arguments, str(recipe))
+    assert result.exit_code == 2, result.output
+    assert result.stdout == ""
+    lines = [line for line in result.stderr.splitlines() if line.startswith(f"{recipe}: {key}: ")]
+    assert lines, result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+def _ok(recipe: Path, *fragments: str) -> str:
+    result = _validate(str(recipe))
+    assert result.exit_code == 0, result.output
+    line = result.stdout.strip()
+    assert line.startswith(f"ok: {recipe} (run data-check); data checked: "), line
+    for fragment in fragments:
+        assert fragment in line, line
+    return line
+
+
+def _jsonl(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+ROWS = [{"content": f"document {index} " * 4, "id": index} for index in range(30)]
+
+
+# --- good data ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("layout", ["jsonl-folder", "jsonl-file", "csv", "parquet", "save_to_disk", "txt-folder"])
+def test_a_local_dataset_that_launch_can_read_prints_ok_with_what_was_checked(tmp_path, layout):
+    folder = tmp_path / "run"
+    if layout == "jsonl-folder":
+        _jsonl(folder / "corpus" / "train-00.jsonl", ROWS[:15])
+        _jsonl(folder / "corpus" / "train-01.jsonl", ROWS[15:])
+        dataset, shown = "corpus", "(json files, 2 files)"
+    elif layout == "jsonl-file":
+        _jsonl(folder / "train.jsonl", ROWS)
+        dataset, shown = "train.jsonl", "(json files, 1 file)"
+    elif layout == "csv":
+        folder.mkdir()
+        (folder / "train.csv").write_text("id,content\n" + "".join(f"{row['id']},{row['content']}\n" for row in ROWS))
+        dataset, shown = "train.csv", "(csv files, 1 file)"
+    elif layout == "parquet":
+        folder.mkdir()
+        pyarrow.parquet.write_table(pyarrow.Table.from_pylist(ROWS), folder / "train.parquet")
+        dataset, shown = "train.parquet", "(parquet files, 1 file)"
+    elif layout == "save_to_disk":
+        import datasets
+
+        datasets.Dataset.from_list(ROWS).save_to_disk(str(folder / "saved"), num_shards=2)
+        dataset, shown = "saved", "(save_to_disk, 2 files)"
+    else:
+        for index in range(3):
+            (folder / "texts" / f"{index}.txt").parent.mkdir(parents=True, exist_ok=True)
+            (folder / "texts" / f"{index}.txt").write_text(f"text {index}")
+        dataset, shown = "texts", "(text files, 3 files)"
+    recipe = _recipe(folder, source="hub", dataset=dataset, text_field="content")
+    _ok(recipe, f"local dataset {Path(dataset).name!r} {shown}, split 'train'")
+
+
+@pytest.mark.parametrize("data_format", ["text", "jsonl"])
+def test_local_data_files_that_launch_can_read_print_ok(tmp_path, data_format):
+    folder = tmp_path / "run"
+    if data_format == "jsonl":
+        _jsonl(folder / "data" / "a.jsonl", ROWS[:15])
+        _jsonl(folder / "data" / "b.jsonl", ROWS[15:])
+    else:
+        for index in range(40):
+            (folder / "data").mkdir(parents=True, exist_ok=True)
+            (folder / "data" / f"{index}.txt").write_text(f"text {index}")
+    recipe = _recipe(folder, source="files", files=[f"data/*.{'jsonl' if data_format == 'jsonl' else 'txt'}"],
+                     format=data_format, text_field="content", val_fraction=0.1)
+    _ok(recipe, f"data checked: {40 if data_format == 'text' else 2} {data_format} files")
+
+
+def test_the_stdlib_default_prints_ok_with_the_python_and_its_files(tmp_path):
+    _ok(_recipe(tmp_path), "standard library", "files")
+
+
+def test_relative_data_paths_start_at_the_recipes_folder_wherever_validate_runs(tmp_path, monkeypatch):
+    _jsonl(tmp_path / "run" / "corpus" / "train.jsonl", ROWS)
+    recipe = _recipe(tmp_path / "run", source="hub", dataset="corpus", text_field="content")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    _ok(recipe, "local dataset 'corpus'")
+
+
+# --- problems ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("layout", ["jsonl", "csv", "parquet", "save_to_disk"])
+def test_a_text_field_the_rows_lack_names_the_columns_they_have(tmp_path, layout):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    if layout == "jsonl":
+        _jsonl(folder / "train.jsonl", ROWS)
+    elif layout == "csv":
+        (folder / "train.csv").write_text("id,content\n1,hello\n")
+    elif layout == "parquet":
+        pyarrow.parquet.write_table(pyarrow.Table.from_pylist(ROWS), folder / "train.parquet")
+    else:
+        import datasets
+
+        datasets.Dataset.from_list(ROWS).save_to_disk(str(folder / "train"))
+    name = "train" if layout == "save_to_disk" else f"train.{layout}"
+    recipe = _recipe(folder, source="hub", dataset=name, text_field="text")
+    _refused(recipe, "data.text_field", "no field 'text'", "'content'", "'id'", "set data.text_field")
+
+
+def test_a_jsonl_file_without_the_text_field_names_the_file_line_and_fields(tmp_path):
+    _jsonl(tmp_path / "run" / "a.jsonl", ROWS)
+    recipe = _recipe(tmp_path / "run", source="files", files=["a.jsonl"], format="jsonl", text_field="body")
+    _refused(recipe, "data.text_field", "a.jsonl, line 1: no field 'body'", "'content'", "set data.text_field")
+
+
+@pytest.mark.parametrize("layout", ["files", "save_to_disk"])
+def test_a_split_the_dataset_lacks_names_the_splits_it_has(tmp_path, layout):
+    folder = tmp_path / "run"
+    if layout == "files":
+        _jsonl(folder / "corpus" / "train.jsonl", ROWS)
+        _jsonl(folder / "corpus" / "test.jsonl", ROWS[:3])
+    else:
+        import datasets
+
+        splits = {"train": datasets.Dataset.from_list(ROWS), "test": datasets.Dataset.from_list(ROWS[:3])}
+        datasets.DatasetDict(splits).save_to_disk(str(folder / "corpus"))
+    recipe = _recipe(folder, source="hub", dataset="corpus", text_field="content", split="validation")
+    _refused(recipe, "data.split", "validation", "train", "test", "set data.split")
+
+
+@pytest.mark.parametrize("name, content", [
+    ("train.jsonl", ""), ("train.csv", "id,content\n"), ("corpus/train.jsonl", ""),
+], ids=["empty-jsonl", "csv-header-only", "folder-of-an-empty-file"])
+def test_a_dataset_with_no_rows_is_refused_as_empty(tmp_path, name, content):
+    (tmp_path / "run" / name).parent.mkdir(parents=True)
+    (tmp_path / "run" / name).write_text(content)
+    recipe = _recipe(tmp_path / "run", source="hub", dataset=name.split("/")[0], text_field="content")
+    _refused(recipe, "data.dataset", "has no rows in split 'train'", "the training data would be empty", "add rows")
+
+
+def test_a_column_with_no_text_in_any_row_is_refused(tmp_path):
+    _jsonl(tmp_path / "run" / "train.jsonl", [{"content": "", "title": f"t{index}"} for index in range(5)])
+    recipe = _recipe(tmp_path / "run", source="hub", dataset="train.jsonl", text_field="content")
+    _refused(recipe, "data.text_field", "'content' is empty in every row of the data (5 in all)")
+
+
+def test_a_folder_of_empty_text_files_is_refused(tmp_path):
+    (tmp_path / "run" / "texts").mkdir(parents=True)
+    (tmp_path / "run" / "texts" / "a.txt").write_text("")
+    recipe = _recipe(tmp_path / "run", source="hub", dataset="texts")
+    _refused(recipe, "data.dataset", "are all empty", "put text in them")
+
+
+def test_empty_data_files_are_refused(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "a.txt").write_text("")
+    (tmp_path / "run" / "b.jsonl").write_text("\n")
+    _refused(_recipe(tmp_path / "run", source="files", files=["*.txt"]), "data.files", "every file it matches is empty")
+    _refused(_recipe(tmp_path / "run", source="files", files=["*.jsonl"], format="jsonl"), "data.files",
+             "no file it matches holds a row", "one JSON object per line")
+
+
+def test_a_data_glob_matching_nothing_and_a_missing_dataset_name_the_path(tmp_path):
+    _refused(_recipe(tmp_path / "a", source="files", files=["corpus/*.txt"]), "data.files.0", "no file matches",
+             "fix the path")
+    _refused(_recipe(tmp_path / "b", source="hub", dataset="./corpus"), "data.dataset", "does not exist",
+             "fix the path")
+
+
+def test_a_data_file_that_cannot_be_read_is_named(tmp_path, monkeypatch):
+    # root (as in CI containers) reads any file whatever its mode: the refusal is simulated where the check opens it
+    _jsonl(tmp_path / "run" / "corpus" / "train.jsonl", ROWS)
+    locked = str(tmp_path / "run" / "corpus" / "train.jsonl")
+    real_open = os.open
+
+    def refusing_open(path, *arguments, **keywords):
+        if str(path) == locked:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *arguments, **keywords)
+
+    monkeypatch.setattr(os, "open", refusing_open)
+    recipe = _recipe(tmp_path / "run", source="hub", dataset="corpus", text_field="content")
+    _refused(recipe, "data.dataset", f"{locked!r} cannot be read (Permission denied)", "chmod a+r")
+
+
+def test_validation_splits_that_would_be_empty_are_refused(tmp_path):
+    # val_fraction 0 holds out nothing; the first stdlib file alone is not held out at 0.02; a launch fails on both
+    _refused(_recipe(tmp_path / "a", val_fraction=0), "data.val_fraction", "set it above 0")
+    _refused(_recipe(tmp_path / "b", stdlib_max_files=1), "data.val_fraction",
+             "no document is held out for validation (1 in all", "raise data.val_fraction")
+
+
+def test_a_python_without_its_standard_library_sources_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(data_module, "stdlib_files", lambda max_files=None: [])
+    _refused(_recipe(tmp_path), "data.source", "holds none", "set data.source to files or hub")
+
+
+def test_every_problem_of_a_recipe_is_reported_at_once_and_in_the_json_report(tmp_path):
+    _jsonl(tmp_path / "run" / "train.jsonl", ROWS)
+    recipe = _recipe(tmp_path / "run", source="hub", dataset="train.jsonl", text_field="text", val_fraction=0)
+    result = _validate("--json", str(recipe))
+    assert result.exit_code == 2
+    report = json.loads(result.stdout)
+    assert report["valid"] is False
+    (entry,) = report["files"]
+    assert [problem["path"] for problem in entry["problems"]] == ["data.val_fraction", "data.text_field"]
+    assert entry["data"]["checked"] is True
+
+
+# --- what is not checked -----------------------------------------------------------------------------------------
+
+
+def test_a_hub_dataset_is_not_fetched_and_the_ok_line_says_so(tmp_path, monkeypatch):
+    def no_network(*arguments, **keywords):
+        raise AssertionError("recipe validate must not use the network")
+
+    for name in ("getaddrinfo", "create_connection"):
+        monkeypatch.setattr(socket, name, no_network)
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    recipe = _recipe(tmp_path, source="hub", dataset="swarm-tests/no-such-dataset", text_field="text")
+    started = time.monotonic()
+    result = _validate(str(recipe))
+    assert time.monotonic() - started < 5
+    assert result.exit_code == 0, result.output
+    assert result.stdout == (f"ok: {recipe} (run data-check); data not checked: Hub dataset "
+                             "'swarm-tests/no-such-dataset', read at launch\n")
+    report = json.loads(_validate("--json", str(recipe)).stdout)["files"][0]
+    assert report["valid"] and report["data"] == {
+        "checked": False, "note": "data not checked: Hub dataset 'swarm-tests/no-such-dataset', read at launch"}
+
+
+def test_no_data_checks_the_recipe_alone(tmp_path):
+    _jsonl(tmp_path / "run" / "train.jsonl", ROWS)
+    recipe = _recipe(tmp_path / "run", source="hub", dataset="train.jsonl", text_field="text")
+    _refused(recipe, "data.text_field", "no field 'text'")
+    result = _validate("--no-data", str(recipe))
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f"ok: {recipe} (run data-check); data not checked: --no-data\n"
+    # the schema is still checked
+    _refused(_recipe(tmp_path / "bad", source="files", files=[]), "data.files", "empty", arguments=("--no-data",))
