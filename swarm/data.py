@@ -488,6 +488,11 @@ def _load_hub_dataset(cfg: "DataConfig", streaming: bool, hf_cache_dir: str | os
                 raise _unreadable_rows(cfg.dataset, error.__cause__ or error) from None
             except pyarrow.ArrowException as error:  # parquet reads each file's schema up front, even streamed
                 raise _unreadable_rows(cfg.dataset, error) from None
+            except StopIteration:
+                # the json builder reads a first table to learn the columns, and files without a row have none (in a
+                # generator, such as the callers', it became "RuntimeError: generator raised StopIteration")
+                raise UsageError(f"data.dataset: {cfg.dataset!r} has no rows in split {cfg.split!r}: the training "
+                                 "data would be empty; add rows to its files") from None
         try:
             return datasets.load_dataset(
                 cfg.dataset, cfg.dataset_config, split=cfg.split, revision=cfg.revision, streaming=streaming,

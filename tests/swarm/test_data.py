@@ -735,6 +735,16 @@ def test_a_local_data_file_that_datasets_cannot_parse_is_a_usage_error(tmp_path,
         assert message.startswith(f"data.dataset: {str(tmp_path / 'bad')!r} has a file that `datasets` cannot read")
 
 
+def test_a_local_jsonl_dataset_without_a_row_is_a_usage_error_not_a_stopiteration(tmp_path):
+    # `datasets` raised StopIteration reading the first table; a launch ended "RuntimeError: generator raised ..."
+    _write(tmp_path / "empty" / "a.jsonl", "")
+    _write(tmp_path / "empty" / "b.jsonl", "\n")
+    for streaming in (False, True):
+        message = _one_line_usage_error(_hub_cfg(tmp_path / "empty", streaming=streaming), tmp_path)
+        assert message == (f"data.dataset: {str(tmp_path / 'empty')!r} has no rows in split 'train': the training "
+                           "data would be empty; add rows to its files")
+
+
 def test_a_volunteer_gives_a_folder_holding_its_copy_of_a_one_file_dataset(tmp_path):
     organiser_file = _write(tmp_path / "organiser" / "ds" / "train.jsonl",
                             "".join(json.dumps({"content": f"<f/{row}> " * 6}) + "\n" for row in range(30)))
