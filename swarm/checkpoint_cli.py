@@ -7,6 +7,7 @@ holds another run), never a traceback.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import List, Optional
 
@@ -36,9 +37,28 @@ def publish(
     setup_logging(verbose)
     if bool(epoch) == all_missing:
         raise UsageError("give --epoch N (repeatable) or --all-missing: one of the two")
+    if repo is not None:
+        check_repo_id(repo)
     from coordinator.hub import publish_versions
 
     report = publish_versions(checkpoint_dir, epochs=list(epoch) or None, repo_id=repo, ledger_dir=ledger_dir)
     uploaded = ", ".join(f"epoch-{number:06d}" for number in report.uploaded) or "nothing"
     typer.echo(f"Uploaded {uploaded} to {report.repo_id}"
                + (f"; {len(report.already_there)} version(s) were there already" if report.already_there else ""))
+
+
+def check_repo_id(repo: str) -> None:
+    """Refuse a --repo that is not ORG/NAME, by the check `checkpoint.hub_repo_id` has in a recipe, so that the two
+    agree (a URL is refused by both; its ORG/NAME is named). Nothing is asked of the Hub."""
+    from pydantic import ValidationError
+
+    from swarm.errors import UsageError
+    from swarm.recipe import CheckpointConfig
+
+    try:
+        CheckpointConfig(hub_repo_id=repo)
+    except ValidationError:
+        address = re.fullmatch(r"https?://(?:www\.)?huggingface\.co/([^/?#\s]+/[^/?#\s]+)/?", repo.strip())
+        hint = f" (for that address: --repo {address.group(1)})" if address else ""
+        raise UsageError(f"--repo {repo!r} is not a Hub repo id: give it as ORG/NAME, for example "
+                         f"my-org/tiny-stdlib{hint}") from None

@@ -240,3 +240,45 @@ def test_help_on_an_80_column_terminal_cuts_no_flag_or_environment_variable_name
     assert completed.returncode == 0, completed.stderr
     assert max(len(line) for line in completed.stdout.splitlines()) <= 80, completed.stdout
     assert "…" not in completed.stdout, completed.stdout
+
+
+# --- swarm checkpoint publish --repo -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("repo, hint", [
+    ("a/b/c", ""), ("https://huggingface.co/my-org/tiny-stdlib", " (for that address: --repo my-org/tiny-stdlib)"),
+])
+def test_checkpoint_publish_refuses_a_repo_that_is_not_org_slash_name_at_once(tmp_path, repo, hint):
+    """Such a --repo went on to the folder and the Hub, and failed there with the Hub's own words."""
+    completed = swarm("checkpoint", "publish", "--checkpoint-dir", str(tmp_path / "absent"), "--all-missing",
+                      "--repo", repo)
+    assert_refused(completed)
+    assert completed.stderr.strip() == (f"error: --repo {repo!r} is not a Hub repo id: give it as ORG/NAME, for "
+                                        f"example my-org/tiny-stdlib{hint}")
+
+
+def test_checkpoint_publish_takes_the_repo_ids_a_recipe_takes():
+    """One check for both: a --repo is good where checkpoint.hub_repo_id is, and refused where it is refused."""
+    from pydantic import ValidationError
+
+    from swarm.checkpoint_cli import check_repo_id
+    from swarm.recipe import CheckpointConfig
+
+    for repo in ["my-org/tiny-stdlib", "Org_1/name.v2", "just-a-name", "a/b/c", "my org/tiny stdlib", "",
+                 "https://huggingface.co/org/name", "https://huggingface.co/datasets/org/name"]:
+        try:
+            CheckpointConfig(hub_repo_id=repo)
+            recipe_takes = True
+        except ValidationError:
+            recipe_takes = False
+        try:
+            check_repo_id(repo)
+            cli_takes = True
+        except UsageError as refused:
+            cli_takes = False
+            assert str(refused).startswith(f"--repo {repo!r} is not a Hub repo id: give it as ORG/NAME"), refused
+        assert cli_takes == recipe_takes, repo
+    with pytest.raises(UsageError, match=r"\(for that address: --repo org/name\)$"):
+        check_repo_id("https://huggingface.co/org/name/")
+    with pytest.raises(UsageError, match=r"my-org/tiny-stdlib$"):  # a dataset's address: no repo id to offer
+        check_repo_id("https://huggingface.co/datasets/org/name")
