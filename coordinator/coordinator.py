@@ -16,7 +16,6 @@ log says "The coordinator's DHT process ... has exited"), it saves the ledger an
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import math
@@ -1204,7 +1203,8 @@ class Coordinator:
 
 def volunteer_notes(recipe: Recipe) -> list[str]:
     """What a volunteer of this run must bring beyond `swarm join`, said at launch: copies of the organiser's own
-    data, model and tokenizer folders (with the flag that takes each), and bitsandbytes for blockwise8."""
+    data, model and tokenizer folders (with the flag that takes each), and bitsandbytes for blockwise8 (a CPU
+    volunteer runs it too, but scripts/setup.sh does not install it)."""
     notes = [note for note in [data_copy_note(recipe.data)] if note]
     model_folder, tokenizer_folder = organiser_folders(recipe)
     if model_folder:
@@ -1213,9 +1213,11 @@ def volunteer_notes(recipe: Recipe) -> list[str]:
     if tokenizer_folder and tokenizer_folder != model_folder:
         notes.append(f"The tokenizer is the folder {tokenizer_folder}: a volunteer on another machine needs a copy of "
                      "it, passed with --tokenizer-dir <the copy>.")
-    if recipe.collaboration.compression == "blockwise8" and importlib.util.find_spec("bitsandbytes") is None:
-        notes.append("collaboration.compression is blockwise8, which needs bitsandbytes (pip install bitsandbytes, "
-                     "on GPU machines): a volunteer without it is refused. Use uint8 to welcome CPU volunteers.")
+    if recipe.collaboration.compression == "blockwise8":  # whatever this machine has: the volunteers' count
+        notes.append("Warning: collaboration.compression is blockwise8, which needs bitsandbytes on every volunteer, "
+                     "CPU ones included (it runs there; scripts/setup.sh does not install it): a volunteer without it "
+                     "is refused at start and told to run `.venv/bin/pip install bitsandbytes`. uint8 is 8-bit too "
+                     "and needs nothing beyond swarm join.")
     return notes
 
 

@@ -42,6 +42,7 @@ from hivemind.utils import get_dht_time
 
 import swarm
 from swarm import records
+from swarm.compat import make_compression
 from swarm.data import build_data, check_identity, with_local_data
 from swarm.errors import SwarmError, UsageError
 from swarm.hardware import TrainingForward, background_torch_on_one_thread, pick_hardware, pick_micro_batch_size
@@ -268,6 +269,7 @@ class Volunteer:
                               startup_timeout_s=s.connect_timeout_s, port_fix=JOIN_PORT_FIX)
         self.announcement = self._fetch_announcement()
         self.recipe: Recipe = recipe_from_json(self.announcement.recipe_json, source="the recipe published by the coordinator")
+        make_compression(self.recipe.collaboration.compression)  # blockwise8 without bitsandbytes: said before the data
         self._announced_recipe = json.loads(self.recipe.to_json())  # as published, before this machine's folders
         self.recipe = self.recipe.model_copy(update={"data": with_local_data(self.recipe.data, s.data_dir)})
         self.recipe = with_local_model(self.recipe, s.model_dir, s.tokenizer_dir)

@@ -91,13 +91,43 @@ def make_compression(name: str):
     if name not in ("uint8", "blockwise8"):
         raise ValueError(f"unknown compression {name!r}: use none, fp16, uint8 or blockwise8")
     if name == "blockwise8":
-        try:
-            import bitsandbytes  # noqa: F401  (fail now, not in the middle of the first averaging round)
-        except ImportError:
-            from swarm.errors import UsageError
-
-            raise UsageError("collaboration.compression 'blockwise8' needs bitsandbytes: pip install bitsandbytes "
-                             "(GPU machines), or use 'uint8'") from None
+        _check_blockwise_codec()
     eight_bit = FixedUniform8BitQuantization() if name == "uint8" else FixedBlockwiseQuantization()
     # tiny tensors (biases, norms) are not worth quantising: the codebook would outweigh the savings
     return SizeAdaptiveCompression(threshold=2**16, less=ScaledFloat16Compression(), greater_equal=eight_bit)
+
+
+def _check_blockwise_codec() -> None:
+    """Fail now, naming the recipe key, if bitsandbytes cannot run blockwise8 here: not in the middle of the first
+    averaging round, minutes into training.
+
+    hivemind runs the codec on the averager's CPU copies of the tensors, on GPU machines too, and bitsandbytes
+    quantises blockwise on a CPU (measured with 0.43.3 and 0.50.2 on a 2-core CPU machine: a round trip of 10M values
+    in 0.3-0.8 s, uint8's 0.3-1.4 s). What a CPU volunteer lacks is the package, which scripts/setup.sh does not
+    install; a round trip of one block here also catches a build of it that cannot run on this machine."""
+    import importlib.metadata
+    import importlib.util
+
+    from swarm.errors import UsageError
+
+    needs = ("collaboration.compression in this run's recipe is blockwise8, which needs bitsandbytes on every peer, "
+             "CPUs included (it runs there)")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise UsageError(f"{needs}: install it in swarm's environment (`.venv/bin/pip install bitsandbytes` after "
+                         "scripts/setup.sh), then start again")
+    try:
+        from bitsandbytes.functional import dequantize_blockwise, quantize_blockwise
+
+        block = torch.linspace(-1.0, 1.0, _BLOCKWISE_QUANTIZATION_BLOCKSIZE)
+        quantized, state = quantize_blockwise(block, blocksize=_BLOCKWISE_QUANTIZATION_BLOCKSIZE, nested=False)
+        if not torch.allclose(dequantize_blockwise(quantized, state), block, atol=0.02):
+            raise ValueError("a round trip of one block came back wrong")
+    except Exception as error:  # an old or broken build: a CUDA-only one, or a library that does not load
+        try:
+            version = importlib.metadata.version("bitsandbytes")
+        except importlib.metadata.PackageNotFoundError:
+            version = "?"
+        reason = f"{type(error).__name__}: {str(error).strip().splitlines()[0][:200]}" if str(error).strip() else \
+            type(error).__name__
+        raise UsageError(f"{needs}, and bitsandbytes {version} cannot run it on this machine ({reason}): upgrade it "
+                         "(`.venv/bin/pip install -U bitsandbytes`), then start again") from None
