@@ -221,6 +221,13 @@ class Coordinator:
         self._remembered_addresses = list(remembered)
         if s.dashboard_port is not None:  # a port that is taken fails now, not after the data and the DHT are up
             self._check_dashboard_address()
+        self.hub = HubPublisher.from_config(recipe.checkpoint, ledger_dir=self.ledger_dir,
+                                            pending_file=self.state_dir / HUB_PENDING_FILE)
+        if self.hub is not None:
+            # a missing token or repo, or a repo that holds another run's versions, fails now, before the data are
+            # prepared (minutes for a large dataset); a Hub outage does not: versions are saved locally first, and the
+            # repo is checked before the first upload. Without a token no request is made.
+            self.hub.check_at_launch(run_id=recipe.run.id, recipe_fingerprint=recipe.fingerprint)
         self.tokenizer = build_tokenizer(recipe.tokenizer)
         self.data = build_data(recipe.data, self.tokenizer, peer_id=b"coordinator", cache_dir=s.cache_dir)
         self.val_batches = self.data.validation_batches(batch_size=16)
@@ -247,12 +254,7 @@ class Coordinator:
         # only now: hivemind forks its DHT and averager processes, which would inherit the ledger's locked file
         # and keep it locked after a SIGKILL of this process, blocking the restarted coordinator
         self._open_ledger()
-        self.hub = HubPublisher.from_config(recipe.checkpoint, ledger_dir=self.ledger_dir,
-                                            pending_file=self.state_dir / HUB_PENDING_FILE)
         if self.hub is not None:
-            # a missing token or repo, or a repo that holds another run's versions, fails now, not at the first version;
-            # a Hub outage does not: versions are saved locally first, and the repo is checked before the first upload
-            self.hub.check_at_launch(run_id=recipe.run.id, recipe_fingerprint=recipe.fingerprint)
             self.hub.publish_pending()  # what the last launch could not upload (it stopped, or was killed, first)
         self._announce()
         self._save_run_state()

@@ -51,11 +51,48 @@ REQUEST_TIMEOUT_S = 120.0
 
 def hub_token_from_env() -> str | None:
     """The Hub token from `HF_TOKEN` (or the older `HUGGING_FACE_HUB_TOKEN`); None when neither is set."""
+    return find_hub_token(saved=False)[0]
+
+
+def saved_token_path() -> Path:
+    """Where `hf auth login` saves the token: HF_TOKEN_PATH, else `token` in HF_HOME (~/.cache/huggingface).
+
+    Read from the environment at each call: huggingface_hub reads it once, at import."""
+    if os.environ.get("HF_TOKEN_PATH"):
+        return Path(os.path.expanduser(os.environ["HF_TOKEN_PATH"]))
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(os.path.expandvars(os.path.expanduser(os.environ.get("HF_HOME") or os.path.join(cache, "huggingface")))
+                ) / "token"
+
+
+def find_hub_token(saved: bool = True) -> tuple[str | None, str]:
+    """The Hub token and where it came from: `HF_TOKEN` (or the older `HUGGING_FACE_HUB_TOKEN`), else the token `hf
+    auth login` saved (`saved_token_path`); (None, "") when there is none. Reads the environment and that one file:
+    no request is made."""
     for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
         value = os.environ.get(name, "").strip()
         if value:
-            return value
+            return value, name
+    if saved:
+        path = saved_token_path()
+        try:
+            value = path.read_text(encoding="utf-8", errors="replace").strip()
+        except OSError:
+            value = ""
+        if value:
+            return value, f"the token `hf auth login` saved in {path}"
+    return None, ""
+
+
+def token_shape_problem(token: str) -> str | None:
+    """Why `token` cannot be a Hub token (a paste with spaces, quotes or a line break), or None; said without a
+    request. A token is sent in an HTTP header, where such characters fail with a message that quotes the token."""
+    if any(char.isspace() or not char.isprintable() or not char.isascii() or char in "'\"" for char in token):
+        return "it holds spaces, quotes or other characters a token never has"
     return None
+
+
+TOKEN_FIX = "log in with `hf auth login` (`huggingface-cli login` before huggingface_hub 0.34)"
 
 
 def version_tag(epoch: int) -> str:
@@ -133,7 +170,7 @@ class HubPublisher:
     `run_id` and `recipe_fingerprint` to `check_at_launch` to be refused at launch, and give each run a repo of its
     own.
 
-        publisher = HubPublisher("my-org/tiny-stdlib")          # token from HF_TOKEN, endpoint from HF_ENDPOINT
+        publisher = HubPublisher("my-org/tiny-stdlib")          # token: find_hub_token(); endpoint from HF_ENDPOINT
         publisher.check_at_launch(run_id, fingerprint)           # raises on a wrong token or repo; an outage warns
         future = publisher.publish_async(Path("runs/tiny/checkpoints/epoch-000050"), epoch=50)
         ...                                                      # the monitor loop goes on meanwhile
@@ -173,11 +210,11 @@ class HubPublisher:
         self.max_retry_delay_s = max(max_retry_delay_s, retry_delay_s)
         # huggingface_hub reads HF_ENDPOINT once, at import; read it again in case it was set since.
         self.endpoint = (endpoint or os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
-        self._token = token if token is not None else hub_token_from_env()
+        self._token, self._token_source = (token, "the token given") if token is not None else find_hub_token()
         _bound_request_time(request_timeout_s)
         self._api = HfApi(
             endpoint=self.endpoint,
-            # False, not None, without a token: None makes HfApi fall back to one saved by `hf auth login`
+            # False, not None, without a token: None makes HfApi read the saved one from the HF_HOME of its import
             token=self._token or False,
             library_name="swarm",
             library_version=swarm.__version__,
@@ -275,6 +312,7 @@ class HubPublisher:
         fix). If the Hub cannot be reached or answers 5xx, a one-line warning says so and this returns False: the
         run starts, versions are saved locally, and the repo is checked by the same rules before the first upload.
         """
+        self.check_token_at_launch()
         try:
             self.ensure_repo(run_id=run_id, recipe_fingerprint=recipe_fingerprint)
         except HubUnavailableError as error:
@@ -286,6 +324,23 @@ class HubPublisher:
             )
             return False
         return True
+
+    def check_token_at_launch(self) -> None:
+        """Raise `HubConfigError` naming the recipe key when there is no token, or no token could be one; no request
+        is made. The launch calls it before the data are prepared, which can take a long time."""
+        key = f"checkpoint.hub_repo_id is {self.repo_id}"
+        local_only = "or remove checkpoint.hub_repo_id from the recipe to publish locally only"
+        if not self._token:
+            raise HubConfigError(
+                f"{key} but there is no token for the Hub: set HF_TOKEN to a write token for {self.repo_id} (create "
+                f"one at {self.endpoint}/settings/tokens), or {TOKEN_FIX}; {local_only}"
+            )
+        problem = token_shape_problem(self._token)
+        if problem is not None:
+            raise HubConfigError(
+                f"{key} but {self._token_source} is not a Hub token ({problem}): set HF_TOKEN to the token alone, as "
+                f"{self.endpoint}/settings/tokens shows it, or {TOKEN_FIX}; {local_only}"
+            )
 
     def publish(self, version_dir: Path, epoch: int, message: str | None = None) -> str:
         """Upload `version_dir` as one commit on `main`, tag it `epoch-NNNNNN`, and return the commit id.
@@ -532,7 +587,13 @@ class HubPublisher:
         if not self._token:
             raise HubConfigError(
                 f"cannot {action} the Hub repo {self.repo_id}: no token. Set HF_TOKEN to a write token for "
-                f"{self.repo_id} (create one at {self.endpoint}/settings/tokens)"
+                f"{self.repo_id} (create one at {self.endpoint}/settings/tokens), or {TOKEN_FIX}"
+            )
+        problem = token_shape_problem(self._token)
+        if problem is not None:
+            raise HubConfigError(
+                f"cannot {action} the Hub repo {self.repo_id}: {self._token_source} is not a Hub token ({problem}). "
+                f"Set HF_TOKEN to the token alone, as {self.endpoint}/settings/tokens shows it, or {TOKEN_FIX}"
             )
 
     def _ensure_repo(self) -> None:
@@ -670,7 +731,7 @@ class HubPublisher:
             if status == 401:
                 return HubConfigError(
                     f"{what}: the token was refused (401){said}. Set HF_TOKEN to a valid write token for "
-                    f"{self.repo_id} (create one at {self.endpoint}/settings/tokens){kept}"
+                    f"{self.repo_id} (create one at {self.endpoint}/settings/tokens), or {TOKEN_FIX}{kept}"
                 )
             if status == 403:
                 return HubConfigError(
@@ -770,8 +831,8 @@ def publish_versions(checkpoint_dir: Path, epochs: list[int] | None = None, repo
     `epochs` None (`--all-missing`): every version of the folder whose tag the repo lacks. With `epochs`
     (`--epoch N`, repeatable): those versions, uploaded again if their tag is there already (same run only). The
     repo is `checkpoint.hub_repo_id` of the newest version's recipe (its swarm.json) unless `repo_id` is given; the
-    token comes from HF_TOKEN. Oldest first; `main` ends on the newest version of the folder. The same safety rules
-    as the coordinator's: a repo or tag of another run is never written to.
+    token comes from HF_TOKEN (or `hf auth login`). Oldest first; `main` ends on the newest version of the folder.
+    The same safety rules as the coordinator's: a repo or tag of another run is never written to.
 
         report = publish_versions(Path("runs/tiny/checkpoints"))        # after "N versions were not uploaded"
         print(report.uploaded)                                           # [50, 100]

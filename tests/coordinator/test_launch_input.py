@@ -135,3 +135,65 @@ def test_a_loopback_announce_host_is_named_in_the_banner_with_the_fix(tmp_path):
     finally:
         coordinator.stop()
     assert "Only a loopback address is visible" not in coordinator.output
+
+
+# ---- a Hub repo without a usable token: refused before the data are prepared -----------------------------------
+
+HUB_REPO_ID = "swarm-test/launch-token"
+
+
+@pytest.fixture
+def fake_hub(tmp_path, monkeypatch):
+    """The fake Hub, found through HF_ENDPOINT, and no token anywhere: HF_TOKEN unset, HF_HOME an empty folder."""
+    from fake_hub import FakeHub
+
+    with FakeHub(tmp_path / "fake-hub") as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")  # the fake speaks LFS
+        monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+        for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH", "HF_HUB_OFFLINE"):
+            monkeypatch.delenv(name, raising=False)
+        (tmp_path / "hf-home").mkdir()
+        monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+        yield hub
+
+
+def _hub_recipe(tmp_path, run_id: str):
+    import yaml
+
+    path = write_test_recipe(tmp_path / "recipe.yaml", run_id)
+    recipe = yaml.safe_load(path.read_text())
+    recipe["checkpoint"]["hub_repo_id"] = HUB_REPO_ID
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def _refused_before_the_data(run: RunFolder, recipe) -> tuple[str, str]:
+    """Launch, expect one usage error, and check that no data were prepared first: (the error, the whole output)."""
+    error = _launch_and_expect_usage_error(run, recipe)
+    output = (run.root / "logs" / "coordinator-0.log").read_text()
+    assert "validation tokens" not in output and "initial validation loss" not in output, output[-3000:]
+    return error, output
+
+
+def test_a_hub_repo_without_any_token_is_refused_before_the_data_and_without_a_request(tmp_path, fake_hub):
+    """The missing token was found only when the coordinator first talked to the Hub, after the data were
+    tokenised (minutes for a large dataset)."""
+    run = RunFolder(tmp_path / "run")
+    error, _ = _refused_before_the_data(run, _hub_recipe(tmp_path, "hub-no-token"))
+    assert error == (f"error: checkpoint.hub_repo_id is {HUB_REPO_ID} but there is no token for the Hub: set HF_TOKEN "
+                     f"to a write token for {HUB_REPO_ID} (create one at {fake_hub.url}/settings/tokens), or log in "
+                     "with `hf auth login` (`huggingface-cli login` before huggingface_hub 0.34); or remove "
+                     "checkpoint.hub_repo_id from the recipe to publish locally only")
+    assert fake_hub.requests == []
+
+
+def test_a_saved_login_token_the_hub_refuses_stops_the_launch_before_the_data(tmp_path, fake_hub):
+    """The token `hf auth login` saved is used when HF_TOKEN is unset; the Hub's 401 is said before the data too."""
+    (tmp_path / "hf-home" / "token").write_text("hf_not_a_real_token\n")
+    run = RunFolder(tmp_path / "run")
+    error, output = _refused_before_the_data(run, _hub_recipe(tmp_path, "hub-refused-saved"))
+    assert error.startswith(f"error: cannot create the Hub repo {HUB_REPO_ID} at {fake_hub.url}: the token was refused "
+                            "(401)"), error
+    assert "`hf auth login`" in error and "hf_not_a_real_token" not in output
+    assert fake_hub.requests and HUB_REPO_ID not in fake_hub.repos
