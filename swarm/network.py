@@ -11,9 +11,12 @@ import asyncio
 import errno
 import ipaddress
 import logging
+import os
 import re
 import resource
 import socket
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import hivemind
@@ -140,7 +143,84 @@ JOIN_PORT_FIX = "pick another port or leave --port out (any free port)"
 
 
 def _port_in_use(port: int, fix: str) -> UsageError:
-    return UsageError(f"--port {port} is already in use on this machine (by another program): {fix}")
+    holder = swarm_command_on_port(port)
+    if holder is None:
+        return UsageError(f"--port {port} is already in use on this machine (by another program): {fix}")
+    return UsageError(f"--port {port} is already in use on this machine by {holder}: stop it first (Ctrl-C in its "
+                      f"terminal, or `kill {holder.pid}`), or {fix}")
+
+
+_SWARM_COMMANDS = {"launch": "a swarm coordinator", "join": "a swarm volunteer", "demo": "swarm demo"}
+
+
+@dataclass(frozen=True)
+class SwarmCommand:
+    """A `swarm launch`, `join` or `demo` running on this machine: its main process, and the run it serves if known."""
+
+    pid: int
+    command: str
+    run_id: str | None = None
+
+    def __str__(self) -> str:
+        run = f"run {self.run_id!r}, " if self.run_id else ""
+        return f"{_SWARM_COMMANDS[self.command]} ({run}pid {self.pid})"
+
+
+def swarm_command_on_port(port: int) -> SwarmCommand | None:
+    """The swarm command whose node listens on TCP `port` on this machine, or None (another program, or a process
+    this user may not inspect). hivemind's p2p daemon holds a node's port, below the DHT process (a fork of the
+    command), below the command's own process."""
+    try:
+        import psutil
+
+        pids = {connection.pid for connection in psutil.net_connections("tcp")
+                if connection.status == psutil.CONN_LISTEN and connection.laddr and connection.laddr.port == port
+                and connection.pid}
+        for pid in sorted(pids):
+            process = psutil.Process(pid)
+            for candidate in [process, *process.parents()]:
+                command = _swarm_command(candidate.cmdline())
+                if command is None:
+                    continue
+                parent = candidate.parent()
+                while parent is not None and parent.cmdline() == candidate.cmdline():  # up to the command itself
+                    candidate, parent = parent, parent.parent()
+                if candidate.pid == os.getpid():
+                    return None
+                name, arguments = command
+                return SwarmCommand(candidate.pid, name, _launched_run_id(arguments, candidate.cwd())
+                                    if name == "launch" else None)
+    except Exception:  # psutil may not see other users' processes (or any, on some systems): say nothing more
+        return None
+    return None
+
+
+def _swarm_command(command_line: list[str]) -> tuple[str, list[str]] | None:
+    """(`launch`, its arguments) for `.../bin/swarm launch ...` or `python -m swarm.cli launch ...`, else None."""
+    for index, argument in enumerate(command_line):
+        module = argument == "swarm.cli" and command_line[index - 1:index] == ["-m"]
+        if os.path.basename(argument) == "swarm" or module:
+            rest = [item for item in command_line[index + 1:] if item not in ("--verbose", "-v")]
+            if rest and rest[0] in _SWARM_COMMANDS:
+                return rest[0], rest[1:]
+    return None
+
+
+def _launched_run_id(arguments: list[str], cwd: str) -> str | None:
+    """The run id in the recipe a `swarm launch` was given (its first argument that is no option or option value)."""
+    import yaml
+
+    index = 0
+    while index < len(arguments) and arguments[index].startswith("-"):  # every launch option but --verbose has a value
+        index += 1 if "=" in arguments[index] or arguments[index] in ("--verbose", "-v") else 2
+    if index >= len(arguments):
+        return None
+    try:
+        recipe = yaml.safe_load((Path(cwd) / arguments[index]).read_text(encoding="utf-8"))
+        run_id = recipe["run"]["id"]
+    except Exception:  # edited or moved since: the run is then not named
+        return None
+    return run_id if isinstance(run_id, str) else None
 
 
 def check_listen_port(host: str, port: int, fix: str = LAUNCH_PORT_FIX) -> None:

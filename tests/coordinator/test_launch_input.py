@@ -197,3 +197,65 @@ def test_a_saved_login_token_the_hub_refuses_stops_the_launch_before_the_data(tm
                             "(401)"), error
     assert "`hf auth login`" in error and "hf_not_a_real_token" not in output
     assert fake_hub.requests and HUB_REPO_ID not in fake_hub.repos
+
+
+# ---- a port held by another swarm command ----------------------------------------------------------------------
+
+HOLD_A_PORT = """import socket, sys, time
+server = socket.socket()
+server.bind(("127.0.0.1", 0))
+server.listen()
+print(server.getsockname()[1], flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_port_held_by_a_swarm_coordinator_names_it_its_run_and_how_to_stop_it(tmp_path):
+    """It said "by another program" for the organiser's own coordinator, launched earlier in another terminal. The
+    holder here is a real process that `swarm launch` would be, as /proc shows it (its command line and folder);
+    a real coordinator: test_a_second_launch_on_the_port_of_a_running_coordinator_names_the_first."""
+    import subprocess
+    import sys
+
+    (tmp_path / "first").mkdir()
+    write_test_recipe(tmp_path / "first" / "recipe.yaml", "held-port")
+    stand_in = tmp_path / "bin" / "swarm"
+    stand_in.parent.mkdir()
+    stand_in.write_text(HOLD_A_PORT)
+    holder = subprocess.Popen([sys.executable, str(stand_in), "launch", "--host", "127.0.0.1", "recipe.yaml"],
+                              cwd=tmp_path / "first", stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(holder.stdout.readline())
+        run = RunFolder(tmp_path / "run")
+        error = _launch_and_expect_usage_error(run, write_test_recipe(tmp_path / "recipe.yaml", "second"),
+                                               "--port", str(port))
+    finally:
+        holder.kill()
+        holder.wait()
+    assert error == (f"error: --port {port} is already in use on this machine by a swarm coordinator (run 'held-port', "
+                     f"pid {holder.pid}): stop it first (Ctrl-C in its terminal, or `kill {holder.pid}`), or pick "
+                     "another port, or --port 0 for any free port")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_a_second_launch_on_the_port_of_a_running_coordinator_names_the_first(tmp_path):
+    first_run = RunFolder(tmp_path / "first")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    first = launch(first_run, write_test_recipe(tmp_path / "first.yaml", "first-on-port"), port=port,
+                   dashboard_port=None)
+    try:
+        first.wait_for(r"swarm join --initial-peers", timeout_s=180)
+        second = launch(RunFolder(tmp_path / "second"), write_test_recipe(tmp_path / "second.yaml", "second"),
+                        port=port, dashboard_port=None)
+        try:
+            assert second.wait(timeout_s=120) == 2, second.output[-3000:]
+        finally:
+            second.stop()
+    finally:
+        first.stop()
+    assert (f"error: --port {port} is already in use on this machine by a swarm coordinator (run 'first-on-port', "
+            f"pid {first.popen.pid}): stop it first (Ctrl-C in its terminal, or `kill {first.popen.pid}`), or pick "
+            "another port, or --port 0 for any free port") in second.output, second.output[-3000:]
