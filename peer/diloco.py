@@ -180,9 +180,12 @@ class DiLoCoOptimizer:
         private_key: RSAPrivateKey | None = None,
         client_mode: bool = False,
         close_groups_early: bool = True,
+        peer_micro_batch_bound: int | None = None,
     ):
         self.dht, self.run_id, self.diloco = dht, run_id, diloco
         self.client_mode, self.micro_batch_size = client_mode, micro_batch_size
+        # the largest micro-batch another peer may use (the recipe's, or the most `auto` picks): sizes its step time
+        self.peer_micro_batch_bound = max(micro_batch_size, peer_micro_batch_bound or 0)
         self.close_groups_early = close_groups_early
         self._own_id = dht.peer_id.to_bytes()  # this peer's key in the progress records and the group keys
         self.matchmaking_time_s, self.averaging_timeout_s = matchmaking_time_s, averaging_timeout_s
@@ -271,6 +274,7 @@ class DiLoCoOptimizer:
         self._repair_epoch = -1  # the round in which the last group agreed to average the outer parameters
         self.repair_rounds = 0  # rounds that averaged the outer parameters because a member had parted
         self._poll_period_s = max(0.2, min(1.0, matchmaking_time_s / 3))
+        self._round_window_s = matchmaking_time_s  # this round's, stretched for slow peers (_matchmaking_window_s)
 
     # ---------------------------------------------------------------- the surface the volunteer uses
     @property
@@ -419,7 +423,7 @@ class DiLoCoOptimizer:
         looking until its timeout: in a swarm of two whose other peer was killed, the survivor made no outer step
         for a minute. Never blocks: the key is read in the background.
         """
-        due = control.scheduled_time + self.matchmaking_time_s
+        due = control.scheduled_time + self._round_window_s
         if get_dht_time() < due:
             return False
         self._another_peer_is_waiting()  # collects a finished read, starts the next
@@ -464,6 +468,26 @@ class DiLoCoOptimizer:
             for averager in (self.averager, self.state_averager):
                 averager.expect_group_size(peers)
 
+    def _matchmaking_window_s(self) -> float:
+        """The recipe's matchmaking window, stretched to two micro-steps of the slowest peer in the progress records.
+
+        Another peer sees this one waiting only between its micro-steps, so a window shorter than its micro-step ends
+        before it can join: two CPU volunteers of the tiny recipe on one busy machine (micro-steps of ~5 s against a
+        2 s window) took turns, each going alone and the other then loading its state, and averaged 2 rounds in 11.
+        A peer's micro-step is taken as the largest micro-batch a peer may use over its samples per second; the
+        group still closes as soon as every known peer joined. At most the averaging timeout.
+        """
+        slowest_step_s = 0.0
+        for entry in self.tracker.last_records.values():
+            record = getattr(entry, "value", None)
+            if not isinstance(record, dict) or record.get("peer_id") == self._own_id:
+                continue
+            rate = record.get("samples_per_second")
+            if isinstance(rate, (int, float)) and math.isfinite(rate) and rate > 0:
+                slowest_step_s = max(slowest_step_s, self.peer_micro_batch_bound / rate)
+        return min(max(self.matchmaking_time_s, 2 * slowest_step_s + self._poll_period_s),
+                   max(self.matchmaking_time_s, self.averaging_timeout_s))
+
     def _group_key(self, epoch: int) -> str:
         return f"{self.averager.prefix}.0b{epoch_group_bits(epoch)}"
 
@@ -488,8 +512,9 @@ class DiLoCoOptimizer:
             if not someone_alongside:
                 self._close_round()
                 return
-        scheduled_time = get_dht_time() + self.matchmaking_time_s
-        timeout = self.matchmaking_time_s + self.averaging_timeout_s
+        self._round_window_s = self._matchmaking_window_s()
+        scheduled_time = get_dht_time() + self._round_window_s
+        timeout = self._round_window_s + self.averaging_timeout_s
         self.averager.set_group_bits(epoch_group_bits(self._epoch))
         self._expect_everyone()
         # no retries: a round is one epoch's group, which is gone once its all-reduce failed; retrying would only
@@ -844,4 +869,6 @@ def build_diloco_optimizer(
         private_key=identity.signing_key,
         client_mode=client_mode,
         close_groups_early=collab.close_groups_early,
+        peer_micro_batch_bound=(collab.micro_batch_size if isinstance(collab.micro_batch_size, int)
+                                else collab.max_micro_batch_size),
     )

@@ -506,6 +506,27 @@ def test_a_round_forms_once_both_peers_joined_not_at_the_end_of_its_matchmaking_
             peer.close()
 
 
+@pytest.mark.timeout(180)
+def test_a_peer_whose_micro_steps_outlast_the_window_still_joins_every_round(tmp_path):
+    """A peer sees another waiting only between its micro-steps: two CPU volunteers on one busy machine, micro-steps
+    of ~5 s against a 2 s window, took turns (one alone, the other behind and loading its state), 2 rounds of 11
+    averaged. The window stretches to the slowest peer's micro-steps, here 2.5 s against a 1 s window."""
+    recipe = make_recipe("diloco-slow-peer", matchmaking_time_s=1.0)
+    first = start_peer(tmp_path, "first", recipe)
+    second = start_peer(tmp_path, "second", recipe, initial_peers=join_addresses(first.dht))
+    second.step_delay_s = 2.5
+    try:
+        train_together([first, second], until=lambda peer: peer.opt.local_epoch >= 4, budget_s=110)
+        for peer in (first, second):
+            rounds = peer.opt.rounds
+            assert peer.opt.local_epoch >= 4, (peer.name, peer.opt.local_epoch, rounds)
+            # the first round may close before the peers know of each other's speed
+            assert rounds.group_sizes[2] >= 3 and rounds.solo <= 1, (peer.name, rounds)
+    finally:
+        for peer in (second, first):
+            peer.close()
+
+
 @pytest.mark.timeout(120)
 def test_param_groups_show_the_inner_learning_rate_the_schedule_sets(tmp_path):
     """Callers read the learning rate as on hivemind.Optimizer (benchmarks/convergence.py records it); a warm-up over
