@@ -1205,8 +1205,8 @@ class Coordinator:
 
 def volunteer_notes(recipe: Recipe) -> list[str]:
     """What a volunteer of this run must bring beyond `swarm join`, said at launch: copies of the organiser's own
-    data, model and tokenizer folders (with the flag that takes each), and bitsandbytes for blockwise8 (a CPU
-    volunteer runs it too, but scripts/setup.sh does not install it)."""
+    data, model and tokenizer folders (with the flag that takes each). bitsandbytes, which blockwise8 needs on every
+    volunteer (CPU ones too), is one of swarm's dependencies; a volunteer without a working one is told at start."""
     notes = [note for note in [data_copy_note(recipe.data)] if note]
     model_folder, tokenizer_folder = organiser_folders(recipe)
     if model_folder:
@@ -1215,11 +1215,6 @@ def volunteer_notes(recipe: Recipe) -> list[str]:
     if tokenizer_folder and tokenizer_folder != model_folder:
         notes.append(f"The tokenizer is the folder {tokenizer_folder}: a volunteer on another machine needs a copy of "
                      "it, passed with --tokenizer-dir <the copy>.")
-    if recipe.collaboration.compression == "blockwise8":  # whatever this machine has: the volunteers' count
-        notes.append("Warning: collaboration.compression is blockwise8, which needs bitsandbytes on every volunteer, "
-                     "CPU ones included (it runs there; scripts/setup.sh does not install it): a volunteer without it "
-                     "is refused at start and told to run `.venv/bin/pip install bitsandbytes`. uint8 is 8-bit too "
-                     "and needs nothing beyond swarm join.")
     return notes
 
 

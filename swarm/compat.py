@@ -103,8 +103,8 @@ def _check_blockwise_codec() -> None:
 
     hivemind runs the codec on the averager's CPU copies of the tensors, on GPU machines too, and bitsandbytes
     quantises blockwise on a CPU (measured with 0.43.3 and 0.50.2 on a 2-core CPU machine: a round trip of 10M values
-    in 0.3-0.8 s, uint8's 0.3-1.4 s). What a CPU volunteer lacks is the package, which scripts/setup.sh does not
-    install; a round trip of one block here also catches a build of it that cannot run on this machine."""
+    in 0.3-0.8 s, uint8's 0.3-1.4 s). swarm depends on it; an environment that lacks it (installed without
+    dependencies) is named here, and a round trip of one block catches a build that cannot run on this machine."""
     import importlib.metadata
     import importlib.util
 
@@ -113,8 +113,8 @@ def _check_blockwise_codec() -> None:
     needs = ("collaboration.compression in this run's recipe is blockwise8, which needs bitsandbytes on every peer, "
              "CPUs included (it runs there)")
     if importlib.util.find_spec("bitsandbytes") is None:
-        raise UsageError(f"{needs}: install it in swarm's environment (`.venv/bin/pip install bitsandbytes` after "
-                         "scripts/setup.sh), then start again")
+        raise UsageError(f"{needs}: install it in swarm's environment (`.venv/bin/pip install bitsandbytes`), "
+                         "then start again")
     try:
         from bitsandbytes.functional import dequantize_blockwise, quantize_blockwise
 

@@ -89,9 +89,8 @@ def test_a_dashboard_port_out_of_range_is_refused(tmp_path, port):
 
 
 def test_launch_names_what_a_volunteer_must_bring_beyond_swarm_join(tmp_path):
-    """Copies of the organiser's own data, model and tokenizer folders, each with its flag; bitsandbytes for
-    blockwise8, which refused CPU volunteers while the launch said nothing (said whatever the organiser's machine
-    has: the volunteers' machines count)."""
+    """Copies of the organiser's own data, model and tokenizer folders, each with its flag; nothing for blockwise8,
+    whose bitsandbytes every volunteer installs with swarm."""
     from coordinator.coordinator import volunteer_notes
     from swarm.recipe import Recipe
 
@@ -108,11 +107,7 @@ def test_launch_names_what_a_volunteer_must_bring_beyond_swarm_join(tmp_path):
                         "copy of that folder, passed with --data-dir <the copy>.")
     assert f"The model starts from the folder {tmp_path / 'base'}" in notes[1] and "--model-dir" in notes[1]
     assert f"The tokenizer is the folder {tmp_path / 'tok'}" in notes[2] and "--tokenizer-dir" in notes[2]
-    assert notes[3] == ("Warning: collaboration.compression is blockwise8, which needs bitsandbytes on every "
-                        "volunteer, CPU ones included (it runs there; scripts/setup.sh does not install it): a "
-                        "volunteer without it is refused at start and told to run `.venv/bin/pip install "
-                        "bitsandbytes`. uint8 is 8-bit too and needs nothing beyond swarm join.")
-    assert len(notes) == 4
+    assert len(notes) == 3
     in_the_model = local.tokenizer.model_copy(update={"name": str(tmp_path / "base")})
     same_folder = local.model_copy(update={"tokenizer": in_the_model})
     assert not any("--tokenizer-dir" in note for note in volunteer_notes(same_folder))

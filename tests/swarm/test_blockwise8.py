@@ -1,6 +1,7 @@
 """`collaboration.compression: blockwise8` on a CPU volunteer: bitsandbytes runs it there (tested with the real codec
 and two real averagers, where bitsandbytes is installed); without it, or with a build that cannot run it, the peer is
-refused at setup with the recipe key and the install command, not in its first averaging round."""
+refused at setup with the recipe key and the install command, not in its first averaging round. swarm depends on
+bitsandbytes, so CI runs the real codec."""
 
 from __future__ import annotations
 
@@ -27,8 +28,8 @@ def test_without_bitsandbytes_blockwise8_is_refused_with_the_key_and_the_install
         make_compression("blockwise8")
     assert str(refused.value) == (
         "collaboration.compression in this run's recipe is blockwise8, which needs bitsandbytes on every peer, CPUs "
-        "included (it runs there): install it in swarm's environment (`.venv/bin/pip install bitsandbytes` after "
-        "scripts/setup.sh), then start again")
+        "included (it runs there): install it in swarm's environment (`.venv/bin/pip install bitsandbytes`), then start "
+        "again")
 
 
 def test_a_bitsandbytes_that_cannot_quantise_here_is_refused_with_its_version_and_the_upgrade(tmp_path, monkeypatch):

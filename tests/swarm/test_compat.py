@@ -103,16 +103,6 @@ def test_make_compression_uint8_quantises_large_tensors_and_keeps_small_ones_in_
     assert relative_error(deserialize_torch_tensor(large_wire), large) < 0.04
 
 
-@pytest.mark.skipif(HAVE_BITSANDBYTES, reason="bitsandbytes is installed: the round trip is tested instead")
-@pytest.mark.skipif(HAVE_BITSANDBYTES, reason="bitsandbytes is installed here")
-def test_blockwise8_without_bitsandbytes_fails_at_setup_naming_the_field_and_the_install():
-    # not in the middle of the first averaging round, minutes into training
-    from swarm.errors import UsageError
-
-    with pytest.raises(UsageError, match=r"collaboration.compression.*pip install bitsandbytes"):
-        make_compression("blockwise8")
-
-
 def test_an_unknown_compression_name_is_refused():
     with pytest.raises(ValueError, match="unknown compression"):
         make_compression("zip")
