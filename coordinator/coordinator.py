@@ -168,6 +168,7 @@ class Coordinator:
         self.dht_lost: DHTLostError | None = None
         self._forced = False
         self._said_short_epochs = False
+        self._said_older_state = -1  # the version's epoch for which an older state was last turned away (logged once)
         self._training_changed: list[str] = []  # keys of the recipe that change the training since the last launch
         self._rounds_seen: dict[str, tuple[int, int]] = {}  # peer id -> (averaged, solo) rounds at the last look
         self._stop_signal: str | None = None
@@ -651,7 +652,11 @@ class Coordinator:
                     logger.info(f"{'Run ended' if self.end_epoch is not None else 'Run limit reached'}: {reached}")
                     self.stop_reason = reached
                     return FINISHED
-                if self._checkpoint_due() or self._last_peers_leaving():
+                if self._checkpoint_due():
+                    # not an older state than the epoch it is due at: a peer behind the swarm (in DiLoCo, one whose
+                    # round found no group) served epoch 7 for the version due at 8, a permanent off-schedule version
+                    self._publish_checkpoint(min_epoch=self._due_version_epoch())
+                elif self._last_peers_leaving():
                     self._publish_checkpoint()
                 self._write_status()
                 self.stop_event.wait(MONITOR_PERIOD_S)
@@ -843,6 +848,11 @@ class Coordinator:
         last_tried = max(self.last_checkpoint_epoch, self.diverged_at_epoch or 0, 0)
         return self.view.epoch > 0 and self.view.epoch // every > last_tried // every
 
+    def _due_version_epoch(self) -> int:
+        """The epoch the due version is for: the last multiple of checkpoint.every_epochs the swarm reached."""
+        every = self.recipe.checkpoint.every_epochs
+        return self.view.epoch // every * every
+
     def _set_end_epoch(self) -> None:
         """The organiser's request to end the run: the epoch in progress is the last one (now, if nobody trains)."""
         self.end_epoch = self.view.epoch + 1 if self._peers_alive() else self.view.epoch
@@ -901,8 +911,10 @@ class Coordinator:
             logger.warning("No peer sent its state for the checkpoint; trying again shortly")
             return None
         if min_epoch is not None and epoch < min_epoch:
-            logger.info(f"A peer sent its state of epoch {epoch}, before the run's last epoch {min_epoch} (its last "
-                        "round may still be finishing): asking again")
+            if self._said_older_state != min_epoch:  # asked again every few seconds: said once
+                self._said_older_state = min_epoch
+                logger.info(f"A peer sent its state of epoch {epoch}, older than the epoch {min_epoch} this version is "
+                            "due at (its last round may still be finishing): asking again")
             return None
         existing = self.checkpoint_dir / version_name(epoch)
         if existing.exists():  # a restarted coordinator, or the final fetch of an epoch just published
