@@ -22,7 +22,6 @@ import math
 import os
 import shutil
 import signal
-import socket
 import threading
 import time
 import types
@@ -54,6 +53,7 @@ from coordinator.checkpoint import (VersionExistsError, VersionInfo, latest_vers
                                    version_name)
 from coordinator.dashboard import DashboardServer
 from coordinator.hub import HubPublisher
+from coordinator.settings import CoordinatorSettings, check_folder, check_launch_flags, dashboard_error
 from coordinator.state import StateFetcher
 
 logger = logging.getLogger("swarm.coordinator")
@@ -99,22 +99,6 @@ DHT_LOST = "dht-lost"  # the DHT process died under the coordinator: it can no l
 
 class DHTLostError(SwarmError):
     """The coordinator's DHT process has exited: nothing more can be read from or told to the swarm."""
-
-
-@dataclass
-class CoordinatorSettings:
-    host: str = "0.0.0.0"
-    port: int = 31337
-    announce_host: str | None = None
-    initial_peers: list[str] = field(default_factory=list)  # other coordinators/bootstrap nodes of the same run
-    state_dir: str | None = None  # default: runs/<run_id>/coordinator
-    checkpoint_dir: str | None = None  # overrides recipe.checkpoint.dir
-    final_model_dir: str | None = None  # also write the final version here (the demo's output folder)
-    ledger_dir: str | None = None  # default: <checkpoint dir>/../ledger, next to the checkpoints
-    dashboard_host: str = "127.0.0.1"
-    dashboard_port: int | None = 8080  # None: no dashboard; 0: any free port
-    summary_file: str | None = None
-    cache_dir: str | None = None
 
 
 @dataclass
@@ -220,8 +204,6 @@ class Coordinator:
         self._check_settings()
         remembered = self._load_run_state()
         self._remembered_addresses = list(remembered)
-        if s.dashboard_port is not None:  # a port that is taken fails now, not after the data and the DHT are up
-            self._check_dashboard_address()
         self.hub = HubPublisher.from_config(recipe.checkpoint, ledger_dir=self.ledger_dir,
                                             pending_file=self.state_dir / HUB_PENDING_FILE)
         if self.hub is not None:
@@ -264,46 +246,24 @@ class Coordinator:
             self._start_dashboard()
 
     def _check_settings(self) -> None:
-        """Ports in range and every path usable, each problem named with its flag and the fix (exit code 2)."""
+        """Ports in range and every path usable, each problem named with its flag and the fix (exit code 2); the
+        flags alone were checked before the recipe (`check_launch_flags`), the folders the recipe names are here."""
         s = self.settings
-        if not 0 <= s.port <= 65535:
-            raise UsageError(f"--port {s.port} is not a TCP port: use 1-65535, or 0 for any free port")
-        if s.dashboard_port is not None and not 0 <= s.dashboard_port <= 65535:
-            raise UsageError(f"--dashboard-port {s.dashboard_port} is not a TCP port: use 1-65535, 0 for any free "
-                             "port, or -1 for no dashboard")
-        _check_folder(self.state_dir, "--state-dir" if s.state_dir else f"the state folder {self.state_dir} "
-                                      "(--state-dir)")
-        _check_folder(self.checkpoint_dir, "--checkpoint-dir" if s.checkpoint_dir else
-                      f"the checkpoint folder {self.checkpoint_dir} (checkpoint.dir in the recipe, or "
-                      "--checkpoint-dir)")
-        _check_folder(self.ledger_dir, "--ledger-dir" if s.ledger_dir else
-                      f"the ledger folder {self.ledger_dir} (next to the checkpoints, or --ledger-dir)")
-        if s.final_model_dir:
-            _check_folder(Path(s.final_model_dir), "--final-model-dir")
-        if s.summary_file:
-            summary = Path(s.summary_file)
-            if summary.is_dir():
-                raise UsageError(f"--summary-file {summary} is a folder: give the path of a file (it is written at "
-                                 "the end of the run)")
-            _check_folder(summary.parent, f"the folder of --summary-file {summary}")
-
-    def _check_dashboard_address(self) -> None:
-        """Bind the dashboard's address once and let it go, as the server will bind it (SO_REUSEADDR included)."""
-        s = self.settings
-        try:
-            family = socket.AF_INET6 if ":" in s.dashboard_host else socket.AF_INET
-            with socket.socket(family, socket.SOCK_STREAM) as probe:
-                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                probe.bind((s.dashboard_host, s.dashboard_port))
-        except OSError as error:
-            raise _dashboard_error(s.dashboard_host, s.dashboard_port, error) from None
+        check_launch_flags(s)
+        check_folder(self.state_dir, "--state-dir" if s.state_dir else f"the state folder {self.state_dir} "
+                                     "(--state-dir)")
+        check_folder(self.checkpoint_dir, "--checkpoint-dir" if s.checkpoint_dir else
+                     f"the checkpoint folder {self.checkpoint_dir} (checkpoint.dir in the recipe, or "
+                     "--checkpoint-dir)")
+        check_folder(self.ledger_dir, "--ledger-dir" if s.ledger_dir else
+                     f"the ledger folder {self.ledger_dir} (next to the checkpoints, or --ledger-dir)")
 
     def _start_dashboard(self) -> None:
         s = self.settings
         try:
             self.dashboard = DashboardServer(self.snapshot, host=s.dashboard_host, port=s.dashboard_port).start()
         except OSError as error:  # taken since the check in _setup
-            raise _dashboard_error(s.dashboard_host, s.dashboard_port, error.__cause__ or error) from None
+            raise dashboard_error(s.dashboard_host, s.dashboard_port, error.__cause__ or error) from None
 
     def _resume_from_published_version(self) -> None:
         """A run that already published versions goes on from the newest: announced as the latest version (so a
@@ -1257,24 +1217,6 @@ def _write_json(path: Path, data: dict | list) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
     os.replace(tmp, path)
-
-
-def _check_folder(path: Path, what: str) -> None:
-    """A folder the coordinator writes to must be one (or creatable): checked before anything is written."""
-    if path.exists() and not path.is_dir():
-        raise UsageError(f"{what} {path} is a file, not a folder: give a folder (it is created if missing)")
-    parent = path
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise UsageError(f"{what} {path} cannot be created: {parent} is a file, not a folder; give another path")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise UsageError(f"{what} {path}: {parent} is not writable by this user; give a folder it can write to")
-
-
-def _dashboard_error(host: str, port: int, error: OSError) -> UsageError:
-    return UsageError(f"the dashboard cannot listen on {host}:{port} ({error.strerror or error}): choose another "
-                      "--dashboard-port, 0 for any free one, or -1 for no dashboard")
 
 
 def _copy_version_files(version: Path, target: Path) -> None:

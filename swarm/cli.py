@@ -96,18 +96,11 @@ def launch(
     verbose: VerboseOption = False,
 ):
     """Start the coordinator of a run: the first DHT node, recipe publisher, monitor and checkpointer."""
+    from coordinator.settings import CoordinatorSettings, check_launch_flags
     from swarm.logs import setup_logging
-    from swarm.network import check_listen_port, listen_addresses, parse_initial_peers
-    from swarm.recipe import load_recipe
 
-    setup_logging(verbose)
-    listen_addresses(host, port, announce_host)  # a bad flag fails now, not after the model and data are built
-    check_listen_port(host, port)  # a taken --port too (checked again when hivemind starts)
-    loaded = load_recipe(recipe)
-    from coordinator.coordinator import Coordinator, CoordinatorSettings
-
+    setup_logging(verbose, libraries=False)  # hivemind's and transformers' logs once they are imported, below
     settings = CoordinatorSettings(host=host, port=port, announce_host=announce_host,
-                                   initial_peers=parse_initial_peers(initial_peers),
                                    state_dir=str(state_dir) if state_dir else None,
                                    checkpoint_dir=str(checkpoint_dir) if checkpoint_dir else None,
                                    summary_file=str(summary_file) if summary_file else None,
@@ -115,6 +108,17 @@ def launch(
                                    ledger_dir=str(ledger_dir) if ledger_dir else None,
                                    dashboard_host=dashboard_host,
                                    dashboard_port=None if dashboard_port < 0 else dashboard_port)
+    check_launch_flags(settings)  # before torch, transformers and hivemind are imported (seconds)
+    from swarm.network import check_listen_port, listen_addresses, parse_initial_peers
+    from swarm.recipe import load_recipe
+
+    setup_logging(verbose)
+    listen_addresses(host, port, announce_host)  # a bad flag fails now, not after the model and data are built
+    check_listen_port(host, port)  # a taken --port too (checked again when hivemind starts)
+    settings.initial_peers = parse_initial_peers(initial_peers)
+    loaded = load_recipe(recipe)
+    from coordinator.coordinator import Coordinator
+
     Coordinator(loaded, settings).run()
 
 

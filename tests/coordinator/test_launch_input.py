@@ -3,11 +3,17 @@ and the files already there left exactly as they were."""
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from coordinator_process import RunFolder, launch, tree_digest
 from cli_process import write_test_recipe
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _launch_and_expect_usage_error(run: RunFolder, recipe, *extra: str, dashboard_port: int | None = None) -> str:
@@ -37,6 +43,30 @@ def test_a_folder_flag_given_a_file_is_refused_with_its_name(tmp_path, flag):
     error = _launch_and_expect_usage_error(run, recipe)
     name = {"state": "--state-dir", "checkpoints": "--checkpoint-dir", "ledger": "--ledger-dir"}[flag]
     assert error == f"error: {name} {path} is a file, not a folder: give a folder (it is created if missing)"
+
+
+@pytest.mark.parametrize("flags, named", [
+    (["--dashboard-port", "70000"], "--dashboard-port 70000 is not a TCP port"),
+    (["--state-dir", "{afile}"], "--state-dir {afile} is a file, not a folder"),
+    (["--summary-file", "{afile}/summary.json"], "the folder of --summary-file {afile}/summary.json {afile} is a file"),
+])
+def test_a_bad_flag_is_named_before_torch_and_hivemind_are_imported(tmp_path, flags, named):
+    # they take 4-6 s to import: a mistyped flag was named only after them
+    afile = tmp_path / "afile"
+    afile.write_text("not a folder")
+    recipe = write_test_recipe(tmp_path / "recipe.yaml", "early-flags")
+    completed = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "swarm.cli", "launch", str(recipe),
+         *[flag.format(afile=afile) for flag in flags]],
+        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+        timeout=120)
+    assert completed.returncode == 2 and f"error: {named.format(afile=afile)}" in completed.stderr, \
+        completed.stderr[-2000:]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in completed.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert "typer" in imported, "no import times: the check below would prove nothing"
+    assert not imported & {"torch", "hivemind", "transformers"}, sorted(imported & {"torch", "hivemind"})
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["afile", "recipe.yaml"]
 
 
 def test_a_folder_below_a_file_is_refused_with_the_file_named(tmp_path):
