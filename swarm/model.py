@@ -16,6 +16,7 @@ import contextlib
 import difflib
 import inspect
 import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
@@ -76,6 +77,7 @@ def architecture_problems(architecture: str, config: dict[str, Any]) -> Iterator
             return
         known = set(inspect.signature(config_class.__init__).parameters) | set(defaults)
         known |= set(getattr(config_class, "attribute_map", {}))
+        unknown = False
         for key, value in config.items():
             if key in known:
                 continue
@@ -91,6 +93,21 @@ def architecture_problems(architecture: str, config: dict[str, Any]) -> Iterator
             close = ([generic] if generic in known else []) or difflib.get_close_matches(key, names, n=1, cutoff=0.5)
             yield f"config.{key}", (f"not a setting of {architecture} ({config_class.__name__}), which would ignore it "
                                     "and keep its default" + (f": did you mean {close[0]!r}?" if close else ""))
+            unknown = True
+        if unknown:
+            return
+        try:  # the config class's own checks (llama: the width a multiple of the heads), as the build runs them
+            transformers.AutoConfig.for_model(architecture, **config)
+        except Exception as error:  # noqa: BLE001 - whatever transformers says, as one line
+            yield "config", f"does not fit {architecture!r}: {config_error_text(error)}"
+
+
+def config_error_text(error: BaseException) -> str:
+    """transformers' complaint about a config as one line: the innermost reason of a validation error's lines."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    return re.sub(r"^[A-Za-z]*Error: ", "", lines[-1])
 
 
 def _from_pretrained(load: Callable[..., Any], cfg: ModelConfig, **options: Any) -> Any:
@@ -129,9 +146,9 @@ def build_model_config(cfg: ModelConfig, vocab_size: int, eos_id: int | None, pa
         if "Unrecognized model identifier" in str(error) or cfg.architecture not in transformers.CONFIG_MAPPING:
             raise UsageError(f"model.architecture {cfg.architecture!r} is not a transformers model type "
                              "(for example gpt2, llama, gpt_neox)") from None
-        raise UsageError(f"model.config does not fit {cfg.architecture!r}: {error}") from None
+        raise UsageError(f"model.config does not fit {cfg.architecture!r}: {config_error_text(error)}") from None
     except Exception as error:  # wrong value types surface as TypeError or huggingface_hub's strict validation
-        raise UsageError(f"model.config does not fit {cfg.architecture!r}: {error}") from None
+        raise UsageError(f"model.config does not fit {cfg.architecture!r}: {config_error_text(error)}") from None
     multiple = cfg.pad_vocab_to_multiple_of or 1
     config.vocab_size = -(-vocab_size // multiple) * multiple  # the tokenizer never produces the padding ids
     config.bos_token_id = eos_id

@@ -114,6 +114,19 @@ def test_a_key_the_architecture_ignores_is_refused_with_the_name_it_has_there():
         ModelConfig(architecture="gpt2", config={"n_layers": 2})
 
 
+def test_a_config_its_class_refuses_is_refused_by_the_recipe_as_by_the_build_in_one_line(tokenizer):
+    """`recipe validate` said ok to a llama whose width is not a multiple of its heads, which launch then refused
+    (in a message of two lines)."""
+    llama = {"hidden_size": 64, "num_attention_heads": 3, "num_hidden_layers": 1, "intermediate_size": 32}
+    expected = "does not fit 'llama': The hidden size (64) is not a multiple of the number of attention heads (3)."
+    with pytest.raises(ValueError) as refused:
+        ModelConfig(architecture="llama", config=llama)
+    assert re.search(r"^config\n.*" + re.escape(expected), str(refused.value), re.MULTILINE), str(refused.value)
+    with pytest.raises(UsageError) as built:
+        build_model(unvalidated("llama", llama), vocab_size=tokenizer.vocab_size)
+    assert str(built.value) == f"model.config {expected}"
+
+
 def test_old_names_transformers_still_maps_and_the_shipped_recipes_keys_are_accepted():
     ModelConfig(architecture="llama", config={"hidden_size": 64, "rope_theta": 500000.0, "num_hidden_layers": 1,
                                               "num_attention_heads": 2, "attn_implementation": "eager"})
