@@ -29,8 +29,9 @@ class _CodebookExtractMixin:
         buffer = serialized_tensor.buffer
         codebook = np.frombuffer(buffer, offset=8, count=_header(buffer), dtype=self.codebook_dtype)
         quantized = np.frombuffer(buffer, offset=8 + codebook.nbytes, dtype=self.indices_dtype)
-        quantized = torch.as_tensor(quantized, dtype=torch.int64).reshape(tuple(serialized_tensor.size))
-        codebook = torch.as_tensor(codebook).to(dtype=getattr(torch, serialized_tensor.dtype))
+        # copies: the message's buffer is read-only, which torch warns about for a tensor that shares it
+        quantized = torch.from_numpy(quantized.astype(np.int64)).reshape(tuple(serialized_tensor.size))
+        codebook = torch.from_numpy(codebook.copy()).to(dtype=getattr(torch, serialized_tensor.dtype))
         return codebook[quantized].requires_grad_(serialized_tensor.requires_grad)
 
 

@@ -51,6 +51,9 @@ def setup_logging(verbose: bool = False, libraries: bool = True) -> None:
         # state load: the schedule is right, and torch warns all the same. Anyone else's misordered step still warns.
         warnings.filterwarnings("ignore", r"Detected call of `lr_scheduler\.step\(\)` before `optimizer\.step\(\)`",
                                 UserWarning, r"hivemind\.")
+        # hivemind's uint8 codec uses torch's quantized tensors, which torch now calls deprecated, mid-progress on
+        # every volunteer's console; nothing a volunteer can act on (`--verbose` shows it)
+        warnings.filterwarnings("ignore", r"torch\.quantize_per_tensor", UserWarning, r"hivemind\.")
     # transformers warns about every config default it fills in; none of it is actionable for a volunteer
     import transformers
 
