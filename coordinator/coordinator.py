@@ -635,7 +635,8 @@ class Coordinator:
         now = time.monotonic()
         if self._peers_alive():
             if self._blind_since is not None and now - self._blind_since > RECONTACT_AFTER_S:
-                logger.info("Peers report again")
+                if self._last_recontact != 0.0:  # after "No peer has reported ...", not when the first ones join
+                    logger.info("Peers report again")
                 # the claims of the epochs that passed meanwhile come back with them: give them time to arrive
                 self._hold_credit_until = time.time() + FINALIZE_LAG_S
                 self._last_recontact = 0.0  # a later outage is said again
