@@ -110,6 +110,9 @@ class SwarmView:
     alive_peers: int = 0
     samples_per_second: float = 0.0
     peers: dict = field(default_factory=dict)  # peer_id -> latest PeerMetrics (kept after the peer leaves)
+    # the peers counted in alive_peers: live progress record and fresh metrics. A volunteer that leaves withdraws its
+    # record at once, so the peers table and swarm_peer_alive follow it, not 15-30 s later (its metrics' age)
+    alive_ids: frozenset = frozenset()
 
     @property
     def mean_loss(self) -> float | None:
@@ -676,7 +679,7 @@ class Coordinator:
                 self.accounting.observe_peer(peer_id)
         progress = self._dht_call("the training progress", lambda: self.dht.get(f"{run_id}_progress", latest=True,
                                                                                  return_future=True))
-        alive, epochs, samples, rate = 0, [0], 0, 0.0
+        alive, epochs, samples, rate, alive_ids = 0, [0], 0, 0.0, set()
         if progress is not None and isinstance(progress.value, dict):
             for item in progress.value.values():
                 try:
@@ -696,6 +699,7 @@ class Coordinator:
                     continue
                 self.accounting.observe_peer(peer_id)
                 alive += 1
+                alive_ids.add(peer_id)
                 epochs.append(peer.epoch)
                 rate += peer.samples_per_second
             current = max(epochs)
@@ -709,6 +713,7 @@ class Coordinator:
         previous_epoch = self.view.epoch
         self.view.epoch = max(self.view.epoch, max(epochs))
         self.view.alive_peers, self.view.samples_accumulated, self.view.samples_per_second = alive, samples, rate
+        self.view.alive_ids = frozenset(alive_ids)
         if alive:
             self.accounting.observe_epoch(self.view.epoch, samples, rate)
         contributions = self._dht_call("the peers' claims", lambda: self.dht.get(
@@ -1099,7 +1104,6 @@ class Coordinator:
             return self._snapshot
 
     def _update_snapshot(self) -> None:
-        now = get_dht_time()
         totals = self.ledger.totals
         checkpoint = self.ledger.latest_checkpoint
         snapshot = dict(
@@ -1113,7 +1117,7 @@ class Coordinator:
             peers=[dict(peer_id=m.peer_id, name=m.name, team=m.team, epoch=m.epoch, samples_total=m.samples_total,
                         samples_per_second=m.samples_per_second, loss=m.loss, averaged_rounds=m.averaged_rounds,
                         last_group_size=m.last_group_size, device=m.device, last_seen=m.time,
-                        alive=now - m.time < PEER_ALIVE_S)
+                        alive=m.peer_id in self.view.alive_ids)
                    for m in sorted(self.view.peers.values(), key=lambda m: m.name)],
             epochs=list(self.epoch_history),
             leaderboard=dict(

@@ -500,6 +500,11 @@ def test_the_dashboard_stops_counting_a_killed_peer_as_soon_as_its_peers_table_d
     alive = [peer["name"] for peer in api("api/peers") if peer["alive"]]
     assert counted_for_s < 35 and alive == ["stayer"], (counted_for_s, alive)
     assert stayer.popen.poll() is None
+    # a volunteer that leaves cleanly withdraws its progress record at once: the peers table (and swarm_peer_alive)
+    # marked it alive for 20-30 s more, while alive_peers had dropped it
+    stayer.popen.send_signal(signal.SIGINT)
+    _wait_until(lambda: api("api/status")["alive_peers"] == 0, 120, "no peer alive")
+    assert [peer["name"] for peer in api("api/peers") if peer["alive"]] == []
 
 
 def _wait_until(condition, timeout_s: float, what: str):
