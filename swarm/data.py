@@ -30,7 +30,9 @@ How the parts fit:
 - **Streaming.** `StreamingBlocks` does the same job for a streamed `datasets` dataset that is too big to
   tokenise up front: each peer starts at a dataset file picked from its id and shuffles with its own seed.
 - **Checking.** `check_local_data` reads the first rows of the data through these same readers, for `swarm recipe
-  validate`: a wrong split or text field shows before a launch, not minutes into its tokenising.
+  validate`: a wrong split or text field shows before a launch, not minutes into its tokenising. Small data it reads
+  whole and splits as a launch does: a split too small for one sample is refused by `training_split_problem` and
+  `validation_split_problem`, which the launch raises too.
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ from swarm.errors import SwarmError, UsageError
 from swarm.tokenizer import Tokenizer, token_dtype
 
 if TYPE_CHECKING:
-    from swarm.recipe import DataConfig, RecipeProblem
+    from swarm.recipe import DataConfig, RecipeProblem, TokenizerConfig
 
 logger = logging.getLogger(__name__)
 
@@ -277,17 +279,42 @@ def with_local_data(cfg: "DataConfig", data_dir: str | os.PathLike | None) -> "D
     return cfg.model_copy(update={"dataset": str(folder)})
 
 
-def _read_text(path: Path) -> str:
-    return path.read_bytes().decode("utf-8", errors="replace")
+def _read_text(path: Path, undecodable: list[str] | None) -> str:
+    content = path.read_bytes()
+    try:
+        return content.decode("utf-8")
+    except UnicodeDecodeError:
+        # Training goes on, on U+FFFD where the bytes were: one bad byte in a large corpus must not stop a run.
+        if undecodable is not None:
+            undecodable.append(str(path))
+        return content.decode("utf-8", errors="replace")
 
 
-def _iter_jsonl(path: Path, name: str, text_field: str) -> Iterator[tuple[str, str]]:
+def undecodable_files_note(undecodable: Sequence[str]) -> str:
+    """What `swarm launch` warns (and `swarm recipe validate` notes) about data files that are not valid UTF-8.
+
+    >>> undecodable_files_note(["/data/a.txt", "/data/b.txt"])  # doctest: +ELLIPSIS
+    '2 data files are not valid UTF-8 (the first: /data/a.txt): each invalid byte is read, and trained on, as U+FFFD...'
+    """
+    return (f"{_files(len(undecodable), 'data')} {'is' if len(undecodable) == 1 else 'are'} not valid UTF-8 (the "
+            f"first: {undecodable[0]}): each invalid byte is read, and trained on, as U+FFFD (the replacement "
+            "character); to train on their text, convert them to UTF-8 (such as `iconv -f latin1 -t utf-8`)")
+
+
+def _iter_jsonl(path: Path, name: str, text_field: str, undecodable: list[str] | None) -> Iterator[tuple[str, str]]:
+    undecodable_here = False
     with open(path, "rb") as lines:
         for line_number, raw in enumerate(lines, start=1):
             if not raw.strip():
                 continue
             try:
-                record = json.loads(raw)
+                try:
+                    record = json.loads(raw)
+                except UnicodeDecodeError:
+                    if undecodable is not None and not undecodable_here:
+                        undecodable.append(str(path))
+                    undecodable_here = True
+                    record = json.loads(raw.decode("utf-8", errors="replace"))
             except json.JSONDecodeError as error:
                 raise UsageError(
                     f"{path}, line {line_number}: not valid JSON ({error.msg}): fix or remove the line"
@@ -555,11 +582,15 @@ def _unreadable_rows(name: str, error: BaseException) -> UsageError:
     return UsageError(f"data.dataset: {name!r} has a file that `datasets` cannot read ({error}): fix or remove it")
 
 
-def iter_documents(cfg: "DataConfig", hf_cache_dir: str | os.PathLike | None = None) -> Iterator[tuple[str, str]]:
+def iter_documents(
+    cfg: "DataConfig", hf_cache_dir: str | os.PathLike | None = None, undecodable: list[str] | None = None
+) -> Iterator[tuple[str, str]]:
     """Every document of the data as (doc_id, text), in the same order on every machine.
 
     doc_id is the relative path for stdlib and text files, "path:line" for JSON lines, the row number for a
     downloaded hub dataset and "file/row" for a streamed one (the row within the dataset's file `file`).
+    Files that are not valid UTF-8 are read with U+FFFD for their invalid bytes; where `undecodable` is given, the
+    path of each such file is appended to it (once), for `undecodable_files_note`.
 
     >>> from swarm.recipe import DataConfig
     >>> next(iter_documents(DataConfig(source="stdlib", stdlib_max_files=1)))[0]
@@ -567,13 +598,13 @@ def iter_documents(cfg: "DataConfig", hf_cache_dir: str | os.PathLike | None = N
     """
     if cfg.source == "stdlib":
         for name, path in stdlib_files(cfg.stdlib_max_files):
-            yield name, _read_text(path)
+            yield name, _read_text(path, undecodable)
     elif cfg.source == "files":
         for name, path in data_files(cfg.files):
             if cfg.format == "jsonl":
-                yield from _iter_jsonl(path, name, cfg.text_field)
+                yield from _iter_jsonl(path, name, cfg.text_field, undecodable)
             else:
-                yield name, _read_text(path)
+                yield name, _read_text(path, undecodable)
     elif cfg.streaming:
         dataset = _load_hub_dataset(cfg, streaming=True, hf_cache_dir=hf_cache_dir)
         text_field = _hub_text_field(cfg)
@@ -761,6 +792,66 @@ def is_validation(doc_id: str, seed: int, val_fraction: float) -> bool:
     return _hash64(b"validation", seed, doc_id) < val_fraction * 2.0**64
 
 
+def _more_data(cfg: "DataConfig") -> str:
+    """How to give a recipe's data more documents, in its own keys."""
+    if cfg.source == "stdlib":
+        return ("raise data.stdlib_max_files" if cfg.stdlib_max_files is not None
+                else "train on more text (data.source files or hub)")
+    if cfg.source == "files":
+        return "add files" if cfg.format == "text" else "add rows or files"
+    return "use a larger dataset"
+
+
+def _is_streamed(cfg: "DataConfig") -> bool:
+    return cfg.source == "hub" and cfg.streaming
+
+
+def training_split_problem(cfg: "DataConfig", train_tokens: int, val_tokens: int) -> str | None:
+    """Why the training split is too small to train on, in the words `swarm launch` stops with and `swarm recipe
+    validate` reports (so the two cannot disagree); None where it is big enough.
+
+    The counts are the tokens of each split's documents, an eos after each, as `TokenBlocks` stores them. Map-style
+    data needs one sample of seq_len; a streamed dataset starts over at its end, so any token will do.
+
+    >>> from swarm.recipe import DataConfig
+    >>> print(training_split_problem(DataConfig(source="files", files=["a.jsonl"], format="jsonl"), 12, 0))
+    The training split has 12 tokens, less than one sample of seq_len 128: add rows or files, or lower data.seq_len
+    """
+    streamed = _is_streamed(cfg)
+    if train_tokens >= (1 if streamed else cfg.seq_len):
+        return None
+    if train_tokens == 0 and val_tokens > 0:
+        return ("The training split is empty: every document with text is held out for validation (whole documents "
+                f"are, picked by data.seed): lower data.val_fraction, {_more_data(cfg)}, or try another data.seed")
+    if streamed:
+        return (f"The training split of {cfg.dataset!r} is empty (no document has text in field "
+                f"{_hub_text_field(cfg)!r}): set data.text_field to the field that holds the text, or use another "
+                "dataset")
+    return (f"The training split has {train_tokens:,} tokens, less than one sample of seq_len {cfg.seq_len}: "
+            f"{_more_data(cfg)}, or lower data.seq_len")
+
+
+def validation_split_problem(cfg: "DataConfig", val_tokens: int) -> str | None:
+    """Why the held-out validation split gives no sample, in the words `swarm launch` stops with and `swarm recipe
+    validate` reports; None where it fills one. `val_tokens` counts as in `training_split_problem`.
+
+    >>> from swarm.recipe import DataConfig
+    >>> print(validation_split_problem(DataConfig(source="files", files=["a.jsonl"], format="jsonl"), 0))
+    ... # doctest: +ELLIPSIS
+    The validation split is empty (0 tokens, less than one sample of seq_len 128): raise data.val_fraction, ...
+    """
+    if _is_streamed(cfg) and cfg.val_fraction == 0:
+        return "The validation split is empty (data.val_fraction is 0): raise data.val_fraction"
+    if val_tokens >= cfg.seq_len:
+        return None
+    if _is_streamed(cfg):
+        return (f"The validation split of {cfg.dataset!r} is empty (no held-out document fills a sample of seq_len "
+                f"{cfg.seq_len}): raise data.val_fraction or use a larger dataset")
+    return (f"The validation split is empty ({val_tokens:,} tokens, less than one sample of seq_len {cfg.seq_len}): "
+            f"raise data.val_fraction, {_more_data(cfg)}, or try another data.seed (whole documents are held out, "
+            "picked by the seed: with few documents, none may be)")
+
+
 def shard_for_peer(peer_id: bytes, epoch: int, num_shards: int) -> int:
     """The shard a peer starts reading in an epoch: a hash of (peer_id, epoch), so it moves every epoch.
 
@@ -808,6 +899,21 @@ def _pack(token_arrays: Iterable[np.ndarray], seq_len: int) -> Iterator[np.ndarr
         usable = len(joined) // seq_len * seq_len
         yield from joined[:usable].reshape(-1, seq_len)
         pending, pending_len = [joined[usable:]], len(joined) - usable
+
+
+def _encoded_documents(
+    documents: Iterable[tuple[str, str]], tokenizer: Tokenizer
+) -> Iterator[tuple[str, Sequence[int] | np.ndarray]]:
+    """(doc_id, token ids) of each document with text, in order (no eos), encoded `_ENCODE_BATCH_DOCUMENTS` at a
+    time with the tokenizer's `encode_batch` where it has one."""
+    import itertools
+
+    encode_batch = getattr(tokenizer, "encode_batch", None)
+    with_text = (document for document in documents if document[1])
+    while batch := list(itertools.islice(with_text, _ENCODE_BATCH_DOCUMENTS)):
+        texts = [text for _, text in batch]
+        encoded = encode_batch(texts) if encode_batch is not None else [tokenizer.encode(text) for text in texts]
+        yield from zip([doc_id for doc_id, _ in batch], encoded)
 
 
 def _to_long(blocks: np.ndarray) -> torch.Tensor:
@@ -870,6 +976,7 @@ class TokenBlocks:
         hf_cache_dir: str | os.PathLike | None = None,
     ):
         self.identity = identity or data_identity(cfg, tokenizer)
+        self.cfg = cfg
         self.seq_len = cfg.seq_len
         self.cache_path = Path(cache_dir or default_cache_dir()) / self.identity.digest
         self.dtype = token_dtype(tokenizer.vocab_size)
@@ -891,11 +998,9 @@ class TokenBlocks:
         self.train_tokens, self.val_tokens = arrays
         self.train_blocks = self._as_blocks(self.train_tokens)
         self.val_blocks = self._as_blocks(self.val_tokens)
-        if len(self.train_blocks) == 0:
-            raise SwarmError(
-                f"The training split has {len(self.train_tokens):,} tokens, less than one sample of seq_len "
-                f"{self.seq_len}: add data (more files, or a higher data.stdlib_max_files) or lower data.seq_len"
-            )
+        too_small = training_split_problem(cfg, len(self.train_tokens), len(self.val_tokens))
+        if too_small:
+            raise SwarmError(too_small)
 
     def _as_blocks(self, tokens: np.ndarray) -> np.ndarray:
         count = len(tokens) // self.seq_len
@@ -906,24 +1011,14 @@ class TokenBlocks:
     ) -> tuple[np.ndarray, np.ndarray]:
         eos = np.array([tokenizer.eos_id], dtype=self.dtype)
         parts: dict[bool, list[np.ndarray]] = {False: [], True: []}
-        encode_batch = getattr(tokenizer, "encode_batch", None)
-        pending: list[tuple[str, str]] = []
-
-        def flush() -> None:
-            texts = [text for _, text in pending]
-            encoded = encode_batch(texts) if encode_batch is not None else [tokenizer.encode(t) for t in texts]
-            for (doc_id, _), tokens in zip(pending, encoded):
-                split = parts[is_validation(doc_id, cfg.seed, cfg.val_fraction)]
-                split.append(np.asarray(tokens, dtype=self.dtype))
-                split.append(eos)
-            pending.clear()
-
-        for doc_id, text in iter_documents(cfg, hf_cache_dir=hf_cache_dir):
-            if text:
-                pending.append((doc_id, text))
-            if len(pending) >= _ENCODE_BATCH_DOCUMENTS:
-                flush()
-        flush()
+        undecodable: list[str] = []
+        documents = iter_documents(cfg, hf_cache_dir=hf_cache_dir, undecodable=undecodable)
+        for doc_id, tokens in _encoded_documents(documents, tokenizer):
+            split = parts[is_validation(doc_id, cfg.seed, cfg.val_fraction)]
+            split.append(np.asarray(tokens, dtype=self.dtype))
+            split.append(eos)
+        if undecodable:
+            logger.warning(undecodable_files_note(undecodable))
         empty = np.zeros(0, dtype=self.dtype)
         return (
             np.concatenate(parts[False]) if parts[False] else empty,
@@ -1060,12 +1155,9 @@ def validation_batches(blocks: TokenBlocks, num_samples: int, batch_size: int) -
     `batch_size` (the last may be smaller).
     """
     available = blocks.num_val_blocks
-    if available == 0:
-        raise SwarmError(
-            f"The validation split is empty ({len(blocks.val_tokens):,} tokens, less than one sample of seq_len "
-            f"{blocks.seq_len}): raise data.val_fraction, add files, or try another data.seed (whole documents are "
-            "held out, picked by the seed: with few documents, none may be)"
-        )
+    empty = validation_split_problem(blocks.cfg, len(blocks.val_tokens))
+    if empty:
+        raise SwarmError(empty)
     count = min(num_samples, available)
     # Evenly spaced rather than the first ones: with sorted files, the first samples would all be a few modules.
     indices = np.arange(count, dtype=np.int64) * available // count
@@ -1138,12 +1230,14 @@ class StreamingBlocks:
         rng = np.random.Generator(np.random.PCG64(_hash64(b"stream-shuffle", self.peer_id, epoch)))
         buffer: list[tuple[str, str]] = []
         while True:  # one pass over every file per loop, then again: the stream never ends
-            read_any = False
+            read_any = trains_any = held_out_text = False
             for step in range(num_files):
                 for doc_id, text in self._file_documents((self.start_file + step) % num_files):
                     read_any = True
                     if is_validation(doc_id, self.cfg.seed, self.cfg.val_fraction):
+                        held_out_text = held_out_text or bool(text)
                         continue
+                    trains_any = trains_any or bool(text)
                     if len(buffer) < self.shuffle_buffer_documents:
                         buffer.append((doc_id, text))
                         continue
@@ -1152,6 +1246,8 @@ class StreamingBlocks:
                     buffer[slot] = (doc_id, text)
             if not read_any:
                 raise SwarmError(f"Dataset {self.cfg.dataset!r} (split {self.cfg.split}) is empty: check data.split")
+            if not trains_any:  # a pass found no training text, and would start over without end
+                raise SwarmError(training_split_problem(self.cfg, 0, int(held_out_text)) or "")
             rng.shuffle(buffer)
             yield from buffer
             buffer = []
@@ -1167,7 +1263,7 @@ class StreamingBlocks:
         """The first `num_samples` validation samples, in batches; the same on every peer and the coordinator."""
         if num_samples not in self._validation:
             if self.cfg.val_fraction == 0:
-                raise SwarmError("The validation split is empty (data.val_fraction is 0): raise data.val_fraction")
+                raise SwarmError(validation_split_problem(self.cfg, 0) or "")
             num_files = self._load().num_shards
             documents = (
                 document
@@ -1180,11 +1276,8 @@ class StreamingBlocks:
                 blocks.append(block)
                 if len(blocks) == num_samples:
                     break
-            if not blocks:
-                raise SwarmError(
-                    f"The validation split of {self.cfg.dataset!r} is empty (no held-out document fills a sample of "
-                    f"seq_len {self.seq_len}): raise data.val_fraction or use a larger dataset"
-                )
+            if not blocks:  # every held-out token together is less than one sample
+                raise SwarmError(validation_split_problem(self.cfg, 0) or "")
             self._validation[num_samples] = np.stack(blocks)
         held_out = self._validation[num_samples]
         return [_to_long(held_out[start : start + batch_size]) for start in range(0, len(held_out), batch_size)]
@@ -1256,6 +1349,9 @@ def build_data(
 # than a small one.
 _ROWS_CHECKED = 20
 _ROWS_SEARCHED_FOR_TEXT = 1000
+# Data up to this size `check_local_data` reads whole, to see the training and validation splits as a launch makes
+# them (about a second for 64 MB of text files); above it, the first rows only, and a launch checks the splits.
+_WHOLE_DATA_CHECK_BYTES = 64_000_000
 
 
 @dataclass(frozen=True)
@@ -1269,19 +1365,22 @@ class DataCheck:
     problems: list["RecipeProblem"]
 
 
-def check_local_data(cfg: "DataConfig") -> DataCheck:
+def check_local_data(cfg: "DataConfig", tokenizer: "TokenizerConfig | None" = None) -> DataCheck:
     """A quick look at the data a recipe names, where it is on this machine, through the readers `swarm launch`
-    uses, so that a wrong path, split or text field shows before a launch instead of minutes into one.
+    uses, so that a wrong path, split or text field, or too little data, shows before a launch instead of minutes
+    into one. `tokenizer` is the recipe's tokenizer section (the byte-level tokenizer by default).
 
     >>> from swarm.recipe import DataConfig
     >>> check_local_data(DataConfig(source="hub", dataset="HuggingFaceFW/fineweb-edu", text_field="text")).note
     "data not checked: Hub dataset 'HuggingFaceFW/fineweb-edu', read at launch"
 
     Checks that the files exist and can be read, that the split exists, that the first rows hold `text_field` and
-    that there is text to train on; for this Python's standard library and text files, whose document ids are their
-    names, also that the held-out validation split and the training split both get documents. It reads at most a few
-    rows (a text file's size stands for its text) and tokenises nothing, so problems that only tokenising shows (too
-    little text for one sample of seq_len) still come at launch. A Hub dataset is not fetched: no network call.
+    that there is text to train on. Data up to 64 MB is then read whole and split as a launch splits it, and the
+    recipe's tokenizer counts each split's tokens until it fills what a launch needs (one sample of seq_len), so an
+    empty or too small training or validation split is a problem here, in the words the launch would stop with
+    (`training_split_problem`, `validation_split_problem`); files that are not valid UTF-8 get a note. Larger data is
+    checked from its first rows (and, where documents are files, by their names), and the ok line says the launch
+    checks the split sizes. A Hub dataset or tokenizer is not fetched: no network call.
     """
     from swarm.recipe import RecipeProblem
 
@@ -1304,6 +1403,8 @@ def check_local_data(cfg: "DataConfig") -> DataCheck:
             note = f"data not checked: Hub dataset {cfg.dataset!r}, read at launch"
             return DataCheck(checked=False, note=note, problems=problems)
         note = _check_local_dataset(cfg, local, problems)
+    if not problems:  # data that cannot be read, or holds no text, has no splits to look at
+        note += _check_splits(cfg, tokenizer, problems)
     return DataCheck(checked=True, note=note, problems=problems)
 
 
@@ -1343,12 +1444,13 @@ def _split_problem(names: list[str], cfg: "DataConfig") -> "RecipeProblem | None
     if cfg.val_fraction > 0 and held_out == 0:
         return RecipeProblem(path="data.val_fraction", message=(
             f"no document is held out for validation ({len(names)} in all; whole documents are, picked by "
-            "data.seed), and a launch measures the validation loss on them: raise data.val_fraction, add files, or "
-            "try another data.seed"))
+            "data.seed), and a launch measures the validation loss on them: raise data.val_fraction, "
+            f"{_more_data(cfg)}, or try another data.seed"))
     if held_out == len(names):
         return RecipeProblem(path="data.val_fraction", message=(
             f"every document is held out for validation ({len(names)} in all; whole documents are, picked by "
-            "data.seed), which leaves none to train on: lower data.val_fraction, add files, or try another data.seed"))
+            f"data.seed), which leaves none to train on: lower data.val_fraction, {_more_data(cfg)}, or try another "
+            "data.seed"))
     return None
 
 
@@ -1377,8 +1479,6 @@ def _check_stdlib(cfg: "DataConfig", problems: list["RecipeProblem"]) -> str:
             f"'stdlib' trains on this Python's standard-library sources, and {sysconfig.get_paths()['stdlib']} holds "
             "none: run swarm under a Python that ships them (from python.org, pyenv or `uv python install`), or set "
             "data.source to files or hub")))
-    elif cfg.val_fraction > 0:
-        problems += [problem for problem in [_split_problem([name for name, _ in listing], cfg)] if problem]
     return f"data checked: {implementation} {platform.python_version()} standard library, {_files(len(listing))}"
 
 
@@ -1397,13 +1497,10 @@ def _check_data_files(cfg: "DataConfig", problems: list["RecipeProblem"]) -> str
         return note
     if cfg.format == "text":
         # a text file is one document, and any byte in it is text: its size says whether it is empty, unread
-        names = [name for name, path in listing if path.stat().st_size > 0]
-        if not names:
+        if not any(path.stat().st_size > 0 for _, path in listing):
             problems.append(RecipeProblem(path="data.files", message=(
                 f"every file it matches is empty ({_files(len(listing))}): the training data would be empty; put "
                 "text in them or point data.files at the files that hold it")))
-        elif cfg.val_fraction > 0:
-            problems += [problem for problem in [_split_problem(names, cfg)] if problem]
         return note
     try:
         rows, has_text = _rows_with_text(iter_documents(cfg))
@@ -1468,3 +1565,121 @@ def _check_local_dataset(cfg: "DataConfig", local: LocalDataset, problems: list[
             f"{text_field!r} is empty in every row of the data ({rows} in all): set data.text_field to the column "
             "that holds the text")))
     return note
+
+
+def _data_listing(cfg: "DataConfig") -> list[tuple[str, Path]]:
+    if cfg.source == "stdlib":
+        return stdlib_files(cfg.stdlib_max_files)
+    if cfg.source == "files":
+        return data_files(cfg.files)
+    local = _local_dataset(cfg.dataset or "")
+    assert local is not None  # a Hub dataset is not checked
+    return local.files
+
+
+def _check_splits(cfg: "DataConfig", tokenizer_cfg: "TokenizerConfig | None", problems: list["RecipeProblem"]) -> str:
+    """Whether the training and validation splits are big enough for a launch, and whether every file is UTF-8, by
+    reading small data whole as a launch does; what to add to the note."""
+    from swarm.recipe import RecipeProblem
+
+    listing = _data_listing(cfg)
+    data_bytes = sum(path.stat().st_size for _, path in listing)
+    plain_files = all(path.is_file() for _, path in listing)  # a named pipe would hang a read to its end
+    if data_bytes > _WHOLE_DATA_CHECK_BYTES or not plain_files:
+        # Where a document is a file (stdlib, text files), its name alone says which split it is in.
+        if cfg.source == "stdlib" or (cfg.source == "files" and cfg.format == "text"):
+            names = [name for name, path in listing if not path.is_file() or path.stat().st_size > 0]
+            problems += [problem for problem in [_split_problem(names, cfg)] if problem]
+        what = f"the data are {_megabytes(data_bytes)}" if plain_files else "not every data file is a plain file"
+        return (f"; the split sizes are checked at launch ({what}; validate reads data up to "
+                f"{_megabytes(_WHOLE_DATA_CHECK_BYTES)} whole)")
+    tokenizer, tokenizer_note = _local_tokenizer(tokenizer_cfg)
+    undecodable: list[str] = []
+    key = "data.dataset" if cfg.source == "hub" else "data.files"
+    # `datasets` writes its cache (and, without streaming, the whole dataset as arrow files) where a launch would
+    # not: a folder of the check's own, without progress bars on the console.
+    with tempfile.TemporaryDirectory(prefix="swarm-check-") as hf_cache_dir, _no_progress_bars(cfg):
+        documents = iter_documents(cfg, hf_cache_dir=hf_cache_dir, undecodable=undecodable)
+        try:
+            if tokenizer is None:
+                names = [doc_id for doc_id, text in documents if text]
+                problems += [problem for problem in [_split_problem(names, cfg) if names else None] if problem]
+            else:
+                train_tokens, val_tokens = _split_tokens(cfg, tokenizer, documents)
+        except UsageError as error:
+            problems.append(_usage_problem(error, key))
+            return ""
+        except Exception as error:  # whatever `datasets` raises on files it cannot read: a line, not a traceback
+            logger.debug("Reading the data failed", exc_info=True)
+            problems.append(RecipeProblem(path=key, message=(
+                f"cannot be read whole ({type(error).__name__}: {error}): fix or remove the file it names")))
+            return ""
+    if tokenizer is not None:
+        too_small = training_split_problem(cfg, train_tokens, val_tokens)
+        if too_small:
+            all_held_out = train_tokens == 0 and val_tokens > 0
+            problems.append(RecipeProblem(path="data.val_fraction" if all_held_out else "data.seq_len",
+                                          message=too_small))
+        empty = validation_split_problem(cfg, val_tokens)
+        if empty:
+            problems.append(RecipeProblem(path="data.val_fraction", message=empty))
+        note = f"; splits checked as a launch makes them ({tokenizer.identity()} tokens)"
+    else:
+        note = f"; the split sizes in tokens are checked at launch ({tokenizer_note})"
+    if undecodable:
+        note += f"; note: {undecodable_files_note(undecodable)}"
+    return note
+
+
+def _split_tokens(cfg: "DataConfig", tokenizer: Tokenizer, documents: Iterable[tuple[str, str]]) -> tuple[int, int]:
+    """Tokens of the training and the validation split (an eos after each document, as `TokenBlocks` counts them),
+    counted until each has what a launch needs: every document is read, but one of a split that has enough is not
+    tokenised, so this costs little more than the reading."""
+    needed = {False: 1 if _is_streamed(cfg) else cfg.seq_len, True: cfg.seq_len}
+    counts = {False: 0, True: 0}
+
+    def still_needed() -> Iterator[tuple[str, str]]:
+        for doc_id, text in documents:
+            held_out = is_validation(doc_id, cfg.seed, cfg.val_fraction)
+            if counts[held_out] < needed[held_out]:
+                yield doc_id, text
+
+    for doc_id, tokens in _encoded_documents(still_needed(), tokenizer):
+        counts[is_validation(doc_id, cfg.seed, cfg.val_fraction)] += len(tokens) + 1
+    return counts[False], counts[True]
+
+
+def _local_tokenizer(cfg: "TokenizerConfig | None") -> tuple[Tokenizer | None, str]:
+    """The recipe's tokenizer where it is on this machine (the byte-level one, or a pretrained one in a local folder),
+    else None and why: a Hub tokenizer is not downloaded."""
+    from swarm.recipe import TokenizerConfig
+    from swarm.tokenizer import build_tokenizer
+
+    cfg = cfg or TokenizerConfig()
+    if cfg.kind == "byte":
+        return build_tokenizer(cfg), ""
+    name = cfg.name or ""
+    if not os.path.isdir(os.path.expanduser(name)):
+        return None, f"tokenizer {name!r} is not on this machine, and validate downloads nothing"
+    try:
+        return build_tokenizer(cfg), ""
+    except Exception as error:  # the recipe check names a tokenizer folder it cannot load; here it only costs counts
+        logger.debug("Loading the tokenizer failed", exc_info=True)
+        return None, f"tokenizer {name!r} could not be loaded ({type(error).__name__})"
+
+
+@contextlib.contextmanager
+def _no_progress_bars(cfg: "DataConfig") -> Iterator[None]:
+    if cfg.source != "hub":
+        yield
+        return
+    import datasets
+
+    shown = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if shown:
+            datasets.enable_progress_bars()
+

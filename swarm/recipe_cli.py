@@ -34,7 +34,7 @@ def check_recipe_file(path: str, check_data: bool = True) -> dict[str, Any]:
     if check_data:
         from swarm.data import check_local_data
 
-        check = check_local_data(recipe.data)
+        check = check_local_data(recipe.data, recipe.tokenizer)
         data, problems = {"checked": check.checked, "note": check.note}, check.problems
     else:
         data, problems = {"checked": False, "note": "data not checked: --no-data"}, []
@@ -63,7 +63,10 @@ def validate(
 
     The data a recipe names is checked too where it is on this machine (files, a local dataset, this Python's
     standard library), from its first rows: the files can be read, the split exists, `data.text_field` is in the
-    rows, and there is text to train on. A Hub dataset is not fetched: it is read at launch.
+    rows, and there is text to train on. Data up to 64 MB is read whole and split as a launch splits it, so a
+    training or validation split too small for one sample of `data.seq_len` is a problem here too, with the launch's
+    own words; files that are not valid UTF-8 get a note. A Hub dataset (or tokenizer) is not fetched: it is read at
+    launch.
 
     Valid files print `ok: FILE (run RUN_ID); data checked: ...` (or `data not checked: WHY`); each problem prints
     `FILE: KEY.PATH: message` on stderr. Exits 0 when every file is valid, 2 otherwise.

@@ -431,6 +431,36 @@ def test_too_little_training_text_says_what_to_change(tmp_path):
         TokenBlocks(_files_cfg(tmp_path, seq_len=64), TOKENIZER, cache_dir=tmp_path / "cache")
 
 
+def test_files_that_are_not_utf8_train_on_replacement_characters_with_one_warning(tmp_path, caplog):
+    _write(tmp_path / "a.txt", "plain text " * 4)
+    (tmp_path / "b.txt").write_bytes(b"caf\xe9 " * 4)  # Latin-1
+    (tmp_path / "c.jsonl").write_bytes(b'{"text": "na\xefve"}\n{"text": "\xff"}\n')  # json.loads raised on these
+    cfg = _files_cfg(tmp_path, seq_len=4)
+    with caplog.at_level(logging.WARNING, logger="swarm.data"):
+        blocks = TokenBlocks(cfg, TOKENIZER, cache_dir=tmp_path / "cache")
+        jsonl = TokenBlocks(_files_cfg(tmp_path, files=[str(tmp_path / "c.jsonl")], format="jsonl", seq_len=4),
+                            TOKENIZER, cache_dir=tmp_path / "cache")
+    assert "caf\ufffd" in TOKENIZER.decode(blocks.train_tokens)
+    assert TOKENIZER.decode(jsonl.train_tokens) == "na\ufffdve\ufffd"
+    warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert warnings == [
+        f"1 data file is not valid UTF-8 (the first: {tmp_path / name}): each invalid byte is read, and trained on, as "
+        "U+FFFD (the replacement character); to train on their text, convert them to UTF-8 (such as `iconv -f latin1 "
+        "-t utf-8`)" for name in ("b.txt", "c.jsonl")
+    ]
+
+
+def test_a_streamed_dataset_that_holds_every_document_out_stops_instead_of_reading_forever(tmp_path):
+    # at data.seed 6 both files' documents (0/0 and 1/0) are held out at val_fraction 0.4: training read on forever
+    _write(tmp_path / "texts" / "a.txt", "alpha " * 10)
+    _write(tmp_path / "texts" / "b.txt", "beta " * 10)
+    data = build_data(_hub_cfg(tmp_path / "texts", seed=6, val_fraction=0.4), TOKENIZER, b"peer-a",
+                      hf_cache_dir=tmp_path / "hf")
+    with pytest.raises(SwarmError, match="The training split is empty: every document with text is held out "
+                                         "for validation .*: lower data.val_fraction, use a larger dataset, or try"):
+        data.next_batch(0, 1)
+
+
 def test_large_vocabularies_are_stored_as_uint32(tmp_path):
     class WideTokenizer(ByteTokenizer):
         vocab_size = 70_000

@@ -94,11 +94,12 @@ def test_a_local_dataset_that_launch_can_read_prints_ok_with_what_was_checked(tm
         datasets.Dataset.from_list(ROWS).save_to_disk(str(folder / "saved"), num_shards=2)
         dataset, shown = "saved", "(save_to_disk, 2 files)"
     else:
-        for index in range(3):
+        for index in range(30):
             (folder / "texts" / f"{index}.txt").parent.mkdir(parents=True, exist_ok=True)
-            (folder / "texts" / f"{index}.txt").write_text(f"text {index}")
-        dataset, shown = "texts", "(text files, 3 files)"
-    recipe = _recipe(folder, source="hub", dataset=dataset, text_field="content")
+            (folder / "texts" / f"{index}.txt").write_text(f"text {index} " * 4)
+        dataset, shown = "texts", "(text files, 30 files)"
+    # 30 documents, a tenth held out: both splits fill a sample of seq_len 16, as a launch needs
+    recipe = _recipe(folder, source="hub", dataset=dataset, text_field="content", val_fraction=0.1)
     _ok(recipe, f"local dataset {Path(dataset).name!r} {shown}, split 'train'")
 
 
@@ -231,7 +232,7 @@ def test_validation_splits_that_would_be_empty_are_refused(tmp_path):
     # val_fraction 0 holds out nothing; the first stdlib file alone is not held out at 0.02; a launch fails on both
     _refused(_recipe(tmp_path / "a", val_fraction=0), "data.val_fraction", "set it above 0")
     _refused(_recipe(tmp_path / "b", stdlib_max_files=1), "data.val_fraction",
-             "no document is held out for validation (1 in all", "raise data.val_fraction")
+             "The validation split is empty (0 tokens", "raise data.val_fraction, raise data.stdlib_max_files")
 
 
 def test_a_python_without_its_standard_library_sources_is_refused(tmp_path, monkeypatch):
@@ -282,3 +283,101 @@ def test_no_data_checks_the_recipe_alone(tmp_path):
     assert result.stdout == f"ok: {recipe} (run data-check); data not checked: --no-data\n"
     # the schema is still checked
     _refused(_recipe(tmp_path / "bad", source="files", files=[]), "data.files", "empty", arguments=("--no-data",))
+
+
+# --- split sizes: what a launch would refuse ---------------------------------------------------------------------
+# At the default val_fraction 0.02 and data.seed 0, none of the documents a.jsonl:1..34, 0/0..52/0 (the first rows of
+# streamed files) is held out, a.jsonl:35 is: data of these sizes passed validate and then stopped `swarm launch`.
+
+
+def _launch_refusal(recipe: Path) -> str:
+    """What `swarm launch` stops with for `recipe`'s data: the coordinator builds it and reads its validation set."""
+    from swarm.data import build_data
+    from swarm.errors import SwarmError
+    from swarm.recipe import load_recipe
+    from swarm.tokenizer import ByteTokenizer
+
+    with pytest.raises(SwarmError) as refused:
+        data = build_data(load_recipe(recipe).data, ByteTokenizer(), peer_id=b"coordinator",
+                          cache_dir=recipe.parent / "cache", hf_cache_dir=recipe.parent / "hf")
+        data.validation_batches(batch_size=16)
+    return str(refused.value)
+
+
+def test_jsonl_rows_that_hold_none_out_are_refused_in_the_words_launch_stops_with(tmp_path):
+    _jsonl(tmp_path / "run" / "a.jsonl", [{"text": f"document {index} " * 20} for index in range(25)])
+    recipe = _recipe(tmp_path / "run", source="files", files=["a.jsonl"], format="jsonl", seq_len=128)
+    line = _refused(recipe, "data.val_fraction", "The validation split is empty (0 tokens, less than one sample of "
+                    "seq_len 128): raise data.val_fraction, add rows or files, or try another data.seed")
+    assert line == f"{recipe}: data.val_fraction: {_launch_refusal(recipe)}"
+
+
+def test_a_streamed_folder_of_text_files_that_holds_none_out_is_refused(tmp_path):
+    for index in range(25):
+        (tmp_path / "run" / "texts").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "run" / "texts" / f"{index:02d}.txt").write_text(f"text {index} " * 40)
+    recipe = _recipe(tmp_path / "run", source="hub", dataset="texts", seq_len=128)
+    folder = str(tmp_path / "run" / "texts")
+    line = _refused(recipe, "data.val_fraction", f"The validation split of {folder!r} is empty (no held-out document "
+                    "fills a sample of seq_len 128): raise data.val_fraction or use a larger dataset")
+    assert line == f"{recipe}: data.val_fraction: {_launch_refusal(recipe)}"
+
+
+def test_a_training_split_shorter_than_one_sample_is_refused_with_a_fix_for_jsonl(tmp_path):
+    _jsonl(tmp_path / "run" / "a.jsonl", [{"text": "hello world"}])
+    recipe = _recipe(tmp_path / "run", source="files", files=["a.jsonl"], format="jsonl", seq_len=128)
+    result = _validate(str(recipe))
+    assert result.exit_code == 2
+    assert f"{recipe}: data.seq_len: The training split has 12 tokens, less than one sample of seq_len 128: add rows " \
+           "or files, or lower data.seq_len\n" in result.stderr
+    assert f"{recipe}: data.val_fraction: The validation split is empty (0 tokens" in result.stderr
+    assert "stdlib_max_files" not in result.stderr
+
+
+def test_data_just_big_enough_for_one_sample_in_each_split_passes_and_one_byte_less_does_not(tmp_path):
+    # a.jsonl:1 trains and a.jsonl:35 is held out: 15 bytes and an eos fill one sample of seq_len 16 in each split
+    rows = [{"text": "t" * 15}] + [{"text": ""}] * 33 + [{"text": "v" * 15}]
+    _jsonl(tmp_path / "fits" / "a.jsonl", rows)
+    recipe = _recipe(tmp_path / "fits", source="files", files=["a.jsonl"], format="jsonl")
+    _ok(recipe, "splits checked as a launch makes them (byte-259 tokens)")
+    _jsonl(tmp_path / "short" / "a.jsonl", rows[:-1] + [{"text": "v" * 14}])
+    short = _recipe(tmp_path / "short", source="files", files=["a.jsonl"], format="jsonl")
+    line = _refused(short, "data.val_fraction", "The validation split is empty (15 tokens, less than one sample")
+    assert line == f"{short}: data.val_fraction: {_launch_refusal(short)}"
+
+
+def test_data_over_the_whole_read_limit_is_checked_from_its_first_rows(tmp_path, monkeypatch):
+    monkeypatch.setattr(data_module, "_WHOLE_DATA_CHECK_BYTES", 100)
+    _jsonl(tmp_path / "run" / "a.jsonl", [{"text": f"document {index} " * 20} for index in range(25)])
+    recipe = _recipe(tmp_path / "run", source="files", files=["a.jsonl"], format="jsonl", seq_len=128)
+    _ok(recipe, "in the first rows; the split sizes are checked at launch (the data are 6.1 kB; validate reads data "
+                "up to 0.1 kB whole)")
+
+
+def test_files_that_are_not_utf8_get_a_note_and_still_pass(tmp_path):
+    folder = tmp_path / "run" / "texts"
+    folder.mkdir(parents=True)
+    for index in range(20):
+        (folder / f"{index:02d}.txt").write_bytes(f"text {index} ".encode() * 4)
+    (folder / "03.txt").write_bytes(b"caf\xe9 au lait " * 4)  # Latin-1
+    (folder / "07.txt").write_bytes(b"\xff\xfe" + "utf-16".encode("utf-16-le"))
+    recipe = _recipe(tmp_path / "run", source="files", files=["texts/*.txt"], val_fraction=0.2)
+    _ok(recipe, f"; note: 2 data files are not valid UTF-8 (the first: {folder / '03.txt'}): each invalid byte is "
+                "read, and trained on, as U+FFFD")
+
+
+def test_a_hub_tokenizer_is_not_fetched_and_the_splits_are_checked_by_documents(tmp_path, monkeypatch):
+    def no_network(*arguments, **keywords):
+        raise AssertionError("recipe validate must not use the network")
+
+    for name in ("getaddrinfo", "create_connection"):
+        monkeypatch.setattr(socket, name, no_network)
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    _jsonl(tmp_path / "run" / "a.jsonl", [{"text": f"document {index} " * 20} for index in range(40)])
+    path = _recipe(tmp_path / "run", source="files", files=["a.jsonl"], format="jsonl")
+    recipe = yaml.safe_load(path.read_text())
+    path.write_text(yaml.safe_dump({**recipe, "tokenizer": {"kind": "pretrained", "name": "swarm-tests/no-such"}}))
+    _ok(path, "the split sizes in tokens are checked at launch (tokenizer 'swarm-tests/no-such' is not on this "
+              "machine, and validate downloads nothing)")
+    _jsonl(tmp_path / "run" / "a.jsonl", [{"text": "one document"}])
+    _refused(path, "data.val_fraction", "no document is held out for validation (1 in all", "add rows or files")
