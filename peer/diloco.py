@@ -329,6 +329,19 @@ class DiLoCoOptimizer:
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.inner_optimizer.zero_grad(set_to_none=set_to_none)
 
+    def start_at_epoch(self, epoch: int) -> None:
+        """Go on from a published version of `epoch` (nobody trains to load the state from), before the first step.
+
+        The model's parameters, and so the outer ones, are the version's already. A volunteer that started a quiet
+        DiLoCo run from its newest version stayed at epoch 0: it retried loading the swarm's epoch until its timeout,
+        or trained rounds 0 onwards again, which the ledger had credited already (hivemind's optimiser keeps its epoch
+        in the state averager, where the volunteer set it)."""
+        self.state_averager.local_epoch = epoch
+        if not self.client_mode:
+            self.state_averager.state_sharing_priority = epoch
+        self._advance_epoch(epoch)
+        self._schedule_inner_lr(epoch)
+
     def load_state_from_peers(self) -> None:
         """Start over from the swarm's outer state (parameters, momentum, epoch); local progress is dropped.
 

@@ -55,6 +55,7 @@ from swarm.recipe import Recipe, recipe_changes, recipe_from_json, training_chan
 from swarm.tokenizer import build_tokenizer
 from peer.collaboration import SwarmOptimizer, build_swarm_optimizer, shared_memory_needed
 from peer.contributions import ContributionLog
+from peer.diloco import DiLoCoOptimizer
 from peer.progress import ProgressView
 from peer.schedule import Departure, departure
 from peer.settings import JOINED_AT_ENV, VolunteerSettings, check_local_settings, make_local_folders
@@ -323,7 +324,9 @@ class Volunteer:
                 raise
             raise SwarmError(f"Shared memory ran out while starting hivemind's averagers ({error}); "
                              + shared_memory_advice(needed)) from None
-        if self._start_epoch:
+        if self._start_epoch and isinstance(self.optimizer, DiLoCoOptimizer):
+            self.optimizer.start_at_epoch(self._start_epoch)
+        elif self._start_epoch:
             self.optimizer.state_averager.local_epoch = self._start_epoch
             self.optimizer.state_averager._update_scheduler()  # the LR schedule resumes at the start epoch
             self.optimizer.tracker.report_local_progress(self._start_epoch, 0)

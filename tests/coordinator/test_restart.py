@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 from coordinator_process import RunFolder, get_json, join, launch, read_announcement, tree_digest
 from cli_process import CliProcess, write_test_recipe
 
@@ -170,6 +171,29 @@ def test_a_volunteer_alone_starts_past_the_epochs_the_ledger_credited_already(tm
     assert worked and min(work["epoch"] for work in worked) == 9, worked
     credited = {entry["epoch"]: entry for entry in _ledger_entries(run.ledger)}
     assert all(credited[epoch]["peer_id"] != "12D3KooWVolunteer" for epoch in range(9, 13)), credited
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_diloco_volunteer_alone_goes_on_from_the_newest_version_at_its_epoch(tmp_path):
+    """In DiLoCo mode the volunteer took the version's weights but stayed at epoch 0: it retried loading the swarm's
+    epoch until its timeout, or trained rounds 0 onwards again, which the ledger had credited (newcomer tester)."""
+    run = RunFolder(tmp_path / "run")
+    recipe = write_test_recipe(tmp_path / "recipe.yaml", "diloco-quiet", max_epochs=8)
+    document = yaml.safe_load(recipe.read_text())
+    document["collaboration"].update(mode="diloco", target_batch_size=64, diloco={"inner_steps": 4})
+    recipe.write_text(yaml.safe_dump(document))
+    run.publish_versions(recipe, [5])
+    run.credit_epochs("diloco-quiet", range(0, 5))
+    _, volunteer, _ = _train_to_the_limit(run, recipe, r"starting from the published version of epoch 5",
+                                          timeout_s=240)
+    assert "Loading the swarm's state (attempt" not in volunteer.output, volunteer.output[-3000:]
+    log = run.root / "ada" / "identity" / "runs" / "diloco-quiet" / "contributions.jsonl"
+    worked = [json.loads(line)["work"] for line in log.read_text().splitlines()]
+    assert worked and min(work["epoch"] for work in worked) == 5, worked
+    credited = {entry["epoch"]: entry for entry in _ledger_entries(run.ledger)}
+    assert all(credited[epoch]["peer_id"] != "12D3KooWVolunteer" for epoch in range(5, 8)), credited
+    assert "reached the swarm only after the coordinator had credited it" not in volunteer.output
 
 
 @pytest.mark.slow
