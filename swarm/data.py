@@ -532,6 +532,9 @@ def _load_hub_dataset(cfg: "DataConfig", streaming: bool, hf_cache_dir: str | os
                 "the network (or HF_DATASETS_OFFLINE=1 with the dataset in the cache)"
             ) from None
     except ValueError as error:
+        if local is not None and "corresponds to no data" in str(error):  # the files are there, without a row
+            raise UsageError(f"data.dataset: {cfg.dataset!r} has no rows in split {cfg.split!r}: the training data "
+                             "would be empty; add rows to its files") from None
         if "split" in str(error).lower() or "instruction" in str(error).lower():
             message = str(error).rstrip(".")
             raise UsageError(f"data.split: {message}: set data.split to one of the dataset's splits") from None
@@ -1245,7 +1248,9 @@ class StreamingBlocks:
                     yield buffer[slot]
                     buffer[slot] = (doc_id, text)
             if not read_any:
-                raise SwarmError(f"Dataset {self.cfg.dataset!r} (split {self.cfg.split}) is empty: check data.split")
+                fix = ("the training data would be empty; add rows to its files"
+                       if _local_dataset(self.cfg.dataset or "") is not None else "check data.split")
+                raise UsageError(f"data.dataset: {self.cfg.dataset!r} has no rows in split {self.cfg.split!r}: {fix}")
             if not trains_any:  # a pass found no training text, and would start over without end
                 raise SwarmError(training_split_problem(self.cfg, 0, int(held_out_text)) or "")
             rng.shuffle(buffer)

@@ -765,10 +765,12 @@ def test_a_local_data_file_that_datasets_cannot_parse_is_a_usage_error(tmp_path,
         assert message.startswith(f"data.dataset: {str(tmp_path / 'bad')!r} has a file that `datasets` cannot read")
 
 
-def test_a_local_jsonl_dataset_without_a_row_is_a_usage_error_not_a_stopiteration(tmp_path):
-    # `datasets` raised StopIteration reading the first table; a launch ended "RuntimeError: generator raised ..."
-    _write(tmp_path / "empty" / "a.jsonl", "")
-    _write(tmp_path / "empty" / "b.jsonl", "\n")
+@pytest.mark.parametrize("files", [{"a.jsonl": ""}, {"a.jsonl": "", "b.jsonl": "\n"}], ids=["empty", "blank-line"])
+def test_a_local_jsonl_dataset_without_a_row_is_a_usage_error_not_a_stopiteration(tmp_path, files):
+    # `datasets` raised StopIteration reading the first table (a launch ended "RuntimeError: generator raised ..."),
+    # or said "Instruction "train" corresponds to no data" (named data.split), or streamed nothing ("check data.split")
+    for name, content in files.items():
+        _write(tmp_path / "empty" / name, content)
     for streaming in (False, True):
         message = _one_line_usage_error(_hub_cfg(tmp_path / "empty", streaming=streaming), tmp_path)
         assert message == (f"data.dataset: {str(tmp_path / 'empty')!r} has no rows in split 'train': the training "
