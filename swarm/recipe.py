@@ -432,10 +432,13 @@ class CollaborationConfig(_Section):
         "precision) halves traffic; 8-bit quarters it."
     )
     average_optimizer_state: bool = Field(
-        True, description="Also average the optimiser statistics (Adam moments) between peers every few epochs."
+        True, description="Also average the optimiser statistics (Adam moments) between peers every few epochs. "
+        "Mode `dedloc` only: in mode `diloco` each peer's inner optimiser stays its own, and "
+        "`diloco.average_parameters_every` averages the outer parameters and momentum."
     )
     average_state_every: int = Field(
-        1, ge=1, description="Average parameters (and optimiser state) every N epochs to undo drift."
+        1, ge=1, description="Average parameters (and optimiser state) every N epochs to undo drift. Mode `dedloc` "
+        "only (mode `diloco` has `diloco.average_parameters_every`)."
     )
     load_state_timeout_s: float = Field(
         300.0, gt=0.0, description="How long a joining peer waits for the current state before giving up."
