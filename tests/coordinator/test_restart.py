@@ -243,6 +243,7 @@ def test_saving_an_epoch_that_is_already_published_keeps_the_published_version(t
     assert latest_version(run.checkpoints) == run.checkpoints / "epoch-000200"
 
 
+@pytest.mark.slow  # real peers for 15-30 s: the opt-in job (.ci/run) runs it
 @pytest.mark.timeout(300)
 def test_a_relaunched_coordinator_does_not_take_its_own_old_announcement_for_another_coordinator(tmp_path):
     import hivemind

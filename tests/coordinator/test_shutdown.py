@@ -51,6 +51,7 @@ def test_sigterm_to_all_the_coordinators_processes_stops_it_within_seconds(tmp_p
     assert run.status()["status"] == "stopped"
 
 
+@pytest.mark.slow  # real peers for 15-30 s: the opt-in job (.ci/run) runs it
 @pytest.mark.timeout(240)
 def test_a_coordinator_whose_dht_process_dies_says_why_and_exits(tmp_path):
     run = RunFolder(tmp_path / "run")

@@ -105,6 +105,7 @@ def _small_shared_memory_prefix(size: str) -> tuple[str, ...] | None:
     return prefix if probe.returncode == 0 else None
 
 
+@pytest.mark.slow  # real peers for 15-30 s: the opt-in job (.ci/run) runs it
 @pytest.mark.timeout(180)
 def test_a_volunteer_whose_shared_memory_is_too_small_is_told_how_to_fix_it(swarm_factory, recipe_writer, tmp_path):
     prefix = _small_shared_memory_prefix("1m")  # Docker's default is 64m; this model needs ~4 MB
@@ -119,6 +120,7 @@ def test_a_volunteer_whose_shared_memory_is_too_small_is_told_how_to_fix_it(swar
     assert "--shm-size=1g" in output and "Traceback" not in output, output[-3000:]
 
 
+@pytest.mark.slow  # real peers for 15-30 s: the opt-in job (.ci/run) runs it
 @pytest.mark.timeout(240)
 def test_a_volunteer_whose_processes_all_get_sigterm_leaves_within_seconds(swarm_factory, recipe_writer, tmp_path):
     """systemd's default stop (KillMode=control-group) sends SIGTERM to hivemind's child processes too. They died

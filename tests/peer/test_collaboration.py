@@ -939,6 +939,7 @@ def test_the_shared_memory_estimate_matches_what_the_optimiser_takes(two_nodes, 
     assert 0.9 * taken <= estimate <= 1.15 * taken, (estimate, taken)
 
 
+@pytest.mark.slow  # real peers for 15-30 s: the opt-in job (.ci/run) runs it
 @pytest.mark.timeout(150)
 def test_a_peer_whose_partner_was_killed_trains_on_alone_without_waiting_for_it(two_nodes, tmp_path):
     """Two peers average; one is SIGKILLed with its DHT and p2p daemon right after an epoch, and its progress record
