@@ -328,19 +328,23 @@ class HubPublisher:
     def check_token_at_launch(self) -> None:
         """Raise `HubConfigError` naming the recipe key when there is no token, or no token could be one; no request
         is made. The launch calls it before the data are prepared, which can take a long time."""
-        key = f"checkpoint.hub_repo_id is {self.repo_id}"
-        local_only = "or remove checkpoint.hub_repo_id from the recipe to publish locally only"
+        found = self._token_problem()
+        if found is not None:
+            problem, fix = found
+            raise HubConfigError(f"checkpoint.hub_repo_id is {self.repo_id} but {problem}: {fix}; or remove "
+                                 "checkpoint.hub_repo_id from the recipe to publish locally only")
+
+    def _token_problem(self) -> tuple[str, str] | None:
+        """(what is wrong with the token, how to fix it), found without a request; None when it can be used."""
         if not self._token:
-            raise HubConfigError(
-                f"{key} but there is no token for the Hub: set HF_TOKEN to a write token for {self.repo_id} (create "
-                f"one at {self.endpoint}/settings/tokens), or {TOKEN_FIX}; {local_only}"
-            )
+            return "there is no token for the Hub", (
+                f"set HF_TOKEN to a write token for {self.repo_id} (create one at {self.endpoint}/settings/tokens), "
+                f"or {TOKEN_FIX}")
         problem = token_shape_problem(self._token)
         if problem is not None:
-            raise HubConfigError(
-                f"{key} but {self._token_source} is not a Hub token ({problem}): set HF_TOKEN to the token alone, as "
-                f"{self.endpoint}/settings/tokens shows it, or {TOKEN_FIX}; {local_only}"
-            )
+            return f"{self._token_source} is not a Hub token ({problem})", (
+                f"set HF_TOKEN to the token alone, as {self.endpoint}/settings/tokens shows it, or {TOKEN_FIX}")
+        return None
 
     def publish(self, version_dir: Path, epoch: int, message: str | None = None) -> str:
         """Upload `version_dir` as one commit on `main`, tag it `epoch-NNNNNN`, and return the commit id.
@@ -584,17 +588,10 @@ class HubPublisher:
     # ---- internals --------------------------------------------------------------------------------------------
 
     def _require_token(self, action: str) -> None:
-        if not self._token:
-            raise HubConfigError(
-                f"cannot {action} the Hub repo {self.repo_id}: no token. Set HF_TOKEN to a write token for "
-                f"{self.repo_id} (create one at {self.endpoint}/settings/tokens), or {TOKEN_FIX}"
-            )
-        problem = token_shape_problem(self._token)
-        if problem is not None:
-            raise HubConfigError(
-                f"cannot {action} the Hub repo {self.repo_id}: {self._token_source} is not a Hub token ({problem}). "
-                f"Set HF_TOKEN to the token alone, as {self.endpoint}/settings/tokens shows it, or {TOKEN_FIX}"
-            )
+        found = self._token_problem()
+        if found is not None:
+            problem, fix = found
+            raise HubConfigError(f"cannot {action} the Hub repo {self.repo_id}: {problem}. {fix[0].upper()}{fix[1:]}")
 
     def _ensure_repo(self) -> None:
         if not self._repo_ready:

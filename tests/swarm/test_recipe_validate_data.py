@@ -252,16 +252,21 @@ def test_every_problem_of_a_recipe_is_reported_at_once_and_in_the_json_report(tm
     assert entry["data"]["checked"] is True
 
 
-# --- what is not checked -----------------------------------------------------------------------------------------
-
-
-def test_a_hub_dataset_is_not_fetched_and_the_ok_line_says_so(tmp_path, monkeypatch):
-    def no_network(*arguments, **keywords):
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any socket use fails the test: validate must never reach the Hub."""
+    def refuse(*arguments, **keywords):
         raise AssertionError("recipe validate must not use the network")
 
     for name in ("getaddrinfo", "create_connection"):
-        monkeypatch.setattr(socket, name, no_network)
-    monkeypatch.setattr(socket.socket, "connect", no_network)
+        monkeypatch.setattr(socket, name, refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+
+
+# --- what is not checked -----------------------------------------------------------------------------------------
+
+
+def test_a_hub_dataset_is_not_fetched_and_the_ok_line_says_so(tmp_path, no_network):
     recipe = _recipe(tmp_path, source="hub", dataset="swarm-tests/no-such-dataset", text_field="text")
     started = time.monotonic()
     result = _validate(str(recipe))
@@ -366,13 +371,7 @@ def test_files_that_are_not_utf8_get_a_note_and_still_pass(tmp_path):
                 "read, and trained on, as U+FFFD")
 
 
-def test_a_hub_tokenizer_is_not_fetched_and_the_splits_are_checked_by_documents(tmp_path, monkeypatch):
-    def no_network(*arguments, **keywords):
-        raise AssertionError("recipe validate must not use the network")
-
-    for name in ("getaddrinfo", "create_connection"):
-        monkeypatch.setattr(socket, name, no_network)
-    monkeypatch.setattr(socket.socket, "connect", no_network)
+def test_a_hub_tokenizer_is_not_fetched_and_the_splits_are_checked_by_documents(tmp_path, no_network):
     _jsonl(tmp_path / "run" / "a.jsonl", [{"text": f"document {index} " * 20} for index in range(40)])
     path = _recipe(tmp_path / "run", source="files", files=["a.jsonl"], format="jsonl")
     recipe = yaml.safe_load(path.read_text())
